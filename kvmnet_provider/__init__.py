@@ -1,0 +1,1 @@
+"""kvmnet: a Pulumi dynamic provider for KVM host networking over SSH."""
