@@ -1,0 +1,89 @@
+"""Where the Pulumi toolchain lives and how to run the real engine fully offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PULUMI_VERSION = "v3.274.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KVMNET_CACHE", "/var/cache/kvmnet"))
+
+
+def pulumi_bin_dir() -> Path:
+    """The directory holding pulumi, its Python language host and the two launchers."""
+    override = os.environ.get("KVMNET_PULUMI_BIN")
+    if override:
+        return Path(override)
+    return cache_dir() / f"pulumi-{PULUMI_VERSION}" / "bin"
+
+
+def venv_bin_dir() -> Path:
+    """The venv that runs Pulumi programs and dynamic providers (the one running us)."""
+    return Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class PulumiWorkspace:
+    """One offline Pulumi home and file backend: state never leaves `root`."""
+
+    root: Path
+    passphrase: str = "kvmnet-lab"
+
+    def env(self) -> dict[str, str]:
+        backend = self.root / "backend"
+        home = self.root / "home"
+        backend.mkdir(parents=True, exist_ok=True)
+        home.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(
+            {
+                "PATH": os.pathsep.join(
+                    [str(pulumi_bin_dir()), str(venv_bin_dir()), env.get("PATH", "/usr/bin:/bin")]
+                ),
+                "PULUMI_BACKEND_URL": backend.resolve().as_uri(),
+                "PULUMI_HOME": str(home.resolve()),
+                "PULUMI_CONFIG_PASSPHRASE": self.passphrase,
+                "PULUMI_SKIP_UPDATE_CHECK": "true",
+                "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+                "PULUMI_SKIP_CONFIRMATIONS": "true",
+                "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
+                "PULUMI_PYTHON_CMD": sys.executable,
+                "PULUMI_RUNTIME_VIRTUALENV": str(venv_bin_dir().parent),
+            }
+        )
+        env.pop("VIRTUAL_ENV", None)
+        return env
+
+    def run(
+        self, args: list[str], cwd: Path, check: bool = True, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `pulumi ARGS` non-interactively; on failure raise with the output's tail."""
+        proc = subprocess.run(
+            ["pulumi", *args, "--non-interactive"],
+            cwd=cwd,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr)[-4000:]
+            raise PulumiError(f"pulumi {' '.join(args)} failed ({proc.returncode}):\n{tail}")
+        return proc
+
+    def outputs(self, cwd: Path, stack: str) -> dict[str, object]:
+        proc = self.run(["stack", "output", "--json", "--stack", stack], cwd)
+        result: dict[str, object] = json.loads(proc.stdout)
+        return result
+
+
+class PulumiError(RuntimeError):
+    pass
