@@ -1,0 +1,85 @@
+"""`kvmnet lab up|status|down`: argparse wiring for the lab (registered by kvmnet_provider.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .core import Lab, LabError, LabNotUp
+from .naming import MAX_HOSTS
+from .state import LabStatus
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lab = subparsers.add_parser("lab", help="the built-in lab of namespace KVM hosts")
+    sub = lab.add_subparsers(dest="lab_command", required=True, metavar="{up,status,down}")
+
+    up = sub.add_parser("up", help="build the lab (idempotent)")
+    up.add_argument("--hosts", type=int, default=2, help=f"KVM hosts, 1..{MAX_HOSTS}")
+    up.add_argument("--json", action="store_true", help="print the status as JSON")
+    up.set_defaults(func=cmd_up)
+
+    status = sub.add_parser("status", help="show the lab and whether SSH reaches each host")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_status)
+
+    down = sub.add_parser("down", help="remove everything the lab made")
+    down.set_defaults(func=cmd_down)
+
+
+def _lab(args: argparse.Namespace) -> Lab:
+    return Lab(args.name, args.state_dir)
+
+
+def format_table(status: LabStatus) -> str:
+    lines = [
+        f"lab {status.name}  lan {status.lan}  gateway {status.gateway}  "
+        f"operator {status.operator_address}",
+        f"state dir {status.state_dir}",
+        "",
+        f"{'HOST':<6} {'NAMESPACE':<18} {'ADDRESS':<16} {'SSH':<4}",
+    ]
+    for h in status.hosts:
+        lines.append(
+            f"{h.name:<6} {h.namespace:<18} {h.address:<16} {'yes' if h.ssh_reachable else 'no':<4}"
+        )
+    e = status.ext
+    lines.append(f"{'ext':<6} {e.namespace:<18} {e.address:<16} echo :{e.echo_port}")
+    return "\n".join(lines)
+
+
+def _print(status: LabStatus, as_json: bool) -> None:
+    print(status.to_json() if as_json else format_table(status))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    try:
+        status = lab.up(hosts=args.hosts)
+    except LabError as exc:
+        print(f"kvmnet: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"kvmnet: lab up failed: {exc}\n(run `kvmnet lab down` to clean)", file=sys.stderr)
+        return 1
+    _print(status, args.json)
+    return 0 if all(h.ssh_reachable for h in status.hosts) else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        status = _lab(args).status()
+    except LabNotUp as exc:
+        print(f"kvmnet: {exc}", file=sys.stderr)
+        return 3
+    _print(status, args.json)
+    return 0 if all(h.ssh_reachable for h in status.hosts) else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    try:
+        _lab(args).down()
+    except LabError as exc:
+        print(f"kvmnet: {exc}", file=sys.stderr)
+        return 1
+    return 0
