@@ -8,12 +8,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from . import demo
 from .lab import commands as lab_commands
 from .lab.core import default_name
 
 #: command groups: each adds its parser(s) and sets `func` (args -> exit code)
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     lab_commands.register,
+    demo.register,
 ]
 
 
