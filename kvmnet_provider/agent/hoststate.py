@@ -1,0 +1,40 @@
+"""A small locked JSON store on the host, one per network namespace.
+
+Shared between every kvmnet agent on the host (two stacks = two providers = two agents),
+so it is keyed by the network namespace's inode: lab hosts that share one filesystem keep
+separate books, and a real host has just one. Kept under /run: it describes the running
+kernel and must not outlive a reboot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(os.environ.get("KVMNET_HOST_STATE", "/run/kvmnet"))
+
+
+def namespace_dir() -> Path:
+    ino = os.stat("/proc/self/ns/net").st_ino
+    path = ROOT / f"netns-{ino}"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+@contextmanager
+def locked(name: str) -> Iterator[dict[str, Any]]:
+    """Yield the document `name`, held under an exclusive lock; saved on normal exit."""
+    directory = namespace_dir()
+    with open(directory / f"{name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = directory / f"{name}.json"
+        doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        yield doc
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, sort_keys=True))
+        os.replace(tmp, path)

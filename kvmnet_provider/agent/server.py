@@ -1,0 +1,131 @@
+"""The agent's main loop: JSON requests in on stdin, JSON answers out on stdout.
+
+One agent process serves one controller for as long as its SSH channel lives, so each
+kernel change costs a netlink call, not an SSH session. Requests are handled one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import traceback
+from collections.abc import Callable
+from typing import IO, Any
+
+from .errors import AgentError
+from .validate import InvalidInput
+
+PROTOCOL = 1
+COMPONENTS = {
+    "pyroute2": "pip install pyroute2 (or apt-get install python3-pyroute2)",
+    "iptc": "pip install python-iptables (it needs libiptc: apt-get install iptables)",
+}
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+def missing_components() -> list[str]:
+    missing = []
+    for module, how in COMPONENTS.items():
+        try:
+            __import__(module)
+        except Exception as exc:  # ImportError, or a broken C library underneath
+            missing.append(f"{module} ({exc.__class__.__name__}: {exc}); install with: {how}")
+    if os.geteuid() != 0:
+        missing.append("root privileges (connect as root or set sudo=true for a sudoer)")
+    return missing
+
+
+def build_handlers() -> dict[str, Handler]:
+    from pyroute2 import IPRoute
+
+    from . import firewall, forwarding
+    from .links import Links
+
+    links = Links(IPRoute())
+    handlers: dict[str, Handler] = {
+        "ping": lambda a: {"pid": os.getpid()},
+        "link.read": lambda a: links.read(a["name"]),
+        "link.delete": lambda a: links.link_delete(a["name"], a["owner"]),
+        "bridge.create": links.bridge_create,
+        "bridge.update": links.bridge_update,
+        "tap.create": links.tap_create,
+        "tap.update": links.tap_update,
+        "forwarding.read": lambda a: forwarding.read(a["owner"]),
+        "forwarding.acquire": forwarding.acquire,
+        "forwarding.release": lambda a: forwarding.release(a["owner"]),
+        "masquerade.read": lambda a: firewall.masquerade_read(a["owner"]),
+        "masquerade.ensure": firewall.masquerade_ensure,
+        "masquerade.remove": lambda a: firewall.masquerade_remove(a["owner"]),
+    }
+    try:
+        from . import guests
+    except ImportError:
+        return handlers
+    handlers.update(guests.handlers())
+    return handlers
+
+
+def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> dict[str, Any]:
+    rid = request.get("id")
+    op = request.get("op")
+    handler = handlers.get(op) if isinstance(op, str) else None
+    try:
+        if handler is None:
+            raise AgentError("invalid", f"unknown operation {op!r}")
+        args = request.get("args") or {}
+        if not isinstance(args, dict):
+            raise AgentError("invalid", "args must be an object")
+        return {"id": rid, "ok": True, "result": handler(args)}
+    except AgentError as exc:
+        return {"id": rid, "ok": False, "error": exc.to_wire()}
+    except InvalidInput as exc:
+        return {"id": rid, "ok": False, "error": {"kind": "invalid", "message": str(exc)}}
+    except KeyError as exc:
+        return {
+            "id": rid,
+            "ok": False,
+            "error": {"kind": "invalid", "message": f"missing argument {exc}"},
+        }
+    except Exception as exc:  # the kernel said no: report it, keep serving
+        traceback.print_exc(file=sys.stderr)
+        return {"id": rid, "ok": False, "error": {"kind": "failed", "message": f"{op}: {exc}"}}
+
+
+def serve(inp: IO[str], out: IO[str]) -> None:
+    def send(doc: dict[str, Any]) -> None:
+        out.write(json.dumps(doc) + "\n")
+        out.flush()
+
+    missing = missing_components()
+    send(
+        {
+            "hello": {
+                "protocol": PROTOCOL,
+                "python": platform.python_version(),
+                "pid": os.getpid(),
+                "missing": missing,
+            }
+        }
+    )
+    if missing:
+        return
+    handlers = build_handlers()
+    for line in inp:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError:
+            send({"id": None, "ok": False, "error": {"kind": "invalid", "message": "bad JSON"}})
+            continue
+        send(handle(handlers, request))
+
+
+def main() -> None:
+    # stdout is the protocol channel: anything else printed goes to stderr.
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr
+    serve(sys.stdin, protocol_out)

@@ -1,0 +1,103 @@
+"""Input rules shared by `check` on the controller and by the agent, which checks again.
+
+Each function returns the normalised value or raises InvalidInput naming the rule. Pure
+standard library: the controller imports this without pyroute2 or iptc installed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+OWNER_RE = re.compile(r"^[A-Za-z0-9_.:/@+=-]{1,200}$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+MTU_MIN, MTU_MAX = 68, 65535
+
+
+class InvalidInput(ValueError):
+    pass
+
+
+def ifname(value: object) -> str:
+    if not isinstance(value, str) or not IFNAME_RE.match(value) or value in (".", ".."):
+        raise InvalidInput(
+            f"must be an interface name of 1-15 characters from [A-Za-z0-9_.-], got {value!r}"
+        )
+    return value
+
+
+def mtu(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise InvalidInput(f"must be an integer, got {value!r}")
+    if not MTU_MIN <= int(value) <= MTU_MAX:
+        raise InvalidInput(f"must be between {MTU_MIN} and {MTU_MAX}, got {value}")
+    return int(value)
+
+
+def interface_address(value: object) -> str:
+    """An address with its prefix, as put on an interface (host bits allowed and needed)."""
+    if not isinstance(value, str) or "/" not in value:
+        raise InvalidInput(f"must be an address with a prefix such as 10.0.1.254/24, got {value!r}")
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError as exc:
+        raise InvalidInput(f"is not a valid address/prefix: {exc}") from None
+    if (
+        iface.ip == iface.network.network_address
+        and iface.network.prefixlen < iface.max_prefixlen - 1
+    ):
+        raise InvalidInput(f"{value} is the network address itself; use a host address")
+    return str(iface)
+
+
+def network(value: object) -> str:
+    """A network in CIDR form with no host bits set (10.0.1.0/24, not 10.0.1.5/24)."""
+    if not isinstance(value, str) or "/" not in value:
+        raise InvalidInput(f"must be a network in CIDR form such as 10.0.1.0/24, got {value!r}")
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            loose = ipaddress.ip_network(value, strict=False)
+            raise InvalidInput(f"has host bits set: {value} (the network is {loose})") from None
+        raise InvalidInput(f"is not a valid CIDR: {exc}") from None
+    if net.version != 4:
+        raise InvalidInput(f"must be an IPv4 network, got {value}")
+    return str(net)
+
+
+def mac(value: object) -> str:
+    if not isinstance(value, str) or not MAC_RE.match(value.lower()):
+        raise InvalidInput(f"must be a MAC address such as 52:54:00:12:34:56, got {value!r}")
+    first = int(value[:2], 16)
+    if first & 1:
+        raise InvalidInput(f"{value} is a multicast address; a NIC needs a unicast MAC")
+    return value.lower()
+
+
+def owner(value: object) -> str:
+    if not isinstance(value, str) or not OWNER_RE.match(value):
+        raise InvalidInput(f"must be 1-200 characters from [A-Za-z0-9_.:/@+=-], got {value!r}")
+    return value
+
+
+def user_name(value: object) -> str:
+    if not isinstance(value, str) or not USER_RE.match(value):
+        raise InvalidInput(f"must be a POSIX user name, got {value!r}")
+    return value
+
+
+def boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"must be true or false, got {value!r}")
+    return value
+
+
+def int_range(value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise InvalidInput(f"must be an integer, got {value!r}")
+    if not low <= int(value) <= high:
+        raise InvalidInput(f"must be between {low} and {high}, got {value}")
+    return int(value)

@@ -1,0 +1,265 @@
+"""One SSH connection and one long-lived host agent per host, shared by all operations.
+
+The dynamic provider serves several operations at once, so sessions are created under a
+lock and each request/answer pair holds the session's own lock. Nothing here is pickled:
+the cache is module state of the installed package, alive for the provider process.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import shlex
+import threading
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from . import credentials
+from .settings import HostSettings
+
+AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
+
+# Runs on the host as `python -c BOOTSTRAP`: a constant, never built from user input. It
+# receives the agent's source as one JSON line on stdin, then serves requests.
+BOOTSTRAP = r"""
+import sys, json, os, tempfile, shutil, atexit
+files = json.loads(sys.stdin.readline())
+root = tempfile.mkdtemp(prefix="kvmnet-agent-")
+atexit.register(shutil.rmtree, root, True)
+os.mkdir(os.path.join(root, "kvmnet_agent"))
+for name, text in files.items():
+    if "/" in name or not name.endswith(".py"):
+        raise SystemExit("bad agent file name")
+    with open(os.path.join(root, "kvmnet_agent", name), "w") as f:
+        f.write(text)
+sys.path.insert(0, root)
+from kvmnet_agent import server
+server.main()
+"""
+
+
+class HostError(RuntimeError):
+    """One line naming the host and the cause; never carries key material."""
+
+
+def agent_sources() -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(AGENT_DIR.glob("*.py"))}
+
+
+def _trust_hint(s: HostSettings) -> str:
+    target = s.host if s.port == 22 else f"[{s.host}]:{s.port}"
+    where = s.known_hosts or "~/.ssh/known_hosts"
+    return (
+        f"verify the host's fingerprint, then add it to {where} "
+        f"(ssh-keyscan -p {s.port} {s.host} >> {where}) or pin it with connection.host_key; "
+        f"entry name {target}"
+    )
+
+
+def _connect(s: HostSettings) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    if s.insecure_accept_any_host_key:
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    else:
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        known = Path(s.known_hosts) if s.known_hosts else Path.home() / ".ssh" / "known_hosts"
+        if not s.host_key and known.exists():
+            client.load_host_keys(str(known))
+        if s.host_key:
+            key_type, blob = s.host_key.split()[:2]
+            entry = s.host if s.port == 22 else f"[{s.host}]:{s.port}"
+            client.get_host_keys().add(
+                entry,
+                key_type,
+                paramiko.PKey.from_type_string(key_type, __import__("base64").b64decode(blob)),
+            )
+    kwargs: dict[str, Any] = {
+        "hostname": s.host,
+        "port": s.port,
+        "username": s.user,
+        "timeout": s.connect_timeout,
+        "banner_timeout": s.connect_timeout,
+        "auth_timeout": s.connect_timeout,
+        "look_for_keys": False,
+        "allow_agent": True,
+    }
+    try:
+        pkey = credentials.configured_key()
+    except ValueError as exc:
+        raise HostError(f"{s.label}: {exc}") from None
+    if pkey is not None:
+        kwargs["pkey"] = pkey
+    elif s.private_key_path:
+        kwargs["key_filename"] = s.private_key_path
+    password = credentials.configured_password()
+    if password:
+        kwargs["password"] = password
+    try:
+        client.connect(**kwargs)
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostError(
+            f"{s.label}: host key CHANGED (got {exc.key.get_name()} {exc.key.fingerprint}); refusing to "
+            f"connect. If the host was reinstalled, remove the old entry and {_trust_hint(s)}"
+        ) from None
+    except paramiko.AuthenticationException:
+        client.close()
+        source = (
+            "config " + credentials.CONFIG_PRIVATE_KEY
+            if pkey is not None
+            else f"key file {s.private_key_path}"
+            if s.private_key_path
+            else "ssh-agent/password"
+        )
+        raise HostError(f"{s.label}: authentication refused (credentials from {source})") from None
+    except paramiko.SSHException as exc:
+        client.close()
+        if "not found in known_hosts" in str(exc):
+            raise HostError(
+                f"{s.label}: host key unknown; refusing to connect: {_trust_hint(s)}"
+            ) from None
+        raise HostError(f"{s.label}: SSH failed: {exc}") from None
+    except TimeoutError:
+        client.close()
+        raise HostError(f"{s.label}: timed out after {s.connect_timeout:g} s") from None
+    except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
+        client.close()
+        raise HostError(f"{s.label}: unreachable: {exc.strerror or exc}") from None
+    return client
+
+
+class AgentSession:
+    def __init__(self, settings: HostSettings) -> None:
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.client = _connect(settings)
+        self._next_id = 0
+        transport = self.client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(15)
+        self.channel = transport.open_session(timeout=settings.connect_timeout)
+        command = f"exec {shlex.quote(settings.python)} -u -c {shlex.quote(BOOTSTRAP)}"
+        if settings.sudo:
+            command = (
+                f"exec sudo -n -- {shlex.quote(settings.python)} -u -c {shlex.quote(BOOTSTRAP)}"
+            )
+        self.channel.exec_command(command)
+        self.stdin = self.channel.makefile_stdin("w")
+        self.stdout = self.channel.makefile("r")
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self.channel.settimeout(max(30.0, settings.connect_timeout))
+        try:
+            self.stdin.write(json.dumps(agent_sources()) + "\n")
+            self.stdin.flush()
+            hello = self._read_line("starting the host agent")
+        except HostError:
+            self.close()
+            raise
+        info = hello.get("hello", {})
+        if info.get("missing"):
+            self.close()
+            raise HostError(
+                f"{settings.label}: the host lacks what kvmnet needs: " + "; ".join(info["missing"])
+            )
+        self.agent_pid = info.get("pid")
+
+    def _drain_stderr(self) -> None:
+        try:
+            for line in self.channel.makefile_stderr("r"):
+                self.stderr_tail.append(str(line).rstrip())
+        except (TimeoutError, OSError, EOFError):
+            pass
+
+    def _read_line(self, doing: str) -> dict[str, Any]:
+        try:
+            line = self.stdout.readline()
+        except TimeoutError:
+            raise HostError(
+                f"{self.settings.label}: no answer from the host agent while {doing}"
+            ) from None
+        if not line:
+            self.channel.recv_exit_status() if self.channel.exit_status_ready() else None
+            tail = " | ".join(list(self.stderr_tail)[-3:]) or "no output"
+            raise HostError(
+                f"{self.settings.label}: the host agent ({self.settings.python}) exited while {doing}: {tail}"
+            )
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    @property
+    def alive(self) -> bool:
+        transport = self.client.get_transport()
+        return bool(
+            transport
+            and transport.is_active()
+            and not self.channel.closed
+            and not self.channel.exit_status_ready()
+        )
+
+    def call(self, op: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
+        with self.lock:
+            self._next_id += 1
+            rid = self._next_id
+            try:
+                self.channel.settimeout(timeout)
+                self.stdin.write(json.dumps({"id": rid, "op": op, "args": args}) + "\n")
+                self.stdin.flush()
+                answer = self._read_line(op)
+            except (OSError, EOFError) as exc:
+                self.close()
+                raise HostError(
+                    f"{self.settings.label}: connection lost during {op}: {exc}"
+                ) from None
+            except HostError:
+                self.close()
+                raise
+        if answer.get("id") != rid:
+            self.close()
+            raise HostError(f"{self.settings.label}: the host agent answered out of turn")
+        if not answer.get("ok"):
+            error = answer.get("error") or {}
+            raise AgentCallError(
+                self.settings.label, str(error.get("kind")), str(error.get("message"))
+            )
+        return answer.get("result")
+
+    def close(self) -> None:
+        try:
+            self.channel.close()
+        finally:
+            self.client.close()
+
+
+class AgentCallError(HostError):
+    def __init__(self, label: str, kind: str, message: str) -> None:
+        super().__init__(f"{label}: {message}")
+        self.kind = kind
+
+
+_sessions: dict[HostSettings, AgentSession] = {}
+_sessions_lock = threading.Lock()
+_host_locks: dict[HostSettings, threading.Lock] = {}
+
+
+def agent_session(settings: HostSettings) -> AgentSession:
+    """The live session for these settings, connecting (once, even under concurrency)."""
+    with _sessions_lock:
+        host_lock = _host_locks.setdefault(settings, threading.Lock())
+    with host_lock:
+        session = _sessions.get(settings)
+        if session is not None and session.alive:
+            return session
+        session = AgentSession(settings)
+        _sessions[settings] = session
+        return session
+
+
+def close_all() -> None:
+    with _sessions_lock:
+        sessions = list(_sessions.values())
+        _sessions.clear()
+    for session in sessions:
+        session.close()
