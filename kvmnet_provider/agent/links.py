@@ -169,7 +169,7 @@ class Links:
             [validate.interface_address(a) for a in spec.get("addresses", [])],
             live["addresses"],
         )
-        self.ipr.link("set", index=idx, state="up")
+        self.ipr.link("set", index=idx, state="up" if spec.get("up", True) else "down")
         return self._must_read(name)
 
     def _set_addresses(self, idx: int, want: list[str], have: list[str]) -> None:
@@ -242,7 +242,7 @@ class Links:
             self.ipr.link("set", index=idx, mtu=validate.mtu(spec["mtu"]))
         if live["master"] != bridge:
             self.ipr.link("set", index=idx, master=bridge_idx)
-        self.ipr.link("set", index=idx, state="up")
+        self.ipr.link("set", index=idx, state="up" if spec.get("up", True) else "down")
         return self._must_read(name)
 
     # --- helpers -------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def build_handlers() -> dict[str, Handler]:
         "masquerade.remove": lambda a: firewall.masquerade_remove(a["owner"]),
     }
     try:
-        from . import guests
+        from . import guests  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return handlers
     handlers.update(guests.handlers())

@@ -7,6 +7,7 @@ the cache is module state of the installed package, alive for the provider proce
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import shlex
@@ -73,7 +74,7 @@ def _connect(s: HostSettings) -> paramiko.SSHClient:
             client.get_host_keys().add(
                 entry,
                 key_type,
-                paramiko.PKey.from_type_string(key_type, __import__("base64").b64decode(blob)),
+                paramiko.PKey.from_type_string(key_type, base64.b64decode(blob)),
             )
     kwargs: dict[str, Any] = {
         "hostname": s.host,
@@ -101,8 +102,9 @@ def _connect(s: HostSettings) -> paramiko.SSHClient:
     except paramiko.BadHostKeyException as exc:
         client.close()
         raise HostError(
-            f"{s.label}: host key CHANGED (got {exc.key.get_name()} {exc.key.fingerprint}); refusing to "
-            f"connect. If the host was reinstalled, remove the old entry and {_trust_hint(s)}"
+            f"{s.label}: host key CHANGED (got {exc.key.get_name()} {exc.key.fingerprint}); "
+            "refusing to connect. If the host was reinstalled, remove the old entry and "
+            + _trust_hint(s)
         ) from None
     except paramiko.AuthenticationException:
         client.close()
@@ -181,10 +183,10 @@ class AgentSession:
                 f"{self.settings.label}: no answer from the host agent while {doing}"
             ) from None
         if not line:
-            self.channel.recv_exit_status() if self.channel.exit_status_ready() else None
             tail = " | ".join(list(self.stderr_tail)[-3:]) or "no output"
             raise HostError(
-                f"{self.settings.label}: the host agent ({self.settings.python}) exited while {doing}: {tail}"
+                f"{self.settings.label}: the host agent ({self.settings.python}) "
+                f"exited while {doing}: {tail}"
             )
         result: dict[str, Any] = json.loads(line)
         return result

@@ -1,0 +1,186 @@
+"""What every kvmnet dynamic provider shares: validation, diff, and the agent round trip.
+
+A resource kind declares its fields (each with a normaliser), which of them force a
+replacement, and how to create/read/update/delete through the host agent. Outputs are
+the normalised inputs overlaid with what the kernel reports, so `read` after drift makes
+the next `diff` see exactly what changed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pulumi
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    ConfigureRequest,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
+
+from ..agent.validate import InvalidInput
+from ..connection import HostSettings, agent_session, credentials
+from ..connection.session import AgentSession
+from ..connection.settings import SettingError
+
+UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN: not known at preview
+OWNER_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/@+=-]")
+Normaliser = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Field:
+    normalise: Normaliser
+    default: Any = None
+    required: bool = False
+    replaces: bool = False
+
+
+def owner_id(kind: str, resource_name: str) -> str:
+    """The identity written on the host: unique per project, stack, kind and name."""
+    raw = f"{pulumi.get_project()}/{pulumi.get_stack()}/{kind}/{resource_name}"
+    return OWNER_UNSAFE.sub("_", raw)[:200]
+
+
+class KvmnetProvider(ResourceProvider):
+    kind: ClassVar[str]
+    fields: ClassVar[dict[str, Field]]
+    # Outputs only the kernel knows (ifindex, MAC, ...); never inputs.
+    computed: ClassVar[tuple[str, ...]] = ()
+    serialize_as_secret_always = False  # the provider instance holds no secret
+
+    # --- to implement per kind ---------------------------------------------------------
+    def resource_id(self, props: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def host_update(
+        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
+        """Rules that involve several fields: (property, reason) pairs."""
+        return []
+
+    # --- Pulumi's verbs ----------------------------------------------------------------
+    def configure(self, req: ConfigureRequest) -> None:
+        credentials.configure(
+            req.config.get(credentials.CONFIG_PRIVATE_KEY),
+            req.config.get(credentials.CONFIG_PASSWORD),
+        )
+
+    def normalise(self, news: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        inputs: dict[str, Any] = {}
+        failures: list[tuple[str, str]] = []
+        try:
+            conn = news.get("connection")
+            inputs["connection"] = (
+                conn if _has_unknown(conn) else HostSettings.from_props(conn).to_props()
+            )
+        except SettingError as exc:
+            failures.append((exc.prop, exc.reason))
+        owner = news.get("owner")
+        inputs["owner"] = owner
+        for name, spec in self.fields.items():
+            value = news.get(name)
+            if value is None:
+                if spec.required:
+                    failures.append((name, "is required"))
+                inputs[name] = spec.default
+                continue
+            if _has_unknown(value):
+                inputs[name] = value
+                continue
+            try:
+                inputs[name] = spec.normalise(value)
+            except InvalidInput as exc:
+                failures.append((name, str(exc)))
+        if not failures:
+            failures.extend(self.cross_check(inputs))
+        return inputs, failures
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        inputs, failures = self.normalise(news)
+        return CheckResult(inputs, [CheckFailure(p, f"{p} {r}") for p, r in failures])
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [n for n in self.fields if olds.get(n) != news.get(n)]
+        replaces = [n for n in changed if self.fields[n].replaces]
+        old_conn, new_conn = olds.get("connection") or {}, news.get("connection") or {}
+        if old_conn != new_conn:
+            changed.append("connection")
+            # Another host is another object; other connection settings change nothing there.
+            if _has_unknown(new_conn) or (old_conn.get("host"), old_conn.get("port")) != (
+                new_conn.get("host"),
+                new_conn.get("port"),
+            ):
+                replaces.append("connection")
+        if olds.get("owner") != news.get("owner"):
+            changed.append("owner")
+            replaces.append("owner")
+        return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+
+    def spec(self, props: dict[str, Any]) -> dict[str, Any]:
+        """What the agent needs: the fields and the owner, not the pickled provider."""
+        return {"owner": props["owner"], **{n: props.get(n) for n in self.fields}}
+
+    def _agent(self, props: dict[str, Any]) -> AgentSession:
+        return agent_session(HostSettings.from_props(props["connection"]))
+
+    def _outputs(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+        return {**props, **live}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        live = self.host_create(self._agent(props), props)
+        return CreateResult(id_=self.resource_id(props), outs=self._outputs(props, live))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        live = self.host_read(self._agent(props), props)
+        if live is None:
+            return ReadResult(id_="", outs={})  # gone: refresh drops it, the next up recreates it
+        return ReadResult(id_=id_, outs=self._outputs(props, live))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        live = self.host_update(self._agent(news), olds, news)
+        return UpdateResult(outs=self._outputs(news, live))
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        self.host_delete(self._agent(props), props)
+
+
+def _has_unknown(value: Any) -> bool:
+    if value == UNKNOWN:
+        return True
+    if isinstance(value, dict):
+        return any(_has_unknown(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_unknown(v) for v in value)
+    return False
+
+
+def list_of(item: Normaliser, unique: bool = True, sort: bool = True) -> Normaliser:
+    def normalise(value: Any) -> list[Any]:
+        if not isinstance(value, (list, tuple)):
+            raise InvalidInput(f"must be a list, got {value!r}")
+        items = [item(v) for v in value]
+        if unique and len(set(map(str, items))) != len(items):
+            raise InvalidInput(f"has duplicates: {items}")
+        return sorted(items, key=str) if sort else items
+
+    return normalise

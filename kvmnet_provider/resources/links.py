@@ -1,0 +1,198 @@
+"""Bridge and TapPort: kvmnet's links on a host."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import Resource
+
+from ..agent import validate
+from ..connection import HostSettings
+from ..connection.session import AgentSession
+from .base import Field, KvmnetProvider, list_of, owner_id
+
+LINK_COMPUTED = ("ifindex", "mac")
+
+
+class _LinkProvider(KvmnetProvider):
+    link_kind: str = ""
+
+    def resource_id(self, props: dict[str, Any]) -> str:
+        conn = props["connection"]
+        return f"{conn['host']}:{int(conn['port'])}/{props['name']}"
+
+    def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
+        live = agent.call("link.read", {"name": props["name"]})
+        if (
+            live is None
+            or live.get("owner") != props["owner"]
+            or live.get("kind") != self.link_kind
+        ):
+            return None  # ours is gone (a link of that name that is not ours is not ours)
+        return self.overlay(props, live)
+
+    def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+        out = {"ifindex": live["ifindex"], "mac": live["mac"], "up": live["up"]}
+        if props.get("mtu") is not None:
+            out["mtu"] = live["mtu"]
+        return out
+
+    def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
+        agent.call("link.delete", {"name": props["name"], "owner": props["owner"]})
+
+
+class BridgeProvider(_LinkProvider):
+    kind = "Bridge"
+    link_kind = "bridge"
+    fields = {
+        "name": Field(validate.ifname, required=True, replaces=True),
+        "addresses": Field(list_of(validate.interface_address), default=[]),
+        "mtu": Field(validate.mtu),
+        "stp": Field(validate.boolean, default=False),
+        "forward_delay": Field(lambda v: validate.int_range(v, 0, 30), default=0),
+        "up": Field(validate.boolean, default=True),
+        "adopt": Field(validate.boolean, default=False),
+    }
+
+    def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
+        if props["stp"] and props["forward_delay"] < 2:
+            return [("forward_delay", "must be 2-30 seconds when stp is on (the kernel's range)")]
+        return []
+
+    def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+        out = super().overlay(props, live)
+        out.update(
+            addresses=live["addresses"], stp=live["stp"], forward_delay=live["forward_delay"]
+        )
+        return out
+
+    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
+        return self.overlay(props, agent.call("bridge.create", self.spec(props)))
+
+    def host_update(
+        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.overlay(news, agent.call("bridge.update", self.spec(news)))
+
+
+class TapPortProvider(_LinkProvider):
+    kind = "TapPort"
+    link_kind = "tun"
+    fields = {
+        "name": Field(validate.ifname, required=True, replaces=True),
+        "bridge": Field(validate.ifname, required=True),
+        "owner_user": Field(validate.user_name, replaces=True),
+        "multi_queue": Field(validate.boolean, default=False, replaces=True),
+        "mtu": Field(validate.mtu),
+        "up": Field(validate.boolean, default=True),
+        "adopt": Field(validate.boolean, default=False),
+    }
+
+    def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+        out = super().overlay(props, live)
+        out.update(bridge=live["master"], multi_queue=live.get("multi_queue", False))
+        if props.get("owner_user") is not None:
+            out["owner_user"] = live.get("owner_user")
+        return out
+
+    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
+        return self.overlay(props, agent.call("tap.create", self.spec(props)))
+
+    def host_update(
+        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.overlay(news, agent.call("tap.update", self.spec(news)))
+
+
+# Bridges this program declares, per host, so a tap naming an undeclared bridge fails at preview.
+_declared_bridges: set[tuple[str, str]] = set()
+
+
+@dataclass
+class BridgeArgs:
+    connection: HostSettings
+    name: str
+    addresses: Sequence[pulumi.Input[str]] = field(default_factory=list)
+    mtu: pulumi.Input[int] | None = None
+    stp: bool = False
+    forward_delay: int = 0
+    up: bool = True
+    adopt: bool = False
+
+
+class Bridge(Resource, module="kvmnet", name="Bridge"):
+    name: pulumi.Output[str]
+    ifindex: pulumi.Output[int]
+    mac: pulumi.Output[str]
+    addresses: pulumi.Output[list[str]]
+
+    def __init__(
+        self, resource_name: str, args: BridgeArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        _declared_bridges.add((args.connection.host, args.name))
+        props: dict[str, Any] = {
+            "connection": args.connection.to_props(),
+            "owner": owner_id("Bridge", resource_name),
+            "name": args.name,
+            "addresses": list(args.addresses),
+            "mtu": args.mtu,
+            "stp": args.stp,
+            "forward_delay": args.forward_delay,
+            "up": args.up,
+            "adopt": args.adopt,
+            **dict.fromkeys(LINK_COMPUTED),
+        }
+        super().__init__(BridgeProvider(), resource_name, props, opts)
+
+
+@dataclass
+class TapPortArgs:
+    connection: HostSettings
+    name: str
+    bridge: Bridge | str
+    owner_user: str | None = None
+    multi_queue: bool = False
+    mtu: pulumi.Input[int] | None = None
+    up: bool = True
+    adopt: bool = False
+    # A bridge made outside this program (by hand, or by another stack): named, not declared.
+    external_bridge: bool = False
+
+
+class TapPort(Resource, module="kvmnet", name="TapPort"):
+    name: pulumi.Output[str]
+    bridge: pulumi.Output[str]
+    ifindex: pulumi.Output[int]
+    mac: pulumi.Output[str]
+
+    def __init__(
+        self, resource_name: str, args: TapPortArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        bridge: pulumi.Input[str]
+        if isinstance(args.bridge, Bridge):
+            bridge = args.bridge.name
+        else:
+            key = (args.connection.host, args.bridge)
+            if not args.external_bridge and key not in _declared_bridges:
+                raise ValueError(
+                    f"TapPort {resource_name}: bridge: no Bridge named {args.bridge!r} is declared "
+                    f"in this stack for host {args.connection.host}; declare it first, pass the "
+                    "Bridge resource, or set external_bridge=True"
+                )
+            bridge = args.bridge
+        props: dict[str, Any] = {
+            "connection": args.connection.to_props(),
+            "owner": owner_id("TapPort", resource_name),
+            "name": args.name,
+            "bridge": bridge,
+            "owner_user": args.owner_user,
+            "multi_queue": args.multi_queue,
+            "mtu": args.mtu,
+            "up": args.up,
+            "adopt": args.adopt,
+            **dict.fromkeys(LINK_COMPUTED),
+        }
+        super().__init__(TapPortProvider(), resource_name, props, opts)

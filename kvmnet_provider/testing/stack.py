@@ -1,0 +1,66 @@
+"""A throwaway Pulumi project and stack driven through the real CLI, for tests and benches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ..toolchain import PulumiWorkspace
+
+
+class TestStack:
+    __test__ = False  # not a pytest class
+
+    def __init__(self, root: Path, program: str, project: str = "kvt", stack: str = "dev") -> None:
+        self.dir = root / project
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ws = PulumiWorkspace(root / "pulumi")
+        self.stack = stack
+        (self.dir / "Pulumi.yaml").write_text(
+            f"name: {project}\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
+        )
+        self.set_program(program)
+        self.ws.run(["stack", "init", stack], self.dir)
+
+    def set_program(self, program: str) -> None:
+        (self.dir / "__main__.py").write_text(program)
+
+    def pulumi(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.ws.run([*args, "--stack", self.stack], self.dir, check=check)
+
+    def config(self, key: str, value: str, secret: bool = False) -> None:
+        extra = ["--secret"] if secret else []
+        self.pulumi("config", "set", *extra, key, "--", value)
+
+    def up(self, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.pulumi("up", "--yes", "--skip-preview", check=check)
+
+    def preview(self, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.pulumi("preview", "--diff", check=check)
+
+    def preview_no_changes(self) -> subprocess.CompletedProcess[str]:
+        return self.pulumi("preview", "--expect-no-changes", "--diff")
+
+    def refresh(self) -> subprocess.CompletedProcess[str]:
+        return self.pulumi("refresh", "--yes", "--skip-preview")
+
+    def destroy(self, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.pulumi("destroy", "--yes", "--skip-preview", check=check)
+
+    def outputs(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.pulumi("stack", "output", "--json").stdout)
+        return result
+
+    def export(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.pulumi("stack", "export").stdout)
+        return result
+
+    def resources(self, type_suffix: str = "") -> list[dict[str, Any]]:
+        found = self.export()["deployment"].get("resources") or []
+        return [r for r in found if r["type"].endswith(type_suffix)]
+
+    def remove(self) -> None:
+        self.destroy(check=False)
+        self.pulumi("stack", "rm", "--yes", "--force", check=False)
