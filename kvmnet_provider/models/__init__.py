@@ -1,0 +1,19 @@
+"""The four network models as ComponentResources composed from kvmnet's resources."""
+
+from .networks import (
+    GuestSpec,
+    IsolatedNetwork,
+    NatNetwork,
+    NetworkArgs,
+    RoutedNetwork,
+    network_for_model,
+)
+
+__all__ = [
+    "GuestSpec",
+    "IsolatedNetwork",
+    "NatNetwork",
+    "NetworkArgs",
+    "RoutedNetwork",
+    "network_for_model",
+]

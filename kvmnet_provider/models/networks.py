@@ -1,0 +1,182 @@
+"""Isolated, routed and NAT networks, after the tutorial's qemu-ifup scripts.
+
+- isolated: a bridge with no address; guests' taps on it; nothing else.
+- routed: the bridge carries the guests' gateway address and the host forwards IP.
+- NAT: routed plus `-s NET ! -d NET -j MASQUERADE` (optionally `-o UPLINK`).
+Each guest gets a TapPort on the bridge and a QemuGuest attached to it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+
+from ..connection import HostSettings
+from ..resources import (
+    Bridge,
+    BridgeArgs,
+    ForwardingSetting,
+    ForwardingSettingArgs,
+    MasqueradeRule,
+    MasqueradeRuleArgs,
+    TapPort,
+    TapPortArgs,
+)
+from ..resources.guest import GuestNicArgs, QemuGuest, QemuGuestArgs
+
+MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork")
+
+
+@dataclass
+class GuestSpec:
+    """One guest: its tap, MAC and how it boots (a kernel for direct boot, or disks)."""
+
+    name: str
+    tap: str
+    mac: str
+    address: str | None = None  # informational: the guest configures its own address
+    memory_mib: int = 128
+    vcpus: int = 1
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    disks: Sequence[dict[str, str]] = ()
+
+
+@dataclass
+class NetworkArgs:
+    connection: HostSettings
+    bridge: str = "br-in"
+    # The guests' subnet; routed and NAT put `gateway` on the bridge.
+    subnet: str = "10.0.1.0/24"
+    gateway: str | None = None
+    uplink: str | None = None  # NAT: the NIC the masquerade is limited to (-o)
+    guests: Sequence[GuestSpec] = field(default_factory=list)
+    accelerator: str = "auto"
+
+
+class _Network(pulumi.ComponentResource):
+    model = ""
+
+    def __init__(
+        self, resource_name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        # Aliases to the other models' types keep the children's URNs across a model switch,
+        # so NAT -> routed removes the masquerade rule and leaves the bridge and guests alone.
+        others = [m for m in MODEL_TYPES if m != type(self).__name__]
+        aliases = [pulumi.Alias(type_=f"kvmnet:index:{m}") for m in others]
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=aliases))
+        super().__init__(f"kvmnet:index:{type(self).__name__}", resource_name, None, opts)
+        self.args = args
+        child = pulumi.ResourceOptions(parent=self)
+        self.bridge = Bridge(
+            f"{resource_name}-bridge",
+            BridgeArgs(
+                connection=args.connection, name=args.bridge, addresses=self.bridge_addresses()
+            ),
+            child,
+        )
+        self.extras = self.host_setup(resource_name, child)
+        self.taps: dict[str, TapPort] = {}
+        self.guests: dict[str, QemuGuest] = {}
+        for guest in args.guests:
+            tap = TapPort(
+                f"{resource_name}-{guest.name}-tap",
+                TapPortArgs(connection=args.connection, name=guest.tap, bridge=self.bridge),
+                child,
+            )
+            # Guests start once the host side of their network is in place.
+            after = pulumi.ResourceOptions(parent=self, depends_on=[tap, *self.extras])
+            self.taps[guest.name] = tap
+            self.guests[guest.name] = QemuGuest(
+                f"{resource_name}-{guest.name}",
+                QemuGuestArgs(
+                    connection=args.connection,
+                    name=guest.name,
+                    memory_mib=guest.memory_mib,
+                    vcpus=guest.vcpus,
+                    kernel=guest.kernel,
+                    initrd=guest.initrd,
+                    cmdline=guest.cmdline,
+                    disks=list(guest.disks),
+                    nics=[GuestNicArgs(tap=tap, mac=guest.mac)],
+                    accelerator=args.accelerator,
+                ),
+                after,
+            )
+        self.register_outputs(
+            {
+                "model": self.model,
+                "bridge": self.bridge.name,
+                "guests": {
+                    name: {"pid": g.pid, "console": g.console_socket, "accelerator": g.accelerator}
+                    for name, g in self.guests.items()
+                },
+            }
+        )
+
+    def bridge_addresses(self) -> list[str]:
+        return []
+
+    def host_setup(self, resource_name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+        return []
+
+
+class IsolatedNetwork(_Network):
+    model = "isolated"
+
+
+class RoutedNetwork(_Network):
+    model = "routed"
+
+    def bridge_addresses(self) -> list[str]:
+        if not self.args.gateway:
+            raise ValueError(f"{self.model} network: gateway: required (the bridge's address)")
+        net = ipaddress.ip_network(self.args.subnet)
+        gateway = ipaddress.ip_address(self.args.gateway)
+        if gateway not in net:
+            raise ValueError(f"gateway: {gateway} is not inside subnet {net}")
+        return [f"{gateway}/{net.prefixlen}"]
+
+    def host_setup(self, resource_name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+        forwarding = ForwardingSetting(
+            f"{resource_name}-forwarding",
+            ForwardingSettingArgs(connection=self.args.connection),
+            opts,
+        )
+        return [forwarding]
+
+
+class NatNetwork(RoutedNetwork):
+    model = "nat"
+
+    def host_setup(self, resource_name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+        masquerade = MasqueradeRule(
+            f"{resource_name}-masquerade",
+            MasqueradeRuleArgs(
+                connection=self.args.connection,
+                source=self.args.subnet,
+                out_interface=self.args.uplink,
+            ),
+            opts,
+        )
+        return [*super().host_setup(resource_name, opts), masquerade]
+
+
+MODELS: dict[str, type[_Network]] = {
+    "isolated": IsolatedNetwork,
+    "routed": RoutedNetwork,
+    "nat": NatNetwork,
+}
+
+
+def network_for_model(model: str) -> type[_Network]:
+    try:
+        return MODELS[model]
+    except KeyError:
+        raise ValueError(
+            f"model: unknown model {model!r}; choose one of {', '.join(sorted(MODELS))}"
+        ) from None
