@@ -14,6 +14,9 @@ import argparse
 import sys
 
 from .lab import Lab, LabError, LabNotUp, LabStatus
+from .probe import GuestEndpoint, Outside, format_table, observe
+from .terminal import attach_terminal
+from .toolchain import REPO_ROOT, PulumiWorkspace
 
 MODELS = ("nat", "routed", "isolated", "bridged")
 DEFAULT_MODEL = "nat"
@@ -22,21 +25,84 @@ TEARDOWN_HINT = "tear down with: make demo-down   (or: kvmnet demo down)"
 
 
 # --- the seams ----------------------------------------------------------------------------
-def run_model(model: str, lab_status: LabStatus) -> None:
-    """Build network model `model` on the lab's hosts and show what the guests reach.
+STATE_DIR = REPO_ROOT / ".pulumi-state"
+ACTIVE_FILE = STATE_DIR / "demo-stack"
 
-    Called by `demo up` once the lab is up and every host answers SSH. Must be idempotent
-    (a second `demo up` converges) and raise on failure. Placeholder until the models exist.
+
+def _workspace() -> PulumiWorkspace:
+    return PulumiWorkspace(STATE_DIR)
+
+
+def run_model(model: str, lab_status: LabStatus) -> None:
+    """`pulumi up` of stack lab-<model> on the lab's host h1, then show what guests reach.
+
+    A demo runs one model at a time: another model's demo stack is destroyed first, since
+    both would claim the same bridge on the same host.
     """
-    print(f"model {model}: not available yet")
+    stack = f"lab-{model}"
+    ws = _workspace()
+    active = ACTIVE_FILE.read_text().strip() if ACTIVE_FILE.exists() else None
+    if active and active != stack:
+        print(f"destroying the previous demo stack {active} first")
+        destroy_model()
+    ws.run(["stack", "select", "--create", stack], REPO_ROOT)
+    ACTIVE_FILE.write_text(stack)
+    if lab_status.name != "kvmnet":
+        ws.run(["config", "set", "--stack", stack, "kvmnet:lab", lab_status.name], REPO_ROOT)
+        ws.run(
+            ["config", "set", "--stack", stack, "kvmnet:labStateDir", lab_status.state_dir],
+            REPO_ROOT,
+        )
+    print(f"pulumi up --stack {stack}  (state in {STATE_DIR})")
+    up = ws.run(["up", "--yes", "--stack", stack], REPO_ROOT)
+    print(up.stdout[-3000:])
+    outs = ws.outputs(REPO_ROOT, stack)
+    guests = outs["guests"]
+    assert isinstance(guests, dict)
+    endpoints = [
+        GuestEndpoint(name, str(g["address"]), str(g["console"])) for name, g in guests.items()
+    ]
+    addresses = outs.get("bridge_addresses") or []
+    assert isinstance(addresses, list)
+    bridge_ip = str(addresses[0]).split("/")[0] if addresses else None
+    host = lab_status.hosts[0]
+    ext = lab_status.ext
+    print("probing from inside the guests (ping, tcpdump in ext)...")
+    observed = observe(
+        endpoints, bridge_ip, host.address, Outside(ext.namespace, ext.address, ext.echo_port)
+    )
+    print(format_table(model, observed))
+    print()
+    for e in endpoints:
+        print(
+            f"console of {e.name} ({e.address}): kvmnet demo console {e.name}   (Ctrl-] to leave)"
+        )
 
 
 def destroy_model() -> None:
-    """Remove whatever :func:`run_model` built; called by `demo down` before the lab goes.
+    """`pulumi destroy` of the active demo stack; nothing to do when none is active."""
+    if not ACTIVE_FILE.exists():
+        return
+    stack = ACTIVE_FILE.read_text().strip()
+    ws = _workspace()
+    print(f"pulumi destroy --stack {stack}")
+    ws.run(["destroy", "--yes", "--stack", stack], REPO_ROOT)
+    ws.run(["stack", "rm", "--yes", "--stack", stack], REPO_ROOT, check=False)
+    ACTIVE_FILE.unlink()
 
-    Must be idempotent and succeed when nothing was built or the lab is not up.
-    Placeholder (no-op) until the models exist.
-    """
+
+def console(guest: str) -> int:
+    """Attach the terminal to a demo guest's serial console."""
+    if not ACTIVE_FILE.exists():
+        print("kvmnet: no demo is up (make demo)", file=sys.stderr)
+        return 1
+    stack = ACTIVE_FILE.read_text().strip()
+    guests = _workspace().outputs(REPO_ROOT, stack)["guests"]
+    assert isinstance(guests, dict)
+    if guest not in guests:
+        print(f"kvmnet: no guest {guest!r}; guests: {', '.join(guests)}", file=sys.stderr)
+        return 1
+    return attach_terminal(str(guests[guest]["console"]))
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -55,6 +121,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     down = sub.add_parser("down", help="destroy the model, then the lab (idempotent)")
     down.set_defaults(func=cmd_down)
+
+    attach = sub.add_parser("console", help="attach to a demo guest's serial console")
+    attach.add_argument("guest", help="guest name, e.g. g1")
+    attach.set_defaults(func=lambda a: console(a.guest))
 
 
 def format_hosts(status: LabStatus) -> str:
