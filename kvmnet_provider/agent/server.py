@@ -60,10 +60,8 @@ def build_handlers() -> dict[str, Handler]:
         "masquerade.ensure": firewall.masquerade_ensure,
         "masquerade.remove": lambda a: firewall.masquerade_remove(a["owner"]),
     }
-    try:
-        from . import guests  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return handlers
+    from . import guests
+
     handlers.update(guests.handlers())
     return handlers
 

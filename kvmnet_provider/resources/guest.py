@@ -1,0 +1,199 @@
+"""QemuGuest: one QEMU guest on a host, detached, found again by pidfile and QMP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import DiffResult, Resource
+
+from ..agent import guests
+from ..agent.validate import int_range
+from ..connection import HostSettings
+from ..connection.session import AgentSession
+from .base import Field, KvmnetProvider, owner_id
+from .links import TapPort
+
+# Inputs the host resolves (auto -> kvm|tcg, an unset socket -> a path in the run dir): the
+# outputs carry the resolved value, and what was asked for is kept under "requested".
+RESOLVED = ("accelerator", "console_socket", "qmp_socket")
+# Outputs only the host knows.
+GUEST_COMPUTED = (
+    "pid",
+    "status",
+    "macs",
+    "accelerator_reason",
+    "console_log",
+    "run_dir",
+    "argv_sha256",
+    "requested",
+)
+START_TIMEOUT = 180.0
+
+
+def _int(low: int, high: int) -> Any:
+    return lambda v: int_range(v, low, high)
+
+
+class QemuGuestProvider(KvmnetProvider):
+    kind = "QemuGuest"
+    # QEMU applies none of these to a running guest: every one of them replaces it, except
+    # how long delete waits for an ACPI power-down.
+    fields = {
+        "name": Field(guests.guest_name, required=True, replaces=True),
+        "memory_mib": Field(_int(*guests.MEMORY_MIB), default=128, replaces=True),
+        "vcpus": Field(_int(*guests.VCPUS), default=1, replaces=True),
+        "disks": Field(guests.disks, default=[], replaces=True),
+        "kernel": Field(guests.host_path, replaces=True),
+        "initrd": Field(guests.host_path, replaces=True),
+        "cmdline": Field(guests.kernel_cmdline, replaces=True),
+        "nics": Field(guests.nics, default=[], replaces=True),
+        "accelerator": Field(guests.accelerator, default="auto", replaces=True),
+        "cpu": Field(guests.cpu_model, replaces=True),
+        "console_socket": Field(guests.socket_path, replaces=True),
+        "qmp_socket": Field(guests.socket_path, replaces=True),
+        "qemu": Field(guests.qemu_binary, default=guests.DEFAULT_QEMU, replaces=True),
+        "stop_timeout": Field(_int(1, 300), default=10),
+    }
+
+    def resource_id(self, props: dict[str, Any]) -> str:
+        conn = props["connection"]
+        return f"{conn['host']}:{int(conn['port'])}/guest/{props['name']}"
+
+    def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
+        return guests.cross_check(props)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        # Compare what was asked for, not what the host resolved it to.
+        return super().diff(_id, {**olds, **self._requested(olds)}, news)
+
+    @staticmethod
+    def _requested(props: dict[str, Any]) -> dict[str, Any]:
+        requested = props.get("requested")
+        if isinstance(requested, dict):
+            return {k: requested.get(k) for k in RESOLVED}
+        return {k: props.get(k) for k in RESOLVED}
+
+    def _outputs(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+        return {**props, **live, "requested": self._requested(props)}
+
+    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
+        live: dict[str, Any] = agent.call("guest.start", self.spec(props), timeout=START_TIMEOUT)
+        return live
+
+    def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
+        live: dict[str, Any] | None = agent.call(
+            "guest.read", {"name": props["name"], "owner": props["owner"]}
+        )
+        return live
+
+    def host_update(
+        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
+    ) -> dict[str, Any]:
+        # Only stop_timeout (or connection details of the same host) can change in place:
+        # nothing to do on the host but make sure the guest is still there.
+        live = self.host_read(agent, news)
+        if live is None:
+            raise RuntimeError(
+                f"guest {news['name']} is not running on {news['connection']['host']}; "
+                "run `pulumi refresh` and `pulumi up` to start it again"
+            )
+        return live
+
+    def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
+        stop_timeout = int(props.get("stop_timeout") or 10)
+        agent.call(
+            "guest.stop",
+            {"name": props["name"], "owner": props["owner"], "stop_timeout": stop_timeout},
+            timeout=stop_timeout + 90.0,
+        )
+
+
+@dataclass
+class GuestNicArgs:
+    """A NIC on a tap that already exists on its bridge (QEMU opens it, script=no)."""
+
+    tap: TapPort | pulumi.Input[str]
+    mac: str
+    model: str = "virtio-net-pci"  # or e1000
+
+
+@dataclass
+class GuestDiskArgs:
+    """An image file on the host."""
+
+    path: str
+    format: str  # raw or qcow2
+    interface: str = "virtio"  # or ide
+
+
+@dataclass
+class QemuGuestArgs:
+    connection: HostSettings
+    name: str
+    memory_mib: int = 128
+    vcpus: int = 1
+    disks: Sequence[GuestDiskArgs | dict[str, str]] = field(default_factory=list)
+    # direct boot: a kernel on the host, an optional initrd and kernel command line
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    nics: Sequence[GuestNicArgs] = field(default_factory=list)
+    accelerator: str = "auto"  # kvm, tcg, or auto: KVM only where a probe shows it works
+    cpu: str | None = None  # QEMU -cpu; default host under KVM, QEMU's own under TCG
+    console_socket: str | None = None  # default: in the guest's run dir on the host
+    qmp_socket: str | None = None
+    qemu: str = guests.DEFAULT_QEMU
+    stop_timeout: int = 10  # seconds delete waits for an ACPI power-down before quitting
+
+
+class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
+    name: pulumi.Output[str]
+    pid: pulumi.Output[int]
+    status: pulumi.Output[str]
+    console_socket: pulumi.Output[str]
+    console_log: pulumi.Output[str]
+    qmp_socket: pulumi.Output[str]
+    macs: pulumi.Output[list[str]]
+    accelerator: pulumi.Output[str]
+    accelerator_reason: pulumi.Output[str]
+    run_dir: pulumi.Output[str]
+
+    def __init__(
+        self, resource_name: str, args: QemuGuestArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        nics = []
+        for nic in args.nics:
+            tap = nic.tap.name if isinstance(nic.tap, TapPort) else nic.tap
+            nics.append({"tap": tap, "mac": nic.mac, "model": nic.model})
+        disks = [
+            {"path": d.path, "format": d.format, "interface": d.interface}
+            if isinstance(d, GuestDiskArgs)
+            else dict(d)
+            for d in args.disks
+        ]
+        props: dict[str, Any] = {
+            "connection": args.connection.to_props(),
+            "owner": owner_id("QemuGuest", resource_name),
+            "name": args.name,
+            "memory_mib": args.memory_mib,
+            "vcpus": args.vcpus,
+            "disks": disks,
+            "kernel": args.kernel,
+            "initrd": args.initrd,
+            "cmdline": args.cmdline,
+            "nics": nics,
+            "accelerator": args.accelerator,
+            "cpu": args.cpu,
+            "console_socket": args.console_socket,
+            "qmp_socket": args.qmp_socket,
+            "qemu": args.qemu,
+            "stop_timeout": args.stop_timeout,
+            **dict.fromkeys(GUEST_COMPUTED),
+        }
+        super().__init__(QemuGuestProvider(), resource_name, props, opts)
+
+
+__all__ = ["GuestDiskArgs", "GuestNicArgs", "QemuGuest", "QemuGuestArgs", "QemuGuestProvider"]
