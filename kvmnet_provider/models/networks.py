@@ -44,6 +44,7 @@ class GuestSpec:
     initrd: str | None = None
     cmdline: str | None = None
     disks: Sequence[dict[str, str]] = ()
+    stop_timeout: int = 10  # seconds to wait for an ACPI power-down before quitting QEMU
 
 
 @dataclass
@@ -104,6 +105,7 @@ class _Network(pulumi.ComponentResource):
                     disks=list(guest.disks),
                     nics=[GuestNicArgs(tap=tap, mac=guest.mac)],
                     accelerator=args.accelerator,
+                    stop_timeout=guest.stop_timeout,
                 ),
                 after,
             )

@@ -1,5 +1,6 @@
 """kvmnet's dynamic resources (type tokens pulumi-python:dynamic/kvmnet:*)."""
 
+from .guest import GuestDiskArgs, GuestNicArgs, QemuGuest, QemuGuestArgs
 from .links import Bridge, BridgeArgs, TapPort, TapPortArgs
 from .netfilter import (
     ForwardingSetting,
@@ -13,8 +14,12 @@ __all__ = [
     "BridgeArgs",
     "ForwardingSetting",
     "ForwardingSettingArgs",
+    "GuestDiskArgs",
+    "GuestNicArgs",
     "MasqueradeRule",
     "MasqueradeRuleArgs",
+    "QemuGuest",
+    "QemuGuestArgs",
     "TapPort",
     "TapPortArgs",
 ]

@@ -32,7 +32,7 @@ class TestStack:
 
     def config(self, key: str, value: str, secret: bool = False) -> None:
         extra = ["--secret"] if secret else []
-        self.pulumi("config", "set", *extra, key, "--", value)
+        self.ws.run(["config", "set", *extra, "--stack", self.stack, key, "--", value], self.dir)
 
     def up(self, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.pulumi("up", "--yes", "--skip-preview", check=check)
