@@ -87,7 +87,7 @@ def destroy_model() -> None:
     ws = _workspace()
     print(f"pulumi destroy --stack {stack}")
     ws.run(["destroy", "--yes", "--stack", stack], REPO_ROOT)
-    ws.run(["stack", "rm", "--yes", "--stack", stack], REPO_ROOT, check=False)
+    ws.run(["stack", "rm", "--yes", "--preserve-config", "--stack", stack], REPO_ROOT, check=False)
     ACTIVE_FILE.unlink()
 
 

@@ -47,12 +47,12 @@ def connection_from_config(cfg: pulumi.Config) -> HostSettings:
 
 
 def guest_image(cfg: pulumi.Config) -> tuple[str | None, str | None]:
-    image = cfg.get_object("guestImage")
-    if image == "test":
+    if cfg.get("guestImage") == "test":
         from .testing.guest import guest_image_dir
 
         directory = guest_image_dir()
         return str(directory / "vmlinuz"), str(directory / "initrd.img")
+    image = cfg.get_object("guestImage")
     if isinstance(image, dict):
         return image.get("kernel"), image.get("initrd")
     return None, None
