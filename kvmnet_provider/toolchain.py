@@ -67,7 +67,7 @@ class PulumiWorkspace:
     ) -> subprocess.CompletedProcess[str]:
         """Run `pulumi ARGS` non-interactively; on failure raise with the output's tail."""
         proc = subprocess.run(
-            ["pulumi", *args, "--non-interactive"],
+            ["pulumi", "--non-interactive", *args],
             cwd=cwd,
             env=self.env(),
             capture_output=True,
