@@ -62,6 +62,7 @@ def run_model(model: str, lab_status: LabStatus) -> None:
     endpoints = [
         GuestEndpoint(name, str(g["address"]), str(g["console"])) for name, g in guests.items()
     ]
+    # Isolated: no address; bridged: the bridge carries the host's own (probed as "host").
     addresses = outs.get("bridge_addresses") or []
     assert isinstance(addresses, list)
     bridge_ip = str(addresses[0]).split("/")[0] if addresses else None

@@ -15,23 +15,31 @@
 from __future__ import annotations
 
 import ipaddress
-import sys
 from typing import Any
 
 import pulumi
 
 from .connection import HostSettings
+from .lab.state import LabStatus
 from .models import GuestSpec, NetworkArgs, network_for_model
+from .resources import Bridge
+from .toolchain import venv_python
 
 DEFAULT_GUESTS = [{"name": "g1", "address": "10.0.1.11"}, {"name": "g2", "address": "10.0.1.12"}]
 
 
-def connection_from_config(cfg: pulumi.Config) -> HostSettings:
+def lab_status(cfg: pulumi.Config) -> LabStatus | None:
     lab_name = cfg.get("lab")
-    if lab_name:
-        from .lab import Lab
+    if not lab_name:
+        return None
+    from .lab import Lab
 
-        status = Lab(lab_name, cfg.get("labStateDir")).status(check_ssh=False)
+    return Lab(lab_name, cfg.get("labStateDir")).status(check_ssh=False)
+
+
+def connection_from_config(cfg: pulumi.Config) -> HostSettings:
+    status = lab_status(cfg)
+    if status is not None:
         host = status.host(cfg.get("labHost") or "h1")
         # Lab hosts share this machine's filesystem: the agent runs on this venv's Python.
         return HostSettings(
@@ -40,7 +48,7 @@ def connection_from_config(cfg: pulumi.Config) -> HostSettings:
             user=host.user,
             known_hosts=host.known_hosts,
             private_key_path=host.private_key,
-            python=cfg.get("hostPython") or sys.executable,
+            python=cfg.get("hostPython") or venv_python(),
         )
     raw: dict[str, Any] = cfg.require_object("host")
     return HostSettings(**raw)
@@ -58,8 +66,12 @@ def guest_image(cfg: pulumi.Config) -> tuple[str | None, str | None]:
     return None, None
 
 
-def guests_from_config(cfg: pulumi.Config, subnet: str, gateway: str | None) -> list[GuestSpec]:
-    raw: list[dict[str, Any]] = cfg.get_object("guests") or DEFAULT_GUESTS
+def guests_from_config(
+    cfg: pulumi.Config, subnet: str, gateway: str | None, lab: LabStatus | None = None
+) -> list[GuestSpec]:
+    bridged_lab = lab is not None and cfg.get("model") == "bridged"
+    default = lan_guests(lab.lan) if lab is not None and bridged_lab else DEFAULT_GUESTS
+    raw: list[dict[str, Any]] = cfg.get_object("guests") or default
     kernel, initrd = guest_image(cfg)
     prefix = ipaddress.ip_network(subnet).prefixlen
     guests = []
@@ -93,26 +105,42 @@ def guests_from_config(cfg: pulumi.Config, subnet: str, gateway: str | None) -> 
     return guests
 
 
+def lan_guests(lan: str, count: int = 2) -> list[dict[str, Any]]:
+    """Bridged guests on the lab LAN: .50, .51, ..."""
+    base = ipaddress.ip_network(lan).network_address
+    return [{"name": f"g{i}", "address": str(base + 49 + i)} for i in range(1, count + 1)]
+
+
 def build() -> None:
     cfg = pulumi.Config("kvmnet")
     model = cfg.get("model") or "nat"
     network_class = network_for_model(model)
     subnet = cfg.get("subnet") or "10.0.1.0/24"
     gateway = None if model == "isolated" else cfg.get("gateway") or "10.0.1.254"
+    uplink = cfg.get("uplink")
+    lab = lab_status(cfg)
+    if model == "bridged" and lab is not None:
+        # Guests are peers on the lab's LAN; the host's eth0 is the NIC to bridge.
+        subnet, gateway, uplink = lab.lan, lab.gateway, uplink or "eth0"
     args = NetworkArgs(
         connection=connection_from_config(cfg),
         bridge=cfg.get("bridge") or "br-in",
         subnet=subnet,
         gateway=gateway,
-        uplink=cfg.get("uplink"),
-        guests=guests_from_config(cfg, subnet, gateway),
+        uplink=uplink,
+        guests=guests_from_config(cfg, subnet, gateway, lab),
         accelerator=cfg.get("accelerator") or "auto",
+        bridge_addresses_override=cfg.get_object("bridgeAddresses") or (),
+        rollback_seconds=cfg.get_int("rollbackSeconds") or 30,
     )
     network = network_class(cfg.get("name") or "net", args)
     pulumi.export("model", model)
     pulumi.export("host", args.connection.host)
     pulumi.export("bridge", network.bridge.name)
-    pulumi.export("bridge_addresses", network.bridge.addresses)
+    if isinstance(network.bridge, Bridge):
+        pulumi.export("bridge_addresses", network.bridge.addresses)
+    else:
+        pulumi.export("uplink_addresses", network.bridge.live_addresses)
     pulumi.export(
         "guests",
         {

@@ -27,7 +27,13 @@ def pulumi_bin_dir() -> Path:
 
 def venv_bin_dir() -> Path:
     """The venv that runs Pulumi programs and dynamic providers (the one running us)."""
-    return Path(sys.executable).parent
+    return Path(sys.prefix) / "bin"
+
+
+def venv_python() -> str:
+    """One spelling of the venv's Python, whichever name started us (python, python3):
+    it lands in resources' inputs, where another spelling would be a diff."""
+    return str(venv_bin_dir() / "python3")
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,7 @@ class PulumiWorkspace:
                 "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
                 "PULUMI_SKIP_CONFIRMATIONS": "true",
                 "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
-                "PULUMI_PYTHON_CMD": sys.executable,
+                "PULUMI_PYTHON_CMD": venv_python(),
                 "PULUMI_RUNTIME_VIRTUALENV": str(venv_bin_dir().parent),
             }
         )

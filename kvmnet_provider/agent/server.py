@@ -60,9 +60,10 @@ def build_handlers() -> dict[str, Handler]:
         "masquerade.ensure": firewall.masquerade_ensure,
         "masquerade.remove": lambda a: firewall.masquerade_remove(a["owner"]),
     }
-    from . import guests
+    from . import guests, uplink
 
     handlers.update(guests.handlers())
+    handlers.update(uplink.handlers())
     return handlers
 
 

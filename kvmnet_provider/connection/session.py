@@ -154,8 +154,11 @@ class AgentSession:
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         self.channel.settimeout(max(30.0, settings.connect_timeout))
         try:
-            self.stdin.write(json.dumps(agent_sources()) + "\n")
-            self.stdin.flush()
+            try:
+                self.stdin.write(json.dumps(agent_sources()) + "\n")
+                self.stdin.flush()
+            except (OSError, EOFError):
+                pass  # the Python died before reading (not found, not executable...): say why
             hello = self._read_line("starting the host agent")
         except HostError:
             self.close()
@@ -257,6 +260,21 @@ def agent_session(settings: HostSettings) -> AgentSession:
         session = AgentSession(settings)
         _sessions[settings] = session
         return session
+
+
+def fresh_session(settings: HostSettings) -> AgentSession:
+    """A session on a NEW connection (proof that the host is reachable right now), which
+    then replaces the cached one for these settings."""
+    session = AgentSession(settings)
+    with _sessions_lock:
+        old = _sessions.get(settings)
+        _sessions[settings] = session
+    if old is not None:
+        try:
+            old.close()
+        except Exception:
+            pass  # it may already be dead: that is why we are here
+    return session
 
 
 def close_all() -> None:

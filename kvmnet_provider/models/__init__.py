@@ -1,6 +1,7 @@
 """The four network models as ComponentResources composed from kvmnet's resources."""
 
 from .networks import (
+    BridgedNetwork,
     GuestSpec,
     IsolatedNetwork,
     NatNetwork,
@@ -10,6 +11,7 @@ from .networks import (
 )
 
 __all__ = [
+    "BridgedNetwork",
     "GuestSpec",
     "IsolatedNetwork",
     "NatNetwork",

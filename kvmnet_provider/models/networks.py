@@ -26,6 +26,7 @@ from ..resources import (
     TapPortArgs,
 )
 from ..resources.guest import GuestNicArgs, QemuGuest, QemuGuestArgs
+from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
 
 MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork")
 
@@ -54,7 +55,11 @@ class NetworkArgs:
     # The guests' subnet; routed and NAT put `gateway` on the bridge.
     subnet: str = "10.0.1.0/24"
     gateway: str | None = None
-    uplink: str | None = None  # NAT: the NIC the masquerade is limited to (-o)
+    # NAT: the NIC the masquerade is limited to (-o); bridged: the NIC the bridge takes over.
+    uplink: str | None = None
+    # Bridged: addresses for the bridge instead of the NIC's own (rarely right); rollback time.
+    bridge_addresses_override: Sequence[str] = ()
+    rollback_seconds: int = 30
     guests: Sequence[GuestSpec] = field(default_factory=list)
     accelerator: str = "auto"
 
@@ -73,13 +78,7 @@ class _Network(pulumi.ComponentResource):
         super().__init__(f"kvmnet:index:{type(self).__name__}", resource_name, None, opts)
         self.args = args
         child = pulumi.ResourceOptions(parent=self)
-        self.bridge = Bridge(
-            f"{resource_name}-bridge",
-            BridgeArgs(
-                connection=args.connection, name=args.bridge, addresses=self.bridge_addresses()
-            ),
-            child,
-        )
+        self.bridge = self.make_bridge(resource_name, child)
         self.extras = self.host_setup(resource_name, child)
         self.taps: dict[str, TapPort] = {}
         self.guests: dict[str, QemuGuest] = {}
@@ -118,6 +117,18 @@ class _Network(pulumi.ComponentResource):
                     for name, g in self.guests.items()
                 },
             }
+        )
+
+    def make_bridge(
+        self, resource_name: str, opts: pulumi.ResourceOptions
+    ) -> Bridge | UplinkBridge:
+        args = self.args
+        return Bridge(
+            f"{resource_name}-bridge",
+            BridgeArgs(
+                connection=args.connection, name=args.bridge, addresses=self.bridge_addresses()
+            ),
+            opts,
         )
 
     def bridge_addresses(self) -> list[str]:
@@ -168,10 +179,36 @@ class NatNetwork(RoutedNetwork):
         return [*super().host_setup(resource_name, opts), masquerade]
 
 
+class BridgedNetwork(_Network):
+    """The host's NIC (`uplink`) becomes a port of the bridge, which takes over its MAC,
+    addresses and routes under a rollback; guests are peers on the LAN."""
+
+    model = "bridged"
+
+    def make_bridge(
+        self, resource_name: str, opts: pulumi.ResourceOptions
+    ) -> Bridge | UplinkBridge:
+        args = self.args
+        if not args.uplink:
+            raise ValueError("bridged network: uplink: required (the NIC the bridge takes over)")
+        return UplinkBridge(
+            f"{resource_name}-uplink",
+            UplinkBridgeArgs(
+                connection=args.connection,
+                name=args.bridge,
+                nic=args.uplink,
+                addresses=list(args.bridge_addresses_override),
+                rollback_seconds=args.rollback_seconds,
+            ),
+            opts,
+        )
+
+
 MODELS: dict[str, type[_Network]] = {
     "isolated": IsolatedNetwork,
     "routed": RoutedNetwork,
     "nat": NatNetwork,
+    "bridged": BridgedNetwork,
 }
 
 

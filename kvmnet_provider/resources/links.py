@@ -152,7 +152,7 @@ class Bridge(Resource, module="kvmnet", name="Bridge"):
 class TapPortArgs:
     connection: HostSettings
     name: str
-    bridge: Bridge | str
+    bridge: pulumi.Resource | str  # a Bridge, an UplinkBridge, or a bridge's name
     owner_user: str | None = None
     multi_queue: bool = False
     mtu: pulumi.Input[int] | None = None
@@ -172,8 +172,8 @@ class TapPort(Resource, module="kvmnet", name="TapPort"):
         self, resource_name: str, args: TapPortArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         bridge: pulumi.Input[str]
-        if isinstance(args.bridge, Bridge):
-            bridge = args.bridge.name
+        if isinstance(args.bridge, pulumi.Resource):  # a Bridge or an UplinkBridge
+            bridge = args.bridge.name  # type: ignore[attr-defined]
         else:
             key = (args.connection.host, args.bridge)
             if not args.external_bridge and key not in _declared_bridges:

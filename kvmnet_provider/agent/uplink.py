@@ -1,0 +1,424 @@
+"""The bridged model's risky step: a bridge takes over the NIC the operator is logged in over.
+
+Two configurations of one host, each idempotent to apply:
+- plain:   the NIC carries its addresses and the routes through it (no bridge);
+- bridged: a bridge with the NIC's MAC carries them, the NIC is its port.
+Going from one to the other first arms a rollback: a detached process on the host that puts
+the previous configuration back when its deadline passes, unless a *new* SSH connection
+disarms it first (the controller does that). A change that cuts the host off therefore
+undoes itself. What each owner changed is kept in the host state to put things back on
+delete and to read drift.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from . import hoststate, validate
+from .errors import AgentError
+
+OWNER_PREFIX = "kvmnet:"
+MAIN_TABLE = 254
+KERNEL_PROTO = 2  # routes the kernel makes for an address: they follow the address
+ROLLBACK_SECONDS = (5, 600)
+
+
+def _dir() -> Path:
+    path = hoststate.namespace_dir() / "uplink"
+    path.mkdir(exist_ok=True, mode=0o700)
+    return path
+
+
+@contextmanager
+def _lock() -> Iterator[None]:
+    with open(_dir() / "lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+# --- reading the kernel ------------------------------------------------------------------
+def _index(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _link(ipr: Any, idx: int) -> Any:
+    return ipr.get_links(idx)[0]
+
+
+def _addresses(ipr: Any, idx: int) -> list[str]:
+    out = []
+    for msg in ipr.get_addr(index=idx):
+        iface = ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+        if not (iface.version == 6 and iface.ip.is_link_local):
+            out.append(str(iface))
+    return sorted(out)
+
+
+def _routes(ipr: Any, idx: int) -> list[dict[str, Any]]:
+    """Routes through the link that the kernel does not derive from an address."""
+    routes = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.get_routes(family=family, table=MAIN_TABLE):
+            if msg.get("RTA_OIF") != idx or msg["proto"] == KERNEL_PROTO:
+                continue
+            if family == socket.AF_INET6 and msg.get("RTA_DST", "").startswith("fe80"):
+                continue
+            dst = msg.get("RTA_DST")
+            routes.append(
+                {
+                    "family": family,
+                    "dst": f"{dst}/{msg['dst_len']}" if dst else "default",
+                    "gateway": msg.get("RTA_GATEWAY"),
+                    "priority": msg.get("RTA_PRIORITY"),
+                    "proto": msg["proto"],
+                    "scope": msg["scope"],
+                    "prefsrc": msg.get("RTA_PREFSRC"),
+                }
+            )
+    return routes
+
+
+def inspect(args: dict[str, Any]) -> dict[str, Any]:
+    """What a take-over would start from; used by `check` to refuse a bad NIC at preview."""
+    from pyroute2 import IPRoute
+
+    nic = validate.ifname(args["nic"])
+    with IPRoute() as ipr:
+        idx = _index(ipr, nic)
+        if idx is None:
+            return {"exists": False}
+        msg = _link(ipr, idx)
+        master_idx = msg.get("IFLA_MASTER")
+        master = _link(ipr, master_idx) if master_idx else None
+        alias = (master.get("IFLA_IFALIAS") or "") if master else ""
+        return {
+            "exists": True,
+            "kind": msg.get(("linkinfo", "kind")),
+            "master": master.get("IFLA_IFNAME") if master else None,
+            "master_owner": alias[len(OWNER_PREFIX) :] if alias.startswith(OWNER_PREFIX) else None,
+            "mac": msg.get("IFLA_ADDRESS"),
+            "addresses": _addresses(ipr, idx),
+            "routes": _routes(ipr, idx),
+        }
+
+
+# --- the two configurations ----------------------------------------------------------------
+def _add_address(ipr: Any, idx: int, cidr: str) -> None:
+    iface = ipaddress.ip_interface(cidr)
+    try:
+        ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except Exception as exc:
+        if getattr(exc, "code", None) != 17:  # EEXIST: already there
+            raise
+
+
+def _del_address(ipr: Any, idx: int, cidr: str) -> None:
+    iface = ipaddress.ip_interface(cidr)
+    try:
+        ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except Exception as exc:
+        if getattr(exc, "code", None) not in (99, 19):  # EADDRNOTAVAIL, ENODEV: gone
+            raise
+
+
+def _add_route(ipr: Any, idx: int, route: dict[str, Any]) -> None:
+    kwargs: dict[str, Any] = {
+        "oif": idx,
+        "table": MAIN_TABLE,
+        "family": route["family"],
+        "proto": route["proto"],
+        "scope": route["scope"],
+    }
+    kwargs["dst"] = (
+        route["dst"]
+        if route["dst"] != "default"
+        else ("0.0.0.0/0" if route["family"] == socket.AF_INET else "::/0")
+    )
+    for key in ("gateway", "priority", "prefsrc"):
+        if route.get(key) is not None:
+            kwargs[key] = route[key]
+    try:
+        ipr.route("add", **kwargs)
+    except Exception as exc:
+        if getattr(exc, "code", None) != 17:
+            raise
+
+
+def apply_bridged(ipr: Any, cfg: dict[str, Any]) -> None:
+    nic = _index(ipr, cfg["nic"])
+    if nic is None:
+        raise AgentError("missing", f"NIC {cfg['nic']} does not exist")
+    br = _index(ipr, cfg["bridge"])
+    if br is None:
+        ipr.link("add", ifname=cfg["bridge"], kind="bridge", br_stp_state=0, br_forward_delay=0)
+        br = _index(ipr, cfg["bridge"])
+        assert br is not None
+        ipr.link("set", index=br, ifalias=OWNER_PREFIX + cfg["owner"])
+        # The NIC's MAC: DHCP reservations and neighbours' caches keep working.
+        ipr.link("set", index=br, address=cfg["mac"])
+        if cfg.get("mtu"):
+            ipr.link("set", index=br, mtu=cfg["mtu"])
+    ipr.link("set", index=nic, master=br)
+    for cidr in cfg["nic_addresses"]:
+        _del_address(ipr, nic, cidr)
+    for cidr in cfg["bridge_addresses"]:
+        _add_address(ipr, br, cidr)
+    ipr.link("set", index=br, state="up")
+    ipr.link("set", index=nic, state="up")
+    for route in cfg["routes"]:
+        _add_route(ipr, br, route)
+
+
+def apply_plain(ipr: Any, cfg: dict[str, Any]) -> None:
+    nic = _index(ipr, cfg["nic"])
+    if nic is None:
+        raise AgentError("missing", f"NIC {cfg['nic']} does not exist")
+    br = _index(ipr, cfg["bridge"])
+    if br is not None:
+        alias = _link(ipr, br).get("IFLA_IFALIAS") or ""
+        if alias != OWNER_PREFIX + cfg["owner"]:
+            raise AgentError("conflict", f"{cfg['bridge']} is not ours; left untouched")
+        ipr.link("set", index=nic, master=0)
+        ipr.link("del", index=br)  # its addresses and routes go with it
+    for cidr in cfg["nic_addresses"]:
+        _add_address(ipr, nic, cidr)
+    ipr.link("set", index=nic, state="up")
+    for route in cfg["routes"]:
+        _add_route(ipr, nic, route)
+
+
+APPLY = {"bridged": apply_bridged, "plain": apply_plain}
+
+
+# --- rollback --------------------------------------------------------------------------------
+def _token(value: object) -> str:
+    if not isinstance(value, str) or not value.isalnum() or not 8 <= len(value) <= 64:
+        raise AgentError("invalid", "token must be 8-64 letters and digits")
+    return value
+
+
+def arm(token: str, target: str, cfg: dict[str, Any], seconds: int) -> None:
+    """Start the detached process that applies `target` at the deadline unless disarmed."""
+    armed = _dir() / f"{token}.armed"
+    armed.write_text(json.dumps({"target": target, "cfg": cfg, "deadline": time.time() + seconds}))
+    package_root = str(Path(__file__).resolve().parent.parent)
+    code = (
+        f"import sys; sys.path.insert(0, {package_root!r}); "
+        f"from {__package__} import uplink; uplink.rollback_main(sys.argv[1])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(armed)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 20)
+    if not ready or proc.stdout.readline().strip() != "ready":
+        armed.unlink(missing_ok=True)
+        proc.kill()
+        raise AgentError("failed", "could not arm the rollback; nothing was changed")
+    proc.stdout.close()
+
+
+def rollback_main(armed_path: str) -> None:
+    """Body of the rollback process: wait, then restore unless disarmed."""
+    from pyroute2 import IPRoute  # loaded now: the agent's files may vanish later
+
+    armed = Path(armed_path)
+    plan = json.loads(armed.read_text())
+    print("ready", flush=True)
+    sys.stdout.close()
+    while True:
+        time.sleep(0.2)
+        with _lock():
+            if not armed.exists():
+                return  # disarmed
+            if time.time() < plan["deadline"]:
+                continue
+            result: dict[str, Any] = {"target": plan["target"], "at": time.time()}
+            try:
+                with IPRoute() as ipr:
+                    APPLY[plan["target"]](ipr, plan["cfg"])
+                result["ok"] = True
+            except Exception as exc:  # keep the record: the operator must know
+                result.update(ok=False, error=str(exc))
+            armed.with_suffix(".rolledback").write_text(json.dumps(result))
+            armed.unlink()
+            return
+
+
+def confirm(args: dict[str, Any]) -> dict[str, Any]:
+    token = _token(args["token"])
+    with _lock():
+        armed = _dir() / f"{token}.armed"
+        if armed.exists():
+            armed.unlink()
+            return {"confirmed": True}
+        done = _dir() / f"{token}.rolledback"
+        if done.exists():
+            raise AgentError("failed", f"too late: the rollback already ran: {done.read_text()}")
+        raise AgentError("invalid", "no rollback is armed with that token")
+
+
+def rollback_status(args: dict[str, Any]) -> dict[str, Any]:
+    token = _token(args["token"])
+    done = _dir() / f"{token}.rolledback"
+    return {
+        "armed": (_dir() / f"{token}.armed").exists(),
+        "rolled_back": json.loads(done.read_text()) if done.exists() else None,
+    }
+
+
+# --- the operations ----------------------------------------------------------------------------
+def _seconds(value: object) -> int:
+    return validate.int_range(value, *ROLLBACK_SECONDS)
+
+
+def takeover(args: dict[str, Any]) -> dict[str, Any]:
+    """Arm a rollback to today's plain configuration, then bridge the NIC in one step."""
+    from pyroute2 import IPRoute
+
+    owner = validate.owner(args["owner"])
+    bridge, nic = validate.ifname(args["bridge"]), validate.ifname(args["nic"])
+    token, seconds = _token(args["token"]), _seconds(args["rollback_seconds"])
+    with hoststate.locked("uplinks") as doc, IPRoute() as ipr:
+        record = doc.get(owner)
+        if record is None:
+            live = inspect({"nic": nic})
+            if not live["exists"]:
+                raise AgentError("missing", f"NIC {nic} does not exist on this host")
+            if live["master"]:
+                raise AgentError(
+                    "conflict", f"NIC {nic} is already a port of bridge {live['master']}"
+                )
+            if _index(ipr, bridge) is not None:
+                raise AgentError(
+                    "conflict", f"{bridge} already exists; kvmnet will not take it over"
+                )
+            plain = {
+                "owner": owner,
+                "bridge": bridge,
+                "nic": nic,
+                "mac": live["mac"],
+                "nic_addresses": live["addresses"],
+                "routes": live["routes"],
+            }
+            record = {"plain": plain}
+        plain = record["plain"]
+        wanted = [validate.interface_address(a) for a in args.get("addresses") or []]
+        bridged = {
+            **plain,
+            "bridge_addresses": wanted or plain["nic_addresses"],
+            "mtu": args.get("mtu"),
+        }
+        plain = {**plain, "bridge_addresses": []}
+        record["bridged"] = bridged
+        arm(token, "plain", plain, seconds)
+        try:
+            apply_bridged(ipr, bridged)
+        except Exception as exc:
+            # Failed half-way: put the plain configuration back now, not at the deadline.
+            with _lock():
+                (_dir() / f"{token}.armed").unlink(missing_ok=True)
+            apply_plain(ipr, plain)
+            raise AgentError(
+                "failed", f"bridging {nic} failed and was undone at once: {exc}"
+            ) from None
+        doc[owner] = record
+    # Read once the record is saved and its lock released.
+    return {"token": token, "armed_seconds": seconds, **(read({"owner": owner}) or {})}
+
+
+def release(args: dict[str, Any]) -> dict[str, Any]:
+    """Arm a rollback to the bridged configuration, then give the NIC its addresses back."""
+    from pyroute2 import IPRoute
+
+    owner = validate.owner(args["owner"])
+    token, seconds = _token(args["token"]), _seconds(args["rollback_seconds"])
+    with hoststate.locked("uplinks") as doc, IPRoute() as ipr:
+        record = doc.get(owner)
+        if record is None:
+            return {"token": None, "released": False}
+        arm(token, "bridged", record["bridged"], seconds)
+        try:
+            apply_plain(ipr, {**record["plain"], "bridge_addresses": []})
+        except Exception as exc:
+            with _lock():
+                (_dir() / f"{token}.armed").unlink(missing_ok=True)
+            apply_bridged(ipr, record["bridged"])
+            raise AgentError(
+                "failed", f"un-bridging failed and was undone at once: {exc}"
+            ) from None
+        doc.pop(owner)
+    return {"token": token, "released": True}
+
+
+def forget(args: dict[str, Any]) -> dict[str, Any]:
+    """Drop the record of a take-over that was rolled back (nothing on the host is ours)."""
+    owner = validate.owner(args["owner"])
+    with hoststate.locked("uplinks") as doc:
+        return {"forgotten": doc.pop(owner, None) is not None}
+
+
+def read(args: dict[str, Any]) -> dict[str, Any] | None:
+    from pyroute2 import IPRoute
+
+    owner = validate.owner(args["owner"])
+    with hoststate.locked("uplinks") as doc:
+        record = doc.get(owner)
+    if record is None:
+        return None
+    bridged = record["bridged"]
+    with IPRoute() as ipr:
+        br, nic = _index(ipr, bridged["bridge"]), _index(ipr, bridged["nic"])
+        if br is None or (_link(ipr, br).get("IFLA_IFALIAS") or "") != OWNER_PREFIX + owner:
+            return None
+        enslaved = nic is not None and _link(ipr, nic).get("IFLA_MASTER") == br
+        bridge_addresses = _addresses(ipr, br)
+        nic_addresses = _addresses(ipr, nic) if nic is not None else []
+        mac = _link(ipr, br).get("IFLA_ADDRESS")
+    if not enslaved:
+        state = "nic-not-a-port"
+    elif set(bridged["nic_addresses"]) & set(nic_addresses):
+        state = "address-back-on-nic"
+    elif sorted(bridged["bridge_addresses"]) != bridge_addresses:
+        state = "bridge-addresses-differ"
+    else:
+        state = "bridged"
+    return {
+        "state": state,
+        "bridge": bridged["bridge"],
+        "nic": bridged["nic"],
+        "mac": mac,
+        "addresses": bridge_addresses,
+        "nic_addresses": nic_addresses,
+        "moved_routes": bridged["routes"],
+        "previous_addresses": record["plain"]["nic_addresses"],
+    }
+
+
+def handlers() -> dict[str, Any]:
+    return {
+        "uplink.inspect": inspect,
+        "uplink.takeover": takeover,
+        "uplink.release": release,
+        "uplink.confirm": confirm,
+        "uplink.status": rollback_status,
+        "uplink.read": read,
+        "uplink.forget": forget,
+    }
