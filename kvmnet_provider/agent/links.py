@@ -140,6 +140,10 @@ class Links:
                 idx = self._wait_index(name)
                 undo.append(lambda: self.ipr.link("del", index=idx))
                 self.ipr.link("set", index=idx, ifalias=owner_tag(owner))
+                # Pin the MAC the kernel gave it: otherwise a bridge takes the lowest MAC of
+                # its ports, so its MAC (the guests' gateway) changes as taps come and go.
+                mac = self.ipr.get_links(idx)[0].get("IFLA_ADDRESS")
+                self.ipr.link("set", index=idx, address=mac)
             self.bridge_update(spec)
         except Exception:
             for step in reversed(undo):
