@@ -337,7 +337,8 @@ def sudo_user() -> Iterator[str]:
         yield user
     finally:
         sudoers.unlink(missing_ok=True)
-        subprocess.run(["userdel", user], capture_output=True)
+        # -f: even if an SSH session of the user is still closing
+        subprocess.run(["userdel", "-f", user], capture_output=True)
 
 
 def test_non_root_sudo_user_works_as_well_as_root(
