@@ -1,0 +1,126 @@
+"""The bridged model on a lab host whose only NIC carries the SSH session: real engine,
+real guests, and the rollback that saves a host a bad change would have cut off."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from kvmnet_provider.lab import Lab, LabStatus
+from kvmnet_provider.lab.sshclient import open_client
+from kvmnet_provider.probe import EXPECTED, GuestEndpoint, Outside, observe
+from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot
+from kvmnet_provider.testing.stack import TestStack
+
+pytestmark = pytest.mark.e2e
+
+PROGRAM = "from kvmnet_provider.program import build\n\nbuild()\n"
+HOST = "h2"  # the models' tests use h1
+
+
+@pytest.fixture()
+def bridged_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
+    stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="bridged")
+    for key, value in {
+        "model": "bridged",
+        "lab": lab.name,
+        "labStateDir": lab.state_dir,
+        "labHost": HOST,
+        "guestImage": "test",
+        "accelerator": "tcg",
+        "rollbackSeconds": "12",
+    }.items():
+        stack.config(f"kvmnet:{key}", value)
+    try:
+        yield stack
+    finally:
+        stack.remove()
+
+
+def ssh(lab: LabStatus) -> paramiko.SSHClient:
+    host = lab.host(HOST)
+    return open_client(host.address, host.port, host.user, host.private_key, host.known_hosts)
+
+
+def run(client: paramiko.SSHClient, command: str) -> str:
+    _, out, _ = client.exec_command(command, timeout=10)
+    return str(out.read().decode())
+
+
+def test_bridged_model_end_to_end(bridged_stack: TestStack, lab: LabStatus, lab_api: Lab) -> None:
+    host = lab.host(HOST)
+    before = host_snapshot(lab_api, host.namespace)
+    operator = ssh(lab)  # a session over the very NIC that is about to be bridged
+    try:
+        bridged_stack.up()
+        # The operator's session survived: same address, same MAC, now on the bridge.
+        assert "br-in" in run(operator, "ip -br addr show br-in")
+    finally:
+        operator.close()
+    with ssh(lab) as again:  # and new sessions get in
+        links = run(again, "ip -br link")
+        assert "br-in" in links and "master" not in links  # -br shows eth0@ifN
+        assert host.address in run(again, "ip -br addr show br-in")
+        assert "default via" in run(again, "ip route show dev br-in")
+
+    outs = bridged_stack.outputs()
+    guests = [
+        GuestEndpoint(n, g["address"], g["console"]) for n, g in sorted(outs["guests"].items())
+    ]
+    for guest in guests:
+        assert ipaddress.ip_address(guest.address) in ipaddress.ip_network(lab.lan)
+    outside = Outside(lab.ext.namespace, lab.ext.address, lab.ext.echo_port)
+    observed = observe(guests, None, host.address, outside).as_dict()
+    assert observed == EXPECTED["bridged"]  # ext saw the guest's own LAN address, reached it
+
+    bridged_stack.preview_no_changes()
+
+    # Drift: someone hands eth0 its address back and takes it out of the bridge.
+    lab_api.exec_in(host.namespace, ["ip", "link", "set", "eth0", "nomaster"], check=True)
+    lab_api.exec_in(
+        host.namespace, ["ip", "addr", "del", f"{host.address}/24", "dev", "br-in"], check=True
+    )
+    lab_api.exec_in(
+        host.namespace, ["ip", "addr", "add", f"{host.address}/24", "dev", "eth0"], check=True
+    )
+    lab_api.exec_in(
+        host.namespace, ["ip", "route", "replace", "default", "via", lab.gateway], check=True
+    )
+    refresh = bridged_stack.refresh()
+    assert "updated" in refresh.stdout, refresh.stdout
+    assert "nic-not-a-port" in str(bridged_stack.resources("UplinkBridge")[0]["outputs"])
+    assert "~ 1 to update" in bridged_stack.preview().stdout
+    bridged_stack.up()
+    with ssh(lab) as again:
+        assert host.address in run(again, "ip -br addr show br-in")
+    bridged_stack.preview_no_changes()
+
+    bridged_stack.destroy()
+    assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []
+
+
+def test_change_that_cuts_the_host_off_rolls_back(
+    bridged_stack: TestStack, lab: LabStatus, lab_api: Lab
+) -> None:
+    host = lab.host(HOST)
+    before = host_snapshot(lab_api, host.namespace)
+    wrong = str(ipaddress.ip_network(lab.lan).network_address + 77) + "/24"
+    bridged_stack.pulumi("config", "set", "--path", "kvmnet:bridgeAddresses[0]", wrong)
+    started = time.monotonic()
+    failed = bridged_stack.up(check=False)
+    took = time.monotonic() - started
+    assert failed.returncode != 0
+    text = failed.stdout + failed.stderr
+    assert "cut the host off" in text and "restored its previous configuration" in text, text
+    assert "rolled back: ok" in text, text
+    assert took < 120
+    # Reachable on its original address, exactly as before.
+    with ssh(lab) as again:
+        assert host.address in run(again, "ip -br addr show eth0")
+    assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []
+    assert not bridged_stack.resources("UplinkBridge")
