@@ -11,11 +11,13 @@ in (`pulumi up` / `pulumi destroy` of a model's stack); everything else here is 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 
 from .lab import Lab, LabError, LabNotUp, LabStatus
-from .probe import GuestEndpoint, Outside, format_table, observe
+from .probe import GuestEndpoint, Outside, format_table, in_namespace, observe
 from .terminal import attach_terminal
+from .testing.console import GuestConsole
 from .toolchain import REPO_ROOT, PulumiWorkspace
 
 MODELS = ("nat", "routed", "isolated", "bridged")
@@ -73,11 +75,40 @@ def run_model(model: str, lab_status: LabStatus) -> None:
         endpoints, bridge_ip, host.address, Outside(ext.namespace, ext.address, ext.echo_port)
     )
     print(format_table(model, observed))
+    for forward in outs.get("port_forwards") or []:
+        assert isinstance(forward, dict)
+        print(show_port_forward(forward, endpoints, host.address, ext.namespace))
     print()
     for e in endpoints:
         print(
             f"console of {e.name} ({e.address}): kvmnet demo console {e.name}   (Ctrl-] to leave)"
         )
+
+
+def show_port_forward(
+    forward: dict[str, object], guests: list[GuestEndpoint], host_address: str, outside_ns: str
+) -> str:
+    """Serve the guest's name on its forwarded port; ask for it from the outside host."""
+    guest = next(g for g in guests if g.name == forward["guest"])
+    port = int(str(forward["guest_port"]))
+    with GuestConsole(guest.console) as console:
+        console.run(f"nc -ll -p {port} -e /bin/hostname >/dev/null 2>&1 &")
+        console.run(
+            f"for i in $(seq 50); do netstat -ltn | grep -q :{port} && break; sleep 0.2; done"
+        )
+    got = subprocess.run(
+        in_namespace(
+            outside_ns, ["busybox", "nc", "-w", "3", host_address, str(forward["host_port"])]
+        ),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    ).stdout.strip()
+    verdict = "reached" if got == guest.name else "NOT reached"
+    return (
+        f"port forward {host_address}:{forward['host_port']} -> {guest.name}:{port}: "
+        f"outside host {verdict} {guest.name} (it answered {got!r})"
+    )
 
 
 def destroy_model() -> None:

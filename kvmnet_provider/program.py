@@ -8,6 +8,7 @@
   bridge       bridge name (br-in); subnet (10.0.1.0/24); gateway (routed/NAT: 10.0.1.254)
   uplink       NAT: limit the masquerade to this NIC
   guests       [{name, address, mac?, tap?, memory_mib?, disks?}]
+  portForwards NAT: [{guest, guest_port, host_port, protocol?}] (DNAT from the host's port)
   guestImage   {kernel, initrd} for direct boot, or "test" for the project's test image
   accelerator  auto | kvm | tcg
 """
@@ -21,7 +22,7 @@ import pulumi
 
 from .connection import HostSettings
 from .lab.state import LabStatus
-from .models import GuestSpec, NetworkArgs, network_for_model
+from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
 from .resources import Bridge
 from .toolchain import venv_python
 
@@ -132,6 +133,15 @@ def build() -> None:
         accelerator=cfg.get("accelerator") or "auto",
         bridge_addresses_override=cfg.get_object("bridgeAddresses") or (),
         rollback_seconds=cfg.get_int("rollbackSeconds") or 30,
+        port_forwards=[
+            PortForwardSpec(
+                guest=f["guest"],
+                guest_port=int(f["guest_port"]),
+                host_port=int(f["host_port"]),
+                protocol=f.get("protocol", "tcp"),
+            )
+            for f in cfg.get_object("portForwards") or []
+        ],
     )
     network = network_class(cfg.get("name") or "net", args)
     pulumi.export("model", model)
@@ -141,6 +151,7 @@ def build() -> None:
         pulumi.export("bridge_addresses", network.bridge.addresses)
     else:
         pulumi.export("uplink_addresses", network.bridge.live_addresses)
+    pulumi.export("port_forwards", [vars(f) for f in args.port_forwards])
     pulumi.export(
         "guests",
         {

@@ -46,11 +46,34 @@ def observe_model(stack: TestStack, lab: LabStatus, bridge_ip: str | None) -> di
     return observe(endpoints(stack), bridge_ip, lab.hosts[0].address, outside).as_dict()
 
 
-def nat_rules(lab_api: Lab, namespace: str) -> list[str]:
+def nat_table(lab_api: Lab, namespace: str) -> list[str]:
     out = lab_api.exec_in(
         namespace, ["iptables-legacy-save", "-t", "nat"], capture_output=True, text=True, check=True
     ).stdout
-    return [line for line in out.splitlines() if "MASQUERADE" in line]
+    return [line for line in out.splitlines() if line.startswith("-A")]
+
+
+def nat_rules(lab_api: Lab, namespace: str) -> list[str]:
+    return [line for line in nat_table(lab_api, namespace) if "MASQUERADE" in line]
+
+
+def outside_connect(lab: LabStatus, address: str, port: int) -> str:
+    """What the outside host reads from address:port (empty when nothing answers)."""
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        lab.ext.namespace,
+        "busybox",
+        "nc",
+        "-w",
+        "3",
+        address,
+        str(port),
+    ]
+    return subprocess.run(
+        argv, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    ).stdout.strip()
 
 
 @pytest.mark.parametrize("model", ["isolated", "routed"])
@@ -84,6 +107,8 @@ def test_nat_model_crash_recovery_and_switch_to_routed(
     try:
         before = host_snapshot(lab_api, host.namespace)
         model_stack.config("kvmnet:model", "nat")
+        for key, value in (("guest", "g1"), ("guest_port", "8080"), ("host_port", "8080")):
+            model_stack.pulumi("config", "set", "--path", f"kvmnet:portForwards[0].{key}", value)
         model_stack.up()
         assert observe_model(model_stack, lab, "10.0.1.254") == EXPECTED["nat"]
         g1, g2 = endpoints(model_stack)
@@ -92,6 +117,16 @@ def test_nat_model_crash_recovery_and_switch_to_routed(
             echo = console.run(f"echo hi | nc -w 5 {lab.ext.address} {lab.ext.echo_port}", 30)
             assert f"peer {host.address} " in echo.output, echo.output
         assert len(nat_rules(lab_api, host.namespace)) == 2  # ours and the foreign one
+
+        # The way in: a port forward from the host's 8080 to g1:8080, and nothing else.
+        with GuestConsole(g1.console) as console:
+            console.run("nc -ll -p 8080 -e /bin/hostname >/dev/null 2>&1 &")
+            listening = (
+                "for i in $(seq 50); do netstat -ltn | grep -q :8080 && break; sleep 0.2; done"
+            )
+            assert console.run(listening + "; netstat -ltn | grep -q :8080").status == 0
+        assert outside_connect(lab, host.address, 8080) == "g1"
+        assert outside_connect(lab, host.address, 8081) == ""
         model_stack.preview_no_changes()
 
         # A guest dies behind Pulumi's back: refresh sees it gone, up brings it back.
@@ -114,6 +149,7 @@ def test_nat_model_crash_recovery_and_switch_to_routed(
         assert {n: g["pid"] for n, g in model_stack.outputs()["guests"].items()} == pids
         rules = nat_rules(lab_api, host.namespace)
         assert rules == ["-A POSTROUTING -s 172.31.0.0/16 -j MASQUERADE"], rules
+        assert "DNAT" not in "".join(nat_table(lab_api, host.namespace))
         assert observe_model(model_stack, lab, "10.0.1.254") == EXPECTED["routed"]
         model_stack.destroy()
         assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []

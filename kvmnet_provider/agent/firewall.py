@@ -3,11 +3,15 @@
 A rule carries the comment "kvmnet:<owner>". Removal deletes exactly the rules carrying
 that comment in the chain we put them in: other rules, ours or anybody's, stay. (The
 tutorial's `iptables -t nat -F` is the bug we do not repeat.)
+- MASQUERADE in nat/POSTROUTING: `-s NET ! -d NET [-o IF] -j MASQUERADE`
+- DNAT (port forward) in nat/PREROUTING: `-p PROTO [-i IF] [-d ADDR] --dport P -j DNAT
+  --to-destination GUEST:PORT`
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 import iptc  # type: ignore[import-untyped]
@@ -16,6 +20,7 @@ from . import validate
 from .errors import AgentError
 
 MARK_PREFIX = "kvmnet:"
+PROTOCOLS = ("tcp", "udp")
 
 
 def _netmask_form(cidr: str) -> str:
@@ -34,63 +39,22 @@ def _comment(rule: Any) -> str | None:
     return None
 
 
-def _postrouting() -> tuple[Any, Any]:
+def _nat_chain(name: str) -> tuple[Any, Any]:
     table = iptc.Table(iptc.Table.NAT)
-    table.refresh()
-    return table, iptc.Chain(table, "POSTROUTING")
+    table.refresh()  # other processes (other stacks' agents) may have changed it
+    return table, iptc.Chain(table, name)
 
 
-def _describe(rule: Any) -> dict[str, Any]:
-    return {
-        "source": _cidr_form(rule.src),
-        "destination_excluded": rule.dst.startswith("!"),
-        "destination": _cidr_form(rule.dst),
-        "out_interface": rule.out_interface,
-        "target": rule.target.name,
-    }
-
-
-def masquerade_read(owner: str) -> dict[str, Any]:
+def _ours(chain_name: str, owner: str, describe: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     mark = MARK_PREFIX + validate.owner(owner)
-    _, chain = _postrouting()
-    rules = [_describe(r) for r in chain.rules if _comment(r) == mark]
+    _, chain = _nat_chain(chain_name)
+    rules = [describe(r) for r in chain.rules if _comment(r) == mark]
     return {"rules": rules, "count": len(rules)}
 
 
-def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Make exactly one rule `-s NET ! -d NET [-o IF] -m comment -j MASQUERADE` for owner."""
-    owner = validate.owner(spec["owner"])
-    source = validate.network(spec["source"])
-    out_if = validate.ifname(spec["out_interface"]) if spec.get("out_interface") else None
-    want = {
-        "source": source,
-        "destination_excluded": True,
-        "destination": source,
-        "out_interface": out_if,
-        "target": "MASQUERADE",
-    }
-    live = masquerade_read(owner)["rules"]
-    if live == [want]:
-        return masquerade_read(owner)
-    masquerade_remove(owner)
-    table, chain = _postrouting()
-    rule = iptc.Rule()
-    rule.src = _netmask_form(source)
-    rule.dst = "!" + _netmask_form(source)
-    if out_if:
-        rule.out_interface = out_if
-    rule.create_match("comment").comment = MARK_PREFIX + owner
-    rule.create_target("MASQUERADE")
-    try:
-        chain.append_rule(rule)
-    except iptc.IPTCError as exc:
-        raise AgentError("failed", f"iptables refused the MASQUERADE rule: {exc}") from None
-    return masquerade_read(owner)
-
-
-def masquerade_remove(owner: str) -> dict[str, Any]:
+def _remove(chain_name: str, owner: str) -> dict[str, Any]:
     mark = MARK_PREFIX + validate.owner(owner)
-    table, chain = _postrouting()
+    table, chain = _nat_chain(chain_name)
     removed = 0
     table.autocommit = False
     try:
@@ -102,3 +66,123 @@ def masquerade_remove(owner: str) -> dict[str, Any]:
     finally:
         table.autocommit = True
     return {"removed": removed}
+
+
+def _ensure(
+    chain_name: str,
+    owner: str,
+    want: dict[str, Any],
+    describe: Callable[[Any], dict[str, Any]],
+    build: Callable[[], Any],
+) -> dict[str, Any]:
+    """Exactly one rule of ours, equal to `want`: kept if it is, rewritten if not."""
+    if _ours(chain_name, owner, describe)["rules"] == [want]:
+        return _ours(chain_name, owner, describe)
+    _remove(chain_name, owner)
+    rule = build()
+    rule.create_match("comment").comment = MARK_PREFIX + owner
+    _, chain = _nat_chain(chain_name)
+    try:
+        chain.append_rule(rule)
+    except iptc.IPTCError as exc:
+        raise AgentError("failed", f"iptables refused the {chain_name} rule: {exc}") from None
+    return _ours(chain_name, owner, describe)
+
+
+# --- MASQUERADE ------------------------------------------------------------------------------
+def _describe_masquerade(rule: Any) -> dict[str, Any]:
+    return {
+        "source": _cidr_form(rule.src),
+        "destination_excluded": rule.dst.startswith("!"),
+        "destination": _cidr_form(rule.dst),
+        "out_interface": rule.out_interface,
+        "target": rule.target.name,
+    }
+
+
+def masquerade_read(owner: str) -> dict[str, Any]:
+    return _ours("POSTROUTING", owner, _describe_masquerade)
+
+
+def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
+    owner = validate.owner(spec["owner"])
+    source = validate.network(spec["source"])
+    out_if = validate.ifname(spec["out_interface"]) if spec.get("out_interface") else None
+    want = {
+        "source": source,
+        "destination_excluded": True,
+        "destination": source,
+        "out_interface": out_if,
+        "target": "MASQUERADE",
+    }
+
+    def build() -> Any:
+        rule = iptc.Rule()
+        rule.src = _netmask_form(source)
+        rule.dst = "!" + _netmask_form(source)
+        if out_if:
+            rule.out_interface = out_if
+        rule.create_target("MASQUERADE")
+        return rule
+
+    return _ensure("POSTROUTING", owner, want, _describe_masquerade, build)
+
+
+def masquerade_remove(owner: str) -> dict[str, Any]:
+    return _remove("POSTROUTING", owner)
+
+
+# --- DNAT (port forwards) ----------------------------------------------------------------------
+def _describe_dnat(rule: Any) -> dict[str, Any]:
+    dport = next((m.dport for m in rule.matches if m.name in PROTOCOLS), None)
+    dst = None if rule.dst in ("0.0.0.0/0.0.0.0", None) else _cidr_form(rule.dst).split("/")[0]
+    return {
+        "protocol": rule.protocol,
+        "in_interface": rule.in_interface,
+        "destination": dst,
+        "host_port": int(dport) if dport else None,
+        "to": rule.target.to_destination,
+        "target": rule.target.name,
+    }
+
+
+def dnat_read(owner: str) -> dict[str, Any]:
+    return _ours("PREROUTING", owner, _describe_dnat)
+
+
+def dnat_ensure(spec: dict[str, Any]) -> dict[str, Any]:
+    owner = validate.owner(spec["owner"])
+    protocol = spec.get("protocol", "tcp")
+    if protocol not in PROTOCOLS:
+        raise AgentError("invalid", f"protocol must be one of {PROTOCOLS}")
+    host_port = validate.int_range(spec["host_port"], 1, 65535)
+    guest_port = validate.int_range(spec["guest_port"], 1, 65535)
+    guest = str(ipaddress.IPv4Address(spec["guest_address"]))
+    in_if = validate.ifname(spec["in_interface"]) if spec.get("in_interface") else None
+    dst = str(ipaddress.IPv4Address(spec["destination"])) if spec.get("destination") else None
+    to = f"{guest}:{guest_port}"
+    want = {
+        "protocol": protocol,
+        "in_interface": in_if,
+        "destination": dst,
+        "host_port": host_port,
+        "to": to,
+        "target": "DNAT",
+    }
+
+    def build() -> Any:
+        rule = iptc.Rule()
+        rule.protocol = protocol
+        if in_if:
+            rule.in_interface = in_if
+        if dst:
+            rule.dst = f"{dst}/255.255.255.255"
+        rule.create_match(protocol).dport = str(host_port)
+        rule.create_target("DNAT").to_destination = to
+        return rule
+
+    return _ensure("PREROUTING", owner, want, _describe_dnat, build)
+
+
+def dnat_remove(owner: str) -> dict[str, Any]:
+    return _remove("PREROUTING", owner)

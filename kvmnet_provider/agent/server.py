@@ -59,6 +59,9 @@ def build_handlers() -> dict[str, Handler]:
         "masquerade.read": lambda a: firewall.masquerade_read(a["owner"]),
         "masquerade.ensure": firewall.masquerade_ensure,
         "masquerade.remove": lambda a: firewall.masquerade_remove(a["owner"]),
+        "dnat.read": lambda a: firewall.dnat_read(a["owner"]),
+        "dnat.ensure": firewall.dnat_ensure,
+        "dnat.remove": lambda a: firewall.dnat_remove(a["owner"]),
     }
     from . import guests, uplink
 

@@ -6,6 +6,7 @@ from .networks import (
     IsolatedNetwork,
     NatNetwork,
     NetworkArgs,
+    PortForwardSpec,
     RoutedNetwork,
     network_for_model,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "IsolatedNetwork",
     "NatNetwork",
     "NetworkArgs",
+    "PortForwardSpec",
     "RoutedNetwork",
     "network_for_model",
 ]

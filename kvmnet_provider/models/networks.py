@@ -22,6 +22,8 @@ from ..resources import (
     ForwardingSettingArgs,
     MasqueradeRule,
     MasqueradeRuleArgs,
+    PortForward,
+    PortForwardArgs,
     TapPort,
     TapPortArgs,
 )
@@ -49,6 +51,16 @@ class GuestSpec:
 
 
 @dataclass
+class PortForwardSpec:
+    """NAT model: outside traffic to the host's `host_port` goes to `guest`:`guest_port`."""
+
+    guest: str
+    guest_port: int
+    host_port: int
+    protocol: str = "tcp"
+
+
+@dataclass
 class NetworkArgs:
     connection: HostSettings
     bridge: str = "br-in"
@@ -60,6 +72,7 @@ class NetworkArgs:
     # Bridged: addresses for the bridge instead of the NIC's own (rarely right); rollback time.
     bridge_addresses_override: Sequence[str] = ()
     rollback_seconds: int = 30
+    port_forwards: Sequence[PortForwardSpec] = ()
     guests: Sequence[GuestSpec] = field(default_factory=list)
     accelerator: str = "auto"
 
@@ -176,7 +189,28 @@ class NatNetwork(RoutedNetwork):
             ),
             opts,
         )
-        return [*super().host_setup(resource_name, opts), masquerade]
+        forwards: list[pulumi.Resource] = []
+        addresses = {g.name: g.address for g in self.args.guests}
+        for fwd in self.args.port_forwards:
+            if not addresses.get(fwd.guest):
+                raise ValueError(
+                    f"port_forwards: guest {fwd.guest!r} is not a guest with an address"
+                )
+            forwards.append(
+                PortForward(
+                    f"{resource_name}-forward-{fwd.protocol}-{fwd.host_port}",
+                    PortForwardArgs(
+                        connection=self.args.connection,
+                        protocol=fwd.protocol,
+                        host_port=fwd.host_port,
+                        guest_address=str(addresses[fwd.guest]),
+                        guest_port=fwd.guest_port,
+                        in_interface=self.args.uplink,
+                    ),
+                    opts,
+                )
+            )
+        return [*super().host_setup(resource_name, opts), masquerade, *forwards]
 
 
 class BridgedNetwork(_Network):

@@ -7,6 +7,8 @@ from .netfilter import (
     ForwardingSettingArgs,
     MasqueradeRule,
     MasqueradeRuleArgs,
+    PortForward,
+    PortForwardArgs,
 )
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "GuestNicArgs",
     "MasqueradeRule",
     "MasqueradeRuleArgs",
+    "PortForward",
+    "PortForwardArgs",
     "QemuGuest",
     "QemuGuestArgs",
     "TapPort",

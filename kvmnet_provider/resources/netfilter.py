@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,72 @@ class MasqueradeRuleProvider(KvmnetProvider):
         agent.call("masquerade.remove", {"owner": props["owner"]})
 
 
+def _protocol(value: Any) -> str:
+    if value not in ("tcp", "udp"):
+        raise validate.InvalidInput(f"must be tcp or udp, got {value!r}")
+    return str(value)
+
+
+def _ipv4(value: Any) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise validate.InvalidInput(f"must be an IPv4 address, got {value!r}") from None
+
+
+def _port(value: Any) -> int:
+    return validate.int_range(value, 1, 65535)
+
+
+class PortForwardProvider(KvmnetProvider):
+    """Destination NAT: the NAT model's way in (`-p P --dport HP -j DNAT --to GUEST:GP`)."""
+
+    kind = "PortForward"
+    fields = {
+        "protocol": Field(_protocol, default="tcp"),
+        "host_port": Field(_port, required=True),
+        "guest_address": Field(_ipv4, required=True),
+        "guest_port": Field(_port, required=True),
+        "in_interface": Field(validate.ifname),
+        "destination": Field(_ipv4),
+    }
+
+    def resource_id(self, props: dict[str, Any]) -> str:
+        conn = props["connection"]
+        return f"{conn['host']}:{int(conn['port'])}/dnat/{props['owner']}"
+
+    def overlay(self, live: dict[str, Any]) -> dict[str, Any]:
+        rules = live["rules"]
+        if len(rules) != 1:
+            return {"host_port": None, "rules": rules}  # drift: the next update rewrites it
+        rule = rules[0]
+        address, _, port = str(rule["to"]).rpartition(":")
+        return {
+            "protocol": rule["protocol"],
+            "host_port": rule["host_port"],
+            "guest_address": address,
+            "guest_port": int(port),
+            "in_interface": rule["in_interface"],
+            "destination": rule["destination"],
+            "rules": rules,
+        }
+
+    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
+        return self.overlay(agent.call("dnat.ensure", self.spec(props)))
+
+    def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
+        live = agent.call("dnat.read", {"owner": props["owner"]})
+        return self.overlay(live) if live["count"] else None
+
+    def host_update(
+        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.host_create(agent, news)
+
+    def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
+        agent.call("dnat.remove", {"owner": props["owner"]})
+
+
 @dataclass
 class ForwardingSettingArgs:
     connection: HostSettings
@@ -145,3 +212,35 @@ class MasqueradeRule(Resource, module="kvmnet", name="MasqueradeRule"):
             "rules": None,
         }
         super().__init__(MasqueradeRuleProvider(), resource_name, props, opts)
+
+
+@dataclass
+class PortForwardArgs:
+    connection: HostSettings
+    host_port: pulumi.Input[int]
+    guest_address: pulumi.Input[str]
+    guest_port: pulumi.Input[int]
+    protocol: pulumi.Input[str] = "tcp"
+    in_interface: pulumi.Input[str] | None = None  # only packets arriving on this NIC
+    destination: pulumi.Input[str] | None = None  # only packets to this host address
+
+
+class PortForward(Resource, module="kvmnet", name="PortForward"):
+    host_port: pulumi.Output[int]
+    rules: pulumi.Output[list[dict[str, Any]]]
+
+    def __init__(
+        self, resource_name: str, args: PortForwardArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        props: dict[str, Any] = {
+            "connection": args.connection.to_props(),
+            "owner": owner_id("PortForward", resource_name),
+            "protocol": args.protocol,
+            "host_port": args.host_port,
+            "guest_address": args.guest_address,
+            "guest_port": args.guest_port,
+            "in_interface": args.in_interface,
+            "destination": args.destination,
+            "rules": None,
+        }
+        super().__init__(PortForwardProvider(), resource_name, props, opts)
