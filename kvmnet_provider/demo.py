@@ -75,8 +75,9 @@ def run_model(model: str, lab_status: LabStatus) -> None:
         endpoints, bridge_ip, host.address, Outside(ext.namespace, ext.address, ext.echo_port)
     )
     print(format_table(model, observed))
-    for forward in outs.get("port_forwards") or []:
-        assert isinstance(forward, dict)
+    forwards = outs.get("port_forwards") or []
+    assert isinstance(forwards, list)
+    for forward in forwards:
         print(show_port_forward(forward, endpoints, host.address, ext.namespace))
     print()
     for e in endpoints:
