@@ -18,7 +18,6 @@ import json
 import os
 import pstats
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ import paramiko
 
 from kvmnet_provider.connection.session import AgentSession
 from kvmnet_provider.connection.settings import HostSettings
-from kvmnet_provider.lab import HostStatus, Lab, SubnetConflict, open_client
+from kvmnet_provider.lab import HostStatus, Lab, fresh_lab, open_client
 from kvmnet_provider.testing.stack import TestStack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,9 +198,6 @@ class Host:
 
     def bridge_ports(self) -> int:
         return len(json.loads(self.sh(["ip", "-j", "link", "show", "master", BRIDGE]) or "[]"))
-
-    def netns_inode(self) -> str:
-        return self.sh(["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).strip()
 
 
 def settings_for(h: HostStatus) -> HostSettings:
@@ -508,32 +504,11 @@ def report(n: int, res: Rounds, per_op: dict[str, list[float]], profile: str) ->
 # --- driver --------------------------------------------------------------------------------
 @contextmanager
 def own_lab(base: Path) -> Iterator[tuple[Lab, HostStatus]]:
-    last: Exception | None = None
-    for _ in range(5):
-        name = "kb" + secrets.token_hex(3)
-        lab = Lab(name, base / name)
-        try:
-            status = lab.up(hosts=1)
-        except SubnetConflict as exc:
-            last = exc
-            lab.down()
-            continue
-        except BaseException:
-            lab.down()
-            raise
-        inode = ""
-        try:
-            host = status.hosts[0]
-            if not host.ssh_reachable:
-                raise RuntimeError(f"lab {name}: SSH does not reach {host.address}")
-            inode = Host(lab, host).netns_inode()
-            yield lab, host
-        finally:
-            if inode:  # the agent's per-namespace books (/run/kvmnet/netns-<inode>): ours only
-                shutil.rmtree(f"/run/kvmnet/netns-{inode}", ignore_errors=True)
-            lab.down()
-        return
-    raise RuntimeError(f"no free lab subnet: {last}")
+    with fresh_lab("kb", hosts=1, base=base) as (lab, status):
+        host = status.hosts[0]
+        if not host.ssh_reachable:
+            raise RuntimeError(f"lab {lab.name}: SSH does not reach {host.address}")
+        yield lab, host
 
 
 def load() -> str:

@@ -3,38 +3,20 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kvmnet_provider.lab import Lab, LabStatus, SubnetConflict
+from kvmnet_provider.lab import Lab, LabStatus, fresh_lab
 
 
 # --- lab (kvmnet_provider.lab) -----------------------------------------------------------
 def _lab_for_session(base: Path) -> Iterator[tuple[Lab, LabStatus]]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
-    last: Exception | None = None
-    for _ in range(5):  # another lab may hold the /24 our random name hashes to: pick again
-        name = "kt" + secrets.token_hex(3)
-        lab = Lab(name, base / name)
-        try:
-            status = lab.up(hosts=2)
-        except SubnetConflict as exc:
-            last = exc
-            lab.down()
-            continue
-        except BaseException:
-            lab.down()
-            raise
-        try:
-            yield lab, status
-        finally:
-            lab.down()
-        return
-    raise RuntimeError(f"no free lab subnet: {last}")
+    with fresh_lab("kt", hosts=2, base=base) as lab_and_status:
+        yield lab_and_status
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from kvmnet_provider.connection import HostError, HostSettings, agent_session
-from kvmnet_provider.lab import HostStatus, Lab, LabStatus, SubnetConflict
+from kvmnet_provider.lab import HostStatus, Lab, LabStatus, fresh_lab
 from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot, run_in
 from kvmnet_provider.testing.stack import TestStack
 
@@ -300,26 +300,10 @@ def test_secret_key_from_stack_config_never_leaks(
 def own_lab(tmp_path: Path) -> Iterator[tuple[Lab, LabStatus]]:
     """A one-host lab whose authorized_keys a non-root user can read (the session lab keeps
     its files under pytest's 0700 temp dir, and sshd reads them as the user)."""
-    last: Exception | None = None
-    for _ in range(5):
-        name = "ks" + secrets.token_hex(3)
-        lab = Lab(name)  # state under /run/kvmnet-lab/<name>, traversable by everyone
-        try:
-            status = lab.up(hosts=1)
-        except SubnetConflict as exc:
-            last = exc
-            lab.down()
-            continue
-        except BaseException:
-            lab.down()
-            raise
-        try:
-            os.chmod(lab.authorized_keys, 0o644)  # public keys only
-            yield lab, status
-        finally:
-            lab.down()
-        return
-    raise RuntimeError(f"no free lab subnet: {last}")
+    # State under /run/kvmnet-lab/<name>, which everyone may traverse.
+    with fresh_lab("ks", hosts=1) as (lab, status):
+        os.chmod(lab.authorized_keys, 0o644)  # public keys only
+        yield lab, status
 
 
 @pytest.fixture

@@ -144,7 +144,8 @@ class Links:
                 # its ports, so its MAC (the guests' gateway) changes as taps come and go.
                 mac = self.ipr.get_links(idx)[0].get("IFLA_ADDRESS")
                 self.ipr.link("set", index=idx, address=mac)
-            self.bridge_update(spec)
+                live = {"ifindex": idx, "addresses": [], "master": None}
+            self._bridge_apply(spec, live)
         except Exception:
             for step in reversed(undo):
                 _quietly(step)
@@ -156,6 +157,11 @@ class Links:
         live = self._require_ours(name, owner)
         if live is None:
             raise AgentError("missing", f"bridge {name} does not exist")
+        self._bridge_apply(spec, live)
+        return self._must_read(name)
+
+    def _bridge_apply(self, spec: dict[str, Any], live: dict[str, Any]) -> None:
+        """Make the bridge `live` (as last read) match `spec`; no reads of its own."""
         idx = live["ifindex"]
         stp = 1 if spec["stp"] else 0
         delay = int(spec["forward_delay"]) * USER_HZ
@@ -174,7 +180,6 @@ class Links:
             live["addresses"],
         )
         self.ipr.link("set", index=idx, state="up" if spec.get("up", True) else "down")
-        return self._must_read(name)
 
     def _set_addresses(self, idx: int, want: list[str], have: list[str]) -> None:
         for addr in sorted(set(have) - set(want)):
@@ -223,7 +228,8 @@ class Links:
                 idx = self._wait_index(name)
                 undo.append(lambda: self.ipr.link("del", index=idx))
                 self.ipr.link("set", index=idx, ifalias=owner_tag(owner))
-            self.tap_update(spec)
+                live = {"ifindex": idx, "addresses": [], "master": None}
+            self._tap_apply(spec, live)
         except Exception:
             for step in reversed(undo):
                 _quietly(step)
@@ -235,6 +241,12 @@ class Links:
         live = self._require_ours(name, owner)
         if live is None:
             raise AgentError("missing", f"tap {name} does not exist")
+        self._tap_apply(spec, live)
+        return self._must_read(name)
+
+    def _tap_apply(self, spec: dict[str, Any], live: dict[str, Any]) -> None:
+        """Make the tap `live` (as last read) match `spec`; no reads of its own."""
+        name = spec["name"]
         idx = live["ifindex"]
         bridge = validate.ifname(spec["bridge"])
         bridge_idx = self.index(bridge)
@@ -247,7 +259,6 @@ class Links:
         if live["master"] != bridge:
             self.ipr.link("set", index=idx, master=bridge_idx)
         self.ipr.link("set", index=idx, state="up" if spec.get("up", True) else "down")
-        return self._must_read(name)
 
     # --- helpers -------------------------------------------------------------------------
     def _wait_index(self, name: str) -> int:

@@ -6,10 +6,13 @@ kernel change costs a netlink call, not an SSH session. Requests are handled one
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import platform
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import IO, Any
@@ -27,21 +30,32 @@ Handler = Callable[[dict[str, Any]], Any]
 
 
 def missing_components() -> list[str]:
+    # find_spec, not import: importing iptc alone costs half a second (see firewall()).
     missing = []
     for module, how in COMPONENTS.items():
-        try:
-            __import__(module)
-        except Exception as exc:  # ImportError, or a broken C library underneath
-            missing.append(f"{module} ({exc.__class__.__name__}: {exc}); install with: {how}")
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"{module} (not installed); install with: {how}")
     if os.geteuid() != 0:
         missing.append("root privileges (connect as root or set sudo=true for a sudoer)")
     return missing
 
 
+def firewall() -> Any:
+    """The firewall module, once python-iptables has loaded (it was started in the background
+    at hello, so link operations need not wait for it)."""
+    try:
+        from . import firewall as module
+    except Exception as exc:  # a broken libiptc underneath
+        raise AgentError(
+            "missing", f"python-iptables cannot load ({exc}); install with: {COMPONENTS['iptc']}"
+        ) from None
+    return module
+
+
 def build_handlers() -> dict[str, Handler]:
     from pyroute2 import IPRoute
 
-    from . import firewall, forwarding
+    from . import forwarding
     from .links import Links
 
     links = Links(IPRoute())
@@ -56,12 +70,12 @@ def build_handlers() -> dict[str, Handler]:
         "forwarding.read": lambda a: forwarding.read(a["owner"]),
         "forwarding.acquire": forwarding.acquire,
         "forwarding.release": lambda a: forwarding.release(a["owner"]),
-        "masquerade.read": lambda a: firewall.masquerade_read(a["owner"]),
-        "masquerade.ensure": firewall.masquerade_ensure,
-        "masquerade.remove": lambda a: firewall.masquerade_remove(a["owner"]),
-        "dnat.read": lambda a: firewall.dnat_read(a["owner"]),
-        "dnat.ensure": firewall.dnat_ensure,
-        "dnat.remove": lambda a: firewall.dnat_remove(a["owner"]),
+        "masquerade.read": lambda a: firewall().masquerade_read(a["owner"]),
+        "masquerade.ensure": lambda a: firewall().masquerade_ensure(a),
+        "masquerade.remove": lambda a: firewall().masquerade_remove(a["owner"]),
+        "dnat.read": lambda a: firewall().dnat_read(a["owner"]),
+        "dnat.ensure": lambda a: firewall().dnat_ensure(a),
+        "dnat.remove": lambda a: firewall().dnat_remove(a["owner"]),
     }
     from . import guests, uplink
 
@@ -114,6 +128,8 @@ def serve(inp: IO[str], out: IO[str]) -> None:
     )
     if missing:
         return
+    # Load iptc while the controller sends its first (usually link) requests.
+    threading.Thread(target=importlib.import_module, args=("iptc",), daemon=True).start()
     handlers = build_handlers()
     for line in inp:
         if not line.strip():

@@ -15,12 +15,14 @@ from .core import (
     SubnetConflict,
     default_name,
     default_state_dir,
+    fresh_lab,
 )
 from .naming import ECHO_PORT, SSH_PORT, LabNames, subnet_octet
 from .sshclient import connect_host, open_client, run_command, ssh_reachable
 from .state import ExtStatus, HostStatus, LabStatus
 
 __all__ = [
+    "fresh_lab",
     "DEFAULT_NAME",
     "ECHO_PORT",
     "SSH_PORT",

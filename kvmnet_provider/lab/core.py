@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import ipaddress
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..agent import hoststate
 from . import echo, keys, netns, sshd
 from .naming import ECHO_PORT, MAX_HOSTS, SSH_PORT, LabNames, host_index, host_name
 from .sshclient import ssh_reachable
@@ -313,6 +315,16 @@ class Lab:
         netns.kill_namespace_processes(ns)
         netns.delete_namespace(ns)
 
+    @staticmethod
+    def _forget_agent_books(ns: str) -> None:
+        """kvmnet's host agent keeps its books per network namespace, keyed by its inode
+        (/run/kvmnet/netns-<inode>); a deleted lab host takes its books with it."""
+        try:
+            inode = os.stat(f"/run/netns/{ns}").st_ino
+        except OSError:
+            return
+        shutil.rmtree(hoststate.ROOT / f"netns-{inode}", ignore_errors=True)
+
     def _pidfile_pids(self) -> list[int]:
         """PIDs from our pidfiles/state that still run *our* program (checked by cmdline)."""
         found: list[int] = []
@@ -341,6 +353,7 @@ class Lab:
         # processes whose namespace was already deleted by hand are found by pidfile
         netns.terminate_pids(self._pidfile_pids())
         for ns in self.existing_namespaces():
+            self._forget_agent_books(ns)
             netns.delete_namespace(ns)
         netns.delete_link(n.root_veth)
         left = self.existing_namespaces()
@@ -359,3 +372,33 @@ class Lab:
                 p.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.state_dir.rmdir()  # only if nothing else is in it
+
+
+@contextlib.contextmanager
+def fresh_lab(
+    prefix: str, hosts: int, base: Path | None = None, tries: int = 5
+) -> Iterator[tuple[Lab, LabStatus]]:
+    """A lab named `prefix<random hex>` for one test run or benchmark, always taken down.
+
+    Another lab may hold the /24 a random name hashes to: then another name is drawn. The
+    state lives under `base/<name>` (default: /run/kvmnet-lab/<name>).
+    """
+    last: Exception | None = None
+    for _ in range(tries):
+        name = prefix + secrets.token_hex(3)
+        lab = Lab(name, base / name if base is not None else None)
+        try:
+            status = lab.up(hosts=hosts)
+        except SubnetConflict as exc:
+            last = exc
+            lab.down()
+            continue
+        except BaseException:
+            lab.down()
+            raise
+        try:
+            yield lab, status
+        finally:
+            lab.down()
+        return
+    raise LabError(f"no free lab subnet after {tries} names: {last}")

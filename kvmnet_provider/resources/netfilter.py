@@ -1,4 +1,5 @@
-"""ForwardingSetting and MasqueradeRule: the host-wide parts of the routed and NAT models."""
+"""ForwardingSetting, MasqueradeRule and PortForward: the host-wide parts of the routed and
+NAT models."""
 
 from __future__ import annotations
 
@@ -15,8 +16,43 @@ from ..connection.session import AgentSession
 from .base import Field, KvmnetProvider, owner_id
 
 
-class ForwardingSettingProvider(KvmnetProvider):
+class _OwnedByMarkProvider(KvmnetProvider):
+    """Host-wide objects found by their owner mark alone (no name): one agent op each to
+    ensure, read and remove; `ensure` also serves updates (it rewrites what differs)."""
+
+    ops: tuple[str, str, str]  # ensure, read, remove
+    id_segment: str
+
+    def resource_id(self, props: dict[str, Any]) -> str:
+        conn = props["connection"]
+        return f"{conn['host']}:{int(conn['port'])}/{self.id_segment}/{props['owner']}"
+
+    def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def present(self, live: dict[str, Any]) -> bool:
+        return bool(live["count"])
+
+    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
+        return self.overlay(props, agent.call(self.ops[0], self.spec(props)))
+
+    def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
+        live = agent.call(self.ops[1], {"owner": props["owner"]})
+        return self.overlay(props, live) if self.present(live) else None
+
+    def host_update(
+        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.host_create(agent, news)
+
+    def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
+        agent.call(self.ops[2], {"owner": props["owner"]})
+
+
+class ForwardingSettingProvider(_OwnedByMarkProvider):
     kind = "ForwardingSetting"
+    ops = ("forwarding.acquire", "forwarding.read", "forwarding.release")
+    id_segment = "forwarding"
     fields = {
         "ipv4": Field(validate.boolean, default=True),
         "ipv6": Field(validate.boolean, default=False),
@@ -33,65 +69,32 @@ class ForwardingSettingProvider(KvmnetProvider):
             ]
         return []
 
-    def resource_id(self, props: dict[str, Any]) -> str:
-        conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/forwarding/{props['owner']}"
-
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         out = {"ipv4": live["ipv4"], "previous": live["previous"], "holders": live["holders"]}
         if props["ipv6"]:
             out["ipv6"] = live["ipv6"]
         return out
 
-    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
-        return self.overlay(props, agent.call("forwarding.acquire", self.spec(props)))
-
-    def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
-        live = agent.call("forwarding.read", {"owner": props["owner"]})
-        return self.overlay(props, live) if live["held"] else None
-
-    def host_update(
-        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
-    ) -> dict[str, Any]:
-        return self.host_create(agent, news)
-
-    def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
-        agent.call("forwarding.release", {"owner": props["owner"]})
+    def present(self, live: dict[str, Any]) -> bool:
+        return bool(live["held"])
 
 
-class MasqueradeRuleProvider(KvmnetProvider):
+class MasqueradeRuleProvider(_OwnedByMarkProvider):
     kind = "MasqueradeRule"
+    ops = ("masquerade.ensure", "masquerade.read", "masquerade.remove")
+    id_segment = "masquerade"
     fields = {
         "source": Field(validate.network, required=True),
         "out_interface": Field(validate.ifname),
     }
 
-    def resource_id(self, props: dict[str, Any]) -> str:
-        conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/masquerade/{props['owner']}"
-
-    def overlay(self, live: dict[str, Any]) -> dict[str, Any]:
+    def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         rules = live["rules"]
         if len(rules) != 1 or not rules[0]["destination_excluded"]:
             # Not the one rule we make: show it as drift so the next update rewrites it.
             return {"source": None, "out_interface": None, "rules": rules}
         rule = rules[0]
         return {"source": rule["source"], "out_interface": rule["out_interface"], "rules": rules}
-
-    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
-        return self.overlay(agent.call("masquerade.ensure", self.spec(props)))
-
-    def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
-        live = agent.call("masquerade.read", {"owner": props["owner"]})
-        return self.overlay(live) if live["count"] else None
-
-    def host_update(
-        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
-    ) -> dict[str, Any]:
-        return self.host_create(agent, news)
-
-    def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
-        agent.call("masquerade.remove", {"owner": props["owner"]})
 
 
 def _protocol(value: Any) -> str:
@@ -111,10 +114,12 @@ def _port(value: Any) -> int:
     return validate.int_range(value, 1, 65535)
 
 
-class PortForwardProvider(KvmnetProvider):
+class PortForwardProvider(_OwnedByMarkProvider):
     """Destination NAT: the NAT model's way in (`-p P --dport HP -j DNAT --to GUEST:GP`)."""
 
     kind = "PortForward"
+    ops = ("dnat.ensure", "dnat.read", "dnat.remove")
+    id_segment = "dnat"
     fields = {
         "protocol": Field(_protocol, default="tcp"),
         "host_port": Field(_port, required=True),
@@ -124,11 +129,7 @@ class PortForwardProvider(KvmnetProvider):
         "destination": Field(_ipv4),
     }
 
-    def resource_id(self, props: dict[str, Any]) -> str:
-        conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/dnat/{props['owner']}"
-
-    def overlay(self, live: dict[str, Any]) -> dict[str, Any]:
+    def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         rules = live["rules"]
         if len(rules) != 1:
             return {"host_port": None, "rules": rules}  # drift: the next update rewrites it
@@ -143,21 +144,6 @@ class PortForwardProvider(KvmnetProvider):
             "destination": rule["destination"],
             "rules": rules,
         }
-
-    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
-        return self.overlay(agent.call("dnat.ensure", self.spec(props)))
-
-    def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
-        live = agent.call("dnat.read", {"owner": props["owner"]})
-        return self.overlay(live) if live["count"] else None
-
-    def host_update(
-        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
-    ) -> dict[str, Any]:
-        return self.host_create(agent, news)
-
-    def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
-        agent.call("dnat.remove", {"owner": props["owner"]})
 
 
 @dataclass
