@@ -124,3 +124,30 @@ def test_change_that_cuts_the_host_off_rolls_back(
         assert host.address in run(again, "ip -br addr show eth0")
     assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []
     assert not bridged_stack.resources("UplinkBridge")
+
+
+def test_preview_refuses_a_missing_nic_or_another_bridges_port(
+    bridged_stack: TestStack, lab: LabStatus, lab_api: Lab
+) -> None:
+    host = lab.host(HOST)
+    before = host_snapshot(lab_api, host.namespace)
+    bridged_stack.config("kvmnet:uplink", "eth9")
+    missing = bridged_stack.preview(check=False)
+    assert missing.returncode != 0
+    assert "nic: NIC eth9 does not exist" in missing.stdout + missing.stderr
+
+    for argv in (
+        ["ip", "link", "add", "kvtport0", "type", "veth", "peer", "name", "kvtpeer0"],
+        ["ip", "link", "add", "kvtbr0", "type", "bridge"],
+        ["ip", "link", "set", "kvtport0", "master", "kvtbr0"],
+    ):
+        lab_api.exec_in(host.namespace, argv, check=True)
+    try:
+        bridged_stack.config("kvmnet:uplink", "kvtport0")
+        taken = bridged_stack.preview(check=False)
+        assert taken.returncode != 0
+        assert "is already a port of bridge kvtbr0" in taken.stdout + taken.stderr
+    finally:
+        for link in ("kvtport0", "kvtbr0"):
+            lab_api.exec_in(host.namespace, ["ip", "link", "del", link])
+    assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []
