@@ -6,13 +6,11 @@ kernel change costs a netlink call, not an SSH session. Requests are handled one
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import os
 import platform
 import sys
-import threading
 import traceback
 from collections.abc import Callable
 from typing import IO, Any
@@ -41,8 +39,9 @@ def missing_components() -> list[str]:
 
 
 def firewall() -> Any:
-    """The firewall module, once python-iptables has loaded (it was started in the background
-    at hello, so link operations need not wait for it)."""
+    """The firewall module, loaded at the first rule operation: python-iptables takes a good
+    part of a second to import, which sessions that only touch links need not pay. (Loading it
+    in a background thread instead deadlocked against the main thread's imports.)"""
     try:
         from . import firewall as module
     except Exception as exc:  # a broken libiptc underneath
@@ -128,8 +127,6 @@ def serve(inp: IO[str], out: IO[str]) -> None:
     )
     if missing:
         return
-    # Load iptc while the controller sends its first (usually link) requests.
-    threading.Thread(target=importlib.import_module, args=("iptc",), daemon=True).start()
     handlers = build_handlers()
     for line in inp:
         if not line.strip():
