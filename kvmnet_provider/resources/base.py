@@ -52,8 +52,6 @@ def owner_id(kind: str, resource_name: str) -> str:
 class KvmnetProvider(ResourceProvider):
     kind: ClassVar[str]
     fields: ClassVar[dict[str, Field]]
-    # Outputs only the kernel knows (ifindex, MAC, ...); never inputs.
-    computed: ClassVar[tuple[str, ...]] = ()
     serialize_as_secret_always = False  # the provider instance holds no secret
 
     # --- to implement per kind ---------------------------------------------------------
