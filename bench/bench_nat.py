@@ -201,14 +201,7 @@ class Host:
 
 
 def settings_for(h: HostStatus) -> HostSettings:
-    return HostSettings(
-        host=h.address,
-        port=h.port,
-        user=h.user,
-        known_hosts=h.known_hosts,
-        private_key_path=h.private_key,
-        python=sys.executable,
-    )
+    return HostSettings.for_lab_host(h, sys.executable)
 
 
 # --- method 1: kvmnet agent over one open session ----------------------------------------

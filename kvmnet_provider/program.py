@@ -42,15 +42,7 @@ def connection_from_config(cfg: pulumi.Config) -> HostSettings:
     status = lab_status(cfg)
     if status is not None:
         host = status.host(cfg.get("labHost") or "h1")
-        # Lab hosts share this machine's filesystem: the agent runs on this venv's Python.
-        return HostSettings(
-            host=host.address,
-            port=host.port,
-            user=host.user,
-            known_hosts=host.known_hosts,
-            private_key_path=host.private_key,
-            python=cfg.get("hostPython") or venv_python(),
-        )
+        return HostSettings.for_lab_host(host, cfg.get("hostPython") or venv_python())
     raw: dict[str, Any] = cfg.require_object("host")
     return HostSettings(**raw)
 

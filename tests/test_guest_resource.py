@@ -323,14 +323,7 @@ for i in (1, 2):
 
 
 def settings(host: HostStatus) -> HostSettings:
-    return HostSettings(
-        host=host.address,
-        port=host.port,
-        user=host.user,
-        known_hosts=host.known_hosts,
-        private_key_path=host.private_key,
-        python=sys.executable,
-    )
+    return HostSettings.for_lab_host(host, sys.executable)
 
 
 def cmdline(pid: int) -> list[str]:

@@ -42,6 +42,19 @@ class HostSettings:
     sudo: bool = False
     connect_timeout: float = 10.0
 
+    @classmethod
+    def for_lab_host(cls, host: Any, python: str) -> HostSettings:
+        """Settings for a `kvmnet lab` host (a lab.HostStatus). Lab hosts share this machine's
+        filesystem, so `python` is normally this venv's interpreter."""
+        return cls(
+            host=host.address,
+            port=host.port,
+            user=host.user,
+            known_hosts=host.known_hosts,
+            private_key_path=host.private_key,
+            python=python,
+        )
+
     @property
     def label(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"

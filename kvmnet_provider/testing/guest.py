@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..lab.netns import pid_alive
+
 QEMU = "qemu-system-x86_64"
 ACCELS = ("tcg", "kvm")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -209,16 +211,6 @@ def start_guest(
     return proc
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stop_guest(proc: subprocess.Popen[bytes] | int, timeout: float = 10.0) -> None:
     """Stop one QEMU by PID: SIGTERM, wait up to ``timeout``, then SIGKILL.
 
@@ -248,7 +240,7 @@ def stop_guest(proc: subprocess.Popen[bytes] | int, timeout: float = 10.0) -> No
                 return
         except ChildProcessError:
             pass
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return
         time.sleep(0.05)
     try:
@@ -259,5 +251,5 @@ def stop_guest(proc: subprocess.Popen[bytes] | int, timeout: float = 10.0) -> No
         os.waitpid(pid, 0)
     except ChildProcessError:
         deadline = time.monotonic() + 5.0
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
