@@ -124,33 +124,50 @@ class Links:
         return live
 
     # --- bridges -------------------------------------------------------------------------
-    def bridge_create(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def _create(
+        self,
+        spec: dict[str, Any],
+        kind: str,
+        add: Callable[[str], object],
+        apply: Callable[[dict[str, Any], dict[str, Any]], None],
+    ) -> dict[str, Any]:
+        """Create the link when absent, marked as ours, then make it match `spec`. All or
+        nothing: a failure removes what this call created."""
         name, owner = validate.ifname(spec["name"]), validate.owner(spec["owner"])
-        live = self._claim(name, owner, bool(spec.get("adopt")), "bridge")
-        undo: list[Callable[[], object]] = []
+        live = self._claim(name, owner, bool(spec.get("adopt")), kind)
+        created: int | None = None
         try:
             if live is None:
-                self.ipr.link(
-                    "add",
-                    ifname=name,
-                    kind="bridge",
-                    br_stp_state=1 if spec["stp"] else 0,
-                    br_forward_delay=int(spec["forward_delay"]) * USER_HZ,
-                )
-                idx = self._wait_index(name)
-                undo.append(lambda: self.ipr.link("del", index=idx))
-                self.ipr.link("set", index=idx, ifalias=owner_tag(owner))
-                # Pin the MAC the kernel gave it: otherwise a bridge takes the lowest MAC of
-                # its ports, so its MAC (the guests' gateway) changes as taps come and go.
-                mac = self.ipr.get_links(idx)[0].get("IFLA_ADDRESS")
-                self.ipr.link("set", index=idx, address=mac)
-                live = {"ifindex": idx, "addresses": [], "master": None}
-            self._bridge_apply(spec, live)
+                add(name)
+                created = self._wait_index(name)
+                self.ipr.link("set", index=created, ifalias=owner_tag(owner))
+                live = {"ifindex": created, "addresses": [], "master": None, "created": True}
+            apply(spec, live)
         except Exception:
-            for step in reversed(undo):
-                _quietly(step)
+            if created is not None:
+                _quietly(lambda: self.ipr.link("del", index=created))
             raise
         return self._must_read(name)
+
+    def bridge_create(self, spec: dict[str, Any]) -> dict[str, Any]:
+        def add(name: str) -> None:
+            self.ipr.link(
+                "add",
+                ifname=name,
+                kind="bridge",
+                br_stp_state=1 if spec["stp"] else 0,
+                br_forward_delay=int(spec["forward_delay"]) * USER_HZ,
+            )
+
+        def apply(spec: dict[str, Any], live: dict[str, Any]) -> None:
+            if live.get("created"):
+                # Pin the MAC the kernel gave it: otherwise a bridge takes the lowest MAC of
+                # its ports, so its MAC (the guests' gateway) changes as taps come and go.
+                mac = self.ipr.get_links(live["ifindex"])[0].get("IFLA_ADDRESS")
+                self.ipr.link("set", index=live["ifindex"], address=mac)
+            self._bridge_apply(spec, live)
+
+        return self._create(spec, "bridge", add, apply)
 
     def bridge_update(self, spec: dict[str, Any]) -> dict[str, Any]:
         name, owner = validate.ifname(spec["name"]), validate.owner(spec["owner"])
@@ -201,40 +218,23 @@ class Links:
 
     # --- taps ----------------------------------------------------------------------------
     def tap_create(self, spec: dict[str, Any]) -> dict[str, Any]:
-        name, owner = validate.ifname(spec["name"]), validate.owner(spec["owner"])
-        live = self._claim(name, owner, bool(spec.get("adopt")), "tun")
-        undo: list[Callable[[], object]] = []
-        try:
-            if live is None:
-                uid = _uid(spec.get("owner_user"))
-                flags = {
-                    "no_pi": 1,
-                    "one_queue": 0,
-                    "vnet_hdr": 1,
-                    "tun_excl": 0,
-                    "multi_queue": 1 if spec.get("multi_queue") else 0,
-                    "persist": 1,
-                    "nofilter": 0,
-                }
-                kwargs: dict[str, Any] = {
-                    "ifname": name,
-                    "kind": "tuntap",
-                    "mode": "tap",
-                    "ifr": flags,
-                }
-                if uid is not None:
-                    kwargs["uid"] = uid
-                self.ipr.link("add", **kwargs)
-                idx = self._wait_index(name)
-                undo.append(lambda: self.ipr.link("del", index=idx))
-                self.ipr.link("set", index=idx, ifalias=owner_tag(owner))
-                live = {"ifindex": idx, "addresses": [], "master": None}
-            self._tap_apply(spec, live)
-        except Exception:
-            for step in reversed(undo):
-                _quietly(step)
-            raise
-        return self._must_read(name)
+        def add(name: str) -> None:
+            flags = {
+                "no_pi": 1,
+                "one_queue": 0,
+                "vnet_hdr": 1,
+                "tun_excl": 0,
+                "multi_queue": 1 if spec.get("multi_queue") else 0,
+                "persist": 1,
+                "nofilter": 0,
+            }
+            kwargs: dict[str, Any] = {"ifname": name, "kind": "tuntap", "mode": "tap", "ifr": flags}
+            uid = _uid(spec.get("owner_user"))
+            if uid is not None:
+                kwargs["uid"] = uid
+            self.ipr.link("add", **kwargs)
+
+        return self._create(spec, "tun", add, self._tap_apply)
 
     def tap_update(self, spec: dict[str, Any]) -> dict[str, Any]:
         name, owner = validate.ifname(spec["name"]), validate.owner(spec["owner"])
