@@ -76,9 +76,11 @@ def _ensure(
     build: Callable[[], Any],
 ) -> dict[str, Any]:
     """Exactly one rule of ours, equal to `want`: kept if it is, rewritten if not."""
-    if _ours(chain_name, owner, describe)["rules"] == [want]:
-        return _ours(chain_name, owner, describe)
-    _remove(chain_name, owner)
+    current = _ours(chain_name, owner, describe)
+    if current["rules"] == [want]:
+        return current
+    if current["rules"]:
+        _remove(chain_name, owner)
     rule = build()
     rule.create_match("comment").comment = MARK_PREFIX + owner
     _, chain = _nat_chain(chain_name)

@@ -6,7 +6,9 @@ another stack's link, or one made by hand, is reported instead of silently adopt
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import pwd
 from collections.abc import Callable
 from typing import Any
@@ -32,18 +34,19 @@ class Links:
         self.ipr = ipr
 
     # --- reading -------------------------------------------------------------------------
-    def index(self, name: str) -> int | None:
-        found = self.ipr.link_lookup(ifname=name)
-        return found[0] if found else None
-
-    def _msg(self, name: str) -> Any | None:
-        idx = self.index(name)
-        if idx is None:
-            return None
+    # One RTM_GETLINK by name answers "does it exist" and "what is it": every netlink round
+    # trip costs ~0.3 ms, more than most kernel changes here, so calls are counted.
+    def _get(self, name: str) -> Any | None:
         try:
-            return self.ipr.get_links(idx)[0]
-        except NetlinkError:
-            return None
+            return self.ipr.link("get", ifname=name)[0]
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+
+    def index(self, name: str) -> int | None:
+        msg = self._get(name)
+        return None if msg is None else int(msg["index"])
 
     def _addresses(self, idx: int) -> list[str]:
         out = []
@@ -57,28 +60,33 @@ class Links:
 
     def read(self, name: str) -> dict[str, Any] | None:
         """The live state of a link, or None when it does not exist."""
-        msg = self._msg(validate.ifname(name))
-        if msg is None:
-            return None
+        msg = self._get(validate.ifname(name))
+        return None if msg is None else self._describe(msg)
+
+    def _describe(
+        self, msg: Any, master: str | None = None, addresses: list[str] | None = None
+    ) -> dict[str, Any]:
+        """A link's state from its RTM_NEWLINK message. `master` (the master's name when the
+        caller knows it) and `addresses` (when known to be none) save a round trip each."""
         idx = msg["index"]
         kind = msg.get(("linkinfo", "kind"))
         master_idx = msg.get("IFLA_MASTER")
-        master = None
-        if master_idx:
-            master_msg = self.ipr.get_links(master_idx)[0]
-            master = master_msg.get("IFLA_IFNAME")
+        if not master_idx:
+            master = None
+        elif master is None:
+            master = self.ipr.get_links(master_idx)[0].get("IFLA_IFNAME")
         alias = msg.get("IFLA_IFALIAS") or ""
         state: dict[str, Any] = {
-            "name": name,
+            "name": msg.get("IFLA_IFNAME"),
             "ifindex": idx,
             "kind": kind,
             "mac": msg.get("IFLA_ADDRESS"),
             "mtu": msg.get("IFLA_MTU"),
             "up": bool(msg["flags"] & 1),
             "master": master,
-            "owner": alias[len(OWNER_PREFIX) :] if alias.startswith(OWNER_PREFIX) else None,
+            "owner": _owner_in(alias),
             "alias": alias,
-            "addresses": self._addresses(idx),
+            "addresses": self._addresses(idx) if addresses is None else addresses,
         }
         if kind == "bridge":
             stp = msg.get(("linkinfo", "data", "IFLA_BR_STP_STATE"))
@@ -114,24 +122,29 @@ class Links:
             + ("" if live["owner"] else " (set adopt=true to manage it)"),
         )
 
-    def _require_ours(self, name: str, owner: str) -> dict[str, Any] | None:
-        live = self.read(name)
-        if live is not None and live["owner"] != owner:
-            holder = live["owner"] or "nobody (no kvmnet mark)"
+    def _ours_msg(self, name: str, owner: str) -> Any | None:
+        """The link's message when it is ours, None when absent; conflict otherwise."""
+        msg = self._get(name)
+        if msg is not None and (msg.get("IFLA_IFALIAS") or "") != owner_tag(owner):
+            holder = _owner_in(msg.get("IFLA_IFALIAS") or "") or "nobody (no kvmnet mark)"
             raise AgentError(
                 "conflict", f"{name} is not ours (it belongs to {holder}); left untouched"
             )
-        return live
+        return msg
 
-    # --- bridges -------------------------------------------------------------------------
+    def _require_ours(self, name: str, owner: str) -> dict[str, Any] | None:
+        msg = self._ours_msg(name, owner)
+        return None if msg is None else self._describe(msg)
+
+    # --- creating ------------------------------------------------------------------------
     def _create(
         self,
         spec: dict[str, Any],
         kind: str,
         add: Callable[[str], object],
-        apply: Callable[[dict[str, Any], dict[str, Any]], None],
+        apply: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
     ) -> dict[str, Any]:
-        """Create the link when absent, marked as ours, then make it match `spec`. All or
+        """Create the link when absent, then make it match `spec` (marking it ours). All or
         nothing: a failure removes what this call created."""
         name, owner = validate.ifname(spec["name"]), validate.owner(spec["owner"])
         live = self._claim(name, owner, bool(spec.get("adopt")), kind)
@@ -139,64 +152,77 @@ class Links:
         try:
             if live is None:
                 add(name)
-                created = self._wait_index(name)
-                self.ipr.link("set", index=created, ifalias=owner_tag(owner))
-                live = {"ifindex": created, "addresses": [], "master": None, "created": True}
-            apply(spec, live)
+                msg = self._get(name)
+                if msg is None:
+                    raise AgentError("failed", f"the kernel did not create {name}")
+                created = int(msg["index"])
+                live = self._describe(msg, addresses=[])  # new: no addresses of ours yet
+                live["created"] = True
+            return apply(spec, live)
         except Exception:
             if created is not None:
                 _quietly(lambda: self.ipr.link("del", index=created))
             raise
-        return self._must_read(name)
 
+    def _settle(
+        self, live: dict[str, Any], owner: str, changes: dict[str, Any], **known: Any
+    ) -> dict[str, Any]:
+        """Apply `changes` (and our mark, on a link just created) in ONE RTM_SETLINK, then
+        read the result back."""
+        if live.get("created"):
+            changes["ifalias"] = owner_tag(owner)
+        if changes:
+            self.ipr.link("set", index=live["ifindex"], **changes)
+        msg = self.ipr.get_links(live["ifindex"])[0]
+        return self._describe(msg, **known)
+
+    # --- bridges -------------------------------------------------------------------------
     def bridge_create(self, spec: dict[str, Any]) -> dict[str, Any]:
         def add(name: str) -> None:
+            # The MAC is given, not left to the kernel: otherwise a bridge takes the lowest
+            # MAC of its ports, and its MAC (the guests' gateway) changes as taps come and go.
             self.ipr.link(
                 "add",
                 ifname=name,
                 kind="bridge",
+                address=_random_mac(),
                 br_stp_state=1 if spec["stp"] else 0,
                 br_forward_delay=int(spec["forward_delay"]) * USER_HZ,
             )
 
-        def apply(spec: dict[str, Any], live: dict[str, Any]) -> None:
-            if live.get("created"):
-                # Pin the MAC the kernel gave it: otherwise a bridge takes the lowest MAC of
-                # its ports, so its MAC (the guests' gateway) changes as taps come and go.
-                mac = self.ipr.get_links(live["ifindex"])[0].get("IFLA_ADDRESS")
-                self.ipr.link("set", index=live["ifindex"], address=mac)
-            self._bridge_apply(spec, live)
-
-        return self._create(spec, "bridge", add, apply)
+        return self._create(spec, "bridge", add, self._bridge_apply)
 
     def bridge_update(self, spec: dict[str, Any]) -> dict[str, Any]:
         name, owner = validate.ifname(spec["name"]), validate.owner(spec["owner"])
         live = self._require_ours(name, owner)
         if live is None:
             raise AgentError("missing", f"bridge {name} does not exist")
-        self._bridge_apply(spec, live)
-        return self._must_read(name)
+        return self._bridge_apply(spec, live)
 
-    def _bridge_apply(self, spec: dict[str, Any], live: dict[str, Any]) -> None:
-        """Make the bridge `live` (as last read) match `spec`; no reads of its own."""
+    def _bridge_apply(self, spec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+        """Make the bridge `live` (as last read) match `spec`."""
         idx = live["ifindex"]
         stp = 1 if spec["stp"] else 0
         delay = int(spec["forward_delay"]) * USER_HZ
-        # The kernel checks the delay against the STP state in force: order the two.
-        if stp:
-            self.ipr.link("set", index=idx, kind="bridge", br_stp_state=stp)
-            self.ipr.link("set", index=idx, kind="bridge", br_forward_delay=delay)
-        else:
-            self.ipr.link("set", index=idx, kind="bridge", br_forward_delay=delay)
-            self.ipr.link("set", index=idx, kind="bridge", br_stp_state=stp)
-        if spec.get("mtu"):
-            self.ipr.link("set", index=idx, mtu=validate.mtu(spec["mtu"]))
-        self._set_addresses(
-            idx,
-            [validate.interface_address(a) for a in spec.get("addresses", [])],
-            live["addresses"],
-        )
-        self.ipr.link("set", index=idx, state="up" if spec.get("up", True) else "down")
+        if not live.get("created") and (
+            bool(stp) != live.get("stp") or spec["forward_delay"] != live.get("forward_delay")
+        ):
+            # The kernel checks the delay against the STP state in force: order the two.
+            if stp:
+                self.ipr.link("set", index=idx, kind="bridge", br_stp_state=stp)
+                self.ipr.link("set", index=idx, kind="bridge", br_forward_delay=delay)
+            else:
+                self.ipr.link("set", index=idx, kind="bridge", br_forward_delay=delay)
+                self.ipr.link("set", index=idx, kind="bridge", br_stp_state=stp)
+        want = sorted(validate.interface_address(a) for a in spec.get("addresses", []))
+        self._set_addresses(idx, want, live["addresses"])
+        changes: dict[str, Any] = {}
+        if spec.get("mtu") and validate.mtu(spec["mtu"]) != live.get("mtu"):
+            changes["mtu"] = validate.mtu(spec["mtu"])
+        if bool(spec.get("up", True)) != live.get("up"):
+            changes["state"] = "up" if spec.get("up", True) else "down"
+        known = {"addresses": want} if live.get("created") else {}
+        return self._settle(live, validate.owner(spec["owner"]), changes, **known)
 
     def _set_addresses(self, idx: int, want: list[str], have: list[str]) -> None:
         for addr in sorted(set(have) - set(want)):
@@ -211,10 +237,10 @@ class Links:
             )
 
     def link_delete(self, name: str, owner: str) -> dict[str, Any]:
-        live = self._require_ours(validate.ifname(name), validate.owner(owner))
-        if live is not None:
-            self.ipr.link("del", index=live["ifindex"])
-        return {"deleted": live is not None}
+        msg = self._ours_msg(validate.ifname(name), validate.owner(owner))
+        if msg is not None:
+            self.ipr.link("del", index=msg["index"])
+        return {"deleted": msg is not None}
 
     # --- taps ----------------------------------------------------------------------------
     def tap_create(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -241,37 +267,33 @@ class Links:
         live = self._require_ours(name, owner)
         if live is None:
             raise AgentError("missing", f"tap {name} does not exist")
-        self._tap_apply(spec, live)
-        return self._must_read(name)
+        return self._tap_apply(spec, live)
 
-    def _tap_apply(self, spec: dict[str, Any], live: dict[str, Any]) -> None:
-        """Make the tap `live` (as last read) match `spec`; no reads of its own."""
+    def _tap_apply(self, spec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+        """Make the tap `live` (as last read) match `spec`."""
         name = spec["name"]
-        idx = live["ifindex"]
         bridge = validate.ifname(spec["bridge"])
         bridge_idx = self.index(bridge)
         if bridge_idx is None:
             raise AgentError(
                 "missing", f"bridge {bridge} for tap {name} does not exist on this host"
             )
-        if spec.get("mtu"):
-            self.ipr.link("set", index=idx, mtu=validate.mtu(spec["mtu"]))
+        changes: dict[str, Any] = {}
+        if spec.get("mtu") and validate.mtu(spec["mtu"]) != live.get("mtu"):
+            changes["mtu"] = validate.mtu(spec["mtu"])
         if live["master"] != bridge:
-            self.ipr.link("set", index=idx, master=bridge_idx)
-        self.ipr.link("set", index=idx, state="up" if spec.get("up", True) else "down")
+            changes["master"] = bridge_idx
+        if bool(spec.get("up", True)) != live.get("up"):
+            changes["state"] = "up" if spec.get("up", True) else "down"
+        known = {"master": bridge, "addresses": []} if live.get("created") else {}
+        state = self._settle(live, validate.owner(spec["owner"]), changes, **known)
+        if state["master"] != bridge:  # `known` named it: make sure the kernel agrees
+            raise AgentError("failed", f"tap {name} did not join bridge {bridge}")
+        return state
 
-    # --- helpers -------------------------------------------------------------------------
-    def _wait_index(self, name: str) -> int:
-        idx = self.index(name)
-        if idx is None:
-            raise AgentError("failed", f"the kernel did not create {name}")
-        return idx
 
-    def _must_read(self, name: str) -> dict[str, Any]:
-        live = self.read(name)
-        if live is None:
-            raise AgentError("failed", f"{name} vanished while being configured")
-        return live
+def _owner_in(alias: str) -> str | None:
+    return alias[len(OWNER_PREFIX) :] if alias.startswith(OWNER_PREFIX) else None
 
 
 def _uid(user: object) -> int | None:
@@ -290,6 +312,13 @@ def _user_name(uid: int | None) -> str | None:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+def _random_mac() -> str:
+    """A random, locally administered unicast MAC, as the kernel would pick."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
 
 
 def _quietly(step: Callable[[], object]) -> None:

@@ -49,6 +49,9 @@ def firewall() -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # distutils, on Python 3.11
+            from .iptc_import import import_iptc
+
+            import_iptc()
             from . import firewall as module
     except Exception as exc:  # a broken libiptc underneath
         raise AgentError(
