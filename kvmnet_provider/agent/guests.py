@@ -38,6 +38,7 @@ from typing import Any
 
 from . import hoststate, validate
 from .errors import AgentError
+from .netlink import iproute_class
 from .validate import InvalidInput
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -753,7 +754,7 @@ def _check_taps(nics: list[dict[str, str]]) -> None:
     tap of its own, on no bridge, and the guest would start cut off."""
     if not nics:
         return
-    from pyroute2 import IPRoute  # the agent has it; the controller never gets here
+    IPRoute = iproute_class()  # the agent has it; the controller never gets here
 
     with IPRoute() as ipr:
         for nic in nics:

@@ -11,10 +11,12 @@ import ipaddress
 import os
 import pwd
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 from . import validate
 from .errors import AgentError

@@ -6,6 +6,7 @@ kernel change costs a netlink call, not an SSH session. Requests are handled one
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -26,6 +27,9 @@ COMPONENTS = {
 }
 
 Handler = Callable[[dict[str, Any]], Any]
+# Operations whose module loads at their first use: most sessions never start a guest or
+# bridge an uplink, and compiling those modules is most of the agent's own start-up.
+LAZY_MODULES = {"guest": "guests", "uplink": "uplink"}
 
 
 def missing_components() -> list[str]:
@@ -61,12 +65,13 @@ def firewall() -> Any:
 
 
 def build_handlers() -> dict[str, Handler]:
-    from pyroute2 import IPRoute
+    from .netlink import iproute_class
 
+    iproute = iproute_class()  # before .links imports from pyroute2: see netlink.py
     from . import forwarding
     from .links import Links
 
-    links = Links(IPRoute())
+    links = Links(iproute())
     handlers: dict[str, Handler] = {
         "ping": lambda a: {"pid": os.getpid()},
         "link.read": lambda a: links.read(a["name"]),
@@ -85,17 +90,21 @@ def build_handlers() -> dict[str, Handler]:
         "dnat.ensure": lambda a: firewall().dnat_ensure(a),
         "dnat.remove": lambda a: firewall().dnat_remove(a["owner"]),
     }
-    from . import guests, uplink
-
-    handlers.update(guests.handlers())
-    handlers.update(uplink.handlers())
     return handlers
+
+
+def _handler(handlers: dict[str, Handler], op: str) -> Handler | None:
+    """The handler for `op`, loading its module at the first operation that needs it."""
+    module = LAZY_MODULES.get(op.split(".")[0])
+    if op not in handlers and module:
+        handlers.update(importlib.import_module(f".{module}", __package__).handlers())
+    return handlers.get(op)
 
 
 def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> dict[str, Any]:
     rid = request.get("id")
     op = request.get("op")
-    handler = handlers.get(op) if isinstance(op, str) else None
+    handler = _handler(handlers, op) if isinstance(op, str) else None
     try:
         if handler is None:
             raise AgentError("invalid", f"unknown operation {op!r}")

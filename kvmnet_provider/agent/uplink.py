@@ -27,6 +27,7 @@ from typing import Any
 
 from . import hoststate, validate
 from .errors import AgentError
+from .netlink import iproute_class
 
 OWNER_PREFIX = "kvmnet:"
 MAIN_TABLE = 254
@@ -92,7 +93,7 @@ def _routes(ipr: Any, idx: int) -> list[dict[str, Any]]:
 
 def inspect(args: dict[str, Any]) -> dict[str, Any]:
     """What a take-over would start from; used by `check` to refuse a bad NIC at preview."""
-    from pyroute2 import IPRoute
+    IPRoute = iproute_class()
 
     nic = validate.ifname(args["nic"])
     with IPRoute() as ipr:
@@ -237,7 +238,7 @@ def arm(token: str, target: str, cfg: dict[str, Any], seconds: int) -> None:
 
 def rollback_main(armed_path: str) -> None:
     """Body of the rollback process: wait, then restore unless disarmed."""
-    from pyroute2 import IPRoute  # loaded now: the agent's files may vanish later
+    IPRoute = iproute_class()  # loaded now: the agent's files may vanish later
 
     armed = Path(armed_path)
     plan = json.loads(armed.read_text())
@@ -291,7 +292,7 @@ def _seconds(value: object) -> int:
 
 def takeover(args: dict[str, Any]) -> dict[str, Any]:
     """Arm a rollback to today's plain configuration, then bridge the NIC in one step."""
-    from pyroute2 import IPRoute
+    IPRoute = iproute_class()
 
     owner = validate.owner(args["owner"])
     bridge, nic = validate.ifname(args["bridge"]), validate.ifname(args["nic"])
@@ -346,7 +347,7 @@ def takeover(args: dict[str, Any]) -> dict[str, Any]:
 
 def release(args: dict[str, Any]) -> dict[str, Any]:
     """Arm a rollback to the bridged configuration, then give the NIC its addresses back."""
-    from pyroute2 import IPRoute
+    IPRoute = iproute_class()
 
     owner = validate.owner(args["owner"])
     token, seconds = _token(args["token"]), _seconds(args["rollback_seconds"])
@@ -376,7 +377,7 @@ def forget(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def read(args: dict[str, Any]) -> dict[str, Any] | None:
-    from pyroute2 import IPRoute
+    IPRoute = iproute_class()
 
     owner = validate.owner(args["owner"])
     with hoststate.locked("uplinks") as doc:

@@ -22,10 +22,18 @@ from .settings import HostSettings
 
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 
-# Runs on the host as `python -c BOOTSTRAP`: a constant, never built from user input. It
-# receives the agent's source as one JSON line on stdin, then serves requests.
+# Runs on the host as `python -S -u -c BOOTSTRAP`: a constant, never built from user input.
+# It receives the agent's source as one JSON line on stdin, then serves requests. -S skips
+# site's .pth processing (a venv's can cost more than the agent's own start); the site
+# directories are put on the path directly, and site runs in full only when that is not
+# enough to find what the agent needs.
 BOOTSTRAP = r"""
-import sys, json, os, tempfile, shutil, atexit
+import sys, site
+sys.path.extend(p for p in getattr(site, "getsitepackages", list)() if p not in sys.path)
+import importlib.util
+if not all(importlib.util.find_spec(m) for m in ("pyroute2", "iptc")):
+    site.main()
+import json, os, tempfile, shutil, atexit
 files = json.loads(sys.stdin.readline())
 root = tempfile.mkdtemp(prefix="kvmnet-agent-")
 atexit.register(shutil.rmtree, root, True)
@@ -143,11 +151,8 @@ class AgentSession:
         assert transport is not None
         transport.set_keepalive(15)
         self.channel = transport.open_session(timeout=settings.connect_timeout)
-        command = f"exec {shlex.quote(settings.python)} -u -c {shlex.quote(BOOTSTRAP)}"
-        if settings.sudo:
-            command = (
-                f"exec sudo -n -- {shlex.quote(settings.python)} -u -c {shlex.quote(BOOTSTRAP)}"
-            )
+        python = f"{shlex.quote(settings.python)} -S -u -c {shlex.quote(BOOTSTRAP)}"
+        command = f"exec sudo -n -- {python}" if settings.sudo else f"exec {python}"
         self.channel.exec_command(command)
         self.stdin = self.channel.makefile_stdin("w")
         self.stdout = self.channel.makefile("r")
