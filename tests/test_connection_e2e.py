@@ -143,6 +143,48 @@ def test_one_session_per_host_shared_by_threads(h1: HostStatus) -> None:
             sessions[0].close()
 
 
+def test_concurrent_link_deletes_go_as_one_batch_and_each_caller_hears_its_own(
+    h1: HostStatus, lab_api: Lab
+) -> None:
+    """Deletes waiting for the session leave in one request; the host deletes ours together,
+    refuses the foreign tap to its own caller only, and reports the absent one as absent."""
+    session = agent_session(settings(h1))
+    owner = "test/batch/TapPort/"
+    taps = [f"kbt{k}" for k in range(6)]
+    session.call(
+        "bridge.create",
+        {"name": "kbat0", "owner": "test/batch/Bridge/b", "stp": False, "forward_delay": 0},
+    )
+    for tap in taps:
+        session.call("tap.create", {"name": tap, "owner": owner + tap, "bridge": "kbat0"})
+    run_in(lab_api, h1.name, ["ip", "tuntap", "add", "dev", "kbtx", "mode", "tap"])
+    requests = [(t, owner + t) for t in taps] + [("kbtx", owner + "kbtx"), ("kbtnone", owner)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(requests)) as pool:
+            with session.lock:  # hold the session so that every delete queues behind it
+                futures = {
+                    name: pool.submit(
+                        session.call_batched, "link.delete", {"name": name, "owner": who}
+                    )
+                    for name, who in requests
+                }
+                deadline = time.monotonic() + 10
+                while len(session._pending.get("link.delete", [])) < len(requests):
+                    assert time.monotonic() < deadline, "the deletes did not queue"
+                    time.sleep(0.01)
+            assert all(futures[t].result(timeout=30) == {"deleted": True} for t in taps)
+            assert futures["kbtnone"].result(timeout=30) == {"deleted": False}
+            with pytest.raises(HostError, match="kbtx is not ours"):
+                futures["kbtx"].result(timeout=30)
+        names = {x["ifname"] for x in json.loads(run_in(lab_api, h1.name, ["ip", "-j", "link"]))}
+        assert not names & set(taps) and "kbtx" in names
+    finally:
+        run_in(lab_api, h1.name, ["ip", "link", "del", "kbtx"], check=False)
+        session.call("link.delete", {"name": "kbat0", "owner": "test/batch/Bridge/b"})
+        for tap in taps:
+            run_in(lab_api, h1.name, ["ip", "link", "del", tap], check=False)
+
+
 def test_missing_python_is_named(h1: HostStatus) -> None:
     err = str(connect_error(settings(h1, python="/nonexistent/bin/python3")))
     assert "/nonexistent/bin/python3" in err and h1.address in err, err

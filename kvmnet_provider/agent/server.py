@@ -76,6 +76,7 @@ def build_handlers() -> dict[str, Handler]:
         "ping": lambda a: {"pid": os.getpid()},
         "link.read": lambda a: links.read(a["name"]),
         "link.delete": lambda a: links.link_delete(a["name"], a["owner"]),
+        "link.delete.many": lambda a: outcomes("link.delete", links.link_delete_many(a["items"])),
         "bridge.create": links.bridge_create,
         "bridge.update": links.bridge_update,
         "tap.create": links.tap_create,
@@ -101,6 +102,29 @@ def _handler(handlers: dict[str, Handler], op: str) -> Handler | None:
     return handlers.get(op)
 
 
+def failure(op: object, exc: BaseException) -> dict[str, Any]:
+    """The wire form of an operation's error."""
+    if isinstance(exc, AgentError):
+        return exc.to_wire()
+    if isinstance(exc, InvalidInput):
+        return {"kind": "invalid", "message": str(exc)}
+    if isinstance(exc, KeyError):
+        return {"kind": "invalid", "message": f"missing argument {exc}"}
+    # The kernel said no: report it, keep serving.
+    traceback.print_exception(exc, file=sys.stderr)
+    return {"kind": "failed", "message": f"{op}: {exc}"}
+
+
+def outcomes(op: str, results: list[Any]) -> list[dict[str, Any]]:
+    """Per-item answers of a batched operation: a result, or the exception raised for it."""
+    return [
+        {"ok": False, "error": failure(op, r)}
+        if isinstance(r, Exception)
+        else {"ok": True, "result": r}
+        for r in results
+    ]
+
+
 def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> dict[str, Any]:
     rid = request.get("id")
     op = request.get("op")
@@ -112,19 +136,8 @@ def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> dict[str, A
         if not isinstance(args, dict):
             raise AgentError("invalid", "args must be an object")
         return {"id": rid, "ok": True, "result": handler(args)}
-    except AgentError as exc:
-        return {"id": rid, "ok": False, "error": exc.to_wire()}
-    except InvalidInput as exc:
-        return {"id": rid, "ok": False, "error": {"kind": "invalid", "message": str(exc)}}
-    except KeyError as exc:
-        return {
-            "id": rid,
-            "ok": False,
-            "error": {"kind": "invalid", "message": f"missing argument {exc}"},
-        }
-    except Exception as exc:  # the kernel said no: report it, keep serving
-        traceback.print_exc(file=sys.stderr)
-        return {"id": rid, "ok": False, "error": {"kind": "failed", "message": f"{op}: {exc}"}}
+    except Exception as exc:
+        return {"id": rid, "ok": False, "error": failure(op, exc)}
 
 
 def serve(inp: IO[str], out: IO[str]) -> None:

@@ -12,6 +12,7 @@ import collections
 import json
 import shlex
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +141,21 @@ def _connect(s: HostSettings) -> paramiko.SSHClient:
     return client
 
 
+@dataclass
+class _Pending:
+    """One caller's request in a batch, and what came back for it."""
+
+    args: dict[str, Any]
+    answer: dict[str, Any] = field(default_factory=dict)
+    error: Exception | None = None
+
+
 class AgentSession:
     def __init__(self, settings: HostSettings) -> None:
         self.settings = settings
         self.lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: dict[str, list[_Pending]] = {}
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self.client = _connect(settings)
         self._next_id = 0
@@ -211,24 +223,58 @@ class AgentSession:
 
     def call(self, op: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
         with self.lock:
-            self._next_id += 1
-            rid = self._next_id
-            try:
-                self.channel.settimeout(timeout)
-                self.stdin.write(json.dumps({"id": rid, "op": op, "args": args}) + "\n")
-                self.stdin.flush()
-                answer = self._read_line(op)
-            except (OSError, EOFError) as exc:
-                self.close()
-                raise HostError(
-                    f"{self.settings.label}: connection lost during {op}: {exc}"
-                ) from None
-            except HostError:
-                self.close()
-                raise
+            answer = self._exchange(op, args, timeout)
+        return self._result(answer)
+
+    def call_batched(self, op: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
+        """`op`, sent together with the same op of the other threads waiting for this
+        session as one `<op>.many` request. The engine deletes a network's taps four at a
+        time, and the host unregisters a batch of links for about the cost of one."""
+        mine = _Pending(args)
+        with self._pending_lock:
+            self._pending.setdefault(op, []).append(mine)
+        with self.lock:
+            with self._pending_lock:
+                batch = self._pending.pop(op, [])
+            if batch:  # else a thread that held the lock before us took ours along
+                self._run_batch(op, batch, timeout)
+        if mine.error is not None:
+            raise mine.error
+        return self._result(mine.answer)
+
+    def _run_batch(self, op: str, batch: list[_Pending], timeout: float) -> None:
+        try:
+            if len(batch) == 1:
+                batch[0].answer = self._exchange(op, batch[0].args, timeout)
+                return
+            answer = self._exchange(f"{op}.many", {"items": [p.args for p in batch]}, timeout)
+            for pending, item in zip(batch, self._result(answer), strict=True):
+                pending.answer = item
+        except Exception as exc:  # the batch failed as a whole: each of its callers hears it
+            for pending in batch:
+                pending.error = exc
+
+    def _exchange(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One request and its answer; the caller holds self.lock."""
+        self._next_id += 1
+        rid = self._next_id
+        try:
+            self.channel.settimeout(timeout)
+            self.stdin.write(json.dumps({"id": rid, "op": op, "args": args}) + "\n")
+            self.stdin.flush()
+            answer = self._read_line(op)
+        except (OSError, EOFError) as exc:
+            self.close()
+            raise HostError(f"{self.settings.label}: connection lost during {op}: {exc}") from None
+        except HostError:
+            self.close()
+            raise
         if answer.get("id") != rid:
             self.close()
             raise HostError(f"{self.settings.label}: the host agent answered out of turn")
+        return answer
+
+    def _result(self, answer: dict[str, Any]) -> Any:
         if not answer.get("ok"):
             error = answer.get("error") or {}
             raise AgentCallError(

@@ -41,7 +41,7 @@ class _LinkProvider(KvmnetProvider):
         return out
 
     def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
-        agent.call("link.delete", {"name": props["name"], "owner": props["owner"]})
+        agent.call_batched("link.delete", {"name": props["name"], "owner": props["owner"]})
 
 
 class BridgeProvider(_LinkProvider):
