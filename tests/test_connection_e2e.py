@@ -161,7 +161,7 @@ def test_concurrent_link_deletes_go_as_one_batch_and_each_caller_hears_its_own(
     requests = [(t, owner + t) for t in taps] + [("kbtx", owner + "kbtx"), ("kbtnone", owner)]
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(requests)) as pool:
-            with session.lock:  # hold the session so that every delete queues behind it
+            with session.exclusive():  # hold the session: every delete queues behind it
                 futures = {
                     name: pool.submit(
                         session.call_batched, "link.delete", {"name": name, "owner": who}
@@ -169,7 +169,7 @@ def test_concurrent_link_deletes_go_as_one_batch_and_each_caller_hears_its_own(
                     for name, who in requests
                 }
                 deadline = time.monotonic() + 10
-                while len(session._pending.get("link.delete", [])) < len(requests):
+                while len(session._queued.get("link.delete", [])) < len(requests):
                     assert time.monotonic() < deadline, "the deletes did not queue"
                     time.sleep(0.01)
             assert all(futures[t].result(timeout=30) == {"deleted": True} for t in taps)

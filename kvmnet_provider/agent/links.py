@@ -69,8 +69,8 @@ class Links:
     def _describe(
         self, msg: Any, master: str | None = None, addresses: list[str] | None = None
     ) -> dict[str, Any]:
-        """A link's state from its RTM_NEWLINK message. `master` (the master's name when the
-        caller knows it) and `addresses` (when known to be none) save a round trip each."""
+        """A link's state from its RTM_NEWLINK message. `master` (the master's name) and
+        `addresses`, given by a caller that has just set them, save a round trip each."""
         idx = msg["index"]
         kind = msg.get(("linkinfo", "kind"))
         master_idx = msg.get("IFLA_MASTER")

@@ -1,8 +1,9 @@
 """One SSH connection and one long-lived host agent per host, shared by all operations.
 
 The dynamic provider serves several operations at once, so sessions are created under a
-lock and each request/answer pair holds the session's own lock. Nothing here is pickled:
-the cache is module state of the installed package, alive for the provider process.
+lock and each request/answer pair has the session to itself; link deletes that wait for it
+leave together, as one request. Nothing here is pickled: the cache is module state of the
+installed package, alive for the provider process.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import collections
 import json
 import shlex
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from . import credentials
 from .settings import HostSettings
 
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
+BATCH_LINGER = 0.0005  # seconds a batch waits for more callers; a link delete costs ~16 ms
 
 # Runs on the host as `python -S -u -c BOOTSTRAP`: a constant, never built from user input.
 # It receives the agent's source as one JSON line on stdin, then serves requests. -S skips
@@ -148,14 +153,15 @@ class _Pending:
     args: dict[str, Any]
     answer: dict[str, Any] = field(default_factory=dict)
     error: Exception | None = None
+    done: bool = False
 
 
 class AgentSession:
     def __init__(self, settings: HostSettings) -> None:
         self.settings = settings
-        self.lock = threading.Lock()
-        self._pending_lock = threading.Lock()
-        self._pending: dict[str, list[_Pending]] = {}
+        self._turn = threading.Condition()  # guards _busy and _queued
+        self._busy = False
+        self._queued: dict[str, list[_Pending]] = {}
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self.client = _connect(settings)
         self._next_id = 0
@@ -221,41 +227,77 @@ class AgentSession:
             and not self.channel.exit_status_ready()
         )
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The session to oneself: one request and its answer at a time."""
+        with self._turn:
+            while self._busy:
+                self._turn.wait()
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._turn:
+            self._busy = False
+            self._turn.notify_all()
+
     def call(self, op: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
-        with self.lock:
+        with self.exclusive():
             answer = self._exchange(op, args, timeout)
         return self._result(answer)
 
     def call_batched(self, op: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
         """`op`, sent together with the same op of the other threads waiting for this
         session as one `<op>.many` request. The engine deletes a network's taps four at a
-        time, and the host unregisters a batch of links for about the cost of one."""
+        time, and the host unregisters a batch of links for about the cost of one.
+
+        A caller queues its request; while the session is busy it waits, and the next
+        caller to get the session takes everything queued along."""
         mine = _Pending(args)
-        with self._pending_lock:
-            self._pending.setdefault(op, []).append(mine)
-        with self.lock:
-            with self._pending_lock:
-                batch = self._pending.pop(op, [])
-            if batch:  # else a thread that held the lock before us took ours along
-                self._run_batch(op, batch, timeout)
+        with self._turn:
+            self._queued.setdefault(op, []).append(mine)
+            while self._busy and not mine.done:
+                self._turn.wait()
+            lead = not mine.done
+            if lead:
+                self._busy = True
+        if lead:
+            self._lead_batch(op, timeout)
         if mine.error is not None:
             raise mine.error
         return self._result(mine.answer)
+
+    def _lead_batch(self, op: str, timeout: float) -> None:
+        try:
+            # Let the callers that the last answer set free queue their next request before
+            # this batch leaves; without it, batches of one and of several alternate.
+            time.sleep(BATCH_LINGER)
+            with self._turn:
+                batch = self._queued.pop(op)
+            self._run_batch(op, batch, timeout)
+        finally:
+            self._release()
 
     def _run_batch(self, op: str, batch: list[_Pending], timeout: float) -> None:
         try:
             if len(batch) == 1:
                 batch[0].answer = self._exchange(op, batch[0].args, timeout)
-                return
-            answer = self._exchange(f"{op}.many", {"items": [p.args for p in batch]}, timeout)
-            for pending, item in zip(batch, self._result(answer), strict=True):
-                pending.answer = item
+            else:
+                answer = self._exchange(f"{op}.many", {"items": [p.args for p in batch]}, timeout)
+                for pending, item in zip(batch, self._result(answer), strict=True):
+                    pending.answer = item
         except Exception as exc:  # the batch failed as a whole: each of its callers hears it
             for pending in batch:
                 pending.error = exc
+        finally:
+            for pending in batch:
+                pending.done = True
 
     def _exchange(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """One request and its answer; the caller holds self.lock."""
+        """One request and its answer; the caller has the session exclusively."""
         self._next_id += 1
         rid = self._next_id
         try:
