@@ -23,6 +23,7 @@ import pytest
 
 from kvmnet_provider.connection import HostError, HostSettings, agent_session
 from kvmnet_provider.lab import HostStatus, Lab, LabStatus, fresh_lab
+from kvmnet_provider.testing.debian_python import debian_python
 from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot, run_in
 from kvmnet_provider.testing.stack import TestStack
 
@@ -405,6 +406,52 @@ def test_non_root_sudo_user_works_as_well_as_root(
         assert links["vif9.0"]["master"] == "br-sudo"
         assert run_in(lab_api, ns, ["sysctl", "-n", "net.ipv4.ip_forward"]).strip() == "1"
         assert "kvmnet:sudo/dev/MasqueradeRule/m" in run_in(
+            lab_api, ns, ["iptables-legacy-save", "-t", "nat"]
+        )
+        stack.preview_no_changes()
+        stack.destroy()
+    finally:
+        stack.remove()
+    after = host_snapshot(lab_api, ns)
+    assert after == before, "\n".join(diff_snapshots(before, after))
+
+
+# --- a host with Debian's own packages --------------------------------------------------------
+def test_debian_packaged_pyroute2_and_iptables_work_through_the_engine(
+    lab: LabStatus, lab_api: Lab, tmp_path: Path
+) -> None:
+    """The host's Python is the system one with bookworm's python3-pyroute2 (0.7) and
+    python3-iptables: up builds the same network, a second preview is empty, destroy (taps
+    deleted as one batch) leaves the host as it was."""
+    python = debian_python(tmp_path)
+    h = lab.hosts[1]
+    ns = h.namespace
+    before = host_snapshot(lab_api, ns)
+    body = f"""
+    import pulumi
+    from kvmnet_provider.connection import HostSettings
+    from kvmnet_provider.resources import *
+
+    c = HostSettings(host={h.address!r}, known_hosts={h.known_hosts!r},
+                     private_key_path={h.private_key!r}, python={python!r})
+    br = Bridge("br", BridgeArgs(connection=c, name="br-deb", addresses=["10.0.7.1/24"],
+                                 mtu=1400))
+    taps = [TapPort(f"t{{k}}", TapPortArgs(connection=c, name=f"vif7.{{k}}", bridge=br))
+            for k in range(3)]
+    fw = ForwardingSetting("fw", ForwardingSettingArgs(connection=c))
+    m = MasqueradeRule("m", MasqueradeRuleArgs(connection=c, source="10.0.7.0/24"))
+    pulumi.export("mac", br.mac)
+    """
+    stack = TestStack(tmp_path / "stack", textwrap.dedent(body), project="deb")
+    try:
+        stack.up()
+        links = links_of(lab_api, ns)
+        assert links["br-deb"]["mtu"] == 1400
+        assert stack.outputs()["mac"] == links["br-deb"]["address"]
+        assert all(links[f"vif7.{k}"]["master"] == "br-deb" for k in range(3))
+        addrs = json.loads(run_in(lab_api, ns, ["ip", "-j", "addr", "show", "dev", "br-deb"]))
+        assert [a["local"] for a in addrs[0]["addr_info"] if a["family"] == "inet"] == ["10.0.7.1"]
+        assert "kvmnet:deb/dev/MasqueradeRule/m" in run_in(
             lab_api, ns, ["iptables-legacy-save", "-t", "nat"]
         )
         stack.preview_no_changes()

@@ -54,7 +54,7 @@ class Links:
     def _addresses(self, idx: int) -> list[str]:
         out = []
         for msg in self.ipr.get_addr(index=idx):
-            addr = msg.get("IFA_ADDRESS")
+            addr = msg.get_attr("IFA_ADDRESS")
             iface = ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}")
             if iface.version == 6 and iface.ip.is_link_local:
                 continue  # the kernel adds these by itself
@@ -73,18 +73,18 @@ class Links:
         `addresses`, given by a caller that has just set them, save a round trip each."""
         idx = msg["index"]
         kind = msg.get(("linkinfo", "kind"))
-        master_idx = msg.get("IFLA_MASTER")
+        master_idx = msg.get_attr("IFLA_MASTER")
         if not master_idx:
             master = None
         elif master is None:
-            master = self.ipr.get_links(master_idx)[0].get("IFLA_IFNAME")
-        alias = msg.get("IFLA_IFALIAS") or ""
+            master = self.ipr.get_links(master_idx)[0].get_attr("IFLA_IFNAME")
+        alias = msg.get_attr("IFLA_IFALIAS") or ""
         state: dict[str, Any] = {
-            "name": msg.get("IFLA_IFNAME"),
+            "name": msg.get_attr("IFLA_IFNAME"),
             "ifindex": idx,
             "kind": kind,
-            "mac": msg.get("IFLA_ADDRESS"),
-            "mtu": msg.get("IFLA_MTU"),
+            "mac": msg.get_attr("IFLA_ADDRESS"),
+            "mtu": msg.get_attr("IFLA_MTU"),
             "up": bool(msg["flags"] & 1),
             "master": master,
             "owner": _owner_in(alias),
@@ -128,8 +128,8 @@ class Links:
     def _ours_msg(self, name: str, owner: str) -> Any | None:
         """The link's message when it is ours, None when absent; conflict otherwise."""
         msg = self._get(name)
-        if msg is not None and (msg.get("IFLA_IFALIAS") or "") != owner_tag(owner):
-            holder = _owner_in(msg.get("IFLA_IFALIAS") or "") or "nobody (no kvmnet mark)"
+        if msg is not None and (msg.get_attr("IFLA_IFALIAS") or "") != owner_tag(owner):
+            holder = _owner_in(msg.get_attr("IFLA_IFALIAS") or "") or "nobody (no kvmnet mark)"
             raise AgentError(
                 "conflict", f"{name} is not ours (it belongs to {holder}); left untouched"
             )

@@ -72,20 +72,20 @@ def _routes(ipr: Any, idx: int) -> list[dict[str, Any]]:
     routes = []
     for family in (socket.AF_INET, socket.AF_INET6):
         for msg in ipr.get_routes(family=family, table=MAIN_TABLE):
-            if msg.get("RTA_OIF") != idx or msg["proto"] == KERNEL_PROTO:
+            if msg.get_attr("RTA_OIF") != idx or msg["proto"] == KERNEL_PROTO:
                 continue
-            if family == socket.AF_INET6 and msg.get("RTA_DST", "").startswith("fe80"):
+            if family == socket.AF_INET6 and msg.get_attr("RTA_DST", "").startswith("fe80"):
                 continue
-            dst = msg.get("RTA_DST")
+            dst = msg.get_attr("RTA_DST")
             routes.append(
                 {
                     "family": family,
                     "dst": f"{dst}/{msg['dst_len']}" if dst else "default",
-                    "gateway": msg.get("RTA_GATEWAY"),
-                    "priority": msg.get("RTA_PRIORITY"),
+                    "gateway": msg.get_attr("RTA_GATEWAY"),
+                    "priority": msg.get_attr("RTA_PRIORITY"),
                     "proto": msg["proto"],
                     "scope": msg["scope"],
-                    "prefsrc": msg.get("RTA_PREFSRC"),
+                    "prefsrc": msg.get_attr("RTA_PREFSRC"),
                 }
             )
     return routes
@@ -101,15 +101,15 @@ def inspect(args: dict[str, Any]) -> dict[str, Any]:
         if idx is None:
             return {"exists": False}
         msg = _link(ipr, idx)
-        master_idx = msg.get("IFLA_MASTER")
+        master_idx = msg.get_attr("IFLA_MASTER")
         master = _link(ipr, master_idx) if master_idx else None
-        alias = (master.get("IFLA_IFALIAS") or "") if master else ""
+        alias = (master.get_attr("IFLA_IFALIAS") or "") if master else ""
         return {
             "exists": True,
             "kind": msg.get(("linkinfo", "kind")),
-            "master": master.get("IFLA_IFNAME") if master else None,
+            "master": master.get_attr("IFLA_IFNAME") if master else None,
             "master_owner": alias[len(OWNER_PREFIX) :] if alias.startswith(OWNER_PREFIX) else None,
-            "mac": msg.get("IFLA_ADDRESS"),
+            "mac": msg.get_attr("IFLA_ADDRESS"),
             "addresses": _addresses(ipr, idx),
             "routes": _routes(ipr, idx),
         }
@@ -188,7 +188,7 @@ def apply_plain(ipr: Any, cfg: dict[str, Any]) -> None:
         raise AgentError("missing", f"NIC {cfg['nic']} does not exist")
     br = _index(ipr, cfg["bridge"])
     if br is not None:
-        alias = _link(ipr, br).get("IFLA_IFALIAS") or ""
+        alias = _link(ipr, br).get_attr("IFLA_IFALIAS") or ""
         if alias != OWNER_PREFIX + cfg["owner"]:
             raise AgentError("conflict", f"{cfg['bridge']} is not ours; left untouched")
         ipr.link("set", index=nic, master=0)
@@ -387,12 +387,12 @@ def read(args: dict[str, Any]) -> dict[str, Any] | None:
     bridged = record["bridged"]
     with IPRoute() as ipr:
         br, nic = _index(ipr, bridged["bridge"]), _index(ipr, bridged["nic"])
-        if br is None or (_link(ipr, br).get("IFLA_IFALIAS") or "") != OWNER_PREFIX + owner:
+        if br is None or (_link(ipr, br).get_attr("IFLA_IFALIAS") or "") != OWNER_PREFIX + owner:
             return None
-        enslaved = nic is not None and _link(ipr, nic).get("IFLA_MASTER") == br
+        enslaved = nic is not None and _link(ipr, nic).get_attr("IFLA_MASTER") == br
         bridge_addresses = _addresses(ipr, br)
         nic_addresses = _addresses(ipr, nic) if nic is not None else []
-        mac = _link(ipr, br).get("IFLA_ADDRESS")
+        mac = _link(ipr, br).get_attr("IFLA_ADDRESS")
     if not enslaved:
         state = "nic-not-a-port"
     elif set(bridged["nic_addresses"]) & set(nic_addresses):
