@@ -24,6 +24,7 @@ import paramiko
 
 from . import credentials
 from .settings import HostSettings
+from .tcp import open_tcp
 
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 BATCH_LINGER = 0.0005  # seconds a batch waits for more callers; a link delete costs ~16 ms
@@ -112,6 +113,7 @@ def _connect(s: HostSettings) -> paramiko.SSHClient:
     if password:
         kwargs["password"] = password
     try:
+        kwargs["sock"] = open_tcp(s.host, s.port, s.connect_timeout)
         client.connect(**kwargs)
     except paramiko.BadHostKeyException as exc:
         client.close()
