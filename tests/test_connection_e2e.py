@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +227,25 @@ def links_of(lab_api: Lab, ns: str) -> dict[str, dict[str, Any]]:
     return {x["ifname"]: x for x in json.loads(run_in(lab_api, ns, ["ip", "-j", "link"]))}
 
 
+def nat_rules(lab_api: Lab, ns: str) -> str:
+    return run_in(lab_api, ns, ["iptables-legacy-save", "-t", "nat"])
+
+
+def up_check_destroy(
+    lab_api: Lab, ns: str, stack: TestStack, check: Callable[[], None], before: dict[str, Any]
+) -> None:
+    """up, `check`, an empty second preview, destroy: the host ends as `before`."""
+    try:
+        stack.up()
+        check()
+        stack.preview_no_changes()
+        stack.destroy()
+    finally:
+        stack.remove()
+    after = host_snapshot(lab_api, ns)
+    assert after == before, "\n".join(diff_snapshots(before, after))
+
+
 def key_material(private_key: Path) -> list[str]:
     """The lines of a private key's base64 body (each is secret)."""
     return [
@@ -398,22 +417,16 @@ def test_non_root_sudo_user_works_as_well_as_root(
     fw = ForwardingSetting("fw", ForwardingSettingArgs(connection=c))
     m = MasqueradeRule("m", MasqueradeRuleArgs(connection=c, source="10.0.6.0/24"))
     """
-    stack = TestStack(tmp_path, textwrap.dedent(body), project="sudo")
-    try:
-        stack.up()
+
+    def built() -> None:
         links = links_of(lab_api, ns)
         assert links["br-sudo"]["ifalias"] == "kvmnet:sudo/dev/Bridge/br"
         assert links["vif9.0"]["master"] == "br-sudo"
         assert run_in(lab_api, ns, ["sysctl", "-n", "net.ipv4.ip_forward"]).strip() == "1"
-        assert "kvmnet:sudo/dev/MasqueradeRule/m" in run_in(
-            lab_api, ns, ["iptables-legacy-save", "-t", "nat"]
-        )
-        stack.preview_no_changes()
-        stack.destroy()
-    finally:
-        stack.remove()
-    after = host_snapshot(lab_api, ns)
-    assert after == before, "\n".join(diff_snapshots(before, after))
+        assert "kvmnet:sudo/dev/MasqueradeRule/m" in nat_rules(lab_api, ns)
+
+    stack = TestStack(tmp_path, textwrap.dedent(body), project="sudo")
+    up_check_destroy(lab_api, ns, stack, built, before)
 
 
 # --- a host with Debian's own packages --------------------------------------------------------
@@ -443,20 +456,14 @@ def test_debian_packaged_pyroute2_and_iptables_work_through_the_engine(
     pulumi.export("mac", br.mac)
     """
     stack = TestStack(tmp_path / "stack", textwrap.dedent(body), project="deb")
-    try:
-        stack.up()
+
+    def built() -> None:
         links = links_of(lab_api, ns)
         assert links["br-deb"]["mtu"] == 1400
         assert stack.outputs()["mac"] == links["br-deb"]["address"]
         assert all(links[f"vif7.{k}"]["master"] == "br-deb" for k in range(3))
         addrs = json.loads(run_in(lab_api, ns, ["ip", "-j", "addr", "show", "dev", "br-deb"]))
         assert [a["local"] for a in addrs[0]["addr_info"] if a["family"] == "inet"] == ["10.0.7.1"]
-        assert "kvmnet:deb/dev/MasqueradeRule/m" in run_in(
-            lab_api, ns, ["iptables-legacy-save", "-t", "nat"]
-        )
-        stack.preview_no_changes()
-        stack.destroy()
-    finally:
-        stack.remove()
-    after = host_snapshot(lab_api, ns)
-    assert after == before, "\n".join(diff_snapshots(before, after))
+        assert "kvmnet:deb/dev/MasqueradeRule/m" in nat_rules(lab_api, ns)
+
+    up_check_destroy(lab_api, ns, stack, built, before)
