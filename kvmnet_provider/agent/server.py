@@ -128,8 +128,8 @@ def outcomes(op: str, results: list[Any]) -> list[dict[str, Any]]:
 def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> dict[str, Any]:
     rid = request.get("id")
     op = request.get("op")
-    handler = _handler(handlers, op) if isinstance(op, str) else None
     try:
+        handler = _handler(handlers, op) if isinstance(op, str) else None
         if handler is None:
             raise AgentError("invalid", f"unknown operation {op!r}")
         args = request.get("args") or {}
