@@ -6,10 +6,11 @@ own wrapper module up that way first), gcc and then ld. It also runs `ldconfig -
 the xtables extension directory, and modprobe for modules the kernel already has. That is
 60-70 ms of subprocesses before the first rule.
 
-Here ld's cache is read once and answers every lookup the way ctypes' first step does; the
-extension directory comes from where libxtables lives (XTABLES_LIBDIR); modprobe runs only
-for a module that is not loaded yet. If python-iptables cannot load this way, it is loaded
-again its own way, so the result is never worse than a plain `import iptc`.
+Here setuptools' distutils shim is kept out of the import, ld's cache is read once and
+answers every lookup the way ctypes' first step does, the extension directory comes from
+where libxtables lives (XTABLES_LIBDIR), and modprobe runs only for a module that is not
+loaded yet. If python-iptables cannot load this way, it is loaded again its own way, so the
+result is never worse than a plain `import iptc`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 import struct
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -110,6 +112,15 @@ def import_iptc() -> ModuleType:
     """The iptc module, imported quickly when possible and plainly otherwise."""
     if "iptc" in sys.modules:
         return sys.modules["iptc"]
+    # python-iptables imports distutils, which setuptools' shim (a .pth hook) turns into an
+    # import of all of setuptools: 0.1 s for nothing. The standard library's is enough.
+    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__module__ != "_distutils_hack"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # distutils, on Python 3.11
+        return _import_iptc()
+
+
+def _import_iptc() -> ModuleType:
     cache = LdCache()
     original_find = ctypes.util.find_library
     added_libdir = False

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 from . import validate
 from .errors import AgentError
+from .netlink import link_addresses
 
 OWNER_PREFIX = "kvmnet:"
 USER_HZ = 100  # IFLA_BR_FORWARD_DELAY is in clock ticks
@@ -51,16 +52,6 @@ class Links:
         msg = self._get(name)
         return None if msg is None else int(msg["index"])
 
-    def _addresses(self, idx: int) -> list[str]:
-        out = []
-        for msg in self.ipr.get_addr(index=idx):
-            addr = msg.get_attr("IFA_ADDRESS")
-            iface = ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}")
-            if iface.version == 6 and iface.ip.is_link_local:
-                continue  # the kernel adds these by itself
-            out.append(str(iface))
-        return sorted(out)
-
     def read(self, name: str) -> dict[str, Any] | None:
         """The live state of a link, or None when it does not exist."""
         msg = self._get(validate.ifname(name))
@@ -89,7 +80,7 @@ class Links:
             "master": master,
             "owner": _owner_in(alias),
             "alias": alias,
-            "addresses": self._addresses(idx) if addresses is None else addresses,
+            "addresses": link_addresses(self.ipr, idx) if addresses is None else addresses,
         }
         if kind == "bridge":
             stp = msg.get(("linkinfo", "data", "IFLA_BR_STP_STATE"))
@@ -167,6 +158,28 @@ class Links:
                 _quietly(lambda: self.ipr.link("del", index=created))
             raise
 
+    def _update(
+        self,
+        spec: dict[str, Any],
+        what: str,
+        apply: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+    ) -> dict[str, Any]:
+        name, owner = validate.ifname(spec["name"]), validate.owner(spec["owner"])
+        live = self._require_ours(name, owner)
+        if live is None:
+            raise AgentError("missing", f"{what} {name} does not exist")
+        return apply(spec, live)
+
+    @staticmethod
+    def _mtu_and_state(spec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+        """The RTM_SETLINK fields that bring the link's MTU and up/down state to `spec`."""
+        changes: dict[str, Any] = {}
+        if spec.get("mtu") and validate.mtu(spec["mtu"]) != live.get("mtu"):
+            changes["mtu"] = validate.mtu(spec["mtu"])
+        if bool(spec.get("up", True)) != live.get("up"):
+            changes["state"] = "up" if spec.get("up", True) else "down"
+        return changes
+
     def _settle(
         self, live: dict[str, Any], owner: str, changes: dict[str, Any], **known: Any
     ) -> dict[str, Any]:
@@ -196,11 +209,7 @@ class Links:
         return self._create(spec, "bridge", add, self._bridge_apply)
 
     def bridge_update(self, spec: dict[str, Any]) -> dict[str, Any]:
-        name, owner = validate.ifname(spec["name"]), validate.owner(spec["owner"])
-        live = self._require_ours(name, owner)
-        if live is None:
-            raise AgentError("missing", f"bridge {name} does not exist")
-        return self._bridge_apply(spec, live)
+        return self._update(spec, "bridge", self._bridge_apply)
 
     def _bridge_apply(self, spec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         """Make the bridge `live` (as last read) match `spec`."""
@@ -219,11 +228,7 @@ class Links:
                 self.ipr.link("set", index=idx, kind="bridge", br_stp_state=stp)
         want = sorted(validate.interface_address(a) for a in spec.get("addresses", []))
         self._set_addresses(idx, want, live["addresses"])
-        changes: dict[str, Any] = {}
-        if spec.get("mtu") and validate.mtu(spec["mtu"]) != live.get("mtu"):
-            changes["mtu"] = validate.mtu(spec["mtu"])
-        if bool(spec.get("up", True)) != live.get("up"):
-            changes["state"] = "up" if spec.get("up", True) else "down"
+        changes = self._mtu_and_state(spec, live)
         known = {"addresses": want} if live.get("created") else {}
         return self._settle(live, validate.owner(spec["owner"]), changes, **known)
 
@@ -310,11 +315,7 @@ class Links:
         return self._create(spec, "tun", add, self._tap_apply)
 
     def tap_update(self, spec: dict[str, Any]) -> dict[str, Any]:
-        name, owner = validate.ifname(spec["name"]), validate.owner(spec["owner"])
-        live = self._require_ours(name, owner)
-        if live is None:
-            raise AgentError("missing", f"tap {name} does not exist")
-        return self._tap_apply(spec, live)
+        return self._update(spec, "tap", self._tap_apply)
 
     def _tap_apply(self, spec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         """Make the tap `live` (as last read) match `spec`."""
@@ -325,13 +326,9 @@ class Links:
             raise AgentError(
                 "missing", f"bridge {bridge} for tap {name} does not exist on this host"
             )
-        changes: dict[str, Any] = {}
-        if spec.get("mtu") and validate.mtu(spec["mtu"]) != live.get("mtu"):
-            changes["mtu"] = validate.mtu(spec["mtu"])
+        changes = self._mtu_and_state(spec, live)
         if live["master"] != bridge:
             changes["master"] = bridge_idx
-        if bool(spec.get("up", True)) != live.get("up"):
-            changes["state"] = "up" if spec.get("up", True) else "down"
         known = {"master": bridge, "addresses": []} if live.get("created") else {}
         state = self._settle(live, validate.owner(spec["owner"]), changes, **known)
         if state["master"] != bridge:  # `known` named it: make sure the kernel agrees

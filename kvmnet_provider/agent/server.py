@@ -6,6 +6,7 @@ kernel change costs a netlink call, not an SSH session. Requests are handled one
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -13,7 +14,6 @@ import os
 import platform
 import sys
 import traceback
-import warnings
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -43,20 +43,16 @@ def missing_components() -> list[str]:
     return missing
 
 
+@functools.cache
 def firewall() -> Any:
-    """The firewall module, loaded at the first rule operation: sessions that only touch links
-    need not pay for python-iptables. (Loading it in a background thread instead deadlocked
+    """The firewall module, loaded once, at the first rule operation: sessions that only touch
+    links need not pay for python-iptables. (Loading it in a background thread instead deadlocked
     against the main thread's imports.)"""
-    # python-iptables imports distutils, which setuptools' shim (a .pth hook) turns into an
-    # import of all of setuptools: 0.1 s for nothing. The standard library's is enough.
-    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__module__ != "_distutils_hack"]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # distutils, on Python 3.11
-            from .iptc_import import import_iptc
+        from .iptc_import import import_iptc
 
-            import_iptc()
-            from . import firewall as module
+        import_iptc()
+        from . import firewall as module
     except Exception as exc:  # a broken libiptc underneath
         raise AgentError(
             "missing", f"python-iptables cannot load ({exc}); install with: {COMPONENTS['iptc']}"

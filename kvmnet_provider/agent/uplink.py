@@ -27,7 +27,7 @@ from typing import Any
 
 from . import hoststate, validate
 from .errors import AgentError
-from .netlink import iproute_class
+from .netlink import iproute_class, link_addresses
 
 OWNER_PREFIX = "kvmnet:"
 MAIN_TABLE = 254
@@ -56,15 +56,6 @@ def _index(ipr: Any, name: str) -> int | None:
 
 def _link(ipr: Any, idx: int) -> Any:
     return ipr.get_links(idx)[0]
-
-
-def _addresses(ipr: Any, idx: int) -> list[str]:
-    out = []
-    for msg in ipr.get_addr(index=idx):
-        iface = ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
-        if not (iface.version == 6 and iface.ip.is_link_local):
-            out.append(str(iface))
-    return sorted(out)
 
 
 def _routes(ipr: Any, idx: int) -> list[dict[str, Any]]:
@@ -110,7 +101,7 @@ def inspect(args: dict[str, Any]) -> dict[str, Any]:
             "master": master.get_attr("IFLA_IFNAME") if master else None,
             "master_owner": alias[len(OWNER_PREFIX) :] if alias.startswith(OWNER_PREFIX) else None,
             "mac": msg.get_attr("IFLA_ADDRESS"),
-            "addresses": _addresses(ipr, idx),
+            "addresses": link_addresses(ipr, idx),
             "routes": _routes(ipr, idx),
         }
 
@@ -390,8 +381,8 @@ def read(args: dict[str, Any]) -> dict[str, Any] | None:
         if br is None or (_link(ipr, br).get_attr("IFLA_IFALIAS") or "") != OWNER_PREFIX + owner:
             return None
         enslaved = nic is not None and _link(ipr, nic).get_attr("IFLA_MASTER") == br
-        bridge_addresses = _addresses(ipr, br)
-        nic_addresses = _addresses(ipr, nic) if nic is not None else []
+        bridge_addresses = link_addresses(ipr, br)
+        nic_addresses = link_addresses(ipr, nic) if nic is not None else []
         mac = _link(ipr, br).get_attr("IFLA_ADDRESS")
     if not enslaved:
         state = "nic-not-a-port"

@@ -20,14 +20,16 @@ from ..resources import (
     BridgeArgs,
     ForwardingSetting,
     ForwardingSettingArgs,
+    GuestNicArgs,
     MasqueradeRule,
     MasqueradeRuleArgs,
     PortForward,
     PortForwardArgs,
+    QemuGuest,
+    QemuGuestArgs,
     TapPort,
     TapPortArgs,
 )
-from ..resources.guest import GuestNicArgs, QemuGuest, QemuGuestArgs
 from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
 
 MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork")

@@ -18,7 +18,8 @@ LINK_COMPUTED = ("ifindex", "mac")
 
 
 class _LinkProvider(KvmnetProvider):
-    link_kind: str = ""
+    link_kind: str = ""  # the kernel's name for the kind ("tun" for a tap)
+    agent_ops: str = ""  # the agent's operations: <agent_ops>.create and <agent_ops>.update
 
     def resource_id(self, props: dict[str, Any]) -> str:
         conn = props["connection"]
@@ -40,6 +41,14 @@ class _LinkProvider(KvmnetProvider):
             out["mtu"] = live["mtu"]
         return out
 
+    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
+        return self.overlay(props, agent.call(f"{self.agent_ops}.create", self.spec(props)))
+
+    def host_update(
+        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.overlay(news, agent.call(f"{self.agent_ops}.update", self.spec(news)))
+
     def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
         agent.call_batched("link.delete", {"name": props["name"], "owner": props["owner"]})
 
@@ -47,6 +56,7 @@ class _LinkProvider(KvmnetProvider):
 class BridgeProvider(_LinkProvider):
     kind = "Bridge"
     link_kind = "bridge"
+    agent_ops = "bridge"
     fields = {
         "name": Field(validate.ifname, required=True, replaces=True),
         "addresses": Field(list_of(validate.interface_address), default=[]),
@@ -69,18 +79,11 @@ class BridgeProvider(_LinkProvider):
         )
         return out
 
-    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
-        return self.overlay(props, agent.call("bridge.create", self.spec(props)))
-
-    def host_update(
-        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
-    ) -> dict[str, Any]:
-        return self.overlay(news, agent.call("bridge.update", self.spec(news)))
-
 
 class TapPortProvider(_LinkProvider):
     kind = "TapPort"
     link_kind = "tun"
+    agent_ops = "tap"
     fields = {
         "name": Field(validate.ifname, required=True, replaces=True),
         "bridge": Field(validate.ifname, required=True),
@@ -98,13 +101,6 @@ class TapPortProvider(_LinkProvider):
             out["owner_user"] = live.get("owner_user")
         return out
 
-    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
-        return self.overlay(props, agent.call("tap.create", self.spec(props)))
-
-    def host_update(
-        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
-    ) -> dict[str, Any]:
-        return self.overlay(news, agent.call("tap.update", self.spec(news)))
 
 
 # Bridges this program declares, per host, so a tap naming an undeclared bridge fails at preview.

@@ -1,0 +1,60 @@
+"""How the host agent loads its libraries: the fast paths the start-up figures rely on.
+
+Each case imports for real, in a fresh interpreter (what a new agent is), and fails if the
+fast path silently fell back to the slow one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+FRESH = [sys.executable, "-c"]
+
+
+def run_fresh(code: str) -> dict[str, object]:
+    proc = subprocess.run(
+        [*FRESH, textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=True
+    )
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_python_iptables_loads_without_compiler_linker_or_modprobe() -> None:
+    """Plain `import iptc` runs ldconfig per library, gcc, ld and modprobe (strace showed
+    it); the agent's import runs ldconfig once and nothing else."""
+    found = run_fresh(
+        """
+        import json, os, subprocess
+        started = []
+        class Recording(subprocess.Popen):
+            def __init__(self, args, *a, **kw):
+                started.append(os.path.basename(str(args[0] if isinstance(args, (list, tuple)) else args)))
+                super().__init__(args, *a, **kw)
+        subprocess.Popen = Recording
+        from kvmnet_provider.agent.iptc_import import import_iptc
+        iptc = import_iptc()
+        print(json.dumps({"started": started, "libdir": os.environ.get("XTABLES_LIBDIR"),
+                          "rule": hasattr(iptc, "Rule")}))
+        """
+    )
+    assert found["rule"] is True
+    assert found["libdir"], "the xtables extension directory was not found the fast way"
+    assert found["started"] in ([], ["ldconfig"]), found["started"]
+
+
+def test_iproute_loads_without_the_rest_of_pyroute2() -> None:
+    found = run_fresh(
+        """
+        import json, sys
+        from kvmnet_provider.agent.netlink import iproute_class
+        ipr = iproute_class()()
+        name = ipr.link("get", index=1)[0].get_attr("IFLA_IFNAME")
+        print(json.dumps({"lo": name, "loaded": sorted(
+            m for m in ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.conntrack") if m in sys.modules
+        )}))
+        """
+    )
+    assert found == {"lo": "lo", "loaded": []}
