@@ -249,13 +249,13 @@ def run_kvmnet(
 def run_teardown_in_parallel(session: AgentSession, ops: list[Op], parallel: int) -> None:
     """The rule and forwarding first, then the taps from `parallel` threads, then the bridge
     (it depends on them): the order and concurrency of `pulumi destroy`."""
-    taps = [a for op, a in ops if op == "link.delete" and a["name"] != BRIDGE]
+    links = [a for op, a in ops if op == "link.delete"]
     for op, args in ops:
         if op != "link.delete":
             session.call(op, args)
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        list(pool.map(lambda a: session.call_batched("link.delete", a), taps))
-    session.call_batched("link.delete", {"name": BRIDGE, "owner": f"{OWNER}/Bridge/br"})
+        list(pool.map(lambda a: session.call_batched("link.delete", a), links[:-1]))
+    session.call_batched("link.delete", links[-1])  # the bridge, last in kvmnet_ops
 
 
 # --- method 2: one script over one exec channel of an open connection --------------------

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 from .lab import Lab, LabError, LabNotUp, LabStatus
+from .lab.commands import lab_up_or_say_why
 from .probe import GuestEndpoint, Outside, format_table, in_namespace, observe
 from .terminal import attach_terminal
 from .testing.console import GuestConsole
@@ -183,13 +184,8 @@ def _host_count(lab: Lab) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     lab = Lab(args.name, args.state_dir)
-    try:
-        status = lab.up(hosts=_host_count(lab))
-    except LabError as exc:
-        print(f"kvmnet: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        print(f"kvmnet: lab up failed: {exc}\n{TEARDOWN_HINT}", file=sys.stderr)
+    status = lab_up_or_say_why(lab, _host_count(lab), TEARDOWN_HINT)
+    if status is None:
         return 1
     print(format_hosts(status))
     print()

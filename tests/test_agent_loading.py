@@ -31,7 +31,8 @@ def test_python_iptables_loads_without_compiler_linker_or_modprobe() -> None:
         started = []
         class Recording(subprocess.Popen):
             def __init__(self, args, *a, **kw):
-                started.append(os.path.basename(str(args[0] if isinstance(args, (list, tuple)) else args)))
+                program = args[0] if isinstance(args, (list, tuple)) else args
+                started.append(os.path.basename(str(program)))
                 super().__init__(args, *a, **kw)
         subprocess.Popen = Recording
         from kvmnet_provider.agent.iptc_import import import_iptc

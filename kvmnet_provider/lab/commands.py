@@ -52,15 +52,21 @@ def _print(status: LabStatus, as_json: bool) -> None:
     print(status.to_json() if as_json else format_table(status))
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    lab = _lab(args)
+def lab_up_or_say_why(lab: Lab, hosts: int, cleanup_hint: str) -> LabStatus | None:
+    """lab.up(), or None after telling stderr why not (and, for a half-built lab, how to
+    clean up)."""
     try:
-        status = lab.up(hosts=args.hosts)
+        return lab.up(hosts=hosts)
     except LabError as exc:
         print(f"kvmnet: {exc}", file=sys.stderr)
-        return 1
     except Exception as exc:
-        print(f"kvmnet: lab up failed: {exc}\n(run `kvmnet lab down` to clean)", file=sys.stderr)
+        print(f"kvmnet: lab up failed: {exc}\n{cleanup_hint}", file=sys.stderr)
+    return None
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    status = lab_up_or_say_why(_lab(args), args.hosts, "(run `kvmnet lab down` to clean)")
+    if status is None:
         return 1
     _print(status, args.json)
     return 0 if all(h.ssh_reachable for h in status.hosts) else 1

@@ -53,7 +53,3 @@ def debian_python(wrapper_dir: Path) -> str:
     wrapper.chmod(0o755)
     return str(wrapper)
 
-
-def versions() -> str:
-    path = CACHE / "root" / "VERSIONS"
-    return path.read_text() if path.exists() else ""
