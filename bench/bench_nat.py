@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+from kvmnet_lab.hostconfig import host_settings
+from kvmnet_lab.lab import HostStatus, Lab, fresh_lab, open_client
+from kvmnet_lab.testing.stack import TestStack
 
 from kvmnet_provider.connection.session import AgentSession
 from kvmnet_provider.connection.settings import HostSettings
-from kvmnet_provider.lab import HostStatus, Lab, fresh_lab, open_client
-from kvmnet_provider.testing.stack import TestStack
 
 REPO = Path(__file__).resolve().parent.parent
 BRIDGE = "br-in"
@@ -202,7 +203,7 @@ class Host:
 
 
 def settings_for(h: HostStatus) -> HostSettings:
-    return HostSettings.for_lab_host(h, sys.executable)
+    return host_settings(h, sys.executable)
 
 
 # --- method 1: kvmnet agent over one open session ----------------------------------------
@@ -350,7 +351,7 @@ def program_noop(n: int) -> str:
     return textwrap.dedent(
         f"""
         import pulumi
-        from kvmnet_provider.testing.roundtrip import Noop
+        from kvmnet_lab.testing.roundtrip import Noop
 
         br = Noop("br", message={BRIDGE!r})
         fwd = Noop("fwd", message="ip_forward")

@@ -17,8 +17,8 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
+from ..spec.validate import InvalidInput
 from .errors import AgentError
-from .validate import InvalidInput
 
 PROTOCOL = 1
 COMPONENTS = {
