@@ -55,6 +55,7 @@ class PulumiWorkspace:
 
     root: Path
     passphrase: str = DEMO_PASSPHRASE
+    venv: Path | None = None  # the venv running programs and providers; default: ours
 
     def settings(self, path: str | None = None) -> dict[str, str]:
         """What this workspace sets on top of the environment (`kvmnet env` prints it)."""
@@ -63,8 +64,9 @@ class PulumiWorkspace:
         backend.mkdir(parents=True, exist_ok=True)
         home.mkdir(parents=True, exist_ok=True)
         current = path if path is not None else os.environ.get("PATH", "/usr/bin:/bin")
+        venv_bin = self.venv / "bin" if self.venv is not None else venv_bin_dir()
         return {
-            "PATH": os.pathsep.join([str(pulumi_bin_dir()), str(venv_bin_dir()), current]),
+            "PATH": os.pathsep.join([str(pulumi_bin_dir()), str(venv_bin), current]),
             "PULUMI_BACKEND_URL": backend.resolve().as_uri(),
             "PULUMI_HOME": str(home.resolve()),
             "PULUMI_CONFIG_PASSPHRASE": self.passphrase,
@@ -72,8 +74,8 @@ class PulumiWorkspace:
             "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
             "PULUMI_SKIP_CONFIRMATIONS": "true",
             "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
-            "PULUMI_PYTHON_CMD": venv_python(),
-            "PULUMI_RUNTIME_VIRTUALENV": str(venv_bin_dir().parent),
+            "PULUMI_PYTHON_CMD": str(venv_bin / "python3"),
+            "PULUMI_RUNTIME_VIRTUALENV": str(venv_bin.parent),
         }
 
     def env(self) -> dict[str, str]:
