@@ -64,9 +64,12 @@ def test_a_users_project_with_the_wheel_builds_and_destroys_a_nat_network(
     tmp_path: Path, user_venv: Path, lab: LabStatus, lab_api: Lab
 ) -> None:
     python = str(user_venv / "bin" / "python3")
-    where = run([python, "-c", "import kvmnet_provider; print(kvmnet_provider.__file__)"])
+    # From the temp dir: run from the checkout, `python -c` would find its packages first.
+    where = run([python, "-c", "import kvmnet_provider; print(kvmnet_provider.__file__)"], tmp_path)
     assert where.startswith(str(user_venv)), where
-    lab_found = subprocess.run([python, "-c", "import kvmnet_lab"], capture_output=True)
+    lab_found = subprocess.run(
+        [python, "-c", "import kvmnet_lab"], cwd=tmp_path, capture_output=True
+    )
     assert lab_found.returncode != 0, "the user's venv must not see the lab"
 
     project = tmp_path / "mine"
