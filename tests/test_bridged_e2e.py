@@ -28,7 +28,7 @@ HOST = "h2"  # the models' tests use h1
 def bridged_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
     stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="bridged")
     stack.config_values(lab_stack_config(lab, "bridged", host=HOST, image_dir=guest_image_dir()))
-    for key, value in {"uplink": "eth0", "accelerator": "tcg", "rollbackSeconds": "12"}.items():
+    for key, value in {"accelerator": "tcg", "rollbackSeconds": "12"}.items():
         stack.config(f"kvmnet:{key}", value)
     try:
         yield stack

@@ -53,8 +53,8 @@ def lab_stack_config(
 ) -> dict[str, Any]:
     """Stack config (full keys, `kvmnet:...`) that puts a model on a lab host.
 
-    With `image_dir` the guests boot the test image directly. The bridged model's guests
-    live on the lab's LAN, with its gateway, bridging the host's eth0.
+    With `image_dir` the guests boot the test image directly. The bridged model bridges the
+    host's eth0, and its guests live on the lab's LAN, with its gateway.
     """
     config: dict[str, Any] = {"kvmnet:host": host_props(status.host(host))}
     if image_dir is not None:
@@ -68,6 +68,7 @@ def lab_stack_config(
     if model == "bridged":
         config["kvmnet:subnet"] = status.lan
         config["kvmnet:gateway"] = status.gateway
+        config["kvmnet:uplink"] = "eth0"  # a lab host's one NIC
         config["kvmnet:guests"] = lan_guests(status.lan)
     return config
 

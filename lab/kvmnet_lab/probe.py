@@ -54,8 +54,8 @@ EXPECTED: dict[str, dict[str, object]] = {
 DESIGN_DOC = "docs/DESIGN.md (the reachability table)"
 LEGEND = (
     '"-": nothing to test: the bridge has no address of its own (isolated), or carries the\n'
-    "     host's LAN address, tested as guest->host NIC (bridged); under \"seen\": no packet\n"
-    "     of the guest reached the outside host"
+    "     host's LAN address, tested as guest->host NIC (bridged); under \"outside sees\": no\n"
+    "     packet of the guest reached the outside host"
 )
 COLUMNS = ("guest", "bridge", "host", "outside", "inbound", "seen")
 HEADERS = {

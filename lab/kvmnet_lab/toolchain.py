@@ -65,8 +65,10 @@ class PulumiWorkspace:
         home.mkdir(parents=True, exist_ok=True)
         current = path if path is not None else os.environ.get("PATH", "/usr/bin:/bin")
         venv_bin = self.venv / "bin" if self.venv is not None else venv_bin_dir()
+        first = [str(pulumi_bin_dir()), str(venv_bin)]
+        rest = [d for d in current.split(os.pathsep) if d not in first]  # eval'd twice: once
         return {
-            "PATH": os.pathsep.join([str(pulumi_bin_dir()), str(venv_bin), current]),
+            "PATH": os.pathsep.join([*first, *rest]),
             "PULUMI_BACKEND_URL": backend.resolve().as_uri(),
             "PULUMI_HOME": str(home.resolve()),
             "PULUMI_CONFIG_PASSPHRASE": self.passphrase,
