@@ -16,6 +16,7 @@ host's connection and the test image's paths into it.
   guestStopTimeout  seconds to wait for a guest's ACPI power-down (default 10)
   accelerator       auto | kvm | tcg
   bridgeAddresses   bridged: addresses for the bridge instead of the NIC's; rollbackSeconds
+  hosts             several hosts instead of `host`: see fleet.py
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ def guest_image(cfg: pulumi.Config) -> tuple[str | None, str | None]:
 
 def guests_from_config(cfg: pulumi.Config, subnet: str, gateway: str | None) -> list[GuestSpec]:
     raw: list[dict[str, Any]] = cfg.get_object("guests") or DEFAULT_GUESTS
+    return guest_specs(raw, cfg, subnet, gateway)
+
+
+def guest_specs(
+    raw: list[dict[str, Any]], cfg: pulumi.Config, subnet: str, gateway: str | None
+) -> list[GuestSpec]:
+    """GuestSpecs of a network's `guests` list; image and stop timeout from the stack's."""
     stop_timeout = cfg.get_int("guestStopTimeout") or 10
     kernel, initrd = guest_image(cfg)
     prefix = ipaddress.ip_network(subnet).prefixlen
@@ -83,6 +91,11 @@ def guests_from_config(cfg: pulumi.Config, subnet: str, gateway: str | None) -> 
 
 def build() -> None:
     cfg = pulumi.Config("kvmnet")
+    if cfg.get_object("hosts") is not None:
+        from .fleet import build_fleet  # several hosts: kvmnet:hosts (see fleet.py)
+
+        build_fleet(cfg)
+        return
     model = cfg.get("model") or "nat"
     network_class = network_for_model(model)
     subnet = cfg.get("subnet") or "10.0.1.0/24"

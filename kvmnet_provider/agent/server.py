@@ -65,12 +65,14 @@ def build_handlers() -> dict[str, Handler]:
 
     iproute = iproute_class()  # before .links imports from pyroute2: see netlink.py
     from . import forwarding
+    from .linkdump import link_read_many
     from .links import Links
 
     links = Links(iproute())
     handlers: dict[str, Handler] = {
         "ping": lambda a: {"pid": os.getpid()},
         "link.read": lambda a: links.read(a["name"]),
+        "link.read.many": lambda a: outcomes("link.read", link_read_many(links, a["items"])),
         "link.delete": lambda a: links.link_delete(a["name"], a["owner"]),
         "link.delete.many": lambda a: outcomes("link.delete", links.link_delete_many(a["items"])),
         "bridge.create": links.bridge_create,

@@ -31,6 +31,7 @@ from ..resources import (
     TapPortArgs,
 )
 from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
+from .collisions import claim
 
 MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork")
 
@@ -90,6 +91,9 @@ class _Network(pulumi.ComponentResource):
         others = [m for m in MODEL_TYPES if m != type(self).__name__]
         aliases = [pulumi.Alias(type_=f"kvmnet:index:{m}") for m in others]
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=aliases))
+        # Names unique per host: a collision fails the preview. Routed and NAT put the
+        # subnet's gateway on the host, so their subnets must not overlap there either.
+        claim(resource_name, args, host_subnet=self.model in ("routed", "nat"))
         super().__init__(f"kvmnet:index:{type(self).__name__}", resource_name, None, opts)
         self.args = args
         child = pulumi.ResourceOptions(parent=self)

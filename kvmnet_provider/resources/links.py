@@ -26,7 +26,8 @@ class _LinkProvider(KvmnetProvider):
         return f"{conn['host']}:{int(conn['port'])}/{props['name']}"
 
     def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
-        live = agent.call("link.read", {"name": props["name"]})
+        # Batched: refresh reads every link, and those waiting for the session leave together.
+        live = agent.call_batched("link.read", {"name": props["name"]})
         if (
             live is None
             or live.get("owner") != props["owner"]

@@ -20,7 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .hostconfig import lab_stack_config, write_stack_config
+import yaml
+
+from .fleetprobe import format_fleet, observe_fleet
+from .hostconfig import fleet_stack_config, lab_stack_config, write_stack_config
 from .lab import Lab, LabError, LabNotUp, LabStatus
 from .lab.commands import lab_up_or_say_why
 from .probe import GuestEndpoint, Outside, format_table, in_namespace, observe
@@ -29,9 +32,10 @@ from .testing.console import GuestConsole
 from .testing.guest import guest_image_dir
 from .toolchain import DEMO_STATE_DIR, REPO_ROOT, PulumiWorkspace, kvmnet_command
 
-MODELS = ("nat", "routed", "isolated", "bridged")
+MODELS = ("nat", "routed", "isolated", "bridged", "fleet")
 DEFAULT_MODEL = "nat"
 DEMO_HOSTS = 1
+FLEET_HOSTS = 3  # stacks/Pulumi.lab-fleet.yaml puts networks on h1, h2 and h3
 TEARDOWN_HINT = "tear down with: make demo-down"
 
 
@@ -58,7 +62,12 @@ def prepare_project(stack: str, lab_status: LabStatus, model: str) -> Path:
     )
     config = PROJECT_DIR / f"Pulumi.{stack}.yaml"
     shutil.copyfile(TEMPLATES / f"Pulumi.{stack}.yaml", config)
-    write_stack_config(config, lab_stack_config(lab_status, model, image_dir=guest_image_dir()))
+    if model == "fleet":
+        template = yaml.safe_load(config.read_text())["config"]["kvmnet:hosts"]
+        values = fleet_stack_config(lab_status, template, image_dir=guest_image_dir())
+    else:
+        values = lab_stack_config(lab_status, model, image_dir=guest_image_dir())
+    write_stack_config(config, values)
     return PROJECT_DIR
 
 
@@ -88,6 +97,10 @@ def run_model(model: str, lab_status: LabStatus) -> None:
     up = ws.run(["up", "--yes", "--stack", stack], project)
     print(summary(up.stdout))
     outs = ws.outputs(project, stack)
+    if model == "fleet":
+        print("probing from inside each host's guests (ping, tcpdump in ext)...")
+        print(format_fleet(observe_fleet(outs, lab_status), lab_status))
+        return
     guests = outs["guests"]
     assert isinstance(guests, dict)
     endpoints = [
@@ -205,17 +218,19 @@ def format_hosts(status: LabStatus) -> str:
     return "\n".join(lines)
 
 
-def _host_count(lab: Lab) -> int:
-    """1 host for a new lab; an existing lab keeps its hosts (never shrink someone's lab)."""
+def _host_count(lab: Lab, needed: int = DEMO_HOSTS) -> int:
+    """`needed` hosts for a new lab; an existing lab keeps its hosts (never shrink someone's
+    lab) and grows to `needed`."""
     try:
-        return max(DEMO_HOSTS, len(lab.status(check_ssh=False).hosts))
+        return max(needed, len(lab.status(check_ssh=False).hosts))
     except LabNotUp:
-        return DEMO_HOSTS
+        return needed
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     lab = Lab(args.name, args.state_dir)
-    status = lab_up_or_say_why(lab, _host_count(lab), TEARDOWN_HINT)
+    needed = FLEET_HOSTS if args.model == "fleet" else DEMO_HOSTS
+    status = lab_up_or_say_why(lab, _host_count(lab, needed), TEARDOWN_HINT)
     if status is None:
         return 1
     print(format_hosts(status))

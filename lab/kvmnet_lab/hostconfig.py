@@ -82,3 +82,21 @@ def write_stack_config(path: Path, values: dict[str, Any]) -> None:
     config = doc.setdefault("config", {})
     config.update(values)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def fleet_stack_config(
+    status: LabStatus, hosts: dict[str, Any], image_dir: Path | None = None
+) -> dict[str, Any]:
+    """Stack config for a fleet stack (`kvmnet:hosts`, see kvmnet_provider/fleet.py): `hosts`
+    (a template's, keyed by lab host name) with each lab host's connection filled in."""
+    filled = {
+        name: {**spec, "connection": host_props(status.host(name))} for name, spec in hosts.items()
+    }
+    config: dict[str, Any] = {"kvmnet:hosts": filled}
+    if image_dir is not None:
+        config["kvmnet:guestImage"] = {
+            "kernel": str(image_dir / "vmlinuz"),
+            "initrd": str(image_dir / "initrd.img"),
+        }
+        config["kvmnet:guestStopTimeout"] = TEST_IMAGE_STOP_TIMEOUT
+    return config

@@ -1,0 +1,151 @@
+"""The stack program for several hosts: `kvmnet:hosts` in, networks on each host out.
+
+`program.build()` hands over here when the stack config has `kvmnet:hosts`:
+  hosts             {NAME: {connection: {host, port, user, ...} (as kvmnet:host),
+                            networks: [{name, model, bridge, subnet, gateway, uplink, guests,
+                                        portForwards, bridgeAddresses, rollbackSeconds}]}}
+NAME names the host in resource names (`NAME-NETWORK-...`) and outputs. Each network is a model
+of its own with its guests (keys as the one-host program's). guestImage, guestStopTimeout and
+accelerator are the stack's, shared by every host. Names that must be unique per host
+(bridges, taps, guests, port forwards, routed subnets) are checked as the networks are declared
+(models/collisions.py), so a collision fails `preview`; the same names on two hosts are fine.
+
+Each host gets its own agent session; the engine runs the hosts' operations side by side, and a
+host that cannot be reached fails its own resources only (use `pulumi up --continue-on-error`
+to let the others' work finish in the same run).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pulumi
+
+from .connection import HostSettings
+from .connection.settings import SettingError
+from .models import NetworkArgs, PortForwardSpec, network_for_model
+from .program import guest_specs
+from .resources import Bridge
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+NETWORK_KEYS = {
+    "name",
+    "model",
+    "bridge",
+    "subnet",
+    "gateway",
+    "uplink",
+    "guests",
+    "portForwards",
+    "bridgeAddresses",
+    "rollbackSeconds",
+}
+
+
+def _name(value: Any, prop: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError(f"{prop}: must be 1-32 of a-z, 0-9 and '-' (a name), got {value!r}")
+    return value
+
+
+def network_args(
+    raw: Any, prop: str, connection: HostSettings, cfg: pulumi.Config
+) -> tuple[str, str, NetworkArgs]:
+    """(name, model, NetworkArgs) of one entry of a host's `networks`."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{prop}: must be an object with at least `name` and `model`")
+    unknown = sorted(set(raw) - NETWORK_KEYS)
+    if unknown:
+        raise ValueError(
+            f"{prop}.{unknown[0]}: unknown key (known: {', '.join(sorted(NETWORK_KEYS))})"
+        )
+    name = _name(raw.get("name"), f"{prop}.name")
+    model = raw.get("model") or "nat"
+    network_for_model(model)  # an unknown model fails here, naming the models
+    subnet = raw.get("subnet") or "10.0.1.0/24"
+    gateway = None if model == "isolated" else raw.get("gateway") or "10.0.1.254"
+    guests = raw.get("guests") or []
+    if not isinstance(guests, list):
+        raise ValueError(f"{prop}.guests: must be a list of guests")
+    args = NetworkArgs(
+        connection=connection,
+        bridge=raw.get("bridge") or "br-in",
+        subnet=subnet,
+        gateway=gateway,
+        uplink=raw.get("uplink"),
+        guests=guest_specs(guests, cfg, subnet, gateway),
+        accelerator=cfg.get("accelerator") or "auto",
+        bridge_addresses_override=raw.get("bridgeAddresses") or (),
+        rollback_seconds=int(raw.get("rollbackSeconds") or 30),
+        port_forwards=[
+            PortForwardSpec(
+                guest=f["guest"],
+                guest_port=int(f["guest_port"]),
+                host_port=int(f["host_port"]),
+                protocol=f.get("protocol", "tcp"),
+            )
+            for f in raw.get("portForwards") or []
+        ],
+    )
+    return name, model, args
+
+
+def host_networks(cfg: pulumi.Config) -> list[tuple[str, list[tuple[str, str, NetworkArgs]]]]:
+    """[(host name, [(network name, model, NetworkArgs)])] from `kvmnet:hosts`, validated."""
+    hosts = cfg.require_object("hosts")
+    if not isinstance(hosts, dict) or not hosts:
+        raise ValueError(
+            "kvmnet:hosts: must be a non-empty object {host name: {connection, networks}}"
+        )
+    out = []
+    for host_name, raw in hosts.items():
+        prop = f"kvmnet:hosts.{_name(host_name, 'kvmnet:hosts')}"
+        if not isinstance(raw, dict):
+            raise ValueError(f"{prop}: must be an object with `connection` and `networks`")
+        try:
+            connection = HostSettings.from_props(raw.get("connection"), f"{prop}.connection")
+        except SettingError as exc:
+            raise ValueError(f"{exc.prop} {exc.reason}") from None
+        networks = raw.get("networks")
+        if not isinstance(networks, list) or not networks:
+            raise ValueError(f"{prop}.networks: must be a non-empty list of networks")
+        declared = [
+            network_args(n, f"{prop}.networks[{i}]", connection, cfg)
+            for i, n in enumerate(networks)
+        ]
+        names = [name for name, _, _ in declared]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{prop}.networks: network {twice[0]!r} is declared twice")
+        out.append((host_name, declared))
+    return out
+
+
+def build_fleet(cfg: pulumi.Config) -> None:
+    exported: dict[str, Any] = {}
+    for host_name, networks in host_networks(cfg):
+        host_out: dict[str, Any] = {"networks": {}}
+        for name, model, args in networks:
+            host_out["host"] = args.connection.host
+            network = network_for_model(model)(f"{host_name}-{name}", args)
+            net_out: dict[str, Any] = {
+                "model": model,
+                "bridge": network.bridge.name,
+                "port_forwards": [vars(f) for f in args.port_forwards],
+                "guests": {
+                    g.name: {
+                        "address": g.address,
+                        "pid": network.guests[g.name].pid,
+                        "console": network.guests[g.name].console_socket,
+                        "accelerator": network.guests[g.name].accelerator,
+                    }
+                    for g in args.guests
+                },
+            }
+            if isinstance(network.bridge, Bridge):
+                net_out["bridge_addresses"] = network.bridge.addresses
+            host_out["networks"][name] = net_out
+        exported[host_name] = host_out
+    pulumi.export("model", "fleet")
+    pulumi.export("hosts", exported)

@@ -1,0 +1,190 @@
+"""The fleet program (kvmnet:hosts) and the per-host name checks, under Pulumi's mocks: no host."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pulumi
+import pytest
+
+from kvmnet_provider.connection import HostSettings
+from kvmnet_provider.models import GuestSpec, NetworkArgs
+from kvmnet_provider.models import collisions
+from kvmnet_provider.models.collisions import claim
+
+
+class Mocks(pulumi.runtime.Mocks):
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        return f"{args.name}-id", dict(args.inputs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
+        return {}, None
+
+
+@pytest.fixture(autouse=True)
+def fresh_claims() -> Iterator[None]:
+    collisions.forget_all()
+    yield
+    collisions.forget_all()
+
+
+def args_on(
+    host: str, bridge: str, tap: str, guest: str, subnet: str = "10.0.1.0/24"
+) -> NetworkArgs:
+    return NetworkArgs(
+        connection=HostSettings(host=host),
+        bridge=bridge,
+        subnet=subnet,
+        gateway=subnet.rsplit(".", 1)[0] + ".254",
+        guests=[GuestSpec(name=guest, tap=tap, mac="52:54:00:00:01:01")],
+    )
+
+
+def test_the_same_names_on_two_hosts_are_fine() -> None:
+    claim("h1-nat", args_on("192.0.2.1", "br-in", "vif1.0", "g1"), host_subnet=True)
+    claim("h2-nat", args_on("192.0.2.2", "br-in", "vif1.0", "g1"), host_subnet=True)
+
+
+@pytest.mark.parametrize(
+    "second, words",
+    [
+        (("br-in", "vif2.0", "g2", "10.0.2.0/24"), "bridge 'br-in'"),
+        (("br-rt", "vif1.0", "g2", "10.0.2.0/24"), "tap 'vif1.0'"),
+        (("br-rt", "vif2.0", "g1", "10.0.2.0/24"), "guest 'g1'"),
+        (("br-rt", "vif2.0", "g2", "10.0.1.128/25"), "subnet 10.0.1.128/25 overlaps 10.0.1.0/24"),
+    ],
+)
+def test_a_name_taken_on_the_same_host_fails_naming_host_and_both_networks(
+    second: tuple[str, str, str, str], words: str
+) -> None:
+    claim("h1-nat", args_on("192.0.2.1", "br-in", "vif1.0", "g1"), host_subnet=True)
+    with pytest.raises(ValueError) as exc:
+        claim("h1-routed", args_on("192.0.2.1", *second), host_subnet=True)
+    message = str(exc.value)
+    assert words in message and "root@192.0.2.1:22" in message, message
+    assert "h1-routed" in message and "h1-nat" in message, message
+
+
+def test_isolated_networks_may_reuse_a_subnet() -> None:
+    claim("iso1", args_on("192.0.2.1", "br-a", "vif1.0", "g1"), host_subnet=False)
+    claim("iso2", args_on("192.0.2.1", "br-b", "vif2.0", "g2"), host_subnet=False)
+
+
+def fleet_config(hosts: dict[str, Any]) -> None:
+    pulumi.runtime.set_all_config({"kvmnet:hosts": json.dumps(hosts)})
+
+
+def network(name: str, bridge: str, tap: str, guest: str, subnet: str) -> dict[str, Any]:
+    gateway = subnet.rsplit(".", 1)[0] + ".254"
+    return {
+        "name": name,
+        "model": "nat",
+        "bridge": bridge,
+        "subnet": subnet,
+        "gateway": gateway,
+        "guests": [{"name": guest, "address": subnet.rsplit(".", 1)[0] + ".11", "tap": tap}],
+    }
+
+
+def run_fleet() -> None:
+    from kvmnet_provider.fleet import build_fleet
+
+    pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
+    build_fleet(pulumi.Config("kvmnet"))
+
+
+def test_fleet_config_declares_each_hosts_networks() -> None:
+    from kvmnet_provider.fleet import host_networks
+
+    fleet_config(
+        {
+            "h1": {
+                "connection": {"host": "192.0.2.1"},
+                "networks": [
+                    network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24"),
+                    {
+                        **network("routed", "br-rt", "vif3.0", "r1", "10.0.2.0/24"),
+                        "model": "routed",
+                    },
+                ],
+            },
+            "h2": {
+                "connection": {"host": "192.0.2.2", "port": 2222},
+                "networks": [network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24")],
+            },
+        }
+    )
+    pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
+    hosts = host_networks(pulumi.Config("kvmnet"))
+    assert [
+        (h, [(n, m, a.connection.label, a.bridge) for n, m, a in nets]) for h, nets in hosts
+    ] == [
+        (
+            "h1",
+            [
+                ("nat", "nat", "root@192.0.2.1:22", "br-in"),
+                ("routed", "routed", "root@192.0.2.1:22", "br-rt"),
+            ],
+        ),
+        ("h2", [("nat", "nat", "root@192.0.2.2:2222", "br-in")]),
+    ]
+    run_fleet()  # declares every network: no collision across hosts
+
+
+def test_fleet_collision_on_one_host_fails_the_program() -> None:
+    fleet_config(
+        {
+            "h1": {
+                "connection": {"host": "192.0.2.1"},
+                "networks": [
+                    network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24"),
+                    network("nat2", "br-in2", "vif1.0", "g2", "10.0.2.0/24"),
+                ],
+            }
+        }
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"tap 'vif1.0' is already declared on host root@192.0.2.1:22 by network h1-nat",
+    ):
+        run_fleet()
+
+
+@pytest.mark.parametrize(
+    "hosts, words",
+    [
+        ({}, "kvmnet:hosts: must be a non-empty object"),
+        ({"H 1": {}}, "kvmnet:hosts: must be 1-32 of a-z"),
+        (
+            {"h1": {"connection": {"host": "bad host"}, "networks": []}},
+            "kvmnet:hosts.h1.connection.host",
+        ),
+        (
+            {"h1": {"connection": {"host": "192.0.2.1"}, "networks": []}},
+            "kvmnet:hosts.h1.networks: must be a non-empty list",
+        ),
+        (
+            {
+                "h1": {
+                    "connection": {"host": "192.0.2.1"},
+                    "networks": [{"name": "n", "model": "mesh"}],
+                }
+            },
+            "unknown model 'mesh'",
+        ),
+        (
+            {"h1": {"connection": {"host": "192.0.2.1"}, "networks": [{"name": "n", "colour": 1}]}},
+            "kvmnet:hosts.h1.networks[0].colour: unknown key",
+        ),
+    ],
+)
+def test_bad_fleet_config_names_the_property(hosts: dict[str, Any], words: str) -> None:
+    from kvmnet_provider.fleet import host_networks
+
+    fleet_config(hosts)
+    pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
+    with pytest.raises(ValueError) as exc:
+        host_networks(pulumi.Config("kvmnet"))
+    assert words in str(exc.value), str(exc.value)
