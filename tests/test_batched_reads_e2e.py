@@ -1,0 +1,48 @@
+"""Link reads waiting for one host's session leave as one request, answered from one dump."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import pytest
+from kvmnet_lab.hostconfig import host_settings
+from kvmnet_lab.lab import Lab, LabStatus
+from kvmnet_lab.testing.snapshot import run_in
+
+from kvmnet_provider.connection import agent_session
+
+pytestmark = pytest.mark.e2e
+
+
+def test_batched_link_reads_answer_as_single_reads_do(lab: LabStatus, lab_api: Lab) -> None:
+    h1 = lab.hosts[0]
+    session = agent_session(host_settings(h1))
+    owner = "test/reads/TapPort/"
+    bridge = {"name": "krd0", "owner": "test/reads/Bridge/b", "stp": False, "forward_delay": 0}
+    taps = [f"krt{k}" for k in range(5)]
+    session.call("bridge.create", {**bridge, "addresses": ["10.9.0.1/24"]})
+    try:
+        for tap in taps:
+            session.call("tap.create", {"name": tap, "owner": owner + tap, "bridge": "krd0"})
+        names = ["krd0", *taps, "lo", "krdnone"]
+        single = {n: session.call("link.read", {"name": n}) for n in names}
+        assert single["krd0"]["addresses"] == ["10.9.0.1/24"]
+        assert single["krt0"]["master"] == "krd0" and single["krdnone"] is None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(names) + 1) as pool:
+            with session.exclusive():  # hold the session: every read queues behind it
+                futures = {
+                    n: pool.submit(session.call_batched, "link.read", {"name": n}) for n in names
+                }
+                bad = pool.submit(session.call_batched, "link.read", {"name": "no good!"})
+                deadline = time.monotonic() + 10
+                while len(session._queued.get("link.read", [])) < len(names) + 1:
+                    assert time.monotonic() < deadline, "the reads did not queue"
+                    time.sleep(0.01)
+            assert {n: f.result(timeout=30) for n, f in futures.items()} == single
+            with pytest.raises(Exception, match="no good"):
+                bad.result(timeout=30)
+    finally:
+        session.call_batched("link.delete", {"name": "krd0", "owner": bridge["owner"]})
+        for tap in taps:
+            run_in(lab_api, h1.name, ["ip", "link", "del", tap], check=False)
