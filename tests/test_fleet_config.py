@@ -10,8 +10,7 @@ import pulumi
 import pytest
 
 from kvmnet_provider.connection import HostSettings
-from kvmnet_provider.models import GuestSpec, NetworkArgs
-from kvmnet_provider.models import collisions
+from kvmnet_provider.models import GuestSpec, NetworkArgs, collisions
 from kvmnet_provider.models.collisions import claim
 
 
@@ -188,3 +187,25 @@ def test_bad_fleet_config_names_the_property(hosts: dict[str, Any], words: str) 
     with pytest.raises(ValueError) as exc:
         host_networks(pulumi.Config("kvmnet"))
     assert words in str(exc.value), str(exc.value)
+
+
+def test_per_host_secrets_win_for_their_host_only() -> None:
+    from kvmnet_provider.connection import credentials
+
+    hosts = {
+        "h1": {"connection": {"host": "192.0.2.1"}, "sshPassword": "one"},
+        "h2": {"connection": {"host": "192.0.2.2", "port": 2222}, "sshPassword": "two"},
+        "h3": {"connection": {"host": "192.0.2.3"}},
+    }
+    try:
+        credentials.configure(None, "stack-wide")
+        credentials.configure_hosts(json.dumps(hosts))
+        assert credentials.configured_password(("192.0.2.1", 22)) == "one"
+        assert credentials.configured_password(("192.0.2.2", 2222)) == "two"
+        assert credentials.configured_password(("192.0.2.2", 22)) == "stack-wide"
+        assert credentials.configured_password(("192.0.2.3", 22)) == "stack-wide"
+        credentials.configure_hosts("not json")  # the program reports bad config, not this
+        assert credentials.configured_password(("192.0.2.1", 22)) == "stack-wide"
+    finally:
+        credentials.configure(None, None)
+        credentials.configure_hosts(None)

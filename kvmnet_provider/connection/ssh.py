@@ -53,14 +53,14 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
         "allow_agent": True,
     }
     try:
-        pkey = credentials.configured_key()
+        pkey = credentials.configured_key((s.host, s.port))
     except ValueError as exc:
         raise HostError(f"{s.label}: {exc}") from None
     if pkey is not None:
         kwargs["pkey"] = pkey
     elif s.private_key_path:
         kwargs["key_filename"] = s.private_key_path
-    password = credentials.configured_password()
+    password = credentials.configured_password((s.host, s.port))
     if password:
         kwargs["password"] = password
     try:

@@ -82,6 +82,7 @@ class KvmnetProvider(ResourceProvider):
             req.config.get(credentials.CONFIG_PRIVATE_KEY),
             req.config.get(credentials.CONFIG_PASSWORD),
         )
+        credentials.configure_hosts(req.config.get("kvmnet:hosts"))
 
     def normalise(self, news: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         inputs: dict[str, Any] = {}

@@ -1,0 +1,170 @@
+"""The fleet workload: H lab hosts, each a NAT network of N taps plus G guests; its programs
+(kvmnet's and the do-nothing floor of the same graph), the hosts' CPU accounting, and the
+remote cost of the changes on every host at once (agent sessions vs one shell script each)."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kvmnet_lab.lab import HostStatus, Lab
+from nat_baselines import run_script
+from nat_workload import (
+    BRIDGE,
+    BRIDGE_ADDR,
+    NAT_NET,
+    Host,
+    Rounds,
+    _now,
+    change_count,
+    kvmnet_ops,
+    settings_for,
+)
+
+from kvmnet_provider.connection.session import AgentSession
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def resource_count(hosts: int, taps: int, guests: int) -> int:
+    """Per host: bridge, forwarding, masquerade, N taps, and per guest its tap and itself."""
+    return hosts * (3 + taps + 2 * guests)
+
+
+# --- the programs: the same graph, kvmnet's resources and Noop ------------------------------
+def program_fleet(hosts: list[HostStatus], taps: int, guests: int, image: Path) -> str:
+    conns = [settings_for(h).to_props() for h in hosts]
+    return textwrap.dedent(
+        f"""
+        import pulumi
+        from kvmnet_provider.connection import HostSettings
+        from kvmnet_provider.resources import (
+            Bridge, BridgeArgs, ForwardingSetting, ForwardingSettingArgs, GuestNicArgs,
+            MasqueradeRule, MasqueradeRuleArgs, QemuGuest, QemuGuestArgs, TapPort, TapPortArgs,
+        )
+
+        for i, props in enumerate({conns!r}, start=1):
+            conn, p = HostSettings(**props), f"h{{i}}-"
+            br = Bridge(p + "br", BridgeArgs(conn, {BRIDGE!r}, addresses=[{BRIDGE_ADDR!r}]))
+            fwd = ForwardingSetting(p + "fwd", ForwardingSettingArgs(conn))
+            nat = MasqueradeRule(p + "nat", MasqueradeRuleArgs(conn, {NAT_NET!r}),
+                                 pulumi.ResourceOptions(depends_on=[br]))
+            for k in range(1, {taps} + 1):
+                TapPort(p + f"tap{{k}}", TapPortArgs(conn, f"vif{{k}}.0", bridge=br))
+            for g in range(1, {guests} + 1):
+                name = f"vif{{{taps} + g}}.0"
+                tap = TapPort(p + f"gtap{{g}}", TapPortArgs(conn, name, bridge=br))
+                QemuGuest(
+                    p + f"g{{g}}",
+                    QemuGuestArgs(
+                        conn, f"g{{g}}", kernel={str(image / "vmlinuz")!r},
+                        initrd={str(image / "initrd.img")!r},
+                        cmdline=f"console=ttyS0 quiet kvmnet.name=g{{g}} "
+                                f"kvmnet.ip=10.0.1.{{10 + g}}/24",
+                        nics=[GuestNicArgs(tap=tap, mac=f"52:54:00:00:01:{{g:02x}}")],
+                        accelerator="tcg", stop_timeout=2,
+                    ),
+                    pulumi.ResourceOptions(depends_on=[tap, fwd, nat]),
+                )
+        """
+    )
+
+
+def program_fleet_noop(hosts: int, taps: int, guests: int) -> str:
+    return textwrap.dedent(
+        f"""
+        import pulumi
+        from kvmnet_lab.testing.roundtrip import Noop
+
+        for i in range(1, {hosts} + 1):
+            p = f"h{{i}}-"
+            br = Noop(p + "br", message=f"br-in@h{{i}}")
+            fwd = Noop(p + "fwd", message=f"ip_forward@h{{i}}")
+            nat = Noop(p + "nat", message={NAT_NET!r}, opts=pulumi.ResourceOptions(depends_on=[br]))
+            for k in range(1, {taps} + 1):
+                Noop(p + f"tap{{k}}", message=br.message.apply(lambda b, k=k: f"vif{{k}}.0@{{b}}"))
+            for g in range(1, {guests} + 1):
+                message = br.message.apply(lambda b, g=g: f"g{{g}}@{{b}}")
+                tap = Noop(p + f"gtap{{g}}", message=message)
+                Noop(p + f"g{{g}}", message=tap.message,
+                     opts=pulumi.ResourceOptions(depends_on=[fwd, nat]))
+        """
+    )
+
+
+# --- CPU accounting on the hosts ---------------------------------------------------------------
+def _stat_ticks(pid: int, fields: tuple[int, ...]) -> int:
+    """Sum of /proc/<pid>/stat fields (1-based numbers as in proc(5))."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    rest = text[text.rindex(")") + 2 :].split()  # field 3 onwards
+    return sum(int(rest[f - 3]) for f in fields)
+
+
+def hosts_cpu(lab: Lab, hosts: list[HostStatus]) -> float:
+    """CPU seconds spent so far by the hosts' sshds and everything they have reaped: the
+    SSH sessions and the agents they ran (QEMU, daemonized, is not theirs)."""
+    pids = lab.recorded_pids()
+    return sum(_stat_ticks(pids[h.name], (14, 15, 16, 17)) for h in hosts) / TICK
+
+
+def agent_cpu(session: AgentSession) -> float:
+    """CPU seconds of one live agent process."""
+    assert session.agent_pid is not None
+    return _stat_ticks(int(session.agent_pid), (14, 15)) / TICK
+
+
+# --- remote cost: every host at once ---------------------------------------------------------
+def on_every_host(hosts: list[Host], work: Callable[[Host], None]) -> None:
+    """`work` on every host at the same moment (one thread each), errors re-raised."""
+    start = threading.Barrier(len(hosts))
+
+    def run(host: Host) -> None:
+        start.wait()
+        work(host)
+
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        for future in [pool.submit(run, h) for h in hosts]:
+            future.result()
+
+
+def kvmnet_changes(host: Host, n: int, res: Rounds) -> None:
+    """The NAT network's create and delete phases as agent calls over one session; the wall
+    time of the changes and the agent's own CPU time for them."""
+    session = AgentSession(settings_for(host.status))
+    try:
+        session.call("ping", {})
+        ops = kvmnet_ops(n)
+        cpu, t = agent_cpu(session), _now()
+        for phase in ("create", "delete"):
+            for op, args in ops[phase]:
+                session.call(op, args)
+        res.add("kvmnet.changes", _now() - t)
+        res.add("kvmnet.cpu", agent_cpu(session) - cpu)
+    finally:
+        session.close()
+    host.require_clean("a kvmnet round")
+
+
+def remote_round(hosts: list[Host], n: int, res: Rounds) -> None:
+    on_every_host(hosts, lambda h: kvmnet_changes(h, n, res))
+    on_every_host(hosts, lambda h: run_script(h, n, res))
+
+
+def per_change(res: Rounds, key: str, n: int) -> float | None:
+    value = res.med(key)
+    return None if value is None else value / change_count(n)
+
+
+def wait_quiet(seconds: float = 0.5) -> None:
+    """Let the hosts' sshds reap what the last command left (agents exit as SSH closes)."""
+    time.sleep(seconds)
+
+
+def describe(args: Any) -> str:
+    return f"{args.taps} taps + {args.guests} guests per host"

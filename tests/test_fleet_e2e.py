@@ -1,0 +1,110 @@
+"""A fleet through the real engine: stacks/Pulumi.lab-fleet.yaml on 3 lab hosts, every host's
+reachability observed from inside its guests, one host down during `up` failing only its own
+resources, and destroy leaving every host as it was."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kvmnet_lab.fleetprobe import format_fleet, observe_fleet
+from kvmnet_lab.hostconfig import fleet_stack_config
+from kvmnet_lab.lab import Lab, LabStatus, fresh_lab
+from kvmnet_lab.probe import EXPECTED
+from kvmnet_lab.testing.guest import guest_image_dir
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
+from kvmnet_lab.testing.stack import TestStack
+
+pytestmark = pytest.mark.e2e
+
+PROGRAM = "from kvmnet_provider.program import build\n\nbuild()\n"
+TEMPLATE = Path(__file__).resolve().parent.parent / "stacks" / "Pulumi.lab-fleet.yaml"
+
+
+@pytest.fixture(scope="module")
+def fleet_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, LabStatus]]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    with fresh_lab("kf", hosts=3, base=tmp_path_factory.mktemp("fleetlab")) as lab_and_status:
+        yield lab_and_status
+
+
+def template_hosts() -> dict[str, Any]:
+    hosts: dict[str, Any] = yaml.safe_load(TEMPLATE.read_text())["config"]["kvmnet:hosts"]
+    return hosts
+
+
+def stop_sshd(lab: Lab, host: str) -> None:
+    """Stop the lab's sshd of `host` (a process the lab started), and wait until it is gone."""
+    pid = lab.recorded_pids()[host]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"sshd {pid} of {host} did not stop")
+
+
+def guest_hosts(stack: TestStack) -> list[str]:
+    """The host address of each QemuGuest in the stack's state."""
+    return sorted(r["inputs"]["connection"]["host"] for r in stack.resources("QemuGuest"))
+
+
+def test_fleet_of_three_hosts(tmp_path: Path, fleet_lab: tuple[Lab, LabStatus]) -> None:
+    lab_api, lab = fleet_lab
+    h1, h2, h3 = lab.hosts
+    before = {h.name: host_snapshot(lab_api, h.namespace) for h in lab.hosts}
+    stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="fleet")
+    try:
+        stack.config_values(fleet_stack_config(lab, template_hosts(), image_dir=guest_image_dir()))
+        stack.config("kvmnet:accelerator", "tcg")
+
+        # h2's sshd is down for the whole first `up`: its resources fail, one line each naming
+        # the host; h1's and h3's finish (--continue-on-error: the engine keeps scheduling them).
+        stop_sshd(lab_api, "h2")
+        first = stack.pulumi("up", "--yes", "--skip-preview", "--continue-on-error", check=False)
+        out = first.stdout + first.stderr
+        assert first.returncode != 0, out
+        failed = set(re.findall(r"kvmnet:\w+ (\S+) \*\*creating failed\*\*", out))
+        assert failed and all(name.startswith("h2-") for name in failed), out
+        cause = f"root@{h2.address}:22: unreachable: Connection refused"
+        causes = [line for line in out.splitlines() if cause in line]
+        assert len(causes) >= len(failed), out  # each failing resource names the host
+        others = [ln for ln in out.splitlines() if re.search(r"@\S+: unreachable", ln)]
+        assert all(cause in line for line in others), out  # no other host failed
+        assert guest_hosts(stack) == sorted([h1.address] * 4 + [h3.address] * 2), out
+
+        # h2 back: the next `up` converges, and every host's networks do what their model says.
+        lab_api.up(hosts=3)
+        stack.up()
+        assert guest_hosts(stack) == sorted([h1.address] * 4 + [h2.address, h3.address] * 2)
+        outputs = stack.outputs()
+        observed = observe_fleet(outputs, lab)
+        print(format_fleet(observed, lab))
+        got = {(n.host, n.name): o.as_dict() for n, o in observed}
+        assert got == {
+            ("h1", "nat"): EXPECTED["nat"],
+            ("h1", "routed"): EXPECTED["routed"],
+            ("h2", "nat"): EXPECTED["nat"],
+            ("h3", "nat"): EXPECTED["nat"],
+        }
+        # Refresh reads every resource (link reads batched per host): nothing drifted.
+        refresh = stack.refresh()
+        assert "deleted" not in refresh.stdout and "updated" not in refresh.stdout, refresh.stdout
+        stack.preview_no_changes()
+
+        stack.destroy()
+        for h in lab.hosts:
+            assert diff_snapshots(before[h.name], host_snapshot(lab_api, h.namespace)) == [], h.name
+    finally:
+        stack.remove()
