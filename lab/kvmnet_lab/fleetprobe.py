@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .lab import LabStatus
-from .probe import GuestEndpoint, Observation, Outside, format_table, observe
+from .probe import LEGEND, GuestEndpoint, Observation, Outside, format_table, observe
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ def format_fleet(observed: list[tuple[FleetNetwork, Observation]], lab: LabStatu
         address = lab.host(net.host).address
         blocks.append(
             f"host {net.host} ({address}), network {net.name} ({net.model}, guests "
-            f"{', '.join(g.name for g in net.guests)}):\n" + format_table(net.model, observation)
+            f"{', '.join(g.name for g in net.guests)}):\n"
+            + format_table(net.model, observation).replace(LEGEND + "\n", "")
         )
-    return "\n\n".join(blocks)
+    return "\n\n".join(blocks) + "\n" + LEGEND
