@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from fleet_workload import (
-    hosts_cpu,
+    AgentCpu,
     per_change,
     program_fleet,
     program_fleet_noop,
@@ -59,16 +59,17 @@ def pulumi_round(
     extra: list[str],
 ) -> None:
     """up, refresh, destroy of one stack: wall, the engine side's CPU (pulumi, the language
-    host, the providers) and the hosts' CPU (sshd sessions and agents)."""
+    host, the providers) and the hosts' agents' CPU."""
     statuses = [h.status for h in hosts]
     for verb in VERBS:
         argv = [verb, "--yes", "--skip-preview", *(extra if verb != "refresh" else [])]
-        engine, host_cpu, t = children_cpu(), hosts_cpu(lab, statuses), time.perf_counter()
-        out = stack.pulumi(*argv).stdout
-        res.add(f"{key}.{verb}", time.perf_counter() - t)
-        wait_quiet()
+        with AgentCpu([h.namespace for h in statuses]) as agents:
+            engine, t = children_cpu(), time.perf_counter()
+            out = stack.pulumi(*argv).stdout
+            res.add(f"{key}.{verb}", time.perf_counter() - t)
+            wait_quiet()
         res.add(f"{key}.{verb}.engine_cpu", children_cpu() - engine)
-        res.add(f"{key}.{verb}.host_cpu", hosts_cpu(lab, statuses) - host_cpu)
+        res.add(f"{key}.{verb}.host_cpu", agents.seconds)
         if verb == "up" and _count(CREATED_RE, out) != want:
             raise RuntimeError(f"{key}: up did not create {want}:\n{out[-800:]}")
         if verb == "destroy" and _count(DELETED_RE, out) != want:
@@ -105,10 +106,10 @@ def bench_hosts(count: int, args: argparse.Namespace, work: Path) -> Rounds:
         try:
             for _ in range(args.pulumi_rounds):
                 for key, stack in stacks.items():
-                    pulumi_round(key, stack, lab, hosts, want, res, [])
+                    pulumi_round(key, stack, hosts, want, res, [])
             if args.parallel and count == max(args.host_counts):
                 pulumi_round(
-                    f"kvmnet.p{args.parallel}", stacks["kvmnet"], lab, hosts, want, res,
+                    f"kvmnet.p{args.parallel}", stacks["kvmnet"], hosts, want, res,
                     ["--parallel", str(args.parallel)],
                 )  # fmt: skip
         finally:
@@ -140,12 +141,12 @@ def report(args: argparse.Namespace, results: dict[int, Rounds]) -> str:
                 f"{count:>5} {verb:<8}{fmt(k, 1, 1):>8}{fmt(f, 1, 1):>8}{ratio(k, f):>7}"
                 f"{fmt(per, 1000, 1):>8}{ratio(per, per1):>10}"
                 f"{fmt(res.med(f'kvmnet.{verb}.engine_cpu'), 1, 1):>11}"
-                f"{fmt(res.med(f'kvmnet.{verb}.host_cpu'), 1, 1):>9}"
+                f"{fmt(res.med(f'kvmnet.{verb}.host_cpu'), 1, 2):>10}"
             )
     out.append(
         "  ms/res: kvmnet wall per resource; 'vs 1 host': that against the 1-host figure.\n"
         "  engine CPU: pulumi, language host and providers (this process's children);\n"
-        "  host CPU: every host's sshd sessions and agents (reaped by the lab's sshds)."
+        "  agent CPU: every host's agents, sampled from /proc (QEMU not included)."
     )
     for count, res in sorted(results.items()):
         for key in sorted(k for k in res.samples if k.startswith("kvmnet.p") and k.count(".") == 2):

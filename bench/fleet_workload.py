@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kvmnet_lab.lab import HostStatus, Lab
+from kvmnet_lab.lab import HostStatus
 from nat_baselines import run_script
 from nat_workload import (
     BRIDGE,
@@ -106,11 +106,50 @@ def _stat_ticks(pid: int, fields: tuple[int, ...]) -> int:
     return sum(int(rest[f - 3]) for f in fields)
 
 
-def hosts_cpu(lab: Lab, hosts: list[HostStatus]) -> float:
-    """CPU seconds spent so far by the hosts' sshds and everything they have reaped: the
-    SSH sessions and the agents they ran (QEMU, daemonized, is not theirs)."""
-    pids = lab.recorded_pids()
-    return sum(_stat_ticks(pids[h.name], (14, 15, 16, 17)) for h in hosts) / TICK
+class AgentCpu:
+    """CPU seconds of the agents running in the given host namespaces while this is entered.
+
+    Agents outlive their SSH sessions by a moment and are then reaped by init, so no parent's
+    accounting holds their time: every agent process is sampled from /proc (interval 0.1 s;
+    an agent's last tenth of a second, usually idle, can be missed)."""
+
+    def __init__(self, namespaces: list[str], interval: float = 0.1) -> None:
+        self.inodes = {f"net:[{os.stat(f'/run/netns/{ns}').st_ino}]" for ns in namespaces}
+        self.interval = interval
+        self.ticks: dict[tuple[int, str], int] = {}  # (pid, start time) -> utime + stime
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{entry.name}/ns/net") not in self.inodes:
+                    continue
+                if b"kvmnet_agent" not in Path(f"/proc/{entry.name}/cmdline").read_bytes():
+                    continue
+                text = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            rest = text[text.rindex(")") + 2 :].split()
+            self.ticks[(int(entry.name), rest[19])] = int(rest[11]) + int(rest[12])
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> AgentCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.ticks.values()) / TICK
 
 
 def agent_cpu(session: AgentSession) -> float:

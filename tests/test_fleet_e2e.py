@@ -66,8 +66,17 @@ def test_fleet_of_three_hosts(tmp_path: Path, fleet_lab: tuple[Lab, LabStatus]) 
     before = {h.name: host_snapshot(lab_api, h.namespace) for h in lab.hosts}
     stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="fleet")
     try:
-        stack.config_values(fleet_stack_config(lab, template_hosts(), image_dir=guest_image_dir()))
+        config = fleet_stack_config(lab, template_hosts(), image_dir=guest_image_dir())
+        # h3 authenticates with its own key from secret config, not a key file.
+        del config["kvmnet:hosts"]["h3"]["connection"]["private_key_path"]
+        stack.config_values(config)
         stack.config("kvmnet:accelerator", "tcg")
+        key_text = Path(h3.private_key).read_text()
+        stack.ws.run(
+            ["config", "set", "--secret", "--path", "--stack", stack.stack]
+            + ["kvmnet:hosts.h3.sshPrivateKey", "--", key_text],
+            stack.dir,
+        )
 
         # h2's sshd is down for the whole first `up`: its resources fail, one line each naming
         # the host; h1's and h3's finish (--continue-on-error: the engine keeps scheduling them).
@@ -102,6 +111,8 @@ def test_fleet_of_three_hosts(tmp_path: Path, fleet_lab: tuple[Lab, LabStatus]) 
         refresh = stack.refresh()
         assert "deleted" not in refresh.stdout and "updated" not in refresh.stdout, refresh.stdout
         stack.preview_no_changes()
+        secret_line = key_text.splitlines()[1]
+        assert secret_line not in str(stack.export())  # the per-host key is not in the state
 
         stack.destroy()
         for h in lab.hosts:
