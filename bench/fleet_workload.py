@@ -68,7 +68,7 @@ def program_fleet(hosts: list[HostStatus], taps: int, guests: int, image: Path) 
                         cmdline=f"console=ttyS0 quiet kvmnet.name=g{{g}} "
                                 f"kvmnet.ip=10.0.1.{{10 + g}}/24",
                         nics=[GuestNicArgs(tap=tap, mac=f"52:54:00:00:01:{{g:02x}}")],
-                        accelerator="tcg", stop_timeout=2,
+                        accelerator="tcg", stop_timeout=1,
                     ),
                     pulumi.ResourceOptions(depends_on=[tap, fwd, nat]),
                 )
