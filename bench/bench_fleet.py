@@ -31,7 +31,7 @@ from fleet_workload import (
     resource_count,
     wait_quiet,
 )
-from kvmnet_lab.lab import Lab, fresh_lab
+from kvmnet_lab.lab import fresh_lab
 from kvmnet_lab.testing.guest import guest_image_dir
 from kvmnet_lab.testing.stack import TestStack
 from nat_report import fmt, ratio
@@ -52,7 +52,6 @@ def children_cpu() -> float:
 def pulumi_round(
     key: str,
     stack: TestStack,
-    lab: Lab,
     hosts: list[Host],
     want: int,
     res: Rounds,
