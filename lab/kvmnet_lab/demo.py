@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from .fleetprobe import format_fleet, observe_fleet
+from .fleetprobe import fleet_guests, format_fleet, observe_fleet
 from .hostconfig import fleet_stack_config, lab_stack_config, write_stack_config
 from .lab import Lab, LabError, LabNotUp, LabStatus
 from .lab.commands import lab_up_or_say_why
@@ -100,6 +100,9 @@ def run_model(model: str, lab_status: LabStatus) -> None:
     if model == "fleet":
         print("probing from inside each host's guests (ping, tcpdump in ext)...")
         print(format_fleet(observe_fleet(outs, lab_status), lab_status))
+        print()
+        for name in fleet_guests(outs):
+            print(f"console of {name}: {kvmnet_command()} demo console {name}   (Ctrl-] to leave)")
         return
     guests = outs["guests"]
     assert isinstance(guests, dict)
@@ -175,7 +178,8 @@ def console(guest: str) -> int:
         return 1
     stack = ACTIVE_FILE.read_text().strip()
     project = PROJECT_DIR if (PROJECT_DIR / "Pulumi.yaml").exists() else REPO_ROOT
-    guests = _workspace().outputs(project, stack)["guests"]
+    outs = _workspace().outputs(project, stack)
+    guests = outs.get("guests") or fleet_guests(outs)  # a fleet's: host/guest
     assert isinstance(guests, dict)
     if guest not in guests:
         print(f"kvmnet: no guest {guest!r}; guests: {', '.join(guests)}", file=sys.stderr)
@@ -201,7 +205,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     down.set_defaults(func=cmd_down)
 
     attach = sub.add_parser("console", help="attach to a demo guest's serial console")
-    attach.add_argument("guest", help="guest name, e.g. g1")
+    attach.add_argument("guest", help="guest name, e.g. g1 (fleet: host/guest, e.g. h2/g1)")
     attach.set_defaults(func=lambda a: console(a.guest))
 
 

@@ -64,3 +64,13 @@ def format_fleet(observed: list[tuple[FleetNetwork, Observation]], lab: LabStatu
             + format_table(net.model, observation).replace(LEGEND + "\n", "")
         )
     return "\n\n".join(blocks) + "\n" + LEGEND
+
+
+def fleet_guests(outputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A fleet stack's guests by `host/guest` (what `kvmnet demo console` takes)."""
+    return {
+        f"{host}/{name}": guest
+        for host, spec in sorted(outputs.get("hosts", {}).items())
+        for net in spec["networks"].values()
+        for name, guest in sorted(net["guests"].items())
+    }
