@@ -23,12 +23,13 @@ import time
 from pathlib import Path
 
 from fleet_workload import (
-    AgentCpu,
+    ProcessCpu,
     per_change,
     program_fleet,
     program_fleet_noop,
     remote_round,
     resource_count,
+    settle_guests,
     wait_quiet,
 )
 from kvmnet_lab.lab import fresh_lab
@@ -56,19 +57,25 @@ def pulumi_round(
     want: int,
     res: Rounds,
     extra: list[str],
+    guests: int,
 ) -> None:
     """up, refresh, destroy of one stack: wall, the engine side's CPU (pulumi, the language
     host, the providers) and the hosts' agents' CPU."""
     statuses = [h.status for h in hosts]
     for verb in VERBS:
         argv = [verb, "--yes", "--skip-preview", *(extra if verb != "refresh" else [])]
-        with AgentCpu([h.namespace for h in statuses]) as agents:
-            engine, t = children_cpu(), time.perf_counter()
-            out = stack.pulumi(*argv).stdout
-            res.add(f"{key}.{verb}", time.perf_counter() - t)
-            wait_quiet()
+        namespaces = [h.namespace for h in statuses]
+        with ProcessCpu(namespaces, b"kvmnet_agent") as agents:
+            with ProcessCpu(namespaces, b"qemu-system") as qemu:
+                engine, t = children_cpu(), time.perf_counter()
+                out = stack.pulumi(*argv).stdout
+                res.add(f"{key}.{verb}", time.perf_counter() - t)
+                wait_quiet()
         res.add(f"{key}.{verb}.engine_cpu", children_cpu() - engine)
         res.add(f"{key}.{verb}.host_cpu", agents.seconds)
+        res.add(f"{key}.{verb}.qemu_cpu", qemu.seconds)
+        if verb == "up":
+            res.add(f"{key}.settle", settle_guests(namespaces, guests))
         if verb == "up" and _count(CREATED_RE, out) != want:
             raise RuntimeError(f"{key}: up did not create {want}:\n{out[-800:]}")
         if verb == "destroy" and _count(DELETED_RE, out) != want:
@@ -105,11 +112,13 @@ def bench_hosts(count: int, args: argparse.Namespace, work: Path) -> Rounds:
         try:
             for _ in range(args.pulumi_rounds):
                 for key, stack in stacks.items():
-                    pulumi_round(key, stack, hosts, want, res, [])
+                    pulumi_round(
+                        key, stack, hosts, want, res, [], args.guests if key == "kvmnet" else 0
+                    )
             if args.parallel and count == max(args.host_counts):
                 pulumi_round(
                     f"kvmnet.p{args.parallel}", stacks["kvmnet"], hosts, want, res,
-                    ["--parallel", str(args.parallel)],
+                    ["--parallel", str(args.parallel)], args.guests,
                 )  # fmt: skip
         finally:
             for stack in stacks.values():
@@ -125,7 +134,7 @@ def report(args: argparse.Namespace, results: dict[int, Rounds]) -> str:
         f"== fleet: per host a NAT network of {args.taps} taps + {args.guests} guests "
         f"({resource_count(1, args.taps, args.guests)} resources); medians, seconds ==",
         f"{'hosts':>5} {'verb':<8}{'kvmnet':>8}{'floor':>8}{'ratio':>7}{'ms/res':>8}"
-        f"{'vs 1 host':>10}{'engine CPU':>11}{'host CPU':>9}",
+        f"{'vs 1 host':>10}{'engine CPU':>11}{'(floor)':>8}{'agent CPU':>10}{'QEMU CPU':>9}",
     ]
     for count, res in sorted(results.items()):
         n_res = resource_count(count, args.taps, args.guests)
@@ -140,12 +149,19 @@ def report(args: argparse.Namespace, results: dict[int, Rounds]) -> str:
                 f"{count:>5} {verb:<8}{fmt(k, 1, 1):>8}{fmt(f, 1, 1):>8}{ratio(k, f):>7}"
                 f"{fmt(per, 1000, 1):>8}{ratio(per, per1):>10}"
                 f"{fmt(res.med(f'kvmnet.{verb}.engine_cpu'), 1, 1):>11}"
+                f"{fmt(res.med(f'floor.{verb}.engine_cpu'), 1, 1):>8}"
                 f"{fmt(res.med(f'kvmnet.{verb}.host_cpu'), 1, 2):>10}"
+                f"{fmt(res.med(f'kvmnet.{verb}.qemu_cpu'), 1, 1):>9}"
             )
     out.append(
         "  ms/res: kvmnet wall per resource; 'vs 1 host': that against the 1-host figure.\n"
         "  engine CPU: pulumi, language host and providers (this process's children);\n"
-        "  agent CPU: every host's agents, sampled from /proc (QEMU not included)."
+        "  agent CPU: every host's agents, sampled from /proc; QEMU CPU: the guests' QEMUs.\n"
+        "  After up, the guests are left to boot (QEMU under a tenth of a core each) before\n"
+        "  refresh: waited "
+        + ", ".join(
+            f"{c} hosts {fmt(r.med('kvmnet.settle'), 1, 0)} s" for c, r in sorted(results.items())
+        )
     )
     for count, res in sorted(results.items()):
         for key in sorted(k for k in res.samples if k.startswith("kvmnet.p") and k.count(".") == 2):

@@ -106,50 +106,73 @@ def _stat_ticks(pid: int, fields: tuple[int, ...]) -> int:
     return sum(int(rest[f - 3]) for f in fields)
 
 
-class AgentCpu:
-    """CPU seconds of the agents running in the given host namespaces while this is entered.
+class ProcessCpu:
+    """CPU seconds of the processes in the given host namespaces whose command line holds
+    `marker` (the agents: b"kvmnet_agent"; the guests: b"qemu-system"), while entered.
 
     Agents outlive their SSH sessions by a moment and are then reaped by init, so no parent's
-    accounting holds their time: every agent process is sampled from /proc (interval 0.1 s;
-    an agent's last tenth of a second, usually idle, can be missed)."""
+    accounting holds their time: every such process is sampled from /proc (every 0.1 s; a
+    process's last tenth of a second, usually idle, can be missed)."""
 
-    def __init__(self, namespaces: list[str], interval: float = 0.1) -> None:
+    def __init__(self, namespaces: list[str], marker: bytes, interval: float = 0.1) -> None:
         self.inodes = {f"net:[{os.stat(f'/run/netns/{ns}').st_ino}]" for ns in namespaces}
+        self.marker = marker
         self.interval = interval
         self.ticks: dict[tuple[int, str], int] = {}  # (pid, start time) -> utime + stime
+        self.at_start: dict[tuple[int, str], int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> None:
+    def sample(self) -> dict[tuple[int, str], int]:
+        found = {}
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
             try:
                 if os.readlink(f"/proc/{entry.name}/ns/net") not in self.inodes:
                     continue
-                if b"kvmnet_agent" not in Path(f"/proc/{entry.name}/cmdline").read_bytes():
+                if self.marker not in Path(f"/proc/{entry.name}/cmdline").read_bytes():
                     continue
                 text = Path(f"/proc/{entry.name}/stat").read_text()
             except OSError:
                 continue  # gone meanwhile
             rest = text[text.rindex(")") + 2 :].split()
-            self.ticks[(int(entry.name), rest[19])] = int(rest[11]) + int(rest[12])
+            found[(int(entry.name), rest[19])] = int(rest[11]) + int(rest[12])
+        return found
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._sample()
+            self.ticks.update(self.sample())
 
-    def __enter__(self) -> AgentCpu:
+    def __enter__(self) -> ProcessCpu:
+        self.at_start = self.sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.ticks.update(self.sample())
 
     @property
     def seconds(self) -> float:
-        return sum(self.ticks.values()) / TICK
+        """CPU time spent inside the window (processes alive at its start count from there)."""
+        spent = sum(t - self.at_start.get(k, 0) for k, t in self.ticks.items())
+        return spent / TICK
+
+
+def settle_guests(namespaces: list[str], guests: int, timeout: float = 300) -> float:
+    """Wait until the guests have booted: their QEMUs' CPU use falls under a tenth of a core
+    each (TCG guests booting on two cores would otherwise starve what is measured next).
+    Returns the seconds waited."""
+    start = time.monotonic()
+    probe = ProcessCpu(namespaces, b"qemu-system")
+    while guests and time.monotonic() - start < timeout:
+        before = sum(probe.sample().values())
+        time.sleep(2)
+        if (sum(probe.sample().values()) - before) / TICK / 2 < 0.1 * guests:
+            break
+    return time.monotonic() - start
 
 
 def agent_cpu(session: AgentSession) -> float:
