@@ -1,4 +1,5 @@
-"""Link reads waiting for one host's session leave as one request, answered from one dump."""
+"""Link reads waiting for one host's session leave as one request, answered from one dump,
+which answers the reads after it until a request may change the host."""
 
 from __future__ import annotations
 
@@ -42,6 +43,16 @@ def test_batched_link_reads_answer_as_single_reads_do(lab: LabStatus, lab_api: L
             assert {n: f.result(timeout=30) for n, f in futures.items()} == single
             with pytest.raises(Exception, match="no good"):
                 bad.result(timeout=30)
+        # A read right after the batch is answered from its dump, alike; a change on the host
+        # ends the dump's use: the next read sees the new link.
+        assert session.call("link.read", {"name": "krt1"}) == single["krt1"]
+        session.call("tap.create", {"name": "krtnew", "owner": owner + "krtnew", "bridge": "krd0"})
+        taps.append("krtnew")
+        assert session.call("link.read", {"name": "krtnew"})["master"] == "krd0"
+        many = session._result(
+            session._exchange("link.read.many", {"items": [{"name": "krtnew"}]}, 30)
+        )
+        assert many[0]["ok"] and many[0]["result"]["name"] == "krtnew"
     finally:
         session.call_batched("link.delete", {"name": "krd0", "owner": bridge["owner"]})
         for tap in taps:

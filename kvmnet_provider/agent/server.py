@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from ..spec.validate import InvalidInput
 from .errors import AgentError
+from .readcache import note_request
 
 PROTOCOL = 1
 COMPONENTS = {
@@ -65,13 +66,13 @@ def build_handlers() -> dict[str, Handler]:
 
     iproute = iproute_class()  # before .links imports from pyroute2: see netlink.py
     from . import forwarding
-    from .linkdump import link_read_many
+    from .linkdump import link_read, link_read_many
     from .links import Links
 
     links = Links(iproute())
     handlers: dict[str, Handler] = {
         "ping": lambda a: {"pid": os.getpid()},
-        "link.read": lambda a: links.read(a["name"]),
+        "link.read": lambda a: link_read(links, a["name"]),
         "link.read.many": lambda a: outcomes("link.read", link_read_many(links, a["items"])),
         "link.delete": lambda a: links.link_delete(a["name"], a["owner"]),
         "link.delete.many": lambda a: outcomes("link.delete", links.link_delete_many(a["items"])),
@@ -126,6 +127,7 @@ def outcomes(op: str, results: list[Any]) -> list[dict[str, Any]]:
 def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> dict[str, Any]:
     rid = request.get("id")
     op = request.get("op")
+    note_request(op)  # a request that may change the host ends reads from the last dump
     try:
         handler = _handler(handlers, op) if isinstance(op, str) else None
         if handler is None:
