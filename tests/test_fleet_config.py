@@ -209,3 +209,60 @@ def test_per_host_secrets_win_for_their_host_only() -> None:
     finally:
         credentials.configure(None, None)
         credentials.configure_hosts(None)
+
+
+def fake_lab(hosts: int) -> Any:
+    from kvmnet_lab.lab import LabStatus
+
+    return LabStatus.from_dict(
+        {
+            "name": "kx",
+            "state_dir": "/tmp/kx",
+            "lan": "198.18.9.0/24",
+            "gateway": "198.18.9.254",
+            "operator_address": "198.18.9.1",
+            "hosts": [
+                {
+                    "name": f"h{i}",
+                    "namespace": f"kx-h{i}",
+                    "address": f"198.18.9.{10 + i}",
+                    "port": 22,
+                    "user": "root",
+                    "private_key": "/tmp/kx/id_ed25519",
+                    "known_hosts": "/tmp/kx/known_hosts",
+                    "ssh_reachable": True,
+                }
+                for i in range(1, hosts + 1)
+            ],
+            "ext": {
+                "namespace": "kx-ext",
+                "address": "198.18.9.100",
+                "echo_port": 7777,
+                "echo_log": "/tmp/kx/echo.log",
+            },
+        }
+    )
+
+
+def test_the_demo_fleet_stack_is_valid_with_the_lab_hosts_filled_in(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kvmnet demo up --model fleet`'s copy of stacks/Pulumi.lab-fleet.yaml: each lab host's
+    connection added, and the program declares every network without a collision."""
+    import yaml
+    from kvmnet_lab import demo
+
+    monkeypatch.setattr(demo, "PROJECT_DIR", tmp_path)
+    monkeypatch.setattr(demo, "guest_image_dir", lambda: tmp_path / "image")
+    demo.prepare_project("lab-fleet", fake_lab(3), "fleet")
+    config = yaml.safe_load((tmp_path / "Pulumi.lab-fleet.yaml").read_text())["config"]
+    hosts = config["kvmnet:hosts"]
+    assert {h: spec["connection"]["host"] for h, spec in hosts.items()} == {
+        "h1": "198.18.9.11",
+        "h2": "198.18.9.12",
+        "h3": "198.18.9.13",
+    }
+    assert [n["name"] for n in hosts["h1"]["networks"]] == ["nat", "routed"]
+    assert config["kvmnet:guestImage"]["kernel"] == str(tmp_path / "image" / "vmlinuz")
+    fleet_config(hosts)
+    run_fleet()
