@@ -110,12 +110,12 @@ def bench_hosts(count: int, args: argparse.Namespace, work: Path) -> Rounds:
             ),
         }
         try:
-            for _ in range(args.pulumi_rounds):
+            for _ in range(0 if args.no_pulumi else args.pulumi_rounds):
                 for key, stack in stacks.items():
                     pulumi_round(
                         key, stack, hosts, want, res, [], args.guests if key == "kvmnet" else 0
                     )
-            if args.parallel and count == max(args.host_counts):
+            if args.parallel and not args.no_pulumi and count == max(args.host_counts):
                 pulumi_round(
                     f"kvmnet.p{args.parallel}", stacks["kvmnet"], hosts, want, res,
                     ["--parallel", str(args.parallel)], args.guests,
@@ -178,7 +178,7 @@ def report(args: argparse.Namespace, results: dict[int, Rounds]) -> str:
     )
     out.append(
         f"{'hosts':>5}{'agent ms/change':>17}{'agent CPU ms':>14}{'script ms/change':>18}"
-        f"{'ratio':>7}{'vs 1 host':>11}"
+        f"{'ratio':>7}{'vs 1 host':>11}{'fleet agent':>13}{'fleet script':>14}"
     )
     base = per_change(first, "kvmnet.changes", args.taps)
     for count, res in sorted(results.items()):
@@ -190,7 +190,13 @@ def report(args: argparse.Namespace, results: dict[int, Rounds]) -> str:
         out.append(
             f"{count:>5}{fmt(k, 1000, 2):>17}{fmt(cpu, 1000, 2):>14}{fmt(s, 1000, 2):>18}"
             f"{ratio(k, s):>7}{ratio(k, base):>11}"
+            f"{fmt(per_change(res, 'kvmnet.fleet', args.taps), 1000, 2):>13}"
+            f"{fmt(per_change(res, 'script.fleet', args.taps), 1000, 2):>14}"
         )
+    out.append(
+        "  per host: each host's own changes' time; fleet: a round's wall time divided by all\n"
+        "  hosts' changes (ms per change of the whole fleet, both methods on every host at once)"
+    )
     return "\n".join(out)
 
 
@@ -201,6 +207,7 @@ def main() -> int:
     parser.add_argument("--guests", type=int, default=2, help="guests per host")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the remote-cost runs")
     parser.add_argument("--pulumi-rounds", type=int, default=1, help="rounds of up/refresh/destroy")
+    parser.add_argument("--no-pulumi", action="store_true", help="only the remote-cost runs")
     parser.add_argument(
         "--parallel",
         type=int,

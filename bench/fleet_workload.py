@@ -214,8 +214,15 @@ def kvmnet_changes(host: Host, n: int, res: Rounds) -> None:
 
 
 def remote_round(hosts: list[Host], n: int, res: Rounds) -> None:
+    """One round of each method on every host at once. Besides each host's own figures, the
+    round's wall time (sessions started before the barrier, so it is the changes' time) per
+    change of all hosts together: the fleet's throughput."""
+    t = _now()
     on_every_host(hosts, lambda h: kvmnet_changes(h, n, res))
+    res.add("kvmnet.fleet", (_now() - t) / len(hosts))
+    t = _now()
     on_every_host(hosts, lambda h: run_script(h, n, res))
+    res.add("script.fleet", (_now() - t) / len(hosts))
 
 
 def per_change(res: Rounds, key: str, n: int) -> float | None:

@@ -81,7 +81,6 @@ def run_conn_per_command(host: Host, n: int, res: Rounds) -> None:
     host.require_clean("a connection-per-command round")
 
 
-
 def program_noop(n: int) -> str:
     return textwrap.dedent(
         f"""
@@ -95,5 +94,3 @@ def program_noop(n: int) -> str:
             Noop(f"tap{{k}}", message=br.message.apply(lambda b, k=k: f"vif{{k}}.0@{{b}}"))
         """
     )
-
-

@@ -88,5 +88,3 @@ def report(n: int, res: Rounds, per_op: dict[str, list[float]], profile: str) ->
     if profile:
         out += ["in-process cProfile of one extra, untimed round (tottime, top 12):", profile]
     return "\n".join(out)
-
-

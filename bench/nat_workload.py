@@ -243,7 +243,6 @@ def run_teardown_in_parallel(session: AgentSession, ops: list[Op], parallel: int
     session.call_batched("link.delete", links[-1])  # the bridge, last in kvmnet_ops
 
 
-
 # --- method 4: pulumi up / destroy, kvmnet resources vs Noop -----------------------------
 def program_kvmnet(h: HostStatus, n: int) -> str:
     conn = settings_for(h).to_props()
@@ -343,5 +342,3 @@ def run_inproc(
     for op, values in doc["per_op"].items():
         per_op.setdefault(op, []).extend(values)
     return ""
-
-
