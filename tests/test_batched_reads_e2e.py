@@ -12,6 +12,7 @@ from kvmnet_lab.lab import Lab, LabStatus
 from kvmnet_lab.testing.snapshot import run_in
 
 from kvmnet_provider.connection import agent_session
+from kvmnet_provider.resources.linkreads import forget, read_link
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +54,18 @@ def test_batched_link_reads_answer_as_single_reads_do(lab: LabStatus, lab_api: L
             session._exchange("link.read.many", {"items": [{"name": "krtnew"}]}, 30)
         )
         assert many[0]["ok"] and many[0]["result"]["name"] == "krtnew"
+
+        # The provider's reads: one listing of all the host's links answers them; a link
+        # change through the provider makes the next read ask the host again.
+        listing = session.call("link.read.all", {})
+        assert {n: listing.get(n) for n in names} == {**single, "krdnone": None}
+        forget(session)
+        assert read_link(session, "krt2") == single["krt2"]
+        assert read_link(session, "krdnone") is None
+        run_in(lab_api, h1.name, ["ip", "tuntap", "add", "dev", "krtx", "mode", "tap"])
+        taps.append("krtx")
+        forget(session)
+        assert read_link(session, "krtx")["owner"] is None
     finally:
         session.call_batched("link.delete", {"name": "krd0", "owner": bridge["owner"]})
         for tap in taps:

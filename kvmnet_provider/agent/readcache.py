@@ -21,6 +21,7 @@ READ_ONLY = frozenset(
         "ping",
         "link.read",
         "link.read.many",
+        "link.read.all",
         "forwarding.read",
         "masquerade.read",
         "dnat.read",

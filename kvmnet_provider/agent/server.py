@@ -66,7 +66,7 @@ def build_handlers() -> dict[str, Handler]:
 
     iproute = iproute_class()  # before .links imports from pyroute2: see netlink.py
     from . import forwarding
-    from .linkdump import link_read, link_read_many
+    from .linkdump import link_read, link_read_all, link_read_many
     from .links import Links
 
     links = Links(iproute())
@@ -74,6 +74,7 @@ def build_handlers() -> dict[str, Handler]:
         "ping": lambda a: {"pid": os.getpid()},
         "link.read": lambda a: link_read(links, a["name"]),
         "link.read.many": lambda a: outcomes("link.read", link_read_many(links, a["items"])),
+        "link.read.all": lambda a: link_read_all(links),
         "link.delete": lambda a: links.link_delete(a["name"], a["owner"]),
         "link.delete.many": lambda a: outcomes("link.delete", links.link_delete_many(a["items"])),
         "bridge.create": links.bridge_create,

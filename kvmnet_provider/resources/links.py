@@ -13,6 +13,7 @@ from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import validate
 from .base import Field, KvmnetProvider, list_of, owner_id
+from .linkreads import forget, read_link
 
 LINK_COMPUTED = ("ifindex", "mac")
 
@@ -26,8 +27,8 @@ class _LinkProvider(KvmnetProvider):
         return f"{conn['host']}:{int(conn['port'])}/{props['name']}"
 
     def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
-        # Batched: refresh reads every link, and those waiting for the session leave together.
-        live = agent.call_batched("link.read", {"name": props["name"]})
+        # Refresh reads every link: one listing of the host's links answers them (linkreads).
+        live = read_link(agent, props["name"])
         if (
             live is None
             or live.get("owner") != props["owner"]
@@ -43,14 +44,17 @@ class _LinkProvider(KvmnetProvider):
         return out
 
     def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
+        forget(agent)
         return self.overlay(props, agent.call(f"{self.agent_ops}.create", self.spec(props)))
 
     def host_update(
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
     ) -> dict[str, Any]:
+        forget(agent)
         return self.overlay(news, agent.call(f"{self.agent_ops}.update", self.spec(news)))
 
     def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
+        forget(agent)
         agent.call_batched("link.delete", {"name": props["name"], "owner": props["owner"]})
 
 
