@@ -65,7 +65,15 @@ def test_batched_link_reads_answer_as_single_reads_do(lab: LabStatus, lab_api: L
         run_in(lab_api, h1.name, ["ip", "tuntap", "add", "dev", "krtx", "mode", "tap"])
         taps.append("krtx")
         forget(session)
-        assert read_link(session, "krtx")["owner"] is None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            with session.exclusive():  # readers arriving together share one listing
+                reads = [pool.submit(read_link, session, n) for n in ("krtx", "krt3", "lo")]
+                deadline = time.monotonic() + 10
+                while len(session._queued.get("link.read.all", [])) < 3:
+                    assert time.monotonic() < deadline, "the reads did not queue"
+                    time.sleep(0.01)
+            krtx, krt3, lo = (r.result(timeout=30) for r in reads)
+        assert krtx["owner"] is None and krt3 == single["krt3"] and lo == single["lo"]
     finally:
         session.call_batched("link.delete", {"name": "krd0", "owner": bridge["owner"]})
         for tap in taps:

@@ -22,6 +22,7 @@ READ_ONLY = frozenset(
         "link.read",
         "link.read.many",
         "link.read.all",
+        "link.read.all.many",
         "forwarding.read",
         "masquerade.read",
         "dnat.read",

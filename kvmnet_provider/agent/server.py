@@ -75,6 +75,10 @@ def build_handlers() -> dict[str, Handler]:
         "link.read": lambda a: link_read(links, a["name"]),
         "link.read.many": lambda a: outcomes("link.read", link_read_many(links, a["items"])),
         "link.read.all": lambda a: link_read_all(links),
+        # Callers that asked at the same time share one listing.
+        "link.read.all.many": lambda a: outcomes(
+            "link.read.all", [link_read_all(links)] * len(a["items"])
+        ),
         "link.delete": lambda a: links.link_delete(a["name"], a["owner"]),
         "link.delete.many": lambda a: outcomes("link.delete", links.link_delete_many(a["items"])),
         "bridge.create": links.bridge_create,
