@@ -180,7 +180,9 @@ def blockers(table: Any, net: fwplan.NetworkRules) -> list[str]:
     if target_chain == DOCKER_USER:
         forward = list(iptc.Chain(table, "FORWARD").rules)
         cut = next(i for i, r in enumerate(forward) if r.target and r.target.name == DOCKER_USER)
-        found += [_say("FORWARD", r) for r in forward[:cut] if fwplan.could_block(describe(r), flows)]
+        found += [
+            _say("FORWARD", r) for r in forward[:cut] if fwplan.could_block(describe(r), flows)
+        ]
     found += [_say(target_chain, r) for r in before if fwplan.could_block(describe(r), flows)]
     return found
 

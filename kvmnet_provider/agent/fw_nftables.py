@@ -74,8 +74,12 @@ class NftRule:
     expr: list[dict[str, Any]]
 
     def ref(self) -> dict[str, Any]:
-        return {"family": self.family, "table": self.table, "chain": self.chain,
-                "handle": self.handle}
+        return {
+            "family": self.family,
+            "table": self.table,
+            "chain": self.chain,
+            "handle": self.handle,
+        }
 
 
 @dataclass
@@ -89,8 +93,10 @@ class Ruleset:
 
     def forward_bases(self) -> list[dict[str, Any]]:
         return [
-            c for c in self.chains.values()
-            if c.get("hook") == "forward" and c["family"] in ("ip", "inet")
+            c
+            for c in self.chains.values()
+            if c.get("hook") == "forward"
+            and c["family"] in ("ip", "inet")
             and (c["family"], c["table"]) != (FAMILY, TABLE)
         ]
 
@@ -108,8 +114,14 @@ def ruleset() -> Ruleset:
             r = item["rule"]
             key = (r["family"], r["table"], r["chain"])
             found.rules.setdefault(key, []).append(
-                NftRule(r["family"], r["table"], r["chain"], int(r["handle"]), r.get("comment"),
-                        r.get("expr", []))
+                NftRule(
+                    r["family"],
+                    r["table"],
+                    r["chain"],
+                    int(r["handle"]),
+                    r.get("comment"),
+                    r.get("expr", []),
+                )
             )
     return found
 
@@ -170,7 +182,7 @@ def describe(expr: list[dict[str, Any]]) -> Rule | None:
     for item in expr:
         if "counter" in item:
             continue
-        (key, value), = item.items()
+        ((key, value),) = item.items()
         if key in VERDICTS:
             verdict = key
             continue
@@ -206,8 +218,10 @@ def describe(expr: list[dict[str, Any]]) -> Rule | None:
 def _text(rule: NftRule) -> str:
     described = describe(rule.expr)
     body = described.text() if described else "(rule)"
-    return (f"table {rule.family} {rule.table} chain {rule.chain} handle {rule.handle} "
-            f"'{body}' (nftables)")
+    return (
+        f"table {rule.family} {rule.table} chain {rule.chain} handle {rule.handle} "
+        f"'{body}' (nftables)"
+    )
 
 
 # --- where the pass chain goes ----------------------------------------------------------------
@@ -224,9 +238,10 @@ def placement(rs: Ruleset) -> Placement | None:
     bases = rs.forward_bases()
     drop = [c for c in bases if c.get("policy") == "drop"]
     filt = [c for c in bases if (c["family"], c["table"], c["name"]) == ("ip", "filter", "FORWARD")]
-    chosen = (drop or filt or [None])[0]
-    if chosen is None:
+    candidates = drop or filt
+    if not candidates:
         return None
+    chosen = candidates[0]
     family, table, base = chosen["family"], chosen["table"], chosen["name"]
     jump_chain = base
     if (family, table, DOCKER_USER) in rs.chains and any(
@@ -377,8 +392,13 @@ def forward_ensure(owner: str, net: fwplan.NetworkRules) -> dict[str, Any]:
         commands.append({"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": "forward"}}})
         for chain in SECTIONS.values():
             commands.append(
-                {"add": {"rule": _rule(FAMILY, TABLE, "forward", JUMP_MARK,
-                                       [{"jump": {"target": chain}}])}}
+                {
+                    "add": {
+                        "rule": _rule(
+                            FAMILY, TABLE, "forward", JUMP_MARK, [{"jump": {"target": chain}}]
+                        )
+                    }
+                }
             )
     # This owner's old rules go, wherever they are; the new ones are appended.
     for chain in SECTIONS.values():
@@ -389,25 +409,37 @@ def forward_ensure(owner: str, net: fwplan.NetworkRules) -> dict[str, Any]:
         for r in rs.chain_rules(family, table, PASS):
             if r.comment == mark:
                 commands.append({"delete": {"rule": r.ref()}})
-    for section, rules in net.sections().items():
-        for rule in rules:
+    for section, planned in net.sections().items():
+        for rule in planned:
             commands.append(
                 {"add": {"rule": _rule(FAMILY, TABLE, SECTIONS[section], mark, rule_expr(rule))}}
             )
     if where is not None:
-        commands.append({"add": {"chain": {"family": where.family, "table": where.table,
-                                           "name": PASS}}})
-        for (family, table, chain), rules in rs.rules.items():
-            for r in rules:  # a jump in the wrong place (DOCKER-USER appeared since) moves
+        commands.append(
+            {"add": {"chain": {"family": where.family, "table": where.table, "name": PASS}}}
+        )
+        for (family, table, chain), existing in rs.rules.items():
+            for r in existing:  # a jump in the wrong place (DOCKER-USER appeared since) moves
                 if _is_our_jump(r, PASS) and (family, table, chain) != (
-                    where.family, where.table, where.jump_chain
+                    where.family,
+                    where.table,
+                    where.jump_chain,
                 ):
                     commands.append({"delete": {"rule": r.ref()}})
         placed = rs.chain_rules(where.family, where.table, where.jump_chain)
         if not any(_is_our_jump(r, PASS) for r in placed):
             commands.append(
-                {"insert": {"rule": _rule(where.family, where.table, where.jump_chain, JUMP_MARK,
-                                          [{"jump": {"target": PASS}}])}}
+                {
+                    "insert": {
+                        "rule": _rule(
+                            where.family,
+                            where.table,
+                            where.jump_chain,
+                            JUMP_MARK,
+                            [{"jump": {"target": PASS}}],
+                        )
+                    }
+                }
             )
         for rule in net.passes():
             commands.append(
@@ -438,7 +470,7 @@ def _tidy() -> None:
     passes = _all_pass_chains(rs)
     pass_rules = sum(len(rs.chain_rules(f, t, PASS)) for f, t in passes)
     if not network_rules and not pass_rules:
-        for (family, table, chain), rules in rs.rules.items():
+        for rules in rs.rules.values():
             for r in rules:
                 if _is_our_jump(r, PASS):
                     commands.append({"delete": {"rule": r.ref()}})
@@ -465,8 +497,13 @@ def _nat_rules(chain: str, owner: str) -> list[NftRule]:
 
 
 def _describe_masquerade(rule: NftRule) -> dict[str, Any]:
-    out: dict[str, Any] = {"source": None, "destination_excluded": False, "destination": None,
-                           "out_interface": None, "target": None}
+    out: dict[str, Any] = {
+        "source": None,
+        "destination_excluded": False,
+        "destination": None,
+        "out_interface": None,
+        "target": None,
+    }
     for item in rule.expr:
         if "masquerade" in item:
             out["target"] = "MASQUERADE"
@@ -493,8 +530,9 @@ def masquerade_read(owner: str) -> dict[str, Any]:
     return _read("postrouting", owner, _describe_masquerade)
 
 
-def _nat_ensure(chain: str, owner: str, want: dict[str, Any], expr: list[Any],
-                describe_one: Any) -> dict[str, Any]:
+def _nat_ensure(
+    chain: str, owner: str, want: dict[str, Any], expr: list[Any], describe_one: Any
+) -> dict[str, Any]:
     current = _read(chain, owner, describe_one)
     if current["rules"] == [want]:
         return current
@@ -510,8 +548,13 @@ def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
     owner = validate.owner(spec["owner"])
     source = validate.network(spec["source"])
     out_if = validate.ifname(spec["out_interface"]) if spec.get("out_interface") else None
-    want = {"source": source, "destination_excluded": True, "destination": source,
-            "out_interface": out_if, "target": "MASQUERADE"}
+    want = {
+        "source": source,
+        "destination_excluded": True,
+        "destination": source,
+        "out_interface": out_if,
+        "target": "MASQUERADE",
+    }
     expr = [_match(_ip("saddr"), _net(source)), _match(_ip("daddr"), _net(source), "!=")]
     if out_if:
         expr.append(_match(_meta("oifname"), out_if))
@@ -520,13 +563,22 @@ def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def masquerade_remove(owner: str) -> dict[str, Any]:
-    return {"removed": _remove_marked([(FAMILY, TABLE, "postrouting")],
-                                      MARK_PREFIX + validate.owner(owner))}
+    return {
+        "removed": _remove_marked(
+            [(FAMILY, TABLE, "postrouting")], MARK_PREFIX + validate.owner(owner)
+        )
+    }
 
 
 def _describe_dnat(rule: NftRule) -> dict[str, Any]:
-    out: dict[str, Any] = {"protocol": None, "in_interface": None, "destination": None,
-                           "host_port": None, "to": None, "target": None}
+    out: dict[str, Any] = {
+        "protocol": None,
+        "in_interface": None,
+        "destination": None,
+        "host_port": None,
+        "to": None,
+        "target": None,
+    }
     for item in rule.expr:
         if "dnat" in item:
             out["target"] = "DNAT"
@@ -559,8 +611,14 @@ def dnat_ensure(spec: dict[str, Any]) -> dict[str, Any]:
     guest = str(ipaddress.IPv4Address(spec["guest_address"]))
     in_if = validate.ifname(spec["in_interface"]) if spec.get("in_interface") else None
     dst = str(ipaddress.IPv4Address(spec["destination"])) if spec.get("destination") else None
-    want = {"protocol": protocol, "in_interface": in_if, "destination": dst,
-            "host_port": host_port, "to": f"{guest}:{guest_port}", "target": "DNAT"}
+    want = {
+        "protocol": protocol,
+        "in_interface": in_if,
+        "destination": dst,
+        "host_port": host_port,
+        "to": f"{guest}:{guest_port}",
+        "target": "DNAT",
+    }
     expr: list[Any] = []
     if in_if:
         expr.append(_match(_meta("iifname"), in_if))
@@ -572,5 +630,8 @@ def dnat_ensure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def dnat_remove(owner: str) -> dict[str, Any]:
-    return {"removed": _remove_marked([(FAMILY, TABLE, "prerouting")],
-                                      MARK_PREFIX + validate.owner(owner))}
+    return {
+        "removed": _remove_marked(
+            [(FAMILY, TABLE, "prerouting")], MARK_PREFIX + validate.owner(owner)
+        )
+    }

@@ -63,8 +63,9 @@ def load(name: str) -> Backend:
         module: Any = importlib.import_module(f".fw_{name}", __package__)
     except Exception as exc:
         raise AgentError(
-            "missing", f"the {name} firewall backend cannot load ({exc}); install with: "
-            f"{INSTALL[name]}, or set firewall_backend to the other backend"
+            "missing",
+            f"the {name} firewall backend cannot load ({exc}); install with: "
+            f"{INSTALL[name]}, or set firewall_backend to the other backend",
         ) from None
     return module  # type: ignore[no-any-return]
 
@@ -130,9 +131,10 @@ def detect() -> tuple[str, str]:
     if _iptables_is_nft():
         if tables is None:
             raise AgentError(
-                "missing", "this host's iptables is iptables-nft, so kvmnet's rules belong in "
+                "missing",
+                "this host's iptables is iptables-nft, so kvmnet's rules belong in "
                 f"nftables, but libnftables' Python module is missing; install with: "
-                f"{INSTALL['nftables']} (or set firewall_backend: iptables)"
+                f"{INSTALL['nftables']} (or set firewall_backend: iptables)",
             )
         return "nftables", "the host's iptables is iptables-nft"
     return "iptables", "the host's iptables is legacy"

@@ -46,8 +46,13 @@ class Rule:
     def text(self) -> str:
         """iptables-style, for messages: `-i br0 -s 10.0.1.0/24 -j ACCEPT`."""
         parts = []
-        for flag, value in (("-i", self.iif), ("-o", self.oif), ("-s", self.src),
-                            ("-d", self.dst), ("-p", self.proto)):
+        for flag, value in (
+            ("-i", self.iif),
+            ("-o", self.oif),
+            ("-s", self.src),
+            ("-d", self.dst),
+            ("-p", self.proto),
+        ):
             if value:
                 parts += [flag, str(value)]
         if self.dport:
@@ -141,7 +146,8 @@ class NetworkRules:
 
     def flows(self) -> list[Rule]:
         """The traffic the model lets through, as match patterns (for finding blockers)."""
-        flows = [Rule("accept", iif=self.bridge, oif=self.bridge)]
+        net = self.subnet
+        flows = [Rule("accept", iif=self.bridge, oif=self.bridge, src=net, dst=net)]
         if self.mode in ("routed", "nat"):
             flows += [
                 Rule("accept", iif=self.bridge, src=self.subnet),
@@ -150,27 +156,33 @@ class NetworkRules:
         return flows
 
 
-def _overlap(a: str | None, b: str | None) -> bool:
-    if a is None or b is None:
+def _covers(outer: str | None, inner: str | None) -> bool:
+    if outer is None:
         return True
-    return ipaddress.ip_network(a, strict=False).overlaps(ipaddress.ip_network(b, strict=False))
+    if inner is None:
+        return False
+    return ipaddress.ip_network(inner, strict=False).subnet_of(
+        ipaddress.ip_network(outer, strict=False)  # type: ignore[arg-type]
+    )
 
 
 def could_block(rule: Rule | None, flows: list[Rule]) -> bool:
-    """Whether a foreign DROP/REJECT rule can drop some of this network's traffic.
+    """Whether a foreign DROP/REJECT rule drops ALL of some traffic this network lets through
+    (e.g. `-j DROP`, `-i BR -j DROP`, `-d NET -j DROP`).
 
-    `rule` is None for a rule with matches kvmnet does not read (ports, marks, negations,
-    modules): such a rule targets something specific and is not taken for a blocker."""
+    A narrower rule (`-s 1.2.3.4 -j DROP`, a port, a mark, a negation, another module) is the
+    operator's own targeted policy, not a blocker; `rule` is None for rules with matches
+    kvmnet does not read."""
     if rule is None or rule.verdict not in ("drop", "reject"):
         return False
     if rule.proto or rule.dport or rule.ct:
         return False
     for flow in flows:
-        if rule.iif is not None and flow.iif is not None and rule.iif != flow.iif:
+        if rule.iif is not None and rule.iif != flow.iif:
             continue
-        if rule.oif is not None and flow.oif is not None and rule.oif != flow.oif:
+        if rule.oif is not None and rule.oif != flow.oif:
             continue
-        if _overlap(rule.src, flow.src) and _overlap(rule.dst, flow.dst):
+        if _covers(rule.src, flow.src) and _covers(rule.dst, flow.dst):
             return True
     return False
 

@@ -43,8 +43,7 @@ def _forward(value: Any) -> dict[str, Any]:
     proto = value.get("proto", "tcp")
     if proto not in ("tcp", "udp"):
         raise validate.InvalidInput(f"proto must be tcp or udp, got {proto!r}")
-    return {"guest": guest, "port": validate.int_range(value.get("port"), 1, 65535),
-            "proto": proto}
+    return {"guest": guest, "port": validate.int_range(value.get("port"), 1, 65535), "proto": proto}
 
 
 def _forwards(value: Any) -> list[dict[str, Any]]:
