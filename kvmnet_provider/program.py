@@ -11,10 +11,12 @@
   portForwards NAT: [{guest, guest_port, host_port, protocol?}] (DNAT from the host's port)
   guestImage   {kernel, initrd} for direct boot, or "test" for the project's test image
   accelerator  auto | kvm | tcg
+  firewallBackend  auto | iptables | nftables (the host's firewall_backend; default auto)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -42,9 +44,12 @@ def connection_from_config(cfg: pulumi.Config) -> HostSettings:
     status = lab_status(cfg)
     if status is not None:
         host = status.host(cfg.get("labHost") or "h1")
-        return HostSettings.for_lab_host(host, cfg.get("hostPython") or venv_python())
-    raw: dict[str, Any] = cfg.require_object("host")
-    return HostSettings(**raw)
+        settings = HostSettings.for_lab_host(host, cfg.get("hostPython") or venv_python())
+    else:
+        raw: dict[str, Any] = cfg.require_object("host")
+        settings = HostSettings(**raw)
+    backend = cfg.get("firewallBackend")
+    return dataclasses.replace(settings, firewall_backend=backend) if backend else settings
 
 
 def guest_image(cfg: pulumi.Config) -> tuple[str | None, str | None]:

@@ -160,6 +160,8 @@ def forward_read(owner: str, net: fwplan.NetworkRules | None = None) -> dict[str
             problems.append(f"{TOP} does not jump to {', '.join(CHAINS.values())} in order")
     if net is not None and count and sections != _wire(net.sections()):
         problems.append("the network's rules differ from what the model installs")
+    if net is not None and count:
+        problems += [f"blocked by {b}" for b in blockers(table, net)]
     return {
         "backend": NAME,
         "sections": sections,

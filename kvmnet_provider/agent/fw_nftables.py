@@ -322,6 +322,8 @@ def forward_read(owner: str, net: fwplan.NetworkRules | None = None) -> dict[str
                 problems.append(f"the jump to {PASS} is in {' '.join(jump[:3])}, not {want_at}")
         if net is not None and sections != _want(net, where):
             problems.append("the network's rules differ from what the model installs")
+        if net is not None:
+            problems += [f"blocked by {b}" for b in blockers(rs, net)]
     jump = _jump_location(rs)
     return {
         "backend": NAME,

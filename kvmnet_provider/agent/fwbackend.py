@@ -140,6 +140,44 @@ def detect() -> tuple[str, str]:
     return "iptables", "the host's iptables is legacy"
 
 
+def other_backend_drop(name: str) -> str | None:
+    """A DROP policy on the forward hook held by the OTHER backend, which our rules (in `name`)
+    cannot get past: the host's firewall lives there, so firewall_backend is wrong."""
+    if name == "iptables":
+        try:
+            rs: Any = load("nftables").ruleset()  # type: ignore[attr-defined]
+        except AgentError:
+            return None
+        for chain in rs.forward_bases():
+            if chain.get("policy") == "drop":
+                return f"nftables table {chain['family']} {chain['table']} chain {chain['name']}"
+        return None
+    try:
+        with open("/proc/net/ip_tables_names") as f:
+            if "filter" not in f.read().split():
+                return None
+        load("iptables")
+        iptc: Any = importlib.import_module("iptc")
+    except (OSError, ImportError, AgentError):
+        return None
+    table = iptc.Table(iptc.Table.FILTER)
+    table.refresh()
+    if iptc.Chain(table, "FORWARD").get_policy().name == "DROP":
+        return "legacy iptables filter FORWARD"
+    return None
+
+
+def _check_other_backend(backend: Backend) -> None:
+    other = other_backend_drop(backend.NAME)
+    if other:
+        hint = "nftables" if backend.NAME == "iptables" else "iptables"
+        raise AgentError(
+            "blocked",
+            f"{other} has policy DROP, which kvmnet's {backend.NAME} rules cannot get past; "
+            f"set the host's firewall_backend to {hint} (or auto)",
+        )
+
+
 def choose(args: dict[str, Any]) -> Backend:
     name = args.get("backend") or "auto"
     if name not in BACKENDS:
@@ -176,6 +214,8 @@ def handlers() -> dict[str, Any]:
             with locked():
                 if net:
                     spec = fwplan.NetworkRules.from_spec(args)
+                    if method == "forward_ensure":
+                        _check_other_backend(backend)
                     result = call(validate.owner(args["owner"]), spec)
                 elif arg is None:
                     result = call(args)
