@@ -109,7 +109,8 @@ def nft_ruleset(lab_api: Lab, ns: str) -> list[dict[str, Any]]:
 def nft_chain(lab_api: Lab, ns: str, family: str, table: str, chain: str) -> list[str]:
     """The rules of one chain as `nft` prints them."""
     out = run_in(lab_api, ns, ["nft", "list", "chain", family, table, chain], check=False)
-    return [line.strip() for line in out.splitlines() if line.startswith("\t\t")]
+    lines = [line.strip() for line in out.splitlines() if line.startswith("\t\t")]
+    return [line for line in lines if not line.startswith("type ")]  # a base chain's header
 
 
 def snapshot(lab_api: Lab, ns: str) -> dict[str, Any]:
