@@ -363,3 +363,35 @@ def test_debian_packaged_python3_nftables_works(
             stack.remove()
     finally:
         undo_host(lab_api, ns, NFT)
+
+
+@pytest.mark.parametrize("tool", [LEGACY, NFT])
+def test_docker_started_after_kvmnet_the_jump_moves_to_docker_user(
+    tool: str, tmp_path: Path, host_firewall: Any, lab: LabStatus, lab_api: Lab
+) -> None:
+    ns = lab.hosts[0].namespace
+    host_firewall(tool, False)
+    before = snapshot(lab_api, ns)
+    stack = TestStack(tmp_path, rules_program(lab, venv_python(), "br-a", "10.0.1.0/24"), "late")
+    try:
+        stack.up()
+        jump = "-m comment --comment kvmnet -j KVMNET_FWD"
+        assert first_rule(lab_api, ns, tool, "FORWARD") == f"-A FORWARD {jump}"
+        # Docker starts: its DOCKER-USER chain, jumped to from FORWARD (after ours)
+        for args in (["-N", "DOCKER-USER"], ["-A", "DOCKER-USER", "-j", "RETURN"],
+                     ["-A", "FORWARD", "-j", "DOCKER-USER"]):  # fmt: skip
+            run_in(lab_api, ns, [tool, *args])
+        stack.refresh()
+        preview = stack.preview()
+        assert "ForwardRules" in preview.stdout and "update" in preview.stdout, preview.stdout
+        stack.up()
+        assert first_rule(lab_api, ns, tool, "DOCKER-USER") == f"-A DOCKER-USER {jump}"
+        assert first_rule(lab_api, ns, tool, "FORWARD") == "-A FORWARD -j DOCKER-USER"
+        stack.preview_no_changes()
+        stack.destroy()
+        for args in (["-D", "FORWARD", "-j", "DOCKER-USER"], ["-F", "DOCKER-USER"],
+                     ["-X", "DOCKER-USER"]):  # fmt: skip
+            run_in(lab_api, ns, [tool, *args])
+        assert_same(before, snapshot(lab_api, ns))
+    finally:
+        stack.remove()
