@@ -14,7 +14,9 @@ asserts on wall time; a round that leaves the host unclean stops the run.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +32,7 @@ BRIDGE, NET, GUEST = "br-in", "10.0.1.0/24", "10.0.1.11"
 OWNER = "bench/fw"
 TOOLS = {"iptables": "iptables-legacy", "nftables": "iptables-nft"}
 Op = tuple[str, dict[str, Any]]
+COUNTERS = re.compile(r"\[\d+:\d+\]|counter packets \d+ bytes \d+")
 
 
 def kvmnet_ops(backend: str) -> dict[str, list[Op]]:
@@ -159,18 +162,26 @@ def docker_like(host: Host, backend: str, undo: bool = False) -> None:
 
 
 def firewall_text(host: Host) -> str:
-    return host.sh(["iptables-legacy-save"]) + host.sh(["nft", "list", "ruleset"])
+    """Both backends' rules, without the save dates and the counters. Legacy tables are asked
+    for by name: that instantiates them, so a table that came to life compares equal."""
+    text = "".join(host.sh(["iptables-legacy-save", "-t", t]) for t in ("filter", "nat"))
+    text += host.sh(["nft", "list", "ruleset"])
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    return COUNTERS.sub("", "\n".join(lines))
 
 
 def rule_count(host: Host) -> int:
     """Rules carrying a kvmnet comment, in both backends (each printed once per rule)."""
     text = host.sh(["iptables-legacy-save"]) + host.sh(["nft", "list", "ruleset"])
-    return sum(1 for line in text.splitlines() if "kvmnet" in line and "-N " not in line)
+    lines = [line.strip() for line in text.splitlines()]
+    return sum(1 for line in lines if "comment" in line and "kvmnet" in line)
 
 
 def require_clean(host: Host, before: str, after: str) -> None:
-    if firewall_text(host) != before:
-        raise RuntimeError(f"firewall not as before after {after}")
+    now = firewall_text(host)
+    if now != before:
+        diff = difflib.unified_diff(before.splitlines(), now.splitlines(), lineterm="", n=1)
+        raise RuntimeError(f"firewall not as before after {after}:\n" + "\n".join(diff))
 
 
 # --- methods -------------------------------------------------------------------------------
