@@ -104,7 +104,7 @@ def _jump(target: str) -> Any:
 
 
 def _is_jump(rule: Any, target: str) -> bool:
-    return bool(rule.target and rule.target.name == target) and firewall._comment(rule) == JUMP_MARK
+    return bool(rule.target and rule.target.name == target) and firewall.comment(rule) == JUMP_MARK
 
 
 def jump_chain(table: Any) -> str:
@@ -131,7 +131,7 @@ def _ours(table: Any, mark: str) -> dict[str, list[dict[str, object]]]:
     found: dict[str, list[dict[str, object]]] = {}
     for section, name in CHAINS.items():
         chain = _chain(table, name)
-        rules = [] if chain is None else [r for r in chain.rules if firewall._comment(r) == mark]
+        rules = [] if chain is None else [r for r in chain.rules if firewall.comment(r) == mark]
         described = [describe(r) for r in rules]
         found[section] = [r.to_wire() if r else {"unknown": True} for r in described]
     return found
@@ -229,7 +229,7 @@ def forward_ensure(owner: str, net: fwplan.NetworkRules) -> dict[str, Any]:
             chain.insert_rule(_jump(TOP), 0)
         for section, rules in net.sections().items():
             chain = iptc.Chain(table, CHAINS[section])
-            for rule in [r for r in chain.rules if firewall._comment(r) == mark]:
+            for rule in [r for r in chain.rules if firewall.comment(r) == mark]:
                 chain.delete_rule(rule)
             for rule in rules:
                 chain.append_rule(_build(rule, mark))
@@ -253,7 +253,7 @@ def forward_remove(owner: str) -> dict[str, Any]:
             if chain is None:
                 continue
             for rule in list(chain.rules):
-                if firewall._comment(rule) == mark:
+                if firewall.comment(rule) == mark:
                     chain.delete_rule(rule)
                     removed += 1
                 else:

@@ -268,7 +268,7 @@ def _all_pass_chains(rs: Ruleset) -> list[tuple[str, str]]:
 
 
 # --- forward rules ----------------------------------------------------------------------------
-def _ours(rs: Ruleset, mark: str, where: Placement | None) -> dict[str, list[dict[str, object]]]:
+def _ours(rs: Ruleset, mark: str) -> dict[str, list[dict[str, object]]]:
     found: dict[str, list[dict[str, object]]] = {}
     for section, chain in SECTIONS.items():
         rules = [r for r in rs.chain_rules(FAMILY, TABLE, chain) if r.comment == mark]
@@ -303,7 +303,7 @@ def forward_read(owner: str, net: fwplan.NetworkRules | None = None) -> dict[str
     mark = MARK_PREFIX + validate.owner(owner)
     rs = ruleset()
     where = placement(rs)
-    sections = _ours(rs, mark, where)
+    sections = _ours(rs, mark)
     count = sum(len(v) for v in sections.values())
     problems = []
     if count:
