@@ -118,3 +118,16 @@ NAT = NetworkRules.from_spec({"mode": "nat", "bridge": "br-in", "subnet": "10.0.
 )
 def test_which_foreign_rules_block_a_nat_network(rule: Rule | None, blocks: bool) -> None:
     assert could_block(rule, NAT.flows()) is blocks
+
+
+def test_nft_expressions_read_back_as_the_rules_they_were_made_from() -> None:
+    """What the nftables backend writes (JSON expressions) parses back to the same rule, so
+    `read` can compare what it finds with what the model wants."""
+    from kvmnet_provider.agent import fw_nftables
+
+    spec = {"mode": "nat", "bridge": "br-in", "subnet": "10.0.1.0/24",
+            "forwards": [{"guest": "10.0.1.11", "port": 8080, "proto": "udp"}]}  # fmt: skip
+    net = NetworkRules.from_spec(spec)
+    rules = [r for section in net.sections().values() for r in section] + net.passes()
+    for rule in rules:
+        assert fw_nftables.describe(fw_nftables.rule_expr(rule)) == rule
