@@ -16,10 +16,12 @@ host's connection and the test image's paths into it.
   guestStopTimeout  seconds to wait for a guest's ACPI power-down (default 10)
   accelerator       auto | kvm | tcg
   bridgeAddresses   bridged: addresses for the bridge instead of the NIC's; rollbackSeconds
+  firewallBackend   auto | iptables | nftables: the host's firewall backend (default auto)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -36,9 +38,11 @@ DEFAULT_GUESTS = [{"name": "g1", "address": "10.0.1.11"}, {"name": "g2", "addres
 def connection_from_config(cfg: pulumi.Config) -> HostSettings:
     raw: dict[str, Any] = cfg.require_object("host")
     try:
-        return HostSettings.from_props(raw, "kvmnet:host")
+        settings = HostSettings.from_props(raw, "kvmnet:host")
     except SettingError as exc:
         raise ValueError(f"{exc.prop} {exc.reason}") from None
+    backend = cfg.get("firewallBackend")
+    return dataclasses.replace(settings, firewall_backend=backend) if backend else settings
 
 
 def guest_image(cfg: pulumi.Config) -> tuple[str | None, str | None]:

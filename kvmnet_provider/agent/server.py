@@ -6,7 +6,6 @@ kernel change costs a netlink call, not an SSH session. Requests are handled one
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import json
@@ -30,10 +29,13 @@ Handler = Callable[[dict[str, Any]], Any]
 # Operations whose module loads at their first use: most sessions never start a guest or
 # bridge an uplink, and compiling those modules is most of the agent's own start-up.
 LAZY_MODULES = {"guest": "guests", "uplink": "uplink"}
+# Firewall ops (masquerade.*, dnat.*, forward.*, firewall.*) go through the backend the host
+# uses (fwbackend.py), loaded at the first rule operation.
+LAZY_MODULES.update({op: "fwbackend" for op in ("masquerade", "dnat", "forward", "firewall")})
 
 
 def missing_components() -> list[str]:
-    # find_spec, not import: importing iptc alone costs half a second (see firewall()).
+    # find_spec, not import: importing iptc alone costs half a second (see fwbackend.load).
     missing = []
     for module, how in COMPONENTS.items():
         if importlib.util.find_spec(module) is None:
@@ -41,23 +43,6 @@ def missing_components() -> list[str]:
     if os.geteuid() != 0:
         missing.append("root privileges (connect as root or set sudo=true for a sudoer)")
     return missing
-
-
-@functools.cache
-def firewall() -> Any:
-    """The firewall module, loaded once, at the first rule operation: sessions that only touch
-    links need not pay for python-iptables. (Loading it in a background thread instead deadlocked
-    against the main thread's imports.)"""
-    try:
-        from .iptc_import import import_iptc
-
-        import_iptc()
-        from . import firewall as module
-    except Exception as exc:  # a broken libiptc underneath
-        raise AgentError(
-            "missing", f"python-iptables cannot load ({exc}); install with: {COMPONENTS['iptc']}"
-        ) from None
-    return module
 
 
 def build_handlers() -> dict[str, Handler]:
@@ -80,12 +65,6 @@ def build_handlers() -> dict[str, Handler]:
         "forwarding.read": lambda a: forwarding.read(a["owner"]),
         "forwarding.acquire": forwarding.acquire,
         "forwarding.release": lambda a: forwarding.release(a["owner"]),
-        "masquerade.read": lambda a: firewall().masquerade_read(a["owner"]),
-        "masquerade.ensure": lambda a: firewall().masquerade_ensure(a),
-        "masquerade.remove": lambda a: firewall().masquerade_remove(a["owner"]),
-        "dnat.read": lambda a: firewall().dnat_read(a["owner"]),
-        "dnat.ensure": lambda a: firewall().dnat_ensure(a),
-        "dnat.remove": lambda a: firewall().dnat_remove(a["owner"]),
     }
     return handlers
 
