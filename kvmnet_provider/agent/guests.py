@@ -590,10 +590,14 @@ def guests_root() -> Path:
 
 
 @contextmanager
-def _locked() -> Iterator[Path]:
-    """The guests directory, held under an exclusive lock (all agents on this host)."""
+def _locked(name: str) -> Iterator[Path]:
+    """The guests directory, with guest `name` held under an exclusive lock (all agents and
+    agent threads on this host). Per guest: one guest's slow stop holds up no other guest.
+    The lock files live beside the run dirs, not among them: a guest may be named anything."""
     root = guests_root()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    locks = root.parent / "guest-locks"
+    locks.mkdir(exist_ok=True, mode=0o700)
+    fd = os.open(locks / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield root
@@ -708,7 +712,7 @@ def start(args: dict[str, Any]) -> dict[str, Any]:
             raise AgentError("missing", f"disk {disk['path']} does not exist on this host")
     _qemu_path(spec["qemu"])
     _check_taps(spec["nics"])
-    with _locked() as root:
+    with _locked(name) as root:
         run_dir = root / name
         meta = _load_meta(run_dir)
         if run_dir.exists() and (meta is None or meta.get("owner") != owner):
@@ -825,7 +829,7 @@ def _cleanup_failed(run_dir: Path, name: str, meta: dict[str, Any]) -> None:
 def read(args: dict[str, Any]) -> dict[str, Any] | None:
     """The running guest, or None when it is gone (or what runs under that name is not ours)."""
     name, owner = guest_name(args["name"]), validate.owner(args["owner"])
-    with _locked() as root:
+    with _locked(name) as root:
         run_dir = root / name
         meta = _load_meta(run_dir)
         if meta is None or meta.get("owner") != owner:
@@ -840,7 +844,7 @@ def stop(args: dict[str, Any]) -> dict[str, Any]:
     """Power the guest down (bounded), then quit/SIGTERM/SIGKILL; remove its run dir."""
     name, owner = guest_name(args["name"]), validate.owner(args["owner"])
     stop_timeout = validate.int_range(args.get("stop_timeout", 10), 1, 300)
-    with _locked() as root:
+    with _locked(name) as root:
         run_dir = root / name
         meta = _load_meta(run_dir)
         if meta is None:
