@@ -13,8 +13,8 @@ import itertools
 import json
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -185,4 +185,3 @@ def test_tap_create_is_answered_while_a_guest_stop_waits(lab: LabStatus, lab_api
 def sent(session: AgentSession, op: str) -> bool:
     with session._turn:
         return any(w.op == op and w.sent for w in session._waiters.values())
-

@@ -182,7 +182,9 @@ def test_quick_op_is_answered_while_a_stop_waits(pair: Pair) -> None:
     session, agent = pair.session, pair.agent
     done: list[str] = []
     with ThreadPoolExecutor(2) as pool:
-        stop = pool.submit(lambda: (session.call("guest.stop", {"name": "g1"}), done.append("stop")))
+        stop = pool.submit(
+            lambda: (session.call("guest.stop", {"name": "g1"}), done.append("stop"))
+        )
         assert agent.began("stop g1").wait(WAIT)  # the agent is inside the stop, held there
         tap = session.call("tap.create", {"name": "t1"})
         done.append("tap")

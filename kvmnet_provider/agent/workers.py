@@ -15,7 +15,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 # Kinds whose operations run in workers: each opens its own netlink socket, QMP connection
 # or subprocess, and takes the host-wide file locks that order it against other agents.
@@ -24,7 +24,7 @@ WAITING_KINDS = ("guest", "uplink")
 Job = Callable[[], None]
 
 
-def waits(op: object) -> bool:
+def waits(op: object) -> TypeGuard[str]:
     """Does `op` run in a worker (rather than on the main thread)?"""
     return isinstance(op, str) and op.split(".", 1)[0] in WAITING_KINDS
 

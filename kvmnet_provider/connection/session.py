@@ -173,6 +173,8 @@ class _Waiter:
 
 
 class AgentSession:
+    _stderr_thread: threading.Thread | None
+
     def __init__(self, settings: HostSettings) -> None:
         self._init_state(settings)
         self.client = _connect(settings)
@@ -219,7 +221,7 @@ class AgentSession:
         self._broken: Callable[[str], str] | None = None  # why no request can go out any more
         self._retiring = False
         self._send_lock = threading.Lock()  # one request line at a time
-        self._stderr_thread: threading.Thread | None = None
+        self._stderr_thread = None
         self.late_answers = 0  # answers whose caller had given up waiting: dropped
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
 
@@ -406,7 +408,8 @@ class AgentSession:
                     self.stdin.flush()
                 waiter.sent = True
             except (OSError, EOFError) as exc:  # a request may be half written: end it all
-                self._fail_all(lambda what: f"{label}: connection lost during {what}: {exc}")
+                lost = str(exc)  # (exc itself is unbound when the except block ends)
+                self._fail_all(lambda what: f"{label}: connection lost during {what}: {lost}")
                 self.close()
             if not waiter.done.wait(timeout):
                 with self._turn:
@@ -432,8 +435,10 @@ class AgentSession:
         except HostError:
             label = self.settings.label
             self._fail_all(
-                lambda what: f"{label}: the host agent stopped answering (no answer while {op}"
-                f" nor to a ping); {what} abandoned"
+                lambda what: (
+                    f"{label}: the host agent stopped answering (no answer while {op}"
+                    f" nor to a ping); {what} abandoned"
+                )
             )
             self.close()
 

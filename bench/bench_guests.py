@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Benchmark: `pulumi destroy` of N guests on one host whose ACPI power-down is ignored,
+against the same graph of do-nothing resources and against the sum of the stop waits.
+
+Run as root from the repo root:
+    .venv/bin/python bench/bench_guests.py [--guests 4,12,24] [--stop-timeout 3] [--rounds 1]
+                                           [--parallel P]
+
+It brings up its own lab (one host, a unique name "kg<hex>") and always takes it down. Not a
+test: it asserts nothing about wall time; it fails only when a step fails or a QEMU outlives
+its destroy. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvmnet_provider.connection.settings import HostSettings
+from kvmnet_provider.lab import HostStatus, Lab, fresh_lab
+from kvmnet_provider.testing.stack import TestStack
+
+MEMORY_MIB = 64
+# The guest: a 512-byte boot sector that halts the CPU (cli; hlt; jmp back to hlt). It has no
+# ACPI support, so it ignores the power-down like a guest that takes its time, and it idles:
+# 24 guests cost the shared cores nothing while the destroy is timed.
+BOOT_SECTOR = bytes([0xFA, 0xF4, 0xEB, 0xFD]) + bytes(506) + b"\x55\xaa"
+DELETED_RE = re.compile(r"- (\d+) deleted")
+
+
+def program_kvmnet(h: HostStatus, n: int, disk: Path, stop_timeout: int) -> str:
+    conn = HostSettings.for_lab_host(h, sys.executable).to_props()
+    return textwrap.dedent(
+        f"""
+        from kvmnet_provider.connection import HostSettings
+        from kvmnet_provider.resources.guest import QemuGuest, QemuGuestArgs
+
+        conn = HostSettings(**{conn!r})
+        for k in range({n}):
+            QemuGuest(
+                f"g{{k}}",
+                QemuGuestArgs(
+                    connection=conn,
+                    name=f"kbg{{k}}",
+                    memory_mib={MEMORY_MIB},
+                    disks=[{{"path": {str(disk)!r}, "format": "raw", "interface": "ide"}}],
+                    accelerator="tcg",
+                    stop_timeout={stop_timeout},
+                ),
+            )
+        """
+    )
+
+
+def program_noop(n: int) -> str:
+    return textwrap.dedent(
+        f"""
+        from kvmnet_provider.testing.roundtrip import Noop
+
+        for k in range({n}):
+            Noop(f"g{{k}}", message=f"kbg{{k}}")
+        """
+    )
+
+
+@dataclass
+class Row:
+    n: int
+    kvmnet: list[float] = field(default_factory=list)
+    noop: list[float] = field(default_factory=list)
+    spans: list[int] = field(default_factory=list)  # engine: first start to last end, whole s
+
+
+def qemus(lab: Lab, h: HostStatus) -> list[str]:
+    out = lab.exec_in(
+        h.namespace,
+        ["ip", "netns", "pids", h.namespace],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    found = []
+    for pid in out.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu" in argv[0]:
+            found.append(pid)
+    return found
+
+
+def engine_span(event_log: Path) -> int:
+    """Seconds from the engine's first guest deletion start to its last end (its own log)."""
+    starts, ends = [], []
+    for line in event_log.read_text().splitlines():
+        event = json.loads(line)
+        for kind, into in (("resourcePreEvent", starts), ("resOutputsEvent", ends)):
+            meta = (event.get(kind) or {}).get("metadata") or {}
+            if meta.get("op") == "delete" and str(meta.get("type", "")).endswith("QemuGuest"):
+                into.append(int(event["timestamp"]))
+    return max(ends) - min(starts) if starts and ends else -1
+
+
+def destroy(stack: TestStack, n: int, parallel: int | None, log: Path) -> float:
+    extra = ["--parallel", str(parallel)] if parallel else []
+    t = time.monotonic()
+    down = stack.pulumi("destroy", "--yes", "--skip-preview", "--event-log", str(log), *extra)
+    took = time.monotonic() - t
+    found = DELETED_RE.search(down.stdout)
+    if not found or int(found.group(1)) != n + 1:  # the guests and the stack
+        raise RuntimeError(f"destroy did not delete {n + 1}:\n{down.stdout[-800:]}")
+    return took
+
+
+def bench_one(
+    lab: Lab, h: HostStatus, n: int, args: argparse.Namespace, work: Path, disk: Path
+) -> Row:
+    row = Row(n)
+    root = work / f"pulumi-{n}"
+    stacks = {
+        "kvmnet": TestStack(
+            root / "kvmnet", program_kvmnet(h, n, disk, args.stop_timeout), project="kgkvmnet"
+        ),
+        "noop": TestStack(root / "noop", program_noop(n), project="kgnoop"),
+    }
+    try:
+        for r in range(args.rounds):
+            for key, stack in stacks.items():
+                stack.up()
+                if key == "kvmnet" and len(qemus(lab, h)) != n:
+                    raise RuntimeError(f"{n} guests asked for, {len(qemus(lab, h))} running")
+                log = root / f"{key}-{r}.jsonl"
+                took = destroy(stack, n, args.parallel, log)
+                if key == "kvmnet":
+                    row.kvmnet.append(took)
+                    row.spans.append(engine_span(log))
+                    if qemus(lab, h):
+                        raise RuntimeError(f"QEMU outlived the destroy: {qemus(lab, h)}")
+                else:
+                    row.noop.append(took)
+                print(f"  [{n} guests] {key} round {r + 1}: destroy {took:.1f} s", flush=True)
+    finally:
+        for stack in stacks.values():
+            stack.remove()
+    return row
+
+
+def provider_workers() -> int:
+    """How many operations the Python dynamic provider serves at once (its gRPC pool)."""
+    import pulumi.dynamic.__main__ as dynamic_main
+
+    source = Path(dynamic_main.__file__).read_text()
+    found = re.search(r"max_workers\s*=\s*(\d+)", source) or re.search(
+        r"_GRPC_WORKERS\s*=\s*(\d+)", source
+    )
+    return int(found.group(1)) if found else 0
+
+
+def report(rows: list[Row], stop_timeout: int, parallel: int | None, workers: int) -> str:
+    effective = min(p for p in (parallel, workers) if p) if (parallel or workers) else 0
+    out = [
+        f"pulumi destroy of N guests ignoring ACPI power-down, stop_timeout {stop_timeout} s, "
+        f"--parallel {parallel or 'default'}; the dynamic provider serves {workers or '?'} "
+        f"operations at once (waves of {effective or '?'})",
+        f"{'N':>4}{'kvmnet':>9}{'noop':>8}{'k/noop':>8}{'sum waits':>11}{'k/sum':>7}"
+        f"{'waves*T':>9}{'k/waves':>9}{'engine span':>13}",
+    ]
+    for row in rows:
+        k, z = statistics.median(row.kvmnet), statistics.median(row.noop)
+        total = row.n * stop_timeout
+        waves = math.ceil(row.n / effective) * stop_timeout if effective else float("nan")
+        out.append(
+            f"{row.n:>4}{k:>8.1f}s{z:>7.1f}s{k / z:>8.1f}{total:>10}s{k / total:>7.2f}"
+            f"{waves:>8.0f}s{k / waves:>9.2f}{statistics.median(row.spans):>12}s"
+        )
+    out += [
+        "kvmnet, noop: median destroy wall time; sum waits: N * stop_timeout, what one stop at",
+        "a time costs at least; waves*T: ceil(N / waves) * stop_timeout, the floor with stops",
+        "side by side; engine span: first guest delete start to last end, the engine's own log.",
+    ]
+    return "\n".join(out)
+
+
+@contextmanager
+def own_lab(base: Path) -> Iterator[tuple[Lab, HostStatus]]:
+    with fresh_lab("kg", hosts=1, base=base) as (lab, status):
+        host = status.hosts[0]
+        if not host.ssh_reachable:
+            raise RuntimeError(f"lab {lab.name}: SSH does not reach {host.address}")
+        yield lab, host
+
+
+def load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--guests", default="4,12,24", help="guest counts, comma separated")
+    parser.add_argument("--stop-timeout", type=int, default=3, help="each guest's stop_timeout")
+    parser.add_argument("--rounds", type=int, default=1, help="destroys per count and stack")
+    parser.add_argument("--parallel", type=int, help="pulumi destroy --parallel")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_guests: needs root (the lab)", file=sys.stderr)
+        return 2
+    counts = [int(x) for x in args.guests.split(",") if x.strip()]
+    work = Path(tempfile.mkdtemp(prefix="kvmnet-bench-guests-"))
+    disk = work / "halt.img"
+    disk.write_bytes(BOOT_SECTOR)
+    rows: list[Row] = []
+    start = time.monotonic()
+    print(f"load at start: {load()}", flush=True)
+    try:
+        with own_lab(work / "lab") as (lab, h):
+            print(f"lab {lab.name}: host {h.address} ({h.namespace})", flush=True)
+            for n in counts:
+                rows.append(bench_one(lab, h, n, args, work, disk))
+                print(f"  (load: {load()})", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(report(rows, args.stop_timeout, args.parallel, provider_workers()))
+    print(f"load at end: {load()}   (total {time.monotonic() - start:.0f} s)")
+    print(f"command: {' '.join([sys.executable, *sys.argv])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
