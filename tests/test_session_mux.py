@@ -256,7 +256,7 @@ def test_a_timeout_answers_only_its_caller_and_the_late_answer_is_dropped(pair: 
     session, agent = pair.session, pair.agent
     with pytest.raises(HostError, match=r"no answer from the host agent while guest\.stop"):
         session.call("guest.stop", {"name": "g1"}, timeout=0.2)
-    # the agent still answers (the probe's ping proved it): the session stays in use
+    # the agent still answers (as the background ping finds): the session stays in use
     assert session.alive and session.call("tap.create", {"name": "t1"})["name"] == "t1"
     assert session.late_answers == 0
     agent.gate("stop g1").set()  # the stop ends on the host; its answer finds nobody

@@ -369,6 +369,7 @@ class AgentSession:
             with self._turn:
                 self._batching.discard(op)
                 self._turn.notify_all()
+            self._close_if_retired()
 
     def _run_batch(self, op: str, batch: list[_Pending], timeout: float) -> None:
         try:
@@ -415,8 +416,8 @@ class AgentSession:
                 with self._turn:
                     self._waiters.pop(rid, None)  # its answer, should it come, is dropped
                 if not waiter.done.is_set():
-                    if probe:
-                        self._probe(op)
+                    if probe:  # in the background: this caller hears its timeout now
+                        threading.Thread(target=self._probe, args=(op,), daemon=True).start()
                     raise HostError(
                         f"{label}: no answer from the host agent while {op} (waited {timeout:g} s)"
                     )
@@ -429,7 +430,7 @@ class AgentSession:
     def _probe(self, op: str) -> None:
         """After a caller's timeout: does the agent still answer? A timeout of one operation
         is that caller's alone; a connection that no longer answers at all is closed, so
-        the next caller connects anew."""
+        the next caller connects anew and those still waiting hear it now."""
         try:
             self._exchange("ping", {}, PROBE_TIMEOUT, probe=False)
         except HostError:
@@ -459,7 +460,7 @@ class AgentSession:
 
     def _close_if_retired(self) -> None:
         with self._turn:
-            if not self._retiring or self._waiters or self._batching:
+            if not self._retiring or self._waiters or self._batching or self._queued:
                 return
         self.close()
 
