@@ -192,8 +192,9 @@ def serve_requests(
             if not workers.waits(op):
                 send(handle(handlers, request))
                 continue
-            try:
-                _handler(handlers, op)  # a module's first load stays on this thread
+            try:  # a module's first load stays on this thread, and what its workers import
+                _handler(handlers, op)
+                workers.preload(op.split(".", 1)[0])
             except Exception:
                 pass  # handle() reports it, to that request only
             pool.submit(

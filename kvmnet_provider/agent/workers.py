@@ -10,6 +10,8 @@ after another, in the order they arrived, in one thread; different objects run s
 
 from __future__ import annotations
 
+import functools
+import importlib
 import sys
 import threading
 import traceback
@@ -21,7 +23,21 @@ from typing import Any, TypeGuard
 # or subprocess, and takes the host-wide file locks that order it against other agents.
 WAITING_KINDS = ("guest", "uplink")
 
+# What a kind's operations import on the way (guests.qmp imports qemu.qmp at its first call),
+# imported on the main thread before a worker needs it: imports racing between threads have
+# deadlocked this agent once (python-iptables), so workers start with theirs done.
+FIRST_IMPORTS = {"guest": ("asyncio", "qemu.qmp")}
+
 Job = Callable[[], None]
+
+
+@functools.cache
+def preload(kind: str) -> None:
+    for module in FIRST_IMPORTS.get(kind, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass  # optional (the host's qemu.qmp): the worker takes the fallback path
 
 
 def waits(op: object) -> TypeGuard[str]:
