@@ -41,7 +41,7 @@ MEMORY_MIB = 64
 BOOT_SECTOR = bytes([0xFA, 0xF4, 0xEB, 0xFD]) + bytes(506) + b"\x55\xaa"
 
 
-def program_kvmnet(h: HostStatus, n: int, disk: Path, stop_timeout: int) -> str:
+def program_kvmnet(h: HostStatus, n: int, disks: Path, stop_timeout: int) -> str:
     conn = HostSettings.for_lab_host(h, sys.executable).to_props()
     return textwrap.dedent(
         f"""
@@ -50,13 +50,14 @@ def program_kvmnet(h: HostStatus, n: int, disk: Path, stop_timeout: int) -> str:
 
         conn = HostSettings(**{conn!r})
         for k in range({n}):
+            disk = {{"path": f"{disks}/halt-{{k}}.img", "format": "raw", "interface": "ide"}}
             QemuGuest(
                 f"g{{k}}",
                 QemuGuestArgs(
                     connection=conn,
                     name=f"kbg{{k}}",
                     memory_mib={MEMORY_MIB},
-                    disks=[{{"path": {str(disk)!r}, "format": "raw", "interface": "ide"}}],
+                    disks=[disk],
                     accelerator="tcg",
                     stop_timeout={stop_timeout},
                 ),
@@ -133,13 +134,13 @@ def destroy(stack: TestStack, n: int, parallel: int | None) -> tuple[float, int]
 
 
 def bench_one(
-    lab: Lab, h: HostStatus, n: int, args: argparse.Namespace, work: Path, disk: Path
+    lab: Lab, h: HostStatus, n: int, args: argparse.Namespace, work: Path, disks: Path
 ) -> Row:
     row = Row(n)
     root = work / f"pulumi-{n}"
     stacks = {
         "kvmnet": TestStack(
-            root / "kvmnet", program_kvmnet(h, n, disk, args.stop_timeout), project="kgkvmnet"
+            root / "kvmnet", program_kvmnet(h, n, disks, args.stop_timeout), project="kgkvmnet"
         ),
         "noop": TestStack(root / "noop", program_noop(n), project="kgnoop"),
     }
@@ -225,8 +226,10 @@ def main() -> int:
         return 2
     counts = [int(x) for x in args.guests.split(",") if x.strip()]
     work = Path(tempfile.mkdtemp(prefix="kvmnet-bench-guests-"))
-    disk = work / "halt.img"
-    disk.write_bytes(BOOT_SECTOR)
+    disks = work / "disks"  # one per guest: QEMU locks its image for writing
+    disks.mkdir()
+    for k in range(max(counts)):
+        (disks / f"halt-{k}.img").write_bytes(BOOT_SECTOR)
     rows: list[Row] = []
     start = time.monotonic()
     print(f"load at start: {load()}", flush=True)
@@ -234,7 +237,7 @@ def main() -> int:
         with own_lab(work / "lab") as (lab, h):
             print(f"lab {lab.name}: host {h.address} ({h.namespace})", flush=True)
             for n in counts:
-                rows.append(bench_one(lab, h, n, args, work, disk))
+                rows.append(bench_one(lab, h, n, args, work, disks))
                 print(f"  (load: {load()})", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
