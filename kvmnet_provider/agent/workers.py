@@ -92,11 +92,6 @@ class KeyedWorkers:
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
-    def in_flight(self) -> int:
-        """Objects with work running or queued."""
-        with self._lock:
-            return len(self._queues)
-
     def drain(self) -> None:
         """Wait until every job submitted so far has run (the agent's input has ended: the
         operations already asked for still finish, so none is left half done)."""
