@@ -30,9 +30,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvmnet_provider.connection.settings import HostSettings
-from kvmnet_provider.lab import HostStatus, Lab, fresh_lab
-from kvmnet_provider.testing.stack import TestStack
+from kvmnet_lab.hostconfig import host_settings
+from kvmnet_lab.lab import HostStatus, Lab, fresh_lab
+from kvmnet_lab.testing.stack import TestStack
 
 MEMORY_MIB = 64
 # The guest: a 512-byte boot sector that halts the CPU (cli; hlt; jmp back to hlt). It has no
@@ -42,7 +42,7 @@ BOOT_SECTOR = bytes([0xFA, 0xF4, 0xEB, 0xFD]) + bytes(506) + b"\x55\xaa"
 
 
 def program_kvmnet(h: HostStatus, n: int, disks: Path, stop_timeout: int) -> str:
-    conn = HostSettings.for_lab_host(h, sys.executable).to_props()
+    conn = host_settings(h, sys.executable).to_props()
     return textwrap.dedent(
         f"""
         from kvmnet_provider.connection import HostSettings
@@ -69,7 +69,7 @@ def program_kvmnet(h: HostStatus, n: int, disks: Path, stop_timeout: int) -> str
 def program_noop(n: int) -> str:
     return textwrap.dedent(
         f"""
-        from kvmnet_provider.testing.roundtrip import Noop
+        from kvmnet_lab.testing.roundtrip import Noop
 
         for k in range({n}):
             Noop(f"g{{k}}", message=f"kbg{{k}}")

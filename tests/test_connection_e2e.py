@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kvmnet_lab.hostconfig import host_settings
+from kvmnet_lab.lab import HostStatus, Lab, LabStatus, fresh_lab
+from kvmnet_lab.testing.debian_python import debian_python
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
+from kvmnet_lab.testing.stack import TestStack
 
 from kvmnet_provider.connection import HostError, HostSettings, agent_session
 from kvmnet_provider.connection.tcp import QuickAckSocket
-from kvmnet_provider.lab import HostStatus, Lab, LabStatus, fresh_lab
-from kvmnet_provider.testing.debian_python import debian_python
-from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot, run_in
-from kvmnet_provider.testing.stack import TestStack
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +38,7 @@ VENV_PY = sys.executable
 
 def settings(h: HostStatus, **kw: Any) -> HostSettings:
     return dataclasses.replace(
-        HostSettings.for_lab_host(h, VENV_PY), **{"connect_timeout": 5.0, **kw}
+        host_settings(h, VENV_PY), **{"connect_timeout": 5.0, **kw}
     )
 
 

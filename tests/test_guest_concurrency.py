@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kvmnet_lab.lab import Lab, LabStatus
+from kvmnet_lab.testing import guest_image_dir
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
+from kvmnet_lab.testing.stack import TestStack
 from test_guest_resource import is_guest, kill_guest, namespace_qemus, settings, wait_until
 
 from kvmnet_provider.connection import agent_session
 from kvmnet_provider.connection.session import AgentSession
-from kvmnet_provider.lab import Lab, LabStatus
-from kvmnet_provider.testing import guest_image_dir
-from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot, run_in
-from kvmnet_provider.testing.stack import TestStack
 
 GUESTS = 8
 STOP_TIMEOUT = 3

@@ -16,7 +16,7 @@ from typing import Any
 
 import iptc  # type: ignore[import-untyped]
 
-from . import validate
+from ..spec import validate
 from .errors import AgentError
 
 MARK_PREFIX = "kvmnet:"

@@ -21,9 +21,9 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
+from ..spec.validate import InvalidInput
 from . import workers
 from .errors import AgentError
-from .validate import InvalidInput
 
 PROTOCOL = 1
 COMPONENTS = {

@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import hoststate, validate
+from ..spec import validate
+from . import hoststate
 from .errors import AgentError
 from .netlink import iproute_class, link_addresses
 
@@ -205,7 +206,8 @@ def arm(token: str, target: str, cfg: dict[str, Any], seconds: int) -> None:
     """Start the detached process that applies `target` at the deadline unless disarmed."""
     armed = _dir() / f"{token}.armed"
     armed.write_text(json.dumps({"target": target, "cfg": cfg, "deadline": time.time() + seconds}))
-    package_root = str(Path(__file__).resolve().parent.parent)
+    # The directory holding the top package (kvmnet_agent on a host, shipped as a tree).
+    package_root = str(Path(__file__).resolve().parents[len(__package__.split("."))])
     code = (
         f"import sys; sys.path.insert(0, {package_root!r}); "
         f"from {__package__} import uplink; uplink.rollback_main(sys.argv[1])"

@@ -1,154 +1,30 @@
-"""One SSH connection and one long-lived host agent per host, shared by all operations.
+"""One SSH connection and one long-lived host agent, and the request/answer exchange with it.
 
-The dynamic provider serves several operations at once, so sessions are created under a
-lock, and requests of several callers are in flight on one session at once: each carries an
-id, the agent echoes it, and a reader thread hands each answer to its caller. A guest stop
-that waits its power-down thus holds up no other operation; link deletes that meet leave
-together, as one request. Nothing here is pickled: the cache is module state of the
-installed package, alive for the provider process.
+The dynamic provider serves several operations at once, and requests of several callers are
+in flight on one session at once: each carries an id, the agent echoes it, and a reader thread
+hands each answer to its caller. A guest stop that waits its power-down thus holds up no other
+operation; link deletes that meet leave together, as one request. The SSH connection is made
+in ssh.py, the agent shipped by bootstrap.py, and one session per host is kept by registry.py.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
 import json
-import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import paramiko
-
-from . import credentials
+from .bootstrap import agent_command, agent_sources
+from .errors import AgentCallError, HostError
 from .settings import HostSettings
-from .tcp import open_tcp
+from .ssh import connect
 
-AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 BATCH_LINGER = 0.0005  # seconds a batch waits for more callers; a link delete costs ~16 ms
 PROBE_TIMEOUT = 10.0  # seconds a ping may take, after a caller's timeout, to show the agent lives
-
-# Runs on the host as `python -S -u -c BOOTSTRAP`: a constant, never built from user input.
-# It receives the agent's source as one JSON line on stdin, then serves requests. -S skips
-# site's .pth processing (a venv's can cost more than the agent's own start); the site
-# directories are put on the path directly, and site runs in full only when that is not
-# enough to find what the agent needs.
-BOOTSTRAP = r"""
-import sys, site
-sys.path.extend(p for p in getattr(site, "getsitepackages", list)() if p not in sys.path)
-import importlib.util
-if not all(importlib.util.find_spec(m) for m in ("pyroute2", "iptc")):
-    site.main()
-import json, os, tempfile, shutil, atexit
-files = json.loads(sys.stdin.readline())
-root = tempfile.mkdtemp(prefix="kvmnet-agent-")
-atexit.register(shutil.rmtree, root, True)
-os.mkdir(os.path.join(root, "kvmnet_agent"))
-for name, text in files.items():
-    if "/" in name or not name.endswith(".py"):
-        raise SystemExit("bad agent file name")
-    with open(os.path.join(root, "kvmnet_agent", name), "w") as f:
-        f.write(text)
-sys.path.insert(0, root)
-from kvmnet_agent import server
-server.main()
-"""
-
-
-class HostError(RuntimeError):
-    """One line naming the host and the cause; never carries key material."""
-
-
-def agent_sources() -> dict[str, str]:
-    return {p.name: p.read_text() for p in sorted(AGENT_DIR.glob("*.py"))}
-
-
-def _trust_hint(s: HostSettings) -> str:
-    target = s.host if s.port == 22 else f"[{s.host}]:{s.port}"
-    where = s.known_hosts or "~/.ssh/known_hosts"
-    return (
-        f"verify the host's fingerprint, then add it to {where} "
-        f"(ssh-keyscan -p {s.port} {s.host} >> {where}) or pin it with connection.host_key; "
-        f"entry name {target}"
-    )
-
-
-def _connect(s: HostSettings) -> paramiko.SSHClient:
-    client = paramiko.SSHClient()
-    if s.insecure_accept_any_host_key:
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    else:
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        known = Path(s.known_hosts) if s.known_hosts else Path.home() / ".ssh" / "known_hosts"
-        if not s.host_key and known.exists():
-            client.load_host_keys(str(known))
-        if s.host_key:
-            key_type, blob = s.host_key.split()[:2]
-            entry = s.host if s.port == 22 else f"[{s.host}]:{s.port}"
-            client.get_host_keys().add(
-                entry,
-                key_type,
-                paramiko.PKey.from_type_string(key_type, base64.b64decode(blob)),
-            )
-    kwargs: dict[str, Any] = {
-        "hostname": s.host,
-        "port": s.port,
-        "username": s.user,
-        "timeout": s.connect_timeout,
-        "banner_timeout": s.connect_timeout,
-        "auth_timeout": s.connect_timeout,
-        "look_for_keys": False,
-        "allow_agent": True,
-    }
-    try:
-        pkey = credentials.configured_key()
-    except ValueError as exc:
-        raise HostError(f"{s.label}: {exc}") from None
-    if pkey is not None:
-        kwargs["pkey"] = pkey
-    elif s.private_key_path:
-        kwargs["key_filename"] = s.private_key_path
-    password = credentials.configured_password()
-    if password:
-        kwargs["password"] = password
-    try:
-        kwargs["sock"] = open_tcp(s.host, s.port, s.connect_timeout)
-        client.connect(**kwargs)
-    except paramiko.BadHostKeyException as exc:
-        client.close()
-        raise HostError(
-            f"{s.label}: host key CHANGED (got {exc.key.get_name()} {exc.key.fingerprint}); "
-            "refusing to connect. If the host was reinstalled, remove the old entry and "
-            + _trust_hint(s)
-        ) from None
-    except paramiko.AuthenticationException:
-        client.close()
-        source = (
-            "config " + credentials.CONFIG_PRIVATE_KEY
-            if pkey is not None
-            else f"key file {s.private_key_path}"
-            if s.private_key_path
-            else "ssh-agent/password"
-        )
-        raise HostError(f"{s.label}: authentication refused (credentials from {source})") from None
-    except paramiko.SSHException as exc:
-        client.close()
-        if "not found in known_hosts" in str(exc):
-            raise HostError(
-                f"{s.label}: host key unknown; refusing to connect: {_trust_hint(s)}"
-            ) from None
-        raise HostError(f"{s.label}: SSH failed: {exc}") from None
-    except TimeoutError:
-        client.close()
-        raise HostError(f"{s.label}: timed out after {s.connect_timeout:g} s") from None
-    except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
-        client.close()
-        raise HostError(f"{s.label}: unreachable: {exc.strerror or exc}") from None
-    return client
 
 
 @dataclass
@@ -177,14 +53,12 @@ class AgentSession:
 
     def __init__(self, settings: HostSettings) -> None:
         self._init_state(settings)
-        self.client = _connect(settings)
+        self.client = connect(settings)
         transport = self.client.get_transport()
         assert transport is not None
         transport.set_keepalive(15)
         self.channel = transport.open_session(timeout=settings.connect_timeout)
-        python = f"{shlex.quote(settings.python)} -S -u -c {shlex.quote(BOOTSTRAP)}"
-        command = f"exec sudo -n -- {python}" if settings.sudo else f"exec {python}"
-        self.channel.exec_command(command)
+        self.channel.exec_command(agent_command(settings))
         self.stdin = self.channel.makefile_stdin("w")
         self.stdout = self.channel.makefile("r")
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
@@ -473,48 +347,4 @@ class AgentSession:
             self.client.close()
 
 
-class AgentCallError(HostError):
-    def __init__(self, label: str, kind: str, message: str) -> None:
-        super().__init__(f"{label}: {message}")
-        self.kind = kind
-
-
-_sessions: dict[HostSettings, AgentSession] = {}
-_sessions_lock = threading.Lock()
-_host_locks: dict[HostSettings, threading.Lock] = {}
-
-
-def agent_session(settings: HostSettings) -> AgentSession:
-    """The live session for these settings, connecting (once, even under concurrency)."""
-    with _sessions_lock:
-        host_lock = _host_locks.setdefault(settings, threading.Lock())
-    with host_lock:
-        session = _sessions.get(settings)
-        if session is not None and session.alive:
-            return session
-        session = AgentSession(settings)
-        _sessions[settings] = session
-        return session
-
-
-def fresh_session(settings: HostSettings) -> AgentSession:
-    """A session on a NEW connection (proof that the host is reachable right now), which
-    then replaces the cached one for these settings."""
-    session = AgentSession(settings)
-    with _sessions_lock:
-        old = _sessions.get(settings)
-        _sessions[settings] = session
-    if old is not None:
-        try:
-            old.retire()
-        except Exception:
-            pass  # it may already be dead: that is why we are here
-    return session
-
-
-def close_all() -> None:
-    with _sessions_lock:
-        sessions = list(_sessions.values())
-        _sessions.clear()
-    for session in sessions:
-        session.close()
+__all__ = ["AgentCallError", "AgentSession", "HostError"]

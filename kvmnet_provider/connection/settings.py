@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..agent.validate import InvalidInput
+from ..spec.validate import InvalidInput
 
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -41,19 +41,6 @@ class HostSettings:
     python: str = "python3"
     sudo: bool = False
     connect_timeout: float = 10.0
-
-    @classmethod
-    def for_lab_host(cls, host: Any, python: str) -> HostSettings:
-        """Settings for a `kvmnet lab` host (a lab.HostStatus). Lab hosts share this machine's
-        filesystem, so `python` is normally this venv's interpreter."""
-        return cls(
-            host=host.address,
-            port=host.port,
-            user=host.user,
-            known_hosts=host.known_hosts,
-            private_key_path=host.private_key,
-            python=python,
-        )
 
     @property
     def label(self) -> str:

@@ -10,9 +10,9 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import Resource
 
-from ..agent import validate
 from ..connection import HostSettings
 from ..connection.session import AgentSession
+from ..spec import validate
 from .base import Field, KvmnetProvider, owner_id
 
 

@@ -1,7 +1,7 @@
-"""Input rules shared by `check` on the controller and by the agent, which checks again.
+"""Input rules shared by `check` in the provider and by the host agent, which checks again.
 
 Each function returns the normalised value or raises InvalidInput naming the rule. Pure
-standard library: the controller imports this without pyroute2 or iptc installed.
+standard library: the provider imports this without pyroute2 or iptc installed.
 """
 
 from __future__ import annotations

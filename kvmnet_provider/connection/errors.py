@@ -1,0 +1,15 @@
+"""The provider side's errors: one line naming the host and the cause, never key material."""
+
+from __future__ import annotations
+
+
+class HostError(RuntimeError):
+    """One line naming the host and the cause; never carries key material."""
+
+
+class AgentCallError(HostError):
+    """The host agent answered a request with an error of `kind` (see spec.wire.ErrorKind)."""
+
+    def __init__(self, label: str, kind: str, message: str) -> None:
+        super().__init__(f"{label}: {message}")
+        self.kind = kind
