@@ -29,6 +29,7 @@ BRIDGE = "br-in"
 BRIDGE_ADDR = "10.0.1.254/24"
 NAT_NET = "10.0.1.0/24"
 SHELL_MARK = "kvmnet-bench-shell"
+LEGACY = "iptables"  # the firewall backend the script's iptables-legacy commands compare with
 OWNER = "bench/nat"  # owner prefix of the direct agent calls (the ifalias/comment on the host)
 Op = tuple[str, dict[str, Any]]
 
@@ -82,15 +83,24 @@ def kvmnet_ops(n: int) -> dict[str, list[Op]]:
     create: list[Op] = [
         ("bridge.create", bridge),
         ("forwarding.acquire", {"owner": fwd_owner, "ipv4": True, "ipv6": False}),
-        ("masquerade.ensure", {"owner": nat_owner, "source": NAT_NET, "out_interface": None}),
+        (
+            "masquerade.ensure",
+            {"owner": nat_owner, "source": NAT_NET, "out_interface": None, "backend": LEGACY},
+        ),
     ] + [("tap.create", tap_spec(t)) for t in taps(n)]
     read: list[Op] = (
         [("link.read", {"name": BRIDGE})]
         + [("link.read", {"name": t}) for t in taps(n)]
-        + [("forwarding.read", {"owner": fwd_owner}), ("masquerade.read", {"owner": nat_owner})]
+        + [
+            ("forwarding.read", {"owner": fwd_owner}),
+            ("masquerade.read", {"owner": nat_owner, "backend": LEGACY}),
+        ]
     )
     delete: list[Op] = (
-        [("masquerade.remove", {"owner": nat_owner}), ("forwarding.release", {"owner": fwd_owner})]
+        [
+            ("masquerade.remove", {"owner": nat_owner, "backend": LEGACY}),
+            ("forwarding.release", {"owner": fwd_owner}),
+        ]
         + [("link.delete", {"name": t, "owner": f"{OWNER}/TapPort/{t}"}) for t in taps(n)]
         + [("link.delete", {"name": BRIDGE, "owner": bridge["owner"]})]
     )

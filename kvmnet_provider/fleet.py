@@ -6,7 +6,8 @@
                                         portForwards, bridgeAddresses, rollbackSeconds}]}}
 NAME names the host in resource names (`NAME-NETWORK-...`) and outputs. Each network is a model
 of its own with its guests (keys as the one-host program's). guestImage, guestStopTimeout and
-accelerator are the stack's, shared by every host. Names that must be unique per host
+accelerator (and firewallBackend, unless a host's connection sets firewall_backend) are the
+stack's, shared by every host. Names that must be unique per host
 (bridges, taps, guests, port forwards, routed subnets) are checked as the networks are declared
 (models/collisions.py), so a collision fails `preview`; the same names on two hosts are fine.
 
@@ -17,6 +18,7 @@ to let the others' work finish in the same run).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -107,6 +109,9 @@ def host_networks(cfg: pulumi.Config) -> list[tuple[str, list[tuple[str, str, Ne
             connection = HostSettings.from_props(raw.get("connection"), f"{prop}.connection")
         except SettingError as exc:
             raise ValueError(f"{exc.prop} {exc.reason}") from None
+        backend = cfg.get("firewallBackend")  # the stack's, unless the host names its own
+        if backend and "firewall_backend" not in raw["connection"]:
+            connection = dataclasses.replace(connection, firewall_backend=backend)
         networks = raw.get("networks")
         if not isinstance(networks, list) or not networks:
             raise ValueError(f"{prop}.networks: must be a non-empty list of networks")

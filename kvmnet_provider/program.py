@@ -17,10 +17,12 @@ host's connection and the test image's paths into it.
   accelerator       auto | kvm | tcg
   bridgeAddresses   bridged: addresses for the bridge instead of the NIC's; rollbackSeconds
   hosts             several hosts instead of `host`: see fleet.py
+  firewallBackend   auto | iptables | nftables: the host's firewall backend (default auto)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -37,9 +39,11 @@ DEFAULT_GUESTS = [{"name": "g1", "address": "10.0.1.11"}, {"name": "g2", "addres
 def connection_from_config(cfg: pulumi.Config) -> HostSettings:
     raw: dict[str, Any] = cfg.require_object("host")
     try:
-        return HostSettings.from_props(raw, "kvmnet:host")
+        settings = HostSettings.from_props(raw, "kvmnet:host")
     except SettingError as exc:
         raise ValueError(f"{exc.prop} {exc.reason}") from None
+    backend = cfg.get("firewallBackend")
+    return dataclasses.replace(settings, firewall_backend=backend) if backend else settings
 
 
 def guest_image(cfg: pulumi.Config) -> tuple[str | None, str | None]:

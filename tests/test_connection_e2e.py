@@ -420,7 +420,7 @@ def test_non_root_sudo_user_works_as_well_as_root(
 
     c = HostSettings(host={h.address!r}, user={sudo_user!r}, sudo=True,
                      known_hosts={h.known_hosts!r}, private_key_path={h.private_key!r},
-                     python={VENV_PY!r})
+                     python={VENV_PY!r}, firewall_backend="iptables")
     br = Bridge("br", BridgeArgs(connection=c, name="br-sudo", addresses=["10.0.6.1/24"]))
     t = TapPort("t", TapPortArgs(connection=c, name="vif9.0", bridge=br))
     fw = ForwardingSetting("fw", ForwardingSettingArgs(connection=c))
@@ -455,7 +455,8 @@ def test_debian_packaged_pyroute2_and_iptables_work_through_the_engine(
     from kvmnet_provider.resources import *
 
     c = HostSettings(host={h.address!r}, known_hosts={h.known_hosts!r},
-                     private_key_path={h.private_key!r}, python={python!r})
+                     private_key_path={h.private_key!r}, python={python!r},
+                     firewall_backend="iptables")
     br = Bridge("br", BridgeArgs(connection=c, name="br-deb", addresses=["10.0.7.1/24"],
                                  mtu=1400))
     taps = [TapPort(f"t{{k}}", TapPortArgs(connection=c, name=f"vif7.{{k}}", bridge=br))

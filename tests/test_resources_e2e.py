@@ -31,8 +31,10 @@ def program(host: HostStatus, body: str) -> str:
         from kvmnet_provider.connection import HostSettings
         from kvmnet_provider.resources import *
 
+        # These tests read the rules with iptables-legacy-save: the python-iptables backend.
         c = HostSettings(host={host.address!r}, known_hosts={host.known_hosts!r},
-                         private_key_path={host.private_key!r}, python={VENV_PY!r})
+                         private_key_path={host.private_key!r}, python={VENV_PY!r},
+                         firewall_backend="iptables")
         """
     )
     return head + textwrap.dedent(body)

@@ -84,6 +84,9 @@ def test_a_users_project_with_the_wheel_builds_and_destroys_a_nat_network(
     for key, value in host_props(host, python).items():  # as a user would type them
         key_path = f"mine:host.{key}"
         ws.run(["config", "set", "--path", "--stack", "dev", key_path, str(value)], project)
+    # The rule is read back with iptables-legacy-save: pin the backend (auto may pick nftables).
+    pin = ["config", "set", "--path", "--stack", "dev", "mine:host.firewall_backend", "iptables"]
+    ws.run(pin, project)
 
     before = host_snapshot(lab_api, host.namespace)
     try:

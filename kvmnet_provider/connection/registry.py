@@ -30,14 +30,15 @@ def agent_session(settings: HostSettings) -> AgentSession:
 
 def fresh_session(settings: HostSettings) -> AgentSession:
     """A session on a NEW connection (proof that the host is reachable right now), which
-    then replaces the cached one for these settings."""
+    then replaces the cached one for these settings. The old one closes once the requests
+    it has in flight are answered."""
     session = AgentSession(settings)
     with _sessions_lock:
         old = _sessions.get(settings)
         _sessions[settings] = session
     if old is not None:
         try:
-            old.close()
+            old.retire()
         except Exception:
             pass  # it may already be dead: that is why we are here
     return session

@@ -15,6 +15,7 @@ HOSTNAME_RE = re.compile(
 PATH_RE = re.compile(r"^/[A-Za-z0-9_.+@/-]*$")
 PYTHON_RE = re.compile(r"^(/[A-Za-z0-9_.+@-]+)*/?[A-Za-z0-9_.+-]+$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+FIREWALL_BACKENDS = ("auto", "iptables", "nftables")
 HOSTKEY_RE = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]{40,}$"
 )
@@ -41,13 +42,19 @@ class HostSettings:
     python: str = "python3"
     sudo: bool = False
     connect_timeout: float = 10.0
+    # Which firewall kvmnet's rules go to: auto (the one the host's own firewall uses),
+    # iptables (legacy x_tables, python-iptables) or nftables (libnftables' JSON API).
+    firewall_backend: str = "auto"
 
     @property
     def label(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
 
     def to_props(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        props = {k: v for k, v in asdict(self).items() if v is not None}
+        if props.get("firewall_backend") == "auto":
+            del props["firewall_backend"]  # the default: states written before it stay equal
+        return props
 
     @classmethod
     def from_props(cls, raw: Any, prop: str = "connection") -> HostSettings:
@@ -111,6 +118,12 @@ class HostSettings:
             raise SettingError(
                 f"{prop}.connect_timeout", f"must be 0.5-300 seconds, got {timeout!r}"
             )
+        backend = raw.get("firewall_backend", "auto")
+        if backend not in FIREWALL_BACKENDS:
+            raise SettingError(
+                f"{prop}.firewall_backend",
+                f"must be one of {', '.join(FIREWALL_BACKENDS)}, got {backend!r}",
+            )
         return cls(
             host=host,
             port=int(port),
@@ -122,6 +135,7 @@ class HostSettings:
             python=python,
             sudo=sudo,
             connect_timeout=float(timeout),
+            firewall_backend=backend,
         )
 
 

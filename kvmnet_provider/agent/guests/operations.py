@@ -35,7 +35,7 @@ def start(args: dict[str, Any]) -> GuestState:
             raise AgentError("missing", f"disk {disk['path']} does not exist on this host")
     qemu_path(spec["qemu"])
     _check_taps(spec["nics"])
-    with locked() as root:
+    with locked(name) as root:
         run_dir = root / name
         meta = load_meta(run_dir)
         if run_dir.exists() and (meta is None or meta.get("owner") != owner):
@@ -152,7 +152,7 @@ def _cleanup_failed(run_dir: Path, name: str, meta: dict[str, Any]) -> None:
 def read(args: dict[str, Any]) -> GuestState | None:
     """The running guest, or None when it is gone (or what runs under that name is not ours)."""
     name, owner = guest_name(args["name"]), validate.owner(args["owner"])
-    with locked() as root:
+    with locked(name) as root:
         run_dir = root / name
         meta = load_meta(run_dir)
         if meta is None or meta.get("owner") != owner:
@@ -167,7 +167,7 @@ def stop(args: dict[str, Any]) -> GuestStopped:
     """Power the guest down (bounded), then quit/SIGTERM/SIGKILL; remove its run dir."""
     name, owner = guest_name(args["name"]), validate.owner(args["owner"])
     stop_timeout = validate.int_range(args.get("stop_timeout", 10), 1, 300)
-    with locked() as root:
+    with locked(name) as root:
         run_dir = root / name
         meta = load_meta(run_dir)
         if meta is None:

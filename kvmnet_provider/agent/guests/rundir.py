@@ -26,10 +26,14 @@ def guests_root() -> Path:
 
 
 @contextmanager
-def locked() -> Iterator[Path]:
-    """The guests directory, held under an exclusive lock (all agents on this host)."""
+def locked(name: str) -> Iterator[Path]:
+    """The guests directory, with guest `name` held under an exclusive lock (all agents and
+    agent threads on this host). Per guest: one guest's slow stop holds up no other guest.
+    The lock files live beside the run dirs, not among them: a guest may be named anything."""
     root = guests_root()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    locks = root.parent / "guest-locks"
+    locks.mkdir(exist_ok=True, mode=0o700)
+    fd = os.open(locks / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield root

@@ -1,4 +1,4 @@
-"""The system Python with Debian's own python3-pyroute2 and python3-iptables.
+"""The system Python with Debian's own python3-pyroute2, python3-iptables and python3-nftables.
 
 A host set up the way kvmnet's error message says (`apt-get install python3-pyroute2`) runs
 the agent with these packages, which are older than the venv's (pyroute2 0.7 on bookworm).
@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-PACKAGES = ("python3-pyroute2", "python3-iptables")
+PACKAGES = ("python3-pyroute2", "python3-iptables", "python3-nftables")
 CACHE = Path("/var/cache/kvmnet/debian-agent-packages")
 SYSTEM_PYTHON = "/usr/bin/python3"
 SITE = "usr/lib/python3/dist-packages"
@@ -46,7 +46,8 @@ def _unpack(into: Path) -> None:
 def debian_python(wrapper_dir: Path) -> str:
     """Path of an executable that runs the system Python with the Debian packages."""
     root = CACHE / "root"
-    if not (root / SITE / "pyroute2").is_dir():
+    if not all((root / SITE / name).is_dir() for name in ("pyroute2", "iptc", "nftables")):
+        shutil.rmtree(root, ignore_errors=True)  # unpacked before a package was added
         _unpack(root)
     wrapper = wrapper_dir / "python3-debian"
     wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={root / SITE} exec {SYSTEM_PYTHON} "$@"\n')
