@@ -5,8 +5,8 @@ four operations at once), so batches of link reads are small and one dump each w
 than it saves. One dump instead answers the reads that follow it, until a request that may
 change the host arrives or the dump is SNAPSHOT_TTL old (a change made outside kvmnet is seen
 by reads after that). An operation that runs in a worker (an uplink change) drops the dump
-when it starts; a dump taken while it runs may lag it by up to SNAPSHOT_TTL. Kept apart from linkdump so the request loop can note requests without
-importing pyroute2 early (see netlink.py).
+when it starts; a dump taken while it runs may lag it by up to SNAPSHOT_TTL. Kept apart from
+linkdump so the request loop can note requests without importing pyroute2 early (netlink.py).
 """
 
 from __future__ import annotations
