@@ -22,6 +22,7 @@ import pulumi
 
 from .connection import HostSettings
 from .lab.state import LabStatus
+from .program_checks import check_stack_config
 from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
 from .resources import Bridge
 from .toolchain import venv_python
@@ -106,6 +107,7 @@ def lan_guests(lan: str, count: int = 2) -> list[dict[str, Any]]:
 
 def build() -> None:
     cfg = pulumi.Config("kvmnet")
+    check_stack_config(cfg)  # one line naming the config key, before anything is declared
     model = cfg.get("model") or "nat"
     network_class = network_for_model(model)
     subnet = cfg.get("subnet") or "10.0.1.0/24"

@@ -8,13 +8,13 @@ Each guest gets a TapPort on the bridge and a QemuGuest attached to it.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pulumi
 
 from ..connection import HostSettings
+from ..errors import ConfigError
 from ..resources import (
     Bridge,
     BridgeArgs,
@@ -31,6 +31,7 @@ from ..resources import (
     TapPortArgs,
 )
 from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
+from . import addresses
 
 MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork")
 
@@ -85,6 +86,8 @@ class _Network(pulumi.ComponentResource):
     def __init__(
         self, resource_name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
+        host = (args.connection.host, args.connection.port)
+        addresses.check_guests(resource_name, host, args.subnet, args.gateway, args.guests)
         # Aliases to the other models' types keep the children's URNs across a model switch,
         # so NAT -> routed removes the masquerade rule and leaves the bridge and guests alone.
         others = [m for m in MODEL_TYPES if m != type(self).__name__]
@@ -162,11 +165,8 @@ class RoutedNetwork(_Network):
 
     def bridge_addresses(self) -> list[str]:
         if not self.args.gateway:
-            raise ValueError(f"{self.model} network: gateway: required (the bridge's address)")
-        net = ipaddress.ip_network(self.args.subnet)
-        gateway = ipaddress.ip_address(self.args.gateway)
-        if gateway not in net:
-            raise ValueError(f"gateway: {gateway} is not inside subnet {net}")
+            raise ConfigError(f"{self.model} network: gateway", "required (the bridge's address)")
+        net, gateway = addresses.subnet_and_gateway(self.args.subnet, self.args.gateway)
         return [f"{gateway}/{net.prefixlen}"]
 
     def host_setup(self, resource_name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
@@ -195,8 +195,8 @@ class NatNetwork(RoutedNetwork):
         addresses = {g.name: g.address for g in self.args.guests}
         for fwd in self.args.port_forwards:
             if not addresses.get(fwd.guest):
-                raise ValueError(
-                    f"port_forwards: guest {fwd.guest!r} is not a guest with an address"
+                raise ConfigError(
+                    "port_forwards", f"guest {fwd.guest!r} is not a guest with an address"
                 )
             forwards.append(
                 PortForward(
@@ -226,7 +226,7 @@ class BridgedNetwork(_Network):
     ) -> Bridge | UplinkBridge:
         args = self.args
         if not args.uplink:
-            raise ValueError("bridged network: uplink: required (the NIC the bridge takes over)")
+            raise ConfigError("bridged network: uplink", "required (the NIC the bridge takes over)")
         return UplinkBridge(
             f"{resource_name}-uplink",
             UplinkBridgeArgs(
@@ -252,6 +252,6 @@ def network_for_model(model: str) -> type[_Network]:
     try:
         return MODELS[model]
     except KeyError:
-        raise ValueError(
-            f"model: unknown model {model!r}; choose one of {', '.join(sorted(MODELS))}"
+        raise ConfigError(
+            "model", f"unknown model {model!r}; choose one of {', '.join(sorted(MODELS))}"
         ) from None

@@ -12,6 +12,7 @@ from pulumi.dynamic import DiffResult, Resource
 from ..agent import guests
 from ..agent.validate import int_range
 from ..connection import HostSettings
+from ..errors import KvmnetError
 from ..connection.session import AgentSession
 from .base import Field, KvmnetProvider, owner_id
 from .links import TapPort
@@ -96,7 +97,7 @@ class QemuGuestProvider(KvmnetProvider):
         # nothing to do on the host but make sure the guest is still there.
         live = self.host_read(agent, news)
         if live is None:
-            raise RuntimeError(
+            raise KvmnetError(
                 f"guest {news['name']} is not running on {news['connection']['host']}; "
                 "run `pulumi refresh` and `pulumi up` to start it again"
             )

@@ -11,6 +11,7 @@ from pulumi.dynamic import Resource
 
 from ..agent import validate
 from ..connection import HostSettings
+from ..errors import ConfigError
 from ..connection.session import AgentSession
 from .base import Field, KvmnetProvider, list_of, owner_id
 
@@ -173,8 +174,9 @@ class TapPort(Resource, module="kvmnet", name="TapPort"):
         else:
             key = (args.connection.host, args.bridge)
             if not args.external_bridge and key not in _declared_bridges:
-                raise ValueError(
-                    f"TapPort {resource_name}: bridge: no Bridge named {args.bridge!r} is declared "
+                raise ConfigError(
+                    f"TapPort {resource_name}: bridge",
+                    f"no Bridge named {args.bridge!r} is declared "
                     f"in this stack for host {args.connection.host}; declare it first, pass the "
                     "Bridge resource, or set external_bridge=True"
                 )
