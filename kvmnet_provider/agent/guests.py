@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import hoststate, validate
+from . import hoststate, rundir, validate
 from .errors import AgentError
 from .netlink import iproute_class
 from .validate import InvalidInput
@@ -584,9 +584,7 @@ def _status(path: str) -> str:
 
 # --- the run directory -------------------------------------------------------------------
 def guests_root() -> Path:
-    root = hoststate.namespace_dir() / "guests"
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return root
+    return rundir.private_dir(hoststate.namespace_dir() / "guests")
 
 
 @contextmanager

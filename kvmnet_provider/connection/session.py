@@ -22,38 +22,16 @@ from typing import Any
 
 import paramiko
 
-from . import credentials
+from . import credentials, framing
 from .settings import HostSettings
 from .tcp import open_tcp
 
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 BATCH_LINGER = 0.0005  # seconds a batch waits for more callers; a link delete costs ~16 ms
 
-# Runs on the host as `python -S -u -c BOOTSTRAP`: a constant, never built from user input.
-# It receives the agent's source as one JSON line on stdin, then serves requests. -S skips
-# site's .pth processing (a venv's can cost more than the agent's own start); the site
-# directories are put on the path directly, and site runs in full only when that is not
-# enough to find what the agent needs.
-BOOTSTRAP = r"""
-import sys, site
-sys.path.extend(p for p in getattr(site, "getsitepackages", list)() if p not in sys.path)
-import importlib.util
-if not all(importlib.util.find_spec(m) for m in ("pyroute2", "iptc")):
-    site.main()
-import json, os, tempfile, shutil, atexit
-files = json.loads(sys.stdin.readline())
-root = tempfile.mkdtemp(prefix="kvmnet-agent-")
-atexit.register(shutil.rmtree, root, True)
-os.mkdir(os.path.join(root, "kvmnet_agent"))
-for name, text in files.items():
-    if "/" in name or not name.endswith(".py"):
-        raise SystemExit("bad agent file name")
-    with open(os.path.join(root, "kvmnet_agent", name), "w") as f:
-        f.write(text)
-sys.path.insert(0, root)
-from kvmnet_agent import server
-server.main()
-"""
+# Runs on the host as `python -I -S -u -c BOOTSTRAP MARKER` from `/`: a constant and a random
+# marker, never built from user input. See hostboot.py.
+BOOTSTRAP = (Path(__file__).resolve().parent / "hostboot.py").read_text()
 
 
 class HostError(RuntimeError):
@@ -99,7 +77,7 @@ def _connect(s: HostSettings) -> paramiko.SSHClient:
         "banner_timeout": s.connect_timeout,
         "auth_timeout": s.connect_timeout,
         "look_for_keys": False,
-        "allow_agent": True,
+        "allow_agent": bool(s.allow_agent),
     }
     try:
         pkey = credentials.configured_key()
@@ -110,7 +88,8 @@ def _connect(s: HostSettings) -> paramiko.SSHClient:
     elif s.private_key_path:
         kwargs["key_filename"] = s.private_key_path
     password = credentials.configured_password()
-    if password:
+    # A host whose key was not checked may be anyone: it gets no password to replay.
+    if password and not s.insecure_accept_any_host_key:
         kwargs["password"] = password
     try:
         kwargs["sock"] = open_tcp(s.host, s.port, s.connect_timeout)
@@ -171,8 +150,9 @@ class AgentSession:
         assert transport is not None
         transport.set_keepalive(15)
         self.channel = transport.open_session(timeout=settings.connect_timeout)
-        python = f"{shlex.quote(settings.python)} -S -u -c {shlex.quote(BOOTSTRAP)}"
-        command = f"exec sudo -n -- {python}" if settings.sudo else f"exec {python}"
+        marker = framing.new_marker()
+        python = f"{shlex.quote(settings.python)} -I -S -u -c {shlex.quote(BOOTSTRAP)} {marker}"
+        command = f"cd / && exec sudo -n -- {python}" if settings.sudo else f"cd / && exec {python}"
         self.channel.exec_command(command)
         self.stdin = self.channel.makefile_stdin("w")
         self.stdout = self.channel.makefile("r")
@@ -184,6 +164,10 @@ class AgentSession:
                 self.stdin.flush()
             except (OSError, EOFError):
                 pass  # the Python died before reading (not found, not executable...): say why
+            try:
+                self.preamble = framing.skip_preamble(self.stdout, marker, settings.label)
+            except TimeoutError:
+                pass  # the read below says so
             hello = self._read_line("starting the host agent")
         except HostError:
             self.close()
