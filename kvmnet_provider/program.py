@@ -22,8 +22,8 @@ import pulumi
 
 from .connection import HostSettings
 from .lab.state import LabStatus
-from .program_checks import check_stack_config
 from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
+from .program_checks import check_stack_config
 from .resources import Bridge
 from .toolchain import venv_python
 

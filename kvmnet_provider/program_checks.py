@@ -12,7 +12,8 @@ from typing import Any
 
 import pulumi
 
-from .agent.guests import MEMORY_MIB
+from .agent.guests import MEMORY_MIB, guest_name
+from .agent.validate import InvalidInput
 from .connection.settings import HostSettings, SettingError
 from .errors import ConfigError
 from .models import addresses
@@ -42,8 +43,10 @@ def check_stack_config(cfg: pulumi.Config) -> None:
         key = f"{NS}:guests[{index}]"
         _object(guest, key, GUEST_KEYS)
         name = guest.get("name")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{key}.name", f"must be a guest name, got {name!r}")
+        try:
+            guest_name(name)  # it goes on the kernel command line too
+        except InvalidInput as exc:
+            raise ConfigError(f"{key}.name", str(exc)) from None
         names.append(name)
         for field, low, high in (("memory_mib", *MEMORY_MIB), ("stop_timeout", 1, 300)):
             if field in guest:

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import hoststate, rundir, validate
+from . import hoststate, rundir, socket_rules, validate
 from .errors import AgentError
 from .netlink import iproute_class
 from .validate import InvalidInput
@@ -55,6 +55,10 @@ CMDLINE_MAX = 1024
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes, NUL included
 DEFAULT_QEMU = "qemu-system-x86_64"
 UNSUPPORTED_FEATURE = "doesn't support requested feature"
+# seccomp: QEMU's default denials plus obsolete syscalls and scheduler/resource control.
+# Measured with QEMU 7.2 and -daemonize: spawn=deny kills it (SIGSYS at the fork) and
+# elevateprivileges=deny (or =children) makes it exit 1, so those two stay allowed.
+SANDBOX = "on,obsolete=deny,resourcecontrol=deny"
 
 
 # --- validation (controller and host) -------------------------------------------------------
@@ -282,6 +286,8 @@ def build_argv(spec: dict[str, Any], paths: dict[str, str], accel: str) -> list[
         "-no-user-config",
         "-display",
         "none",
+        "-sandbox",
+        SANDBOX,
     ]
     if spec.get("kernel"):
         argv += ["-kernel", spec["kernel"]]
@@ -714,6 +720,7 @@ def start(args: dict[str, Any]) -> dict[str, Any]:
                 raise _not_ours(run_dir, meta)
         accel, reason = resolve_accelerator(spec["accelerator"], spec["qemu"], spec["cpu"])
         paths = guest_paths(run_dir, spec)
+        socket_rules.inside_run_dir(run_dir, paths)
         argv = build_argv(spec, paths, accel)
         digest = argv_hash(argv)
         if meta is not None:

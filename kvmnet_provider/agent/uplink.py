@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from . import hoststate, validate
-from .errors import AgentError
 from .codelock import hold_code
+from .errors import AgentError
 from .netlink import iproute_class, link_addresses
 from .rundir import private_dir
 

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import IO
+from typing import Protocol
 
 MAX_PREAMBLE_LINES = 1000
 log = logging.getLogger("kvmnet")
+
+
+class LineReader(Protocol):
+    def readline(self) -> str | bytes: ...
 
 
 def new_marker() -> str:
     return "kvmnet-agent-" + secrets.token_hex(16)
 
 
-def skip_preamble(stream: IO[str], marker: str, label: str) -> list[str]:
+def skip_preamble(stream: LineReader, marker: str, label: str) -> list[str]:
     """Read up to and including the marker line; the lines before it. Stops at end of stream
     (the bootstrap died: the caller's next read reports why) or after too many lines."""
     skipped: list[str] = []
     while len(skipped) < MAX_PREAMBLE_LINES:
-        line = stream.readline()
+        raw = stream.readline()
+        line = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         if not line or line.rstrip("\r\n") == marker:
             break
         skipped.append(line.rstrip("\r\n"))

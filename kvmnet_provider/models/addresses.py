@@ -37,7 +37,9 @@ def subnet_and_gateway(
     except ValueError as exc:
         raise ConfigError(f"{where}subnet", f"{subnet!r} is not an IPv4 network: {exc}") from None
     if not isinstance(net, ipaddress.IPv4Network) or not isinstance(subnet, str):
-        raise ConfigError(f"{where}subnet", f"must be an IPv4 network such as 10.0.1.0/24, got {subnet!r}")
+        raise ConfigError(
+            f"{where}subnet", f"must be an IPv4 network such as 10.0.1.0/24, got {subnet!r}"
+        )
     if gateway is None:
         return net, None
     gw = _address(gateway, f"{where}gateway")
@@ -69,9 +71,13 @@ def check_guests(
             if net.prefixlen < 31 and address == net.broadcast_address:
                 raise ConfigError(f"{who}.address", f"{address} is the broadcast address of {net}")
             if address == gw:
-                raise ConfigError(f"{who}.address", f"{address} is the gateway (the bridge's address)")
+                raise ConfigError(
+                    f"{who}.address", f"{address} is the gateway (the bridge's address)"
+                )
             if address in seen:
-                raise ConfigError(f"{who}.address", f"{address} is already {seen[address]}'s address")
+                raise ConfigError(
+                    f"{who}.address", f"{address} is already {seen[address]}'s address"
+                )
             seen[address] = guest.name
         for what, value in (("tap", _valid(ifname, guest.tap, f"{who}.tap")),
                             ("mac", _valid(mac, guest.mac, f"{who}.mac")),

@@ -12,8 +12,8 @@ from pulumi.dynamic import DiffResult, Resource
 from ..agent import guests
 from ..agent.validate import int_range
 from ..connection import HostSettings
-from ..errors import KvmnetError
 from ..connection.session import AgentSession
+from ..errors import KvmnetError
 from .base import Field, KvmnetProvider, owner_id
 from .links import TapPort
 

@@ -11,8 +11,8 @@ from pulumi.dynamic import Resource
 
 from ..agent import validate
 from ..connection import HostSettings
-from ..errors import ConfigError
 from ..connection.session import AgentSession
+from ..errors import ConfigError
 from .base import Field, KvmnetProvider, list_of, owner_id
 
 LINK_COMPUTED = ("ifindex", "mac")
