@@ -107,7 +107,7 @@ def lan_guests(lan: str, count: int = 2) -> list[dict[str, Any]]:
 
 def build() -> None:
     cfg = pulumi.Config("kvmnet")
-    check_stack_config(cfg)  # one line naming the config key, before anything is declared
+    check_stack_config(cfg, [g["name"] for g in DEFAULT_GUESTS])  # one line naming the key
     model = cfg.get("model") or "nat"
     network_class = network_for_model(model)
     subnet = cfg.get("subnet") or "10.0.1.0/24"

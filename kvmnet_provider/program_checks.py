@@ -24,7 +24,7 @@ GUEST_KEYS = ("name", "address", "mac", "tap", "memory_mib", "disks", "stop_time
 FORWARD_KEYS = ("guest", "guest_port", "host_port", "protocol")
 
 
-def check_stack_config(cfg: pulumi.Config) -> None:
+def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
     model = cfg.get("model") or "nat"
     if model not in MODELS:
         raise ConfigError(
@@ -57,9 +57,10 @@ def check_stack_config(cfg: pulumi.Config) -> None:
     for index, forward in enumerate(_list(cfg, "portForwards")):
         key = f"{NS}:portForwards[{index}]"
         _object(forward, key, FORWARD_KEYS)
-        if forward.get("guest") not in names and guests:
+        if forward.get("guest") not in (names or default_guests):
             raise ConfigError(
-                f"{key}.guest", f"{forward.get('guest')!r} is not one of kvmnet:guests {names}"
+                f"{key}.guest",
+                f"{forward.get('guest')!r} is not one of kvmnet:guests {names or default_guests}",
             )
         for field in ("guest_port", "host_port"):
             _whole(forward.get(field), f"{key}.{field}", 1, 65535)

@@ -307,6 +307,11 @@ def program_stack(tmp_path_factory: pytest.TempPathFactory, h1: HostStatus) -> I
         s.ws.run(
             ["config", "set", "--stack", s.stack, "--path", f"kvmnet:host.{key}", value], s.dir
         )
+    for key in ("kernel", "initrd"):  # checked at preview, looked for only at up
+        path = f"/nonexistent/{key}"
+        s.ws.run(
+            ["config", "set", "--stack", s.stack, "--path", f"kvmnet:guestImage.{key}", path], s.dir
+        )
     try:
         yield s
     finally:

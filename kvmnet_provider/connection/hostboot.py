@@ -20,7 +20,20 @@ import site
 import stat
 import sys
 
-sys.path.extend(p for p in site.getsitepackages() if p not in sys.path)
+
+def site_dirs():
+    """The interpreter's site-packages, a venv's first: under -S, `site` has not set
+    sys.prefix to the venv (Python 3.11 does that in site.venv(), which also runs .pth)."""
+    prefixes = []
+    bindir = os.path.dirname(sys.executable)
+    for conf in (os.path.join(bindir, "pyvenv.cfg"), os.path.join(bindir, "..", "pyvenv.cfg")):
+        if os.path.isfile(conf):
+            prefixes.append(os.path.dirname(os.path.abspath(conf)))
+            break
+    return site.getsitepackages(prefixes) + site.getsitepackages()
+
+
+sys.path.extend(p for p in site_dirs() if p not in sys.path)
 
 
 def private_dir(path):
