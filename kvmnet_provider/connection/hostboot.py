@@ -19,18 +19,22 @@ import shutil
 import site
 import stat
 import sys
+import tempfile
 
 
 def site_dirs():
     """The interpreter's site-packages, a venv's first: under -S, `site` has not set
-    sys.prefix to the venv (Python 3.11 does that in site.venv(), which also runs .pth)."""
-    prefixes = []
+    sys.prefix to the venv (Python 3.11 does that in site.venv(), which also runs .pth), and
+    Debian's getsitepackages() then names dist-packages, so the venv's is spelled out."""
+    found = []
     bindir = os.path.dirname(sys.executable)
     for conf in (os.path.join(bindir, "pyvenv.cfg"), os.path.join(bindir, "..", "pyvenv.cfg")):
         if os.path.isfile(conf):
-            prefixes.append(os.path.dirname(os.path.abspath(conf)))
+            venv = os.path.dirname(os.path.abspath(conf))
+            version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+            found += [os.path.join(venv, lib, version, "site-packages") for lib in ("lib", "lib64")]
             break
-    return site.getsitepackages(prefixes) + site.getsitepackages()
+    return [p for p in found if os.path.isdir(p)] + site.getsitepackages()
 
 
 sys.path.extend(p for p in site_dirs() if p not in sys.path)
@@ -130,6 +134,8 @@ def _same(path, text):
 def main():
     os.chdir("/")
     run_root = os.environ.get("KVMNET_HOST_STATE") or "/run/kvmnet"
+    if os.geteuid() != 0:  # cannot be kvmnet's run dir: the agent will say it needs root
+        run_root = os.path.join(tempfile.gettempdir(), f"kvmnet-uid{os.geteuid()}")
     files = json.loads(sys.stdin.readline())
     root, _held = install(files, run_root)  # the lock lives as long as this process
     sys.path.insert(0, root)
