@@ -12,13 +12,14 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kvmnet_provider.agent import rundir
 from kvmnet_provider.agent.errors import AgentError
-from kvmnet_provider.connection import framing
+from kvmnet_provider.connection import credentials, framing
 from kvmnet_provider.connection.session import BOOTSTRAP
 from kvmnet_provider.connection.settings import HostSettings, SettingError
 from kvmnet_provider.resources import identity
@@ -157,3 +158,36 @@ def test_a_key_pasted_as_a_path_is_not_echoed() -> None:
     assert "not shown" in str(caught.value)
     with pytest.raises(SettingError, match="'key.pem'"):
         HostSettings.from_props({"host": "h1", "private_key_path": "key.pem"})
+
+
+@pytest.fixture
+def clean_credentials() -> Iterator[None]:
+    credentials.configure(None, None)
+    yield
+    credentials.configure(None, None)
+
+
+def test_credentials_per_host_are_offered_to_that_host_only(
+    clean_credentials: None, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key_file)], check=True)
+    per_host = json.dumps(
+        {"198.18.0.2": {"privateKey": key_file.read_text()}, "198.18.0.3:2222": {"password": "pw3"}}
+    )
+    credentials.configure(None, "stack-wide", per_host)
+    assert credentials.configured_key("198.18.0.2", 22) is not None
+    assert credentials.configured_password("198.18.0.2", 22) is None  # not the stack-wide one
+    assert credentials.configured_key("198.18.0.3", 2222) is None
+    assert credentials.configured_password("198.18.0.3", 2222) == "pw3"
+    assert credentials.configured_password("198.18.0.3", 22) == "stack-wide"  # another port
+    assert credentials.configured_key("198.18.0.9", 22) is None
+    assert "sshCredentials[198.18.0.2]" in credentials.key_source("198.18.0.2", 22)
+
+
+def test_a_bad_per_host_map_is_named_not_echoed(clean_credentials: None) -> None:
+    credentials.configure(None, None, '{"h1": {"privateKey": "SECRET-TEXT", "colour": 1}}')
+    with pytest.raises(ValueError) as caught:
+        credentials.configured_key("h1", 22)
+    assert "kvmnet:sshCredentials" in str(caught.value)
+    assert "SECRET-TEXT" not in str(caught.value)

@@ -80,14 +80,14 @@ def _connect(s: HostSettings) -> paramiko.SSHClient:
         "allow_agent": bool(s.allow_agent),
     }
     try:
-        pkey = credentials.configured_key()
+        pkey = credentials.configured_key(s.host, s.port)  # this host's, never another's
     except ValueError as exc:
         raise HostError(f"{s.label}: {exc}") from None
     if pkey is not None:
         kwargs["pkey"] = pkey
     elif s.private_key_path:
         kwargs["key_filename"] = s.private_key_path
-    password = credentials.configured_password()
+    password = credentials.configured_password(s.host, s.port)
     # A host whose key was not checked may be anyone: it gets no password to replay.
     if password and not s.insecure_accept_any_host_key:
         kwargs["password"] = password
@@ -104,7 +104,7 @@ def _connect(s: HostSettings) -> paramiko.SSHClient:
     except paramiko.AuthenticationException:
         client.close()
         source = (
-            "config " + credentials.CONFIG_PRIVATE_KEY
+            "config " + credentials.key_source(s.host, s.port)
             if pkey is not None
             else f"key file {s.private_key_path}"
             if s.private_key_path

@@ -82,6 +82,7 @@ class KvmnetProvider(ResourceProvider):
         credentials.configure(
             req.config.get(credentials.CONFIG_PRIVATE_KEY),
             req.config.get(credentials.CONFIG_PASSWORD),
+            req.config.get(credentials.CONFIG_PER_HOST),
         )
 
     def normalise(self, news: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
