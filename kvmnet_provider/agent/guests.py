@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import hoststate, rundir, socket_rules, validate
+from . import hoststate, qemu_user, rundir, socket_rules, validate
 from .errors import AgentError
 from .netlink import iproute_class
 from .validate import InvalidInput
@@ -197,6 +197,7 @@ SPEC_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "qmp_socket": (socket_path, None),
     "qemu": (qemu_binary, DEFAULT_QEMU),
     "stop_timeout": (_int(1, 300), 10),
+    "run_as": (validate.user_name, None),  # QEMU drops root for this user once set up
 }
 
 
@@ -289,6 +290,8 @@ def build_argv(spec: dict[str, Any], paths: dict[str, str], accel: str) -> list[
         "-sandbox",
         SANDBOX,
     ]
+    if spec.get("run_as"):  # after opening its disks, taps, sockets and pidfile as root
+        argv += ["-runas", spec["run_as"]]
     if spec.get("kernel"):
         argv += ["-kernel", spec["kernel"]]
         if spec.get("initrd"):
@@ -711,6 +714,7 @@ def start(args: dict[str, Any]) -> dict[str, Any]:
         if not Path(disk["path"]).exists():
             raise AgentError("missing", f"disk {disk['path']} does not exist on this host")
     _qemu_path(spec["qemu"])
+    qemu_user.check(spec.get("run_as"))
     _check_taps(spec["nics"])
     with _locked() as root:
         run_dir = root / name

@@ -10,7 +10,7 @@ import pulumi
 from pulumi.dynamic import DiffResult, Resource
 
 from ..agent import guests
-from ..agent.validate import int_range
+from ..agent.validate import int_range, user_name
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..errors import KvmnetError
@@ -57,6 +57,7 @@ class QemuGuestProvider(KvmnetProvider):
         "qmp_socket": Field(guests.socket_path, replaces=True),
         "qemu": Field(guests.qemu_binary, default=guests.DEFAULT_QEMU, replaces=True),
         "stop_timeout": Field(_int(1, 300), default=10),
+        "run_as": Field(user_name, replaces=True),
     }
 
     def resource_id(self, props: dict[str, Any]) -> str:
@@ -148,6 +149,7 @@ class QemuGuestArgs:
     qmp_socket: str | None = None
     qemu: str = guests.DEFAULT_QEMU
     stop_timeout: int = 10  # seconds delete waits for an ACPI power-down before quitting
+    run_as: str | None = None  # a host user QEMU runs as once set up (QEMU's -runas)
 
 
 class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
@@ -192,6 +194,7 @@ class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
             "qmp_socket": args.qmp_socket,
             "qemu": args.qemu,
             "stop_timeout": args.stop_timeout,
+            "run_as": args.run_as,
             **dict.fromkeys(GUEST_COMPUTED),
         }
         super().__init__(QemuGuestProvider(), resource_name, props, opts)
