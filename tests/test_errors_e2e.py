@@ -280,6 +280,42 @@ PROGRAM_CASES = [
         },
         ("guests[1] (g2).mac", "already used on host"),
     ),
+    ProgramCase(
+        "tap-twice",
+        {
+            "guests": '[{"name": "g1", "address": "10.0.1.11", "tap": "vif9.0"},'
+            ' {"name": "g2", "address": "10.0.1.12", "tap": "vif9.0"}]'
+        },
+        ("guests[1] (g2).tap", "vif9.0 is already used on host"),
+    ),
+    ProgramCase(
+        "guest-name-with-kernel-parameter",
+        {"guests": '[{"name": "g1 init=/bin/sh", "address": "10.0.1.11"}]'},
+        ("kvmnet:guests[0].name", "must be 1-32 characters"),
+    ),
+    ProgramCase(
+        "guest-unknown-key",
+        {"guests": '[{"name": "g1", "address": "10.0.1.11", "ram": 128}]'},
+        ("kvmnet:guests[0].ram", "unknown key"),
+    ),
+    ProgramCase(
+        "guest-bad-mac",
+        {"guests": '[{"name": "g1", "address": "10.0.1.11", "mac": "01:00:5e:00:00:01"}]'},
+        ("guests[0] (g1).mac", "multicast"),
+    ),
+    ProgramCase(
+        "address-is-broadcast",
+        {"guests": '[{"name": "g1", "address": "10.0.1.255"}]'},
+        ("guests[0] (g1).address", "broadcast address"),
+    ),
+    ProgramCase(
+        "forward-bad-protocol",
+        {
+            "portForwards": '[{"guest": "g1", "guest_port": 80, "host_port": 8080,'
+            ' "protocol": "icmp"}]'
+        },
+        ("kvmnet:portForwards[0].protocol", "tcp or udp"),
+    ),
 ]
 
 
