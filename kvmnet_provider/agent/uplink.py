@@ -275,11 +275,11 @@ def confirm(args: dict[str, Any]) -> dict[str, Any]:
 
 def rollback_status(args: dict[str, Any]) -> dict[str, Any]:
     token = _token(args["token"])
-    done = _dir() / f"{token}.rolledback"
-    return {
-        "armed": (_dir() / f"{token}.armed").exists(),
-        "rolled_back": json.loads(done.read_text()) if done.exists() else None,
-    }
+    with _lock():
+        done = _dir() / f"{token}.rolledback"
+        record = json.loads(done.read_text()) if done.exists() else None
+        done.unlink(missing_ok=True)  # the provider has heard it: nothing more to keep
+        return {"armed": (_dir() / f"{token}.armed").exists(), "rolled_back": record}
 
 
 # --- the operations ----------------------------------------------------------------------------

@@ -231,15 +231,25 @@ def _run_dir(runner: ExecIn, namespace: str) -> dict[str, Any]:
         key = str(path.relative_to(root))
         if path.suffix == ".json":
             try:
-                doc = json.loads(path.read_text())
+                doc = _pruned(json.loads(path.read_text()))
             except (OSError, ValueError):
                 doc = "unreadable"
-            if doc in ({}, [], None):
-                continue
-            found[key] = doc
+            if doc is not None:
+                found[key] = doc
         else:
             found[key] = path.stat().st_mode & 0o170000  # its kind: file, socket, ...
     return found
+
+
+def _pruned(doc: Any) -> Any:
+    """The document without empty parts ({"holders": {}} says nothing), None if all empty."""
+    if isinstance(doc, dict):
+        kept = {k: v for k, v in ((k, _pruned(v)) for k, v in doc.items()) if v is not None}
+        return kept or None
+    if isinstance(doc, list):
+        items = [v for v in map(_pruned, doc) if v is not None]
+        return items or None
+    return doc
 
 
 def diff_snapshots(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
