@@ -108,7 +108,7 @@ def failed_up(stack: TestStack) -> str:
 def test_unreachable(stack: TestStack, configured: Any, h1: HostStatus, unchanged_host: None):
     configured(port="1")  # nothing listens there
     text = failed_up(stack)
-    assert_one_line(text, f"root@{h1.address}:1: unreachable: Connection refused")
+    assert_one_line(text, f"root@{h1.address}:1: unreachable: Connection refused", "sshd")
     assert "kvmnet:index:Bridge" in text or "br" in text
 
 
@@ -116,7 +116,7 @@ def test_timeout(stack: TestStack, configured: Any, lab: LabStatus) -> None:
     nobody = lab.lan.rsplit(".", 1)[0] + ".250"  # in the lab's LAN, owned by no one
     configured(host=nobody)
     text = failed_up(stack)
-    assert_one_line(text, f"root@{nobody}:22: ", "timed out")
+    assert_one_line(text, f"root@{nobody}:22: ", "timed out", "is the host up")
 
 
 def test_host_key_unknown(

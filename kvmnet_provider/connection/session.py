@@ -120,10 +120,16 @@ def _connect(s: HostSettings) -> paramiko.SSHClient:
         raise HostError(f"{s.label}: SSH failed: {exc}") from None
     except TimeoutError:
         client.close()
-        raise HostError(f"{s.label}: timed out after {s.connect_timeout:g} s") from None
+        raise HostError(
+            f"{s.label}: timed out after {s.connect_timeout:g} s (is the host up and the address "
+            "right? connection.connect_timeout sets the wait)"
+        ) from None
     except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
         client.close()
-        raise HostError(f"{s.label}: unreachable: {exc.strerror or exc}") from None
+        raise HostError(
+            f"{s.label}: unreachable: {exc.strerror or exc} (is sshd running there, on "
+            "connection.port?)"
+        ) from None
     return client
 
 
