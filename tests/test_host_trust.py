@@ -191,3 +191,26 @@ def test_a_bad_per_host_map_is_named_not_echoed(clean_credentials: None) -> None
         credentials.configured_key("h1", 22)
     assert "kvmnet:sshCredentials" in str(caught.value)
     assert "SECRET-TEXT" not in str(caught.value)
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_no_password_for_a_host_whose_key_was_not_checked(
+    clean_credentials: None, monkeypatch: pytest.MonkeyPatch, insecure: bool
+) -> None:
+    """What paramiko is asked to offer (its connect is stubbed: no host is contacted)."""
+    from kvmnet_provider.connection import session
+
+    offered: dict[str, object] = {}
+
+    def connect(_client: object, **kwargs: object) -> None:
+        offered.update(kwargs)
+
+    monkeypatch.setattr(session, "open_tcp", lambda *_: None)
+    monkeypatch.setattr(session.paramiko.SSHClient, "connect", connect)
+    credentials.configure(None, "pw")
+    conn = {"host": "198.18.0.2", "insecure_accept_any_host_key": insecure}
+    if not insecure:
+        conn["known_hosts"] = "/nonexistent/known_hosts"  # checked (by the stubbed connect)
+    session._connect(HostSettings.from_props(conn))
+    assert ("password" in offered) is not insecure
+    assert offered["allow_agent"] is False and offered["look_for_keys"] is False
