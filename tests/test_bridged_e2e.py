@@ -119,6 +119,7 @@ def test_change_that_cuts_the_host_off_rolls_back(
     text = failed.stdout + failed.stderr
     assert "cut the host off" in text and "restored its previous configuration" in text, text
     assert "rolled back: ok" in text, text
+    assert "Traceback" not in text, text  # one line, not a Python traceback
     assert took < 120
     # Reachable on its original address, exactly as before.
     with ssh(lab) as again:

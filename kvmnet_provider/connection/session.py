@@ -150,6 +150,7 @@ class AgentSession:
         self._busy = False
         self._queued: dict[str, list[_Pending]] = {}
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.preamble: list[str] = []  # what the login shell printed before the agent
         self.client = _connect(settings)
         self._next_id = 0
         transport = self.client.get_transport()
