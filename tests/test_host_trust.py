@@ -214,3 +214,20 @@ def test_no_password_for_a_host_whose_key_was_not_checked(
     session._connect(HostSettings.from_props(conn))
     assert ("password" in offered) is not insecure
     assert offered["allow_agent"] is False and offered["look_for_keys"] is False
+
+
+def test_run_dir_documents_are_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    doc = tmp_path / "forwarding.json"
+    doc.symlink_to(victim)
+    with pytest.raises(OSError):
+        rundir.read_text(doc)
+    (tmp_path / "forwarding.json.tmp").symlink_to(victim)
+    with pytest.raises(OSError):
+        rundir.replace_text(doc, "{}")
+    (tmp_path / "forwarding.json.tmp").unlink()
+    rundir.replace_text(doc, "{}")  # the link itself is replaced, its target left alone
+    assert not doc.is_symlink() and doc.read_text() == "{}"
+    assert victim.read_text() == "precious"
+    assert rundir.read_text(tmp_path / "absent.json") is None

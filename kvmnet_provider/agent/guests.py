@@ -610,16 +610,14 @@ def _locked() -> Iterator[Path]:
 
 def _load_meta(run_dir: Path) -> dict[str, Any] | None:
     try:
-        doc = json.loads((run_dir / "guest.json").read_text())
+        doc = json.loads(rundir.read_text(run_dir / "guest.json") or "null")
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
 
 
 def _save_meta(run_dir: Path, meta: dict[str, Any]) -> None:
-    tmp = run_dir / "guest.json.tmp"
-    tmp.write_text(json.dumps(meta, sort_keys=True, indent=1))
-    os.replace(tmp, run_dir / "guest.json")
+    rundir.replace_text(run_dir / "guest.json", json.dumps(meta, sort_keys=True, indent=1))
 
 
 def _live_pid(run_dir: Path, name: str, meta: dict[str, Any] | None) -> int | None:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .rundir import nofollow, private_dir
+from .rundir import nofollow, private_dir, read_text, replace_text
 
 ROOT = Path(os.environ.get("KVMNET_HOST_STATE", "/run/kvmnet"))
 
@@ -34,8 +34,7 @@ def locked(name: str) -> Iterator[dict[str, Any]]:
     with open(directory / f"{name}.lock", "a+", opener=nofollow) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         path = directory / f"{name}.json"
-        doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        text = read_text(path)
+        doc: dict[str, Any] = json.loads(text) if text is not None else {}
         yield doc
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, sort_keys=True))
-        os.replace(tmp, path)
+        replace_text(path, json.dumps(doc, sort_keys=True))

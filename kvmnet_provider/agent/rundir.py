@@ -36,3 +36,22 @@ def private_dir(path: Path) -> Path:
 def nofollow(path: str, flags: int) -> int:
     """An `opener` for open(): refuses a symlink in place of the file."""
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def read_text(path: Path) -> str | None:
+    """The file's text, or None if it is absent; a symlink in its place is an error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd) as f:
+        return f.read()
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write `text` to `path` whole (a 0600 temporary file renamed over it, never followed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
