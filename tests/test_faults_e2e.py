@@ -1,0 +1,130 @@
+"""Faults converge (real engine, lab host, test guests).
+
+`pulumi` (with its language host and provider) killed with SIGKILL while a guest is being
+created leaves pending operations in the state; what kvmnet's README tells the operator to
+run clears them, and `refresh` + `up` then converge: the declared guest runs once, and a
+destroy leaves the host as it was before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmnet_provider.connection import HostSettings
+from kvmnet_provider.lab import HostStatus, Lab, LabStatus
+from kvmnet_provider.testing import guest_image_dir
+from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot
+from kvmnet_provider.testing.stack import TestStack
+
+pytestmark = pytest.mark.e2e
+
+PROGRAM = """
+import pulumi
+from kvmnet_provider.connection import HostSettings
+from kvmnet_provider.resources import *
+
+conn = HostSettings(**{conn!r})
+bridge = Bridge("br", BridgeArgs(connection=conn, name="kfbr0"))
+tap = TapPort("tap", TapPortArgs(connection=conn, name="kftap1", bridge=bridge))
+guest = QemuGuest("g", QemuGuestArgs(
+    connection=conn, name="kfg1", kernel={kernel!r}, initrd={initrd!r},
+    cmdline="console=ttyS0 quiet panic=-1", nics=[GuestNicArgs(tap=tap, mac="52:54:00:6b:72:01")],
+    accelerator="tcg", stop_timeout=1))
+pulumi.export("pid", guest.pid)
+"""
+
+# What the README tells the operator to run after `pulumi` was killed (section "Faults").
+RECOVERY = [["refresh", "--yes", "--skip-preview", "--clear-pending-creates"]]
+
+
+def qemus_named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and b"qemu" in argv[0] and b"-name" in argv and name.encode() in argv:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def fault_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
+    host: HostStatus = lab.hosts[0]
+    image = guest_image_dir()
+    conn = HostSettings.for_lab_host(host, sys.executable).to_props()
+    program = textwrap.dedent(PROGRAM).format(
+        conn=conn, kernel=str(image / "vmlinuz"), initrd=str(image / "initrd.img")
+    )
+    stack = TestStack(tmp_path, program, project="kfault")
+    try:
+        yield stack
+    finally:
+        stack.remove()
+        for pid in qemus_named("kfg1"):  # nothing may survive a failed test
+            os.kill(pid, signal.SIGKILL)
+
+
+def pending_operations(stack: TestStack) -> list[dict[str, object]]:
+    files = list((stack.ws.root / "backend").rglob("kfault/dev.json"))
+    if not files:
+        return []
+    try:
+        checkpoint = json.loads(files[0].read_text())
+    except ValueError:
+        return []  # being written
+    return list(
+        (checkpoint.get("checkpoint", {}).get("latest") or {}).get("pending_operations") or []
+    )
+
+
+def test_killed_mid_up_then_readme_recovery_converges(
+    fault_stack: TestStack, lab: LabStatus, lab_api: Lab
+) -> None:
+    ns = lab.hosts[0].namespace
+    before = host_snapshot(lab_api, ns)
+    up = subprocess.Popen(
+        ["pulumi", "--non-interactive", "up", "--yes", "--skip-preview", "--stack", "dev"],
+        cwd=fault_stack.dir,
+        env=fault_stack.ws.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own group: the engine, language host and provider
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(
+            "QemuGuest" in str(op.get("resource", {}).get("type", ""))  # type: ignore[union-attr]
+            for op in pending_operations(fault_stack)
+        ):
+            assert up.poll() is None, "up ended before the guest's create was under way"
+            assert time.monotonic() < deadline, "the guest's create never started"
+            time.sleep(0.05)
+    finally:
+        os.killpg(up.pid, signal.SIGKILL)  # the group this test started
+        up.wait(30)
+    assert pending_operations(fault_stack), "the kill left no pending operation"
+
+    for args in RECOVERY:
+        fault_stack.pulumi(*args)
+    assert not pending_operations(fault_stack)
+    fault_stack.up()
+    pid = fault_stack.outputs()["pid"]
+    assert qemus_named("kfg1") == [pid]  # one guest, the one the state knows
+    fault_stack.preview_no_changes()
+    fault_stack.destroy()
+    assert qemus_named("kfg1") == []
+    after = host_snapshot(lab_api, ns)
+    assert after == before, "\n".join(diff_snapshots(before, after))
