@@ -44,7 +44,7 @@ pulumi.export("pid", guest.pid)
 """
 
 # What the README tells the operator to run after `pulumi` was killed (section "Faults").
-RECOVERY = [["refresh", "--yes", "--skip-preview", "--clear-pending-creates"]]
+RECOVERY = [["cancel", "--yes"], ["refresh", "--yes", "--skip-preview", "--clear-pending-creates"]]
 
 
 def qemus_named(name: str) -> list[int]:
