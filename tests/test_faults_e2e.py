@@ -128,3 +128,71 @@ def test_killed_mid_up_then_readme_recovery_converges(
     assert qemus_named("kfg1") == []
     after = host_snapshot(lab_api, ns)
     assert after == before, "\n".join(diff_snapshots(before, after))
+
+
+def agents_in(namespace: str) -> list[int]:
+    """PIDs of kvmnet host agents in the lab host's namespace (this session's lab: ours)."""
+    out = subprocess.run(
+        ["ip", "netns", "pids", namespace], capture_output=True, text=True, check=True
+    ).stdout
+    found = []
+    for pid in out.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"kvmnet-agent-" in argv and b"rollback_main" not in argv:
+            found.append(int(pid))
+    return found
+
+
+def test_agent_killed_mid_create_fails_in_one_line_then_up_converges(
+    fault_stack: TestStack, lab: LabStatus, lab_api: Lab
+) -> None:
+    ns = lab.hosts[0].namespace
+    before = host_snapshot(lab_api, ns)
+    up = subprocess.Popen(
+        ["pulumi", "--non-interactive", "up", "--yes", "--skip-preview", "--stack", "dev"],
+        cwd=fault_stack.dir,
+        env=fault_stack.ws.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(
+            "QemuGuest" in str(op.get("resource", {}).get("type", ""))  # type: ignore[union-attr]
+            for op in pending_operations(fault_stack)
+        ):
+            assert up.poll() is None, "up ended before the guest's create was under way"
+            assert time.monotonic() < deadline, "the guest's create never started"
+            time.sleep(0.05)
+        agents = agents_in(ns)
+        assert agents, "no host agent to kill"
+        for pid in agents:
+            os.kill(pid, signal.SIGKILL)
+        started = time.monotonic()
+        output, _ = up.communicate(timeout=300)
+        took = time.monotonic() - started
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(30)
+    print(output)  # shown with -rP
+    assert up.returncode != 0, output
+    assert "Traceback" not in output, output
+    assert any(
+        "kvmnet:QemuGuest" in line or "the host agent" in line or "connection lost" in line
+        for line in output.splitlines()
+    ), output
+    assert took < 200, took  # bounded: not the 120 s of an unanswered request, twice
+
+    fault_stack.up()  # converges: the guest runs once, whatever the killed agent left
+    pid = fault_stack.outputs()["pid"]
+    assert qemus_named("kfg1") == [pid]
+    fault_stack.preview_no_changes()
+    fault_stack.destroy()
+    assert qemus_named("kfg1") == []
+    after = host_snapshot(lab_api, ns)
+    assert after == before, "\n".join(diff_snapshots(before, after))

@@ -34,6 +34,9 @@ BATCH_LINGER = 0.0005  # seconds a batch waits for more callers; a link delete c
 BOOTSTRAP = (Path(__file__).resolve().parent / "hostboot.py").read_text()
 
 
+RETRY_HINT = "; run it again: what it began is found again by its owner mark"
+
+
 class HostError(RuntimeError):
     """One line naming the host and the cause; never carries key material."""
 
@@ -206,6 +209,7 @@ class AgentSession:
             raise HostError(
                 f"{self.settings.label}: the host agent ({self.settings.python}) "
                 f"exited while {doing}: {tail}"
+                + ("" if doing.startswith("starting") else RETRY_HINT)
             )
         result: dict[str, Any] = json.loads(line)
         return result
