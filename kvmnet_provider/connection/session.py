@@ -304,7 +304,9 @@ class AgentSession:
             answer = self._read_line(op)
         except (OSError, EOFError) as exc:
             self.close()
-            raise HostError(f"{self.settings.label}: connection lost during {op}: {exc}") from None
+            raise HostError(
+                f"{self.settings.label}: connection lost during {op}: {exc}{RETRY_HINT}"
+            ) from None
         except HostError:
             self.close()
             raise
