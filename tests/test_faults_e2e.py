@@ -196,3 +196,80 @@ def test_agent_killed_mid_create_fails_in_one_line_then_up_converges(
     assert qemus_named("kfg1") == []
     after = host_snapshot(lab_api, ns)
     assert after == before, "\n".join(diff_snapshots(before, after))
+
+
+def sshd_processes(namespace: str) -> list[int]:
+    """The lab host's sshd: its listener (which the lab started) and every session of it."""
+    out = subprocess.run(
+        ["ip", "netns", "pids", namespace], capture_output=True, text=True, check=True
+    ).stdout
+    found = []
+    for pid in out.split():
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except (OSError, IndexError):
+            continue
+        if argv0.startswith(b"sshd") or argv0.endswith(b"/sshd"):
+            found.append(int(pid))
+    return found
+
+
+def cut_ssh(namespace: str) -> None:
+    for pid in sshd_processes(namespace):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("when", ["before-up", "guest-create"])
+def test_ssh_cut_fails_in_one_line_then_refresh_and_up_converge(
+    when: str, fault_stack: TestStack, lab: LabStatus, lab_api: Lab
+) -> None:
+    ns = lab.hosts[0].namespace
+    before = host_snapshot(lab_api, ns)
+    try:
+        if when == "before-up":
+            cut_ssh(ns)
+        up = subprocess.Popen(
+            ["pulumi", "--non-interactive", "up", "--yes", "--skip-preview", "--stack", "dev"],
+            cwd=fault_stack.dir,
+            env=fault_stack.ws.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            if when == "guest-create":
+                deadline = time.monotonic() + 120
+                while not any(
+                    "QemuGuest" in str(op.get("resource", {}).get("type", ""))  # type: ignore[union-attr]
+                    for op in pending_operations(fault_stack)
+                ):
+                    assert up.poll() is None, "up ended before the guest's create was under way"
+                    assert time.monotonic() < deadline, "the guest's create never started"
+                    time.sleep(0.05)
+                cut_ssh(ns)
+            started = time.monotonic()
+            output, _ = up.communicate(timeout=300)
+            took = time.monotonic() - started
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.wait(30)
+        print(output)  # shown with -rP
+        assert up.returncode != 0, output
+        assert "Traceback" not in output and "Exception (client)" not in output, output
+        assert f"root@{lab.hosts[0].address}:22: " in output, output
+        assert took < 200, took
+    finally:
+        lab_api.up(hosts=len(lab.hosts))  # sshd back (idempotent for everything else)
+    fault_stack.refresh()
+    fault_stack.up()
+    pid = fault_stack.outputs()["pid"]
+    assert qemus_named("kfg1") == [pid]
+    fault_stack.preview_no_changes()
+    fault_stack.destroy()
+    assert qemus_named("kfg1") == []
+    after = host_snapshot(lab_api, ns)
+    assert after == before, "\n".join(diff_snapshots(before, after))
