@@ -273,3 +273,81 @@ def test_ssh_cut_fails_in_one_line_then_refresh_and_up_converge(
     assert qemus_named("kfg1") == []
     after = host_snapshot(lab_api, ns)
     assert after == before, "\n".join(diff_snapshots(before, after))
+
+
+TWENTY_TAPS = """
+import pulumi
+from kvmnet_provider.connection import HostSettings
+from kvmnet_provider.resources import *
+
+conn = HostSettings(**{conn!r})
+br = Bridge("br", BridgeArgs(connection=conn, name="kc{x}br", addresses=["10.0.{n}.254/24"]))
+taps = [TapPort(f"t{{i}}", TapPortArgs(connection=conn, name=f"kc{x}t{{i}}", bridge=br))
+        for i in range(20)]
+ForwardingSetting("fw", ForwardingSettingArgs(connection=conn))
+MasqueradeRule("m", MasqueradeRuleArgs(connection=conn, source="10.0.{n}.0/24"))
+"""
+
+
+def test_two_stacks_on_one_host_at_the_same_moment(
+    tmp_path: Path, lab: LabStatus, lab_api: Lab
+) -> None:
+    host = lab.hosts[0]
+    conn = HostSettings.for_lab_host(host, sys.executable).to_props()
+    before = host_snapshot(lab_api, host.namespace)
+    stacks = [
+        TestStack(
+            tmp_path / x,
+            textwrap.dedent(TWENTY_TAPS).format(conn=conn, x=x, n=n),
+            project=f"kc{x}",
+        )
+        for x, n in (("a", 61), ("b", 62))
+    ]
+    try:
+        ups = [
+            subprocess.Popen(
+                ["pulumi", "--non-interactive", "up", "--yes", "--skip-preview", "--stack", "dev"],
+                cwd=s.dir,
+                env=s.ws.env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for s in stacks
+        ]
+        outputs = [p.communicate(timeout=600)[0] for p in ups]
+        for proc, output in zip(ups, outputs, strict=True):
+            assert proc.returncode == 0, output
+        links = json.loads(
+            subprocess.run(
+                ["ip", "netns", "exec", host.namespace, "ip", "-j", "link"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        masters = {link["ifname"]: link.get("master") for link in links}
+        for x in ("a", "b"):
+            assert all(masters.get(f"kc{x}t{i}") == f"kc{x}br" for i in range(20)), masters
+        for s in stacks:
+            s.preview_no_changes()
+        destroys = [
+            subprocess.Popen(
+                ["pulumi", "--non-interactive", "destroy", "--yes", "--skip-preview"]
+                + ["--stack", "dev"],
+                cwd=s.dir,
+                env=s.ws.env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for s in stacks
+        ]
+        for proc in destroys:
+            output = proc.communicate(timeout=600)[0]
+            assert proc.returncode == 0, output
+    finally:
+        for s in stacks:
+            s.remove()
+    after = host_snapshot(lab_api, host.namespace)
+    assert after == before, "\n".join(diff_snapshots(before, after))
