@@ -31,7 +31,7 @@ from ..resources import (
     TapPortArgs,
 )
 from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
-from . import addresses
+from .addresses import check_guests, subnet_and_gateway
 
 MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork")
 
@@ -87,7 +87,7 @@ class _Network(pulumi.ComponentResource):
         self, resource_name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         host = (args.connection.host, args.connection.port)
-        addresses.check_guests(resource_name, host, args.subnet, args.gateway, args.guests)
+        check_guests(resource_name, host, args.subnet, args.gateway, args.guests)
         # Aliases to the other models' types keep the children's URNs across a model switch,
         # so NAT -> routed removes the masquerade rule and leaves the bridge and guests alone.
         others = [m for m in MODEL_TYPES if m != type(self).__name__]
@@ -166,7 +166,7 @@ class RoutedNetwork(_Network):
     def bridge_addresses(self) -> list[str]:
         if not self.args.gateway:
             raise ConfigError(f"{self.model} network: gateway", "required (the bridge's address)")
-        net, gateway = addresses.subnet_and_gateway(self.args.subnet, self.args.gateway)
+        net, gateway = subnet_and_gateway(self.args.subnet, self.args.gateway)
         return [f"{gateway}/{net.prefixlen}"]
 
     def host_setup(self, resource_name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
