@@ -121,6 +121,12 @@ def _connect(s: HostSettings) -> paramiko.SSHClient:
                 f"{s.label}: host key unknown; refusing to connect: {_trust_hint(s)}"
             ) from None
         raise HostError(f"{s.label}: SSH failed: {exc}") from None
+    except EOFError:  # paramiko's transport saw the socket close (a reset mid-handshake)
+        client.close()
+        raise HostError(
+            f"{s.label}: the connection closed during the SSH handshake (is an SSH server "
+            "listening there, and accepting this client?)"
+        ) from None
     except TimeoutError:
         client.close()
         raise HostError(
