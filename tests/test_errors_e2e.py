@@ -189,9 +189,17 @@ def test_agent_answers_an_error(
     assert diff_snapshots(before, host_snapshot(lab_api, h1.namespace)) == []
 
 
-@pytest.fixture
-def resetting_server(lab: LabStatus) -> Iterator[int]:
-    """A TCP server on the operator's lab address that resets every connection at once."""
+CLOSES = {
+    "reset-at-once": (b"", True),
+    "banner-then-reset": (b"SSH-2.0-OpenSSH_9.2\r\n", True),
+    "close-at-once": (b"", False),  # an orderly close: paramiko's transport sees EOF
+}
+
+
+@pytest.fixture(params=sorted(CLOSES))
+def closing_server(request: pytest.FixtureRequest, lab: LabStatus) -> Iterator[int]:
+    """A TCP server on the operator's lab address that ends every connection at once."""
+    greeting, reset = CLOSES[request.param]
     server = socket.create_server((lab.operator_address, 0))
     stop = threading.Event()
 
@@ -204,7 +212,10 @@ def resetting_server(lab: LabStatus) -> Iterator[int]:
                 continue
             except OSError:
                 return
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if greeting:
+                conn.sendall(greeting)
+            if reset:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
 
     thread = threading.Thread(target=serve, daemon=True)
@@ -217,12 +228,12 @@ def resetting_server(lab: LabStatus) -> Iterator[int]:
         thread.join(5)
 
 
-def test_connection_reset_has_no_paramiko_noise(
-    stack: TestStack, configured: Any, lab: LabStatus, resetting_server: int
+def test_connection_ended_by_the_server_has_no_paramiko_noise(
+    stack: TestStack, configured: Any, lab: LabStatus, closing_server: int
 ) -> None:
-    configured(host=lab.operator_address, port=str(resetting_server))
+    configured(host=lab.operator_address, port=str(closing_server))
     text = failed_up(stack)
-    assert_one_line(text, f"root@{lab.operator_address}:{resetting_server}: ")
+    assert_one_line(text, f"root@{lab.operator_address}:{closing_server}: ")
 
 
 # --- the stack program's own config ------------------------------------------------------------
