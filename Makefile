@@ -16,11 +16,13 @@ deps:
 toolchain:
 	scripts/install-pulumi >/dev/null
 
-$(VENV)/.stamp: pyproject.toml
+# Two projects, both editable: the product (kvmnet_provider, distribution kvmnet) and the
+# lab beside it (lab/kvmnet_lab, distribution kvmnet-lab, the `kvmnet` command).
+$(VENV)/.stamp: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "kvmnet needs Python 3.11"'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev]' -e ./lab
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -30,8 +32,8 @@ image: deps
 
 # Lints only paths that exist. In a git checkout only the Python files git tracks (committed
 # or staged) are linted, so a colleague's untracked work in progress cannot fail the build;
-# outside git, everything under the paths. mypy checks the package files (tests: ruff only).
-LINT_PATHS = $(wildcard kvmnet_provider tests bench stacks __main__.py)
+# outside git, everything under the paths. mypy checks both packages' files (tests: ruff only).
+LINT_PATHS = $(wildcard kvmnet_provider lab tests bench stacks __main__.py)
 lint: venv
 	@set -e; \
 	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
@@ -39,7 +41,7 @@ lint: venv
 	else \
 	  py=$$(find $(LINT_PATHS) -name '*.py' -not -path '*/__pycache__/*'); \
 	fi; \
-	pkg=$$(printf '%s\n' $$py | grep '^kvmnet_provider/' || true); \
+	pkg=$$(printf '%s\n' $$py | grep -E '^(kvmnet_provider|lab/kvmnet_lab)/' || true); \
 	echo "ruff check ($$(echo $$py | wc -w) files), mypy ($$(echo $$pkg | wc -w) files)"; \
 	$(VENV)/bin/ruff check $$py; \
 	$(VENV)/bin/mypy $$pkg

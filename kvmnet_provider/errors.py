@@ -36,8 +36,8 @@ class ConfigError(KvmnetError, pulumi.RunError, ValueError):
 
 def is_expected(exc: BaseException) -> bool:
     """Failures the operator can act on, as opposed to bugs in kvmnet."""
-    from .agent.validate import InvalidInput
     from .connection.session import HostError
+    from .spec.validate import InvalidInput
 
     return isinstance(exc, (KvmnetError, HostError, InvalidInput))
 

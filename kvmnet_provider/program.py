@@ -1,71 +1,61 @@
 """The stack program: stack config in, one network model with its guests out.
 
-`__main__.py` calls `build()`. Config keys (namespace `kvmnet:`):
-  model        isolated | routed | nat (| bridged)
-  lab          name of a `kvmnet lab` whose host to use (labStateDir, labHost optional)
-  host         otherwise: {host, port, user, known_hosts, host_key, private_key_path,
-               python, sudo} for a real host (secrets: sshPrivateKey / sshPassword, --secret)
-  bridge       bridge name (br-in); subnet (10.0.1.0/24); gateway (routed/NAT: 10.0.1.254)
-  uplink       NAT: limit the masquerade to this NIC
-  guests       [{name, address, mac?, tap?, memory_mib?, disks?}]
-  portForwards NAT: [{guest, guest_port, host_port, protocol?}] (DNAT from the host's port)
-  guestImage   {kernel, initrd} for direct boot, or "test" for the project's test image
-  accelerator  auto | kvm | tcg
+`__main__.py` calls `build()`. It reads plain stack config only (namespace `kvmnet:`), so
+any Pulumi project can use it; `kvmnet lab up` / `kvmnet demo up` and the tests write a lab
+host's connection and the test image's paths into it.
+  model             isolated | routed | nat | bridged
+  host              {host, port, user, known_hosts, host_key, private_key_path, python, sudo,
+                    connect_timeout, allow_agent} (secrets: kvmnet:sshPrivateKey /
+                    kvmnet:sshPassword, or per host kvmnet:sshCredentials, set with --secret)
+  bridge            bridge name (br-in); subnet (10.0.1.0/24); gateway (routed/NAT: 10.0.1.254)
+  uplink            NAT: limit the masquerade to this NIC; bridged: the NIC to bridge (eth0)
+  guests            [{name, address, mac?, tap?, memory_mib?, disks?, stop_timeout?}]
+  portForwards      NAT: [{guest, guest_port, host_port, protocol?}] (DNAT from the host's port)
+  guestImage        {kernel, initrd}: paths on the host for direct boot (the guest gets
+                    kvmnet.ip= / kvmnet.gw= / kvmnet.name= on its kernel command line)
+  guestStopTimeout  seconds to wait for a guest's ACPI power-down (default 10)
+  accelerator       auto | kvm | tcg
+  bridgeAddresses   bridged: addresses for the bridge instead of the NIC's; rollbackSeconds
+  firewallBackend   auto | iptables | nftables: the host's firewall backend (default auto)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
 import pulumi
 
 from .connection import HostSettings
-from .lab.state import LabStatus
+from .connection.settings import SettingError
 from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
 from .program_checks import check_stack_config
 from .resources import Bridge
-from .toolchain import venv_python
 
 DEFAULT_GUESTS = [{"name": "g1", "address": "10.0.1.11"}, {"name": "g2", "address": "10.0.1.12"}]
 
 
-def lab_status(cfg: pulumi.Config) -> LabStatus | None:
-    lab_name = cfg.get("lab")
-    if not lab_name:
-        return None
-    from .lab import Lab
-
-    return Lab(lab_name, cfg.get("labStateDir")).status(check_ssh=False)
-
-
 def connection_from_config(cfg: pulumi.Config) -> HostSettings:
-    status = lab_status(cfg)
-    if status is not None:
-        host = status.host(cfg.get("labHost") or "h1")
-        return HostSettings.for_lab_host(host, cfg.get("hostPython") or venv_python())
     raw: dict[str, Any] = cfg.require_object("host")
-    return HostSettings(**raw)
+    try:
+        settings = HostSettings.from_props(raw, "kvmnet:host")
+    except SettingError as exc:
+        raise ValueError(f"{exc.prop} {exc.reason}") from None
+    backend = cfg.get("firewallBackend")
+    return dataclasses.replace(settings, firewall_backend=backend) if backend else settings
 
 
 def guest_image(cfg: pulumi.Config) -> tuple[str | None, str | None]:
-    if cfg.get("guestImage") == "test":
-        from .testing.guest import guest_image_dir
-
-        directory = guest_image_dir()
-        return str(directory / "vmlinuz"), str(directory / "initrd.img")
     image = cfg.get_object("guestImage")
     if isinstance(image, dict):
         return image.get("kernel"), image.get("initrd")
     return None, None
 
 
-def guests_from_config(
-    cfg: pulumi.Config, subnet: str, gateway: str | None, lab: LabStatus | None = None
-) -> list[GuestSpec]:
-    bridged_lab = lab is not None and cfg.get("model") == "bridged"
-    default = lan_guests(lab.lan) if lab is not None and bridged_lab else DEFAULT_GUESTS
-    raw: list[dict[str, Any]] = cfg.get_object("guests") or default
+def guests_from_config(cfg: pulumi.Config, subnet: str, gateway: str | None) -> list[GuestSpec]:
+    raw: list[dict[str, Any]] = cfg.get_object("guests") or DEFAULT_GUESTS
+    stop_timeout = cfg.get_int("guestStopTimeout") or 10
     kernel, initrd = guest_image(cfg)
     prefix = ipaddress.ip_network(subnet).prefixlen
     guests = []
@@ -90,19 +80,10 @@ def guests_from_config(
                 initrd=initrd,
                 cmdline=cmdline,
                 disks=guest.get("disks") or (),
-                # The test image ignores ACPI power-down: do not wait for it.
-                stop_timeout=int(
-                    guest.get("stop_timeout", 2 if cfg.get("guestImage") == "test" else 10)
-                ),
+                stop_timeout=int(guest.get("stop_timeout", stop_timeout)),
             )
         )
     return guests
-
-
-def lan_guests(lan: str, count: int = 2) -> list[dict[str, Any]]:
-    """Bridged guests on the lab LAN: .50, .51, ..."""
-    base = ipaddress.ip_network(lan).network_address
-    return [{"name": f"g{i}", "address": str(base + 49 + i)} for i in range(1, count + 1)]
 
 
 def build() -> None:
@@ -113,17 +94,13 @@ def build() -> None:
     subnet = cfg.get("subnet") or "10.0.1.0/24"
     gateway = None if model == "isolated" else cfg.get("gateway") or "10.0.1.254"
     uplink = cfg.get("uplink")
-    lab = lab_status(cfg)
-    if model == "bridged" and lab is not None:
-        # Guests are peers on the lab's LAN; the host's eth0 is the NIC to bridge.
-        subnet, gateway, uplink = lab.lan, lab.gateway, uplink or "eth0"
     args = NetworkArgs(
         connection=connection_from_config(cfg),
         bridge=cfg.get("bridge") or "br-in",
         subnet=subnet,
         gateway=gateway,
         uplink=uplink,
-        guests=guests_from_config(cfg, subnet, gateway, lab),
+        guests=guests_from_config(cfg, subnet, gateway),
         accelerator=cfg.get("accelerator") or "auto",
         bridge_addresses_override=cfg.get_object("bridgeAddresses") or (),
         rollback_seconds=cfg.get_int("rollbackSeconds") or 30,

@@ -12,12 +12,12 @@ from typing import Any
 
 import pulumi
 
-from .agent.guests import MEMORY_MIB, guest_name
-from .agent.validate import InvalidInput
-from .connection.settings import HostSettings, SettingError
+from .connection.settings import FIREWALL_BACKENDS, HostSettings, SettingError
 from .errors import ConfigError
 from .models import addresses
 from .models.networks import MODELS
+from .spec.guest import MEMORY_MIB, guest_name
+from .spec.validate import InvalidInput
 
 NS = "kvmnet"
 GUEST_KEYS = ("name", "address", "mac", "tap", "memory_mib", "disks", "stop_timeout")
@@ -32,11 +32,17 @@ def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
         )
     addresses.subnet_and_gateway(cfg.get("subnet") or "10.0.1.0/24", cfg.get("gateway"), f"{NS}:")
     raw_host = cfg.get_object("host")
-    if raw_host is not None and not cfg.get("lab"):
+    if raw_host is not None:
         try:
             HostSettings.from_props(raw_host, prop=f"{NS}:host")
         except SettingError as exc:
             raise ConfigError(exc.prop, exc.reason) from None
+    backend = cfg.get("firewallBackend")
+    if backend is not None and backend not in FIREWALL_BACKENDS:
+        raise ConfigError(
+            f"{NS}:firewallBackend",
+            f"must be one of {', '.join(FIREWALL_BACKENDS)}, got {backend!r}",
+        )
     guests = _list(cfg, "guests")
     names = []
     for index, guest in enumerate(guests):

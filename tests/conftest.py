@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kvmnet_lab.lab import Lab, LabStatus, fresh_lab
 
-from kvmnet_provider.lab import Lab, LabStatus, fresh_lab
 
-
-# --- lab (kvmnet_provider.lab) -----------------------------------------------------------
+# --- lab (kvmnet_lab.lab) -----------------------------------------------------------
 def _lab_for_session(base: Path) -> Iterator[tuple[Lab, LabStatus]]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")

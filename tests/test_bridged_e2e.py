@@ -11,12 +11,13 @@ from pathlib import Path
 
 import paramiko
 import pytest
-
-from kvmnet_provider.lab import Lab, LabStatus
-from kvmnet_provider.lab.sshclient import open_client
-from kvmnet_provider.probe import EXPECTED, GuestEndpoint, Outside, observe
-from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot
-from kvmnet_provider.testing.stack import TestStack
+from kvmnet_lab.hostconfig import lab_stack_config
+from kvmnet_lab.lab import Lab, LabStatus
+from kvmnet_lab.lab.sshclient import open_client
+from kvmnet_lab.probe import EXPECTED, GuestEndpoint, Outside, observe
+from kvmnet_lab.testing.guest import guest_image_dir
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
+from kvmnet_lab.testing.stack import TestStack
 
 pytestmark = pytest.mark.e2e
 
@@ -27,15 +28,8 @@ HOST = "h2"  # the models' tests use h1
 @pytest.fixture()
 def bridged_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
     stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="bridged")
-    for key, value in {
-        "model": "bridged",
-        "lab": lab.name,
-        "labStateDir": lab.state_dir,
-        "labHost": HOST,
-        "guestImage": "test",
-        "accelerator": "tcg",
-        "rollbackSeconds": "12",
-    }.items():
+    stack.config_values(lab_stack_config(lab, "bridged", host=HOST, image_dir=guest_image_dir()))
+    for key, value in {"accelerator": "tcg", "rollbackSeconds": "12"}.items():
         stack.config(f"kvmnet:{key}", value)
     try:
         yield stack

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kvmnet_lab.hostconfig import host_settings
+from kvmnet_lab.lab import HostStatus, Lab, LabStatus, fresh_lab
+from kvmnet_lab.testing.debian_python import debian_python
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
+from kvmnet_lab.testing.stack import TestStack
 
 from kvmnet_provider.connection import HostError, HostSettings, agent_session
 from kvmnet_provider.connection.tcp import QuickAckSocket
-from kvmnet_provider.lab import HostStatus, Lab, LabStatus, fresh_lab
-from kvmnet_provider.testing.debian_python import debian_python
-from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot, run_in
-from kvmnet_provider.testing.stack import TestStack
 
 pytestmark = pytest.mark.e2e
 
@@ -39,9 +40,7 @@ VENV_PY = sys.executable
 
 
 def settings(h: HostStatus, **kw: Any) -> HostSettings:
-    return dataclasses.replace(
-        HostSettings.for_lab_host(h, VENV_PY), **{"connect_timeout": 5.0, **kw}
-    )
+    return dataclasses.replace(host_settings(h, VENV_PY), **{"connect_timeout": 5.0, **kw})
 
 
 def host_key_of(host: HostStatus) -> str:
@@ -451,7 +450,7 @@ def test_non_root_sudo_user_works_as_well_as_root(
 
     c = HostSettings(host={h.address!r}, user={sudo_user!r}, sudo=True,
                      known_hosts={h.known_hosts!r}, private_key_path={h.private_key!r},
-                     python={VENV_PY!r})
+                     python={VENV_PY!r}, firewall_backend="iptables")
     br = Bridge("br", BridgeArgs(connection=c, name="br-sudo", addresses=["10.0.6.1/24"]))
     t = TapPort("t", TapPortArgs(connection=c, name="vif9.0", bridge=br))
     fw = ForwardingSetting("fw", ForwardingSettingArgs(connection=c))
@@ -486,7 +485,8 @@ def test_debian_packaged_pyroute2_and_iptables_work_through_the_engine(
     from kvmnet_provider.resources import *
 
     c = HostSettings(host={h.address!r}, known_hosts={h.known_hosts!r},
-                     private_key_path={h.private_key!r}, python={python!r})
+                     private_key_path={h.private_key!r}, python={python!r},
+                     firewall_backend="iptables")
     br = Bridge("br", BridgeArgs(connection=c, name="br-deb", addresses=["10.0.7.1/24"],
                                  mtu=1400))
     taps = [TapPort(f"t{{k}}", TapPortArgs(connection=c, name=f"vif7.{{k}}", bridge=br))

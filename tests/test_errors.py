@@ -12,8 +12,8 @@ import pulumi
 import pytest
 
 from kvmnet_provider import errors
-from kvmnet_provider.agent.validate import InvalidInput
 from kvmnet_provider.connection.session import AgentCallError, HostError
+from kvmnet_provider.spec.validate import InvalidInput
 
 SERVER = Path(pulumi.__file__).parent / "dynamic" / "__main__.py"
 

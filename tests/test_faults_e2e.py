@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from kvmnet_provider.connection import HostSettings
-from kvmnet_provider.lab import HostStatus, Lab, LabStatus
-from kvmnet_provider.testing import guest_image_dir
-from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot
-from kvmnet_provider.testing.stack import TestStack
+from kvmnet_lab.hostconfig import host_settings
+from kvmnet_lab.lab import HostStatus, Lab, LabStatus
+from kvmnet_lab.testing import guest_image_dir
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
+from kvmnet_lab.testing.stack import TestStack
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +63,7 @@ def qemus_named(name: str) -> list[int]:
 def fault_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
     host: HostStatus = lab.hosts[0]
     image = guest_image_dir()
-    conn = HostSettings.for_lab_host(host, sys.executable).to_props()
+    conn = host_settings(host, sys.executable).to_props()
     program = textwrap.dedent(PROGRAM).format(
         conn=conn, kernel=str(image / "vmlinuz"), initrd=str(image / "initrd.img")
     )
@@ -293,7 +292,7 @@ def test_two_stacks_on_one_host_at_the_same_moment(
     tmp_path: Path, lab: LabStatus, lab_api: Lab
 ) -> None:
     host = lab.hosts[0]
-    conn = HostSettings.for_lab_host(host, sys.executable).to_props()
+    conn = host_settings(host, sys.executable).to_props()
     before = host_snapshot(lab_api, host.namespace)
     stacks = [
         TestStack(

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from kvmnet_provider.testing import (
+from kvmnet_lab.testing import (
     GuestConsole,
     GuestNic,
     guest_image_dir,

@@ -14,18 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kvmnet_lab.hostconfig import host_settings
+from kvmnet_lab.lab import LabStatus
+from kvmnet_lab.testing import guest_image_dir
 
-from kvmnet_provider.connection import HostSettings, agent_session
+from kvmnet_provider.connection import agent_session
 from kvmnet_provider.connection.session import AgentCallError, AgentSession
-from kvmnet_provider.lab import LabStatus
-from kvmnet_provider.testing import guest_image_dir
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def agent(lab: LabStatus) -> AgentSession:
-    settings = HostSettings.for_lab_host(lab.hosts[0], sys.executable)
+    settings = host_settings(lab.hosts[0], sys.executable)
     return agent_session(dataclasses.replace(settings, connect_timeout=5.0))
 
 

@@ -20,19 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kvmnet_lab.hostconfig import host_settings
+from kvmnet_lab.lab import HostStatus, LabStatus
+from kvmnet_lab.testing import GuestConsole, guest_image_dir
+from kvmnet_lab.testing.stack import TestStack
 from pulumi.runtime.rpc import UNKNOWN  # the SDK's sentinel, not the code under test's copy
 
-from kvmnet_provider.agent import guests
-from kvmnet_provider.agent.validate import InvalidInput
+from kvmnet_provider.agent import hoststate
+from kvmnet_provider.agent.guests import argv as qemu_argv
+from kvmnet_provider.agent.guests import kvm, process, qmp
 from kvmnet_provider.connection import HostSettings, agent_session
 from kvmnet_provider.connection.session import AgentCallError
-from kvmnet_provider.lab import HostStatus, LabStatus
 from kvmnet_provider.resources.guest import QemuGuestProvider
-from kvmnet_provider.testing import GuestConsole, guest_image_dir
-from kvmnet_provider.testing.stack import TestStack
+from kvmnet_provider.spec import guest as guest_spec
+from kvmnet_provider.spec.validate import InvalidInput
 
 CONN = {"host": "198.18.0.10", "known_hosts": "/tmp/kh", "private_key_path": "/tmp/id"}
-PATHS = guests.guest_paths(Path("/run/kvmnet/netns-1/guests/g1"), {})
+PATHS = qemu_argv.guest_paths(Path("/run/kvmnet/netns-1/guests/g1"), {})
 
 
 def spec(**overrides: Any) -> dict[str, Any]:
@@ -59,8 +63,8 @@ def after(argv: list[str], flag: str) -> list[str]:
 
 # --- argv and validation: pure, no host ----------------------------------------------------
 def test_argv_direct_boot_detached_with_taps_console_and_qmp() -> None:
-    s = guests.normalise_spec(spec())
-    argv = guests.build_argv(s, PATHS, "tcg")
+    s = guest_spec.normalise_spec(spec())
+    argv = qemu_argv.build_argv(s, PATHS, "tcg")
     assert argv[0] == "qemu-system-x86_64"
     assert "-nographic" not in argv and argv[-1] == "-daemonize"
     assert after(argv, "-name") == ["g1"]
@@ -88,12 +92,12 @@ def test_argv_direct_boot_detached_with_taps_console_and_qmp() -> None:
     ]
     assert after(argv, "-sandbox") == ["on,obsolete=deny,resourcecontrol=deny"]
     # the same spec builds the same argv (so a restarted provider sees no change) ...
-    assert guests.argv_hash(guests.build_argv(s, PATHS, "tcg")) == guests.argv_hash(argv)
-    assert guests.argv_hash(argv) != guests.argv_hash(guests.build_argv(s, PATHS, "kvm"))
+    assert qemu_argv.argv_hash(qemu_argv.build_argv(s, PATHS, "tcg")) == qemu_argv.argv_hash(argv)
+    assert qemu_argv.argv_hash(argv) != qemu_argv.argv_hash(qemu_argv.build_argv(s, PATHS, "kvm"))
 
 
 def test_argv_disks_kvm_cpu_and_own_socket_paths() -> None:
-    s = guests.normalise_spec(
+    s = guest_spec.normalise_spec(
         spec(
             kernel=None,
             initrd=None,
@@ -109,8 +113,8 @@ def test_argv_disks_kvm_cpu_and_own_socket_paths() -> None:
             accelerator="kvm",
         )
     )
-    paths = guests.guest_paths(Path("/run/x/g1"), s)
-    argv = guests.build_argv(s, paths, "kvm")
+    paths = qemu_argv.guest_paths(Path("/run/x/g1"), s)
+    argv = qemu_argv.build_argv(s, paths, "kvm")
     assert after(argv, "-accel") == ["kvm"] and after(argv, "-cpu") == ["host"]
     assert after(argv, "-m") == ["2048"] and after(argv, "-smp") == ["4"]
     assert "-kernel" not in argv and "-append" not in argv
@@ -121,12 +125,12 @@ def test_argv_disks_kvm_cpu_and_own_socket_paths() -> None:
     assert after(argv, "-chardev")[0].startswith("socket,id=s0,path=/run/g1/serial.sock,")
     assert after(argv, "-qmp") == ["unix:/run/g1/qmp.sock,server=on,wait=off"]
     # a CPU model asked for is kept under both; "host" is dropped when falling back to TCG
-    assert after(guests.build_argv(dict(s, cpu="qemu64,+ssse3"), paths, "tcg"), "-cpu") == [
+    assert after(qemu_argv.build_argv(dict(s, cpu="qemu64,+ssse3"), paths, "tcg"), "-cpu") == [
         "qemu64,+ssse3"
     ]
-    assert "-cpu" not in guests.build_argv(dict(s, cpu="host"), paths, "tcg")
+    assert "-cpu" not in qemu_argv.build_argv(dict(s, cpu="host"), paths, "tcg")
     with pytest.raises(InvalidInput):
-        guests.build_argv(s, paths, "auto")
+        qemu_argv.build_argv(s, paths, "auto")
 
 
 @pytest.mark.parametrize(
@@ -176,7 +180,7 @@ def test_invalid_inputs_fail_check_naming_the_property(
     overrides: dict[str, Any], prop: str
 ) -> None:
     with pytest.raises(InvalidInput, match=f"^{prop} "):
-        guests.normalise_spec(spec(**overrides))  # the host's own check
+        guest_spec.normalise_spec(spec(**overrides))  # the host's own check
     news = {"connection": CONN, **spec(**overrides)}
     result = QemuGuestProvider().check({}, news)  # the controller's, at preview
     assert [f.property for f in result.failures] == [prop], result.failures
@@ -195,7 +199,7 @@ def test_cross_field_rules(overrides: dict[str, Any], prop: str) -> None:
     result = QemuGuestProvider().check({}, {"connection": CONN, **spec(**overrides)})
     assert prop in [f.property for f in result.failures], result.failures
     with pytest.raises(InvalidInput):
-        guests.normalise_spec(spec(**overrides))
+        guest_spec.normalise_spec(spec(**overrides))
 
 
 def test_check_normalises_and_defaults() -> None:
@@ -247,21 +251,21 @@ def test_diff_compares_what_was_asked_not_what_the_host_resolved() -> None:
 
 
 def test_only_our_qemu_is_ever_signalled() -> None:
-    assert not guests.is_our_qemu(os.getpid(), "g1", "/x/qemu.pid")
-    assert not guests.is_our_qemu(1, "g1", "/x/qemu.pid")
-    assert not guests.is_our_qemu(0, "g1", "/x/qemu.pid")
-    assert not guests.is_our_qemu(2**22 + 7, "g1", "/x/qemu.pid")  # no such process
+    assert not process.is_our_qemu(os.getpid(), "g1", "/x/qemu.pid")
+    assert not process.is_our_qemu(1, "g1", "/x/qemu.pid")
+    assert not process.is_our_qemu(0, "g1", "/x/qemu.pid")
+    assert not process.is_our_qemu(2**22 + 7, "g1", "/x/qemu.pid")  # no such process
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="/dev/kvm and QEMU probes need root here")
 def test_auto_accelerator_resolves_on_this_machine() -> None:
-    accel, reason = guests.resolve_accelerator("auto", "qemu-system-x86_64", None)
+    accel, reason = kvm.resolve_accelerator("auto", "qemu-system-x86_64", None)
     assert accel in ("kvm", "tcg")
     assert reason.startswith("auto: ") and len(reason) > 10
     if accel == "tcg":
         assert "using tcg" in reason
     # asked for explicitly: no probe, reported as such
-    assert guests.resolve_accelerator("tcg", "qemu-system-x86_64", None) == (
+    assert kvm.resolve_accelerator("tcg", "qemu-system-x86_64", None) == (
         "tcg",
         "tcg requested",
     )
@@ -281,10 +285,10 @@ def test_qmp_library_and_plain_fallback_against_a_real_qemu(tmp_path: Path) -> N
     )
     try:
         wait_until("the QMP socket", sock.exists, 10)
-        status = guests.qmp(str(sock), ["query-status"])[0]
+        status = qmp.qmp(str(sock), ["query-status"])[0]
         assert status["status"] == "prelaunch" and status["running"] is False
-        assert guests._qmp_plain(str(sock), ["query-status"], 3.0)[0]["status"] == "prelaunch"
-        assert guests._qmp_plain(str(sock), ["quit"], 3.0) == [{}]
+        assert qmp.qmp_plain(str(sock), ["query-status"], 3.0)[0]["status"] == "prelaunch"
+        assert qmp.qmp_plain(str(sock), ["quit"], 3.0) == [{}]
         assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:
@@ -325,7 +329,7 @@ for i in (1, 2):
 
 
 def settings(host: HostStatus) -> HostSettings:
-    return HostSettings.for_lab_host(host, sys.executable)
+    return host_settings(host, sys.executable)
 
 
 def cmdline(pid: int) -> list[str]:
@@ -427,7 +431,7 @@ def test_failed_start_leaves_nothing_and_reports_qemu_stderr(
         agent.call("guest.start", args)
     assert "exited with" in str(failure.value)
     netns_ino = os.stat(f"/run/netns/{host.namespace}").st_ino
-    run_dir = guests.hoststate.ROOT / f"netns-{netns_ino}" / "guests" / "kqbad"
+    run_dir = hoststate.ROOT / f"netns-{netns_ino}" / "guests" / "kqbad"
     assert run_dir.parent.is_dir() and not run_dir.exists()
     assert namespace_qemus(host.namespace) == []
     assert agent.call("guest.read", {"name": "kqbad", "owner": args["owner"]}) is None
@@ -465,7 +469,7 @@ def test_two_guests_up_ping_crash_refresh_restart_replace_destroy(
         meta = json.loads((run_dir / "guest.json").read_text())
         assert meta["owner"] == f"kqguest/dev/QemuGuest/g{i}"
         assert meta["argv"] == argv
-        assert meta["argv_sha256"] == guests.argv_hash(argv)
+        assert meta["argv_sha256"] == qemu_argv.argv_hash(argv)
         # the netns-inode keyed run dir: this host's namespace, not the root one
         assert run_dir.parent.parent.name.startswith("netns-")
         assert str(os.stat("/proc/self/ns/net").st_ino) not in run_dir.parent.parent.name

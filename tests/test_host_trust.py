@@ -20,15 +20,17 @@ import pytest
 from kvmnet_provider.agent import rundir
 from kvmnet_provider.agent.errors import AgentError
 from kvmnet_provider.connection import credentials, framing
-from kvmnet_provider.connection.session import BOOTSTRAP
+from kvmnet_provider.connection.bootstrap import BOOTSTRAP
 from kvmnet_provider.connection.settings import HostSettings, SettingError
 from kvmnet_provider.resources import identity
 
-# A stand-in agent: says where its code lives and which module `json` came from.
+# A stand-in agent (kvmnet_agent/agent/server.py): says where its code lives and which module
+# `json` came from.
 SERVER = """
 import json, os, sys
 def main():
-    print(json.dumps({"hello": {"code": os.path.dirname(os.path.dirname(__file__)),
+    code = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    print(json.dumps({"hello": {"code": code,
                       "cwd": os.getcwd(), "json": json.__file__, "path": sys.path}}), flush=True)
     sys.stdin.readline()  # serve until told to stop
 """
@@ -46,7 +48,12 @@ def start_agent(
         env={**os.environ, "KVMNET_HOST_STATE": str(run_root)},
     )
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps({"server.py": server, "__init__.py": ""}) + "\n")
+    files = {
+        "kvmnet_agent/__init__.py": "",
+        "kvmnet_agent/agent/__init__.py": "",
+        "kvmnet_agent/agent/server.py": server,
+    }
+    proc.stdin.write(json.dumps(files) + "\n")
     proc.stdin.flush()
     return proc
 
@@ -198,20 +205,20 @@ def test_no_password_for_a_host_whose_key_was_not_checked(
     clean_credentials: None, monkeypatch: pytest.MonkeyPatch, insecure: bool
 ) -> None:
     """What paramiko is asked to offer (its connect is stubbed: no host is contacted)."""
-    from kvmnet_provider.connection import session
+    from kvmnet_provider.connection import ssh
 
     offered: dict[str, object] = {}
 
     def connect(_client: object, **kwargs: object) -> None:
         offered.update(kwargs)
 
-    monkeypatch.setattr(session, "open_tcp", lambda *_: None)
-    monkeypatch.setattr(session.paramiko.SSHClient, "connect", connect)
+    monkeypatch.setattr(ssh, "open_tcp", lambda *_: None)
+    monkeypatch.setattr(ssh.paramiko.SSHClient, "connect", connect)
     credentials.configure(None, "pw")
     conn = {"host": "198.18.0.2", "insecure_accept_any_host_key": insecure}
     if not insecure:
         conn["known_hosts"] = "/nonexistent/known_hosts"  # checked (by the stubbed connect)
-    session._connect(HostSettings.from_props(conn))
+    ssh.connect(HostSettings.from_props(conn))
     assert ("password" in offered) is not insecure
     assert offered["allow_agent"] is False and offered["look_for_keys"] is False
 

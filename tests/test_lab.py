@@ -15,8 +15,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
-
-from kvmnet_provider.lab import (
+from kvmnet_lab.lab import (
     Lab,
     LabNames,
     LabStatus,
@@ -26,7 +25,7 @@ from kvmnet_provider.lab import (
     run_command,
     subnet_octet,
 )
-from kvmnet_provider.lab import netns as nsmod
+from kvmnet_lab.lab import netns as nsmod
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -159,7 +158,7 @@ def test_topology(lab: LabStatus, lab_api: Lab) -> None:
 
 
 def test_cli_status_json(lab: LabStatus) -> None:
-    argv = [sys.executable, "-m", "kvmnet_provider.cli", "--name", lab.name,
+    argv = [sys.executable, "-m", "kvmnet_lab.cli", "--name", lab.name,
             "--state-dir", lab.state_dir, "lab", "status", "--json"]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
     data = json.loads(out)
@@ -247,7 +246,7 @@ def test_down_cleans_a_crashed_up_without_state(scratch_lab: Lab) -> None:
 
 
 def test_down_after_up_was_killed_midway(scratch_lab: Lab) -> None:
-    argv = [sys.executable, "-m", "kvmnet_provider.cli", "--name", scratch_lab.name,
+    argv = [sys.executable, "-m", "kvmnet_lab.cli", "--name", scratch_lab.name,
             "--state-dir", str(scratch_lab.state_dir), "lab", "up", "--hosts", "3"]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from kvmnet_provider.lab import Lab, LabStatus
-from kvmnet_provider.probe import EXPECTED, GuestEndpoint, Outside, observe, ping
-from kvmnet_provider.testing.console import GuestConsole
-from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot
-from kvmnet_provider.testing.stack import TestStack
+from kvmnet_lab.hostconfig import lab_stack_config
+from kvmnet_lab.lab import Lab, LabStatus
+from kvmnet_lab.probe import EXPECTED, GuestEndpoint, Outside, observe, ping
+from kvmnet_lab.testing.console import GuestConsole
+from kvmnet_lab.testing.guest import guest_image_dir
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
+from kvmnet_lab.testing.stack import TestStack
 
 pytestmark = pytest.mark.e2e
 
@@ -26,9 +27,7 @@ PROGRAM = "from kvmnet_provider.program import build\n\nbuild()\n"
 @pytest.fixture()
 def model_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
     stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="e2e")
-    stack.config("kvmnet:lab", lab.name)
-    stack.config("kvmnet:labStateDir", lab.state_dir)
-    stack.config("kvmnet:guestImage", "test")
+    stack.config_values(lab_stack_config(lab, image_dir=guest_image_dir()))
     stack.config("kvmnet:accelerator", "tcg")
     try:
         yield stack

@@ -41,6 +41,7 @@ def test_the_defaults_pass(config: dict[str, str]) -> None:
         ({"gateway": "10.0.2.1"}, "kvmnet:gateway: 10.0.2.1 is not inside subnet 10.0.1.0/24"),
         ({"host": {"host": "h1", "colour": "blue"}}, "kvmnet:host.colour: unknown setting"),
         ({"host": {"host": "h1", "private_key_path": "-----BEGIN KEY-----x"}}, "not shown"),
+        ({"firewallBackend": "pf"}, "kvmnet:firewallBackend: must be one of auto, iptables"),
         ({"guests": {"name": "g1"}}, "kvmnet:guests: must be a list"),
         ({"guests": [{"name": "g 1"}]}, "kvmnet:guests[0].name: must be 1-32 characters"),
         ({"guests": [{"name": "g1", "memory_mib": 1}]}, "kvmnet:guests[0].memory_mib:"),

@@ -7,15 +7,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from kvmnet_provider.toolchain import PulumiWorkspace, pulumi_bin_dir
+from kvmnet_lab.toolchain import PulumiWorkspace, pulumi_bin_dir
 
 pytestmark = pytest.mark.e2e
 
 PROGRAM = textwrap.dedent(
     """
     import pulumi
-    from kvmnet_provider.testing.roundtrip import Noop
+    from kvmnet_lab.testing.roundtrip import Noop
 
     cfg = pulumi.Config()
     thing = Noop("thing", message=cfg.get("message") or "hello")

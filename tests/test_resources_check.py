@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
-from kvmnet_provider.lab import HostStatus, Lab, LabStatus
-from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot
-from kvmnet_provider.testing.stack import TestStack
+from kvmnet_lab.lab import HostStatus, Lab, LabStatus
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
+from kvmnet_lab.testing.stack import TestStack
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,7 @@
 """Bridge, TapPort, ForwardingSetting, MasqueradeRule through the real engine on a lab host.
 
 Every result is checked inside the host's namespace with `ip -j`, `iptables-legacy-save` and
-`sysctl` (kvmnet_provider.testing.snapshot), never with the code under test.
+`sysctl` (kvmnet_lab.testing.snapshot), never with the code under test.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from kvmnet_provider.lab import HostStatus, Lab, LabStatus
-from kvmnet_provider.testing.snapshot import diff_snapshots, host_snapshot, run_in
-from kvmnet_provider.testing.stack import TestStack
+from kvmnet_lab.lab import HostStatus, Lab, LabStatus
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
+from kvmnet_lab.testing.stack import TestStack
 
 pytestmark = pytest.mark.e2e
 
@@ -32,8 +31,10 @@ def program(host: HostStatus, body: str) -> str:
         from kvmnet_provider.connection import HostSettings
         from kvmnet_provider.resources import *
 
+        # These tests read the rules with iptables-legacy-save: the python-iptables backend.
         c = HostSettings(host={host.address!r}, known_hosts={host.known_hosts!r},
-                         private_key_path={host.private_key!r}, python={VENV_PY!r})
+                         private_key_path={host.private_key!r}, python={VENV_PY!r},
+                         firewall_backend="iptables")
         """
     )
     return head + textwrap.dedent(body)

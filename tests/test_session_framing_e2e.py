@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from kvmnet_lab.hostconfig import host_settings
+from kvmnet_lab.lab import LabStatus
 
-from kvmnet_provider.connection import HostSettings
 from kvmnet_provider.connection.session import AgentSession
-from kvmnet_provider.lab import LabStatus
 
 pytestmark = pytest.mark.e2e
 
@@ -29,9 +29,7 @@ def test_output_before_the_agent_is_skipped_and_reported_once(
         f'exec {sys.executable} "$@"\n'
     )
     chatty.chmod(0o755)
-    settings = dataclasses.replace(
-        HostSettings.for_lab_host(lab.hosts[0], str(chatty)), connect_timeout=5.0
-    )
+    settings = dataclasses.replace(host_settings(lab.hosts[0], str(chatty)), connect_timeout=5.0)
     session = AgentSession(settings)
     try:
         assert session.preamble == ["Welcome to h1!", '{"hello": {"pid": 1}}']

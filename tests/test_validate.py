@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from kvmnet_provider.agent import validate
-from kvmnet_provider.agent.validate import InvalidInput
 from kvmnet_provider.connection import HostSettings
 from kvmnet_provider.connection.settings import SettingError
 from kvmnet_provider.resources.links import BridgeProvider, TapPortProvider
 from kvmnet_provider.resources.netfilter import ForwardingSettingProvider, MasqueradeRuleProvider
+from kvmnet_provider.spec import validate
+from kvmnet_provider.spec.validate import InvalidInput
 
 KEY = "ssh-ed25519 " + "AAAAC3NzaC1lZDI1NTE5AAAAIHk5" + "A" * 40
 

@@ -1,7 +1,8 @@
 """The host agent: code that runs ON the target host.
 
-Only this subpackage imports pyroute2 and python-iptables. The controller ships these files
-over SSH and runs them with the host's Python; every module uses relative imports so the
-package works under whatever name the bootstrap gives it. `validate` and `errors` are pure
-and are imported by the controller too.
+Only this subpackage imports pyroute2 and python-iptables. The provider ships it, with the
+pure `spec` package it checks requests with, over SSH as the tree kvmnet_agent/{agent,spec}
+(connection/bootstrap.py) and runs it with the host's Python; every module uses relative
+imports so the tree works under that name. Nothing here imports models, resources or
+connection (tests/test_layout.py).
 """

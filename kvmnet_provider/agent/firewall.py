@@ -16,7 +16,7 @@ from typing import Any
 
 import iptc  # type: ignore[import-untyped]
 
-from . import validate
+from ..spec import validate
 from .errors import AgentError
 
 MARK_PREFIX = "kvmnet:"
@@ -32,7 +32,7 @@ def _cidr_form(value: str) -> str:
     return str(ipaddress.ip_network(value.lstrip("!"), strict=False))
 
 
-def _comment(rule: Any) -> str | None:
+def comment(rule: Any) -> str | None:
     for match in rule.matches:
         if match.name == "comment":
             return str(match.comment)
@@ -48,7 +48,7 @@ def _nat_chain(name: str) -> tuple[Any, Any]:
 def _ours(chain_name: str, owner: str, describe: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     mark = MARK_PREFIX + validate.owner(owner)
     _, chain = _nat_chain(chain_name)
-    rules = [describe(r) for r in chain.rules if _comment(r) == mark]
+    rules = [describe(r) for r in chain.rules if comment(r) == mark]
     return {"rules": rules, "count": len(rules)}
 
 
@@ -59,7 +59,7 @@ def _remove(chain_name: str, owner: str) -> dict[str, Any]:
     table.autocommit = False
     try:
         for rule in list(chain.rules):
-            if _comment(rule) == mark:
+            if comment(rule) == mark:
                 chain.delete_rule(rule)
                 removed += 1
         table.commit()

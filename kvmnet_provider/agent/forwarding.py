@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import hoststate, validate
+from ..spec import validate
+from . import hoststate
 
 SYSCTLS = {
     "ipv4": Path("/proc/sys/net/ipv4/ip_forward"),

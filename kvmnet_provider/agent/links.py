@@ -19,7 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-from . import validate
+from ..spec import validate
 from .errors import AgentError
 from .netlink import link_addresses
 

@@ -1,7 +1,10 @@
 """The agent's main loop: JSON requests in on stdin, JSON answers out on stdout.
 
 One agent process serves one controller for as long as its SSH channel lives, so each
-kernel change costs a netlink call, not an SSH session. Requests are handled one at a time.
+kernel change costs a netlink call, not an SSH session. Every answer echoes its request's id:
+quick operations are answered by the main thread in order, while operations that wait (guests,
+uplinks: see workers.py) run beside it and answer when they are done, so one guest's power-down
+holds up neither the other guests nor the host's links.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import json
 import os
 import platform
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
+from ..spec.validate import InvalidInput
+from . import workers
 from .errors import AgentError
-from .validate import InvalidInput
 
 PROTOCOL = 1
 COMPONENTS = {
@@ -30,10 +35,13 @@ Handler = Callable[[dict[str, Any]], Any]
 # Operations whose module loads at their first use: most sessions never start a guest or
 # bridge an uplink, and compiling those modules is most of the agent's own start-up.
 LAZY_MODULES = {"guest": "guests", "uplink": "uplink"}
+# Firewall ops (masquerade.*, dnat.*, forward.*, firewall.*) go through the backend the host
+# uses (fwbackend.py), loaded at the first rule operation.
+LAZY_MODULES.update({op: "fwbackend" for op in ("masquerade", "dnat", "forward", "firewall")})
 
 
 def missing_components() -> list[str]:
-    # find_spec, not import: importing iptc alone costs half a second (see firewall()).
+    # find_spec, not import: importing iptc alone costs half a second (see fwbackend.load).
     missing = []
     for module, how in COMPONENTS.items():
         if importlib.util.find_spec(module) is None:
@@ -41,23 +49,6 @@ def missing_components() -> list[str]:
     if os.geteuid() != 0:
         missing.append("root privileges (connect as root or set sudo=true for a sudoer)")
     return missing
-
-
-@functools.cache
-def firewall() -> Any:
-    """The firewall module, loaded once, at the first rule operation: sessions that only touch
-    links need not pay for python-iptables. (Loading it in a background thread instead deadlocked
-    against the main thread's imports.)"""
-    try:
-        from .iptc_import import import_iptc
-
-        import_iptc()
-        from . import firewall as module
-    except Exception as exc:  # a broken libiptc underneath
-        raise AgentError(
-            "missing", f"python-iptables cannot load ({exc}); install with: {COMPONENTS['iptc']}"
-        ) from None
-    return module
 
 
 def build_handlers() -> dict[str, Handler]:
@@ -80,12 +71,6 @@ def build_handlers() -> dict[str, Handler]:
         "forwarding.read": lambda a: forwarding.read(a["owner"]),
         "forwarding.acquire": forwarding.acquire,
         "forwarding.release": lambda a: forwarding.release(a["owner"]),
-        "masquerade.read": lambda a: firewall().masquerade_read(a["owner"]),
-        "masquerade.ensure": lambda a: firewall().masquerade_ensure(a),
-        "masquerade.remove": lambda a: firewall().masquerade_remove(a["owner"]),
-        "dnat.read": lambda a: firewall().dnat_read(a["owner"]),
-        "dnat.ensure": lambda a: firewall().dnat_ensure(a),
-        "dnat.remove": lambda a: firewall().dnat_remove(a["owner"]),
     }
     return handlers
 
@@ -136,11 +121,21 @@ def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> dict[str, A
         return {"id": rid, "ok": False, "error": failure(op, exc)}
 
 
-def serve(inp: IO[str], out: IO[str]) -> None:
-    def send(doc: dict[str, Any]) -> None:
-        out.write(json.dumps(doc) + "\n")
-        out.flush()
+def line_writer(out: IO[str]) -> Callable[[dict[str, Any]], None]:
+    """Send each document as one line of `out`; workers answer too, so one line at a time."""
+    lock = threading.Lock()
 
+    def send(doc: dict[str, Any]) -> None:
+        line = json.dumps(doc) + "\n"
+        with lock:
+            out.write(line)
+            out.flush()
+
+    return send
+
+
+def serve(inp: IO[str], out: IO[str]) -> None:
+    send = line_writer(out)
     missing = missing_components()
     send(
         {
@@ -154,16 +149,40 @@ def serve(inp: IO[str], out: IO[str]) -> None:
     )
     if missing:
         return
-    handlers = build_handlers()
-    for line in inp:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-        except json.JSONDecodeError:
-            send({"id": None, "ok": False, "error": {"kind": "invalid", "message": "bad JSON"}})
-            continue
-        send(handle(handlers, request))
+    serve_requests(inp, send, build_handlers())
+
+
+def serve_requests(
+    inp: IO[str], send: Callable[[dict[str, Any]], None], handlers: dict[str, Handler]
+) -> None:
+    """Answer each request line of `inp` until it ends, then let the workers finish."""
+    pool = workers.KeyedWorkers()
+    try:
+        for line in inp:
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError:
+                request = None
+            if not isinstance(request, dict):
+                send({"id": None, "ok": False, "error": {"kind": "invalid", "message": "bad JSON"}})
+                continue
+            op = request.get("op")
+            if not workers.waits(op):
+                send(handle(handlers, request))
+                continue
+            try:  # a module's first load stays on this thread, and what its workers import
+                _handler(handlers, op)
+                workers.preload(op.split(".", 1)[0])
+            except Exception:
+                pass  # handle() reports it, to that request only
+            pool.submit(
+                workers.object_key(op, request.get("args")),
+                workers.guarded(send, functools.partial(handle, handlers, request)),
+            )
+    finally:
+        pool.drain()
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import hoststate, validate
+from ..spec import validate
+from . import hoststate
 from .codelock import hold_code
 from .errors import AgentError
 from .netlink import iproute_class, link_addresses
@@ -207,9 +208,11 @@ def arm(token: str, target: str, cfg: dict[str, Any], seconds: int) -> None:
     # CLOCK_MONOTONIC is one clock for every process on the host: a clock step cannot move it.
     plan = {"target": target, "cfg": cfg, "deadline_monotonic": time.monotonic() + seconds}
     armed.write_text(json.dumps(plan))
-    package_root = str(Path(__file__).resolve().parent.parent)
+    # The directory holding the top package (kvmnet_agent on a host, shipped as a tree): the
+    # code directory whose lock the rollback holds (see hostboot.py).
+    package_root = str(Path(__file__).resolve().parents[len(__package__.split("."))])
     # Isolated (-I -S, from /) with exactly the agent's path: no module from a home or working
-    # directory, no .pth run as root. It holds its code's lock (see hostboot.py) while it waits.
+    # directory, no .pth run as root. It holds its code's lock while it waits.
     code = (
         f"import sys; sys.path[:] = {list(sys.path)!r}; "
         f"from {__package__} import uplink; uplink.rollback_main(sys.argv[1], {package_root!r})"

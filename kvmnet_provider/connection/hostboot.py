@@ -5,16 +5,18 @@
 #   nothing in the SSH user's home or working directory can shadow a module; `-S`: no `site`,
 #   so no `.pth` file runs code as root. The interpreter's site directories are put on the
 #   path directly.
-# - The agent's files (one JSON line on stdin) are written to a 0700 directory under kvmnet's
-#   run directory named by their hash, shared by agents of the same code and held with a
-#   shared lock for the agent's life; directories no live agent holds are removed here, so
-#   an agent killed with its connection leaves nothing behind for long.
+# - The agent's files (one JSON line on stdin, {relative path: source} of the tree
+#   `kvmnet_agent/{agent,spec}/...`, every path checked first) are written to a 0700
+#   directory under kvmnet's run directory named by their hash, shared by agents of the same
+#   code and held with a shared lock for the agent's life; directories no live agent holds
+#   are removed here, so an agent killed with its connection leaves nothing behind for long.
 # - MARKER (printed before the agent's hello) lets the controller skip whatever a chatty
 #   login shell printed first.
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import site
 import stat
@@ -91,10 +93,25 @@ def clear_stale(codes, keep):
         os.close(fd)
 
 
+PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def checked_parts(path):
+    """The parts of a shipped file's relative path, `kvmnet_agent/.../name.py` (at most four
+    parts, each a Python identifier): nothing can be written outside the code directory."""
+    parts = path.split("/")
+    if (
+        parts[0] != "kvmnet_agent"
+        or len(parts) > 4
+        or not parts[-1].endswith(".py")
+        or not all(PART.fullmatch(p) for p in parts[:-1] + [parts[-1][:-3]])
+    ):
+        raise SystemExit("kvmnet: bad agent file name")
+    return parts
+
+
 def install(files, run_root):
-    for name in files:
-        if "/" in name or not name.endswith(".py") or name.startswith("."):
-            raise SystemExit("kvmnet: bad agent file name")
+    parts = {path: checked_parts(path) for path in files}
     blob = json.dumps(files, sort_keys=True).encode()
     digest = hashlib.sha256(blob).hexdigest()[:32]
     codes = private_dir(os.path.join(private_dir(run_root), "agent-code"))
@@ -102,14 +119,17 @@ def install(files, run_root):
     # One agent at a time writes or clears; each holds its own code's lock while it lives.
     writing = locked(os.path.join(codes, ".write.lock"), fcntl.LOCK_EX)
     held = locked(root + ".lock", fcntl.LOCK_SH)
-    package = os.path.join(root, "kvmnet_agent")
-    if not all(_same(os.path.join(package, n), t) for n, t in files.items()):
+    if not all(_same(os.path.join(root, *parts[n]), t) for n, t in files.items()):
         tmp = f"{root}.tmp-{os.getpid()}"
         os.mkdir(tmp, 0o700)
-        os.mkdir(os.path.join(tmp, "kvmnet_agent"), 0o700)
         for name, text in files.items():
+            where = tmp
+            for part in parts[name][:-1]:
+                where = os.path.join(where, part)
+                if not os.path.isdir(where):
+                    os.mkdir(where, 0o700)
             fd = os.open(
-                os.path.join(tmp, "kvmnet_agent", name),
+                os.path.join(where, parts[name][-1]),
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                 0o600,
             )
@@ -140,7 +160,7 @@ def main():
     root, _held = install(files, run_root)  # the lock lives as long as this process
     sys.path.insert(0, root)
     print(sys.argv[1] if len(sys.argv) > 1 else "", flush=True)
-    from kvmnet_agent import server
+    from kvmnet_agent.agent import server
 
     server.main()
 

@@ -1,145 +1,31 @@
-"""One SSH connection and one long-lived host agent per host, shared by all operations.
+"""One SSH connection and one long-lived host agent, and the request/answer exchange with it.
 
-The dynamic provider serves several operations at once, so sessions are created under a
-lock and each request/answer pair has the session to itself; link deletes that wait for it
-leave together, as one request. Nothing here is pickled: the cache is module state of the
-installed package, alive for the provider process.
+The dynamic provider serves several operations at once, and requests of several callers are
+in flight on one session at once: each carries an id, the agent echoes it, and a reader thread
+hands each answer to its caller. A guest stop that waits its power-down thus holds up no other
+operation; link deletes that meet leave together, as one request. The SSH connection is made
+in ssh.py, the agent shipped by bootstrap.py, and one session per host is kept by registry.py.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
 import json
-import shlex
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import paramiko
-
-from . import credentials, framing
+from . import framing
+from .bootstrap import agent_command, agent_sources
+from .errors import RETRY_HINT, AgentCallError, HostError
 from .settings import HostSettings
-from .tcp import open_tcp
+from .ssh import connect
 
-AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
 BATCH_LINGER = 0.0005  # seconds a batch waits for more callers; a link delete costs ~16 ms
-
-# Runs on the host as `python -I -S -u -c BOOTSTRAP MARKER` from `/`: a constant and a random
-# marker, never built from user input. See hostboot.py.
-BOOTSTRAP = (Path(__file__).resolve().parent / "hostboot.py").read_text()
-
-
-RETRY_HINT = "; run it again: what it began is found again by its owner mark"
-
-
-class HostError(RuntimeError):
-    """One line naming the host and the cause; never carries key material."""
-
-
-def agent_sources() -> dict[str, str]:
-    return {p.name: p.read_text() for p in sorted(AGENT_DIR.glob("*.py"))}
-
-
-def _trust_hint(s: HostSettings) -> str:
-    target = s.host if s.port == 22 else f"[{s.host}]:{s.port}"
-    where = s.known_hosts or "~/.ssh/known_hosts"
-    return (
-        f"verify the host's fingerprint, then add it to {where} "
-        f"(ssh-keyscan -p {s.port} {s.host} >> {where}) or pin it with connection.host_key; "
-        f"entry name {target}"
-    )
-
-
-def _connect(s: HostSettings) -> paramiko.SSHClient:
-    client = paramiko.SSHClient()
-    if s.insecure_accept_any_host_key:
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    else:
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        known = Path(s.known_hosts) if s.known_hosts else Path.home() / ".ssh" / "known_hosts"
-        if not s.host_key and known.exists():
-            client.load_host_keys(str(known))
-        if s.host_key:
-            key_type, blob = s.host_key.split()[:2]
-            entry = s.host if s.port == 22 else f"[{s.host}]:{s.port}"
-            client.get_host_keys().add(
-                entry,
-                key_type,
-                paramiko.PKey.from_type_string(key_type, base64.b64decode(blob)),
-            )
-    kwargs: dict[str, Any] = {
-        "hostname": s.host,
-        "port": s.port,
-        "username": s.user,
-        "timeout": s.connect_timeout,
-        "banner_timeout": s.connect_timeout,
-        "auth_timeout": s.connect_timeout,
-        "look_for_keys": False,
-        "allow_agent": bool(s.allow_agent),
-    }
-    try:
-        pkey = credentials.configured_key(s.host, s.port)  # this host's, never another's
-    except ValueError as exc:
-        raise HostError(f"{s.label}: {exc}") from None
-    if pkey is not None:
-        kwargs["pkey"] = pkey
-    elif s.private_key_path:
-        kwargs["key_filename"] = s.private_key_path
-    password = credentials.configured_password(s.host, s.port)
-    # A host whose key was not checked may be anyone: it gets no password to replay.
-    if password and not s.insecure_accept_any_host_key:
-        kwargs["password"] = password
-    try:
-        kwargs["sock"] = open_tcp(s.host, s.port, s.connect_timeout)
-        client.connect(**kwargs)
-    except paramiko.BadHostKeyException as exc:
-        client.close()
-        raise HostError(
-            f"{s.label}: host key CHANGED (got {exc.key.get_name()} {exc.key.fingerprint}); "
-            "refusing to connect. If the host was reinstalled, remove the old entry and "
-            + _trust_hint(s)
-        ) from None
-    except paramiko.AuthenticationException:
-        client.close()
-        source = (
-            "config " + credentials.key_source(s.host, s.port)
-            if pkey is not None
-            else f"key file {s.private_key_path}"
-            if s.private_key_path
-            else "ssh-agent/password"
-        )
-        raise HostError(f"{s.label}: authentication refused (credentials from {source})") from None
-    except paramiko.SSHException as exc:
-        client.close()
-        if "not found in known_hosts" in str(exc):
-            raise HostError(
-                f"{s.label}: host key unknown; refusing to connect: {_trust_hint(s)}"
-            ) from None
-        raise HostError(f"{s.label}: SSH failed: {exc}") from None
-    except EOFError:  # paramiko's transport saw the socket close (a reset mid-handshake)
-        client.close()
-        raise HostError(
-            f"{s.label}: the connection closed during the SSH handshake (is an SSH server "
-            "listening there, and accepting this client?)"
-        ) from None
-    except TimeoutError:
-        client.close()
-        raise HostError(
-            f"{s.label}: timed out after {s.connect_timeout:g} s (is the host up and the address "
-            "right? connection.connect_timeout sets the wait)"
-        ) from None
-    except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
-        client.close()
-        raise HostError(
-            f"{s.label}: unreachable: {exc.strerror or exc} (is sshd running there, on "
-            "connection.port?)"
-        ) from None
-    return client
+PROBE_TIMEOUT = 10.0  # seconds a ping may take, after a caller's timeout, to show the agent lives
 
 
 @dataclass
@@ -152,27 +38,35 @@ class _Pending:
     done: bool = False
 
 
+@dataclass
+class _Waiter:
+    """One request in flight: the reader thread hands it its answer, matched by id."""
+
+    op: str
+    sent: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: dict[str, Any] = field(default_factory=dict)
+    error: Exception | None = None
+
+
 class AgentSession:
+    _stderr_thread: threading.Thread | None
+    preamble: list[str]  # what the login shell printed before the agent
+
     def __init__(self, settings: HostSettings) -> None:
-        self.settings = settings
-        self._turn = threading.Condition()  # guards _busy and _queued
-        self._busy = False
-        self._queued: dict[str, list[_Pending]] = {}
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
-        self.preamble: list[str] = []  # what the login shell printed before the agent
-        self.client = _connect(settings)
-        self._next_id = 0
+        self._init_state(settings)
+        self.client = connect(settings)
         transport = self.client.get_transport()
         assert transport is not None
         transport.set_keepalive(15)
         self.channel = transport.open_session(timeout=settings.connect_timeout)
         marker = framing.new_marker()
-        python = f"{shlex.quote(settings.python)} -I -S -u -c {shlex.quote(BOOTSTRAP)} {marker}"
-        command = f"cd / && exec sudo -n -- {python}" if settings.sudo else f"cd / && exec {python}"
-        self.channel.exec_command(command)
+        self.channel.exec_command(agent_command(settings, marker))
         self.stdin = self.channel.makefile_stdin("w")
         self.stdout = self.channel.makefile("r")
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_thread.start()
+        # Bounds each write (and the hello's read); the reader thread waits past it.
         self.channel.settimeout(max(30.0, settings.connect_timeout))
         try:
             try:
@@ -180,6 +74,8 @@ class AgentSession:
                 self.stdin.flush()
             except (OSError, EOFError):
                 pass  # the Python died before reading (not found, not executable...): say why
+            # What a chatty login shell printed comes first: skipped here, on this thread,
+            # before the reader thread takes over the stream.
             try:
                 self.preamble = framing.skip_preamble(self.stdout, marker, settings.label)
             except TimeoutError:
@@ -195,6 +91,23 @@ class AgentSession:
                 f"{settings.label}: the host lacks what kvmnet needs: " + "; ".join(info["missing"])
             )
         self.agent_pid = info.get("pid")
+        self._start_reader()
+
+    def _init_state(self, settings: HostSettings) -> None:
+        self.settings = settings
+        self._turn = threading.Condition()  # guards everything below but the send lock
+        self._held = False  # exclusive(): no new request leaves
+        self._batching: set[str] = set()  # ops with a batch in flight
+        self._queued: dict[str, list[_Pending]] = {}
+        self._waiters: dict[int, _Waiter] = {}  # requests in flight, by id
+        self._next_id = 0
+        self._broken: Callable[[str], str] | None = None  # why no request can go out any more
+        self._retiring = False
+        self._send_lock = threading.Lock()  # one request line at a time
+        self._stderr_thread = None
+        self.late_answers = 0  # answers whose caller had given up waiting: dropped
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.preamble = []
 
     def _drain_stderr(self) -> None:
         try:
@@ -215,10 +128,69 @@ class AgentSession:
             raise HostError(
                 f"{self.settings.label}: the host agent ({self.settings.python}) "
                 f"exited while {doing}: {tail}"
-                + ("" if doing.startswith("starting") else RETRY_HINT)
             )
         result: dict[str, Any] = json.loads(line)
         return result
+
+    def _start_reader(self) -> None:
+        """From here on one thread reads every answer. The agent says nothing between its
+        hello and the first request, so nothing is left in `stdout`'s buffer."""
+        reader = threading.Thread(
+            target=self._read_answers, name=f"kvmnet answers {self.settings.label}", daemon=True
+        )
+        reader.start()
+
+    def _read_answers(self) -> None:
+        """Hand each answer to the caller waiting for its id, until the agent's output ends."""
+        buffered = bytearray()
+        cause = None
+        try:
+            while True:
+                try:
+                    chunk = self.channel.recv(65536)
+                except TimeoutError:
+                    continue  # nothing to read for a while: the agent is busy or idle
+                if not chunk:
+                    break
+                buffered += chunk
+                while (end := buffered.find(b"\n")) >= 0:
+                    line = bytes(buffered[:end])
+                    del buffered[: end + 1]
+                    if line.strip():
+                        self._deliver(json.loads(line))
+        except (OSError, EOFError, ValueError) as exc:
+            cause = f"{exc.__class__.__name__}: {exc}"
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(1.0)  # the agent's last words say why it ended
+        tail = cause or " | ".join(list(self.stderr_tail)[-3:]) or "no output"
+        label, python = self.settings.label, self.settings.python
+        self._fail_all(
+            lambda op: f"{label}: the host agent ({python}) exited while {op}: {tail}{RETRY_HINT}"
+        )
+
+    def _deliver(self, answer: object) -> None:
+        if not isinstance(answer, dict):
+            raise ValueError(f"an answer must be a JSON object, got {answer!r:.80}")
+        with self._turn:
+            waiter = self._waiters.pop(answer.get("id"), None)  # type: ignore[arg-type]
+            if waiter is None:
+                self.late_answers += 1  # its caller timed out: nobody wants it now
+                return
+            waiter.answer = answer
+            waiter.done.set()
+
+    def _fail_all(self, why: Callable[[str], str]) -> None:
+        """No request can go out or come back any more: every caller waiting hears why (the
+        first cause found is the one told)."""
+        with self._turn:
+            if self._broken is None:
+                self._broken = why
+            waiters = list(self._waiters.values())
+            self._waiters.clear()
+            for waiter in waiters:
+                waiter.error = HostError(self._broken(waiter.op))
+                waiter.done.set()
+            self._turn.notify_all()
 
     @property
     def alive(self) -> bool:
@@ -226,47 +198,45 @@ class AgentSession:
         return bool(
             transport
             and transport.is_active()
+            and self._broken is None
+            and not self._retiring
             and not self.channel.closed
             and not self.channel.exit_status_ready()
         )
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        """The session to oneself: one request and its answer at a time."""
+        """Hold back every new request of this session while the block runs (requests in
+        flight carry on): callers line up behind it, as a busy session once made them."""
         with self._turn:
-            while self._busy:
+            while self._held:
                 self._turn.wait()
-            self._busy = True
+            self._held = True
         try:
             yield
         finally:
-            self._release()
-
-    def _release(self) -> None:
-        with self._turn:
-            self._busy = False
-            self._turn.notify_all()
+            with self._turn:
+                self._held = False
+                self._turn.notify_all()
 
     def call(self, op: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
-        with self.exclusive():
-            answer = self._exchange(op, args, timeout)
-        return self._result(answer)
+        return self._result(self._exchange(op, args, timeout))
 
     def call_batched(self, op: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
         """`op`, sent together with the same op of the other threads waiting for this
         session as one `<op>.many` request. The engine deletes a network's taps four at a
         time, and the host unregisters a batch of links for about the cost of one.
 
-        A caller queues its request; while the session is busy it waits, and the next
-        caller to get the session takes everything queued along."""
+        A caller queues its request; while a batch of `op` is in flight it waits, and the
+        next caller to lead takes everything queued along. Other ops go out meanwhile."""
         mine = _Pending(args)
         with self._turn:
             self._queued.setdefault(op, []).append(mine)
-            while self._busy and not mine.done:
+            while (self._held or op in self._batching) and not mine.done:
                 self._turn.wait()
             lead = not mine.done
             if lead:
-                self._busy = True
+                self._batching.add(op)
         if lead:
             self._lead_batch(op, timeout)
         if mine.error is not None:
@@ -282,7 +252,10 @@ class AgentSession:
                 batch = self._queued.pop(op)
             self._run_batch(op, batch, timeout)
         finally:
-            self._release()
+            with self._turn:
+                self._batching.discard(op)
+                self._turn.notify_all()
+            self._close_if_retired()
 
     def _run_batch(self, op: str, batch: list[_Pending], timeout: float) -> None:
         try:
@@ -299,27 +272,64 @@ class AgentSession:
             for pending in batch:
                 pending.done = True
 
-    def _exchange(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """One request and its answer; the caller has the session exclusively."""
-        self._next_id += 1
-        rid = self._next_id
+    def _exchange(
+        self, op: str, args: dict[str, Any], timeout: float, probe: bool = True
+    ) -> dict[str, Any]:
+        """One request and its answer. Other callers' requests may be in flight meanwhile:
+        the agent answers each when it is done, and the answer finds its caller by id."""
+        label = self.settings.label
+        waiter = _Waiter(op)
+        with self._turn:
+            while self._held:
+                self._turn.wait()
+            if self._broken is not None:
+                raise HostError(self._broken(op))
+            self._next_id += 1
+            rid = self._next_id
+            self._waiters[rid] = waiter
         try:
-            self.channel.settimeout(timeout)
-            self.stdin.write(json.dumps({"id": rid, "op": op, "args": args}) + "\n")
-            self.stdin.flush()
-            answer = self._read_line(op)
-        except (OSError, EOFError) as exc:
-            self.close()
-            raise HostError(
-                f"{self.settings.label}: connection lost during {op}: {exc}{RETRY_HINT}"
-            ) from None
+            try:
+                line = json.dumps({"id": rid, "op": op, "args": args}) + "\n"
+                with self._send_lock:
+                    self.stdin.write(line)
+                    self.stdin.flush()
+                waiter.sent = True
+            except (OSError, EOFError) as exc:  # a request may be half written: end it all
+                lost = str(exc)  # (exc itself is unbound when the except block ends)
+                self._fail_all(
+                    lambda what: f"{label}: connection lost during {what}: {lost}{RETRY_HINT}"
+                )
+                self.close()
+            if not waiter.done.wait(timeout):
+                with self._turn:
+                    self._waiters.pop(rid, None)  # its answer, should it come, is dropped
+                if not waiter.done.is_set():
+                    if probe:  # in the background: this caller hears its timeout now
+                        threading.Thread(target=self._probe, args=(op,), daemon=True).start()
+                    raise HostError(
+                        f"{label}: no answer from the host agent while {op} (waited {timeout:g} s)"
+                    )
+        finally:
+            self._close_if_retired()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.answer
+
+    def _probe(self, op: str) -> None:
+        """After a caller's timeout: does the agent still answer? A timeout of one operation
+        is that caller's alone; a connection that no longer answers at all is closed, so
+        the next caller connects anew and those still waiting hear it now."""
+        try:
+            self._exchange("ping", {}, PROBE_TIMEOUT, probe=False)
         except HostError:
+            label = self.settings.label
+            self._fail_all(
+                lambda what: (
+                    f"{label}: the host agent stopped answering (no answer while {op}"
+                    f" nor to a ping); {what} abandoned"
+                )
+            )
             self.close()
-            raise
-        if answer.get("id") != rid:
-            self.close()
-            raise HostError(f"{self.settings.label}: the host agent answered out of turn")
-        return answer
 
     def _result(self, answer: dict[str, Any]) -> Any:
         if not answer.get("ok"):
@@ -329,55 +339,26 @@ class AgentSession:
             )
         return answer.get("result")
 
+    def retire(self) -> None:
+        """Close once the requests in flight are answered: a session replaced by a new
+        connection lets its callers finish."""
+        with self._turn:
+            self._retiring = True
+        self._close_if_retired()
+
+    def _close_if_retired(self) -> None:
+        with self._turn:
+            if not self._retiring or self._waiters or self._batching or self._queued:
+                return
+        self.close()
+
     def close(self) -> None:
+        label = self.settings.label
+        self._fail_all(lambda op: f"{label}: the session was closed during {op}")
         try:
             self.channel.close()
         finally:
             self.client.close()
 
 
-class AgentCallError(HostError):
-    def __init__(self, label: str, kind: str, message: str) -> None:
-        super().__init__(f"{label}: {message}")
-        self.kind = kind
-
-
-_sessions: dict[HostSettings, AgentSession] = {}
-_sessions_lock = threading.Lock()
-_host_locks: dict[HostSettings, threading.Lock] = {}
-
-
-def agent_session(settings: HostSettings) -> AgentSession:
-    """The live session for these settings, connecting (once, even under concurrency)."""
-    with _sessions_lock:
-        host_lock = _host_locks.setdefault(settings, threading.Lock())
-    with host_lock:
-        session = _sessions.get(settings)
-        if session is not None and session.alive:
-            return session
-        session = AgentSession(settings)
-        _sessions[settings] = session
-        return session
-
-
-def fresh_session(settings: HostSettings) -> AgentSession:
-    """A session on a NEW connection (proof that the host is reachable right now), which
-    then replaces the cached one for these settings."""
-    session = AgentSession(settings)
-    with _sessions_lock:
-        old = _sessions.get(settings)
-        _sessions[settings] = session
-    if old is not None:
-        try:
-            old.close()
-        except Exception:
-            pass  # it may already be dead: that is why we are here
-    return session
-
-
-def close_all() -> None:
-    with _sessions_lock:
-        sessions = list(_sessions.values())
-        _sessions.clear()
-    for session in sessions:
-        session.close()
+__all__ = ["AgentCallError", "AgentSession", "HostError"]

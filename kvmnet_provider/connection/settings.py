@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..agent.validate import InvalidInput
+from ..spec.validate import InvalidInput
 
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -15,6 +15,7 @@ HOSTNAME_RE = re.compile(
 PATH_RE = re.compile(r"^/[A-Za-z0-9_.+@/-]*$")
 PYTHON_RE = re.compile(r"^(/[A-Za-z0-9_.+@-]+)*/?[A-Za-z0-9_.+-]+$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+FIREWALL_BACKENDS = ("auto", "iptables", "nftables")
 HOSTKEY_RE = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]{40,}$"
 )
@@ -42,26 +43,19 @@ class HostSettings:
     sudo: bool = False
     connect_timeout: float = 10.0
     allow_agent: bool | None = None  # offer ssh-agent keys to this host (off unless true)
-
-    @classmethod
-    def for_lab_host(cls, host: Any, python: str) -> HostSettings:
-        """Settings for a `kvmnet lab` host (a lab.HostStatus). Lab hosts share this machine's
-        filesystem, so `python` is normally this venv's interpreter."""
-        return cls(
-            host=host.address,
-            port=host.port,
-            user=host.user,
-            known_hosts=host.known_hosts,
-            private_key_path=host.private_key,
-            python=python,
-        )
+    # Which firewall kvmnet's rules go to: auto (the one the host's own firewall uses),
+    # iptables (legacy x_tables, python-iptables) or nftables (libnftables' JSON API).
+    firewall_backend: str = "auto"
 
     @property
     def label(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
 
     def to_props(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        props = {k: v for k, v in asdict(self).items() if v is not None}
+        if props.get("firewall_backend") == "auto":
+            del props["firewall_backend"]  # the default: states written before it stay equal
+        return props
 
     @classmethod
     def from_props(cls, raw: Any, prop: str = "connection") -> HostSettings:
@@ -131,6 +125,12 @@ class HostSettings:
             raise SettingError(
                 f"{prop}.connect_timeout", f"must be 0.5-300 seconds, got {timeout!r}"
             )
+        backend = raw.get("firewall_backend", "auto")
+        if backend not in FIREWALL_BACKENDS:
+            raise SettingError(
+                f"{prop}.firewall_backend",
+                f"must be one of {', '.join(FIREWALL_BACKENDS)}, got {backend!r}",
+            )
         return cls(
             host=host,
             port=int(port),
@@ -143,6 +143,7 @@ class HostSettings:
             sudo=sudo,
             connect_timeout=float(timeout),
             allow_agent=allow_agent,
+            firewall_backend=backend,
         )
 
 

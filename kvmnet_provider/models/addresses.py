@@ -13,8 +13,8 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..agent.validate import InvalidInput, ifname, mac
 from ..errors import ConfigError
+from ..spec.validate import InvalidInput, ifname, mac
 
 
 class _Guest(Protocol):

@@ -3,7 +3,9 @@
 - isolated: a bridge with no address; guests' taps on it; nothing else.
 - routed: the bridge carries the guests' gateway address and the host forwards IP.
 - NAT: routed plus `-s NET ! -d NET -j MASQUERADE` (optionally `-o UPLINK`).
-Each guest gets a TapPort on the bridge and a QemuGuest attached to it.
+Each guest gets a TapPort on the bridge and a QemuGuest attached to it. Every model also gets
+its ForwardRules (one per network, not per tap): what its bridge lets through the host's
+filter FORWARD hook, so that a DROP policy (Docker's) and br_netfilter do not cut it off.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..resources import (
     TapPort,
     TapPortArgs,
 )
+from ..resources.forward_rules import ForwardRules, ForwardRulesArgs
 from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
 from .addresses import check_guests, subnet_and_gateway
 
@@ -153,7 +156,30 @@ class _Network(pulumi.ComponentResource):
         return []
 
     def host_setup(self, resource_name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
-        return []
+        return [self.forward_rules(resource_name, opts)]
+
+    def forward_rules(self, resource_name: str, opts: pulumi.ResourceOptions) -> ForwardRules:
+        # One name for every model, so that a model switch updates the rules in place.
+        args = self.args
+        forwards = []
+        if self.model == "nat":
+            addresses = {g.name: g.address for g in args.guests}
+            forwards = [
+                {"guest": addresses[f.guest], "port": f.guest_port, "proto": f.protocol}
+                for f in args.port_forwards
+                if addresses.get(f.guest)
+            ]
+        return ForwardRules(
+            f"{resource_name}-forward-rules",
+            ForwardRulesArgs(
+                connection=args.connection,
+                mode=self.model,
+                bridge=self.bridge.name,
+                subnet=args.subnet if self.model in ("routed", "nat") else None,
+                forwards=forwards,
+            ),
+            opts,
+        )
 
 
 class IsolatedNetwork(_Network):
@@ -175,7 +201,7 @@ class RoutedNetwork(_Network):
             ForwardingSettingArgs(connection=self.args.connection),
             opts,
         )
-        return [forwarding]
+        return [forwarding, self.forward_rules(resource_name, opts)]
 
 
 class NatNetwork(RoutedNetwork):

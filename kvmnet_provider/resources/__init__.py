@@ -1,5 +1,6 @@
 """kvmnet's dynamic resources (type tokens pulumi-python:dynamic/kvmnet:*)."""
 
+from .forward_rules import ForwardRules, ForwardRulesArgs
 from .guest import GuestDiskArgs, GuestNicArgs, QemuGuest, QemuGuestArgs
 from .links import Bridge, BridgeArgs, TapPort, TapPortArgs
 from .netfilter import (
@@ -16,6 +17,8 @@ __all__ = [
     "BridgeArgs",
     "ForwardingSetting",
     "ForwardingSettingArgs",
+    "ForwardRules",
+    "ForwardRulesArgs",
     "GuestDiskArgs",
     "GuestNicArgs",
     "MasqueradeRule",

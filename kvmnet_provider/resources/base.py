@@ -25,10 +25,10 @@ from pulumi.dynamic import (
 )
 
 from .. import errors
-from ..agent.validate import InvalidInput
 from ..connection import HostSettings, agent_session, credentials
 from ..connection.session import AgentSession
 from ..connection.settings import SettingError
+from ..spec.validate import InvalidInput
 from . import identity
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN: not known at preview

@@ -9,11 +9,12 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import DiffResult, Resource
 
-from ..agent import guests
-from ..agent.validate import int_range, user_name
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..errors import KvmnetError
+from ..spec import guest as guests
+from ..spec.validate import int_range, user_name
+from ..spec.wire import GuestRef, GuestState
 from .base import Field, KvmnetProvider, owner_id
 from .links import TapPort
 
@@ -82,14 +83,13 @@ class QemuGuestProvider(KvmnetProvider):
         return {**props, **live, "requested": self._requested(props)}
 
     def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
-        live: dict[str, Any] = agent.call("guest.start", self.spec(props), timeout=START_TIMEOUT)
-        return live
+        live: GuestState = agent.call("guest.start", self.spec(props), timeout=START_TIMEOUT)
+        return dict(live)
 
     def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
-        live: dict[str, Any] | None = agent.call(
-            "guest.read", {"name": props["name"], "owner": props["owner"]}
-        )
-        return live
+        ref: GuestRef = {"name": props["name"], "owner": props["owner"]}
+        live: GuestState | None = agent.call("guest.read", dict(ref))
+        return None if live is None else dict(live)
 
     def host_update(
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
@@ -106,11 +106,12 @@ class QemuGuestProvider(KvmnetProvider):
 
     def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
         stop_timeout = int(props.get("stop_timeout") or 10)
-        agent.call(
-            "guest.stop",
-            {"name": props["name"], "owner": props["owner"], "stop_timeout": stop_timeout},
-            timeout=stop_timeout + 90.0,
-        )
+        ref: GuestRef = {
+            "name": props["name"],
+            "owner": props["owner"],
+            "stop_timeout": stop_timeout,
+        }
+        agent.call("guest.stop", dict(ref), timeout=stop_timeout + 90.0)
 
 
 @dataclass

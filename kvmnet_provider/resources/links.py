@@ -9,10 +9,10 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import Resource
 
-from ..agent import validate
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..errors import ConfigError
+from ..spec import validate
 from .base import Field, KvmnetProvider, list_of, owner_id
 
 LINK_COMPUTED = ("ifindex", "mac")
@@ -103,7 +103,6 @@ class TapPortProvider(_LinkProvider):
         return out
 
 
-
 # Bridges this program declares, per host, so a tap naming an undeclared bridge fails at preview.
 _declared_bridges: set[tuple[str, str]] = set()
 
@@ -178,7 +177,7 @@ class TapPort(Resource, module="kvmnet", name="TapPort"):
                     f"TapPort {resource_name}: bridge",
                     f"no Bridge named {args.bridge!r} is declared "
                     f"in this stack for host {args.connection.host}; declare it first, pass the "
-                    "Bridge resource, or set external_bridge=True"
+                    "Bridge resource, or set external_bridge=True",
                 )
             bridge = args.bridge
         props: dict[str, Any] = {

@@ -10,9 +10,9 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import Resource
 
-from ..agent import validate
 from ..connection import HostSettings
 from ..connection.session import AgentSession
+from ..spec import validate
 from .base import Field, KvmnetProvider, owner_id
 
 
@@ -49,6 +49,48 @@ class _OwnedByMarkProvider(KvmnetProvider):
         agent.call(self.ops[2], {"owner": props["owner"]})
 
 
+def firewall_backend(props: dict[str, Any]) -> str:
+    """The backend a rule's operations go to: the one recorded in the state when the rule was
+    made (read and delete must find it where it is), else the host's `firewall_backend`."""
+    recorded = props.get("backend")
+    if recorded in ("iptables", "nftables"):
+        return str(recorded)
+    return str((props.get("connection") or {}).get("firewall_backend") or "auto")
+
+
+class FirewallRuleProvider(_OwnedByMarkProvider):
+    """A rule set kept by the host's firewall backend; the backend used is in the state."""
+
+    def spec(self, props: dict[str, Any]) -> dict[str, Any]:
+        return {**super().spec(props), "backend": firewall_backend(props)}
+
+    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
+        wanted = {**props, "backend": None}  # a new object goes where the setting says
+        live = agent.call(self.ops[0], self.spec(wanted))
+        return {**self.overlay(props, live), "backend": live["backend"]}
+
+    def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
+        live = agent.call(self.ops[1], self.read_args(props))
+        if not self.present(live):
+            return None
+        return {**self.overlay(props, live), "backend": live["backend"]}
+
+    def read_args(self, props: dict[str, Any]) -> dict[str, Any]:
+        return {"owner": props["owner"], "backend": firewall_backend(props)}
+
+    def host_update(
+        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
+    ) -> dict[str, Any]:
+        live = self.host_create(agent, news)
+        if olds.get("backend") and olds["backend"] != live["backend"]:
+            # firewall_backend changed: the rules move, nothing stays behind in the old one
+            agent.call(self.ops[2], {"owner": olds["owner"], "backend": olds["backend"]})
+        return live
+
+    def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
+        agent.call(self.ops[2], {"owner": props["owner"], "backend": firewall_backend(props)})
+
+
 class ForwardingSettingProvider(_OwnedByMarkProvider):
     kind = "ForwardingSetting"
     ops = ("forwarding.acquire", "forwarding.read", "forwarding.release")
@@ -79,7 +121,7 @@ class ForwardingSettingProvider(_OwnedByMarkProvider):
         return bool(live["held"])
 
 
-class MasqueradeRuleProvider(_OwnedByMarkProvider):
+class MasqueradeRuleProvider(FirewallRuleProvider):
     kind = "MasqueradeRule"
     ops = ("masquerade.ensure", "masquerade.read", "masquerade.remove")
     id_segment = "masquerade"
@@ -114,7 +156,7 @@ def _port(value: Any) -> int:
     return validate.int_range(value, 1, 65535)
 
 
-class PortForwardProvider(_OwnedByMarkProvider):
+class PortForwardProvider(FirewallRuleProvider):
     """Destination NAT: the NAT model's way in (`-p P --dport HP -j DNAT --to GUEST:GP`)."""
 
     kind = "PortForward"
@@ -183,6 +225,7 @@ class MasqueradeRuleArgs:
 class MasqueradeRule(Resource, module="kvmnet", name="MasqueradeRule"):
     source: pulumi.Output[str]
     rules: pulumi.Output[list[dict[str, Any]]]
+    backend: pulumi.Output[str]
 
     def __init__(
         self,
@@ -196,6 +239,7 @@ class MasqueradeRule(Resource, module="kvmnet", name="MasqueradeRule"):
             "source": args.source,
             "out_interface": args.out_interface,
             "rules": None,
+            "backend": None,
         }
         super().__init__(MasqueradeRuleProvider(), resource_name, props, opts)
 
@@ -214,6 +258,7 @@ class PortForwardArgs:
 class PortForward(Resource, module="kvmnet", name="PortForward"):
     host_port: pulumi.Output[int]
     rules: pulumi.Output[list[dict[str, Any]]]
+    backend: pulumi.Output[str]
 
     def __init__(
         self, resource_name: str, args: PortForwardArgs, opts: pulumi.ResourceOptions | None = None
@@ -228,5 +273,6 @@ class PortForward(Resource, module="kvmnet", name="PortForward"):
             "in_interface": args.in_interface,
             "destination": args.destination,
             "rules": None,
+            "backend": None,
         }
         super().__init__(PortForwardProvider(), resource_name, props, opts)

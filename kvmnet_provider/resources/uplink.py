@@ -18,9 +18,9 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, Resource
 
-from ..agent import validate
-from ..connection import HostError, HostSettings
-from ..connection.session import AgentCallError, AgentSession, agent_session, fresh_session
+from ..connection import AgentCallError, HostError, HostSettings, agent_session, fresh_session
+from ..connection.session import AgentSession
+from ..spec import validate
 from .base import Field, KvmnetProvider, _has_unknown, list_of, owner_id
 
 PROBE_CONNECT_TIMEOUT = 4.0

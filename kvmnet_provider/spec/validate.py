@@ -1,7 +1,7 @@
-"""Input rules shared by `check` on the controller and by the agent, which checks again.
+"""Input rules shared by `check` in the provider and by the host agent, which checks again.
 
 Each function returns the normalised value or raises InvalidInput naming the rule. Pure
-standard library: the controller imports this without pyroute2 or iptc installed.
+standard library: the provider imports this without pyroute2 or iptc installed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 OWNER_RE = re.compile(r"^[A-Za-z0-9_.:/@+=-]{1,200}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# The network models, as the forward rules (agent/fwplan.py) and their resource know them.
+NETWORK_MODES = ("isolated", "routed", "nat", "bridged")
 MTU_MIN, MTU_MAX = 68, 65535
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 PULUMI_VERSION = "v3.274.1"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # lab/kvmnet_lab/toolchain.py
+DEMO_PASSPHRASE = "kvmnet-lab"  # the demo's and tests' throwaway stacks; not a secret
+DEMO_STATE_DIR = REPO_ROOT / ".pulumi-state"  # the demo's Pulumi home, file backend and project
 
 
 def cache_dir() -> Path:
@@ -36,35 +39,50 @@ def venv_python() -> str:
     return str(venv_bin_dir() / "python3")
 
 
+def kvmnet_command() -> str:
+    """How to run this `kvmnet` as printed for a person: its name when PATH finds this very
+    one, else its full path (the venv is not on PATH unless `kvmnet env` put it there)."""
+    ours = venv_bin_dir() / "kvmnet"
+    found = shutil.which("kvmnet")
+    if found and Path(found).resolve() == ours.resolve():
+        return "kvmnet"
+    return str(ours)
+
+
 @dataclass(frozen=True)
 class PulumiWorkspace:
     """One offline Pulumi home and file backend: state never leaves `root`."""
 
     root: Path
-    passphrase: str = "kvmnet-lab"
+    passphrase: str = DEMO_PASSPHRASE
+    venv: Path | None = None  # the venv running programs and providers; default: ours
 
-    def env(self) -> dict[str, str]:
+    def settings(self, path: str | None = None) -> dict[str, str]:
+        """What this workspace sets on top of the environment (`kvmnet env` prints it)."""
         backend = self.root / "backend"
         home = self.root / "home"
         backend.mkdir(parents=True, exist_ok=True)
         home.mkdir(parents=True, exist_ok=True)
+        current = path if path is not None else os.environ.get("PATH", "/usr/bin:/bin")
+        venv_bin = self.venv / "bin" if self.venv is not None else venv_bin_dir()
+        first = [str(pulumi_bin_dir()), str(venv_bin)]
+        rest = [d for d in current.split(os.pathsep) if d not in first]  # eval'd twice: once
+        return {
+            "PATH": os.pathsep.join([*first, *rest]),
+            "PULUMI_BACKEND_URL": backend.resolve().as_uri(),
+            "PULUMI_HOME": str(home.resolve()),
+            "PULUMI_CONFIG_PASSPHRASE": self.passphrase,
+            "PULUMI_SKIP_UPDATE_CHECK": "true",
+            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+            "PULUMI_SKIP_CONFIRMATIONS": "true",
+            "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
+            "PULUMI_PYTHON_CMD": str(venv_bin / "python3"),
+            "PULUMI_RUNTIME_VIRTUALENV": str(venv_bin.parent),
+        }
+
+    def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(
-            {
-                "PATH": os.pathsep.join(
-                    [str(pulumi_bin_dir()), str(venv_bin_dir()), env.get("PATH", "/usr/bin:/bin")]
-                ),
-                "PULUMI_BACKEND_URL": backend.resolve().as_uri(),
-                "PULUMI_HOME": str(home.resolve()),
-                "PULUMI_CONFIG_PASSPHRASE": self.passphrase,
-                "PULUMI_SKIP_UPDATE_CHECK": "true",
-                "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-                "PULUMI_SKIP_CONFIRMATIONS": "true",
-                "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
-                "PULUMI_PYTHON_CMD": venv_python(),
-                "PULUMI_RUNTIME_VIRTUALENV": str(venv_bin_dir().parent),
-            }
-        )
+        env.update(self.settings())
         env.pop("VIRTUAL_ENV", None)
         return env
 

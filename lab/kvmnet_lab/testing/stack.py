@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ..hostconfig import write_stack_config
 from ..toolchain import PulumiWorkspace
 
 
@@ -33,6 +34,10 @@ class TestStack:
     def config(self, key: str, value: str, secret: bool = False) -> None:
         extra = ["--secret"] if secret else []
         self.ws.run(["config", "set", *extra, "--stack", self.stack, key, "--", value], self.dir)
+
+    def config_values(self, values: dict[str, Any]) -> None:
+        """Merge typed values (objects, lists, numbers) into the stack's config file."""
+        write_stack_config(self.dir / f"Pulumi.{self.stack}.yaml", values)
 
     def up(self, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.pulumi("up", "--yes", "--skip-preview", check=check)

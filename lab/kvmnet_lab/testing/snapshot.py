@@ -200,7 +200,7 @@ def _processes(runner: ExecIn, namespace: str) -> list[list[str]]:
 def host_snapshot(runner: ExecIn, namespace: str) -> dict[str, Any]:
     """Links, addresses, routes, iptables rules, forwarding sysctls and processes of a host.
 
-    runner: a kvmnet_provider.lab.Lab (its exec_in is used) or a callable
+    runner: a kvmnet_lab.lab.Lab (its exec_in is used) or a callable
     (namespace, argv) -> stdout that runs argv inside the namespace.
     """
     return {

@@ -1,6 +1,6 @@
 """The kvmnet lab: fake remote KVM hosts made of network namespaces, each with its own sshd.
 
->>> from kvmnet_provider.lab import Lab
+>>> from kvmnet_lab.lab import Lab
 >>> lab = Lab("kvmnet", "/run/kvmnet-lab/kvmnet")
 >>> status = lab.up(hosts=2)  # LabStatus; idempotent
 >>> lab.exec_in("h1", ["ip", "-j", "addr"], capture_output=True)

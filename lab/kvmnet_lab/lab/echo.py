@@ -4,7 +4,7 @@ For every TCP connection or UDP datagram it replies with ``peer <ip> <port>\\n``
 the same line to the log file (flushed per line), so a test can prove which source address
 ext saw even when the reply never makes it back.
 
-Run: ``python -m kvmnet_provider.lab.echo --bind ADDR --port 7777 --log FILE [--ready FILE]``
+Run: ``python -m kvmnet_lab.lab.echo --bind ADDR --port 7777 --log FILE [--ready FILE]``
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- management from the lab (root namespace side) -----------------------------------
-MODULE = "kvmnet_provider.lab.echo"
+MODULE = "kvmnet_lab.lab.echo"
 
 
 def running_pid(pidfile: Path) -> int | None:

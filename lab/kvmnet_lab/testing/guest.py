@@ -2,7 +2,7 @@
 
 The image comes from ``scripts/build-guest-image``; its ``/init`` reads ``kvmnet.ip``,
 ``kvmnet.gw`` and ``kvmnet.name`` from the kernel command line, configures ``eth0`` and runs
-a shell on the serial console (see :mod:`kvmnet_provider.testing.console`).
+a shell on the serial console (see :mod:`kvmnet_lab.testing.console`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvmnet_provider.agent.guests.argv import build_argv
+from kvmnet_provider.spec.guest import nics as valid_nics
+
 from ..lab.netns import pid_alive
+from ..toolchain import REPO_ROOT
 
 QEMU = "qemu-system-x86_64"
 ACCELS = ("tcg", "kvm")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = REPO_ROOT
 BUILD_SCRIPT = _REPO_ROOT / "scripts" / "build-guest-image"
 
 
@@ -48,11 +50,6 @@ def default_accel() -> str:
     return accel
 
 
-def _opt(value: str | Path) -> str:
-    """Escape a value for a QEMU ``key=value,...`` option (a comma is doubled)."""
-    return str(value).replace(",", ",,")
-
-
 def qemu_argv(
     *,
     kernel: str | Path,
@@ -71,7 +68,8 @@ def qemu_argv(
     extra_append: Sequence[str] = ("quiet",),
     qemu: str = QEMU,
 ) -> list[str]:
-    """Build the argv of a test guest. Pure: validates, touches nothing.
+    """Build the argv of a test guest with the agent's builder. Pure: validates, touches
+    nothing.
 
     ``ip`` is ``A.B.C.D/NN`` for eth0 (the first NIC); ``gw`` an optional default route.
     ``accel`` is ``"tcg"`` or ``"kvm"`` (default: :func:`default_accel`).
@@ -99,43 +97,28 @@ def qemu_argv(
             raise ValueError(f"extra_append: invalid kernel argument {word!r}")
         append.append(word)
 
-    argv = [
-        qemu,
-        "-name", name,
-        "-accel", accel,
-    ]
-    if accel == "kvm":
-        argv += ["-cpu", "host"]
-    argv += [
-        "-m", str(memory_mib),
-        "-display", "none",
-        "-nodefaults",
-        "-no-user-config",
-        "-no-reboot",
-        "-kernel", str(kernel),
-        "-initrd", str(initrd),
-        "-append", " ".join(append),
-    ]
-    chardev = f"socket,id=s0,path={_opt(serial_socket)},server=on,wait=off"
-    if serial_log is not None:
-        chardev += f",logfile={_opt(serial_log)}"
-    argv += ["-chardev", chardev, "-serial", "chardev:s0"]
-    if qmp_socket is not None:
-        argv += ["-qmp", f"unix:{_opt(qmp_socket)},server=on,wait=off"]
-    if pidfile is not None:
-        argv += ["-pidfile", str(pidfile)]
-    for i, nic in enumerate(nics):
-        if not _IFNAME.match(nic.tap):
-            raise ValueError(f"nics[{i}].tap: invalid interface name {nic.tap!r}")
-        if not _MAC.match(nic.mac):
-            raise ValueError(f"nics[{i}].mac: invalid MAC {nic.mac!r}")
-        argv += [
-            "-netdev", f"tap,id=n{i},ifname={nic.tap},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=n{i},mac={nic.mac.lower()}",
-        ]
-    if daemonize:
-        argv.append("-daemonize")
-    return argv
+    try:
+        nic_list = valid_nics([{"tap": n.tap, "mac": n.mac} for n in nics])
+    except ValueError as exc:
+        raise ValueError(f"nics{exc}") from None
+    spec = {
+        "qemu": qemu,
+        "name": name,
+        "memory_mib": memory_mib,
+        "vcpus": 1,
+        "kernel": str(kernel),
+        "initrd": str(initrd),
+        "cmdline": " ".join(append),
+        "nics": nic_list,
+    }
+    paths = {
+        "console_socket": str(serial_socket),
+        "console_log": "" if serial_log is None else str(serial_log),
+        "qmp_socket": "" if qmp_socket is None else str(qmp_socket),
+        "pidfile": "" if pidfile is None else str(pidfile),
+    }
+    # The agent's own builder; a test guest also exits instead of rebooting (panic=-1).
+    return [*build_argv(spec, paths, accel, daemonize=daemonize), "-no-reboot"]
 
 
 def guest_image_dir() -> Path:

@@ -1,4 +1,4 @@
-"""The system Python with Debian's own python3-pyroute2 and python3-iptables.
+"""The system Python with Debian's own python3-pyroute2, python3-iptables and python3-nftables.
 
 A host set up the way kvmnet's error message says (`apt-get install python3-pyroute2`) runs
 the agent with these packages, which are older than the venv's (pyroute2 0.7 on bookworm).
@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-PACKAGES = ("python3-pyroute2", "python3-iptables")
+PACKAGES = ("python3-pyroute2", "python3-iptables", "python3-nftables")
 CACHE = Path("/var/cache/kvmnet/debian-agent-packages")
 SYSTEM_PYTHON = "/usr/bin/python3"
 SITE = "usr/lib/python3/dist-packages"
@@ -47,7 +47,8 @@ def debian_python(wrapper_dir: Path) -> str:
     """Path of a Python that runs the system Python with the Debian packages: a venv made by
     hand (the agent runs with -I, which ignores PYTHONPATH) whose site-packages links them."""
     root = CACHE / "root"
-    if not (root / SITE / "pyroute2").is_dir():
+    if not all((root / SITE / name).is_dir() for name in ("pyroute2", "iptc", "nftables")):
+        shutil.rmtree(root, ignore_errors=True)  # unpacked before a package was added
         _unpack(root)
     venv = wrapper_dir / "debian-venv"
     version = subprocess.run(
@@ -67,4 +68,3 @@ def debian_python(wrapper_dir: Path) -> str:
     if not python.exists():
         python.symlink_to(SYSTEM_PYTHON)
     return str(python)
-

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .testing.console import GuestConsole
 
-# What DESIGN.md promises per model: guest->guest, ->bridge IP, ->host NIC, ->outside,
+# What docs/DESIGN.md promises per model: guest->guest, ->bridge IP, ->host NIC, ->outside,
 # outside->guest, and the source address the outside host sees ("host", "guest", None).
 EXPECTED: dict[str, dict[str, object]] = {
     "isolated": {
@@ -51,6 +51,12 @@ EXPECTED: dict[str, dict[str, object]] = {
         "seen": "guest",
     },
 }
+DESIGN_DOC = "docs/DESIGN.md (the reachability table)"
+LEGEND = (
+    '"-": nothing to test: the bridge has no address of its own (isolated), or carries the\n'
+    "     host's LAN address, tested as guest->host NIC (bridged); under \"outside sees\": no\n"
+    "     packet of the guest reached the outside host"
+)
 COLUMNS = ("guest", "bridge", "host", "outside", "inbound", "seen")
 HEADERS = {
     "guest": "guest->guest",
@@ -172,7 +178,8 @@ def format_table(model: str, observed: Observation) -> str:
     for label, values in (("observed", observed.as_dict()), ("expected", expected)):
         rows.append(f"{label:<10}" + "".join(f"{_cell(values[c]):<18}" for c in COLUMNS))
     verdict = "matches" if observed.as_dict() == expected else "DOES NOT MATCH"
-    rows.append(f"model {model}: observed {verdict} DESIGN.md")
+    rows.append(LEGEND)
+    rows.append(f"model {model}: observed {verdict} {DESIGN_DOC}")
     return "\n".join(rows)
 
 

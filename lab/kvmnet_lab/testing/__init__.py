@@ -1,7 +1,7 @@
 """Test helpers: tiny QEMU guests and their serial console."""
 
-from kvmnet_provider.testing.console import CommandResult, GuestConsole
-from kvmnet_provider.testing.guest import (
+from kvmnet_lab.testing.console import CommandResult, GuestConsole
+from kvmnet_lab.testing.guest import (
     GuestNic,
     default_accel,
     guest_image_dir,

@@ -1,9 +1,10 @@
-"""`kvmnet lab up|status|down`: argparse wiring for the lab (registered by kvmnet_provider.cli)."""
+"""`kvmnet lab up|status|down`: argparse wiring for the lab (registered by kvmnet_lab.cli)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .core import Lab, LabError, LabNotUp
 from .naming import MAX_HOSTS
@@ -12,7 +13,7 @@ from .state import LabStatus
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lab = subparsers.add_parser("lab", help="the built-in lab of namespace KVM hosts")
-    sub = lab.add_subparsers(dest="lab_command", required=True, metavar="{up,status,down}")
+    sub = lab.add_subparsers(dest="lab_command", required=True, metavar="{up,status,down,config}")
 
     up = sub.add_parser("up", help="build the lab (idempotent)")
     up.add_argument("--hosts", type=int, default=2, help=f"KVM hosts, 1..{MAX_HOSTS}")
@@ -25,6 +26,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     down = sub.add_parser("down", help="remove everything the lab made")
     down.set_defaults(func=cmd_down)
+
+    config = sub.add_parser(
+        "config", help="write a lab host's connection into a stack config file (merged)"
+    )
+    config.add_argument("file", type=Path, help="stack config file, e.g. stacks/Pulumi.mine.yaml")
+    config.add_argument("--host", default="h1", help="lab host (default h1)")
+    config.add_argument("--model", choices=("isolated", "routed", "nat", "bridged"))
+    config.add_argument(
+        "--test-image", action="store_true", help="guests boot the project's test image"
+    )
+    config.set_defaults(func=cmd_config)
 
 
 def _lab(args: argparse.Namespace) -> Lab:
@@ -88,4 +100,20 @@ def cmd_down(args: argparse.Namespace) -> int:
     except LabError as exc:
         print(f"kvmnet: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from ..hostconfig import lab_stack_config, write_stack_config
+    from ..testing.guest import guest_image_dir
+
+    try:
+        status = _lab(args).status(check_ssh=False)
+        image = guest_image_dir() if args.test_image else None
+        values = lab_stack_config(status, args.model, host=args.host, image_dir=image)
+    except (LabError, KeyError, RuntimeError) as exc:
+        print(f"kvmnet: {exc}", file=sys.stderr)
+        return 1
+    write_stack_config(args.file, values)
+    print(f"{args.file}: set {', '.join(values)}")
     return 0

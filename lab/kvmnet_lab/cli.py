@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import demo
+from . import demo, envcmd
 from .lab import commands as lab_commands
 from .lab.core import default_name
 
@@ -16,6 +16,7 @@ from .lab.core import default_name
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     lab_commands.register,
     demo.register,
+    envcmd.register,
 ]
 
 

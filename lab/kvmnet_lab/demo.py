@@ -6,34 +6,67 @@ lab down. Both are idempotent and fine when nothing is up.
 
 The two seams, :func:`run_model` and :func:`destroy_model`, are where the network models plug
 in (`pulumi up` / `pulumi destroy` of a model's stack); everything else here is lab plumbing.
+
+The demo's stacks run in a project of their own under the demo's state dir: the tracked
+`stacks/Pulumi.lab-<model>.yaml` are templates, copied there and completed with the lab
+host's connection and the test image's paths; a demo never writes to them.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+from .hostconfig import lab_stack_config, write_stack_config
 from .lab import Lab, LabError, LabNotUp, LabStatus
 from .lab.commands import lab_up_or_say_why
 from .probe import GuestEndpoint, Outside, format_table, in_namespace, observe
 from .terminal import attach_terminal
 from .testing.console import GuestConsole
-from .toolchain import REPO_ROOT, PulumiWorkspace
+from .testing.guest import guest_image_dir
+from .toolchain import DEMO_STATE_DIR, REPO_ROOT, PulumiWorkspace, kvmnet_command
 
 MODELS = ("nat", "routed", "isolated", "bridged")
 DEFAULT_MODEL = "nat"
 DEMO_HOSTS = 1
-TEARDOWN_HINT = "tear down with: make demo-down   (or: kvmnet demo down)"
+TEARDOWN_HINT = "tear down with: make demo-down"
 
 
 # --- the seams ----------------------------------------------------------------------------
-STATE_DIR = REPO_ROOT / ".pulumi-state"
+STATE_DIR = DEMO_STATE_DIR
 ACTIVE_FILE = STATE_DIR / "demo-stack"
+PROJECT_DIR = STATE_DIR / "project"  # the demo's own copy of the project (see the docstring)
+TEMPLATES = REPO_ROOT / "stacks"
+SUMMARY_START = ("Outputs:", "Resources:")
 
 
 def _workspace() -> PulumiWorkspace:
     return PulumiWorkspace(STATE_DIR)
+
+
+def prepare_project(stack: str, lab_status: LabStatus, model: str) -> Path:
+    """The demo's project dir with the stack's config: the template plus the lab's host."""
+    PROJECT_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO_ROOT / "__main__.py", PROJECT_DIR / "__main__.py")
+    (PROJECT_DIR / "Pulumi.yaml").write_text(
+        "name: kvmnet\n"
+        "description: kvmnet's demo stacks (copied from stacks/ by `kvmnet demo up`)\n"
+        "runtime:\n  name: python\n  options:\n    toolchain: pip\n"
+    )
+    config = PROJECT_DIR / f"Pulumi.{stack}.yaml"
+    shutil.copyfile(TEMPLATES / f"Pulumi.{stack}.yaml", config)
+    write_stack_config(config, lab_stack_config(lab_status, model, image_dir=guest_image_dir()))
+    return PROJECT_DIR
+
+
+def summary(output: str) -> str:
+    """The end of `pulumi up`'s output from its Outputs/Resources section on, whole lines."""
+    lines = output.rstrip().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(SUMMARY_START)), 0)
+    return "\n".join(lines[start:])
 
 
 def run_model(model: str, lab_status: LabStatus) -> None:
@@ -48,18 +81,13 @@ def run_model(model: str, lab_status: LabStatus) -> None:
     if active and active != stack:
         print(f"destroying the previous demo stack {active} first")
         destroy_model()
-    ws.run(["stack", "select", "--create", stack], REPO_ROOT)
+    project = prepare_project(stack, lab_status, model)
+    ws.run(["stack", "select", "--create", stack], project)
     ACTIVE_FILE.write_text(stack)
-    if lab_status.name != "kvmnet":
-        ws.run(["config", "set", "--stack", stack, "kvmnet:lab", lab_status.name], REPO_ROOT)
-        ws.run(
-            ["config", "set", "--stack", stack, "kvmnet:labStateDir", lab_status.state_dir],
-            REPO_ROOT,
-        )
-    print(f"pulumi up --stack {stack}  (state in {STATE_DIR})")
-    up = ws.run(["up", "--yes", "--stack", stack], REPO_ROOT)
-    print(up.stdout[-3000:])
-    outs = ws.outputs(REPO_ROOT, stack)
+    print(f"pulumi up --stack {stack}  (project {project}, state in {STATE_DIR})")
+    up = ws.run(["up", "--yes", "--stack", stack], project)
+    print(summary(up.stdout))
+    outs = ws.outputs(project, stack)
     guests = outs["guests"]
     assert isinstance(guests, dict)
     endpoints = [
@@ -81,9 +109,10 @@ def run_model(model: str, lab_status: LabStatus) -> None:
     for forward in forwards:
         print(show_port_forward(forward, endpoints, host.address, ext.namespace))
     print()
+    kvmnet = kvmnet_command()
     for e in endpoints:
         print(
-            f"console of {e.name} ({e.address}): kvmnet demo console {e.name}   (Ctrl-] to leave)"
+            f"console of {e.name} ({e.address}): {kvmnet} demo console {e.name}   (Ctrl-] to leave)"
         )
 
 
@@ -119,9 +148,10 @@ def destroy_model() -> None:
         return
     stack = ACTIVE_FILE.read_text().strip()
     ws = _workspace()
+    project = PROJECT_DIR if (PROJECT_DIR / "Pulumi.yaml").exists() else REPO_ROOT
     print(f"pulumi destroy --stack {stack}")
-    ws.run(["destroy", "--yes", "--stack", stack], REPO_ROOT)
-    ws.run(["stack", "rm", "--yes", "--preserve-config", "--stack", stack], REPO_ROOT, check=False)
+    ws.run(["destroy", "--yes", "--stack", stack], project)
+    ws.run(["stack", "rm", "--yes", "--preserve-config", "--stack", stack], project, check=False)
     ACTIVE_FILE.unlink()
 
 
@@ -131,7 +161,8 @@ def console(guest: str) -> int:
         print("kvmnet: no demo is up (make demo)", file=sys.stderr)
         return 1
     stack = ACTIVE_FILE.read_text().strip()
-    guests = _workspace().outputs(REPO_ROOT, stack)["guests"]
+    project = PROJECT_DIR if (PROJECT_DIR / "Pulumi.yaml").exists() else REPO_ROOT
+    guests = _workspace().outputs(project, stack)["guests"]
     assert isinstance(guests, dict)
     if guest not in guests:
         print(f"kvmnet: no guest {guest!r}; guests: {', '.join(guests)}", file=sys.stderr)

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..agent import hoststate
+from kvmnet_provider.agent import hoststate
+
 from . import echo, keys, netns, sshd
 from .naming import ECHO_PORT, MAX_HOSTS, SSH_PORT, LabNames, host_index, host_name
 from .sshclient import ssh_reachable

@@ -1,0 +1,277 @@
+"""The iptables backend: python-iptables on the legacy x_tables tables.
+
+NAT and port forwards are firewall.py's (nat POSTROUTING / PREROUTING). The forward rules
+live in the filter table in kvmnet's own chains, shared by every kvmnet network on the host:
+  KVMNET_FWD  reached by ONE jump at the top of DOCKER-USER (when FORWARD jumps there: Docker
+              keeps that chain across restarts) or of FORWARD; holds three jumps, in order:
+  KVMNET_FWX  guest to guest (cross), KVMNET_FWI  into bridges, KVMNET_FWO  out of bridges.
+Each network's rules carry the comment "kvmnet:<owner>"; the jumps carry "kvmnet". Removal
+deletes the owner's rules, and the chains and the jump when no network's rules are left.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import iptc  # type: ignore[import-untyped]
+
+from . import firewall, fwplan
+from .errors import AgentError
+from .fwplan import Rule
+
+NAME = "iptables"
+TOP = "KVMNET_FWD"
+CHAINS = {"cross": "KVMNET_FWX", "input": "KVMNET_FWI", "output": "KVMNET_FWO"}
+JUMP_MARK = "kvmnet"
+DOCKER_USER = "DOCKER-USER"
+TARGETS = {"ACCEPT": "accept", "REJECT": "reject", "DROP": "drop"}
+
+# NAT and port forwards: the existing python-iptables code, unchanged.
+masquerade_read = firewall.masquerade_read
+masquerade_ensure = firewall.masquerade_ensure
+masquerade_remove = firewall.masquerade_remove
+dnat_read = firewall.dnat_read
+dnat_ensure = firewall.dnat_ensure
+dnat_remove = firewall.dnat_remove
+
+
+def _filter() -> Any:
+    table = iptc.Table(iptc.Table.FILTER)
+    table.refresh()  # other agents (other stacks) may have changed it
+    return table
+
+
+def _chain(table: Any, name: str) -> Any | None:
+    return iptc.Chain(table, name) if table.is_chain(name) else None
+
+
+def describe(rule: Any) -> Rule | None:
+    """A rule as fwplan.Rule, or None when it uses matches kvmnet does not read."""
+    target = rule.target.name if rule.target else ""
+    verdict = TARGETS.get(target, target)
+    fields: dict[str, Any] = {}
+    for key, value in (("iif", rule.in_interface), ("oif", rule.out_interface)):
+        if value:
+            if value.startswith("!"):
+                return None
+            fields[key] = value
+    for key, value in (("src", rule.src), ("dst", rule.dst)):
+        if value and value.startswith("!"):
+            return None
+        fields[key] = fwplan.cidr(value)
+    if rule.protocol not in (None, "", "ip", "all", "0"):
+        fields["proto"] = rule.protocol
+    for match in rule.matches:
+        if match.name == "comment":
+            continue
+        if match.name in ("tcp", "udp") and match.dport and not match.sport:
+            fields["dport"] = int(match.dport)
+        elif match.name == "conntrack" and match.ctstate:
+            states = sorted(s.lower() for s in match.ctstate.split(","))
+            fields["ct"] = fwplan.CT_DNAT if states == ["dnat"] else ",".join(states)
+        else:
+            return None
+    return Rule(verdict, **fields)
+
+
+def _build(rule: Rule, mark: str) -> Any:
+    built = iptc.Rule()
+    if rule.iif:
+        built.in_interface = rule.iif
+    if rule.oif:
+        built.out_interface = rule.oif
+    if rule.src:
+        built.src = rule.src
+    if rule.dst:
+        built.dst = rule.dst
+    if rule.proto:
+        built.protocol = rule.proto
+        if rule.dport:
+            built.create_match(rule.proto).dport = str(rule.dport)
+    if rule.ct:
+        states = "DNAT" if rule.ct == fwplan.CT_DNAT else "RELATED,ESTABLISHED"
+        built.create_match("conntrack").ctstate = states
+    built.create_match("comment").comment = mark
+    built.create_target(rule.verdict.upper())
+    return built
+
+
+def _jump(target: str) -> Any:
+    rule = iptc.Rule()
+    rule.create_match("comment").comment = JUMP_MARK
+    rule.create_target(target)
+    return rule
+
+
+def _is_jump(rule: Any, target: str) -> bool:
+    return bool(rule.target and rule.target.name == target) and firewall.comment(rule) == JUMP_MARK
+
+
+def jump_chain(table: Any) -> str:
+    """Where our jump goes: DOCKER-USER when FORWARD reaches it, else FORWARD itself."""
+    if table.is_chain(DOCKER_USER):
+        forward = iptc.Chain(table, "FORWARD")
+        if any(r.target and r.target.name == DOCKER_USER for r in forward.rules):
+            return DOCKER_USER
+    return "FORWARD"
+
+
+def _jump_position(table: Any) -> tuple[str | None, int | None]:
+    for name in (DOCKER_USER, "FORWARD"):
+        chain = _chain(table, name)
+        if chain is None:
+            continue
+        for index, rule in enumerate(chain.rules):
+            if _is_jump(rule, TOP):
+                return name, index
+    return None, None
+
+
+def _ours(table: Any, mark: str) -> dict[str, list[dict[str, object]]]:
+    found: dict[str, list[dict[str, object]]] = {}
+    for section, name in CHAINS.items():
+        chain = _chain(table, name)
+        rules = [] if chain is None else [r for r in chain.rules if firewall.comment(r) == mark]
+        described = [describe(r) for r in rules]
+        found[section] = [r.to_wire() if r else {"unknown": True} for r in described]
+    return found
+
+
+def _wire(sections: dict[str, list[Rule]]) -> dict[str, list[dict[str, object]]]:
+    return {s: [r.to_wire() for r in rules] for s, rules in sections.items()}
+
+
+def forward_read(owner: str, net: fwplan.NetworkRules | None = None) -> dict[str, Any]:
+    mark = firewall.MARK_PREFIX + owner
+    table = _filter()
+    sections = _ours(table, mark)
+    where, _ = _jump_position(table)
+    problems = []
+    want_where = jump_chain(table)
+    count = sum(len(v) for v in sections.values())
+    if count and where is None:
+        problems.append(f"the jump to {TOP} is missing from filter {want_where}")
+    elif count and where != want_where:
+        problems.append(f"the jump to {TOP} is in {where}, not in {want_where}")
+    if count:
+        top = _chain(table, TOP)
+        have = [r.target.name for r in top.rules if _is_jump(r, r.target.name)] if top else []
+        if have != list(CHAINS.values()):
+            problems.append(f"{TOP} does not jump to {', '.join(CHAINS.values())} in order")
+    if net is not None and count and sections != _wire(net.sections()):
+        problems.append("the network's rules differ from what the model installs")
+    if net is not None and count:
+        problems += [f"blocked by {b}" for b in blockers(table, net)]
+    return {
+        "backend": NAME,
+        "sections": sections,
+        "count": count,
+        "jump": where,
+        "problems": problems,
+    }
+
+
+def blockers(table: Any, net: fwplan.NetworkRules) -> list[str]:
+    """Foreign DROP/REJECT rules that run before our jump and can drop this network's traffic."""
+    flows = net.flows()
+    found = []
+    where, position = _jump_position(table)
+    target_chain = where or jump_chain(table)
+    chain = iptc.Chain(table, target_chain)
+    before = list(chain.rules)[: position or 0] if where else []
+    if target_chain == DOCKER_USER:
+        forward = list(iptc.Chain(table, "FORWARD").rules)
+        cut = next(i for i, r in enumerate(forward) if r.target and r.target.name == DOCKER_USER)
+        found += [
+            _say("FORWARD", r) for r in forward[:cut] if fwplan.could_block(describe(r), flows)
+        ]
+    found += [_say(target_chain, r) for r in before if fwplan.could_block(describe(r), flows)]
+    return found
+
+
+def _say(chain: str, rule: Any) -> str:
+    described = describe(rule)
+    text = described.text() if described else rule.target.name
+    return f"filter {chain} rule '-A {chain} {text}' (iptables-legacy)"
+
+
+def forward_ensure(owner: str, net: fwplan.NetworkRules) -> dict[str, Any]:
+    mark = firewall.MARK_PREFIX + owner
+    table = _filter()
+    problems = blockers(table, net)
+    if problems:
+        raise AgentError(
+            "blocked",
+            f"{problems[0]} runs before kvmnet's jump to {TOP} and drops this network's "
+            f"traffic; delete that rule or move it below kvmnet's jump, then run up again",
+        )
+    current = forward_read(owner, net)
+    if current["count"] and not current["problems"]:
+        return current
+    table.autocommit = False
+    try:
+        for name in (TOP, *CHAINS.values()):
+            if not table.is_chain(name):
+                table.create_chain(name)
+        top = iptc.Chain(table, TOP)
+        if [r.target.name for r in top.rules] != list(CHAINS.values()):
+            top.flush()
+            for name in CHAINS.values():
+                top.append_rule(_jump(name))
+        where = jump_chain(table)
+        for name in (DOCKER_USER, "FORWARD"):
+            chain = _chain(table, name)
+            if chain is not None and name != where:
+                for rule in [r for r in chain.rules if _is_jump(r, TOP)]:
+                    chain.delete_rule(rule)
+        chain = iptc.Chain(table, where)
+        if not any(_is_jump(r, TOP) for r in chain.rules):
+            chain.insert_rule(_jump(TOP), 0)
+        for section, rules in net.sections().items():
+            chain = iptc.Chain(table, CHAINS[section])
+            for rule in [r for r in chain.rules if firewall.comment(r) == mark]:
+                chain.delete_rule(rule)
+            for rule in rules:
+                chain.append_rule(_build(rule, mark))
+        table.commit()
+    except iptc.IPTCError as exc:
+        raise AgentError("failed", f"iptables refused the forward rules: {exc}") from None
+    finally:
+        table.autocommit = True
+    return forward_read(owner, net)
+
+
+def forward_remove(owner: str) -> dict[str, Any]:
+    mark = firewall.MARK_PREFIX + owner
+    table = _filter()
+    removed = 0
+    table.autocommit = False
+    try:
+        left = 0
+        for name in CHAINS.values():
+            chain = _chain(table, name)
+            if chain is None:
+                continue
+            for rule in list(chain.rules):
+                if firewall.comment(rule) == mark:
+                    chain.delete_rule(rule)
+                    removed += 1
+                else:
+                    left += 1
+        if not left:  # no kvmnet network is left on this host: the chains and the jump go
+            for name in (DOCKER_USER, "FORWARD"):
+                chain = _chain(table, name)
+                if chain is not None:
+                    for rule in [r for r in chain.rules if _is_jump(r, TOP)]:
+                        chain.delete_rule(rule)
+            for name in (TOP, *CHAINS.values()):
+                chain = _chain(table, name)
+                if chain is not None:
+                    chain.flush()
+            for name in (TOP, *CHAINS.values()):
+                if table.is_chain(name):
+                    table.delete_chain(name)
+        table.commit()
+    finally:
+        table.autocommit = True
+    return {"removed": removed}

@@ -1,0 +1,240 @@
+"""The firewall backend interface, the choice between the backends, and the agent's firewall ops.
+
+Two backends with the same operations (masquerade_*, dnat_*, forward_*):
+- "iptables": python-iptables on the legacy x_tables tables (fw_iptables.py, firewall.py);
+- "nftables": libnftables' JSON API (fw_nftables.py).
+"auto" picks the one holding the host's own firewall, so that our accepts land where its
+DROP is (a DROP in any base chain at a hook is final, whatever the table or backend):
+  1. nftables has tables (other than kvmnet's own): nftables (iptables-nft, firewalld, Docker
+     on Debian 11+/RHEL 8+);
+  2. the legacy tables hold rules or a DROP policy (other than kvmnet's): iptables;
+  3. the host's `iptables --version` says nf_tables: nftables; otherwise iptables.
+Every answer names the backend used, which the provider records in the state; later reads,
+updates and deletes go to that backend, whatever auto would say by then.
+
+Changes are serialised between the agents of several stacks on one host by a host-wide lock
+(python-iptables commits whole tables; two interleaved commits would lose one's rules).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from ..spec import validate
+from . import fwplan, hoststate
+from .errors import AgentError
+
+BACKENDS = ("auto", "iptables", "nftables")
+INSTALL = {
+    "iptables": "pip install python-iptables (or apt-get install python3-iptables)",
+    "nftables": "pip install pip-nftables (or apt-get install python3-nftables); "
+    "it needs libnftables1",
+}
+
+
+class Backend(Protocol):
+    NAME: str
+
+    def masquerade_read(self, owner: str) -> dict[str, Any]: ...
+    def masquerade_ensure(self, spec: dict[str, Any]) -> dict[str, Any]: ...
+    def masquerade_remove(self, owner: str) -> dict[str, Any]: ...
+    def dnat_read(self, owner: str) -> dict[str, Any]: ...
+    def dnat_ensure(self, spec: dict[str, Any]) -> dict[str, Any]: ...
+    def dnat_remove(self, owner: str) -> dict[str, Any]: ...
+    def forward_read(self, owner: str, net: fwplan.NetworkRules | None = None) -> Any: ...
+    def forward_ensure(self, owner: str, net: fwplan.NetworkRules) -> Any: ...
+    def forward_remove(self, owner: str) -> dict[str, Any]: ...
+
+
+@functools.cache
+def load(name: str) -> Backend:
+    """The backend module, imported at its first use (python-iptables costs ~14 ms)."""
+    try:
+        if name == "iptables":
+            from .iptc_import import import_iptc
+
+            import_iptc()
+        module: Any = importlib.import_module(f".fw_{name}", __package__)
+    except Exception as exc:
+        raise AgentError(
+            "missing",
+            f"the {name} firewall backend cannot load ({exc}); install with: "
+            f"{INSTALL[name]}, or set firewall_backend to the other backend",
+        ) from None
+    return module  # type: ignore[no-any-return]
+
+
+def _nft_tables() -> list[tuple[str, str]] | None:
+    """The host's nftables tables, or None when libnftables is not available."""
+    try:
+        nft = load("nftables")
+    except AgentError:
+        return None
+    rs: Any = nft.ruleset()  # type: ignore[attr-defined]
+    return sorted(rs.tables)
+
+
+def _legacy_in_use() -> bool:
+    """Whether legacy tables hold rules or a DROP policy that are not kvmnet's. Only tables
+    the kernel already has are opened: opening one creates it."""
+    try:
+        with open("/proc/net/ip_tables_names") as f:
+            present = set(f.read().split()) & {"filter", "nat"}
+    except OSError:
+        return False
+    if not present:
+        return False
+    try:
+        iptc: Any = importlib.import_module("iptc")
+        load("iptables")
+    except (ImportError, AgentError):
+        return False
+    for table_name in sorted(present):
+        table = iptc.Table(table_name)
+        table.refresh()
+        for chain in table.chains:
+            if chain.is_builtin() and chain.get_policy().name == "DROP":
+                return True
+            for rule in chain.rules:
+                comment = next((m.comment for m in rule.matches if m.name == "comment"), "")
+                if not str(comment).startswith("kvmnet"):
+                    return True
+    return False
+
+
+def _iptables_is_nft() -> bool:
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    exe = shutil.which("iptables", path=path)
+    if exe is None:
+        return False
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "nf_tables" in out.stdout
+
+
+def detect() -> tuple[str, str]:
+    """(backend, why) for this host, following the order in the module's docstring."""
+    tables = _nft_tables()
+    foreign = [t for t in tables or [] if t != ("ip", "kvmnet")]
+    if foreign:
+        return "nftables", f"nftables has table {foreign[0][0]} {foreign[0][1]}"
+    if _legacy_in_use():
+        return "iptables", "the legacy iptables tables are in use"
+    if _iptables_is_nft():
+        if tables is None:
+            raise AgentError(
+                "missing",
+                "this host's iptables is iptables-nft, so kvmnet's rules belong in "
+                f"nftables, but libnftables' Python module is missing; install with: "
+                f"{INSTALL['nftables']} (or set firewall_backend: iptables)",
+            )
+        return "nftables", "the host's iptables is iptables-nft"
+    return "iptables", "the host's iptables is legacy"
+
+
+def other_backend_drop(name: str) -> str | None:
+    """A DROP policy on the forward hook held by the OTHER backend, which our rules (in `name`)
+    cannot get past: the host's firewall lives there, so firewall_backend is wrong."""
+    if name == "iptables":
+        try:
+            rs: Any = load("nftables").ruleset()  # type: ignore[attr-defined]
+        except AgentError:
+            return None
+        for chain in rs.forward_bases():
+            if chain.get("policy") == "drop":
+                return f"nftables table {chain['family']} {chain['table']} chain {chain['name']}"
+        return None
+    try:
+        with open("/proc/net/ip_tables_names") as f:
+            if "filter" not in f.read().split():
+                return None
+        load("iptables")
+        iptc: Any = importlib.import_module("iptc")
+    except (OSError, ImportError, AgentError):
+        return None
+    table = iptc.Table(iptc.Table.FILTER)
+    table.refresh()
+    if iptc.Chain(table, "FORWARD").get_policy().name == "DROP":
+        return "legacy iptables filter FORWARD"
+    return None
+
+
+def _check_other_backend(backend: Backend) -> None:
+    other = other_backend_drop(backend.NAME)
+    if other:
+        hint = "nftables" if backend.NAME == "iptables" else "iptables"
+        raise AgentError(
+            "blocked",
+            f"{other} has policy DROP, which kvmnet's {backend.NAME} rules cannot get past; "
+            f"set the host's firewall_backend to {hint} (or auto)",
+        )
+
+
+def choose(args: dict[str, Any]) -> Backend:
+    name = args.get("backend") or "auto"
+    if name not in BACKENDS:
+        raise validate.InvalidInput(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "auto":
+        name = _detected()
+    return load(name)
+
+
+@functools.cache
+def _detected() -> str:
+    return detect()[0]
+
+
+@contextmanager
+def locked() -> Iterator[None]:
+    with hoststate.locked("firewall"):
+        yield
+
+
+def _with_backend(result: Any, backend: Backend) -> Any:
+    if isinstance(result, dict):
+        result.setdefault("backend", backend.NAME)
+    return result
+
+
+def handlers() -> dict[str, Any]:
+    """The agent's firewall operations (merged into server.py's table)."""
+
+    def op(method: str, arg: str | None = None, net: bool = False) -> Any:
+        def run(args: dict[str, Any]) -> Any:
+            backend = choose(args)
+            call = getattr(backend, method)
+            with locked():
+                if net:
+                    spec = fwplan.NetworkRules.from_spec(args)
+                    if method == "forward_ensure":
+                        _check_other_backend(backend)
+                    result = call(validate.owner(args["owner"]), spec)
+                elif arg is None:
+                    result = call(args)
+                else:
+                    result = call(validate.owner(args[arg]))
+            return _with_backend(result, backend)
+
+        return run
+
+    return {
+        "firewall.detect": lambda a: dict(zip(("backend", "why"), detect(), strict=True)),
+        "masquerade.read": op("masquerade_read", "owner"),
+        "masquerade.ensure": op("masquerade_ensure"),
+        "masquerade.remove": op("masquerade_remove", "owner"),
+        "dnat.read": op("dnat_read", "owner"),
+        "dnat.ensure": op("dnat_ensure"),
+        "dnat.remove": op("dnat_remove", "owner"),
+        "forward.read": op("forward_read", net=True),
+        "forward.ensure": op("forward_ensure", net=True),
+        "forward.remove": op("forward_remove", "owner"),
+    }

@@ -1,0 +1,195 @@
+"""The forward rules of one network, as data: what both firewall backends install.
+
+Pure standard library (the controller and the unit tests import it too). After libvirt's
+network driver: three sections evaluated in this order for every network on the host,
+- cross (FWX): guest to guest on one bridge, accepted (with br_netfilter, bridged frames
+  traverse FORWARD, so a DROP policy would otherwise cut guests apart);
+- input (FWI): into the bridge from elsewhere: routed accepts the subnet, NAT only
+  established/related traffic and the declared port forwards (DNAT'd), then REJECT;
+- output (FWO): out of the bridge: routed and NAT accept the subnet, then REJECT;
+and, for the nftables backend only, a "pass" section that sits in the host's own filter
+table (where a DROP policy is) and accepts what the three sections above let through.
+Every input section runs before every output section (one chain each), so traffic from
+one network into another is judged by the receiving network first, as in libvirt.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass
+
+from ..spec import validate
+
+MODES = validate.NETWORK_MODES
+SECTIONS = ("cross", "input", "output")
+CT_ESTABLISHED = "established,related"
+CT_DNAT = "dnat"
+VERDICTS = ("accept", "reject", "drop")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule with the few matches kvmnet uses; None means "any"."""
+
+    verdict: str
+    iif: str | None = None
+    oif: str | None = None
+    src: str | None = None  # CIDR
+    dst: str | None = None  # CIDR
+    proto: str | None = None
+    dport: int | None = None
+    ct: str | None = None  # CT_ESTABLISHED or CT_DNAT
+
+    def to_wire(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def text(self) -> str:
+        """iptables-style, for messages: `-i br0 -s 10.0.1.0/24 -j ACCEPT`."""
+        parts = []
+        for flag, value in (
+            ("-i", self.iif),
+            ("-o", self.oif),
+            ("-s", self.src),
+            ("-d", self.dst),
+            ("-p", self.proto),
+        ):
+            if value:
+                parts += [flag, str(value)]
+        if self.dport:
+            parts += ["--dport", str(self.dport)]
+        if self.ct:
+            parts += ["--ctstate", self.ct.upper()]
+        parts += ["-j", self.verdict.upper()]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A declared port forward: DNAT'd traffic to guest:port that the input section admits."""
+
+    guest: str
+    port: int
+    proto: str = "tcp"
+
+
+@dataclass(frozen=True)
+class NetworkRules:
+    mode: str
+    bridge: str
+    subnet: str | None
+    forwards: tuple[Forward, ...] = ()
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, object]) -> NetworkRules:
+        mode = spec.get("mode")
+        if mode not in MODES:
+            raise validate.InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        bridge = validate.ifname(spec.get("bridge"))
+        subnet = spec.get("subnet")
+        if mode in ("routed", "nat"):
+            subnet = validate.network(subnet)
+        else:
+            subnet = None
+        forwards = []
+        raw_forwards = spec.get("forwards") or []
+        if not isinstance(raw_forwards, list):
+            raise validate.InvalidInput("forwards must be a list")
+        for item in raw_forwards:
+            if not isinstance(item, dict):
+                raise validate.InvalidInput("each forward must be {guest, port, proto}")
+            proto = item.get("proto", "tcp")
+            if proto not in ("tcp", "udp"):
+                raise validate.InvalidInput(f"forward proto must be tcp or udp, got {proto!r}")
+            guest = str(ipaddress.IPv4Address(str(item.get("guest"))))
+            forwards.append(Forward(guest, validate.int_range(item.get("port"), 1, 65535), proto))
+        if forwards and mode != "nat":
+            raise validate.InvalidInput("forwards are for the nat mode only")
+        forwards.sort(key=lambda f: (f.guest, f.proto, f.port))
+        return cls(str(mode), bridge, subnet, tuple(forwards))
+
+    def sections(self) -> dict[str, list[Rule]]:
+        """The rules per section (cross, input, output), in order."""
+        br, net = self.bridge, self.subnet
+        cross = [Rule("accept", iif=br, oif=br)]
+        if self.mode == "bridged":
+            return {"cross": cross, "input": [], "output": []}
+        if self.mode == "isolated":
+            return {
+                "cross": cross,
+                "input": [Rule("reject", oif=br)],
+                "output": [Rule("reject", iif=br)],
+            }
+        if self.mode == "routed":
+            inbound = [Rule("accept", oif=br, dst=net)]
+        else:
+            inbound = [Rule("accept", oif=br, dst=net, ct=CT_ESTABLISHED)]
+            inbound += [
+                Rule("accept", oif=br, dst=f"{f.guest}/32", proto=f.proto, dport=f.port, ct=CT_DNAT)
+                for f in self.forwards
+            ]
+        return {
+            "cross": cross,
+            "input": [*inbound, Rule("reject", oif=br)],
+            "output": [Rule("accept", iif=br, src=net), Rule("reject", iif=br)],
+        }
+
+    def passes(self) -> list[Rule]:
+        """Accepts for the host's own filter table, after the sections have rejected what the
+        model refuses; kept to what iptables-nft can show (no conntrack, no reject)."""
+        rules = [Rule("accept", iif=self.bridge, oif=self.bridge)]
+        if self.mode in ("routed", "nat"):
+            rules += [
+                Rule("accept", iif=self.bridge, src=self.subnet),
+                Rule("accept", oif=self.bridge, dst=self.subnet),
+            ]
+        return rules
+
+    def flows(self) -> list[Rule]:
+        """The traffic the model lets through, as match patterns (for finding blockers)."""
+        net = self.subnet
+        flows = [Rule("accept", iif=self.bridge, oif=self.bridge, src=net, dst=net)]
+        if self.mode in ("routed", "nat"):
+            flows += [
+                Rule("accept", iif=self.bridge, src=self.subnet),
+                Rule("accept", oif=self.bridge, dst=self.subnet),
+            ]
+        return flows
+
+
+def _covers(outer: str | None, inner: str | None) -> bool:
+    if outer is None:
+        return True
+    if inner is None:
+        return False
+    return ipaddress.ip_network(inner, strict=False).subnet_of(
+        ipaddress.ip_network(outer, strict=False)  # type: ignore[arg-type]
+    )
+
+
+def could_block(rule: Rule | None, flows: list[Rule]) -> bool:
+    """Whether a foreign DROP/REJECT rule drops ALL of some traffic this network lets through
+    (e.g. `-j DROP`, `-i BR -j DROP`, `-d NET -j DROP`).
+
+    A narrower rule (`-s 1.2.3.4 -j DROP`, a port, a mark, a negation, another module) is the
+    operator's own targeted policy, not a blocker; `rule` is None for rules with matches
+    kvmnet does not read."""
+    if rule is None or rule.verdict not in ("drop", "reject"):
+        return False
+    if rule.proto or rule.dport or rule.ct:
+        return False
+    for flow in flows:
+        if rule.iif is not None and rule.iif != flow.iif:
+            continue
+        if rule.oif is not None and rule.oif != flow.oif:
+            continue
+        if _covers(rule.src, flow.src) and _covers(rule.dst, flow.dst):
+            return True
+    return False
+
+
+def cidr(value: str | None) -> str | None:
+    """`10.0.1.0/255.255.255.0` or `10.0.1.0/24` as CIDR; None for any (0.0.0.0/0)."""
+    if value is None:
+        return None
+    net = ipaddress.ip_network(value, strict=False)
+    return None if net.prefixlen == 0 else str(net)

@@ -1,0 +1,112 @@
+"""The SSH connection to a host: host keys checked, credentials from stack config, an
+ssh-agent (when allowed) or a key file; every failure one line naming the host and the cause."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from . import credentials
+from .errors import HostError
+from .settings import HostSettings
+from .tcp import open_tcp
+
+
+def _trust_hint(s: HostSettings) -> str:
+    target = s.host if s.port == 22 else f"[{s.host}]:{s.port}"
+    where = s.known_hosts or "~/.ssh/known_hosts"
+    return (
+        f"verify the host's fingerprint, then add it to {where} "
+        f"(ssh-keyscan -p {s.port} {s.host} >> {where}) or pin it with connection.host_key; "
+        f"entry name {target}"
+    )
+
+
+def connect(s: HostSettings) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    if s.insecure_accept_any_host_key:
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    else:
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        known = Path(s.known_hosts) if s.known_hosts else Path.home() / ".ssh" / "known_hosts"
+        if not s.host_key and known.exists():
+            client.load_host_keys(str(known))
+        if s.host_key:
+            key_type, blob = s.host_key.split()[:2]
+            entry = s.host if s.port == 22 else f"[{s.host}]:{s.port}"
+            client.get_host_keys().add(
+                entry,
+                key_type,
+                paramiko.PKey.from_type_string(key_type, base64.b64decode(blob)),
+            )
+    kwargs: dict[str, Any] = {
+        "hostname": s.host,
+        "port": s.port,
+        "username": s.user,
+        "timeout": s.connect_timeout,
+        "banner_timeout": s.connect_timeout,
+        "auth_timeout": s.connect_timeout,
+        "look_for_keys": False,
+        "allow_agent": bool(s.allow_agent),
+    }
+    try:
+        pkey = credentials.configured_key(s.host, s.port)  # this host's, never another's
+    except ValueError as exc:
+        raise HostError(f"{s.label}: {exc}") from None
+    if pkey is not None:
+        kwargs["pkey"] = pkey
+    elif s.private_key_path:
+        kwargs["key_filename"] = s.private_key_path
+    password = credentials.configured_password(s.host, s.port)
+    # A host whose key was not checked may be anyone: it gets no password to replay.
+    if password and not s.insecure_accept_any_host_key:
+        kwargs["password"] = password
+    try:
+        kwargs["sock"] = open_tcp(s.host, s.port, s.connect_timeout)
+        client.connect(**kwargs)
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostError(
+            f"{s.label}: host key CHANGED (got {exc.key.get_name()} {exc.key.fingerprint}); "
+            "refusing to connect. If the host was reinstalled, remove the old entry and "
+            + _trust_hint(s)
+        ) from None
+    except paramiko.AuthenticationException:
+        client.close()
+        source = (
+            "config " + credentials.key_source(s.host, s.port)
+            if pkey is not None
+            else f"key file {s.private_key_path}"
+            if s.private_key_path
+            else "ssh-agent/password"
+        )
+        raise HostError(f"{s.label}: authentication refused (credentials from {source})") from None
+    except paramiko.SSHException as exc:
+        client.close()
+        if "not found in known_hosts" in str(exc):
+            raise HostError(
+                f"{s.label}: host key unknown; refusing to connect: {_trust_hint(s)}"
+            ) from None
+        raise HostError(f"{s.label}: SSH failed: {exc}") from None
+    except EOFError:  # paramiko's transport saw the socket close (a reset mid-handshake)
+        client.close()
+        raise HostError(
+            f"{s.label}: the connection closed during the SSH handshake (is an SSH server "
+            "listening there, and accepting this client?)"
+        ) from None
+    except TimeoutError:
+        client.close()
+        raise HostError(
+            f"{s.label}: timed out after {s.connect_timeout:g} s (is the host up and the address "
+            "right? connection.connect_timeout sets the wait)"
+        ) from None
+    except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
+        client.close()
+        raise HostError(
+            f"{s.label}: unreachable: {exc.strerror or exc} (is sshd running there, on "
+            "connection.port?)"
+        ) from None
+    return client

@@ -1,0 +1,9 @@
+"""What the provider checks at `check` and the host agent checks again, in one place.
+
+Pure standard library, no imports outside this subpackage: the resources import it in the
+provider process, and it is shipped to the host beside the agent (connection/bootstrap.py).
+
+- `validate`: names, CIDRs, MACs, owners, numbers (one rule per function, InvalidInput);
+- `guest`: a QEMU guest's spec (fields, their rules, the rules over several fields);
+- `wire`: the shapes of the agent protocol's requests and answers.
+"""

@@ -1,0 +1,133 @@
+"""The forward rules per model, as data (agent/fwplan.py), and how foreign DROPs are judged.
+
+Pure: no host. The rules are compared with the expected rendering per model, as libvirt's
+own tests compare theirs with expected-output files."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvmnet_provider.agent.fwplan import NetworkRules, Rule, could_block
+from kvmnet_provider.spec.validate import InvalidInput
+
+
+def rendered(spec: dict[str, object]) -> dict[str, list[str]]:
+    net = NetworkRules.from_spec(spec)
+    out = {s: [r.text() for r in rules] for s, rules in net.sections().items()}
+    out["pass"] = [r.text() for r in net.passes()]
+    return out
+
+
+def test_nat_rules_admit_replies_and_declared_forwards_only() -> None:
+    spec = {
+        "mode": "nat",
+        "bridge": "br-in",
+        "subnet": "10.0.1.0/24",
+        "forwards": [{"guest": "10.0.1.11", "port": 8080}],
+    }
+    assert rendered(spec) == {
+        "cross": ["-i br-in -o br-in -j ACCEPT"],
+        "input": [
+            "-o br-in -d 10.0.1.0/24 --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            "-o br-in -d 10.0.1.11/32 -p tcp --dport 8080 --ctstate DNAT -j ACCEPT",
+            "-o br-in -j REJECT",
+        ],
+        "output": ["-i br-in -s 10.0.1.0/24 -j ACCEPT", "-i br-in -j REJECT"],
+        "pass": [
+            "-i br-in -o br-in -j ACCEPT",
+            "-i br-in -s 10.0.1.0/24 -j ACCEPT",
+            "-o br-in -d 10.0.1.0/24 -j ACCEPT",
+        ],
+    }
+
+
+def test_routed_accepts_both_ways_isolated_neither_bridged_only_across() -> None:
+    routed = rendered({"mode": "routed", "bridge": "br0", "subnet": "10.9.0.0/16"})
+    assert routed["input"] == ["-o br0 -d 10.9.0.0/16 -j ACCEPT", "-o br0 -j REJECT"]
+    assert routed["output"] == ["-i br0 -s 10.9.0.0/16 -j ACCEPT", "-i br0 -j REJECT"]
+    isolated = rendered({"mode": "isolated", "bridge": "br0", "subnet": "10.9.0.0/16"})
+    assert isolated == {
+        "cross": ["-i br0 -o br0 -j ACCEPT"],
+        "input": ["-o br0 -j REJECT"],
+        "output": ["-i br0 -j REJECT"],
+        "pass": ["-i br0 -o br0 -j ACCEPT"],
+    }
+    bridged = rendered({"mode": "bridged", "bridge": "br0"})
+    assert bridged == {
+        "cross": ["-i br0 -o br0 -j ACCEPT"],
+        "input": [],
+        "output": [],
+        "pass": ["-i br0 -o br0 -j ACCEPT"],
+    }
+
+
+def test_a_hundred_taps_add_no_rule() -> None:
+    """Rules are per bridge: the plan has no input that grows with the taps."""
+    nat = NetworkRules.from_spec({"mode": "nat", "bridge": "br-in", "subnet": "10.0.1.0/24"})
+    assert sum(len(v) for v in nat.sections().values()) + len(nat.passes()) == 8
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"mode": "open", "bridge": "br0"}, "mode must be one of"),
+        ({"mode": "nat", "bridge": "br0;rm", "subnet": "10.0.1.0/24"}, "interface name"),
+        ({"mode": "nat", "bridge": "br0"}, "CIDR"),
+        ({"mode": "routed", "bridge": "br0", "subnet": "10.0.1.5/24"}, "host bits"),
+        (
+            {
+                "mode": "routed",
+                "bridge": "b",
+                "subnet": "10.0.1.0/24",
+                "forwards": [{"guest": "10.0.1.2", "port": 80}],
+            },
+            "nat mode only",
+        ),
+        (
+            {
+                "mode": "nat",
+                "bridge": "b",
+                "subnet": "10.0.1.0/24",
+                "forwards": [{"guest": "10.0.1.2", "port": 0}],
+            },
+            "between 1 and 65535",
+        ),
+    ],
+)
+def test_bad_specs_are_refused(spec: dict[str, object], words: str) -> None:
+    with pytest.raises(InvalidInput, match=words):
+        NetworkRules.from_spec(spec)
+
+
+NAT = NetworkRules.from_spec({"mode": "nat", "bridge": "br-in", "subnet": "10.0.1.0/24"})
+
+
+@pytest.mark.parametrize(
+    "rule, blocks",
+    [
+        (Rule("drop"), True),  # -j DROP
+        (Rule("reject", iif="br-in"), True),
+        (Rule("drop", oif="br-in", dst="10.0.1.0/24"), True),
+        (Rule("drop", dst="10.0.0.0/8"), True),  # covers the subnet
+        (Rule("drop", src="1.2.3.4/32"), False),  # the operator's targeted policy
+        (Rule("drop", iif="eth1"), False),
+        (Rule("drop", proto="tcp", dport=22), False),
+        (Rule("accept"), False),
+        (None, False),  # matches kvmnet does not read
+    ],
+)
+def test_which_foreign_rules_block_a_nat_network(rule: Rule | None, blocks: bool) -> None:
+    assert could_block(rule, NAT.flows()) is blocks
+
+
+def test_nft_expressions_read_back_as_the_rules_they_were_made_from() -> None:
+    """What the nftables backend writes (JSON expressions) parses back to the same rule, so
+    `read` can compare what it finds with what the model wants."""
+    from kvmnet_provider.agent import fw_nftables
+
+    spec = {"mode": "nat", "bridge": "br-in", "subnet": "10.0.1.0/24",
+            "forwards": [{"guest": "10.0.1.11", "port": 8080, "proto": "udp"}]}  # fmt: skip
+    net = NetworkRules.from_spec(spec)
+    rules = [r for section in net.sections().values() for r in section] + net.passes()
+    for rule in rules:
+        assert fw_nftables.describe(fw_nftables.rule_expr(rule)) == rule

@@ -1,0 +1,170 @@
+"""The layout's promises, checked on the source: what imports what, what ships where.
+
+- kvmnet_provider (the product) imports nothing from kvmnet_lab;
+- kvmnet_provider.spec is pure: the standard library and itself only;
+- the agent (run on the host) reaches only itself and spec, the two packages shipped;
+- the shipped tree is exactly those two packages, and the host refuses any other path;
+- a wheel of the product holds kvmnet_provider and nothing of the lab.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from kvmnet_provider.connection.bootstrap import BOOTSTRAP, agent_sources
+
+REPO = Path(__file__).resolve().parent.parent
+PROVIDER = REPO / "kvmnet_provider"
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute names of the modules a file imports (relative imports resolved)."""
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    package = parts if path.name == "__init__.py" else parts[:-1]
+    if package and package[-1] == "__init__":
+        package = package[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+                if node.module is None:  # from . import a, b: the submodules
+                    found.update(f"{module}.{alias.name}" for alias in node.names)
+                    continue
+            else:
+                module = node.module or ""
+            found.add(module)
+    return found
+
+
+def provider_files(sub: str = "") -> list[Path]:
+    return sorted((PROVIDER / sub).rglob("*.py"))
+
+
+def test_the_product_imports_nothing_of_the_lab() -> None:
+    offenders = {
+        str(f.relative_to(REPO)): sorted(m for m in imports_of(f) if m.startswith("kvmnet_lab"))
+        for f in provider_files()
+    }
+    assert {f: m for f, m in offenders.items() if m} == {}
+
+
+def test_spec_is_pure_standard_library() -> None:
+    allowed = set(sys.stdlib_module_names)
+    offenders = {}
+    for f in provider_files("spec"):
+        bad = sorted(
+            m
+            for m in imports_of(f)
+            if m.split(".")[0] not in allowed and not m.startswith("kvmnet_provider.spec")
+        )
+        if bad:
+            offenders[str(f.relative_to(REPO))] = bad
+    assert offenders == {}
+
+
+def test_the_agent_reaches_only_itself_and_spec() -> None:
+    """Only agent/ and spec/ go to the host: anything else the agent imported would fail there."""
+    offenders = {}
+    for f in provider_files("agent"):
+        bad = sorted(
+            m
+            for m in imports_of(f)
+            if m.startswith("kvmnet_provider")
+            and not m.startswith(("kvmnet_provider.agent", "kvmnet_provider.spec"))
+        )
+        if bad:
+            offenders[str(f.relative_to(REPO))] = bad
+    assert offenders == {}
+
+
+def test_resources_do_not_import_the_agents_implementation() -> None:
+    """Resources check with spec; the agent's modules are the host's business."""
+    for f in provider_files("resources"):
+        assert not [m for m in imports_of(f) if m.startswith("kvmnet_provider.agent")], f
+
+
+def test_the_shipped_tree_is_the_agent_and_spec() -> None:
+    files = agent_sources()
+    tops = {path.split("/")[1] for path in files if path.count("/") > 1}
+    assert tops == {"agent", "spec"}
+    assert "kvmnet_agent/agent/guests/operations.py" in files
+    assert "kvmnet_agent/spec/guest.py" in files
+    assert files["kvmnet_agent/__init__.py"] == ""
+
+
+def _bootstrap(
+    files: dict[str, str], requests: list[dict[str, object]], run_root: Path
+) -> list[str]:
+    """Run the bootstrap as a host does (`-I -S -u -c BOOTSTRAP MARKER` from /), its code
+    directory under `run_root`: the agent's lines after the marker, then its last error line."""
+    lines = [json.dumps(files)] + [json.dumps(r) for r in requests]
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-u", "-c", BOOTSTRAP, "MARK"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={**os.environ, "KVMNET_HOST_STATE": str(run_root)},
+    )
+    out = proc.stdout.splitlines()
+    out = out[out.index("MARK") + 1 :] if "MARK" in out else out
+    return [*out, *proc.stderr.strip().splitlines()[-1:]]
+
+
+def test_the_bootstrap_unpacks_the_tree_and_the_agent_answers(tmp_path: Path) -> None:
+    out = _bootstrap(agent_sources(), [{"id": 1, "op": "ping", "args": {}}], tmp_path)
+    hello = json.loads(out[0])["hello"]
+    assert hello["protocol"] == 1
+    if hello["missing"]:  # not root: the agent says so and stops
+        pytest.skip(f"the agent would not serve here: {hello['missing']}")
+    assert json.loads(out[1]) == {"id": 1, "ok": True, "result": {"pid": hello["pid"]}}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "kvmnet_agent/../evil.py",
+        "/tmp/evil.py",
+        "kvmnet_agent/agent/evil.sh",
+        "elsewhere/evil.py",
+        "kvmnet_agent/a b/evil.py",
+        "kvmnet_agent/./evil.py",
+    ],
+)
+def test_the_bootstrap_refuses_a_path_outside_the_tree(path: str, tmp_path: Path) -> None:
+    out = _bootstrap({**agent_sources(), path: "raise SystemExit('ran')"}, [], tmp_path)
+    assert out[-1] == "kvmnet: bad agent file name"
+    assert not (tmp_path / "agent-code").exists() or not any(
+        (tmp_path / "agent-code").glob("*/kvmnet_agent")
+    )  # refused before anything was written
+
+
+def test_a_wheel_of_the_product_holds_no_lab(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (wheel,) = tmp_path.glob("kvmnet-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"kvmnet_provider", wheel.name.split("-py3")[0] + ".dist-info"}, tops
+    assert "kvmnet_provider/agent/guests/argv.py" in names
+    assert "kvmnet_provider/spec/wire.py" in names
+    assert not [n for n in names if "kvmnet_lab" in n or "/testing/" in n or "/lab/" in n]
+    entry_points = [n for n in names if n.endswith("entry_points.txt")]
+    assert entry_points == []  # the `kvmnet` command is the lab's
