@@ -27,15 +27,29 @@ def guests_root() -> Path:
 def locked(name: str) -> Iterator[Path]:
     """The guests directory, with guest `name` held under an exclusive lock (all agents and
     agent threads on this host). Per guest: one guest's slow stop holds up no other guest.
-    The lock files live beside the run dirs, not among them: a guest may be named anything."""
+    The lock files live beside the run dirs, not among them: a guest may be named anything.
+    A guest with no run dir keeps no lock file either: the holder removes it on the way out,
+    and whoever waited on the removed file locks the path's new one instead."""
     root = guests_root()
     locks = rundir.private_dir(root.parent / "guest-locks")
-    fd = os.open(locks / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
+    path = locks / name
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.lstat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed (or replaced) while this thread waited: lock the current one
+    try:
         yield root
     finally:
-        os.close(fd)
+        try:
+            if not (root / name).exists():
+                path.unlink(missing_ok=True)  # still held: nobody has the file locked now
+        finally:
+            os.close(fd)
 
 
 def load_meta(run_dir: Path) -> dict[str, Any] | None:
