@@ -52,7 +52,7 @@ def _name(value: Any, prop: str) -> str:
 
 
 def network_args(
-    raw: Any, prop: str, connection: HostSettings, cfg: pulumi.Config
+    raw: Any, prop: str, connection: HostSettings, cfg: pulumi.Config, ordinal: int = 1
 ) -> tuple[str, str, NetworkArgs]:
     """(name, model, NetworkArgs) of one entry of a host's `networks`."""
     if not isinstance(raw, dict):
@@ -76,7 +76,8 @@ def network_args(
         subnet=subnet,
         gateway=gateway,
         uplink=raw.get("uplink"),
-        guests=guest_specs(guests, cfg, subnet, gateway),
+        # MACs must differ across a host's networks: each network gets its own default block.
+        guests=guest_specs(guests, cfg, subnet, gateway, mac_block=ordinal),
         accelerator=cfg.get("accelerator") or "auto",
         bridge_addresses_override=raw.get("bridgeAddresses") or (),
         rollback_seconds=int(raw.get("rollbackSeconds") or 30),
@@ -116,7 +117,7 @@ def host_networks(cfg: pulumi.Config) -> list[tuple[str, list[tuple[str, str, Ne
         if not isinstance(networks, list) or not networks:
             raise ValueError(f"{prop}.networks: must be a non-empty list of networks")
         declared = [
-            network_args(n, f"{prop}.networks[{i}]", connection, cfg)
+            network_args(n, f"{prop}.networks[{i}]", connection, cfg, ordinal=i + 1)
             for i, n in enumerate(networks)
         ]
         names = [name for name, _, _ in declared]

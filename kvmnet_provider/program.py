@@ -5,8 +5,8 @@ any Pulumi project can use it; `kvmnet lab up` / `kvmnet demo up` and the tests 
 host's connection and the test image's paths into it.
   model             isolated | routed | nat | bridged
   host              {host, port, user, known_hosts, host_key, private_key_path, python, sudo,
-                    connect_timeout} (secrets: kvmnet:sshPrivateKey / kvmnet:sshPassword,
-                    set with --secret)
+                    connect_timeout, allow_agent} (secrets: kvmnet:sshPrivateKey /
+                    kvmnet:sshPassword, or per host kvmnet:sshCredentials, set with --secret)
   bridge            bridge name (br-in); subnet (10.0.1.0/24); gateway (routed/NAT: 10.0.1.254)
   uplink            NAT: limit the masquerade to this NIC; bridged: the NIC to bridge (eth0)
   guests            [{name, address, mac?, tap?, memory_mib?, disks?, stop_timeout?}]
@@ -31,6 +31,7 @@ import pulumi
 from .connection import HostSettings
 from .connection.settings import SettingError
 from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
+from .program_checks import check_stack_config
 from .resources import Bridge
 
 DEFAULT_GUESTS = [{"name": "g1", "address": "10.0.1.11"}, {"name": "g2", "address": "10.0.1.12"}]
@@ -59,9 +60,14 @@ def guests_from_config(cfg: pulumi.Config, subnet: str, gateway: str | None) -> 
 
 
 def guest_specs(
-    raw: list[dict[str, Any]], cfg: pulumi.Config, subnet: str, gateway: str | None
+    raw: list[dict[str, Any]],
+    cfg: pulumi.Config,
+    subnet: str,
+    gateway: str | None,
+    mac_block: int = 1,
 ) -> list[GuestSpec]:
-    """GuestSpecs of a network's `guests` list; image and stop timeout from the stack's."""
+    """GuestSpecs of a network's `guests` list; image and stop timeout from the stack's.
+    A guest without a MAC gets 52:54:00:00:<mac_block>:<its position>."""
     stop_timeout = cfg.get_int("guestStopTimeout") or 10
     kernel, initrd = guest_image(cfg)
     prefix = ipaddress.ip_network(subnet).prefixlen
@@ -81,7 +87,7 @@ def guest_specs(
                 name=name,
                 address=guest.get("address"),
                 tap=guest.get("tap") or f"vif{index}.0",
-                mac=guest.get("mac") or f"52:54:00:00:01:{index:02x}",
+                mac=guest.get("mac") or f"52:54:00:00:{mac_block:02x}:{index:02x}",
                 memory_mib=int(guest.get("memory_mib", 128)),
                 kernel=kernel,
                 initrd=initrd,
@@ -100,6 +106,7 @@ def build() -> None:
 
         build_fleet(cfg)
         return
+    check_stack_config(cfg, [g["name"] for g in DEFAULT_GUESTS])  # one line naming the key
     model = cfg.get("model") or "nat"
     network_class = network_for_model(model)
     subnet = cfg.get("subnet") or "10.0.1.0/24"

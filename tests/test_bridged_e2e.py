@@ -4,6 +4,7 @@ real guests, and the rollback that saves a host a bad change would have cut off.
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,8 +58,8 @@ def test_bridged_model_end_to_end(bridged_stack: TestStack, lab: LabStatus, lab_
     finally:
         operator.close()
     with ssh(lab) as again:  # and new sessions get in
-        links = run(again, "ip -br link")
-        assert "br-in" in links and "master" not in links  # -br shows eth0@ifN
+        eth0 = json.loads(run(again, "ip -j link show eth0"))[0]
+        assert eth0.get("master") == "br-in", eth0  # the NIC is now a port of the bridge
         assert host.address in run(again, "ip -br addr show br-in")
         assert "default via" in run(again, "ip route show dev br-in")
 
@@ -112,6 +113,7 @@ def test_change_that_cuts_the_host_off_rolls_back(
     text = failed.stdout + failed.stderr
     assert "cut the host off" in text and "restored its previous configuration" in text, text
     assert "rolled back: ok" in text, text
+    assert "Traceback" not in text, text  # one line, not a Python traceback
     assert took < 120
     # Reachable on its original address, exactly as before.
     with ssh(lab) as again:

@@ -6,11 +6,14 @@ mismatch, the wrong key and the secret key are also shown through the real `pulu
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import dataclasses
 import ipaddress
 import json
 import os
+import pickle
+import re
 import secrets
 import socket
 import subprocess
@@ -37,9 +40,7 @@ VENV_PY = sys.executable
 
 
 def settings(h: HostStatus, **kw: Any) -> HostSettings:
-    return dataclasses.replace(
-        host_settings(h, VENV_PY), **{"connect_timeout": 5.0, **kw}
-    )
+    return dataclasses.replace(host_settings(h, VENV_PY), **{"connect_timeout": 5.0, **kw})
 
 
 def host_key_of(host: HostStatus) -> str:
@@ -299,13 +300,42 @@ def test_up_refuses_changed_host_key_and_wrong_key(
     assert not conn_stack.resources("kvmnet:Bridge")
 
 
+B64_RUN = re.compile(r"[A-Za-z0-9+/]{24,}={0,2}")
+
+
+def with_decoded_blobs(text: str, depth: int = 2) -> str:
+    """The text and every base64 blob in it decoded (the pickled provider in the state is
+    one: a secret pickled into it would not show as text), blobs within blobs too."""
+    parts = [text]
+    if depth:
+        for match in B64_RUN.finditer(text):
+            blob = match.group(0)
+            try:
+                raw = base64.b64decode(blob + "=" * (-len(blob) % 4), validate=True)
+            except ValueError:
+                continue
+            parts.append(with_decoded_blobs(raw.decode("latin-1"), depth - 1))
+    return "\n".join(parts)
+
+
 def scan_for_secrets(texts: dict[str, str], material: list[str]) -> list[str]:
     found = []
-    for where, text in texts.items():
+    for where, plain in texts.items():
+        text = with_decoded_blobs(plain)
         if "PRIVATE KEY" in text:
             found.append(f"{where}: 'PRIVATE KEY'")
         found.extend(f"{where}: key line {i}" for i, line in enumerate(material) if line in text)
     return found
+
+
+def test_secret_scan_sees_into_pickles_and_base64() -> None:
+    """The scan itself can fail: a key inside a base64 pickle (as `__provider`) is found."""
+    material = ["b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAAB"]
+    pickled = pickle.dumps({"key": "-----BEGIN OPENSSH PRIVATE KEY-----\n" + material[0]})
+    export = json.dumps({"__provider": base64.b64encode(pickled).decode()})
+    assert material[0] not in export and "PRIVATE KEY" not in export
+    assert len(scan_for_secrets({"export": export}, material)) == 2
+    assert scan_for_secrets({"export": json.dumps({"__provider": "AAAA" * 10})}, material) == []
 
 
 def test_secret_key_from_stack_config_never_leaks(

@@ -146,7 +146,7 @@ def test_fleet_collision_on_one_host_fails_the_program() -> None:
     )
     with pytest.raises(
         ValueError,
-        match=r"tap 'vif1.0' is already declared on host root@192.0.2.1:22 by network h1-nat",
+        match=r"h1-nat2: guests\[0\] \(g2\)\.tap: vif1\.0 is already used on host 192\.0\.2\.1 by h1-nat",
     ):
         run_fleet()
 
@@ -200,12 +200,12 @@ def test_per_host_secrets_win_for_their_host_only() -> None:
     try:
         credentials.configure(None, "stack-wide")
         credentials.configure_hosts(json.dumps(hosts))
-        assert credentials.configured_password(("192.0.2.1", 22)) == "one"
-        assert credentials.configured_password(("192.0.2.2", 2222)) == "two"
-        assert credentials.configured_password(("192.0.2.2", 22)) == "stack-wide"
-        assert credentials.configured_password(("192.0.2.3", 22)) == "stack-wide"
+        assert credentials.configured_password("192.0.2.1", 22) == "one"
+        assert credentials.configured_password("192.0.2.2", 2222) == "two"
+        assert credentials.configured_password("192.0.2.2", 22) == "stack-wide"
+        assert credentials.configured_password("192.0.2.3", 22) == "stack-wide"
         credentials.configure_hosts("not json")  # the program reports bad config, not this
-        assert credentials.configured_password(("192.0.2.1", 22)) == "stack-wide"
+        assert credentials.configured_password("192.0.2.1", 22) == "stack-wide"
     finally:
         credentials.configure(None, None)
         credentials.configure_hosts(None)

@@ -24,13 +24,13 @@ from kvmnet_lab.hostconfig import host_settings
 from kvmnet_lab.lab import HostStatus, LabStatus
 from kvmnet_lab.testing import GuestConsole, guest_image_dir
 from kvmnet_lab.testing.stack import TestStack
+from pulumi.runtime.rpc import UNKNOWN  # the SDK's sentinel, not the code under test's copy
 
 from kvmnet_provider.agent import hoststate
 from kvmnet_provider.agent.guests import argv as qemu_argv
 from kvmnet_provider.agent.guests import kvm, process, qmp
 from kvmnet_provider.connection import HostSettings, agent_session
 from kvmnet_provider.connection.session import AgentCallError
-from kvmnet_provider.resources.base import UNKNOWN
 from kvmnet_provider.resources.guest import QemuGuestProvider
 from kvmnet_provider.spec import guest as guest_spec
 from kvmnet_provider.spec.validate import InvalidInput
@@ -90,7 +90,9 @@ def test_argv_direct_boot_detached_with_taps_console_and_qmp() -> None:
         "virtio-net-pci,netdev=n0,mac=52:54:00:aa:00:01",
         "e1000,netdev=n1,mac=52:54:00:aa:01:01",
     ]
-    assert qemu_argv.argv_hash(argv) == qemu_argv.argv_hash(list(argv))
+    assert after(argv, "-sandbox") == ["on,obsolete=deny,resourcecontrol=deny"]
+    # the same spec builds the same argv (so a restarted provider sees no change) ...
+    assert qemu_argv.argv_hash(qemu_argv.build_argv(s, PATHS, "tcg")) == qemu_argv.argv_hash(argv)
     assert qemu_argv.argv_hash(argv) != qemu_argv.argv_hash(qemu_argv.build_argv(s, PATHS, "kvm"))
 
 
@@ -433,12 +435,14 @@ def test_failed_start_leaves_nothing_and_reports_qemu_stderr(
     assert run_dir.parent.is_dir() and not run_dir.exists()
     assert namespace_qemus(host.namespace) == []
     assert agent.call("guest.read", {"name": "kqbad", "owner": args["owner"]}) is None
+    listing = sorted(p.name for p in run_dir.parent.iterdir())
     with pytest.raises(AgentCallError, match="tap kqnosuch does not exist"):
         agent.call(
             "guest.start",
             {**args, "disks": [], "nics": [{"tap": "kqnosuch", "mac": "52:54:00:00:00:01"}]},
         )
-    assert not run_dir.exists()
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == listing  # refused before
+    assert namespace_qemus(host.namespace) == []
 
 
 @pytest.mark.e2e

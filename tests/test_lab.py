@@ -225,7 +225,10 @@ def test_down_when_a_process_was_killed(scratch_lab: Lab) -> None:
     scratch_lab.up(hosts=1)
     pids = scratch_lab.recorded_pids()
     os.kill(pids["ext-echo"], 9)
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10  # down must meet it dead, not dying
+    while _pids_alive([pids["ext-echo"]]):
+        assert time.monotonic() < deadline, "the killed echo server did not die"
+        time.sleep(0.02)
     scratch_lab.down()
     _assert_gone(scratch_lab, list(pids.values()))
 

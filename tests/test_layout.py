@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -103,20 +104,28 @@ def test_the_shipped_tree_is_the_agent_and_spec() -> None:
     assert files["kvmnet_agent/__init__.py"] == ""
 
 
-def _bootstrap(files: dict[str, str], requests: list[dict[str, object]]) -> list[str]:
+def _bootstrap(
+    files: dict[str, str], requests: list[dict[str, object]], run_root: Path
+) -> list[str]:
+    """Run the bootstrap as a host does (`-I -S -u -c BOOTSTRAP MARKER` from /), its code
+    directory under `run_root`: the agent's lines after the marker, then its last error line."""
     lines = [json.dumps(files)] + [json.dumps(r) for r in requests]
     proc = subprocess.run(
-        [sys.executable, "-S", "-u", "-c", BOOTSTRAP],
+        [sys.executable, "-I", "-S", "-u", "-c", BOOTSTRAP, "MARK"],
         input="\n".join(lines) + "\n",
         capture_output=True,
         text=True,
         timeout=60,
+        cwd="/",
+        env={**os.environ, "KVMNET_HOST_STATE": str(run_root)},
     )
-    return [*proc.stdout.splitlines(), *proc.stderr.strip().splitlines()[-1:]]
+    out = proc.stdout.splitlines()
+    out = out[out.index("MARK") + 1 :] if "MARK" in out else out
+    return [*out, *proc.stderr.strip().splitlines()[-1:]]
 
 
-def test_the_bootstrap_unpacks_the_tree_and_the_agent_answers() -> None:
-    out = _bootstrap(agent_sources(), [{"id": 1, "op": "ping", "args": {}}])
+def test_the_bootstrap_unpacks_the_tree_and_the_agent_answers(tmp_path: Path) -> None:
+    out = _bootstrap(agent_sources(), [{"id": 1, "op": "ping", "args": {}}], tmp_path)
     hello = json.loads(out[0])["hello"]
     assert hello["protocol"] == 1
     if hello["missing"]:  # not root: the agent says so and stops
@@ -135,9 +144,12 @@ def test_the_bootstrap_unpacks_the_tree_and_the_agent_answers() -> None:
         "kvmnet_agent/./evil.py",
     ],
 )
-def test_the_bootstrap_refuses_a_path_outside_the_tree(path: str) -> None:
-    out = _bootstrap({**agent_sources(), path: "raise SystemExit('ran')"}, [])
-    assert out[-1] == "bad agent file name"
+def test_the_bootstrap_refuses_a_path_outside_the_tree(path: str, tmp_path: Path) -> None:
+    out = _bootstrap({**agent_sources(), path: "raise SystemExit('ran')"}, [], tmp_path)
+    assert out[-1] == "kvmnet: bad agent file name"
+    assert not (tmp_path / "agent-code").exists() or not any(
+        (tmp_path / "agent-code").glob("*/kvmnet_agent")
+    )  # refused before anything was written
 
 
 def test_a_wheel_of_the_product_holds_no_lab(tmp_path: Path) -> None:

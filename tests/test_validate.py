@@ -231,7 +231,7 @@ def test_tap_masquerade_forwarding_check() -> None:
 
 
 def test_unknown_values_pass_check_at_preview() -> None:
-    from kvmnet_provider.resources.base import UNKNOWN
+    from pulumi.runtime.rpc import UNKNOWN  # the SDK's sentinel, not the code under test's
 
     result = BridgeProvider().check({}, bridge_props(addresses=[UNKNOWN], mtu=UNKNOWN))
     assert not result.failures

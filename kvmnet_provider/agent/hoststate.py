@@ -16,25 +16,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .rundir import nofollow, private_dir, read_text, replace_text
+
 ROOT = Path(os.environ.get("KVMNET_HOST_STATE", "/run/kvmnet"))
 
 
 def namespace_dir() -> Path:
     ino = os.stat("/proc/self/ns/net").st_ino
-    path = ROOT / f"netns-{ino}"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    private_dir(ROOT)
+    return private_dir(ROOT / f"netns-{ino}")
 
 
 @contextmanager
 def locked(name: str) -> Iterator[dict[str, Any]]:
     """Yield the document `name`, held under an exclusive lock; saved on normal exit."""
     directory = namespace_dir()
-    with open(directory / f"{name}.lock", "a+") as lock:
+    with open(directory / f"{name}.lock", "a+", opener=nofollow) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         path = directory / f"{name}.json"
-        doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        text = read_text(path)
+        doc: dict[str, Any] = json.loads(text) if text is not None else {}
         yield doc
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, sort_keys=True))
-        os.replace(tmp, path)
+        replace_text(path, json.dumps(doc, sort_keys=True))

@@ -27,8 +27,10 @@ from typing import Any
 
 from ..spec import validate
 from . import hoststate
+from .codelock import hold_code
 from .errors import AgentError
 from .netlink import iproute_class, link_addresses
+from .rundir import private_dir
 
 OWNER_PREFIX = "kvmnet:"
 MAIN_TABLE = 254
@@ -37,9 +39,7 @@ ROLLBACK_SECONDS = (5, 600)
 
 
 def _dir() -> Path:
-    path = hoststate.namespace_dir() / "uplink"
-    path.mkdir(exist_ok=True, mode=0o700)
-    return path
+    return private_dir(hoststate.namespace_dir() / "uplink")
 
 
 @contextmanager
@@ -205,15 +205,21 @@ def _token(value: object) -> str:
 def arm(token: str, target: str, cfg: dict[str, Any], seconds: int) -> None:
     """Start the detached process that applies `target` at the deadline unless disarmed."""
     armed = _dir() / f"{token}.armed"
-    armed.write_text(json.dumps({"target": target, "cfg": cfg, "deadline": time.time() + seconds}))
-    # The directory holding the top package (kvmnet_agent on a host, shipped as a tree).
+    # CLOCK_MONOTONIC is one clock for every process on the host: a clock step cannot move it.
+    plan = {"target": target, "cfg": cfg, "deadline_monotonic": time.monotonic() + seconds}
+    armed.write_text(json.dumps(plan))
+    # The directory holding the top package (kvmnet_agent on a host, shipped as a tree): the
+    # code directory whose lock the rollback holds (see hostboot.py).
     package_root = str(Path(__file__).resolve().parents[len(__package__.split("."))])
+    # Isolated (-I -S, from /) with exactly the agent's path: no module from a home or working
+    # directory, no .pth run as root. It holds its code's lock while it waits.
     code = (
-        f"import sys; sys.path.insert(0, {package_root!r}); "
-        f"from {__package__} import uplink; uplink.rollback_main(sys.argv[1])"
+        f"import sys; sys.path[:] = {list(sys.path)!r}; "
+        f"from {__package__} import uplink; uplink.rollback_main(sys.argv[1], {package_root!r})"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(armed)],
+        [sys.executable, "-I", "-S", "-c", code, str(armed)],
+        cwd="/",
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -229,9 +235,10 @@ def arm(token: str, target: str, cfg: dict[str, Any], seconds: int) -> None:
     proc.stdout.close()
 
 
-def rollback_main(armed_path: str) -> None:
+def rollback_main(armed_path: str, code_root: str | None = None) -> None:
     """Body of the rollback process: wait, then restore unless disarmed."""
     IPRoute = iproute_class()  # loaded now: the agent's files may vanish later
+    _code_lock = hold_code(code_root)  # noqa: F841 -- and keep them while it waits
 
     armed = Path(armed_path)
     plan = json.loads(armed.read_text())
@@ -242,7 +249,7 @@ def rollback_main(armed_path: str) -> None:
         with _lock():
             if not armed.exists():
                 return  # disarmed
-            if time.time() < plan["deadline"]:
+            if time.monotonic() < plan["deadline_monotonic"]:
                 continue
             result: dict[str, Any] = {"target": plan["target"], "at": time.time()}
             try:
@@ -271,11 +278,11 @@ def confirm(args: dict[str, Any]) -> dict[str, Any]:
 
 def rollback_status(args: dict[str, Any]) -> dict[str, Any]:
     token = _token(args["token"])
-    done = _dir() / f"{token}.rolledback"
-    return {
-        "armed": (_dir() / f"{token}.armed").exists(),
-        "rolled_back": json.loads(done.read_text()) if done.exists() else None,
-    }
+    with _lock():
+        done = _dir() / f"{token}.rolledback"
+        record = json.loads(done.read_text()) if done.exists() else None
+        done.unlink(missing_ok=True)  # the provider has heard it: nothing more to keep
+        return {"armed": (_dir() / f"{token}.armed").exists(), "rolled_back": record}
 
 
 # --- the operations ----------------------------------------------------------------------------

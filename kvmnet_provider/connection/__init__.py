@@ -1,8 +1,9 @@
 """Provider side of the SSH link: settings, credentials, and the per-host agent session.
 
 settings.py (what a host is), ssh.py (the connection, host keys), credentials.py (secrets from
-stack config, in memory only), bootstrap.py (shipping the agent), session.py (requests and
-answers, batching), registry.py (one session per host), errors.py.
+stack config, in memory only), bootstrap.py and hostboot.py (shipping the agent), framing.py
+(skipping a login shell's chatter), session.py (requests and answers, batching), registry.py
+(one session per host), errors.py.
 """
 
 from .errors import AgentCallError, HostError

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Ends a message about an operation cut off midway: running it again is safe.
+RETRY_HINT = "; run it again: what it began is found again by its owner mark"
+
 
 class HostError(RuntimeError):
     """One line naming the host and the cause; never carries key material."""

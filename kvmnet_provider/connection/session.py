@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import framing
 from .bootstrap import agent_command, agent_sources
-from .errors import AgentCallError, HostError
+from .errors import RETRY_HINT, AgentCallError, HostError
 from .settings import HostSettings
 from .ssh import connect
 
@@ -50,6 +51,7 @@ class _Waiter:
 
 class AgentSession:
     _stderr_thread: threading.Thread | None
+    preamble: list[str]  # what the login shell printed before the agent
 
     def __init__(self, settings: HostSettings) -> None:
         self._init_state(settings)
@@ -58,7 +60,8 @@ class AgentSession:
         assert transport is not None
         transport.set_keepalive(15)
         self.channel = transport.open_session(timeout=settings.connect_timeout)
-        self.channel.exec_command(agent_command(settings))
+        marker = framing.new_marker()
+        self.channel.exec_command(agent_command(settings, marker))
         self.stdin = self.channel.makefile_stdin("w")
         self.stdout = self.channel.makefile("r")
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
@@ -71,6 +74,12 @@ class AgentSession:
                 self.stdin.flush()
             except (OSError, EOFError):
                 pass  # the Python died before reading (not found, not executable...): say why
+            # What a chatty login shell printed comes first: skipped here, on this thread,
+            # before the reader thread takes over the stream.
+            try:
+                self.preamble = framing.skip_preamble(self.stdout, marker, settings.label)
+            except TimeoutError:
+                pass  # the read below says so
             hello = self._read_line("starting the host agent")
         except HostError:
             self.close()
@@ -98,6 +107,7 @@ class AgentSession:
         self._stderr_thread = None
         self.late_answers = 0  # answers whose caller had given up waiting: dropped
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.preamble = []
 
     def _drain_stderr(self) -> None:
         try:
@@ -154,7 +164,9 @@ class AgentSession:
             self._stderr_thread.join(1.0)  # the agent's last words say why it ended
         tail = cause or " | ".join(list(self.stderr_tail)[-3:]) or "no output"
         label, python = self.settings.label, self.settings.python
-        self._fail_all(lambda op: f"{label}: the host agent ({python}) exited while {op}: {tail}")
+        self._fail_all(
+            lambda op: f"{label}: the host agent ({python}) exited while {op}: {tail}{RETRY_HINT}"
+        )
 
     def _deliver(self, answer: object) -> None:
         if not isinstance(answer, dict):
@@ -284,7 +296,9 @@ class AgentSession:
                 waiter.sent = True
             except (OSError, EOFError) as exc:  # a request may be half written: end it all
                 lost = str(exc)  # (exc itself is unbound when the except block ends)
-                self._fail_all(lambda what: f"{label}: connection lost during {what}: {lost}")
+                self._fail_all(
+                    lambda what: f"{label}: connection lost during {what}: {lost}{RETRY_HINT}"
+                )
                 self.close()
             if not waiter.done.wait(timeout):
                 with self._turn:

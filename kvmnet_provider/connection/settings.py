@@ -42,6 +42,7 @@ class HostSettings:
     python: str = "python3"
     sudo: bool = False
     connect_timeout: float = 10.0
+    allow_agent: bool | None = None  # offer ssh-agent keys to this host (off unless true)
     # Which firewall kvmnet's rules go to: auto (the one the host's own firewall uses),
     # iptables (legacy x_tables, python-iptables) or nftables (libnftables' JSON API).
     firewall_backend: str = "auto"
@@ -84,7 +85,8 @@ class HostSettings:
             value = raw.get(key)
             if value is not None and (not isinstance(value, str) or not PATH_RE.match(value)):
                 raise SettingError(
-                    f"{prop}.{key}", f"must be an absolute path of [A-Za-z0-9_.+@/-], got {value!r}"
+                    f"{prop}.{key}",
+                    "must be an absolute path of [A-Za-z0-9_.+@/-], got " + _shown(value),
                 )
         host_key = raw.get("host_key")
         if host_key is not None and (
@@ -96,7 +98,12 @@ class HostSettings:
             )
         insecure = raw.get("insecure_accept_any_host_key", False)
         sudo = raw.get("sudo", False)
-        for key, value in (("insecure_accept_any_host_key", insecure), ("sudo", sudo)):
+        allow_agent = raw.get("allow_agent")
+        for key, value in (
+            ("insecure_accept_any_host_key", insecure),
+            ("sudo", sudo),
+            ("allow_agent", False if allow_agent is None else allow_agent),
+        ):
             if not isinstance(value, bool):
                 raise SettingError(f"{prop}.{key}", f"must be true or false, got {value!r}")
         if insecure and (host_key or raw.get("known_hosts")):
@@ -135,8 +142,18 @@ class HostSettings:
             python=python,
             sudo=sudo,
             connect_timeout=float(timeout),
+            allow_agent=allow_agent,
             firewall_backend=backend,
         )
+
+
+def _shown(value: object) -> str:
+    """A rejected value as errors may show it: a path-like one in full; anything that could be
+    a pasted secret (a key where a path belongs) only by its type and length."""
+    if isinstance(value, str) and len(value) <= 255 and "\n" not in value and " " not in value:
+        if not re.search(r"[A-Za-z0-9+/]{40,}", value):
+            return repr(value)
+    return f"a {type(value).__name__} of {len(str(value))} characters (not shown)"
 
 
 def _is_host(value: str) -> bool:

@@ -1,5 +1,5 @@
 """The SSH connection to a host: host keys checked, credentials from stack config, an
-ssh-agent or a key file; every failure one line naming the host and the cause."""
+ssh-agent (when allowed) or a key file; every failure one line naming the host and the cause."""
 
 from __future__ import annotations
 
@@ -50,18 +50,19 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
         "banner_timeout": s.connect_timeout,
         "auth_timeout": s.connect_timeout,
         "look_for_keys": False,
-        "allow_agent": True,
+        "allow_agent": bool(s.allow_agent),
     }
     try:
-        pkey = credentials.configured_key((s.host, s.port))
+        pkey = credentials.configured_key(s.host, s.port)  # this host's, never another's
     except ValueError as exc:
         raise HostError(f"{s.label}: {exc}") from None
     if pkey is not None:
         kwargs["pkey"] = pkey
     elif s.private_key_path:
         kwargs["key_filename"] = s.private_key_path
-    password = credentials.configured_password((s.host, s.port))
-    if password:
+    password = credentials.configured_password(s.host, s.port)
+    # A host whose key was not checked may be anyone: it gets no password to replay.
+    if password and not s.insecure_accept_any_host_key:
         kwargs["password"] = password
     try:
         kwargs["sock"] = open_tcp(s.host, s.port, s.connect_timeout)
@@ -76,7 +77,7 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
     except paramiko.AuthenticationException:
         client.close()
         source = (
-            "config " + credentials.CONFIG_PRIVATE_KEY
+            "config " + credentials.key_source(s.host, s.port)
             if pkey is not None
             else f"key file {s.private_key_path}"
             if s.private_key_path
@@ -90,10 +91,22 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
                 f"{s.label}: host key unknown; refusing to connect: {_trust_hint(s)}"
             ) from None
         raise HostError(f"{s.label}: SSH failed: {exc}") from None
+    except EOFError:  # paramiko's transport saw the socket close (a reset mid-handshake)
+        client.close()
+        raise HostError(
+            f"{s.label}: the connection closed during the SSH handshake (is an SSH server "
+            "listening there, and accepting this client?)"
+        ) from None
     except TimeoutError:
         client.close()
-        raise HostError(f"{s.label}: timed out after {s.connect_timeout:g} s") from None
+        raise HostError(
+            f"{s.label}: timed out after {s.connect_timeout:g} s (is the host up and the address "
+            "right? connection.connect_timeout sets the wait)"
+        ) from None
     except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
         client.close()
-        raise HostError(f"{s.label}: unreachable: {exc.strerror or exc}") from None
+        raise HostError(
+            f"{s.label}: unreachable: {exc.strerror or exc} (is sshd running there, on "
+            "connection.port?)"
+        ) from None
     return client

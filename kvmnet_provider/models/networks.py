@@ -10,13 +10,13 @@ filter FORWARD hook, so that a DROP policy (Docker's) and br_netfilter do not cu
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pulumi
 
 from ..connection import HostSettings
+from ..errors import ConfigError
 from ..resources import (
     Bridge,
     BridgeArgs,
@@ -34,6 +34,7 @@ from ..resources import (
 )
 from ..resources.forward_rules import ForwardRules, ForwardRulesArgs
 from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
+from .addresses import check_guests, subnet_and_gateway
 from .collisions import claim
 
 MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork")
@@ -89,6 +90,8 @@ class _Network(pulumi.ComponentResource):
     def __init__(
         self, resource_name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
+        host = (args.connection.host, args.connection.port)
+        check_guests(resource_name, host, args.subnet, args.gateway, args.guests)
         # Aliases to the other models' types keep the children's URNs across a model switch,
         # so NAT -> routed removes the masquerade rule and leaves the bridge and guests alone.
         others = [m for m in MODEL_TYPES if m != type(self).__name__]
@@ -192,11 +195,8 @@ class RoutedNetwork(_Network):
 
     def bridge_addresses(self) -> list[str]:
         if not self.args.gateway:
-            raise ValueError(f"{self.model} network: gateway: required (the bridge's address)")
-        net = ipaddress.ip_network(self.args.subnet)
-        gateway = ipaddress.ip_address(self.args.gateway)
-        if gateway not in net:
-            raise ValueError(f"gateway: {gateway} is not inside subnet {net}")
+            raise ConfigError(f"{self.model} network: gateway", "required (the bridge's address)")
+        net, gateway = subnet_and_gateway(self.args.subnet, self.args.gateway)
         return [f"{gateway}/{net.prefixlen}"]
 
     def host_setup(self, resource_name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
@@ -225,8 +225,8 @@ class NatNetwork(RoutedNetwork):
         addresses = {g.name: g.address for g in self.args.guests}
         for fwd in self.args.port_forwards:
             if not addresses.get(fwd.guest):
-                raise ValueError(
-                    f"port_forwards: guest {fwd.guest!r} is not a guest with an address"
+                raise ConfigError(
+                    "port_forwards", f"guest {fwd.guest!r} is not a guest with an address"
                 )
             forwards.append(
                 PortForward(
@@ -256,7 +256,7 @@ class BridgedNetwork(_Network):
     ) -> Bridge | UplinkBridge:
         args = self.args
         if not args.uplink:
-            raise ValueError("bridged network: uplink: required (the NIC the bridge takes over)")
+            raise ConfigError("bridged network: uplink", "required (the NIC the bridge takes over)")
         return UplinkBridge(
             f"{resource_name}-uplink",
             UplinkBridgeArgs(
@@ -282,6 +282,6 @@ def network_for_model(model: str) -> type[_Network]:
     try:
         return MODELS[model]
     except KeyError:
-        raise ValueError(
-            f"model: unknown model {model!r}; choose one of {', '.join(sorted(MODELS))}"
+        raise ConfigError(
+            "model", f"unknown model {model!r}; choose one of {', '.join(sorted(MODELS))}"
         ) from None

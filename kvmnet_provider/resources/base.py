@@ -8,7 +8,6 @@ the next `diff` see exactly what changed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -25,14 +24,16 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
+from .. import errors
 from ..connection import HostSettings, agent_session, credentials
 from ..connection.session import AgentSession
 from ..connection.settings import SettingError
 from ..spec.validate import InvalidInput
+from . import identity
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN: not known at preview
-OWNER_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/@+=-]")
 Normaliser = Callable[[Any], Any]
+errors.report_expected_errors_as_one_line()  # in the provider process: no traceback for them
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Field:
 def owner_id(kind: str, resource_name: str) -> str:
     """The identity written on the host: unique per project, stack, kind and name."""
     raw = f"{pulumi.get_project()}/{pulumi.get_stack()}/{kind}/{resource_name}"
-    return OWNER_UNSAFE.sub("_", raw)[:200]
+    return identity.owner_mark(raw)  # injective: see identity.py
 
 
 class KvmnetProvider(ResourceProvider):
@@ -81,6 +82,7 @@ class KvmnetProvider(ResourceProvider):
         credentials.configure(
             req.config.get(credentials.CONFIG_PRIVATE_KEY),
             req.config.get(credentials.CONFIG_PASSWORD),
+            req.config.get(credentials.CONFIG_PER_HOST),
         )
         credentials.configure_hosts(req.config.get("kvmnet:hosts"))
 

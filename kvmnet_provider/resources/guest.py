@@ -11,8 +11,9 @@ from pulumi.dynamic import DiffResult, Resource
 
 from ..connection import HostSettings
 from ..connection.session import AgentSession
+from ..errors import KvmnetError
 from ..spec import guest as guests
-from ..spec.validate import int_range
+from ..spec.validate import int_range, user_name
 from ..spec.wire import GuestRef, GuestState
 from .base import Field, KvmnetProvider, owner_id
 from .links import TapPort
@@ -57,6 +58,7 @@ class QemuGuestProvider(KvmnetProvider):
         "qmp_socket": Field(guests.socket_path, replaces=True),
         "qemu": Field(guests.qemu_binary, default=guests.DEFAULT_QEMU, replaces=True),
         "stop_timeout": Field(_int(1, 300), default=10),
+        "run_as": Field(user_name, replaces=True),
     }
 
     def resource_id(self, props: dict[str, Any]) -> str:
@@ -96,7 +98,7 @@ class QemuGuestProvider(KvmnetProvider):
         # nothing to do on the host but make sure the guest is still there.
         live = self.host_read(agent, news)
         if live is None:
-            raise RuntimeError(
+            raise KvmnetError(
                 f"guest {news['name']} is not running on {news['connection']['host']}; "
                 "run `pulumi refresh` and `pulumi up` to start it again"
             )
@@ -148,6 +150,7 @@ class QemuGuestArgs:
     qmp_socket: str | None = None
     qemu: str = guests.DEFAULT_QEMU
     stop_timeout: int = 10  # seconds delete waits for an ACPI power-down before quitting
+    run_as: str | None = None  # a host user QEMU runs as once set up (QEMU's -runas)
 
 
 class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
@@ -192,6 +195,7 @@ class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
             "qmp_socket": args.qmp_socket,
             "qemu": args.qemu,
             "stop_timeout": args.stop_timeout,
+            "run_as": args.run_as,
             **dict.fromkeys(GUEST_COMPUTED),
         }
         super().__init__(QemuGuestProvider(), resource_name, props, opts)

@@ -11,6 +11,7 @@ from pulumi.dynamic import Resource
 
 from ..connection import HostSettings
 from ..connection.session import AgentSession
+from ..errors import ConfigError
 from ..spec import validate
 from .base import Field, KvmnetProvider, list_of, owner_id
 from .linkreads import forget, read_link
@@ -107,7 +108,6 @@ class TapPortProvider(_LinkProvider):
         return out
 
 
-
 # Bridges this program declares, per host, so a tap naming an undeclared bridge fails at preview.
 _declared_bridges: set[tuple[str, str]] = set()
 
@@ -178,10 +178,11 @@ class TapPort(Resource, module="kvmnet", name="TapPort"):
         else:
             key = (args.connection.host, args.bridge)
             if not args.external_bridge and key not in _declared_bridges:
-                raise ValueError(
-                    f"TapPort {resource_name}: bridge: no Bridge named {args.bridge!r} is declared "
+                raise ConfigError(
+                    f"TapPort {resource_name}: bridge",
+                    f"no Bridge named {args.bridge!r} is declared "
                     f"in this stack for host {args.connection.host}; declare it first, pass the "
-                    "Bridge resource, or set external_bridge=True"
+                    "Bridge resource, or set external_bridge=True",
                 )
             bridge = args.bridge
         props: dict[str, Any] = {

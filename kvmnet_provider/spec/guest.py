@@ -164,6 +164,7 @@ SPEC_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "qmp_socket": (socket_path, None),
     "qemu": (qemu_binary, DEFAULT_QEMU),
     "stop_timeout": (_int(1, 300), 10),
+    "run_as": (validate.user_name, None),  # QEMU drops root for this user once set up
 }
 
 
@@ -202,5 +203,3 @@ def normalise_spec(raw: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput("; ".join(f"{p} {r}" for p, r in failures))
     spec["owner"] = validate.owner(raw.get("owner"))
     return spec
-
-

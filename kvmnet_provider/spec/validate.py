@@ -34,7 +34,7 @@ def mtu(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
         raise InvalidInput(f"must be an integer, got {value!r}")
     if not MTU_MIN <= int(value) <= MTU_MAX:
-        raise InvalidInput(f"must be between {MTU_MIN} and {MTU_MAX}, got {value}")
+        raise InvalidInput(f"must be between {MTU_MIN} and {MTU_MAX}, got {int(value)}")
     return int(value)
 
 
@@ -100,6 +100,6 @@ def boolean(value: object) -> bool:
 def int_range(value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
         raise InvalidInput(f"must be an integer, got {value!r}")
-    if not low <= int(value) <= high:
-        raise InvalidInput(f"must be between {low} and {high}, got {value}")
+    if not low <= int(value) <= high:  # int(): Pulumi sends whole numbers as floats (1.0)
+        raise InvalidInput(f"must be between {low} and {high}, got {int(value)}")
     return int(value)

@@ -136,5 +136,3 @@ def resolve_accelerator(requested: str, qemu: str, cpu: str | None) -> tuple[str
         ok, why = probe_kvm(qemu, cpu or "host")
         _accel_cache[key] = ("kvm", f"auto: {why}") if ok else ("tcg", f"auto: {why}; using tcg")
     return _accel_cache[key]
-
-

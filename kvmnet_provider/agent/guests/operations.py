@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...spec import validate
 from ...spec.guest import DEFAULT_QEMU, cpu_model, guest_name, normalise_spec, qemu_binary
+from .. import qemu_user, socket_rules
 from ..errors import AgentError
 from ..netlink import iproute_class
 from .argv import argv_hash, build_argv, guest_paths
@@ -34,6 +35,7 @@ def start(args: dict[str, Any]) -> GuestState:
         if not Path(disk["path"]).exists():
             raise AgentError("missing", f"disk {disk['path']} does not exist on this host")
     qemu_path(spec["qemu"])
+    qemu_user.check(spec.get("run_as"))
     _check_taps(spec["nics"])
     with locked(name) as root:
         run_dir = root / name
@@ -43,6 +45,7 @@ def start(args: dict[str, Any]) -> GuestState:
                 raise not_ours(run_dir, meta)
         accel, reason = resolve_accelerator(spec["accelerator"], spec["qemu"], spec["cpu"])
         paths = guest_paths(run_dir, spec)
+        socket_rules.inside_run_dir(run_dir, paths)
         argv = build_argv(spec, paths, accel)
         digest = argv_hash(argv)
         if meta is not None:
@@ -121,9 +124,7 @@ def _launch(run_dir: Path, meta: dict[str, Any], argv: list[str], name: str) -> 
         )
     pid = live_pid(run_dir, name, None)
     if pid is None:
-        raise AgentError(
-            "failed", f"QEMU for guest {name} started but is not running: {tail(log)}"
-        )
+        raise AgentError("failed", f"QEMU for guest {name} started but is not running: {tail(log)}")
     meta["pid"] = pid
     save_meta(run_dir, meta)
     deadline = time.monotonic() + 10

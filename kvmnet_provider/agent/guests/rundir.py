@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import hoststate
+from .. import hoststate, rundir
 from ..errors import AgentError
 from .qmp import status
 
@@ -20,39 +20,48 @@ if TYPE_CHECKING:
 
 
 def guests_root() -> Path:
-    root = hoststate.namespace_dir() / "guests"
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return root
+    return rundir.private_dir(hoststate.namespace_dir() / "guests")
 
 
 @contextmanager
 def locked(name: str) -> Iterator[Path]:
     """The guests directory, with guest `name` held under an exclusive lock (all agents and
     agent threads on this host). Per guest: one guest's slow stop holds up no other guest.
-    The lock files live beside the run dirs, not among them: a guest may be named anything."""
+    The lock files live beside the run dirs, not among them: a guest may be named anything.
+    A guest with no run dir keeps no lock file either: the holder removes it on the way out,
+    and whoever waited on the removed file locks the path's new one instead."""
     root = guests_root()
-    locks = root.parent / "guest-locks"
-    locks.mkdir(exist_ok=True, mode=0o700)
-    fd = os.open(locks / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+    locks = rundir.private_dir(root.parent / "guest-locks")
+    path = locks / name
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.lstat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed (or replaced) while this thread waited: lock the current one
+    try:
         yield root
     finally:
-        os.close(fd)
+        try:
+            if not (root / name).exists():
+                path.unlink(missing_ok=True)  # still held: nobody has the file locked now
+        finally:
+            os.close(fd)
 
 
 def load_meta(run_dir: Path) -> dict[str, Any] | None:
     try:
-        doc = json.loads((run_dir / "guest.json").read_text())
+        doc = json.loads(rundir.read_text(run_dir / "guest.json") or "null")
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
 
 
 def save_meta(run_dir: Path, meta: dict[str, Any]) -> None:
-    tmp = run_dir / "guest.json.tmp"
-    tmp.write_text(json.dumps(meta, sort_keys=True, indent=1))
-    os.replace(tmp, run_dir / "guest.json")
+    rundir.replace_text(run_dir / "guest.json", json.dumps(meta, sort_keys=True, indent=1))
 
 
 def remove_run_dir(run_dir: Path, meta: dict[str, Any] | None) -> None:
@@ -87,5 +96,3 @@ def not_ours(run_dir: Path, meta: dict[str, Any] | None) -> AgentError:
         f"guest {run_dir.name} exists on this host and belongs to {holder} ({run_dir}); "
         "kvmnet will not touch it",
     )
-
-

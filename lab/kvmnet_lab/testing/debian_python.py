@@ -44,13 +44,27 @@ def _unpack(into: Path) -> None:
 
 
 def debian_python(wrapper_dir: Path) -> str:
-    """Path of an executable that runs the system Python with the Debian packages."""
+    """Path of a Python that runs the system Python with the Debian packages: a venv made by
+    hand (the agent runs with -I, which ignores PYTHONPATH) whose site-packages links them."""
     root = CACHE / "root"
     if not all((root / SITE / name).is_dir() for name in ("pyroute2", "iptc", "nftables")):
         shutil.rmtree(root, ignore_errors=True)  # unpacked before a package was added
         _unpack(root)
-    wrapper = wrapper_dir / "python3-debian"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={root / SITE} exec {SYSTEM_PYTHON} "$@"\n')
-    wrapper.chmod(0o755)
-    return str(wrapper)
-
+    venv = wrapper_dir / "debian-venv"
+    version = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    site = venv / "lib" / f"python{version}" / "site-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    (venv / "bin").mkdir(exist_ok=True)
+    (venv / "pyvenv.cfg").write_text(f"home = {Path(SYSTEM_PYTHON).parent}\n")
+    for entry in (root / SITE).iterdir():
+        if not (site / entry.name).exists():
+            (site / entry.name).symlink_to(entry)
+    python = venv / "bin" / "python3"
+    if not python.exists():
+        python.symlink_to(SYSTEM_PYTHON)
+    return str(python)

@@ -13,9 +13,11 @@ bridge timers, the SSH sessions and host agents that come and go) are left out.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = ["ExecIn", "diff_snapshots", "host_snapshot", "run_in"]
@@ -29,6 +31,8 @@ CARRIER_FLAGS = ("LOWER_UP", "NO-CARRIER", "DORMANT", "M-DOWN")
 COUNTERS_RE = re.compile(r"\s*\[\d+:\d+\]")
 SSHD_LISTENER_RE = re.compile(r"\s*\[listener\].*$")
 AGENT_MARKERS = ("kvmnet_agent", "kvmnet-agent-")
+ROLLBACK_MARKER = "rollback_main"
+RUN_ROOT = Path(os.environ.get("KVMNET_HOST_STATE", "/run/kvmnet"))
 
 
 class _HasExecIn(Protocol):
@@ -160,9 +164,14 @@ def _processes(runner: ExecIn, namespace: str) -> list[list[str]]:
         except (IndexError, ValueError):
             parent[pid] = 0
 
+    def rollback(pid: int) -> bool:  # kvmnet's own detached process: state, not a session
+        return ROLLBACK_MARKER in " ".join(argv[pid])
+
     def transient(pid: int) -> bool:
         args = argv[pid]
         title = " ".join(args)
+        if rollback(pid):
+            return False
         if args[0].startswith("sshd:") or args[0].endswith("/sshd") or args[0] == "sshd":
             return "[listener]" not in title
         if any(marker in title for marker in AGENT_MARKERS):
@@ -174,7 +183,7 @@ def _processes(runner: ExecIn, namespace: str) -> list[list[str]]:
     while changed:  # descendants of a dropped process are dropped too
         changed = False
         for pid in argv:
-            if pid not in dropped and parent.get(pid) in dropped:
+            if pid not in dropped and parent.get(pid) in dropped and not rollback(pid):
                 dropped.add(pid)
                 changed = True
     kept = []
@@ -203,7 +212,44 @@ def host_snapshot(runner: ExecIn, namespace: str) -> dict[str, Any]:
         "ip6tables": _rules(runner, namespace, "ip6tables-legacy-save"),
         "sysctls": _sysctls(runner, namespace),
         "processes": _processes(runner, namespace),
+        "run_dir": _run_dir(runner, namespace),
     }
+
+
+def _run_dir(runner: ExecIn, namespace: str) -> dict[str, Any]:
+    """What kvmnet keeps for this namespace under /run/kvmnet/netns-<inode>: each file by its
+    path, JSON documents by their content. Left out: lock files and empty documents (both
+    stay after the last user, and mean nothing), and directories as such."""
+    inode = run_in(runner, namespace, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).strip()
+    root = RUN_ROOT / f"netns-{inode}"
+    found: dict[str, Any] = {}
+    if not root.is_dir():
+        return found
+    for path in sorted(root.rglob("*")):
+        if path.is_dir() or path.suffix in (".lock", ".tmp") or path.name == "lock":
+            continue
+        key = str(path.relative_to(root))
+        if path.suffix == ".json":
+            try:
+                doc = _pruned(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                doc = "unreadable"
+            if doc is not None:
+                found[key] = doc
+        else:
+            found[key] = path.stat().st_mode & 0o170000  # its kind: file, socket, ...
+    return found
+
+
+def _pruned(doc: Any) -> Any:
+    """The document without empty parts ({"holders": {}} says nothing), None if all empty."""
+    if isinstance(doc, dict):
+        kept = {k: v for k, v in ((k, _pruned(v)) for k, v in doc.items()) if v is not None}
+        return kept or None
+    if isinstance(doc, list):
+        items = [v for v in map(_pruned, doc) if v is not None]
+        return items or None
+    return doc
 
 
 def diff_snapshots(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

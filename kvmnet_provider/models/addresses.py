@@ -1,0 +1,117 @@
+"""Rules that span a network's guests, checked when the model is declared (so at preview).
+
+A guest's declared address ends up on its kernel command line, where no resource's `check`
+sees it in the context of the subnet and the other guests. So here: each address is a
+plain IPv4 address inside the subnet, not its network, broadcast or gateway address, and
+unique in the network; MACs, taps and guest names are unique per host, across every network
+this program declares on that host. Failures name the network, the guest and the property.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ..errors import ConfigError
+from ..spec.validate import InvalidInput, ifname, mac
+
+
+class _Guest(Protocol):
+    name: str
+    tap: str
+    mac: str
+    address: str | None
+
+
+# (host, port, what, value) -> who claimed it: "net: guests[0] (g1)".
+_claimed: dict[tuple[str, int, str, str], str] = {}
+
+
+def subnet_and_gateway(
+    subnet: object, gateway: object, where: str = ""
+) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]:
+    """The subnet (no host bits) and the gateway inside it, or ConfigError naming which."""
+    try:
+        net = ipaddress.ip_network(str(subnet), strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"{where}subnet", f"{subnet!r} is not an IPv4 network: {exc}") from None
+    if not isinstance(net, ipaddress.IPv4Network) or not isinstance(subnet, str):
+        raise ConfigError(
+            f"{where}subnet", f"must be an IPv4 network such as 10.0.1.0/24, got {subnet!r}"
+        )
+    if gateway is None:
+        return net, None
+    gw = _address(gateway, f"{where}gateway")
+    if gw not in net:
+        raise ConfigError(f"{where}gateway", f"{gw} is not inside subnet {net}")
+    if net.prefixlen < 31 and gw in (net.network_address, net.broadcast_address):
+        raise ConfigError(f"{where}gateway", f"{gw} is the network or broadcast address of {net}")
+    return net, gw
+
+
+def check_guests(
+    where: str,
+    host: tuple[str, int],
+    subnet: object,
+    gateway: object,
+    guests: Sequence[_Guest],
+) -> None:
+    """All the rules above for one network; claims its MACs, taps and names on `host`."""
+    net, gw = subnet_and_gateway(subnet, gateway, f"{where}: ")
+    seen: dict[ipaddress.IPv4Address, str] = {}
+    for index, guest in enumerate(guests):
+        who = f"{where}: guests[{index}] ({guest.name})"
+        if guest.address is not None:
+            address = _address(guest.address, f"{who}.address")
+            if address not in net:
+                raise ConfigError(f"{who}.address", f"{address} is not inside subnet {net}")
+            if net.prefixlen < 31 and address == net.network_address:
+                raise ConfigError(f"{who}.address", f"{address} is the network address of {net}")
+            if net.prefixlen < 31 and address == net.broadcast_address:
+                raise ConfigError(f"{who}.address", f"{address} is the broadcast address of {net}")
+            if address == gw:
+                raise ConfigError(
+                    f"{who}.address", f"{address} is the gateway (the bridge's address)"
+                )
+            if address in seen:
+                raise ConfigError(
+                    f"{who}.address", f"{address} is already {seen[address]}'s address"
+                )
+            seen[address] = guest.name
+        for what, value in (("tap", _valid(ifname, guest.tap, f"{who}.tap")),
+                            ("mac", _valid(mac, guest.mac, f"{who}.mac")),
+                            ("name", guest.name)):  # fmt: skip
+            _claim(host, what, value, who)
+
+
+def _claim(host: tuple[str, int], what: str, value: str, who: str) -> None:
+    key = (host[0], host[1], what, value)
+    other = _claimed.setdefault(key, who)
+    if other != who:
+        raise ConfigError(f"{who}.{what}", f"{value} is already used on host {host[0]} by {other}")
+
+
+def _valid(rule: Any, value: object, key: str) -> str:
+    try:
+        result: str = rule(value)
+    except InvalidInput as exc:
+        raise ConfigError(key, str(exc)) from None
+    return result
+
+
+def _address(value: object, key: str) -> ipaddress.IPv4Address:
+    """A plain IPv4 address, written the canonical way: it goes on a kernel command line,
+    so anything else (a space, a prefix, a leading zero) is refused, not interpreted."""
+    try:
+        address = ipaddress.ip_address(value if isinstance(value, str) else "")
+    except ValueError:
+        address = None
+    if not isinstance(address, ipaddress.IPv4Address) or str(address) != value:
+        raise ConfigError(key, f"must be an IPv4 address such as 10.0.1.11, got {value!r}")
+    return address
+
+
+def forget_claims() -> None:
+    """For tests that declare several programs in one process."""
+    _claimed.clear()

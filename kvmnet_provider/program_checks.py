@@ -1,0 +1,99 @@
+"""The stack program's config, checked before anything is declared.
+
+Each failure is a ConfigError naming the config key (`kvmnet:subnet`,
+`kvmnet:guests[1].memory_mib`, ...), which Pulumi prints as one line: no traceback, no
+"Program failed with an unhandled exception". Rules that need the declared model (guest
+addresses against the subnet, unique MACs and taps) are the model's: models/addresses.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from .connection.settings import FIREWALL_BACKENDS, HostSettings, SettingError
+from .errors import ConfigError
+from .models import addresses
+from .models.networks import MODELS
+from .spec.guest import MEMORY_MIB, guest_name
+from .spec.validate import InvalidInput
+
+NS = "kvmnet"
+GUEST_KEYS = ("name", "address", "mac", "tap", "memory_mib", "disks", "stop_timeout")
+FORWARD_KEYS = ("guest", "guest_port", "host_port", "protocol")
+
+
+def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
+    model = cfg.get("model") or "nat"
+    if model not in MODELS:
+        raise ConfigError(
+            f"{NS}:model", f"unknown model {model!r}; choose one of {', '.join(sorted(MODELS))}"
+        )
+    addresses.subnet_and_gateway(cfg.get("subnet") or "10.0.1.0/24", cfg.get("gateway"), f"{NS}:")
+    raw_host = cfg.get_object("host")
+    if raw_host is not None:
+        try:
+            HostSettings.from_props(raw_host, prop=f"{NS}:host")
+        except SettingError as exc:
+            raise ConfigError(exc.prop, exc.reason) from None
+    backend = cfg.get("firewallBackend")
+    if backend is not None and backend not in FIREWALL_BACKENDS:
+        raise ConfigError(
+            f"{NS}:firewallBackend",
+            f"must be one of {', '.join(FIREWALL_BACKENDS)}, got {backend!r}",
+        )
+    guests = _list(cfg, "guests")
+    names = []
+    for index, guest in enumerate(guests):
+        key = f"{NS}:guests[{index}]"
+        _object(guest, key, GUEST_KEYS)
+        name = guest.get("name")
+        try:
+            guest_name(name)  # it goes on the kernel command line too
+        except InvalidInput as exc:
+            raise ConfigError(f"{key}.name", str(exc)) from None
+        names.append(name)
+        for field, low, high in (("memory_mib", *MEMORY_MIB), ("stop_timeout", 1, 300)):
+            if field in guest:
+                _whole(guest[field], f"{key}.{field}", low, high)
+        address = guest.get("address")
+        if address is not None and not isinstance(address, str):
+            raise ConfigError(f"{key}.address", f"must be an IPv4 address, got {address!r}")
+    for index, forward in enumerate(_list(cfg, "portForwards")):
+        key = f"{NS}:portForwards[{index}]"
+        _object(forward, key, FORWARD_KEYS)
+        if forward.get("guest") not in (names or default_guests):
+            raise ConfigError(
+                f"{key}.guest",
+                f"{forward.get('guest')!r} is not one of kvmnet:guests {names or default_guests}",
+            )
+        for field in ("guest_port", "host_port"):
+            _whole(forward.get(field), f"{key}.{field}", 1, 65535)
+        if forward.get("protocol", "tcp") not in ("tcp", "udp"):
+            raise ConfigError(f"{key}.protocol", f"must be tcp or udp, got {forward['protocol']!r}")
+
+
+def _list(cfg: pulumi.Config, name: str) -> list[Any]:
+    value = cfg.get_object(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{NS}:{name}", f"must be a list, got {type(value).__name__}")
+    return value
+
+
+def _object(value: Any, key: str, known: tuple[str, ...]) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"must be an object, got {value!r}")
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", f"unknown key (known: {', '.join(known)})")
+
+
+def _whole(value: Any, key: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ConfigError(key, f"must be a whole number, got {value!r}")
+    if not low <= int(value) <= high:
+        raise ConfigError(key, f"must be between {low} and {high}, got {int(value)}")
+    return int(value)

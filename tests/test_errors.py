@@ -1,0 +1,104 @@
+"""Expected failures as one line, unexpected ones with their traceback (no engine here: the
+real wrapper of Pulumi's dynamic-provider server, taken from the installed SDK's source)."""
+
+from __future__ import annotations
+
+import ast
+import types
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+
+from kvmnet_provider import errors
+from kvmnet_provider.connection.session import AgentCallError, HostError
+from kvmnet_provider.spec.validate import InvalidInput
+
+SERVER = Path(pulumi.__file__).parent / "dynamic" / "__main__.py"
+
+
+def dynamic_server_wrapper() -> types.ModuleType:
+    """A module holding the SDK's own `_abort_with_traceback` and its imports (the real
+    server module starts serving when imported, so only these parts are taken)."""
+    tree = ast.parse(SERVER.read_text())
+    keep = [
+        node
+        for node in tree.body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        or (isinstance(node, ast.FunctionDef) and node.name == "_abort_with_traceback")
+    ]
+    module = types.ModuleType("fake_dynamic_server")
+    exec(compile(ast.Module(body=keep, type_ignores=[]), str(SERVER), "exec"), module.__dict__)
+    return module
+
+
+class AbortContext:
+    details: str | None = None
+
+    def abort(self, _code: Any, details: str) -> None:
+        self.details = details
+        raise RuntimeError("aborted")  # what grpc's context.abort does
+
+
+def served(module: types.ModuleType, exc: BaseException) -> str:
+    @module._abort_with_traceback
+    def create(_self: Any, _request: Any, _context: Any) -> None:
+        raise exc
+
+    context = AbortContext()
+    with pytest.raises(RuntimeError, match="aborted"):
+        create(None, None, context)
+    assert context.details is not None
+    return context.details
+
+
+@pytest.fixture
+def server() -> types.ModuleType:
+    module = dynamic_server_wrapper()
+    assert "traceback" in module.__dict__, "the SDK's server no longer formats with traceback"
+    errors.report_expected_errors_as_one_line([module])
+    return module
+
+
+@pytest.mark.parametrize(
+    "exc, line",
+    [
+        (HostError("root@h1:22: unreachable: Connection refused"), None),
+        (AgentCallError("root@h1:22", "conflict", "bridge br-in exists and is not ours"), None),
+        (InvalidInput("name: must be 1-15 characters"), None),
+        (errors.KvmnetError("guest g1 is not running on h1;\n run `pulumi refresh`"), None),
+        (
+            errors.ConfigError("kvmnet:subnet", "'10.0.1.0/33' is not an IPv4 network"),
+            "kvmnet:subnet: '10.0.1.0/33' is not an IPv4 network",
+        ),
+    ],
+)
+def test_expected_errors_are_one_line(server: types.ModuleType, exc: Exception, line: str) -> None:
+    details = served(server, exc)
+    assert "Traceback" not in details
+    assert "\n" not in details
+    assert details == (line or errors.one_line(exc))
+
+
+def test_bugs_keep_their_traceback(server: types.ModuleType) -> None:
+    details = served(server, KeyError("oops"))
+    assert details.startswith("Traceback (most recent call last):")
+    assert "KeyError: 'oops'" in details
+
+
+def test_installing_twice_wraps_once(server: types.ModuleType) -> None:
+    first = server.traceback
+    errors.report_expected_errors_as_one_line([server])
+    assert server.traceback is first
+
+
+def test_not_installed_outside_the_server() -> None:
+    assert errors.dynamic_servers() == []  # pytest's __main__ is not Pulumi's server
+
+
+def test_config_error_is_a_run_error() -> None:
+    """Pulumi's language host prints a RunError as one line, without a traceback."""
+    exc = errors.ConfigError("kvmnet:model", "unknown model 'foo'")
+    assert isinstance(exc, pulumi.RunError) and isinstance(exc, ValueError)
+    assert str(exc) == "kvmnet:model: unknown model 'foo'"

@@ -1,0 +1,105 @@
+"""Guest addresses, MACs, taps and names across a network and a host (pure: no engine)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from kvmnet_provider.errors import ConfigError
+from kvmnet_provider.models import GuestSpec, addresses
+
+H1 = ("198.18.0.2", 22)
+
+
+@pytest.fixture(autouse=True)
+def fresh_claims() -> Iterator[None]:
+    addresses.forget_claims()
+    yield
+    addresses.forget_claims()
+
+
+def guest(i: int, address: str | None = None, **kw: str) -> GuestSpec:
+    return GuestSpec(
+        name=kw.get("name", f"g{i}"),
+        tap=kw.get("tap", f"vif{i}.0"),
+        mac=kw.get("mac", f"52:54:00:00:01:{i:02x}"),
+        address=address,
+    )
+
+
+def rejected(guests: list[GuestSpec], gateway: str | None = "10.0.1.254") -> str:
+    with pytest.raises(ConfigError) as caught:
+        addresses.check_guests("net", H1, "10.0.1.0/24", gateway, guests)
+    return str(caught.value)
+
+
+def test_good_guests_pass() -> None:
+    addresses.check_guests(
+        "net", H1, "10.0.1.0/24", "10.0.1.254", [guest(1, "10.0.1.11"), guest(2, "10.0.1.12")]
+    )
+    addresses.check_guests("iso", ("198.18.0.3", 22), "10.0.1.0/24", None, [guest(1)])
+
+
+@pytest.mark.parametrize(
+    "address, fragment",
+    [
+        ("10.0.1.300", "must be an IPv4 address"),
+        ("10.0.1.11 init=/bin/sh", "must be an IPv4 address"),  # no extra kernel parameter
+        ("10.0.1.11/24", "must be an IPv4 address"),
+        ("010.0.1.11", "must be an IPv4 address"),
+        ("fd00::11", "must be an IPv4 address"),
+        ("10.0.2.11", "not inside subnet 10.0.1.0/24"),
+        ("10.0.1.0", "network address"),
+        ("10.0.1.255", "broadcast address"),
+        ("10.0.1.254", "gateway"),
+    ],
+)
+def test_bad_address_names_guest_and_property(address: str, fragment: str) -> None:
+    message = rejected([guest(1, "10.0.1.11"), guest(2, address)])
+    assert message.startswith("net: guests[1] (g2).address: "), message
+    assert fragment in message
+
+
+def test_duplicate_address_in_a_network() -> None:
+    message = rejected([guest(1, "10.0.1.11"), guest(2, "10.0.1.11")])
+    assert message == "net: guests[1] (g2).address: 10.0.1.11 is already g1's address"
+
+
+@pytest.mark.parametrize("prop", ["mac", "tap", "name"])
+def test_mac_tap_and_name_unique_per_host_across_networks(prop: str) -> None:
+    first = guest(1, "10.0.1.11")
+    addresses.check_guests("a", H1, "10.0.1.0/24", None, [first])
+    second = guest(2, "10.0.1.12", **{prop: getattr(first, prop)})
+    with pytest.raises(ConfigError, match=rf"b: guests\[0\] \(.*\)\.{prop}: .* a: guests\[0\]"):
+        addresses.check_guests("b", H1, "10.0.1.0/24", None, [second])
+    # ... while another host may use it
+    addresses.check_guests("c", ("198.18.0.3", 22), "10.0.1.0/24", None, [second])
+
+
+def test_bad_mac_and_tap_are_named() -> None:
+    assert ".mac: must be a MAC" in rejected([guest(1, mac="52:54:00:zz:00:01")])
+    assert ".tap: must be an interface name" in rejected([guest(1, tap="vif 1")])
+
+
+@pytest.mark.parametrize(
+    "subnet, gateway, fragment",
+    [
+        ("10.0.1.0/33", None, "net: subnet: '10.0.1.0/33' is not an IPv4 network"),
+        ("10.0.1.5/24", None, "net: subnet:"),
+        ("fd00::/64", None, "net: subnet: must be an IPv4 network"),
+        ("10.0.1.0/24", "10.0.2.1", "net: gateway: 10.0.2.1 is not inside subnet 10.0.1.0/24"),
+        ("10.0.1.0/24", "10.0.1.255", "net: gateway: 10.0.1.255 is the network or broadcast"),
+        ("10.0.1.0/24", "10.0.1.1 x", "net: gateway: must be an IPv4 address"),
+    ],
+)
+def test_subnet_and_gateway(subnet: str, gateway: str | None, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        addresses.check_guests("net", H1, subnet, gateway, [])
+    assert str(caught.value).startswith(fragment), str(caught.value)
+
+
+def test_declaring_the_same_network_twice_is_not_a_clash() -> None:
+    """The program may be evaluated again in one process (tests, automation)."""
+    for _ in range(2):
+        addresses.check_guests("net", H1, "10.0.1.0/24", None, [guest(1, "10.0.1.11")])

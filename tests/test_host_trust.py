@@ -1,0 +1,240 @@
+"""The host side trusts nothing it did not make (no engine, no lab: local processes only).
+
+The bootstrap runs here as it runs on a host, with a stand-in agent; the run directory is a
+temporary KVMNET_HOST_STATE.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmnet_provider.agent import rundir
+from kvmnet_provider.agent.errors import AgentError
+from kvmnet_provider.connection import credentials, framing
+from kvmnet_provider.connection.bootstrap import BOOTSTRAP
+from kvmnet_provider.connection.settings import HostSettings, SettingError
+from kvmnet_provider.resources import identity
+
+# A stand-in agent (kvmnet_agent/agent/server.py): says where its code lives and which module
+# `json` came from.
+SERVER = """
+import json, os, sys
+def main():
+    code = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    print(json.dumps({"hello": {"code": code,
+                      "cwd": os.getcwd(), "json": json.__file__, "path": sys.path}}), flush=True)
+    sys.stdin.readline()  # serve until told to stop
+"""
+
+
+def start_agent(
+    run_root: Path, marker: str, cwd: Path, server: str = SERVER
+) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-u", "-c", BOOTSTRAP, marker],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "KVMNET_HOST_STATE": str(run_root)},
+    )
+    assert proc.stdin is not None
+    files = {
+        "kvmnet_agent/__init__.py": "",
+        "kvmnet_agent/agent/__init__.py": "",
+        "kvmnet_agent/agent/server.py": server,
+    }
+    proc.stdin.write(json.dumps(files) + "\n")
+    proc.stdin.flush()
+    return proc
+
+
+def hello(proc: subprocess.Popen[str], marker: str) -> dict[str, object]:
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == marker
+    answer: dict[str, object] = json.loads(proc.stdout.readline())["hello"]
+    return answer
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("bye\n")
+    proc.stdin.flush()
+    proc.wait(10)
+
+
+def test_bootstrap_is_isolated_and_keeps_its_code_private(tmp_path: Path) -> None:
+    run_root = tmp_path / "run"
+    run_root.mkdir(mode=0o755)  # exists with looser modes: tightened
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "json.py").write_text("raise SystemExit('shadowed')\n")  # in the working dir
+    proc = start_agent(run_root, "M1", home)
+    try:
+        info = hello(proc, "M1")
+        code = Path(str(info["code"]))
+        assert info["cwd"] == "/"
+        assert not str(info["json"]).startswith(str(home))
+        assert code.parent == run_root / "agent-code"
+        for directory in (run_root, run_root / "agent-code", code):
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    finally:
+        stop(proc)
+    assert code.exists()  # kept for the next agent of the same code
+
+
+def test_stale_code_dirs_go_and_live_ones_stay(tmp_path: Path) -> None:
+    run_root = tmp_path / "run"
+    live = start_agent(run_root, "A", tmp_path)
+    try:
+        live_code = Path(str(hello(live, "A")["code"]))
+        killed = start_agent(run_root, "B", tmp_path, SERVER + "\n# another version\n")
+        killed_code = Path(str(hello(killed, "B")["code"]))
+        killed.kill()  # as when the SSH connection is cut: no cleanup of its own
+        killed.wait(10)
+        assert killed_code.exists() and killed_code != live_code
+        nxt = start_agent(run_root, "C", tmp_path, SERVER + "\n# a third\n")
+        hello(nxt, "C")
+        stop(nxt)
+        assert not killed_code.exists()
+        assert live_code.exists()  # its agent still holds it
+    finally:
+        stop(live)
+
+
+def test_run_dir_symlink_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "run"
+    link.symlink_to(target)
+    with pytest.raises(AgentError, match="not a directory owned"):
+        rundir.private_dir(link)
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o777)
+    os.chmod(loose, 0o777)
+    rundir.private_dir(loose)
+    rundir.private_dir(loose / "sub")
+    for directory in (loose, loose / "sub"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    (loose / "f").symlink_to(tmp_path / "victim")
+    with pytest.raises(OSError):
+        open(loose / "f", "a+", opener=rundir.nofollow)
+    assert not (tmp_path / "victim").exists()
+
+
+def test_login_shell_chatter_is_skipped_once(caplog: pytest.LogCaptureFixture) -> None:
+    stream = io.StringIO('Welcome!\n{"hello": "fake"}\nMARK\n{"hello": {}}\n')
+    skipped = framing.skip_preamble(stream, "MARK", "root@h1:22")
+    assert skipped == ["Welcome!", '{"hello": "fake"}']
+    assert stream.readline() == '{"hello": {}}\n'
+    assert len(caplog.records) == 1 and "skipped 2 line(s)" in caplog.records[0].getMessage()
+
+
+def test_owner_marks_are_injective() -> None:
+    names = ["br x", "br_x", "br=x", "br=5Fx", "brüx", "br/x", "a" * 300, "a" * 299 + "b"]
+    marks = [identity.owner_mark("p/s/Bridge/" + n) for n in names]
+    assert len(set(marks)) == len(marks)
+    for mark in marks:
+        assert len(mark) <= 200
+        assert all(c.isalnum() or c in "_.:/@+=-" for c in mark), mark
+    assert identity.owner_mark("kvt/dev/Bridge/br") == "kvt/dev/Bridge/br"  # unchanged
+
+
+def test_allow_agent_is_a_setting_and_off_by_default() -> None:
+    assert HostSettings.from_props({"host": "h1"}).allow_agent is None
+    assert "allow_agent" not in HostSettings.from_props({"host": "h1"}).to_props()
+    assert HostSettings.from_props({"host": "h1", "allow_agent": True}).allow_agent is True
+    with pytest.raises(SettingError, match="allow_agent"):
+        HostSettings.from_props({"host": "h1", "allow_agent": "yes"})
+
+
+def test_a_key_pasted_as_a_path_is_not_echoed() -> None:
+    pasted = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAA\n"
+    with pytest.raises(SettingError) as caught:
+        HostSettings.from_props({"host": "h1", "private_key_path": pasted})
+    assert "b3BlbnNzaC1rZXkt" not in str(caught.value)
+    assert "not shown" in str(caught.value)
+    with pytest.raises(SettingError, match="'key.pem'"):
+        HostSettings.from_props({"host": "h1", "private_key_path": "key.pem"})
+
+
+@pytest.fixture
+def clean_credentials() -> Iterator[None]:
+    credentials.configure(None, None)
+    yield
+    credentials.configure(None, None)
+
+
+def test_credentials_per_host_are_offered_to_that_host_only(
+    clean_credentials: None, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key_file)], check=True)
+    per_host = json.dumps(
+        {"198.18.0.2": {"privateKey": key_file.read_text()}, "198.18.0.3:2222": {"password": "pw3"}}
+    )
+    credentials.configure(None, "stack-wide", per_host)
+    assert credentials.configured_key("198.18.0.2", 22) is not None
+    assert credentials.configured_password("198.18.0.2", 22) is None  # not the stack-wide one
+    assert credentials.configured_key("198.18.0.3", 2222) is None
+    assert credentials.configured_password("198.18.0.3", 2222) == "pw3"
+    assert credentials.configured_password("198.18.0.3", 22) == "stack-wide"  # another port
+    assert credentials.configured_key("198.18.0.9", 22) is None
+    assert "sshCredentials[198.18.0.2]" in credentials.key_source("198.18.0.2", 22)
+
+
+def test_a_bad_per_host_map_is_named_not_echoed(clean_credentials: None) -> None:
+    credentials.configure(None, None, '{"h1": {"privateKey": "SECRET-TEXT", "colour": 1}}')
+    with pytest.raises(ValueError) as caught:
+        credentials.configured_key("h1", 22)
+    assert "kvmnet:sshCredentials" in str(caught.value)
+    assert "SECRET-TEXT" not in str(caught.value)
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_no_password_for_a_host_whose_key_was_not_checked(
+    clean_credentials: None, monkeypatch: pytest.MonkeyPatch, insecure: bool
+) -> None:
+    """What paramiko is asked to offer (its connect is stubbed: no host is contacted)."""
+    from kvmnet_provider.connection import ssh
+
+    offered: dict[str, object] = {}
+
+    def connect(_client: object, **kwargs: object) -> None:
+        offered.update(kwargs)
+
+    monkeypatch.setattr(ssh, "open_tcp", lambda *_: None)
+    monkeypatch.setattr(ssh.paramiko.SSHClient, "connect", connect)
+    credentials.configure(None, "pw")
+    conn = {"host": "198.18.0.2", "insecure_accept_any_host_key": insecure}
+    if not insecure:
+        conn["known_hosts"] = "/nonexistent/known_hosts"  # checked (by the stubbed connect)
+    ssh.connect(HostSettings.from_props(conn))
+    assert ("password" in offered) is not insecure
+    assert offered["allow_agent"] is False and offered["look_for_keys"] is False
+
+
+def test_run_dir_documents_are_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    doc = tmp_path / "forwarding.json"
+    doc.symlink_to(victim)
+    with pytest.raises(OSError):
+        rundir.read_text(doc)
+    (tmp_path / "forwarding.json.tmp").symlink_to(victim)
+    with pytest.raises(OSError):
+        rundir.replace_text(doc, "{}")
+    (tmp_path / "forwarding.json.tmp").unlink()
+    rundir.replace_text(doc, "{}")  # the link itself is replaced, its target left alone
+    assert not doc.is_symlink() and doc.read_text() == "{}"
+    assert victim.read_text() == "precious"
+    assert rundir.read_text(tmp_path / "absent.json") is None

@@ -1,0 +1,75 @@
+"""The stack program's config checks (pure: config set in-process, no engine)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pulumi
+import pytest
+
+from kvmnet_provider.errors import ConfigError
+from kvmnet_provider.program_checks import check_stack_config
+
+DEFAULTS = ["g1", "g2"]
+
+
+@pytest.fixture
+def config() -> Iterator[dict[str, str]]:
+    values: dict[str, str] = {}
+    yield values
+    pulumi.runtime.set_all_config({})
+
+
+def checked(values: dict[str, object]) -> None:
+    pulumi.runtime.set_all_config(
+        {f"kvmnet:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+    )
+    check_stack_config(pulumi.Config("kvmnet"), DEFAULTS)
+
+
+def test_the_defaults_pass(config: dict[str, str]) -> None:
+    checked({})
+    checked({"model": "routed", "subnet": "10.0.2.0/24", "gateway": "10.0.2.1"})
+
+
+@pytest.mark.parametrize(
+    "values, line",
+    [
+        ({"model": "nat6"}, "kvmnet:model: unknown model 'nat6'"),
+        ({"subnet": "10.0.1.0/33"}, "kvmnet:subnet: '10.0.1.0/33' is not an IPv4 network"),
+        ({"gateway": "10.0.2.1"}, "kvmnet:gateway: 10.0.2.1 is not inside subnet 10.0.1.0/24"),
+        ({"host": {"host": "h1", "colour": "blue"}}, "kvmnet:host.colour: unknown setting"),
+        ({"host": {"host": "h1", "private_key_path": "-----BEGIN KEY-----x"}}, "not shown"),
+        ({"firewallBackend": "pf"}, "kvmnet:firewallBackend: must be one of auto, iptables"),
+        ({"guests": {"name": "g1"}}, "kvmnet:guests: must be a list"),
+        ({"guests": [{"name": "g 1"}]}, "kvmnet:guests[0].name: must be 1-32 characters"),
+        ({"guests": [{"name": "g1", "memory_mib": 1}]}, "kvmnet:guests[0].memory_mib:"),
+        ({"guests": [{"name": "g1", "address": 11}]}, "kvmnet:guests[0].address: must be an IPv4"),
+        ({"guests": [{"name": "g1", "ram": 1}]}, "kvmnet:guests[0].ram: unknown key"),
+        (
+            {"portForwards": [{"guest": "g9", "guest_port": 80, "host_port": 8080}]},
+            "kvmnet:portForwards[0].guest: 'g9' is not one of kvmnet:guests ['g1', 'g2']",
+        ),
+        (
+            {"portForwards": [{"guest": "g1", "guest_port": 0, "host_port": 8080}]},
+            "kvmnet:portForwards[0].guest_port: must be between 1 and 65535, got 0",
+        ),
+        (
+            {"portForwards": [{"guest": "g1", "guest_port": 80, "host_port": 80, "protocol": "x"}]},
+            "kvmnet:portForwards[0].protocol: must be tcp or udp",
+        ),
+    ],
+)
+def test_bad_config_names_the_key(
+    config: dict[str, str], values: dict[str, object], line: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        checked(values)
+    assert line in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_memory_is_reported_as_given(config: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=r"got 1$"):
+        checked({"guests": [{"name": "g1", "memory_mib": 1.0}]})
