@@ -146,7 +146,8 @@ def test_fleet_collision_on_one_host_fails_the_program() -> None:
     )
     with pytest.raises(
         ValueError,
-        match=r"h1-nat2: guests\[0\] \(g2\)\.tap: vif1\.0 is already used on host 192\.0\.2\.1 by h1-nat",
+        match=r"h1-nat2: guests\[0\] \(g2\)\.tap: vif1\.0 is already used on host "
+        r"192\.0\.2\.1 by h1-nat",
     ):
         run_fleet()
 
