@@ -26,8 +26,8 @@ import pulumi
 
 from .connection import HostSettings
 from .connection.settings import SettingError
-from .models import NetworkArgs, PortForwardSpec, network_for_model
-from .program import guest_specs
+from .models import NetworkArgs, network_for_model
+from .program import guest_specs, port_forward_specs
 from .resources import Bridge
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -81,15 +81,7 @@ def network_args(
         accelerator=cfg.get("accelerator") or "auto",
         bridge_addresses_override=raw.get("bridgeAddresses") or (),
         rollback_seconds=int(raw.get("rollbackSeconds") or 30),
-        port_forwards=[
-            PortForwardSpec(
-                guest=f["guest"],
-                guest_port=int(f["guest_port"]),
-                host_port=int(f["host_port"]),
-                protocol=f.get("protocol", "tcp"),
-            )
-            for f in raw.get("portForwards") or []
-        ],
+        port_forwards=port_forward_specs(raw.get("portForwards")),
     )
     return name, model, args
 

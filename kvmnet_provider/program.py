@@ -99,6 +99,19 @@ def guest_specs(
     return guests
 
 
+def port_forward_specs(raw: list[dict[str, Any]] | None) -> list[PortForwardSpec]:
+    """PortForwardSpecs of a network's `portForwards` list (checked by program_checks)."""
+    return [
+        PortForwardSpec(
+            guest=f["guest"],
+            guest_port=int(f["guest_port"]),
+            host_port=int(f["host_port"]),
+            protocol=f.get("protocol", "tcp"),
+        )
+        for f in raw or []
+    ]
+
+
 def build() -> None:
     cfg = pulumi.Config("kvmnet")
     if cfg.get_object("hosts") is not None:
@@ -122,15 +135,7 @@ def build() -> None:
         accelerator=cfg.get("accelerator") or "auto",
         bridge_addresses_override=cfg.get_object("bridgeAddresses") or (),
         rollback_seconds=cfg.get_int("rollbackSeconds") or 30,
-        port_forwards=[
-            PortForwardSpec(
-                guest=f["guest"],
-                guest_port=int(f["guest_port"]),
-                host_port=int(f["host_port"]),
-                protocol=f.get("protocol", "tcp"),
-            )
-            for f in cfg.get_object("portForwards") or []
-        ],
+        port_forwards=port_forward_specs(cfg.get_object("portForwards")),
     )
     network = network_class(cfg.get("name") or "net", args)
     pulumi.export("model", model)
