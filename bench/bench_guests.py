@@ -20,18 +20,16 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench_nat import load, own_lab
 from kvmnet_lab.hostconfig import host_settings
-from kvmnet_lab.lab import HostStatus, Lab, fresh_lab
+from kvmnet_lab.lab import HostStatus, Lab
 from kvmnet_lab.testing.stack import TestStack
 
 MEMORY_MIB = 64
@@ -204,19 +202,6 @@ def report(rows: list[Row], stop_timeout: int, parallel: int | None, workers: in
     return "\n".join(out)
 
 
-@contextmanager
-def own_lab(base: Path) -> Iterator[tuple[Lab, HostStatus]]:
-    with fresh_lab("kg", hosts=1, base=base) as (lab, status):
-        host = status.hosts[0]
-        if not host.ssh_reachable:
-            raise RuntimeError(f"lab {lab.name}: SSH does not reach {host.address}")
-        yield lab, host
-
-
-def load() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--guests", default="4,12,24", help="guest counts, comma separated")
@@ -237,7 +222,7 @@ def main() -> int:
     start = time.monotonic()
     print(f"load at start: {load()}", flush=True)
     try:
-        with own_lab(work / "lab") as (lab, h):
+        with own_lab(work / "lab", prefix="kg") as (lab, h):
             print(f"lab {lab.name}: host {h.address} ({h.namespace})", flush=True)
             for n in counts:
                 rows.append(bench_one(lab, h, n, args, work, disks))

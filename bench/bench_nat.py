@@ -40,8 +40,9 @@ from nat_workload import (
 
 # --- driver --------------------------------------------------------------------------------
 @contextmanager
-def own_lab(base: Path) -> Iterator[tuple[Lab, HostStatus]]:
-    with fresh_lab("kb", hosts=1, base=base) as (lab, status):
+def own_lab(base: Path, prefix: str = "kb") -> Iterator[tuple[Lab, HostStatus]]:
+    """A one-host lab of the bench's own (`<prefix><hex>`), always taken down."""
+    with fresh_lab(prefix, hosts=1, base=base) as (lab, status):
         host = status.hosts[0]
         if not host.ssh_reachable:
             raise RuntimeError(f"lab {lab.name}: SSH does not reach {host.address}")

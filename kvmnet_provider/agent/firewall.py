@@ -17,6 +17,7 @@ from typing import Any
 import iptc  # type: ignore[import-untyped]
 
 from ..spec import validate
+from . import fwplan
 from .errors import AgentError
 
 MARK_PREFIX = "kvmnet:"
@@ -107,16 +108,8 @@ def masquerade_read(owner: str) -> dict[str, Any]:
 
 
 def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    owner = validate.owner(spec["owner"])
-    source = validate.network(spec["source"])
-    out_if = validate.ifname(spec["out_interface"]) if spec.get("out_interface") else None
-    want = {
-        "source": source,
-        "destination_excluded": True,
-        "destination": source,
-        "out_interface": out_if,
-        "target": "MASQUERADE",
-    }
+    owner, want = fwplan.masquerade_want(spec)
+    source, out_if = want["source"], want["out_interface"]
 
     def build() -> Any:
         rule = iptc.Rule()

@@ -548,16 +548,8 @@ def _nat_ensure(
 
 
 def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    owner = validate.owner(spec["owner"])
-    source = validate.network(spec["source"])
-    out_if = validate.ifname(spec["out_interface"]) if spec.get("out_interface") else None
-    want = {
-        "source": source,
-        "destination_excluded": True,
-        "destination": source,
-        "out_interface": out_if,
-        "target": "MASQUERADE",
-    }
+    owner, want = fwplan.masquerade_want(spec)
+    source, out_if = want["source"], want["out_interface"]
     expr = [_match(_ip("saddr"), _net(source)), _match(_ip("daddr"), _net(source), "!=")]
     if out_if:
         expr.append(_match(_meta("oifname"), out_if))

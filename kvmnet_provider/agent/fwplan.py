@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..spec import validate
 
@@ -193,3 +194,17 @@ def cidr(value: str | None) -> str | None:
         return None
     net = ipaddress.ip_network(value, strict=False)
     return None if net.prefixlen == 0 else str(net)
+
+
+def masquerade_want(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(owner, the rule as read back) of a masquerade.ensure request, for either backend."""
+    source = validate.network(spec["source"])
+    out_if = validate.ifname(spec["out_interface"]) if spec.get("out_interface") else None
+    want = {
+        "source": source,
+        "destination_excluded": True,
+        "destination": source,
+        "out_interface": out_if,
+        "target": "MASQUERADE",
+    }
+    return validate.owner(spec["owner"]), want
