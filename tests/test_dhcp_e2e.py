@@ -17,7 +17,7 @@ from kvmnet_lab.hostconfig import lab_stack_config
 from kvmnet_lab.lab import Lab, LabStatus
 from kvmnet_lab.testing.console import GuestConsole
 from kvmnet_lab.testing.guest import guest_image_dir
-from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
 from kvmnet_lab.testing.stack import TestStack
 
 pytestmark = pytest.mark.e2e
@@ -191,3 +191,66 @@ def test_bad_dhcp_input_fails_at_preview(
         assert prop in said, (prop, said)
         assert "Traceback" not in said, said
     assert diff_snapshots(before, host_snapshot(lab_api, host_ns)) == []
+
+
+# --- a host whose INPUT policy is DROP, in both firewall backends ---------------------------------
+LEGACY, NFT = "iptables-legacy", "iptables-nft"
+
+
+def input_drop_host(lab_api: Lab, ns: str, tool: str, ssh_port: int) -> None:
+    """INPUT policy DROP, letting in only SSH (the lab's way in) and replies."""
+    for args in (
+        ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
+        ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+        ["-A", "INPUT", "-p", "tcp", "--dport", str(ssh_port), "-j", "ACCEPT"],
+        ["-P", "INPUT", "DROP"],
+    ):
+        run_in(lab_api, ns, [tool, *args])
+
+
+def nft_rules(lab_api: Lab, ns: str) -> str:
+    """`nft list ruleset` without its counters (volatile)."""
+    out = run_in(lab_api, ns, ["nft", "list", "ruleset"])
+    return re.sub(r"counter packets \d+ bytes \d+", "counter", out)
+
+
+def undo_input_drop(lab_api: Lab, ns: str, tool: str) -> None:
+    for args in (["-P", "INPUT", "ACCEPT"], ["-F", "INPUT"]):
+        run_in(lab_api, ns, [tool, *args], check=False)
+    if tool == NFT:
+        run_in(lab_api, ns, ["nft", "delete", "table", "ip", "filter"], check=False)
+
+
+@pytest.mark.parametrize("tool", [LEGACY, NFT])
+def test_dhcp_and_dns_on_an_input_drop_host(
+    tool: str, dhcp_stack: TestStack, lab: LabStatus, lab_api: Lab
+) -> None:
+    host = lab.hosts[0]
+    ns = host.namespace
+    input_drop_host(lab_api, ns, tool, host.port)
+    try:
+        before = host_snapshot(lab_api, ns)
+        nft_before = nft_rules(lab_api, ns)
+        dhcp_stack.config("kvmnet:model", "nat")
+        dhcp_stack.up()
+        (server,) = dhcp_stack.resources("DhcpServer")
+        assert server["outputs"]["backend"] == ("iptables" if tool == LEGACY else "nftables")
+        save = run_in(lab_api, ns, [tool + "-save", "-t", "filter"])
+        first = next(line for line in save.splitlines() if line.startswith("-A INPUT "))
+        assert first == "-A INPUT -m comment --comment kvmnet -j KVMNET_INP", save
+        guests = dhcp_stack.outputs()["guests"]
+        with (
+            GuestConsole(guests["g1"]["console"]) as g1,
+            GuestConsole(guests["g2"]["console"]) as g2,
+        ):
+            g1.wait_ready(120)
+            g2.wait_ready(120)
+            assert eth0_address(g1) == "10.0.1.11"
+            assert resolves(g1, "g2.kvm.internal") == ["10.0.1.12"]
+            assert resolves(g2, "g1.kvm.internal") == ["10.0.1.11"]
+        dhcp_stack.preview_no_changes()
+        dhcp_stack.destroy()
+        assert diff_snapshots(before, host_snapshot(lab_api, ns)) == []
+        assert nft_rules(lab_api, ns) == nft_before
+    finally:
+        undo_input_drop(lab_api, ns, tool)
