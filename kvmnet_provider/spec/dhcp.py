@@ -25,7 +25,7 @@ def domain(value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > 253:
         raise InvalidInput(f"must be a DNS domain such as kvm.internal, got {value!r}")
     labels = value.lower().split(".")
-    if not all(LABEL_RE.match(label) for label in labels):
+    if not all(LABEL_RE.fullmatch(label) for label in labels):
         raise InvalidInput(
             f"must be a DNS domain of labels [a-z0-9-] (1-63 characters, no leading or "
             f"trailing '-') joined by '.', got {value!r}"
@@ -35,7 +35,7 @@ def domain(value: object) -> str:
 
 def hostname(value: object) -> str:
     """A guest's name as a DNS label (its hostname in DHCP and in DNS)."""
-    if not isinstance(value, str) or not LABEL_RE.match(value.lower()):
+    if not isinstance(value, str) or not LABEL_RE.fullmatch(value.lower()):
         raise InvalidInput(
             f"must be a DNS label (1-63 of [a-z0-9-], no leading or trailing '-') to be a "
             f"hostname, got {value!r}"
