@@ -44,10 +44,12 @@ WITH_STRAY = textwrap.dedent(
     guests = [
         GuestSpec(name=n, tap=f"vif{i}.0", mac=f"52:54:00:00:01:0{i}", address=a,
                   kernel=kernel, initrd=initrd, cmdline=cmdline(n), stop_timeout=2)
-        for i, (n, a) in enumerate((("g1", "10.0.1.11"), ("g2", "10.0.1.12")), start=1)
+        for i, (n, a) in enumerate(
+            (("g1", "10.0.1.11"), ("g2", cfg.get("g2Address") or "10.0.1.12")), start=1)
     ]
     net = NatNetwork("net", NetworkArgs(connection=conn, gateway="10.0.1.254", guests=guests,
-                                        domain="lab.test", accelerator="tcg"))
+                                        domain=cfg.get("domain") or "lab.test",
+                                        accelerator="tcg"))
     tap = TapPort("stray-tap", TapPortArgs(connection=conn, name="vif9.0", bridge=net.bridge),
                   pulumi.ResourceOptions(depends_on=[net.dhcp]))
     stray = QemuGuest("stray", QemuGuestArgs(
@@ -149,6 +151,29 @@ def test_dhcp_leases_dns_and_dnsmasq_drift(
         assert kept["52:54:00:00:09:09"] == str(stray_address), kept
         # The restarted server answers again.
         assert resolves(g1, "g2.lab.test") == ["10.0.1.12"]
+        dhcp_stack.preview_no_changes()
+
+        # Changing a guest's reservation touches only the hosts files: a SIGHUP, same
+        # dnsmasq, the new name at once, no guest replaced and every lease kept.
+        guest_pids = {r["outputs"]["name"]: r["outputs"]["pid"]
+                      for r in dhcp_stack.resources("QemuGuest")}  # fmt: skip
+        pid = state["pid"]
+        dhcp_stack.config("kvmnet:g2Address", "10.0.1.22")
+        dhcp_stack.up()
+        state = dhcp_state(dhcp_stack)
+        assert state["pid"] == pid and state["serving"] is True
+        assert resolves(g1, "g2.lab.test") == ["10.0.1.22"]
+        # Changing the domain needs a restart: a new dnsmasq, with the leases kept.
+        dhcp_stack.config("kvmnet:domain", "other.test")
+        dhcp_stack.up()
+        state = dhcp_state(dhcp_stack)
+        assert state["pid"] != pid and state["serving"] is True
+        kept = {lease["mac"]: lease["address"] for lease in state["leases"]}
+        assert kept["52:54:00:00:01:01"] == "10.0.1.11", kept
+        assert kept["52:54:00:00:09:09"] == str(stray_address), kept
+        assert resolves(g1, "g1.other.test") == ["10.0.1.11"]
+        assert {r["outputs"]["name"]: r["outputs"]["pid"]
+                for r in dhcp_stack.resources("QemuGuest")} == guest_pids  # fmt: skip
         dhcp_stack.preview_no_changes()
 
     dhcp_stack.destroy()
