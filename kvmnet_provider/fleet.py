@@ -3,7 +3,8 @@
 `program.build()` hands over here when the stack config has `kvmnet:hosts`:
   hosts             {NAME: {connection: {host, port, user, ...} (as kvmnet:host),
                             networks: [{name, model, bridge, subnet, gateway, uplink, guests,
-                                        portForwards, bridgeAddresses, rollbackSeconds}]}}
+                                        portForwards, bridgeAddresses, rollbackSeconds,
+                                        dhcp, domain, dhcpRange}]}}
 NAME names the host in resource names (`NAME-NETWORK-...`) and outputs. Each network is a model
 of its own with its guests (keys as the one-host program's). guestImage, guestStopTimeout and
 accelerator (and firewallBackend, unless a host's connection sets firewall_backend) are the
@@ -27,7 +28,7 @@ import pulumi
 from .connection import HostSettings
 from .connection.settings import SettingError
 from .models import NetworkArgs, network_for_model
-from .program import guest_specs, port_forward_specs
+from .program import dhcp_settings, guest_specs, port_forward_specs, uses_dhcp
 from .resources import Bridge
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -42,6 +43,9 @@ NETWORK_KEYS = {
     "portForwards",
     "bridgeAddresses",
     "rollbackSeconds",
+    "dhcp",
+    "domain",
+    "dhcpRange",
 }
 
 
@@ -70,6 +74,7 @@ def network_args(
     guests = raw.get("guests") or []
     if not isinstance(guests, list):
         raise ValueError(f"{prop}.guests: must be a list of guests")
+    dhcp = dhcp_settings(raw, f"{prop}.")
     args = NetworkArgs(
         connection=connection,
         bridge=raw.get("bridge") or "br-in",
@@ -77,11 +82,14 @@ def network_args(
         gateway=gateway,
         uplink=raw.get("uplink"),
         # MACs must differ across a host's networks: each network gets its own default block.
-        guests=guest_specs(guests, cfg, subnet, gateway, mac_block=ordinal),
+        guests=guest_specs(
+            guests, cfg, subnet, gateway, mac_block=ordinal, dhcp=uses_dhcp(model, dhcp["dhcp"])
+        ),
         accelerator=cfg.get("accelerator") or "auto",
         bridge_addresses_override=raw.get("bridgeAddresses") or (),
         rollback_seconds=int(raw.get("rollbackSeconds") or 30),
         port_forwards=port_forward_specs(raw.get("portForwards")),
+        **dhcp,
     )
     return name, model, args
 

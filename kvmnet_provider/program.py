@@ -9,10 +9,16 @@ host's connection and the test image's paths into it.
                     kvmnet:sshPassword, or per host kvmnet:sshCredentials, set with --secret)
   bridge            bridge name (br-in); subnet (10.0.1.0/24); gateway (routed/NAT: 10.0.1.254)
   uplink            NAT: limit the masquerade to this NIC; bridged: the NIC to bridge (eth0)
-  guests            [{name, address, mac?, tap?, memory_mib?, disks?, stop_timeout?}]
+  guests            [{name, address?, mac?, tap?, memory_mib?, disks?, stop_timeout?}]
+                    (with DHCP, `address` is the guest's static lease; none: one from the range)
+  dhcp              routed/NAT: DHCP and DNS on the bridge (dnsmasq); default true there,
+                    false (and not allowed) for isolated and bridged
+  domain            the network's DNS domain (kvm.internal): guests are NAME.DOMAIN
+  dhcpRange         [start, end] of the dynamic range (default: the subnet's upper half)
   portForwards      NAT: [{guest, guest_port, host_port, protocol?}] (DNAT from the host's port)
   guestImage        {kernel, initrd}: paths on the host for direct boot (the guest gets
-                    kvmnet.ip= / kvmnet.gw= / kvmnet.name= on its kernel command line)
+                    kvmnet.ip= / kvmnet.gw= / kvmnet.name= on its kernel command line;
+                    kvmnet.ip=dhcp on a network with DHCP)
   guestStopTimeout  seconds to wait for a guest's ACPI power-down (default 10)
   accelerator       auto | kvm | tcg
   bridgeAddresses   bridged: addresses for the bridge instead of the NIC's; rollbackSeconds
@@ -30,10 +36,12 @@ import pulumi
 
 from .connection import HostSettings
 from .connection.settings import SettingError
+from .errors import ConfigError
 from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
 from .program_checks import check_stack_config
 from .resources import Bridge
 
+NS = "kvmnet"
 DEFAULT_GUESTS = [{"name": "g1", "address": "10.0.1.11"}, {"name": "g2", "address": "10.0.1.12"}]
 
 
@@ -54,9 +62,32 @@ def guest_image(cfg: pulumi.Config) -> tuple[str | None, str | None]:
     return None, None
 
 
-def guests_from_config(cfg: pulumi.Config, subnet: str, gateway: str | None) -> list[GuestSpec]:
+def guests_from_config(
+    cfg: pulumi.Config, subnet: str, gateway: str | None, dhcp: bool = False
+) -> list[GuestSpec]:
     raw: list[dict[str, Any]] = cfg.get_object("guests") or DEFAULT_GUESTS
-    return guest_specs(raw, cfg, subnet, gateway)
+    return guest_specs(raw, cfg, subnet, gateway, dhcp=dhcp)
+
+
+def uses_dhcp(model: str, dhcp: object) -> bool:
+    """Whether the network runs DHCP (as the model decides: see models.dhcp_enabled)."""
+    return model in ("routed", "nat") if dhcp is None else bool(dhcp)
+
+
+def dhcp_settings(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    """NetworkArgs' dhcp, domain and dhcp_range from stack config values (`key` prefixes
+    the names in errors)."""
+    dhcp, domain, rng = raw.get("dhcp"), raw.get("domain"), raw.get("dhcpRange")
+    if dhcp is not None and not isinstance(dhcp, bool):
+        raise ConfigError(f"{key}dhcp", f"must be true or false, got {dhcp!r}")
+    if domain is not None and not isinstance(domain, str):
+        raise ConfigError(f"{key}domain", f"must be a DNS domain, got {domain!r}")
+    if rng is not None and (not isinstance(rng, list) or len(rng) != 2):
+        raise ConfigError(f"{key}dhcpRange", f"must be [start, end], got {rng!r}")
+    out: dict[str, Any] = {"dhcp": dhcp, "dhcp_range": tuple(rng) if rng else None}
+    if domain is not None:
+        out["domain"] = domain
+    return out
 
 
 def guest_specs(
@@ -65,9 +96,11 @@ def guest_specs(
     subnet: str,
     gateway: str | None,
     mac_block: int = 1,
+    dhcp: bool = False,
 ) -> list[GuestSpec]:
     """GuestSpecs of a network's `guests` list; image and stop timeout from the stack's.
-    A guest without a MAC gets 52:54:00:00:<mac_block>:<its position>."""
+    A guest without a MAC gets 52:54:00:00:<mac_block>:<its position>. On a network with
+    DHCP the test image asks for its address by DHCP (kvmnet.ip=dhcp)."""
     stop_timeout = cfg.get_int("guestStopTimeout") or 10
     kernel, initrd = guest_image(cfg)
     prefix = ipaddress.ip_network(subnet).prefixlen
@@ -77,11 +110,13 @@ def guest_specs(
         cmdline = None
         if kernel:
             # The test image configures eth0 from these (see scripts/guest-init).
-            cmdline = (
-                f"console=ttyS0 quiet kvmnet.name={name} kvmnet.ip={guest['address']}/{prefix}"
-            )
-            if gateway:
-                cmdline += f" kvmnet.gw={gateway}"
+            cmdline = f"console=ttyS0 quiet kvmnet.name={name}"
+            if dhcp:
+                cmdline += " kvmnet.ip=dhcp"  # address, route and DNS from the lease
+            else:
+                cmdline += f" kvmnet.ip={guest['address']}/{prefix}"
+                if gateway:
+                    cmdline += f" kvmnet.gw={gateway}"
         guests.append(
             GuestSpec(
                 name=name,
@@ -125,17 +160,19 @@ def build() -> None:
     subnet = cfg.get("subnet") or "10.0.1.0/24"
     gateway = None if model == "isolated" else cfg.get("gateway") or "10.0.1.254"
     uplink = cfg.get("uplink")
+    dhcp = dhcp_settings({k: cfg.get_object(k) for k in ("dhcp", "domain", "dhcpRange")}, f"{NS}:")
     args = NetworkArgs(
         connection=connection_from_config(cfg),
         bridge=cfg.get("bridge") or "br-in",
         subnet=subnet,
         gateway=gateway,
         uplink=uplink,
-        guests=guests_from_config(cfg, subnet, gateway),
+        guests=guests_from_config(cfg, subnet, gateway, uses_dhcp(model, dhcp["dhcp"])),
         accelerator=cfg.get("accelerator") or "auto",
         bridge_addresses_override=cfg.get_object("bridgeAddresses") or (),
         rollback_seconds=cfg.get_int("rollbackSeconds") or 30,
         port_forwards=port_forward_specs(cfg.get_object("portForwards")),
+        **dhcp,
     )
     network = network_class(cfg.get("name") or "net", args)
     pulumi.export("model", model)
@@ -158,3 +195,5 @@ def build() -> None:
             for g in args.guests
         },
     )
+    if network.dhcp is not None:
+        pulumi.export("leases", network.dhcp.leases)

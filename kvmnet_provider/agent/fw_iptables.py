@@ -275,3 +275,78 @@ def forward_remove(owner: str) -> dict[str, Any]:
     finally:
         table.autocommit = True
     return {"removed": removed}
+
+
+# --- INPUT: what a network's DHCP/DNS server needs (fwplan.InputRules) ------------------------
+# One chain KVMNET_INP, reached by one jump (comment "kvmnet") at the top of filter INPUT, so
+# its accepts run before the host's own rules and a DROP policy; the rules carry the owner.
+INPUT_CHAIN = "KVMNET_INP"
+
+
+def input_read(owner: str, net: fwplan.InputRules | None = None) -> dict[str, Any]:
+    mark = firewall.MARK_PREFIX + owner
+    table = _filter()
+    chain = _chain(table, INPUT_CHAIN)
+    ours = [] if chain is None else [r for r in chain.rules if firewall.comment(r) == mark]
+    rules = [d.to_wire() if (d := describe(r)) else {"unknown": True} for r in ours]
+    jumps = [r for r in iptc.Chain(table, "INPUT").rules if _is_jump(r, INPUT_CHAIN)]
+    problems = []
+    if rules and not jumps:
+        problems.append(f"the jump to {INPUT_CHAIN} is missing from filter INPUT")
+    if net is not None and rules and rules != [r.to_wire() for r in net.rules()]:
+        problems.append("the DHCP/DNS input rules differ from what kvmnet installs")
+    jump = "filter INPUT" if jumps else None
+    return {"backend": NAME, "rules": rules, "count": len(rules), "jump": jump,
+            "problems": problems}  # fmt: skip
+
+
+def input_ensure(owner: str, net: fwplan.InputRules) -> dict[str, Any]:
+    mark = firewall.MARK_PREFIX + owner
+    current = input_read(owner, net)
+    if current["count"] and not current["problems"]:
+        return current
+    table = _filter()
+    table.autocommit = False
+    try:
+        if not table.is_chain(INPUT_CHAIN):
+            table.create_chain(INPUT_CHAIN)
+        top = iptc.Chain(table, "INPUT")
+        if not any(_is_jump(r, INPUT_CHAIN) for r in top.rules):
+            top.insert_rule(_jump(INPUT_CHAIN), 0)
+        chain = iptc.Chain(table, INPUT_CHAIN)
+        for rule in [r for r in chain.rules if firewall.comment(r) == mark]:
+            chain.delete_rule(rule)
+        for rule in net.rules():
+            chain.append_rule(_build(rule, mark))
+        table.commit()
+    except iptc.IPTCError as exc:
+        raise AgentError("failed", f"iptables refused the DHCP/DNS input rules: {exc}") from None
+    finally:
+        table.autocommit = True
+    return input_read(owner, net)
+
+
+def input_remove(owner: str) -> dict[str, Any]:
+    mark = firewall.MARK_PREFIX + owner
+    table = _filter()
+    chain = _chain(table, INPUT_CHAIN)
+    if chain is None:
+        return {"removed": 0}
+    removed = left = 0
+    table.autocommit = False
+    try:
+        for rule in list(chain.rules):
+            if firewall.comment(rule) == mark:
+                chain.delete_rule(rule)
+                removed += 1
+            else:
+                left += 1
+        if not left:  # no network's server is left: the chain and its jump go
+            top = iptc.Chain(table, "INPUT")
+            for rule in [r for r in top.rules if _is_jump(r, INPUT_CHAIN)]:
+                top.delete_rule(rule)
+            table.delete_chain(INPUT_CHAIN)
+        table.commit()
+    finally:
+        table.autocommit = True
+    return {"removed": removed}

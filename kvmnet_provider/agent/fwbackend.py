@@ -1,6 +1,6 @@
 """The firewall backend interface, the choice between the backends, and the agent's firewall ops.
 
-Two backends with the same operations (masquerade_*, dnat_*, forward_*):
+Two backends with the same operations (masquerade_*, dnat_*, forward_*, input_*):
 - "iptables": python-iptables on the legacy x_tables tables (fw_iptables.py, firewall.py);
 - "nftables": libnftables' JSON API (fw_nftables.py).
 "auto" picks the one holding the host's own firewall, so that our accepts land where its
@@ -51,6 +51,9 @@ class Backend(Protocol):
     def forward_read(self, owner: str, net: fwplan.NetworkRules | None = None) -> Any: ...
     def forward_ensure(self, owner: str, net: fwplan.NetworkRules) -> Any: ...
     def forward_remove(self, owner: str) -> dict[str, Any]: ...
+    def input_read(self, owner: str, net: fwplan.InputRules | None = None) -> Any: ...
+    def input_ensure(self, owner: str, net: fwplan.InputRules) -> Any: ...
+    def input_remove(self, owner: str) -> dict[str, Any]: ...
 
 
 @functools.cache
@@ -213,7 +216,10 @@ def handlers() -> dict[str, Any]:
             backend = choose(args)
             call = getattr(backend, method)
             with locked():
-                if net:
+                if net and method.startswith("input_"):
+                    rules = fwplan.InputRules.from_spec(args)
+                    result = call(validate.owner(args["owner"]), rules)
+                elif net:
                     spec = fwplan.NetworkRules.from_spec(args)
                     if method == "forward_ensure":
                         _check_other_backend(backend)
@@ -237,4 +243,7 @@ def handlers() -> dict[str, Any]:
         "forward.read": op("forward_read", net=True),
         "forward.ensure": op("forward_ensure", net=True),
         "forward.remove": op("forward_remove", "owner"),
+        "input.read": op("input_read", net=True),
+        "input.ensure": op("input_ensure", net=True),
+        "input.remove": op("input_remove", "owner"),
     }

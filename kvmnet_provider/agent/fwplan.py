@@ -208,3 +208,31 @@ def masquerade_want(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "target": "MASQUERADE",
     }
     return validate.owner(spec["owner"]), want
+
+
+@dataclass(frozen=True)
+class InputRules:
+    """What a network's DHCP/DNS server (dnsmasq on the bridge) needs through the host's
+    INPUT hook: DHCP requests arriving on the bridge (from 0.0.0.0 before a lease), and DNS
+    over UDP and TCP from the guests' subnet to the bridge's address. Accepts only: what
+    else reaches the host is the host's own policy."""
+
+    bridge: str
+    address: str
+    subnet: str
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, object]) -> InputRules:
+        address = str(ipaddress.IPv4Address(str(spec.get("address"))))
+        subnet = validate.network(spec.get("subnet"))
+        if ipaddress.IPv4Address(address) not in ipaddress.ip_network(subnet):
+            raise validate.InvalidInput(f"address {address} is not inside subnet {subnet}")
+        return cls(validate.ifname(spec.get("bridge")), address, subnet)
+
+    def rules(self) -> list[Rule]:
+        br, net, dns = self.bridge, self.subnet, f"{self.address}/32"
+        return [
+            Rule("accept", iif=br, proto="udp", dport=67),
+            Rule("accept", iif=br, src=net, dst=dns, proto="udp", dport=53),
+            Rule("accept", iif=br, src=net, dst=dns, proto="tcp", dport=53),
+        ]

@@ -35,10 +35,11 @@ COMPONENTS = {
 Handler = Callable[[dict[str, Any]], Any]
 # Operations whose module loads at their first use: most sessions never start a guest or
 # bridge an uplink, and compiling those modules is most of the agent's own start-up.
-LAZY_MODULES = {"guest": "guests", "uplink": "uplink"}
-# Firewall ops (masquerade.*, dnat.*, forward.*, firewall.*) go through the backend the host
-# uses (fwbackend.py), loaded at the first rule operation.
-LAZY_MODULES.update({op: "fwbackend" for op in ("masquerade", "dnat", "forward", "firewall")})
+LAZY_MODULES = {"guest": "guests", "uplink": "uplink", "dhcp": "dhcp"}
+# Firewall ops (masquerade.*, dnat.*, forward.*, input.*, firewall.*) go through the backend
+# the host uses (fwbackend.py), loaded at the first rule operation.
+FIREWALL_KINDS = ("masquerade", "dnat", "forward", "input", "firewall")
+LAZY_MODULES.update({op: "fwbackend" for op in FIREWALL_KINDS})
 
 
 def missing_components() -> list[str]:

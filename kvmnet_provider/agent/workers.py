@@ -21,7 +21,7 @@ from typing import Any, TypeGuard
 
 # Kinds whose operations run in workers: each opens its own netlink socket, QMP connection
 # or subprocess, and takes the host-wide file locks that order it against other agents.
-WAITING_KINDS = ("guest", "uplink")
+WAITING_KINDS = ("guest", "uplink", "dhcp")
 
 # What a kind's operations import on the way (guests.qmp imports qemu.qmp at its first call),
 # imported on the main thread before a worker needs it: imports racing between threads have

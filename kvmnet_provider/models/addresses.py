@@ -4,7 +4,10 @@ A guest's declared address ends up on its kernel command line, where no resource
 sees it in the context of the subnet and the other guests. So here: each address is a
 plain IPv4 address inside the subnet, not its network, broadcast or gateway address, and
 unique in the network; MACs, taps and guest names are unique per host, across every network
-this program declares on that host. Failures name the network, the guest and the property.
+this program declares on that host. With DHCP (check_dhcp): the domain is a DNS name, the
+range lies in the subnet without the gateway, every static address lies outside the range,
+and every guest name is a DNS label (its hostname). Failures name the network, the guest and
+the property.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ..errors import ConfigError
+from ..spec import dhcp
 from ..spec.validate import InvalidInput, ifname, mac
 
 
@@ -85,6 +89,38 @@ def check_guests(
             _claim(host, what, value, who)
 
 
+class _DhcpNetwork(Protocol):
+    subnet: str
+    gateway: str | None
+    domain: str
+    dhcp_range: Any
+    guests: Sequence[Any]
+
+
+def check_dhcp(where: str, args: _DhcpNetwork) -> list[str]:
+    """The DHCP rules above for a network whose addresses check_guests has passed; returns
+    the dynamic range (the default one when none is given)."""
+    _valid(dhcp.domain, args.domain, f"{where}: domain")
+    subnet, gateway = str(args.subnet), args.gateway
+    if ipaddress.IPv4Network(subnet).prefixlen > 30:
+        raise ConfigError(f"{where}: subnet", f"{subnet} is too small for DHCP (at most /30)")
+    if args.dhcp_range is None:
+        rng = dhcp.default_range(subnet, gateway)
+    else:
+        rng = _valid(dhcp.dhcp_range, args.dhcp_range, f"{where}: dhcp_range")
+        problems = dhcp.range_problems(subnet, gateway, rng)
+        if problems:
+            raise ConfigError(f"{where}: dhcp_range", problems[0])
+    for index, guest in enumerate(args.guests):
+        who = f"{where}: guests[{index}] ({guest.name})"
+        _valid(dhcp.hostname, guest.name, f"{who}.name")
+        if guest.address is not None:
+            problem = dhcp.address_problem(subnet, gateway, rng, guest.address)
+            if problem:
+                raise ConfigError(f"{who}.address", problem)
+    return list(rng)
+
+
 def _claim(host: tuple[str, int], what: str, value: str, who: str) -> None:
     key = (host[0], host[1], what, value)
     other = _claimed.setdefault(key, who)
@@ -92,9 +128,9 @@ def _claim(host: tuple[str, int], what: str, value: str, who: str) -> None:
         raise ConfigError(f"{who}.{what}", f"{value} is already used on host {host[0]} by {other}")
 
 
-def _valid(rule: Any, value: object, key: str) -> str:
+def _valid(rule: Any, value: object, key: str) -> Any:
     try:
-        result: str = rule(value)
+        result = rule(value)
     except InvalidInput as exc:
         raise ConfigError(key, str(exc)) from None
     return result

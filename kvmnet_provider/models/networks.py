@@ -3,6 +3,8 @@
 - isolated: a bridge with no address; guests' taps on it; nothing else.
 - routed: the bridge carries the guests' gateway address and the host forwards IP.
 - NAT: routed plus `-s NET ! -d NET -j MASQUERADE` (optionally `-o UPLINK`).
+Routed and NAT networks get a DhcpServer (dnsmasq on the bridge: DHCP with a static lease per
+guest, DNS `<guest>.<domain>`) unless `dhcp=False`; their guests start after it.
 Each guest gets a TapPort on the bridge and a QemuGuest attached to it. Every model also gets
 its ForwardRules (one per network, not per tap): what its bridge lets through the host's
 filter FORWARD hook, so that a DROP policy (Docker's) and br_netfilter do not cut it off.
@@ -32,9 +34,11 @@ from ..resources import (
     TapPort,
     TapPortArgs,
 )
+from ..resources.dhcp import DhcpHost, DhcpServer, DhcpServerArgs
 from ..resources.forward_rules import ForwardRules, ForwardRulesArgs
 from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
-from .addresses import check_guests, subnet_and_gateway
+from ..spec.dhcp import DEFAULT_DOMAIN
+from .addresses import check_dhcp, check_guests, subnet_and_gateway
 from .collisions import claim
 
 MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork")
@@ -47,7 +51,9 @@ class GuestSpec:
     name: str
     tap: str
     mac: str
-    address: str | None = None  # informational: the guest configures its own address
+    # With DHCP: the guest's static lease (None: an address from the range). Without: what
+    # the guest configures itself (informational).
+    address: str | None = None
     memory_mib: int = 128
     vcpus: int = 1
     kernel: str | None = None
@@ -82,6 +88,22 @@ class NetworkArgs:
     port_forwards: Sequence[PortForwardSpec] = ()
     guests: Sequence[GuestSpec] = field(default_factory=list)
     accelerator: str = "auto"
+    # DHCP/DNS (dnsmasq) on the bridge: None = on for routed and NAT (the bridge has an
+    # address), off otherwise; True on isolated or bridged is an error.
+    dhcp: bool | None = None
+    domain: str = DEFAULT_DOMAIN  # guests are <name>.<domain> in the network's DNS
+    dhcp_range: tuple[str, str] | None = None  # default: the upper half of the subnet
+
+
+def dhcp_enabled(model: str, args: NetworkArgs) -> bool:
+    """Whether a network of `model` runs a DHCP server (ConfigError if it cannot)."""
+    if args.dhcp is None:
+        return model in ("routed", "nat")
+    if args.dhcp and model not in ("routed", "nat"):
+        raise ConfigError(
+            "dhcp", f"a {model} network's bridge has no address to serve from; use routed or nat"
+        )
+    return bool(args.dhcp)
 
 
 class _Network(pulumi.ComponentResource):
@@ -92,6 +114,9 @@ class _Network(pulumi.ComponentResource):
     ) -> None:
         host = (args.connection.host, args.connection.port)
         check_guests(resource_name, host, args.subnet, args.gateway, args.guests)
+        self.dhcp_enabled = dhcp_enabled(self.model, args)
+        if self.dhcp_enabled:
+            check_dhcp(resource_name, args)
         # Aliases to the other models' types keep the children's URNs across a model switch,
         # so NAT -> routed removes the masquerade rule and leaves the bridge and guests alone.
         others = [m for m in MODEL_TYPES if m != type(self).__name__]
@@ -105,6 +130,10 @@ class _Network(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.bridge = self.make_bridge(resource_name, child)
         self.extras = self.host_setup(resource_name, child)
+        self.dhcp: DhcpServer | None = None
+        if self.dhcp_enabled:
+            self.dhcp = self.dhcp_server(resource_name, child)
+            self.extras.append(self.dhcp)
         self.taps: dict[str, TapPort] = {}
         self.guests: dict[str, QemuGuest] = {}
         for guest in args.guests:
@@ -141,6 +170,7 @@ class _Network(pulumi.ComponentResource):
                     name: {"pid": g.pid, "console": g.console_socket, "accelerator": g.accelerator}
                     for name, g in self.guests.items()
                 },
+                **({"leases": self.dhcp.leases} if self.dhcp else {}),
             }
         )
 
@@ -158,6 +188,23 @@ class _Network(pulumi.ComponentResource):
 
     def bridge_addresses(self) -> list[str]:
         return []
+
+    def dhcp_server(self, resource_name: str, opts: pulumi.ResourceOptions) -> DhcpServer:
+        args = self.args
+        assert args.gateway is not None  # routed and NAT require it (bridge_addresses)
+        return DhcpServer(
+            f"{resource_name}-dhcp",
+            DhcpServerArgs(
+                connection=args.connection,
+                bridge=self.bridge.name,  # after the bridge and its address
+                subnet=args.subnet,
+                gateway=args.gateway,
+                domain=args.domain,
+                dhcp_range=args.dhcp_range,
+                hosts=[DhcpHost(g.name, g.mac, g.address) for g in args.guests],
+            ),
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[self.bridge])),
+        )
 
     def host_setup(self, resource_name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
         return [self.forward_rules(resource_name, opts)]

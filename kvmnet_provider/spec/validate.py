@@ -23,7 +23,7 @@ class InvalidInput(ValueError):
 
 
 def ifname(value: object) -> str:
-    if not isinstance(value, str) or not IFNAME_RE.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not IFNAME_RE.fullmatch(value) or value in (".", ".."):
         raise InvalidInput(
             f"must be an interface name of 1-15 characters from [A-Za-z0-9_.-], got {value!r}"
         )
@@ -71,7 +71,7 @@ def network(value: object) -> str:
 
 
 def mac(value: object) -> str:
-    if not isinstance(value, str) or not MAC_RE.match(value.lower()):
+    if not isinstance(value, str) or not MAC_RE.fullmatch(value.lower()):
         raise InvalidInput(f"must be a MAC address such as 52:54:00:12:34:56, got {value!r}")
     first = int(value[:2], 16)
     if first & 1:
@@ -80,13 +80,13 @@ def mac(value: object) -> str:
 
 
 def owner(value: object) -> str:
-    if not isinstance(value, str) or not OWNER_RE.match(value):
+    if not isinstance(value, str) or not OWNER_RE.fullmatch(value):
         raise InvalidInput(f"must be 1-200 characters from [A-Za-z0-9_.:/@+=-], got {value!r}")
     return value
 
 
 def user_name(value: object) -> str:
-    if not isinstance(value, str) or not USER_RE.match(value):
+    if not isinstance(value, str) or not USER_RE.fullmatch(value):
         raise InvalidInput(f"must be a POSIX user name, got {value!r}")
     return value
 

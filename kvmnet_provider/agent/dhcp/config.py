@@ -1,0 +1,109 @@
+"""dnsmasq's files for one network, as text (pure; the spec is already validated).
+
+- ``dnsmasq.conf`` what needs a restart to change: the bridge, range, domain, paths;
+- ``dhcp-hosts``  the static leases, ``MAC,ADDRESS,NAME`` (``MAC,NAME`` for a guest with no
+  address: it gets one from the range and its name in DNS);
+- ``hosts``       DNS names of the guests with an address, ``ADDRESS NAME.DOMAIN NAME``.
+The last two are re-read on SIGHUP, so a change of guests costs no restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from ...spec.dhcp import LEASE_SECONDS
+
+CONF, DHCP_HOSTS, HOSTS, LEASES, PIDFILE, LOG = (
+    "dnsmasq.conf",
+    "dhcp-hosts",
+    "hosts",
+    "leases",
+    "dnsmasq.pid",
+    "dnsmasq.log",
+)
+
+
+def conf_text(spec: dict[str, Any], run_dir: Path) -> str:
+    start, end = spec["dhcp_range"]
+    netmask = _netmask(spec["subnet"])
+    lines = [
+        "# written by kvmnet: the DHCP/DNS server of bridge " + spec["bridge"],
+        # Only the bridge: never the host's NIC, never loopback (a host resolver may hold
+        # 127.0.0.1:53 or 127.0.0.53:53), and bound to its addresses so nothing clashes.
+        f"interface={spec['bridge']}",
+        "except-interface=lo",
+        "bind-interfaces",
+        # Root's private run dir holds the hosts files dnsmasq re-reads on SIGHUP.
+        "user=root",
+        "group=root",
+        f"pid-file={run_dir / PIDFILE}",
+        f"log-facility={run_dir / LOG}",
+        "no-hosts",  # the host's /etc/hosts is not the guests' business
+        "domain-needed",
+        "bogus-priv",
+        f"domain={spec['domain']}",
+        f"local=/{spec['domain']}/",  # answered here, never forwarded upstream
+        "expand-hosts",
+        f"addn-hosts={run_dir / HOSTS}",
+        f"dhcp-range={start},{end},{netmask},{LEASE_SECONDS}",
+        f"dhcp-hostsfile={run_dir / DHCP_HOSTS}",
+        f"dhcp-leasefile={run_dir / LEASES}",
+        "dhcp-authoritative",
+        f"dhcp-option=option:router,{spec['gateway']}",
+        f"dhcp-option=option:dns-server,{spec['gateway']}",
+        f"dhcp-option=option:domain-name,{spec['domain']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def dhcp_hosts_text(spec: dict[str, Any]) -> str:
+    lines = []
+    for h in spec["hosts"]:
+        if h["address"]:
+            lines.append(f"{h['mac']},{h['address']},{h['name']}")
+        else:
+            lines.append(f"{h['mac']},{h['name']}")
+    return "".join(line + "\n" for line in lines)
+
+
+def hosts_text(spec: dict[str, Any]) -> str:
+    lines = [f"{spec['gateway']} gateway.{spec['domain']}"]
+    for h in spec["hosts"]:
+        if h["address"]:
+            lines.append(f"{h['address']} {h['name']}.{spec['domain']} {h['name']}")
+    return "".join(line + "\n" for line in lines)
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def argv(binary: str, run_dir: Path) -> list[str]:
+    # Every setting is in the conf file; --conf-file also keeps /etc/dnsmasq.conf out.
+    return [binary, f"--conf-file={run_dir / CONF}"]
+
+
+def leases(text: str | None) -> list[dict[str, Any]]:
+    """The lease file's entries: `EXPIRY MAC ADDRESS HOSTNAME CLIENTID` per line."""
+    found = []
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) < 4 or not parts[0].isdigit():
+            continue
+        found.append(
+            {
+                "expires": int(parts[0]),
+                "mac": parts[1],
+                "address": parts[2],
+                "hostname": None if parts[3] == "*" else parts[3],
+            }
+        )
+    return sorted(found, key=lambda lease: lease["address"])
+
+
+def _netmask(subnet: str) -> str:
+    import ipaddress
+
+    return str(ipaddress.IPv4Network(subnet).netmask)

@@ -1,0 +1,248 @@
+"""DHCP/DNS (issue 11 point 1) without a host: the spec's rules, dnsmasq's files, the INPUT
+rules, the model's checks at declaration and the DhcpServer provider's check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmnet_provider.agent import fwplan
+from kvmnet_provider.agent.dhcp import config
+from kvmnet_provider.errors import ConfigError
+from kvmnet_provider.models import GuestSpec, addresses
+from kvmnet_provider.models.networks import NetworkArgs, dhcp_enabled
+from kvmnet_provider.program import uses_dhcp
+from kvmnet_provider.resources.dhcp import DhcpServerProvider
+from kvmnet_provider.spec import dhcp
+from kvmnet_provider.spec.validate import InvalidInput
+
+OWNER = "kvmnet:p/s/DhcpServer/net-dhcp"
+G1 = {"name": "g1", "mac": "52:54:00:00:01:01", "address": "10.0.1.11"}
+G2 = {"name": "g2", "mac": "52:54:00:00:01:02", "address": None}
+
+
+def spec(**kw: Any) -> dict[str, Any]:
+    args = {"owner": OWNER, "bridge": "br-in", "subnet": "10.0.1.0/24", "gateway": "10.0.1.254",
+            "hosts": [G1, G2], **kw}  # fmt: skip
+    return dhcp.normalise_spec(args)
+
+
+# --- the spec ----------------------------------------------------------------------------------
+def test_default_range_is_the_upper_half_minus_the_gateway() -> None:
+    assert dhcp.default_range("10.0.1.0/24", "10.0.1.254") == ["10.0.1.128", "10.0.1.253"]
+    assert dhcp.default_range("10.0.1.0/24", "10.0.1.1") == ["10.0.1.128", "10.0.1.254"]
+    assert dhcp.default_range("192.168.0.0/16", None) == ["192.168.128.0", "192.168.255.254"]
+    assert spec()["dhcp_range"] == ["10.0.1.128", "10.0.1.253"]
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [("kvm.internal", "kvm.internal"), ("Lab.Test", "lab.test"), ("lan", "lan")],
+)
+def test_domain_accepts_dns_names(value: str, ok: str) -> None:
+    assert dhcp.domain(value) == ok
+
+
+@pytest.mark.parametrize(
+    "value", ["", "bad_domain", "-a.b", "a-.b", "a..b", "a.b.", "x" * 64, "a\nlocal=/x/", 5]
+)
+def test_domain_refuses_what_is_not_a_dns_name(value: Any) -> None:
+    with pytest.raises(InvalidInput):
+        dhcp.domain(value)
+
+
+@pytest.mark.parametrize(
+    "hosts, prop, fragment",
+    [
+        ([G1, {**G2, "mac": G1["mac"]}], "hosts[1] (g2).mac", "already g1's"),
+        ([{**G1, "address": "10.0.1.200"}], "hosts[0] (g1).address", "inside the DHCP range"),
+        ([{**G1, "address": "10.0.2.5"}], "hosts[0] (g1).address", "not inside subnet"),
+        ([{**G1, "address": "10.0.1.254"}], "hosts[0] (g1).address", "gateway"),
+        ([{**G1, "address": "10.0.1.0"}], "hosts[0] (g1).address", "network address"),
+        ([{**G1, "address": "10.0.1.255"}], "hosts[0] (g1).address", "broadcast"),
+        ([G1, {**G2, "address": "10.0.1.11"}], "hosts[1] (g2).address", "already g1's"),
+    ],
+)
+def test_cross_check_names_the_host_and_property(
+    hosts: list[dict[str, Any]], prop: str, fragment: str
+) -> None:
+    props = {"subnet": "10.0.1.0/24", "gateway": "10.0.1.254", "hosts": dhcp.hosts(hosts)}
+    failures = dhcp.cross_check(props)
+    assert failures and failures[0][0] == prop and fragment in failures[0][1], failures
+
+
+def test_range_must_lie_in_the_subnet_without_the_gateway() -> None:
+    for rng, fragment in (
+        (["10.0.1.100", "10.0.2.10"], "not inside subnet"),
+        (["10.0.1.200", "10.0.1.254"], "gateway"),
+        (["10.0.1.0", "10.0.1.20"], "network or broadcast"),
+    ):
+        props = {"subnet": "10.0.1.0/24", "gateway": "10.0.1.254", "dhcp_range": rng}
+        failures = dhcp.cross_check(props)
+        assert failures[0][0] == "dhcp_range" and fragment in failures[0][1], failures
+    with pytest.raises(InvalidInput, match="after end"):
+        dhcp.dhcp_range(["10.0.1.200", "10.0.1.100"])
+
+
+def test_values_that_could_inject_into_dnsmasq_files_are_refused() -> None:
+    bad_values = [
+        {"name": "g1\ndhcp-range=1"},
+        {"name": "g1\n"},
+        {"name": "g1,x"},
+        {"address": "10.0.1.11,x"},
+        {"mac": "52:54:00:00:01:01\n"},
+    ]
+    for bad in bad_values:
+        with pytest.raises(InvalidInput):
+            dhcp.host({**G1, **bad})
+    with pytest.raises(InvalidInput):
+        dhcp.domain("lab.test\n")
+
+
+# --- dnsmasq's files ---------------------------------------------------------------------------
+def test_conf_binds_the_bridge_only_and_keeps_its_files_in_the_run_dir(tmp_path: Path) -> None:
+    text = config.conf_text(spec(domain="lab.test"), tmp_path)
+    lines = text.splitlines()
+    for line in (
+        "interface=br-in",
+        "except-interface=lo",
+        "bind-interfaces",
+        "no-hosts",
+        "domain=lab.test",
+        "local=/lab.test/",
+        "dhcp-range=10.0.1.128,10.0.1.253,255.255.255.0,3600",
+        f"dhcp-leasefile={tmp_path}/leases",
+        f"pid-file={tmp_path}/dnsmasq.pid",
+        "dhcp-option=option:router,10.0.1.254",
+    ):
+        assert line in lines, text
+    assert not any(line.startswith(("listen-address", "port=0", "resolv-file")) for line in lines)
+    assert config.argv("/usr/sbin/dnsmasq", tmp_path) == [
+        "/usr/sbin/dnsmasq",
+        f"--conf-file={tmp_path}/dnsmasq.conf",
+    ]
+
+
+def test_hosts_files() -> None:
+    s = spec()
+    assert config.dhcp_hosts_text(s) == "52:54:00:00:01:01,10.0.1.11,g1\n52:54:00:00:01:02,g2\n"
+    assert config.hosts_text(s) == (
+        "10.0.1.254 gateway.kvm.internal\n10.0.1.11 g1.kvm.internal g1\n"
+    )
+
+
+def test_lease_file_parsing() -> None:
+    text = (
+        "1764543600 52:54:00:00:09:09 10.0.1.140 stray 01:52:54:00:00:09:09\n"
+        "1764543000 52:54:00:00:01:01 10.0.1.11 * *\n"
+        "duid 00:01:00:01\n"
+    )
+    assert config.leases(text) == [
+        {"expires": 1764543000, "mac": "52:54:00:00:01:01", "address": "10.0.1.11",
+         "hostname": None},
+        {"expires": 1764543600, "mac": "52:54:00:00:09:09", "address": "10.0.1.140",
+         "hostname": "stray"},
+    ]  # fmt: skip
+    assert config.leases(None) == []
+
+
+# --- the INPUT rules -----------------------------------------------------------------------------
+def test_input_rules() -> None:
+    rules = fwplan.InputRules.from_spec(
+        {"bridge": "br-in", "address": "10.0.1.254", "subnet": "10.0.1.0/24"}
+    )
+    assert [r.text() for r in rules.rules()] == [
+        "-i br-in -p udp --dport 67 -j ACCEPT",
+        "-i br-in -s 10.0.1.0/24 -d 10.0.1.254/32 -p udp --dport 53 -j ACCEPT",
+        "-i br-in -s 10.0.1.0/24 -d 10.0.1.254/32 -p tcp --dport 53 -j ACCEPT",
+    ]
+    with pytest.raises(InvalidInput):
+        fwplan.InputRules.from_spec(
+            {"bridge": "br-in", "address": "10.0.2.1", "subnet": "10.0.1.0/24"}
+        )
+
+
+# --- the model ---------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def fresh_claims() -> Iterator[None]:
+    addresses.forget_claims()
+    yield
+    addresses.forget_claims()
+
+
+@dataclass
+class Net:
+    subnet: str = "10.0.1.0/24"
+    gateway: str | None = "10.0.1.254"
+    domain: str = "kvm.internal"
+    dhcp_range: Any = None
+    guests: list[GuestSpec] = field(default_factory=list)
+
+
+def guest(i: int, address: str | None, name: str | None = None) -> GuestSpec:
+    return GuestSpec(name=name or f"g{i}", tap=f"vif{i}.0", mac=f"52:54:00:00:01:{i:02x}",
+                     address=address)  # fmt: skip
+
+
+def test_model_dhcp_default_and_refusal() -> None:
+    args = NetworkArgs(connection=None)  # type: ignore[arg-type]
+    assert dhcp_enabled("nat", args) and dhcp_enabled("routed", args)
+    assert not dhcp_enabled("isolated", args) and not dhcp_enabled("bridged", args)
+    args.dhcp = False
+    assert not dhcp_enabled("nat", args)
+    args.dhcp = True
+    with pytest.raises(ConfigError, match="^dhcp: "):
+        dhcp_enabled("isolated", args)
+    assert uses_dhcp("nat", None) and not uses_dhcp("nat", False) and not uses_dhcp("bridged", None)
+
+
+@pytest.mark.parametrize(
+    "net, key, fragment",
+    [
+        (Net(guests=[guest(1, "10.0.1.130")]), "net: guests[0] (g1).address", "DHCP range"),
+        (Net(guests=[guest(1, None, "g_1")]), "net: guests[0] (g_1).name", "DNS label"),
+        (Net(domain="bad_domain"), "net: domain", "DNS domain"),
+        (Net(dhcp_range=("10.0.1.10", "10.0.2.10")), "net: dhcp_range", "not inside"),
+        (
+            Net(dhcp_range=("10.0.1.10", "10.0.1.20"), guests=[guest(1, "10.0.1.15")]),
+            "net: guests[0] (g1).address",
+            "DHCP range",
+        ),  # fmt: skip
+    ],
+)
+def test_model_dhcp_checks_name_network_guest_and_property(
+    net: Net, key: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        addresses.check_dhcp("net", net)
+    assert str(caught.value).startswith(key + ": ") and fragment in str(caught.value)
+
+
+def test_model_dhcp_checks_pass_and_return_the_range() -> None:
+    net = Net(guests=[guest(1, "10.0.1.11"), guest(2, None)])
+    assert addresses.check_dhcp("net", net) == ["10.0.1.128", "10.0.1.253"]
+
+
+# --- the provider's check ------------------------------------------------------------------------
+def test_provider_check_names_the_property() -> None:
+    provider = DhcpServerProvider()
+    news = {
+        "connection": {"host": "198.18.0.2"},
+        "owner": OWNER,
+        "bridge": "br-in",
+        "subnet": "10.0.1.0/24",
+        "gateway": "10.0.1.254",
+        "domain": "kvm.internal",
+        "hosts": [G1, {**G2, "mac": G1["mac"]}],
+    }
+    result = provider.check({}, news)
+    assert [f.property for f in result.failures] == ["hosts[1] (g2).mac"]
+    result = provider.check({}, {**news, "hosts": [G1], "domain": "a_b"})
+    assert [f.property for f in result.failures] == ["domain"]
+    result = provider.check({}, {**news, "hosts": [G1]})
+    assert result.failures == []
+    assert result.inputs["serving"] is True and result.inputs["dhcp_range"] is None
