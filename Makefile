@@ -27,8 +27,11 @@ $(VENV)/.stamp: pyproject.toml lab/pyproject.toml
 
 venv: $(VENV)/.stamp
 
+# The busybox test guest and the Debian bookworm guest (cloud-init; ~2 min the first time,
+# cached by recipe hash under KVMNET_CACHE).
 image: deps
 	scripts/build-guest-image >/dev/null
+	scripts/build-debian-image >/dev/null
 
 # Lints only paths that exist. In a git checkout only the Python files git tracks (committed
 # or staged) are linted, so a colleague's untracked work in progress cannot fail the build;

@@ -9,8 +9,11 @@ host's connection and the test image's paths into it.
                     kvmnet:sshPassword, or per host kvmnet:sshCredentials, set with --secret)
   bridge            bridge name (br-in); subnet (10.0.1.0/24); gateway (routed/NAT: 10.0.1.254)
   uplink            NAT: limit the masquerade to this NIC; bridged: the NIC to bridge (eth0)
-  guests            [{name, address?, mac?, tap?, memory_mib?, disks?, stop_timeout?}]
-                    (with DHCP, `address` is the guest's static lease; none: one from the range)
+  guests            [{name, address?, mac?, tap?, memory_mib?, disks?, stop_timeout?,
+                    kernel?, initrd?, cmdline?}]
+                    (with DHCP, `address` is the guest's static lease; none: one from the range;
+                    a guest's own kernel/initrd win over guestImage, and its cmdline is used
+                    as written, e.g. `root=/dev/vda console=ttyS0` for the Debian image)
   dhcp              routed/NAT: DHCP and DNS on the bridge (dnsmasq); default true there,
                     false (and not allowed) for isolated and bridged
   domain            the network's DNS domain (kvm.internal): guests are NAME.DOMAIN
@@ -102,13 +105,15 @@ def guest_specs(
     A guest without a MAC gets 52:54:00:00:<mac_block>:<its position>. On a network with
     DHCP the test image asks for its address by DHCP (kvmnet.ip=dhcp)."""
     stop_timeout = cfg.get_int("guestStopTimeout") or 10
-    kernel, initrd = guest_image(cfg)
+    stack_kernel, stack_initrd = guest_image(cfg)
     prefix = ipaddress.ip_network(subnet).prefixlen
     guests = []
     for index, guest in enumerate(raw, start=1):
         name = guest["name"]
-        cmdline = None
-        if kernel:
+        kernel = guest.get("kernel") or stack_kernel
+        initrd = guest.get("initrd") or stack_initrd
+        cmdline = guest.get("cmdline")
+        if kernel and cmdline is None:
             # The test image configures eth0 from these (see scripts/guest-init).
             cmdline = f"console=ttyS0 quiet kvmnet.name={name}"
             if dhcp:

@@ -20,7 +20,10 @@ from .spec.guest import MEMORY_MIB, guest_name
 from .spec.validate import InvalidInput
 
 NS = "kvmnet"
-GUEST_KEYS = ("name", "address", "mac", "tap", "memory_mib", "disks", "stop_timeout")
+GUEST_KEYS = (
+    "name", "address", "mac", "tap", "memory_mib", "disks", "stop_timeout",
+    "kernel", "initrd", "cmdline",
+)
 FORWARD_KEYS = ("guest", "guest_port", "host_port", "protocol")
 
 
@@ -57,6 +60,10 @@ def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
         for field, low, high in (("memory_mib", *MEMORY_MIB), ("stop_timeout", 1, 300)):
             if field in guest:
                 _whole(guest[field], f"{key}.{field}", low, high)
+        for field in ("kernel", "initrd", "cmdline"):
+            value = guest.get(field)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{key}.{field}", f"must be a non-empty string, got {value!r}")
         address = guest.get("address")
         if address is not None and not isinstance(address, str):
             raise ConfigError(f"{key}.address", f"must be an IPv4 address, got {address!r}")
