@@ -77,7 +77,7 @@ def network_args(
         gateway=gateway,
         uplink=raw.get("uplink"),
         # MACs must differ across a host's networks: each network gets its own default block.
-        guests=guest_specs(guests, cfg, subnet, gateway, mac_block=ordinal),
+        guests=guest_specs(guests, cfg, subnet, gateway, mac_block=ordinal, prop=f"{prop}.guests"),
         accelerator=cfg.get("accelerator") or "auto",
         bridge_addresses_override=raw.get("bridgeAddresses") or (),
         rollback_seconds=int(raw.get("rollbackSeconds") or 30),

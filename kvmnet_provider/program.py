@@ -9,7 +9,11 @@ host's connection and the test image's paths into it.
                     kvmnet:sshPassword, or per host kvmnet:sshCredentials, set with --secret)
   bridge            bridge name (br-in); subnet (10.0.1.0/24); gateway (routed/NAT: 10.0.1.254)
   uplink            NAT: limit the masquerade to this NIC; bridged: the NIC to bridge (eth0)
-  guests            [{name, address, mac?, tap?, memory_mib?, disks?, stop_timeout?}]
+  guests            [{name, address, mac?, tap?, memory_mib?, disks?, stop_timeout?,
+                    baseImage?, baseFormat?, diskSizeGib?, keepDisk?,
+                    cloudInit?: {userData, metaData?, networkConfig?}}]: baseImage is a
+                    qcow2/raw path on the host the guest boots from through its own
+                    copy-on-write overlay; cloudInit a NoCloud seed (user-data is secret)
   portForwards      NAT: [{guest, guest_port, host_port, protocol?}] (DNAT from the host's port)
   guestImage        {kernel, initrd}: paths on the host for direct boot (the guest gets
                     kvmnet.ip= / kvmnet.gw= / kvmnet.name= on its kernel command line)
@@ -30,6 +34,7 @@ import pulumi
 
 from .connection import HostSettings
 from .connection.settings import SettingError
+from .guest_disk_config import guest_disk_args
 from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
 from .program_checks import check_stack_config
 from .resources import Bridge
@@ -65,6 +70,7 @@ def guest_specs(
     subnet: str,
     gateway: str | None,
     mac_block: int = 1,
+    prop: str = "kvmnet:guests",
 ) -> list[GuestSpec]:
     """GuestSpecs of a network's `guests` list; image and stop timeout from the stack's.
     A guest without a MAC gets 52:54:00:00:<mac_block>:<its position>."""
@@ -94,6 +100,7 @@ def guest_specs(
                 cmdline=cmdline,
                 disks=guest.get("disks") or (),
                 stop_timeout=int(guest.get("stop_timeout", stop_timeout)),
+                **guest_disk_args(guest, f"{prop}[{index - 1}]"),
             )
         )
     return guests

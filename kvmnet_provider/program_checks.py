@@ -14,13 +14,23 @@ import pulumi
 
 from .connection.settings import FIREWALL_BACKENDS, HostSettings, SettingError
 from .errors import ConfigError
+from .guest_disk_config import DISK_KEYS, guest_disk_args
 from .models import addresses
 from .models.networks import MODELS
 from .spec.guest import MEMORY_MIB, guest_name
 from .spec.validate import InvalidInput
 
 NS = "kvmnet"
-GUEST_KEYS = ("name", "address", "mac", "tap", "memory_mib", "disks", "stop_timeout")
+GUEST_KEYS = (
+    "name",
+    "address",
+    "mac",
+    "tap",
+    "memory_mib",
+    "disks",
+    "stop_timeout",
+    *DISK_KEYS,
+)
 FORWARD_KEYS = ("guest", "guest_port", "host_port", "protocol")
 
 
@@ -57,6 +67,7 @@ def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
         for field, low, high in (("memory_mib", *MEMORY_MIB), ("stop_timeout", 1, 300)):
             if field in guest:
                 _whole(guest[field], f"{key}.{field}", low, high)
+        guest_disk_args(guest, key)  # baseImage ... cloudInit, each key named
         address = guest.get("address")
         if address is not None and not isinstance(address, str):
             raise ConfigError(f"{key}.address", f"must be an IPv4 address, got {address!r}")
