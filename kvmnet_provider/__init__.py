@@ -21,6 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .cloudinit import CloudInit
     from .connection.settings import HostSettings
     from .models import (
         BridgedNetwork,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     Host = HostSettings
 
 _WHERE = {
+    "CloudInit": ".cloudinit",
     "HostSettings": ".connection.settings",
     "Host": ".connection.settings",
     "BridgedNetwork": ".models",
@@ -48,6 +50,7 @@ _WHERE = {
 
 __all__ = [
     "BridgedNetwork",
+    "CloudInit",
     "GuestSpec",
     "Host",
     "HostSettings",

@@ -83,7 +83,13 @@ def network_args(
         uplink=raw.get("uplink"),
         # MACs must differ across a host's networks: each network gets its own default block.
         guests=guest_specs(
-            guests, cfg, subnet, gateway, mac_block=ordinal, dhcp=uses_dhcp(model, dhcp["dhcp"])
+            guests,
+            cfg,
+            subnet,
+            gateway,
+            mac_block=ordinal,
+            dhcp=uses_dhcp(model, dhcp["dhcp"]),
+            prop=f"{prop}.guests",
         ),
         accelerator=cfg.get("accelerator") or "auto",
         bridge_addresses_override=raw.get("bridgeAddresses") or (),

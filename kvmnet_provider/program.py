@@ -10,10 +10,13 @@ host's connection and the test image's paths into it.
   bridge            bridge name (br-in); subnet (10.0.1.0/24); gateway (routed/NAT: 10.0.1.254)
   uplink            NAT: limit the masquerade to this NIC; bridged: the NIC to bridge (eth0)
   guests            [{name, address?, mac?, tap?, memory_mib?, disks?, stop_timeout?,
-                    kernel?, initrd?, cmdline?}]
+                    kernel?, initrd?, cmdline?, baseImage?, baseFormat?, diskSizeGib?,
+                    keepDisk?, cloudInit?: {userData, metaData?, networkConfig?}}]
                     (with DHCP, `address` is the guest's static lease; none: one from the range;
                     a guest's own kernel/initrd win over guestImage, and its cmdline is used
-                    as written, e.g. `root=/dev/vda console=ttyS0` for the Debian image)
+                    as written, e.g. `root=/dev/vda console=ttyS0` for the Debian image;
+                    baseImage is a qcow2/raw path on the host the guest boots from through its
+                    own copy-on-write overlay; cloudInit a NoCloud seed, user-data secret)
   dhcp              routed/NAT: DHCP and DNS on the bridge (dnsmasq); default true there,
                     false (and not allowed) for isolated and bridged
   domain            the network's DNS domain (kvm.internal): guests are NAME.DOMAIN
@@ -40,6 +43,7 @@ import pulumi
 from .connection import HostSettings
 from .connection.settings import SettingError
 from .errors import ConfigError
+from .guest_disk_config import guest_disk_args
 from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
 from .program_checks import check_stack_config
 from .resources import Bridge
@@ -100,6 +104,7 @@ def guest_specs(
     gateway: str | None,
     mac_block: int = 1,
     dhcp: bool = False,
+    prop: str = "kvmnet:guests",
 ) -> list[GuestSpec]:
     """GuestSpecs of a network's `guests` list; image and stop timeout from the stack's.
     A guest without a MAC gets 52:54:00:00:<mac_block>:<its position>. On a network with
@@ -134,6 +139,7 @@ def guest_specs(
                 cmdline=cmdline,
                 disks=guest.get("disks") or (),
                 stop_timeout=int(guest.get("stop_timeout", stop_timeout)),
+                **guest_disk_args(guest, f"{prop}[{index - 1}]"),
             )
         )
     return guests

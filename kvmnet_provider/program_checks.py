@@ -14,6 +14,7 @@ import pulumi
 
 from .connection.settings import FIREWALL_BACKENDS, HostSettings, SettingError
 from .errors import ConfigError
+from .guest_disk_config import DISK_KEYS, guest_disk_args
 from .models import addresses
 from .models.networks import MODELS
 from .spec.guest import MEMORY_MIB, guest_name
@@ -21,8 +22,17 @@ from .spec.validate import InvalidInput
 
 NS = "kvmnet"
 GUEST_KEYS = (
-    "name", "address", "mac", "tap", "memory_mib", "disks", "stop_timeout",
-    "kernel", "initrd", "cmdline",
+    "name",
+    "address",
+    "mac",
+    "tap",
+    "memory_mib",
+    "disks",
+    "stop_timeout",
+    *DISK_KEYS,
+    "kernel",
+    "initrd",
+    "cmdline",
 )
 FORWARD_KEYS = ("guest", "guest_port", "host_port", "protocol")
 
@@ -64,6 +74,7 @@ def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
             value = guest.get(field)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{key}.{field}", f"must be a non-empty string, got {value!r}")
+        guest_disk_args(guest, key)  # baseImage ... cloudInit, each key named
         address = guest.get("address")
         if address is not None and not isinstance(address, str):
             raise ConfigError(f"{key}.address", f"must be an IPv4 address, got {address!r}")

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 
+from ..cloudinit import CloudInit
 from ..connection import HostSettings
 from ..errors import ConfigError
 from ..resources import (
@@ -46,7 +48,8 @@ MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork
 
 @dataclass
 class GuestSpec:
-    """One guest: its tap, MAC and how it boots (a kernel for direct boot, or disks)."""
+    """One guest: its tap, MAC and how it boots (a kernel for direct boot, an overlay of a
+    base image, or disks attached as they are)."""
 
     name: str
     tap: str
@@ -61,6 +64,12 @@ class GuestSpec:
     cmdline: str | None = None
     disks: Sequence[dict[str, str]] = ()
     stop_timeout: int = 10  # seconds to wait for an ACPI power-down before quitting QEMU
+    # A copy-on-write overlay of this host path is the guest's first (boot) disk.
+    base_image: str | None = None
+    base_format: str = "qcow2"  # or raw
+    disk_size_gib: int | None = None
+    keep_disk: bool = False  # destroy leaves the overlay on the host
+    cloud_init: CloudInit | dict[str, Any] | None = None  # NoCloud seed, a read-only CD-ROM
 
 
 @dataclass
@@ -159,6 +168,11 @@ class _Network(pulumi.ComponentResource):
                     nics=[GuestNicArgs(tap=tap, mac=guest.mac)],
                     accelerator=args.accelerator,
                     stop_timeout=guest.stop_timeout,
+                    base_image=guest.base_image,
+                    base_format=guest.base_format,
+                    disk_size_gib=guest.disk_size_gib,
+                    keep_disk=guest.keep_disk,
+                    cloud_init=guest.cloud_init,
                 ),
                 after,
             )

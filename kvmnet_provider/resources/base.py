@@ -118,7 +118,11 @@ class KvmnetProvider(ResourceProvider):
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         inputs, failures = self.normalise(news)
-        return CheckResult(inputs, [CheckFailure(p, f"{p} {r}") for p, r in failures])
+        # A reason about a sub-key (".user_data is ...") reads as "cloud_init.user_data is ...".
+        return CheckResult(
+            inputs,
+            [CheckFailure(p, f"{p}{r}" if r.startswith(".") else f"{p} {r}") for p, r in failures],
+        )
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [n for n in self.fields if olds.get(n) != news.get(n)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,13 +10,20 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import DiffResult, Resource
 
+from ..cloudinit import (
+    CloudInit,
+    build_seed,
+    cloud_init_digest,
+    normalise_cloud_init,
+    seed_files,
+)
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..errors import KvmnetError
 from ..spec import guest as guests
-from ..spec.validate import int_range, user_name
+from ..spec.validate import boolean, int_range, user_name
 from ..spec.wire import GuestRef, GuestState
-from .base import Field, KvmnetProvider, owner_id
+from .base import Field, KvmnetProvider, _has_unknown, owner_id
 from .links import TapPort
 
 # Inputs the host resolves (auto -> kvm|tcg, an unset socket -> a path in the run dir): the
@@ -31,7 +39,13 @@ GUEST_COMPUTED = (
     "run_dir",
     "argv_sha256",
     "requested",
+    "disk_path",
+    "seed_path",
+    "cloud_init_sha256",
 )
+# user-data holds passwords and keys: the inputs carry it as a Pulumi secret, and the outputs
+# keep only its digest (a secret too), never the text.
+SECRET_OUTPUTS = ["cloud_init", "cloud_init_sha256"]
 START_TIMEOUT = 180.0
 
 
@@ -59,6 +73,14 @@ class QemuGuestProvider(KvmnetProvider):
         "qemu": Field(guests.qemu_binary, default=guests.DEFAULT_QEMU, replaces=True),
         "stop_timeout": Field(_int(1, 300), default=10),
         "run_as": Field(user_name, replaces=True),
+        # The overlay is made at create from the base: another base, format or size is
+        # another disk. keep_disk only matters at delete.
+        "base_image": Field(guests.host_path, replaces=True),
+        "base_format": Field(guests.base_format, default="qcow2", replaces=True),
+        "disk_size_gib": Field(_int(*guests.DISK_SIZE_GIB), replaces=True),
+        "keep_disk": Field(boolean, default=False),
+        # cloud-init reads its seed at a new instance's first boot: another seed, another guest.
+        "cloud_init": Field(normalise_cloud_init, replaces=True),
     }
 
     def resource_id(self, props: dict[str, Any]) -> str:
@@ -69,8 +91,23 @@ class QemuGuestProvider(KvmnetProvider):
         return guests.cross_check(props)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        # Compare what was asked for, not what the host resolved it to.
-        return super().diff(_id, {**olds, **self._requested(olds)}, news)
+        # Compare what was asked for, not what the host resolved it to; cloud_init by the
+        # digest the outputs keep of it.
+        olds = {**olds, **self._requested(olds)}
+        new_ci = news.get("cloud_init")
+        if new_ci is not None and not _has_unknown(new_ci) and not _has_unknown(news.get("name")):
+            same = cloud_init_digest(new_ci, news["name"]) == olds.get("cloud_init_sha256")
+            olds["cloud_init"] = new_ci if same else olds.get("cloud_init")
+        return super().diff(_id, olds, news)
+
+    def spec(self, props: dict[str, Any]) -> dict[str, Any]:
+        """The agent gets the seed ISO's bytes, built here, instead of cloud_init."""
+        spec = super().spec(props)
+        normal = spec.pop("cloud_init", None)
+        if normal is not None:
+            iso = build_seed(seed_files(normal, props["name"]))
+            spec["seed_iso"] = base64.b64encode(iso).decode()
+        return spec
 
     @staticmethod
     def _requested(props: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +117,19 @@ class QemuGuestProvider(KvmnetProvider):
         return {k: props.get(k) for k in RESOLVED}
 
     def _outputs(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
-        return {**props, **live, "requested": self._requested(props)}
+        normal = props.get("cloud_init")
+        digest = (
+            cloud_init_digest(normal, props["name"])
+            if normal is not None
+            else props.get("cloud_init_sha256")
+        )
+        return {
+            **props,
+            **live,
+            "requested": self._requested(props),
+            "cloud_init": None,
+            "cloud_init_sha256": digest,
+        }
 
     def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
         live: GuestState = agent.call("guest.start", self.spec(props), timeout=START_TIMEOUT)
@@ -110,6 +159,7 @@ class QemuGuestProvider(KvmnetProvider):
             "name": props["name"],
             "owner": props["owner"],
             "stop_timeout": stop_timeout,
+            "keep_disk": bool(props.get("keep_disk")),
         }
         agent.call("guest.stop", dict(ref), timeout=stop_timeout + 90.0)
 
@@ -151,6 +201,13 @@ class QemuGuestArgs:
     qemu: str = guests.DEFAULT_QEMU
     stop_timeout: int = 10  # seconds delete waits for an ACPI power-down before quitting
     run_as: str | None = None  # a host user QEMU runs as once set up (QEMU's -runas)
+    # Boot from a copy-on-write overlay of this image on the host (the first, virtio disk).
+    base_image: str | None = None
+    base_format: str = "qcow2"  # or raw
+    disk_size_gib: int | None = None  # grow the overlay to this size (>= the base's)
+    keep_disk: bool = False  # delete leaves the overlay (at the disk_path output)
+    # cloud-init NoCloud: a `cidata` seed ISO attached as a read-only CD-ROM.
+    cloud_init: CloudInit | dict[str, Any] | None = None
 
 
 class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
@@ -164,6 +221,8 @@ class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
     accelerator: pulumi.Output[str]
     accelerator_reason: pulumi.Output[str]
     run_dir: pulumi.Output[str]
+    disk_path: pulumi.Output[str | None]
+    seed_path: pulumi.Output[str | None]
 
     def __init__(
         self, resource_name: str, args: QemuGuestArgs, opts: pulumi.ResourceOptions | None = None
@@ -196,9 +255,31 @@ class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
             "qemu": args.qemu,
             "stop_timeout": args.stop_timeout,
             "run_as": args.run_as,
+            "base_image": args.base_image,
+            "base_format": args.base_format,
+            "disk_size_gib": args.disk_size_gib,
+            "keep_disk": args.keep_disk,
+            "cloud_init": None,
             **dict.fromkeys(GUEST_COMPUTED),
         }
-        super().__init__(QemuGuestProvider(), resource_name, props, opts)
+        if args.cloud_init is not None:
+            raw = (
+                args.cloud_init.to_props()
+                if isinstance(args.cloud_init, CloudInit)
+                else args.cloud_init
+            )
+            props["cloud_init"] = pulumi.Output.secret(raw)
+        secret = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)
+        super().__init__(
+            QemuGuestProvider(), resource_name, props, pulumi.ResourceOptions.merge(opts, secret)
+        )
 
 
-__all__ = ["GuestDiskArgs", "GuestNicArgs", "QemuGuest", "QemuGuestArgs", "QemuGuestProvider"]
+__all__ = [
+    "CloudInit",
+    "GuestDiskArgs",
+    "GuestNicArgs",
+    "QemuGuest",
+    "QemuGuestArgs",
+    "QemuGuestProvider",
+]

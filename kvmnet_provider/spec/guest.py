@@ -6,6 +6,8 @@ pure standard library.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +27,9 @@ MEMORY_MIB = (64, 1048576)
 VCPUS = (1, 64)
 CMDLINE_MAX = 1024
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes, NUL included
+DISK_SIZE_GIB = (1, 65536)
+SEED_MAX_BYTES = 4 * 1024 * 1024  # a cidata ISO of user-data, meta-data, network-config
+ISO_MAGIC_OFFSET = 32769  # "CD001" of the first volume descriptor (sector 16, byte 1)
 DEFAULT_QEMU = "qemu-system-x86_64"
 
 
@@ -144,6 +149,23 @@ def nics(value: object) -> list[dict[str, str]]:
     return out
 
 
+def base_format(value: object) -> str:
+    return _choice(value, DISK_FORMATS)
+
+
+def seed_iso(value: object) -> bytes:
+    """The cloud-init seed (base64 on the wire): an ISO9660 image the provider built."""
+    if not isinstance(value, str) or len(value) > SEED_MAX_BYTES * 4 // 3 + 4:
+        raise InvalidInput(f"must be base64 text of at most {SEED_MAX_BYTES} bytes")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("must be base64 text") from None
+    if data[ISO_MAGIC_OFFSET : ISO_MAGIC_OFFSET + 5] != b"CD001":
+        raise InvalidInput("is not an ISO9660 image")
+    return data
+
+
 def _int(low: int, high: int) -> Callable[[object], int]:
     return lambda v: validate.int_range(v, low, high)
 
@@ -165,14 +187,26 @@ SPEC_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "qemu": (qemu_binary, DEFAULT_QEMU),
     "stop_timeout": (_int(1, 300), 10),
     "run_as": (validate.user_name, None),  # QEMU drops root for this user once set up
+    # A copy-on-write overlay of base_image, made by the agent, is the first (boot) disk.
+    "base_image": (host_path, None),
+    "base_format": (base_format, "qcow2"),
+    "disk_size_gib": (_int(*DISK_SIZE_GIB), None),  # grow the overlay to this size
+    "keep_disk": (validate.boolean, False),  # delete leaves the overlay
+    # The cloud-init NoCloud seed the provider built from cloud_init, a read-only CD-ROM.
+    "seed_iso": (seed_iso, None),
 }
 
 
 def cross_check(spec: dict[str, Any]) -> list[tuple[str, str]]:
     """Rules over several fields, as (property, reason)."""
     failures = []
-    if not spec.get("kernel") and not spec.get("disks"):
-        failures.append(("kernel", "or disks is needed: the guest has nothing to boot"))
+    if not spec.get("kernel") and not spec.get("disks") and not spec.get("base_image"):
+        failures.append(("kernel", "or base_image or disks is needed: nothing to boot"))
+    if spec.get("disk_size_gib") is not None and not spec.get("base_image"):
+        failures.append(("disk_size_gib", "needs base_image (it sizes the overlay)"))
+    attached = [d["path"] for d in spec.get("disks") or []]
+    if spec.get("base_image") and spec["base_image"] in attached:
+        failures.append(("base_image", "is also in disks: a base image is never written to"))
     for key in ("initrd", "cmdline"):
         if spec.get(key) is not None and not spec.get("kernel"):
             failures.append((key, "needs kernel (direct boot)"))

@@ -55,11 +55,12 @@ class ItemOutcome(TypedDict):
 
 # --- guest operations ------------------------------------------------------------------------
 class GuestRef(TypedDict):
-    """guest.read's arguments; guest.stop's, with stop_timeout."""
+    """guest.read's arguments; guest.stop's, with stop_timeout and keep_disk."""
 
     name: str
     owner: str
     stop_timeout: NotRequired[int]
+    keep_disk: NotRequired[bool]  # leave the overlay made from base_image (the seed goes)
 
 
 class GuestState(TypedDict):
@@ -75,11 +76,14 @@ class GuestState(TypedDict):
     macs: list[str]
     run_dir: str
     argv_sha256: str
+    disk_path: str | None  # the overlay made from base_image
+    seed_path: str | None  # the cloud-init seed ISO
 
 
 class GuestStopped(TypedDict):
     deleted: bool
     how: str  # powered down, quit over QMP, SIGTERM, SIGKILL, not running, absent
+    kept_disk: NotRequired[str | None]  # the overlay keep_disk left on the host
 
 
 class AcceleratorChoice(TypedDict):

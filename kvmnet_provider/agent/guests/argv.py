@@ -46,7 +46,8 @@ def build_argv(
     """QEMU's argv for a normalised spec, resolved paths and a concrete accelerator. Pure.
 
     `paths` needs console_socket; console_log, qmp_socket and pidfile are used when present
-    (the agent always gives them, see guest_paths). `daemonize=False` keeps QEMU in the
+    (the agent always gives them, see guest_paths), disk_path (the overlay of base_image) and
+    seed_path (the cloud-init seed) when the guest has them. `daemonize=False` keeps QEMU in the
     foreground, as the lab's test guests run.
     """
     if accel not in ("kvm", "tcg"):
@@ -81,10 +82,17 @@ def build_argv(
             argv += ["-initrd", spec["initrd"]]
         if spec.get("cmdline") is not None:
             argv += ["-append", spec["cmdline"]]
+    if paths.get("disk_path"):  # the overlay of base_image: the first disk, the boot disk
+        argv += ["-drive", f"file={_opt(paths['disk_path'])},format=qcow2,if=virtio"]
     for disk in spec.get("disks") or []:
         argv += [
             "-drive",
             f"file={_opt(disk['path'])},format={disk['format']},if={disk['interface']}",
+        ]
+    if paths.get("seed_path"):  # the cloud-init NoCloud seed (volume id cidata)
+        argv += [
+            "-drive",
+            f"file={_opt(paths['seed_path'])},format=raw,if=ide,media=cdrom,readonly=on",
         ]
     chardev = f"socket,id=s0,path={_opt(paths['console_socket'])},server=on,wait=off"
     if paths.get("console_log"):

@@ -14,6 +14,7 @@ from ...spec.guest import DEFAULT_QEMU, cpu_model, guest_name, normalise_spec, q
 from .. import qemu_user, socket_rules
 from ..errors import AgentError
 from ..netlink import iproute_class
+from . import disks
 from .argv import argv_hash, build_argv, guest_paths
 from .kvm import qemu_path, resolve_accelerator
 from .process import live_pid, signal_if_ours, stop_process, tail, wait_gone
@@ -46,19 +47,28 @@ def start(args: dict[str, Any]) -> GuestState:
         accel, reason = resolve_accelerator(spec["accelerator"], spec["qemu"], spec["cpu"])
         paths = guest_paths(run_dir, spec)
         socket_rules.inside_run_dir(run_dir, paths)
+        paths.update({k: v for k, v in disks.wanted_paths(name, spec).items() if v})
         argv = build_argv(spec, paths, accel)
-        digest = argv_hash(argv)
+        digest, disk_key = argv_hash(argv), disks.disk_key(spec)
         if meta is not None:
             pid = live_pid(run_dir, name, meta)
-            if pid is not None and meta.get("argv_sha256") == digest:
+            if pid is not None and (meta.get("argv_sha256"), meta.get("disk_key")) == (
+                digest,
+                disk_key,
+            ):
                 return state(run_dir, meta, pid)  # already running as asked
             stop_process(run_dir, name, meta, spec["stop_timeout"])
         remove_run_dir(run_dir, meta)
-        for key in ("console_socket", "qmp_socket"):
-            existing = Path(paths[key])
-            if existing.exists() and not existing.is_socket():
-                raise AgentError("conflict", f"{key} {existing} exists and is not a socket")
-        run_dir.mkdir(mode=0o700)
+        made_disk = disks.prepare(spec)  # the overlay and the seed, before QEMU opens them
+        try:
+            for key in ("console_socket", "qmp_socket"):
+                existing = Path(paths[key])
+                if existing.exists() and not existing.is_socket():
+                    raise AgentError("conflict", f"{key} {existing} exists and is not a socket")
+            run_dir.mkdir(mode=0o700)
+        except BaseException:
+            disks.release(name, owner, keep_disk=not made_disk)
+            raise
         meta = {
             "owner": owner,
             "name": name,
@@ -69,6 +79,7 @@ def start(args: dict[str, Any]) -> GuestState:
             "nics": spec["nics"],
             "pid": None,
             "started": time.time(),
+            "disk_key": disk_key,
             **{k: v for k, v in paths.items() if k != "run_dir"},
         }
         save_meta(run_dir, meta)
@@ -76,6 +87,7 @@ def start(args: dict[str, Any]) -> GuestState:
             return _launch(run_dir, meta, argv, name)
         except BaseException:
             _cleanup_failed(run_dir, name, meta)
+            disks.release(name, owner, keep_disk=not made_disk)
             raise
 
 
@@ -168,18 +180,21 @@ def stop(args: dict[str, Any]) -> GuestStopped:
     """Power the guest down (bounded), then quit/SIGTERM/SIGKILL; remove its run dir."""
     name, owner = guest_name(args["name"]), validate.owner(args["owner"])
     stop_timeout = validate.int_range(args.get("stop_timeout", 10), 1, 300)
+    keep_disk = validate.boolean(args.get("keep_disk", False))
     with locked(name) as root:
         run_dir = root / name
         meta = load_meta(run_dir)
         if meta is None:
             if run_dir.exists() and live_pid(run_dir, name, None) is not None:
                 raise not_ours(run_dir, meta)
-            return {"deleted": False, "how": "absent"}
+            kept = disks.release(name, owner, keep_disk)  # the guest died: its disks go now
+            return {"deleted": False, "how": "absent", "kept_disk": kept}
         if meta.get("owner") != owner:
             raise not_ours(run_dir, meta)
         how = stop_process(run_dir, name, meta, stop_timeout)
         remove_run_dir(run_dir, meta)
-        return {"deleted": True, "how": how}
+        kept = disks.release(name, owner, keep_disk)
+        return {"deleted": True, "how": how, "kept_disk": kept}
 
 
 def accelerator_op(args: dict[str, Any]) -> AcceleratorChoice:

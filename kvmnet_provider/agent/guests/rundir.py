@@ -86,6 +86,8 @@ def state(run_dir: Path, meta: dict[str, Any], pid: int) -> GuestState:
         "macs": [n["mac"] for n in meta.get("nics") or []],
         "run_dir": str(run_dir),
         "argv_sha256": meta["argv_sha256"],
+        "disk_path": meta.get("disk_path"),
+        "seed_path": meta.get("seed_path"),
     }
 
 
