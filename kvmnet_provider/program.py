@@ -171,7 +171,10 @@ def build() -> None:
     subnet = cfg.get("subnet") or "10.0.1.0/24"
     gateway = None if model == "isolated" else cfg.get("gateway") or "10.0.1.254"
     uplink = cfg.get("uplink")
-    dhcp = dhcp_settings({k: cfg.get_object(k) for k in ("dhcp", "domain", "dhcpRange")}, f"{NS}:")
+    # `domain` is a plain string in the stack file: get_object would want JSON.
+    raw_dhcp = {"dhcp": cfg.get_object("dhcp"), "domain": cfg.get("domain"),
+                "dhcpRange": cfg.get_object("dhcpRange")}  # fmt: skip
+    dhcp = dhcp_settings(raw_dhcp, f"{NS}:")
     args = NetworkArgs(
         connection=connection_from_config(cfg),
         bridge=cfg.get("bridge") or "br-in",
