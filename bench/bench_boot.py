@@ -15,6 +15,7 @@ test: it asserts nothing about wall time; it fails only when a step fails.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import statistics
@@ -179,13 +180,15 @@ def report(base: Variant, variants: list[Variant], accel: str) -> str:
     ]
     for v in variants:
         up, lease, login, done = (median(v, k) for k in ("up", "lease", "login", "done"))
+        shown = "-" if math.isnan(login) else f"{login:.1f}s"
         out.append(
             f"{v.name:<32}{len(v.rounds):>7}{up:>12.1f}s{lease:>12.1f}s{lease / baseline:>8.2f}"
-            f"{login:>13.1f}s{done:>7.1f}s{done / baseline:>8.2f}  {v.done}"
+            f"{shown:>14}{done:>7.1f}s{done / baseline:>8.2f}  {v.done}"
         )
     out += [
         "first lease: the guest's MAC in dnsmasq's lease file; login prompt: a getty on the",
-        "serial console (nan: the test image has none); done: the line named, on the console.",
+        "serial console (-: not seen before done; the test image has none); done: the line",
+        "named, on the console. The machine is shared: see the load lines.",
     ]
     return "\n".join(out)
 
