@@ -223,11 +223,14 @@ def _tidy(bridge: str) -> None:
     """The lock file and the dhcp dirs go when no server is left (the host as before)."""
     root = _root()
     locks = root.parent / "dhcp-locks"
-    if not any(root.iterdir()):
-        (locks / bridge).unlink(missing_ok=True)
-        if not any(locks.iterdir()):
-            locks.rmdir()
-        root.rmdir()
+    try:
+        if not any(root.iterdir()):
+            (locks / bridge).unlink(missing_ok=True)
+            if not any(locks.iterdir()):
+                locks.rmdir()
+            root.rmdir()
+    except OSError:
+        pass  # another agent is starting a server meanwhile: its dirs stay
 
 
 def _not_ours(run_dir: Path, meta: dict[str, Any] | None) -> AgentError:
