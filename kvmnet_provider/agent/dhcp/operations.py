@@ -42,9 +42,20 @@ def _locked(bridge: str) -> Iterator[Path]:
     """This network's run dir path, under a host-wide lock per bridge (every agent)."""
     root = _root()
     locks = rundir.private_dir(root.parent / "dhcp-locks")
-    with open(locks / bridge, "a+", opener=rundir.nofollow) as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield root / bridge
+    path = locks / bridge
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.lstat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed by _tidy while this thread waited: lock the current one
+    try:
+        yield rundir.private_dir(root) / bridge
+    finally:
+        os.close(fd)
 
 
 def _binary() -> str:
