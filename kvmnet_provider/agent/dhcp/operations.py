@@ -42,9 +42,20 @@ def _locked(bridge: str) -> Iterator[Path]:
     """This network's run dir path, under a host-wide lock per bridge (every agent)."""
     root = _root()
     locks = rundir.private_dir(root.parent / "dhcp-locks")
-    with open(locks / bridge, "a+", opener=rundir.nofollow) as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield root / bridge
+    path = locks / bridge
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.lstat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed by _tidy while this thread waited: lock the current one
+    try:
+        yield rundir.private_dir(root) / bridge
+    finally:
+        os.close(fd)
 
 
 def _binary() -> str:
@@ -223,11 +234,14 @@ def _tidy(bridge: str) -> None:
     """The lock file and the dhcp dirs go when no server is left (the host as before)."""
     root = _root()
     locks = root.parent / "dhcp-locks"
-    if not any(root.iterdir()):
-        (locks / bridge).unlink(missing_ok=True)
-        if not any(locks.iterdir()):
-            locks.rmdir()
-        root.rmdir()
+    try:
+        if not any(root.iterdir()):
+            (locks / bridge).unlink(missing_ok=True)
+            if not any(locks.iterdir()):
+                locks.rmdir()
+            root.rmdir()
+    except OSError:
+        pass  # another agent is starting a server meanwhile: its dirs stay
 
 
 def _not_ours(run_dir: Path, meta: dict[str, Any] | None) -> AgentError:
