@@ -13,6 +13,7 @@ import stat
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pulumi
@@ -256,6 +257,26 @@ def agent_spec(base: Path | None, **extra: Any) -> dict[str, Any]:
         raw["base_image"] = str(base)
     raw.update(extra)
     return guest_spec.normalise_spec(raw)
+
+
+def test_disk_dirs_are_keyed_by_namespace_except_in_the_hosts_own(
+    disk_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_stat = os.stat
+    inodes = {"/proc/self/ns/net": 111, "/proc/1/ns/net": 111}
+
+    def fake_stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if path in inodes:
+            return SimpleNamespace(st_ino=inodes[path])
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(disks.os, "stat", fake_stat)
+    assert disks.guest_dir("g1") == disk_root / "guests" / "g1"  # a real host: the API's path
+    inodes["/proc/1/ns/net"] = 222  # a lab host: another namespace on a shared filesystem
+    assert disks.guest_dir("g1") == disk_root / "netns-111" / "guests" / "g1"
+    assert not disk_root.exists()  # a path asked for is not made
+    assert disks.release("g1", "p/s/QemuGuest/g1", keep_disk=False) is None
+    assert not disk_root.exists()
 
 
 def test_qemu_img_gets_argument_lists(
