@@ -192,7 +192,10 @@ def test_overlay_seed_replace_keep_and_destroy(disk_run: DiskRun, tmp_path: Path
     preview = stack.preview()
     assert "1 to update" in preview.stdout and "to replace" not in preview.stdout, preview.stdout
     disk_run.logs["keep-up"] = stack.up().stdout
-    disk_run.logs["keep-destroy"] = stack.destroy().stdout
+    destroyed = stack.destroy()
+    disk_run.logs["keep-destroy"] = destroyed.stdout + destroyed.stderr
+    said = f"guest {NAME}: keep_disk: its overlay stays at "
+    assert said in disk_run.logs["keep-destroy"] and str(disk_dir) in disk_run.logs["keep-destroy"]
     assert namespace_qemus(ns) == []
     assert sorted(p.name for p in disk_dir.iterdir()) == ["disk.json", "disk.qcow2"]
     assert img_info(str(disk_dir / "disk.qcow2"))["backing-filename"] == str(base)

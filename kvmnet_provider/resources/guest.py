@@ -161,7 +161,11 @@ class QemuGuestProvider(KvmnetProvider):
             "stop_timeout": stop_timeout,
             "keep_disk": bool(props.get("keep_disk")),
         }
-        agent.call("guest.stop", dict(ref), timeout=stop_timeout + 90.0)
+        stopped = agent.call("guest.stop", dict(ref), timeout=stop_timeout + 90.0)
+        kept = stopped.get("kept_disk") if isinstance(stopped, dict) else None
+        if kept:  # say where the disk stays (the provider's stderr reaches the engine's log)
+            host = props["connection"]["host"]
+            pulumi.log.warn(f"guest {props['name']}: keep_disk: its overlay stays at {host}:{kept}")
 
 
 @dataclass
