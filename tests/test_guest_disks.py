@@ -210,6 +210,11 @@ def test_diff_sees_cloud_init_through_the_digest_the_outputs_keep() -> None:
     assert not provider.diff("id", outputs, inputs).changes
     changed = provider.check({}, news(cloud_init={"user_data": {"hostname": "g2"}})).inputs
     assert provider.diff("id", outputs, changed).replaces == ["cloud_init"]
+    dropped = provider.check({}, news(cloud_init=None)).inputs
+    assert provider.diff("id", outputs, dropped).replaces == ["cloud_init"]
+    never = provider._outputs(dropped, {"pid": 1})
+    assert not provider.diff("id", never, dropped).changes
+    assert provider.diff("id", never, inputs).replaces == ["cloud_init"]
     keep = provider.check({}, news(keep_disk=True)).inputs
     d = provider.diff("id", outputs, keep)
     assert d.changes and not d.replaces  # keep_disk only matters at delete
