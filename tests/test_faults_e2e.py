@@ -292,6 +292,7 @@ def test_agent_killed_mid_create_fails_in_one_line_then_converges(
     ), output
     assert took < 200, took  # bounded: not the 120 s of an unanswered request, twice
     converges(fault_stack, lab, lab_api, clean, before)
+    assert list(Path("/tmp").glob("kvmnet-agent-*")) == []  # its code was never put there
 
 
 def cut_ssh(namespace: str) -> None:
@@ -363,6 +364,7 @@ def test_packet_loss_during_refresh_then_converges(
         assert_one_line_failure(refresh, output, f"root@{lab.hosts[0].address}:22: ")
     assert "Traceback" not in output, output
     assert recorded(fault_stack) == kept, output  # the host did not change: neither did the state
+    fault_stack.pulumi("up", "--yes", "--skip-preview", "--expect-no-changes")  # the next up
     converges(fault_stack, lab, lab_api, clean, before)
 
 

@@ -81,8 +81,11 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
         ) from None
     except paramiko.AuthenticationException:
         client.close()
+        source = credentials.key_source(s.host, s.port)
+        if source == credentials.WITHHELD:
+            raise HostError(f"{s.label}: authentication refused (credentials: {source})") from None
         source = (
-            "config " + credentials.key_source(s.host, s.port)
+            "config " + source
             if pkey is not None
             else f"key file {s.private_key_path}"
             if s.private_key_path
