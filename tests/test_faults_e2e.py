@@ -155,14 +155,30 @@ def clean(
 
 @pytest.fixture
 def fault_stack(
-    tmp_path: Path, config: dict[str, Any], clean: dict[str, Any], lab: LabStatus
+    tmp_path: Path, config: dict[str, Any], clean: dict[str, Any], lab: LabStatus, lab_api: Lab
 ) -> Iterator[TestStack]:
     stack = new_stack(tmp_path, config)
     try:
         yield stack
     finally:
         stack.remove()
-        kill(qemus_in(lab.hosts[0].namespace))  # nothing may survive a failed test
+        ns = lab.hosts[0].namespace
+        if leftovers(lab_api, ns):  # the case failed with a state that cannot destroy
+            rescue = new_stack(tmp_path / "rescue", config)  # takes over what carries its marks
+            try:
+                rescue.up(check=False)
+            finally:
+                rescue.remove()
+        kill(qemus_in(ns))  # nothing may survive a failed test
+
+
+def leftovers(lab_api: Lab, namespace: str) -> bool:
+    """Anything of this program's left on the host: a link, a rule or a guest."""
+    snapshot = host_snapshot(lab_api, namespace)
+    return (
+        f"{PROJECT}/{STACK}/" in json.dumps([snapshot["links"], snapshot["iptables"]])
+        or bool(qemus_in(namespace))
+    )
 
 
 def converges(
