@@ -25,19 +25,21 @@ RUN_DIR_FILES = (
     "console.log",
 )
 NAMESPACE_DIR = re.compile(r"netns-[0-9]+")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # a guest's name as given (not yet known: skip)
 
 
 def outside_run_dir(spec: dict[str, Any]) -> list[tuple[str, str]]:
     """(property, reason) for each socket path set that cannot be in the guest's run dir."""
     failures = []
+    name = spec.get("name")
     for key in SOCKET_KEYS:
         value = spec.get(key)
-        if not isinstance(value, str):
-            continue  # unset: the default is in the run dir
+        if not isinstance(value, str) or not value.startswith("/"):
+            continue  # unset (the default is in the run dir), or not known before `up`
         path = PurePosixPath(value)
         run_dir = path.parent
         if (
-            run_dir.name != spec.get("name")
+            (run_dir.name != name and PLAIN_NAME.fullmatch(str(name)))
             or run_dir.parent.name != "guests"
             or not NAMESPACE_DIR.fullmatch(run_dir.parent.parent.name)
             or path.name in RUN_DIR_FILES
@@ -47,7 +49,7 @@ def outside_run_dir(spec: dict[str, Any]) -> list[tuple[str, str]]:
                     key,
                     f"{value} is outside the guest's run directory; leave it unset (the default "
                     "is a socket there) or name a new file directly in it "
-                    f"(<kvmnet run dir>/netns-<inode>/guests/{spec.get('name')}/<file>)",
+                    f"(<kvmnet run dir>/netns-<inode>/guests/{name}/<file>)",
                 )
             )
     return failures
