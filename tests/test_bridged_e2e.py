@@ -54,7 +54,7 @@ def test_bridged_model_end_to_end(bridged_stack: TestStack, lab: LabStatus, lab_
     try:
         bridged_stack.up()
         # The operator's session survived: same address, same MAC, now on the bridge.
-        assert "br-in" in run(operator, "ip -br addr show br-in")
+        assert host.address in run(operator, "ip -br addr show br-in")
     finally:
         operator.close()
     with ssh(lab) as again:  # and new sessions get in

@@ -213,12 +213,15 @@ def test_per_host_secrets_win_for_their_host_only() -> None:
         "h3": {"connection": {"host": "192.0.2.3"}},
     }
     try:
-        credentials.configure(None, "stack-wide")
+        credentials.configure("STACK-WIDE KEY TEXT", "stack-wide")
         credentials.configure_hosts(json.dumps(hosts))
         assert credentials.configured_password("192.0.2.1", 22) == "one"
+        assert credentials.configured_key("192.0.2.1", 22) is None  # its own entry, nothing else
         assert credentials.configured_password("192.0.2.2", 2222) == "two"
-        assert credentials.configured_password("192.0.2.2", 22) == "stack-wide"
-        assert credentials.configured_password("192.0.2.3", 22) == "stack-wide"
+        # Per-host secrets exist: a host without its own gets none, not the stack-wide one.
+        assert credentials.configured_password("192.0.2.2", 22) is None
+        assert credentials.configured_password("192.0.2.3", 22) is None
+        assert credentials.key_source("192.0.2.3", 22) == credentials.WITHHELD
         credentials.configure_hosts("not json")  # the program reports bad config, not this
         assert credentials.configured_password("192.0.2.1", 22) == "stack-wide"
     finally:

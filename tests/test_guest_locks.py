@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,25 +32,46 @@ def test_a_guest_without_a_run_dir_leaves_no_lock_file(state_root: Path) -> None
     assert lock_files(state_root) == []
 
 
+def waiters_on(path: Path) -> int:
+    """How many flock() calls wait on the file at `path` (the kernel's /proc/locks)."""
+    ino = path.stat().st_ino
+    count = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and any(f.count(":") == 2 and f.endswith(f":{ino}") for f in fields):
+            count += 1
+    return count
+
+
 def test_a_waiter_on_a_removed_lock_file_still_excludes_the_next(state_root: Path) -> None:
     inside: list[str] = []
     overlaps: list[tuple[str, ...]] = []
+    entered = threading.Event()
+    met: list[tuple[str, bool]] = []
 
-    def hold(who: str, seconds: float) -> None:
+    def hold(who: str, until: Callable[[], bool]) -> None:
         with rundir.locked("g1"):
             inside.append(who)
+            entered.set()
             if len(inside) > 1:
                 overlaps.append(tuple(inside))
-            time.sleep(seconds)
+            deadline = time.monotonic() + 10
+            while not until() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            met.append((who, until()))
             inside.remove(who)
 
-    first = threading.Thread(target=hold, args=("a", 0.3))
+    # a holds the lock until b and c both wait on its file, which a removes on its way out
+    lock = hoststate.namespace_dir() / "guest-locks" / "g1"
+    first = threading.Thread(target=hold, args=("a", lambda: waiters_on(lock) == 2))
     first.start()
-    time.sleep(0.1)  # b and c wait on the file a removes on its way out
-    others = [threading.Thread(target=hold, args=(w, 0.1)) for w in ("b", "c")]
+    assert entered.wait(10)
+    others = [threading.Thread(target=hold, args=(w, lambda: True)) for w in ("b", "c")]
     for t in others:
         t.start()
     for t in [first, *others]:
-        t.join(10)
+        t.join(15)
+    assert not any(t.is_alive() for t in [first, *others])
+    assert met[0] == ("a", True)  # b and c did wait on a's file
     assert overlaps == []
     assert lock_files(state_root) == []

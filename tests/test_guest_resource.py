@@ -91,9 +91,18 @@ def test_argv_direct_boot_detached_with_taps_console_and_qmp() -> None:
         "e1000,netdev=n1,mac=52:54:00:aa:01:01",
     ]
     assert after(argv, "-sandbox") == ["on,obsolete=deny,resourcecontrol=deny"]
-    # the same spec builds the same argv (so a restarted provider sees no change) ...
-    assert qemu_argv.argv_hash(qemu_argv.build_argv(s, PATHS, "tcg")) == qemu_argv.argv_hash(argv)
+    # the same spec, written another way (keys in another order, a MAC in upper case), builds
+    # the same argv (so a restarted provider sees no change) ...
+    raw = spec()
+    raw["nics"] = [dict(n, mac=n["mac"].upper()) for n in raw["nics"]]
+    again = guest_spec.normalise_spec(dict(reversed(list(raw.items()))))
+    assert qemu_argv.argv_hash(qemu_argv.build_argv(again, PATHS, "tcg")) == qemu_argv.argv_hash(
+        argv
+    )
     assert qemu_argv.argv_hash(argv) != qemu_argv.argv_hash(qemu_argv.build_argv(s, PATHS, "kvm"))
+
+
+RUN = "/run/kvmnet/netns-4026532321/guests/g1"  # the shape of g1's run dir on a host
 
 
 def test_argv_disks_kvm_cpu_and_own_socket_paths() -> None:
@@ -108,12 +117,12 @@ def test_argv_disks_kvm_cpu_and_own_socket_paths() -> None:
                 {"path": "/var/lib/vm/g1.qcow2", "format": "qcow2"},
                 {"path": "/var/lib/vm/data.img", "format": "raw", "interface": "ide"},
             ],
-            console_socket="/run/g1/serial.sock",
-            qmp_socket="/run/g1/qmp.sock",
+            console_socket=f"{RUN}/serial.sock",
+            qmp_socket=f"{RUN}/qmp.sock",
             accelerator="kvm",
         )
     )
-    paths = qemu_argv.guest_paths(Path("/run/x/g1"), s)
+    paths = qemu_argv.guest_paths(Path(RUN), s)
     argv = qemu_argv.build_argv(s, paths, "kvm")
     assert after(argv, "-accel") == ["kvm"] and after(argv, "-cpu") == ["host"]
     assert after(argv, "-m") == ["2048"] and after(argv, "-smp") == ["4"]
@@ -122,8 +131,8 @@ def test_argv_disks_kvm_cpu_and_own_socket_paths() -> None:
         "file=/var/lib/vm/g1.qcow2,format=qcow2,if=virtio",
         "file=/var/lib/vm/data.img,format=raw,if=ide",
     ]
-    assert after(argv, "-chardev")[0].startswith("socket,id=s0,path=/run/g1/serial.sock,")
-    assert after(argv, "-qmp") == ["unix:/run/g1/qmp.sock,server=on,wait=off"]
+    assert after(argv, "-chardev")[0].startswith(f"socket,id=s0,path={RUN}/serial.sock,")
+    assert after(argv, "-qmp") == [f"unix:{RUN}/qmp.sock,server=on,wait=off"]
     # a CPU model asked for is kept under both; "host" is dropped when falling back to TCG
     assert after(qemu_argv.build_argv(dict(s, cpu="qemu64,+ssse3"), paths, "tcg"), "-cpu") == [
         "qemu64,+ssse3"
@@ -184,6 +193,29 @@ def test_invalid_inputs_fail_check_naming_the_property(
     news = {"connection": CONN, **spec(**overrides)}
     result = QemuGuestProvider().check({}, news)  # the controller's, at preview
     assert [f.property for f in result.failures] == [prop], result.failures
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/run/dbus/system_bus_socket",  # another service's socket
+        "/run/kvmnet/netns-4026532321/guests/g2/console.sock",  # another guest's run dir
+        "/run/kvmnet/netns-4026532321/guests/g1/guest.json",  # a run-dir file, not a socket
+        "/run/kvmnet/netns-4026532321/guests/g1/sub/console.sock",  # not directly in it
+        "/tmp/guests/g1/console.sock",  # no namespace's run dir
+    ],
+)
+def test_a_socket_outside_the_run_dir_fails_at_preview(path: str) -> None:
+    for key in ("console_socket", "qmp_socket"):
+        result = QemuGuestProvider().check({}, {"connection": CONN, **spec(**{key: path})})
+        assert [(f.property, "outside the guest's run directory" in f.reason)
+                for f in result.failures] == [(key, True)], result.failures  # fmt: skip
+    inside = {"console_socket": f"{RUN}/c.sock", "qmp_socket": f"{RUN}/q.sock"}
+    assert not QemuGuestProvider().check({}, {"connection": CONN, **spec(**inside)}).failures
+    # not known at preview: nothing to say yet (the host checks it at up)
+    for unknown in ({"console_socket": UNKNOWN}, {"name": UNKNOWN, **inside}):
+        result = QemuGuestProvider().check({}, {"connection": CONN, **spec(**unknown)})
+        assert not result.failures, result.failures
 
 
 @pytest.mark.parametrize(

@@ -39,13 +39,15 @@ def main():
 def start_agent(
     run_root: Path, marker: str, cwd: Path, server: str = SERVER
 ) -> subprocess.Popen[str]:
+    tmp = run_root.parent / "tmp"  # the agent's TMPDIR: it must never write there
+    tmp.mkdir(exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-I", "-S", "-u", "-c", BOOTSTRAP, marker],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         cwd=cwd,
-        env={**os.environ, "KVMNET_HOST_STATE": str(run_root)},
+        env={**os.environ, "KVMNET_HOST_STATE": str(run_root), "TMPDIR": str(tmp)},
     )
     assert proc.stdin is not None
     files = {
@@ -102,13 +104,19 @@ def test_stale_code_dirs_go_and_live_ones_stay(tmp_path: Path) -> None:
         killed.kill()  # as when the SSH connection is cut: no cleanup of its own
         killed.wait(10)
         assert killed_code.exists() and killed_code != live_code
+        # a copy that a writer which has died (no such PID) left half written
+        half = killed_code.parent / f"{'0' * 32}.tmp-999999999"
+        half.mkdir(mode=0o700)
         nxt = start_agent(run_root, "C", tmp_path, SERVER + "\n# a third\n")
-        hello(nxt, "C")
+        nxt_code = Path(str(hello(nxt, "C")["code"]))
         stop(nxt)
-        assert not killed_code.exists()
+        assert not killed_code.exists() and not half.exists()
         assert live_code.exists()  # its agent still holds it
+        codes = sorted(p.name for p in live_code.parent.iterdir() if not p.name.endswith(".lock"))
+        assert codes == sorted([live_code.name, nxt_code.name])  # kept: the next of its code
     finally:
         stop(live)
+    assert list((tmp_path / "tmp").iterdir()) == []  # nothing in TMPDIR, ever
 
 
 def test_run_dir_symlink_is_refused(tmp_path: Path) -> None:
@@ -182,14 +190,54 @@ def test_credentials_per_host_are_offered_to_that_host_only(
     per_host = json.dumps(
         {"198.18.0.2": {"privateKey": key_file.read_text()}, "198.18.0.3:2222": {"password": "pw3"}}
     )
-    credentials.configure(None, "stack-wide", per_host)
+    credentials.configure(key_file.read_text(), "stack-wide", per_host)
     assert credentials.configured_key("198.18.0.2", 22) is not None
     assert credentials.configured_password("198.18.0.2", 22) is None  # not the stack-wide one
-    assert credentials.configured_key("198.18.0.3", 2222) is None
+    assert credentials.configured_key("198.18.0.3", 2222) is None  # nor the stack-wide key
     assert credentials.configured_password("198.18.0.3", 2222) == "pw3"
-    assert credentials.configured_password("198.18.0.3", 22) == "stack-wide"  # another port
-    assert credentials.configured_key("198.18.0.9", 22) is None
     assert "sshCredentials[198.18.0.2]" in credentials.key_source("198.18.0.2", 22)
+    # Hosts without an entry (another port is another host) get no stack-wide secret either.
+    for host, port in (("198.18.0.3", 22), ("198.18.0.9", 22)):
+        assert credentials.configured_key(host, port) is None
+        assert credentials.configured_password(host, port) is None
+        assert credentials.key_source(host, port) == credentials.WITHHELD
+
+
+def test_stack_wide_credentials_go_to_every_host_when_none_has_its_own(
+    clean_credentials: None, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key_file)], check=True)
+    credentials.configure(key_file.read_text(), "stack-wide", "")
+    for host in ("198.18.0.2", "198.18.0.9"):
+        assert credentials.configured_key(host, 22) is not None
+        assert credentials.configured_password(host, 22) == "stack-wide"
+        assert credentials.key_source(host, 22) == credentials.CONFIG_PRIVATE_KEY
+
+
+def test_a_host_without_credentials_of_its_own_is_told_why_in_one_line(
+    clean_credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paramiko's connect is stubbed to refuse: what the operator reads, and what was offered."""
+    from kvmnet_provider.connection import ssh
+    from kvmnet_provider.connection.errors import HostError
+
+    offered: dict[str, object] = {}
+
+    def refuse(_client: object, **kwargs: object) -> None:
+        offered.update(kwargs)
+        raise ssh.paramiko.AuthenticationException("refused")
+
+    monkeypatch.setattr(ssh, "open_tcp", lambda *_: None)
+    monkeypatch.setattr(ssh.paramiko.SSHClient, "connect", refuse)
+    credentials.configure(None, "stack-wide", json.dumps({"198.18.0.2": {"password": "own"}}))
+    conn = {"host": "198.18.0.9", "known_hosts": "/nonexistent/known_hosts"}
+    with pytest.raises(HostError) as caught:
+        ssh.connect(HostSettings.from_props(conn))
+    assert "password" not in offered and "pkey" not in offered
+    message = str(caught.value)
+    assert message.startswith("root@198.18.0.9:22: authentication refused") and "\n" not in message
+    assert "give this host an entry in kvmnet:sshCredentials" in message
 
 
 def test_a_bad_per_host_map_is_named_not_echoed(clean_credentials: None) -> None:

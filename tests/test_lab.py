@@ -264,3 +264,32 @@ def test_down_on_absent_lab(tmp_path: Path) -> None:
     lab = Lab(free_name(), tmp_path / "none")
     lab.down()
     assert not (tmp_path / "none").exists()
+
+
+def test_reboot_host_rebuilds_it_with_its_address_mac_key_and_stale_records(
+    scratch_lab: Lab,
+) -> None:
+    from kvmnet_lab.lab.faults import reboot_host
+
+    from kvmnet_provider.agent import hoststate
+
+    host = scratch_lab.up(hosts=1).hosts[0]
+    ns = host.namespace
+    inode = os.stat(f"/run/netns/{ns}").st_ino
+    (nic,) = nsmod.ip_json("link", "show", "dev", "eth0", ns=ns)
+    books = hoststate.ROOT / f"netns-{inode}"
+    books.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (books / "forwarding.json").write_text('{"stale": true}')
+    nsmod.ip("link", "add", "kvtdummy0", "type", "bridge", ns=ns)
+    nsmod.set_sysctl(ns, "net.ipv4.ip_forward", "1")
+    sleeper = subprocess.Popen(nsmod.exec_argv(ns, ["sleep", "300"]))
+
+    reboot_host(scratch_lab, "h1")
+    sleeper.wait(timeout=10)  # ended: killed with its namespace (a timeout fails the test)
+    assert not nsmod.link_exists("kvtdummy0", ns=ns)
+    assert nsmod.run(nsmod.exec_argv(ns, ["sysctl", "-n", "net.ipv4.ip_forward"])).strip() == "0"
+    assert nsmod.ip_json("link", "show", "dev", "eth0", ns=ns)[0]["address"] == nic["address"]
+    assert scratch_lab.status().hosts[0].ssh_reachable  # same address, same host key
+    moved = hoststate.ROOT / f"netns-{os.stat(f'/run/netns/{ns}').st_ino}"
+    assert (moved / "forwarding.json").read_text() == '{"stale": true}'  # records stay
+    assert moved == books or not books.exists()

@@ -25,6 +25,7 @@ HEAD = """
 import pulumi
 from pulumi.dynamic import Resource
 from kvmnet_provider.connection import HostSettings
+from kvmnet_provider.models import GuestSpec, NatNetwork, NetworkArgs
 from kvmnet_provider.resources import *
 from kvmnet_provider.resources.links import BridgeProvider
 from kvmnet_provider.resources.netfilter import ForwardingSettingProvider
@@ -44,6 +45,17 @@ class RawBridge(Resource, module="kvmnet", name="Bridge"):
                     ifindex=None, mac=None)
         base.update(props)
         super().__init__(BridgeProvider(), name, base)
+
+
+def G(name, address=None, mac=None, tap=None):  # g<N> on vif<N>.0, MAC 52:54:00:00:01:0<N>
+    n = int(name[1:])
+    return GuestSpec(name=name, tap=tap or f"vif{{n}}.0", mac=mac or f"52:54:00:00:01:0{{n}}",
+                     address=address, kernel="/img/vmlinuz", initrd="/img/initrd.img")
+
+
+def nat(*guests, **kw):
+    return NatNetwork("n", NetworkArgs(connection=c, gateway="10.0.1.254", guests=list(guests),
+                                       **kw))
 
 
 class RawForwarding(Resource, module="kvmnet", name="ForwardingSetting"):
@@ -68,6 +80,12 @@ def bridge(**kw: Any) -> str:
     return (
         f"Bridge('b', BridgeArgs(connection=c, {', '.join(f'{k}={v!r}' for k, v in args.items())}))"
     )
+
+
+def guest(**kw: Any) -> str:
+    args = {"name": "q1", "kernel": "/img/vmlinuz", **kw}
+    listed = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    return f"QemuGuest('q', QemuGuestArgs(connection=c, {listed}))"
 
 
 def conn(**kw: Any) -> str:
@@ -125,6 +143,37 @@ CASES = [
          ("connection.colour", "unknown setting")),
     Case("raw-stp-not-bool", "RawBridge('b', {'stp': 'yes'})", ("stp", "true or false")),
     Case("forwarding-ipv4-off", "RawForwarding('f', {'ipv4': False})", ("ipv4", "must be true")),
+    # QEMU guests, declared directly
+    Case("guest-memory-1", guest(memory_mib=1), ("memory_mib", "between 64 and 1048576")),
+    Case("guest-cmdline-newline", guest(cmdline="quiet\ninit=/bin/sh"),
+         ("cmdline", "printable ASCII on one line")),
+    Case("guest-console-socket-of-a-service",
+         guest(console_socket="/run/dbus/system_bus_socket"),
+         ("console_socket", "outside the guest's run directory")),
+    Case("guest-qmp-socket-of-another-guest",
+         guest(qmp_socket="/run/kvmnet/netns-4026532321/guests/q2/qmp.sock"),
+         ("qmp_socket", "outside the guest's run directory")),
+    Case("guest-bad-mac",
+         "QemuGuest('q', QemuGuestArgs(connection=c, name='q1', kernel='/img/vmlinuz', "
+         "nics=[GuestNicArgs(tap='vif9.0', mac='52:54:00:zz:00:01')]))",
+         ("nics", "52:54:00:zz:00:01")),
+    # the models (library API): guests' addresses, MACs and taps
+    Case("model-address-300", "nat(G('g1', '10.0.1.300'))",
+         ("guests[0] (g1).address", "10.0.1.300")),
+    Case("model-address-outside", "nat(G('g1', '10.0.2.5'))",
+         ("guests[0] (g1).address", "not inside subnet 10.0.1.0/24")),
+    Case("model-address-is-gateway", "nat(G('g1', '10.0.1.254'))",
+         ("guests[0] (g1).address", "is the gateway")),
+    Case("model-address-twice", "nat(G('g1', '10.0.1.11'), G('g2', '10.0.1.11'))",
+         ("guests[1] (g2).address", "already g1's address")),
+    Case("model-mac-twice",
+         "nat(G('g1', mac='52:54:00:00:01:07'), G('g2', mac='52:54:00:00:01:07'))",
+         ("(g2).mac", "52:54:00:00:01:07")),
+    Case("model-tap-twice", "nat(G('g1', tap='vif7.0'), G('g2', tap='vif7.0'))",
+         ("(g2).tap", "vif7.0")),
+    Case("model-gateway-outside",
+         "NatNetwork('n', NetworkArgs(connection=c, gateway='10.0.2.1', guests=[G('g1')]))",
+         ("gateway", "not inside subnet")),
 ]  # fmt: skip
 
 
@@ -156,6 +205,15 @@ def head(h1: HostStatus) -> str:
 def test_enough_distinct_cases() -> None:
     assert len({c.id for c in CASES}) == len(CASES) >= 15
     assert len({c.body for c in CASES}) == len(CASES)
+
+
+def test_forty_distinct_bad_inputs_through_both_paths() -> None:
+    """The library API's cases here and the stack program's config cases (test_errors_e2e)."""
+    from test_errors_e2e import PROGRAM_CASES
+
+    program = {c.id for c in PROGRAM_CASES}
+    assert len(program) == len(PROGRAM_CASES) >= 15
+    assert len(CASES) + len(program) >= 40
 
 
 def test_a_good_program_previews(check_stack: TestStack, h1: HostStatus) -> None:

@@ -9,19 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..spec.sockets import RUN_DIR_FILES, SOCKET_KEYS
 from .errors import AgentError
-
-SOCKET_KEYS = ("console_socket", "qmp_socket")
-RUN_DIR_FILES = (
-    "",
-    ".",
-    "..",
-    "guest.json",
-    "guest.json.tmp",
-    "qemu.pid",
-    "qemu.log",
-    "console.log",
-)
 
 
 def inside_run_dir(run_dir: Path, paths: dict[str, str]) -> None:

@@ -81,14 +81,19 @@ def per_host_credentials(raw: object) -> dict[str, dict[str, str]] | str:
 
 
 def _for_host(host: str | None, port: int) -> tuple[str | None, str | None, str]:
-    """(key text, password, where they came from) for this host: its own entry when the
-    per-host map has one (and then nothing else), else the stack-wide ones."""
+    """(key text, password, where they came from) for this host.
+
+    A host with an entry of its own (a fleet host's secrets, or kvmnet:sshCredentials) gets
+    that entry and nothing else. Once a stack names per-host credentials, the stack-wide ones
+    are offered to no host: nothing then says which host they were given for, and a host
+    without an entry (a new one, a mistyped address) must not receive another's secret."""
     with _lock:
         per_host, key, password = _per_host, _private_key_text, _password
-        fleet = _fleet.get((host, port)) if host is not None else None
-    if fleet is not None:
-        source = "kvmnet:hosts (sshPrivateKey)" if fleet[0] else CONFIG_PRIVATE_KEY
-        return fleet[0] or key, fleet[1] or password, source
+        fleet = dict(_fleet)
+    if host is not None and (host, port) in fleet:
+        own_key, own_password = fleet[(host, port)]
+        source = "kvmnet:hosts (sshPrivateKey)" if own_key else "kvmnet:hosts (sshPassword)"
+        return own_key, own_password, source
     if isinstance(per_host, str):
         raise ValueError(per_host)
     if host is not None:
@@ -96,7 +101,16 @@ def _for_host(host: str | None, port: int) -> tuple[str | None, str | None, str]
             if name in per_host:
                 entry = per_host[name]
                 return entry.get("privateKey"), entry.get("password"), f"{CONFIG_PER_HOST}[{name}]"
+    if (per_host or fleet) and (key or password):
+        return None, None, WITHHELD
     return key, password, CONFIG_PRIVATE_KEY
+
+
+WITHHELD = (
+    f"none of its own: the stack-wide {CONFIG_PRIVATE_KEY} / {CONFIG_PASSWORD} are not offered "
+    f"once per-host credentials exist; give this host an entry in {CONFIG_PER_HOST} or "
+    "kvmnet:hosts"
+)
 
 
 def configured_key(host: str | None = None, port: int = 22) -> paramiko.PKey | None:

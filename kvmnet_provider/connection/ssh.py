@@ -14,6 +14,11 @@ from .errors import HostError
 from .settings import HostSettings
 from .tcp import open_tcp
 
+# What paramiko says, word for word, when the server stops answering mid-handshake: its
+# banner did not come in time, or the key exchange did not finish in time (connect() then
+# goes on to authenticate on a transport that has no session). A reset says more.
+STALLED = ("Error reading SSH protocol banner", "No existing session")
+
 
 def _trust_hint(s: HostSettings) -> str:
     target = s.host if s.port == 22 else f"[{s.host}]:{s.port}"
@@ -76,8 +81,11 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
         ) from None
     except paramiko.AuthenticationException:
         client.close()
+        source = credentials.key_source(s.host, s.port)
+        if source == credentials.WITHHELD:
+            raise HostError(f"{s.label}: authentication refused (credentials: {source})") from None
         source = (
-            "config " + credentials.key_source(s.host, s.port)
+            "config " + source
             if pkey is not None
             else f"key file {s.private_key_path}"
             if s.private_key_path
@@ -89,6 +97,12 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
         if "not found in known_hosts" in str(exc):
             raise HostError(
                 f"{s.label}: host key unknown; refusing to connect: {_trust_hint(s)}"
+            ) from None
+        if str(exc) in STALLED:
+            raise HostError(
+                f"{s.label}: the SSH handshake stalled (no answer within {s.connect_timeout:g} s;"
+                " is the host up, and the network to it passing packets?"
+                " connection.connect_timeout sets the wait)"
             ) from None
         raise HostError(f"{s.label}: SSH failed: {exc}") from None
     except EOFError:  # paramiko's transport saw the socket close (a reset mid-handshake)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import validate
+from .sockets import outside_run_dir
 from .validate import InvalidInput
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -215,6 +216,7 @@ def cross_check(spec: dict[str, Any]) -> list[tuple[str, str]]:
     sockets = [spec.get("console_socket"), spec.get("qmp_socket")]
     if sockets[0] is not None and sockets[0] == sockets[1]:
         failures.append(("qmp_socket", "must differ from console_socket"))
+    failures.extend(outside_run_dir(spec))
     return failures
 
 

@@ -103,7 +103,9 @@ def _check_taps(nics: list[dict[str, str]]) -> None:
             found = ipr.link_lookup(ifname=nic["tap"])
             if not found:
                 raise AgentError(
-                    "missing", f"tap {nic['tap']} does not exist on this host (create it first)"
+                    "missing",
+                    f"tap {nic['tap']} does not exist on this host: declare it before the guest,"
+                    " or, if the stack declares it, run `pulumi refresh` then `pulumi up`",
                 )
             kind = ipr.get_links(found[0])[0].get(("linkinfo", "kind"))
             if kind != "tun":

@@ -1,0 +1,89 @@
+"""Faults a lab host can meet: a host "reboot" and packet loss on the lab's switch.
+
+Both act only inside the lab's own namespaces (the host's and the switch's), never in the
+root namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from kvmnet_provider.agent import hoststate
+
+from . import netns
+from .naming import host_index
+from .state import LabState
+
+if TYPE_CHECKING:
+    from .core import Lab
+
+LOSS_TABLE = "kvmnet_lab_loss"  # the switch's nft table that drops a host's frames
+
+
+def _namespace_inode(ns: str) -> int | None:
+    try:
+        return os.stat(f"/run/netns/{ns}").st_ino
+    except OSError:
+        return None
+
+
+def reboot_host(lab: Lab, host: str) -> None:
+    """Rebuild host `host` ("h1") as a reboot leaves it: a new network namespace (every link,
+    address, route, firewall rule and sysctl gone, every process in it killed: QEMU guests,
+    kvmnet's agents and rollbacks, sshd), then the lab's own setup again with the same address,
+    NIC MAC and host key. kvmnet's records for the old namespace (/run/kvmnet/netns-<inode>)
+    are moved to the new one's inode: stale records, as on a host whose /run outlived the
+    reboot."""
+    ns, names = lab.namespace(host), lab.names
+    port = names.host_port(host_index(host))
+    old = _namespace_inode(ns)
+    # The NIC keeps its MAC across a reboot (and the LAN's neighbour caches stay right).
+    (nic,) = netns.ip_json("link", "show", "dev", names.guest_if, ns=ns)
+    netns.kill_namespace_processes(ns)
+    netns.delete_namespace(ns)
+    netns.delete_link(port, ns=names.switch_ns)
+    netns.ensure_namespace(ns)
+    netns.ensure_veth(port, names.switch_ns, names.guest_if, ns)
+    netns.ip("link", "set", "dev", names.guest_if, "address", nic["address"], ns=ns)
+    state = LabState.load(lab.state_dir)
+    lab.up(hosts=state.hosts if state is not None else host_index(host))
+    new = _namespace_inode(ns)
+    if old is None or new is None or old == new:
+        return  # the kernel gave the new namespace the old inode: the records are in place
+    books, moved = hoststate.ROOT / f"netns-{old}", hoststate.ROOT / f"netns-{new}"
+    if books.is_dir():
+        shutil.rmtree(moved, ignore_errors=True)  # nothing of kvmnet's has run there yet
+        books.rename(moved)
+
+
+@contextlib.contextmanager
+def frames_dropped(lab: Lab, host: str) -> Iterator[None]:
+    """While the block runs, the lab's switch drops every frame to and from host `host`
+    (an nft bridge-family table in the switch's namespace); removed on the way out."""
+    port = lab.names.host_port(host_index(host))
+    switch = lab.names.switch_ns
+    rules = (
+        f"table bridge {LOSS_TABLE} {{\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority -200; policy accept;\n"
+        f'    iifname "{port}" drop\n'
+        f'    oifname "{port}" drop\n'
+        "  }\n"
+        "}\n"
+    )
+    _nft(switch, "-f", "-", stdin=rules)
+    try:
+        yield
+    finally:
+        _nft(switch, "delete", "table", "bridge", LOSS_TABLE)
+
+
+def _nft(ns: str, *args: str, stdin: str | None = None) -> None:
+    subprocess.run(
+        netns.exec_argv(ns, ["nft", *args]), input=stdin, text=True, check=True, timeout=30
+    )
