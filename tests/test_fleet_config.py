@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,17 @@ def fresh_claims() -> Iterator[None]:
     collisions.forget_all()
     yield
     collisions.forget_all()
+
+
+@pytest.fixture(autouse=True)
+def event_loop_of_its_own() -> Iterator[None]:
+    # Pulumi's mocks take the current event loop; a test that ran asyncio.run() before this
+    # module left none, so each test gets its own.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 def args_on(
