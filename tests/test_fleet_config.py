@@ -178,6 +178,20 @@ def test_fleet_collision_on_one_host_fails_the_program() -> None:
             {"h1": {"connection": {"host": "192.0.2.1"}, "networks": [{"name": "n", "colour": 1}]}},
             "kvmnet:hosts.h1.networks[0].colour: unknown key",
         ),
+        (
+            {
+                "h1": {
+                    "connection": {"host": "192.0.2.1"},
+                    "networks": [
+                        {
+                            **network("n", "br-in", "vif1.0", "g1", "10.0.1.0/24"),
+                            "guests": [{"name": "g1", "cloudInit": {"userData": "a: [b"}}],
+                        }
+                    ],
+                }
+            },
+            "kvmnet:hosts.h1.networks[0].guests[0].cloudInit.userData: text must start with",
+        ),
     ],
 )
 def test_bad_fleet_config_names_the_property(hosts: dict[str, Any], words: str) -> None:

@@ -78,6 +78,40 @@ def test_qemu_runs_as_the_run_as_user(agent: AgentSession, started: list[Any]) -
         console.connect(live["console_socket"])
 
 
+def test_run_as_guest_boots_from_its_overlay_and_seed(
+    agent: AgentSession, started: list[Any], tmp_path: Path
+) -> None:
+    """The overlay and seed are the run_as user's (0600) in root's 0700 directory; QEMU opens
+    them as root, then runs as that user and the guest reads both."""
+    import base64
+    import subprocess
+
+    from kvmnet_lab.testing import GuestConsole
+
+    from kvmnet_provider.cloudinit import build_seed
+
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    seed = base64.b64encode(build_seed({"user-data": b"#cloud-config\n"})).decode()
+    args = guest_args("kqrundisk", run_as="nobody", base_image=str(base), seed_iso=seed)
+    live = agent.call("guest.start", args, timeout=180)
+    started.append((live["pid"], "kqrundisk", args["owner"]))
+    nobody = pwd.getpwnam("nobody").pw_uid
+    status = Path(f"/proc/{live['pid']}/status").read_text()
+    uid = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+    assert set(uid) == {str(nobody)}, uid
+    disk_dir = Path(live["disk_path"]).parent
+    assert os.lstat(disk_dir).st_uid == 0 and os.lstat(disk_dir).st_mode & 0o777 == 0o700
+    for path in (live["disk_path"], live["seed_path"]):
+        assert os.lstat(path).st_uid == nobody and os.lstat(path).st_mode & 0o777 == 0o600
+    with GuestConsole(live["console_socket"]) as con:
+        con.wait_ready(180)
+        r = con.run("cat /sys/block/vda/size /sys/block/sr0/ro", timeout=30)
+    assert r.status == 0 and r.output.split()[-2:] == [str(64 * 2048), "1"], r.output
+    agent.call("guest.stop", {"name": "kqrundisk", "owner": args["owner"], "stop_timeout": 1})
+    assert not disk_dir.exists()
+
+
 def test_run_as_a_missing_user_is_refused(agent: AgentSession) -> None:
     with pytest.raises(AgentCallError, match="run_as user kqnosuchuser does not exist"):
         agent.call("guest.start", guest_args("kqnouser", run_as="kqnosuchuser"), timeout=60)

@@ -94,10 +94,13 @@ class QemuGuestProvider(KvmnetProvider):
         # Compare what was asked for, not what the host resolved it to; cloud_init by the
         # digest the outputs keep of it.
         olds = {**olds, **self._requested(olds)}
-        new_ci = news.get("cloud_init")
+        new_ci, old_digest = news.get("cloud_init"), olds.get("cloud_init_sha256")
+        was = None if old_digest is None else {"sha256": old_digest}  # never equals an input
         if new_ci is not None and not _has_unknown(new_ci) and not _has_unknown(news.get("name")):
-            same = cloud_init_digest(new_ci, news["name"]) == olds.get("cloud_init_sha256")
-            olds["cloud_init"] = new_ci if same else olds.get("cloud_init")
+            same = cloud_init_digest(new_ci, news["name"]) == old_digest
+            olds["cloud_init"] = new_ci if same else was
+        else:
+            olds["cloud_init"] = was
         return super().diff(_id, olds, news)
 
     def spec(self, props: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +164,11 @@ class QemuGuestProvider(KvmnetProvider):
             "stop_timeout": stop_timeout,
             "keep_disk": bool(props.get("keep_disk")),
         }
-        agent.call("guest.stop", dict(ref), timeout=stop_timeout + 90.0)
+        stopped = agent.call("guest.stop", dict(ref), timeout=stop_timeout + 90.0)
+        kept = stopped.get("kept_disk") if isinstance(stopped, dict) else None
+        if kept:  # say where the disk stays (the provider's stderr reaches the engine's log)
+            host = props["connection"]["host"]
+            pulumi.log.warn(f"guest {props['name']}: keep_disk: its overlay stays at {host}:{kept}")
 
 
 @dataclass

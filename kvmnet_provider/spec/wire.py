@@ -83,7 +83,7 @@ class GuestState(TypedDict):
 class GuestStopped(TypedDict):
     deleted: bool
     how: str  # powered down, quit over QMP, SIGTERM, SIGKILL, not running, absent
-    kept_disk: NotRequired[str | None]  # the overlay keep_disk left on the host
+    kept_disk: NotRequired[str]  # the overlay keep_disk left on the host, when it did
 
 
 class AcceleratorChoice(TypedDict):

@@ -42,9 +42,25 @@ def _locked(bridge: str) -> Iterator[Path]:
     """This network's run dir path, under a host-wide lock per bridge (every agent)."""
     root = _root()
     locks = rundir.private_dir(root.parent / "dhcp-locks")
-    with open(locks / bridge, "a+", opener=rundir.nofollow) as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield root / bridge
+    path = locks / bridge
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.lstat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed by its holder while this thread waited: lock the current one
+    run_dir = rundir.private_dir(root) / bridge
+    try:
+        yield run_dir
+    finally:
+        try:
+            if not run_dir.exists():
+                path.unlink(missing_ok=True)  # still held: no server, no lock file
+        finally:
+            os.close(fd)
 
 
 def _binary() -> str:
@@ -196,9 +212,10 @@ def read(args: dict[str, Any]) -> dict[str, Any] | None:
     bridge, owner = validate.ifname(args["bridge"]), validate.owner(args["owner"])
     with _locked(bridge) as run_dir:
         meta = _load(run_dir)
-        if meta is None or meta.get("owner") != owner:
-            return None
-        return _state(run_dir, meta, live_pid(run_dir), "read")
+        if meta is not None and meta.get("owner") == owner:
+            return _state(run_dir, meta, live_pid(run_dir), "read")
+    _tidy()
+    return None
 
 
 def stop(args: dict[str, Any]) -> dict[str, Any]:
@@ -215,19 +232,18 @@ def stop(args: dict[str, Any]) -> dict[str, Any]:
             raise _not_ours(run_dir, meta)
         how = _stop(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
-    _tidy(bridge)
+    _tidy()
     return {"deleted": True, "how": how}
 
 
-def _tidy(bridge: str) -> None:
-    """The lock file and the dhcp dirs go when no server is left (the host as before)."""
+def _tidy() -> None:
+    """The dhcp dirs go when no server is left (the host as before)."""
     root = _root()
-    locks = root.parent / "dhcp-locks"
-    if not any(root.iterdir()):
-        (locks / bridge).unlink(missing_ok=True)
-        if not any(locks.iterdir()):
-            locks.rmdir()
-        root.rmdir()
+    for directory in (root.parent / "dhcp-locks", root):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # not empty: another network's server (or one starting) keeps it
 
 
 def _not_ours(run_dir: Path, meta: dict[str, Any] | None) -> AgentError:

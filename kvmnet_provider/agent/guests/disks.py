@@ -37,19 +37,28 @@ RECORD = "disk.json"
 QEMU_IMG_TIMEOUT = 120.0
 
 
-def disks_root() -> Path:
-    """Where guests' disk directories live on this host (see the module's doc)."""
+def _levels() -> list[Path]:
+    """The directories down to the guests' (see the module's doc), outermost first."""
     own = os.stat("/proc/self/ns/net").st_ino
     try:
         host = os.stat("/proc/1/ns/net").st_ino
     except OSError:
         host = None
-    base = ROOT if own == host else ROOT / f"netns-{own}"
-    return rundir.private_dir(base / "guests")
+    levels = [ROOT] if own == host else [ROOT, ROOT / f"netns-{own}"]
+    return [*levels, levels[-1] / "guests"]
+
+
+def disks_root() -> Path:
+    """Where guests' disk directories live on this host, each level made (or found) 0700."""
+    for level in _levels():
+        rundir.private_dir(level)
+    return _levels()[-1]
 
 
 def guest_dir(name: str) -> Path:
-    return disks_root() / name
+    """A guest's disk directory's path (nothing is made: a guest without disks leaves no
+    trace under /var/lib)."""
+    return _levels()[-1] / name
 
 
 def wanted_paths(name: str, spec: dict[str, Any]) -> dict[str, str | None]:
@@ -142,7 +151,7 @@ def save_record(d: Path, record: dict[str, Any]) -> None:
 
 def _owned_dir(name: str, owner: str) -> tuple[Path, dict[str, Any] | None]:
     """The guest's disk directory (made if absent) and its record; refuses another's."""
-    d = guest_dir(name)
+    d = disks_root() / name
     existed = d.exists()
     rundir.private_dir(d)
     record = load_record(d)

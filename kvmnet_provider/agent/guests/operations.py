@@ -188,13 +188,19 @@ def stop(args: dict[str, Any]) -> GuestStopped:
             if run_dir.exists() and live_pid(run_dir, name, None) is not None:
                 raise not_ours(run_dir, meta)
             kept = disks.release(name, owner, keep_disk)  # the guest died: its disks go now
-            return {"deleted": False, "how": "absent", "kept_disk": kept}
+            return _stopped(False, "absent", kept)
         if meta.get("owner") != owner:
             raise not_ours(run_dir, meta)
         how = stop_process(run_dir, name, meta, stop_timeout)
         remove_run_dir(run_dir, meta)
-        kept = disks.release(name, owner, keep_disk)
-        return {"deleted": True, "how": how, "kept_disk": kept}
+        return _stopped(True, how, disks.release(name, owner, keep_disk))
+
+
+def _stopped(deleted: bool, how: str, kept_disk: str | None) -> GuestStopped:
+    answer: GuestStopped = {"deleted": deleted, "how": how}
+    if kept_disk:  # only then: the answer is otherwise what it always was
+        answer["kept_disk"] = kept_disk
+    return answer
 
 
 def accelerator_op(args: dict[str, Any]) -> AcceleratorChoice:

@@ -33,6 +33,7 @@ SSHD_LISTENER_RE = re.compile(r"\s*\[listener\].*$")
 AGENT_MARKERS = ("kvmnet_agent", "kvmnet-agent-")
 ROLLBACK_MARKER = "rollback_main"
 RUN_ROOT = Path(os.environ.get("KVMNET_HOST_STATE", "/run/kvmnet"))
+DISK_ROOT = Path(os.environ.get("KVMNET_DISK_ROOT", "/var/lib/kvmnet"))  # guests' disks
 
 
 class _HasExecIn(Protocol):
@@ -213,15 +214,17 @@ def host_snapshot(runner: ExecIn, namespace: str) -> dict[str, Any]:
         "sysctls": _sysctls(runner, namespace),
         "processes": _processes(runner, namespace),
         "run_dir": _run_dir(runner, namespace),
+        "disk_dir": _run_dir(runner, namespace, DISK_ROOT),
     }
 
 
-def _run_dir(runner: ExecIn, namespace: str) -> dict[str, Any]:
-    """What kvmnet keeps for this namespace under /run/kvmnet/netns-<inode>: each file by its
-    path, JSON documents by their content. Left out: lock files and empty documents (both
-    stay after the last user, and mean nothing), and directories as such."""
+def _run_dir(runner: ExecIn, namespace: str, under: Path = RUN_ROOT) -> dict[str, Any]:
+    """What kvmnet keeps for this namespace under /run/kvmnet/netns-<inode> (or, `under`
+    /var/lib/kvmnet, its guests' overlays and seeds): each file by its path, JSON documents by
+    their content. Left out: lock files and empty documents (both stay after the last user,
+    and mean nothing), and directories as such."""
     inode = run_in(runner, namespace, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).strip()
-    root = RUN_ROOT / f"netns-{inode}"
+    root = under / f"netns-{inode}"
     found: dict[str, Any] = {}
     if not root.is_dir():
         return found
