@@ -279,3 +279,40 @@ def test_dhcp_and_dns_on_an_input_drop_host(
         assert nft_rules(lab_api, ns) == nft_before
     finally:
         undo_input_drop(lab_api, ns, tool)
+
+
+TWO_SERVERS = textwrap.dedent(
+    """
+    from kvmnet_provider.program import connection_from_config
+    from kvmnet_provider.resources import Bridge, BridgeArgs
+    from kvmnet_provider.resources.dhcp import DhcpHost, DhcpServer, DhcpServerArgs
+
+    import pulumi
+
+    conn = connection_from_config(pulumi.Config("kvmnet"))
+    for i in (1, 2):
+        bridge = Bridge(f"br{i}", BridgeArgs(connection=conn, name=f"br-d{i}",
+                                             addresses=[f"10.0.{i}.254/24"]))
+        DhcpServer(f"dhcp{i}", DhcpServerArgs(
+            connection=conn, bridge=bridge.name, subnet=f"10.0.{i}.0/24",
+            gateway=f"10.0.{i}.254",
+            hosts=[DhcpHost("g1", f"52:54:00:00:0{i}:01", f"10.0.{i}.11")]))
+    """
+)
+
+
+def test_two_servers_on_one_host_and_destroy_leaves_nothing(
+    dhcp_stack: TestStack, lab: LabStatus, lab_api: Lab
+) -> None:
+    ns = lab.hosts[0].namespace
+    before = host_snapshot(lab_api, ns)
+    dhcp_stack.set_program(TWO_SERVERS)
+    dhcp_stack.up()
+    servers = dhcp_stack.resources("DhcpServer")
+    assert len(servers) == 2 and all(s["outputs"]["serving"] for s in servers)
+    dnsmasqs = [p for p in host_snapshot(lab_api, ns)["processes"] if "dnsmasq" in p[0]]
+    assert len(dnsmasqs) == 2, dnsmasqs
+    dhcp_stack.refresh()
+    dhcp_stack.preview_no_changes()
+    dhcp_stack.destroy()
+    assert diff_snapshots(before, host_snapshot(lab_api, ns)) == []

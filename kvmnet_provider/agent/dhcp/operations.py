@@ -51,11 +51,16 @@ def _locked(bridge: str) -> Iterator[Path]:
                 break
         except FileNotFoundError:
             pass
-        os.close(fd)  # removed by _tidy while this thread waited: lock the current one
+        os.close(fd)  # removed by its holder while this thread waited: lock the current one
+    run_dir = rundir.private_dir(root) / bridge
     try:
-        yield rundir.private_dir(root) / bridge
+        yield run_dir
     finally:
-        os.close(fd)
+        try:
+            if not run_dir.exists():
+                path.unlink(missing_ok=True)  # still held: no server, no lock file
+        finally:
+            os.close(fd)
 
 
 def _binary() -> str:
@@ -207,9 +212,10 @@ def read(args: dict[str, Any]) -> dict[str, Any] | None:
     bridge, owner = validate.ifname(args["bridge"]), validate.owner(args["owner"])
     with _locked(bridge) as run_dir:
         meta = _load(run_dir)
-        if meta is None or meta.get("owner") != owner:
-            return None
-        return _state(run_dir, meta, live_pid(run_dir), "read")
+        if meta is not None and meta.get("owner") == owner:
+            return _state(run_dir, meta, live_pid(run_dir), "read")
+    _tidy()
+    return None
 
 
 def stop(args: dict[str, Any]) -> dict[str, Any]:
@@ -226,22 +232,18 @@ def stop(args: dict[str, Any]) -> dict[str, Any]:
             raise _not_ours(run_dir, meta)
         how = _stop(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
-    _tidy(bridge)
+    _tidy()
     return {"deleted": True, "how": how}
 
 
-def _tidy(bridge: str) -> None:
-    """The lock file and the dhcp dirs go when no server is left (the host as before)."""
+def _tidy() -> None:
+    """The dhcp dirs go when no server is left (the host as before)."""
     root = _root()
-    locks = root.parent / "dhcp-locks"
-    try:
-        if not any(root.iterdir()):
-            (locks / bridge).unlink(missing_ok=True)
-            if not any(locks.iterdir()):
-                locks.rmdir()
-            root.rmdir()
-    except OSError:
-        pass  # another agent is starting a server meanwhile: its dirs stay
+    for directory in (root.parent / "dhcp-locks", root):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # not empty: another network's server (or one starting) keeps it
 
 
 def _not_ours(run_dir: Path, meta: dict[str, Any] | None) -> AgentError:
