@@ -246,3 +246,15 @@ def test_provider_check_names_the_property() -> None:
     result = provider.check({}, {**news, "hosts": [G1]})
     assert result.failures == []
     assert result.inputs["serving"] is True and result.inputs["dhcp_range"] is None
+
+
+def test_what_blocks_dhcp_or_dns() -> None:
+    flows = fwplan.InputRules("br-in", "10.0.1.254", "10.0.1.0/24").flows()
+    Rule = fwplan.Rule
+    assert fwplan.could_block(Rule("drop"), flows)
+    assert fwplan.could_block(Rule("drop", iif="br-in"), flows)
+    assert fwplan.could_block(Rule("reject", iif="br-in", dst="10.0.1.254/32"), flows)
+    assert not fwplan.could_block(Rule("drop", iif="eth0"), flows)
+    assert not fwplan.could_block(Rule("drop", src="192.0.2.7/32"), flows)
+    assert not fwplan.could_block(Rule("drop", proto="tcp", dport=22), flows)
+    assert not fwplan.could_block(Rule("accept", iif="br-in"), flows)

@@ -274,6 +274,25 @@ def test_dhcp_and_dns_on_an_input_drop_host(
             assert resolves(g1, "g2.kvm.internal") == ["10.0.1.12"]
             assert resolves(g2, "g1.kvm.internal") == ["10.0.1.11"]
         dhcp_stack.preview_no_changes()
+
+        # A foreign DROP above kvmnet's jump: refresh reports it, up refuses naming the rule,
+        # and once the operator removes it, up converges.
+        drop = ["-i", "br-in", "-j", "DROP"]
+        run_in(lab_api, ns, [tool, "-I", "INPUT", "1", *drop])
+        try:
+            dhcp_stack.refresh()
+            (server,) = dhcp_stack.resources("DhcpServer")
+            problems = server["outputs"]["problems"]
+            assert server["outputs"]["serving"] is False, problems
+            assert any("blocked by" in p and "-i br-in -j DROP" in p for p in problems), problems
+            refused = dhcp_stack.up(check=False)
+            said = refused.stdout + refused.stderr
+            assert refused.returncode != 0 and "-i br-in -j DROP" in said, said
+            assert "Traceback" not in said, said
+        finally:
+            run_in(lab_api, ns, [tool, "-D", "INPUT", *drop])
+        dhcp_stack.up()
+        dhcp_stack.preview_no_changes()
         dhcp_stack.destroy()
         assert diff_snapshots(before, host_snapshot(lab_api, ns)) == []
         assert nft_rules(lab_api, ns) == nft_before

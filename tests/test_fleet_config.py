@@ -296,3 +296,79 @@ def test_the_demo_fleet_stack_is_valid_with_the_lab_hosts_filled_in(
     assert config["kvmnet:guestImage"]["kernel"] == str(tmp_path / "image" / "vmlinuz")
     fleet_config(hosts)
     run_fleet()
+
+
+def test_fleet_network_dhcp_keys_and_the_guests_cmdline() -> None:
+    from kvmnet_provider.fleet import host_networks
+
+    nat = {**network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24"), "domain": "lab.test",
+           "dhcpRange": ["10.0.1.100", "10.0.1.120"]}  # fmt: skip
+    routed = {**network("rt", "br-rt", "vif3.0", "r1", "10.0.2.0/24"), "model": "routed",
+              "dhcp": False}  # fmt: skip
+    pulumi.runtime.set_all_config(
+        {
+            "kvmnet:hosts": json.dumps(
+                {"h1": {"connection": {"host": "192.0.2.1"}, "networks": [nat, routed]}}
+            ),
+            "kvmnet:guestImage": json.dumps({"kernel": "/k", "initrd": "/i"}),
+        }
+    )
+    pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
+    ((_, nets),) = host_networks(pulumi.Config("kvmnet"))
+    (_, _, nat_args), (_, _, routed_args) = nets
+    assert (nat_args.dhcp, nat_args.domain, nat_args.dhcp_range) == (
+        None,
+        "lab.test",
+        ("10.0.1.100", "10.0.1.120"),
+    )
+    assert "kvmnet.ip=dhcp" in str(nat_args.guests[0].cmdline)
+    assert "kvmnet.gw" not in str(nat_args.guests[0].cmdline)
+    assert routed_args.dhcp is False
+    assert "kvmnet.ip=10.0.2.11/24 kvmnet.gw=10.0.2.254" in str(routed_args.guests[0].cmdline)
+
+
+def test_fleet_network_bad_dhcp_value_names_the_key() -> None:
+    from kvmnet_provider.errors import ConfigError
+    from kvmnet_provider.fleet import host_networks
+
+    bad = {**network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24"), "dhcp": "yes"}
+    fleet_config({"h1": {"connection": {"host": "192.0.2.1"}, "networks": [bad]}})
+    pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
+    with pytest.raises(ConfigError, match=r"kvmnet:hosts\.h1\.networks\[0\]\.dhcp"):
+        host_networks(pulumi.Config("kvmnet"))
+
+
+class Recording(Mocks):
+    def __init__(self) -> None:
+        self.made: list[tuple[str, str, dict[str, Any]]] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.made.append((args.typ, args.name, dict(args.inputs)))
+        return super().new_resource(args)
+
+
+@pulumi.runtime.test
+def test_nat_gets_a_dhcp_server_with_every_guest_and_isolated_none() -> Any:
+    mocks = Recording()
+    pulumi.runtime.set_mocks(mocks, project="kvt", stack="dev", preview=False)
+    from kvmnet_provider.models import IsolatedNetwork, NatNetwork
+
+    conn = HostSettings(host="192.0.2.9")
+    guests = [GuestSpec(name="g1", tap="vif1.0", mac="52:54:00:00:01:01", address="10.0.1.11"),
+              GuestSpec(name="g2", tap="vif2.0", mac="52:54:00:00:01:02")]  # fmt: skip
+    nat = NatNetwork("nat", NetworkArgs(connection=conn, gateway="10.0.1.254", guests=guests))
+    iso_guest = GuestSpec(name="i1", tap="vif3.0", mac="52:54:00:00:01:03")
+    IsolatedNetwork("iso", NetworkArgs(connection=conn, bridge="br-iso", guests=[iso_guest]))
+
+    def check(_: Any) -> None:
+        servers = [(name, inputs) for typ, name, inputs in mocks.made if "DhcpServer" in typ]
+        assert [name for name, _ in servers] == ["nat-dhcp"]
+        hosts = servers[0][1]["hosts"]
+        assert [(h["name"], h["mac"], h.get("address")) for h in hosts] == [
+            ("g1", "52:54:00:00:01:01", "10.0.1.11"),
+            ("g2", "52:54:00:00:01:02", None),
+        ]
+        assert servers[0][1]["domain"] == "kvm.internal"
+
+    assert nat.dhcp is not None
+    return nat.dhcp.pid.apply(check)

@@ -295,13 +295,30 @@ def input_read(owner: str, net: fwplan.InputRules | None = None) -> dict[str, An
         problems.append(f"the jump to {INPUT_CHAIN} is missing from filter INPUT")
     if net is not None and rules and rules != [r.to_wire() for r in net.rules()]:
         problems.append("the DHCP/DNS input rules differ from what kvmnet installs")
+    if net is not None and rules:
+        problems += [f"blocked by {b}" for b in input_blockers(table, net)]
     jump = "filter INPUT" if jumps else None
     return {"backend": NAME, "rules": rules, "count": len(rules), "jump": jump,
             "problems": problems}  # fmt: skip
 
 
+def input_blockers(table: Any, net: fwplan.InputRules) -> list[str]:
+    """Foreign DROP/REJECT rules above our jump in INPUT that drop DHCP or DNS of `net`."""
+    rules = list(iptc.Chain(table, "INPUT").rules)
+    at = next((i for i, r in enumerate(rules) if _is_jump(r, INPUT_CHAIN)), 0)
+    flows = net.flows()
+    return [_say("INPUT", r) for r in rules[:at] if fwplan.could_block(describe(r), flows)]
+
+
 def input_ensure(owner: str, net: fwplan.InputRules) -> dict[str, Any]:
     mark = firewall.MARK_PREFIX + owner
+    found = input_blockers(_filter(), net)
+    if found:
+        raise AgentError(
+            "blocked",
+            f"{found[0]} runs before kvmnet's jump to {INPUT_CHAIN} and drops this network's "
+            "DHCP/DNS; delete that rule or move it below kvmnet's jump, then run up again",
+        )
     current = input_read(owner, net)
     if current["count"] and not current["problems"]:
         return current

@@ -536,6 +536,8 @@ def input_read(owner: str, net: fwplan.InputRules | None = None) -> dict[str, An
         problems.append(f"the jump to {INPUT_PASS} is missing from table {' '.join(where)}")
     if net is not None and rules and rules != [r.to_wire() for r in net.rules()]:
         problems.append("the DHCP/DNS input rules differ from what kvmnet installs")
+    if net is not None and rules:
+        problems += [f"blocked by {b}" for b in input_blockers(rs, net)]
     return {
         "backend": NAME,
         "rules": rules,
@@ -545,8 +547,37 @@ def input_read(owner: str, net: fwplan.InputRules | None = None) -> dict[str, An
     }
 
 
+def input_blockers(rs: Ruleset, net: fwplan.InputRules) -> list[str]:
+    """Foreign DROP/REJECT rules above our jump (and other input base chains with policy drop)
+    that drop this network's DHCP or DNS."""
+    flows = net.flows()
+    where = input_placement(rs)
+    found = []
+    for key, chain in rs.chains.items():
+        if chain.get("hook") != "input" or chain["family"] not in ("ip", "inet"):
+            continue
+        if key == where or (chain["family"], chain["table"]) == (FAMILY, TABLE):
+            continue
+        if chain.get("policy") == "drop":
+            found.append(f"table {key[0]} {key[1]} chain {key[2]} (policy drop)")
+        found += [
+            _text(r) for r in rs.chain_rules(*key) if fwplan.could_block(describe(r.expr), flows)
+        ]
+    rules = rs.chain_rules(*where)
+    at = next((i for i, r in enumerate(rules) if _is_our_jump(r, INPUT_PASS)), 0)
+    found += [_text(r) for r in rules[:at] if fwplan.could_block(describe(r.expr), flows)]
+    return found
+
+
 def input_ensure(owner: str, net: fwplan.InputRules) -> dict[str, Any]:
     mark = MARK_PREFIX + validate.owner(owner)
+    found = input_blockers(ruleset(), net)
+    if found:
+        raise AgentError(
+            "blocked",
+            f"{found[0]} drops this network's DHCP/DNS before kvmnet's rules can accept it; "
+            f"delete that rule or move it below kvmnet's jump to {INPUT_PASS}, then run up again",
+        )
     current = input_read(owner, net)
     if current["count"] and not current["problems"]:
         return current

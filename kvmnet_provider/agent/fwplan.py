@@ -236,3 +236,11 @@ class InputRules:
             Rule("accept", iif=br, src=net, dst=dns, proto="udp", dport=53),
             Rule("accept", iif=br, src=net, dst=dns, proto="tcp", dport=53),
         ]
+
+    def flows(self) -> list[Rule]:
+        """The traffic the rules let in, as match patterns (for finding blockers): a DHCP
+        request (from 0.0.0.0 to broadcast) and a guest's query to the bridge's address."""
+        return [
+            Rule("accept", iif=self.bridge, src="0.0.0.0/32", dst="255.255.255.255/32"),
+            Rule("accept", iif=self.bridge, src=self.subnet, dst=f"{self.address}/32"),
+        ]

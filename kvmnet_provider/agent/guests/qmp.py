@@ -87,3 +87,5 @@ def status(path: str) -> str:
     except (OSError, IndexError) as exc:
         return f"unknown ({exc})"
     return str(status.get("status")) if isinstance(status, dict) else "unknown"
+
+
