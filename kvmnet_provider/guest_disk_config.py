@@ -10,7 +10,7 @@ from typing import Any
 from .cloudinit import CloudInit, normalise_cloud_init
 from .errors import ConfigError
 from .spec import guest as guests
-from .spec.validate import InvalidInput, boolean
+from .spec.validate import InvalidInput, boolean, int_range
 
 DISK_KEYS = ("baseImage", "baseFormat", "diskSizeGib", "keepDisk", "cloudInit")
 CLOUD_INIT_KEYS = {
@@ -25,10 +25,7 @@ def guest_disk_args(guest: dict[str, Any], key: str) -> dict[str, Any]:
     rules = {
         "baseImage": ("base_image", guests.host_path),
         "baseFormat": ("base_format", guests.base_format),
-        "diskSizeGib": (
-            "disk_size_gib",
-            lambda v: guests.validate.int_range(v, *guests.DISK_SIZE_GIB),
-        ),
+        "diskSizeGib": ("disk_size_gib", lambda v: int_range(v, *guests.DISK_SIZE_GIB)),
         "keepDisk": ("keep_disk", boolean),
     }
     out: dict[str, Any] = {}

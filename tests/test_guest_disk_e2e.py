@@ -161,8 +161,21 @@ def test_overlay_seed_replace_keep_and_destroy(disk_run: DiskRun, tmp_path: Path
     assert "meta-data" in seen and "user-data" in seen, seen
     assert f"local-hostname: {NAME}" in seen and f"instance-id: {NAME}-" in seen, seen
     assert "#cloud-config" in seen, seen
-    # A mark on the overlay, to tell a new overlay from a kept one.
-    in_guest(console, "echo KVMNET-DISK-MARK | dd of=/dev/vda bs=512 count=1 conv=sync && sync")
+    # A mark on the overlay, to tell a new overlay from a kept one (fsync: a flush reaches
+    # QEMU, which then writes the qcow2 mapping too; a SIGKILL must not lose it).
+    in_guest(console, "echo KVMNET-DISK-MARK | dd of=/dev/vda bs=512 count=1 conv=sync,fsync")
+    stack.preview_no_changes()
+
+    # QEMU dies behind Pulumi's back: refresh drops the guest, up starts it again on the same
+    # overlay (the mark is still there) with a fresh seed; then nothing is left to change.
+    kill_guest(outs["pid"], NAME)
+    disk_run.logs["refresh"] = stack.refresh().stdout
+    assert not stack.resources("QemuGuest")
+    outs = disk_run.up("up-again")
+    mark = "dd if=/dev/vda bs=512 count=1 2>/dev/null | grep -c DISK-MARK || true"
+    assert in_guest(outs["console_socket"], mark).split()[-1] == "1"
+    assert Path(outs["seed_path"]).is_file()
+    disk_run.logs["refresh-2"] = stack.refresh().stdout
     stack.preview_no_changes()
 
     # user-data is a secret: neither the state nor the logs hold it in plaintext.
@@ -185,7 +198,7 @@ def test_overlay_seed_replace_keep_and_destroy(disk_run: DiskRun, tmp_path: Path
         console, "dd if=/dev/vda bs=512 count=1 2>/dev/null | grep -c DISK-MARK || true"
     )
     assert head.split()[-1] == "0", head
-    in_guest(console, "echo KVMNET-DISK-MARK | dd of=/dev/vda bs=512 count=1 conv=sync && sync")
+    in_guest(console, "echo KVMNET-DISK-MARK | dd of=/dev/vda bs=512 count=1 conv=sync,fsync")
 
     # keep_disk changes in place; destroy then keeps the overlay (and only it).
     stack.config("keep", "true")
