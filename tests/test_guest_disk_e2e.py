@@ -226,6 +226,7 @@ def test_overlay_seed_replace_keep_and_destroy(disk_run: DiskRun, tmp_path: Path
     stack.up()
     disk_run.logs["destroy"] = stack.destroy().stdout
     assert not disk_dir.exists()
+    assert not disk_dir.parent.parent.exists()  # netns-<inode>: nothing of it left
     assert sha256(base) == base_sum
     after = host_snapshot(disk_run.lab, ns)
     assert after == before, "\n".join(diff_snapshots(before, after))

@@ -32,6 +32,7 @@ from kvmnet_provider.spec.validate import InvalidInput
 
 CONN = {"host": "198.18.0.10", "known_hosts": "/tmp/kh", "private_key_path": "/tmp/id"}
 SECRET = "s3cret-pass-phrase"
+SEED_B64 = base64.b64encode(build_seed({"user-data": b"#cloud-config\n"})).decode()
 USER_DATA = {"hostname": "g1", "users": [{"name": "ops", "passwd": SECRET, "uid": 1000}]}
 
 
@@ -282,6 +283,16 @@ def test_disk_dirs_are_keyed_by_namespace_except_in_the_hosts_own(
     assert not disk_root.exists()  # a path asked for is not made
     assert disks.release("g1", "p/s/QemuGuest/g1", keep_disk=False) is None
     assert not disk_root.exists()
+    # a lab host's levels go with its last guest; the host's own guests dir stays
+    for host_ino in (222, 111):
+        inodes["/proc/1/ns/net"] = host_ino
+        for name in ("g1", "g2"):
+            assert disks.prepare(agent_spec(None, name=name, seed_iso=SEED_B64)) is False
+        assert disks.release("g1", "p/s/QemuGuest/g1", keep_disk=False) is None
+        assert disks.guest_dir("g2").is_dir()
+        assert disks.release("g2", "p/s/QemuGuest/g1", keep_disk=False) is None
+        assert not disks.guest_dir("g2").exists()
+    assert sorted(p.name for p in disk_root.iterdir()) == ["guests"]
 
 
 def test_qemu_img_gets_argument_lists(

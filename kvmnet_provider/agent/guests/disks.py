@@ -151,9 +151,15 @@ def save_record(d: Path, record: dict[str, Any]) -> None:
 
 def _owned_dir(name: str, owner: str) -> tuple[Path, dict[str, Any] | None]:
     """The guest's disk directory (made if absent) and its record; refuses another's."""
-    d = disks_root() / name
-    existed = d.exists()
-    rundir.private_dir(d)
+    for attempt in range(3):  # another agent may tidy an empty parent away meanwhile
+        d = disks_root() / name
+        existed = d.exists()
+        try:
+            rundir.private_dir(d)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     record = load_record(d)
     if record is not None and record.get("owner") != owner:
         raise AgentError(
@@ -290,4 +296,18 @@ def release(name: str, owner: str, keep_disk: bool) -> str | None:
         save_record(d, record)
         return str(overlay)
     shutil.rmtree(d)
+    _tidy()
     return None
+
+
+def _tidy() -> None:
+    """A namespace's own levels (lab hosts) go with its last guest: nothing of a lab host
+    outlives it under /var/lib. The host's own /var/lib/kvmnet/guests stays."""
+    levels = _levels()
+    if len(levels) < 3:  # the host's own namespace
+        return
+    for level in reversed(levels[1:]):
+        try:
+            level.rmdir()  # only when empty
+        except OSError:
+            return
