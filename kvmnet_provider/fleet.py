@@ -50,7 +50,7 @@ NETWORK_KEYS = {
 
 
 def _name(value: Any, prop: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise ValueError(f"{prop}: must be 1-32 of a-z, 0-9 and '-' (a name), got {value!r}")
     return value
 

@@ -79,11 +79,11 @@ class HostSettings:
         ):
             raise SettingError(f"{prop}.port", f"must be a TCP port 1-65535, got {port!r}")
         user = raw.get("user", "root")
-        if not isinstance(user, str) or not USER_RE.match(user):
+        if not isinstance(user, str) or not USER_RE.fullmatch(user):
             raise SettingError(f"{prop}.user", f"must be a POSIX user name, got {user!r}")
         for key in ("known_hosts", "private_key_path"):
             value = raw.get(key)
-            if value is not None and (not isinstance(value, str) or not PATH_RE.match(value)):
+            if value is not None and (not isinstance(value, str) or not PATH_RE.fullmatch(value)):
                 raise SettingError(
                     f"{prop}.{key}",
                     "must be an absolute path of [A-Za-z0-9_.+@/-], got " + _shown(value),
@@ -112,7 +112,7 @@ class HostSettings:
                 "cannot be combined with host_key or known_hosts",
             )
         python = raw.get("python", "python3")
-        if not isinstance(python, str) or not PYTHON_RE.match(python):
+        if not isinstance(python, str) or not PYTHON_RE.fullmatch(python):
             raise SettingError(
                 f"{prop}.python", f"must be a command name or absolute path, got {python!r}"
             )
@@ -161,4 +161,4 @@ def _is_host(value: str) -> bool:
         ipaddress.ip_address(value)
         return True
     except ValueError:
-        return bool(HOSTNAME_RE.match(value))
+        return bool(HOSTNAME_RE.fullmatch(value))

@@ -36,14 +36,14 @@ DEFAULT_QEMU = "qemu-system-x86_64"
 
 # --- single fields -----------------------------------------------------------------------
 def guest_name(value: object) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or value in (".", ".."):
         raise InvalidInput(f"must be 1-32 characters from [A-Za-z0-9_.-], got {value!r}")
     return value
 
 
 def host_path(value: object) -> str:
     """An absolute path on the host of safe characters, no `..`, no empty components."""
-    if not isinstance(value, str) or not PATH_RE.match(value) or len(value) > 4096:
+    if not isinstance(value, str) or not PATH_RE.fullmatch(value) or len(value) > 4096:
         raise InvalidInput(f"must be an absolute path of [A-Za-z0-9_.+@/-], got {value!r}")
     parts = value.split("/")[1:]
     if any(p in ("", ".", "..") for p in parts):
@@ -78,13 +78,13 @@ def accelerator(value: object) -> str:
 
 
 def cpu_model(value: object) -> str:
-    if not isinstance(value, str) or len(value) > 200 or not CPU_RE.match(value):
+    if not isinstance(value, str) or len(value) > 200 or not CPU_RE.fullmatch(value):
         raise InvalidInput(f"must be a QEMU CPU model such as host or qemu64,+ssse3, got {value!r}")
     return value
 
 
 def qemu_binary(value: object) -> str:
-    if not isinstance(value, str) or not QEMU_RE.match(value) or ".." in value.split("/"):
+    if not isinstance(value, str) or not QEMU_RE.fullmatch(value) or ".." in value.split("/"):
         raise InvalidInput(f"must be a command name or an absolute path, got {value!r}")
     return value
 

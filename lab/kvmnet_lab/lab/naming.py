@@ -22,7 +22,7 @@ class LabNameError(ValueError):
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise LabNameError(
             f"invalid lab name {name!r}: 1-12 chars of [a-z0-9_], starting with a letter"
         )

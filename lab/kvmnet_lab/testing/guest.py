@@ -77,7 +77,7 @@ def qemu_argv(
     accel = default_accel() if accel is None else accel
     if accel not in ACCELS:
         raise ValueError(f"accel must be one of {ACCELS}, not {accel!r}")
-    if not _HOSTNAME.match(name):
+    if not _HOSTNAME.fullmatch(name):
         raise ValueError(f"name: invalid guest name {name!r}")
     if memory_mib < 32:
         raise ValueError(f"memory_mib: {memory_mib} is too small")
@@ -165,7 +165,7 @@ def start_guest(
         raise ValueError("start_guest runs QEMU in the foreground; do not pass -daemonize")
     full = list(argv)
     if netns is not None:
-        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", netns):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", netns):
             raise ValueError(f"netns: invalid namespace name {netns!r}")
         full = ["ip", "netns", "exec", netns, *full]
     log = open(log_path, "ab") if log_path is not None else None
