@@ -62,7 +62,8 @@ def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
     paths (a rebuilt namespace has another)."""
 
     def scrub(value: Any, key: str = "") -> Any:
-        if key in ("ifindex", "pid", "started", "argv_sha256"):  # the hash: of the argv's paths
+        # the hashes: of the argv's and dnsmasq.conf's paths, which hold the namespace's inode
+        if key in ("ifindex", "pid", "started", "argv_sha256", "conf_sha256"):
             return None
         if isinstance(value, dict):
             return {k: scrub(v, k) for k, v in value.items()}

@@ -31,14 +31,13 @@ def fresh_claims() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def event_loop_of_its_own() -> Iterator[None]:
+def an_event_loop() -> None:
     # Pulumi's mocks take the current event loop; a test that ran asyncio.run() before this
-    # module left none, so each test gets its own.
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    yield
-    asyncio.set_event_loop(None)
-    loop.close()
+    # module left none (get_event_loop then raises), so one is set where none is.
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def args_on(

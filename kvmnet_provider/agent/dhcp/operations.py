@@ -128,6 +128,19 @@ def _stop(run_dir: Path) -> str:
 
 
 def _launch(run_dir: Path) -> int:
+    # A dnsmasq just stopped can hold its port 53 for a moment longer (a child serving a TCP
+    # query exits on its own time): a bind refused that way is tried again, for up to 5 s.
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            return _launch_once(run_dir)
+        except AgentError as exc:
+            if "Address already in use" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.25)
+
+
+def _launch_once(run_dir: Path) -> int:
     log = run_dir / "start.log"
     with open(log, "wb", opener=rundir.nofollow) as out:
         try:

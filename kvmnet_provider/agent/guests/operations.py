@@ -56,6 +56,9 @@ def start(args: dict[str, Any]) -> GuestState:
                 digest,
                 disk_key,
             ):
+                if meta.get("pid") != pid:  # launched by an agent that died before noting it
+                    meta["pid"] = pid
+                    save_meta(run_dir, meta)
                 return state(run_dir, meta, pid)  # already running as asked
             stop_process(run_dir, name, meta, spec["stop_timeout"])
         remove_run_dir(run_dir, meta)
