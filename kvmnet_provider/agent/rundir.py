@@ -7,8 +7,11 @@ not a symlink; files in it are opened with O_NOFOLLOW.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import AgentError
@@ -55,3 +58,28 @@ def replace_text(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+@contextmanager
+def name_lock(locks: Path, name: str, kept_while: Path) -> Iterator[None]:
+    """Hold `locks/name` exclusively (all agents and agent threads on this host). The lock
+    file lives only as long as `kept_while` does: the holder removes it on the way out when
+    that is gone, and whoever waited on the removed file locks the path's new one instead."""
+    path = private_dir(locks) / name
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.lstat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # removed (or replaced) while this thread waited: lock the current one
+    try:
+        yield
+    finally:
+        try:
+            if not kept_while.exists():
+                path.unlink(missing_ok=True)  # still held: nobody has the file locked now
+        finally:
+            os.close(fd)

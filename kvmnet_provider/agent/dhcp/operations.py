@@ -10,7 +10,6 @@ Updates keep the lease file: hosts files changed only -> SIGHUP, anything else -
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -41,26 +40,9 @@ def _root() -> Path:
 def _locked(bridge: str) -> Iterator[Path]:
     """This network's run dir path, under a host-wide lock per bridge (every agent)."""
     root = _root()
-    locks = rundir.private_dir(root.parent / "dhcp-locks")
-    path = locks / bridge
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            if os.fstat(fd).st_ino == os.lstat(path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # removed by its holder while this thread waited: lock the current one
-    run_dir = rundir.private_dir(root) / bridge
-    try:
-        yield run_dir
-    finally:
-        try:
-            if not run_dir.exists():
-                path.unlink(missing_ok=True)  # still held: no server, no lock file
-        finally:
-            os.close(fd)
+    run_dir = root / bridge
+    with rundir.name_lock(root.parent / "dhcp-locks", bridge, kept_while=run_dir):
+        yield run_dir  # no server, no lock file
 
 
 def _binary() -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,25 +29,8 @@ def locked(name: str) -> Iterator[Path]:
     A guest with no run dir keeps no lock file either: the holder removes it on the way out,
     and whoever waited on the removed file locks the path's new one instead."""
     root = guests_root()
-    locks = rundir.private_dir(root.parent / "guest-locks")
-    path = locks / name
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            if os.fstat(fd).st_ino == os.lstat(path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # removed (or replaced) while this thread waited: lock the current one
-    try:
+    with rundir.name_lock(root.parent / "guest-locks", name, kept_while=root / name):
         yield root
-    finally:
-        try:
-            if not (root / name).exists():
-                path.unlink(missing_ok=True)  # still held: nobody has the file locked now
-        finally:
-            os.close(fd)
 
 
 def load_meta(run_dir: Path) -> dict[str, Any] | None:
