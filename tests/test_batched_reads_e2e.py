@@ -4,6 +4,8 @@ which answers the reads after it until a request may change the host."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import sys
 import time
 
 import pytest
@@ -15,6 +17,59 @@ from kvmnet_provider.connection import agent_session
 from kvmnet_provider.resources.linkreads import forget, read_link
 
 pytestmark = pytest.mark.e2e
+
+# Run inside a lab host: every link and address as rtdump decodes them and as pyroute2 does.
+COMPARE = """
+import json
+from kvmnet_provider.agent import rtdump
+from kvmnet_provider.agent.links import record_of
+from kvmnet_provider.agent.netlink import iproute_class, link_addresses
+ipr = iproute_class()()
+ours = {r.index: r for r in rtdump.links()}
+theirs = {int(m["index"]): record_of(m) for m in ipr.get_links()}
+addresses = rtdump.addresses()
+print(json.dumps({
+    "links": sorted(r.name for r in ours.values()),
+    "kinds": sorted({str(r.kind) for r in ours.values()}),
+    "differ": [repr((ours.get(i), theirs[i])) for i in theirs if ours.get(i) != theirs[i]],
+    "extra": sorted(set(ours) - set(theirs)),
+    "addresses_differ": [i for i in theirs if addresses.get(i, []) != link_addresses(ipr, i)],
+}))
+"""
+
+
+def test_raw_dumps_decode_links_as_pyroute2_does(lab: LabStatus, lab_api: Lab) -> None:
+    """Reads decode rtnetlink themselves (rtdump.py); changes go through pyroute2. Both must
+    see every link alike: bridges with STP and a delay, taps with and without an owner user or
+    multi-queue, enslaved or not, IPv4 and IPv6 addresses, the host's own links."""
+    h1 = lab.hosts[0]
+    session = agent_session(host_settings(h1))
+    owner = "test/rtdump/"
+    bridge = {"name": "krc0", "owner": owner + "b", "stp": True, "forward_delay": 4}
+    taps = {"krc1": {}, "krc2": {"owner_user": "nobody", "multi_queue": True}}
+    session.call("bridge.create", {**bridge, "addresses": ["10.9.1.1/24", "fd00:9::1/64"]})
+    try:
+        for tap, extra in taps.items():
+            session.call(
+                "tap.create", {"name": tap, "owner": owner + tap, "bridge": "krc0", **extra}
+            )
+        run_in(lab_api, h1.name, ["ip", "tuntap", "add", "dev", "krc3", "mode", "tap"])
+        run_in(lab_api, h1.name, ["ip", "link", "set", "krc3", "alias", "by hand"])
+        found = json.loads(run_in(lab_api, h1.name, [sys.executable, "-c", COMPARE]))
+        assert {"krc0", "krc1", "krc2", "krc3", "lo"} <= set(found["links"])
+        assert {"bridge", "tun"} <= set(found["kinds"])
+        assert found["differ"] == [] and found["extra"] == []
+        assert found["addresses_differ"] == []
+        listing = session.call("link.read.all", {})
+        assert listing["krc0"]["stp"] is True and listing["krc0"]["forward_delay"] == 4
+        assert listing["krc0"]["addresses"] == ["10.9.1.1/24", "fd00:9::1/64"]
+        krc2 = listing["krc2"]
+        assert krc2["owner_user"] == "nobody" and krc2["multi_queue"] and krc2["master"] == "krc0"
+        assert listing["krc3"]["alias"] == "by hand" and listing["krc3"]["owner"] is None
+    finally:
+        session.call_batched("link.delete", {"name": "krc0", "owner": bridge["owner"]})
+        for tap in [*taps, "krc3"]:
+            run_in(lab_api, h1.name, ["ip", "link", "del", tap], check=False)
 
 
 def test_batched_link_reads_answer_as_single_reads_do(lab: LabStatus, lab_api: Lab) -> None:

@@ -3,88 +3,76 @@
 `pulumi refresh` reads every resource; the reads that wait for one host's session leave as one
 `link.read.many` request (AgentSession.call_batched), and the agent answers them, and the reads
 after them, from one dump (kept by readcache.py until a request may change the host) instead of
-one RTM_GETLINK, one address query and one for the master's name each.
+one query per link. The dumps come from rtdump.py, not pyroute2: a session that only reads
+never imports pyroute2.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from ..spec import validate
 from ..spec.validate import InvalidInput
-from . import readcache
-from .links import Links
+from . import readcache, rtdump
+from .linkstate import describe as describe_link
+from .rtdump import LinkRecord
 
 
 @dataclass(frozen=True)
 class LinkDump:
-    by_name: dict[str, Any]  # name -> RTM_NEWLINK message
+    by_name: dict[str, LinkRecord]
     names: dict[int, str]  # ifindex -> name
     addresses: dict[int, list[str]]  # ifindex -> sorted CIDR strings
 
 
-def take_dump(links: Links) -> LinkDump:
+def take_dump() -> LinkDump:
     taken = time.monotonic()
-    by_name: dict[str, Any] = {}
-    names: dict[int, str] = {}
-    for msg in links.ipr.get_links():
-        name = msg.get_attr("IFLA_IFNAME")
-        by_name[name] = msg
-        names[int(msg["index"])] = name
-    book: dict[int, list[str]] = defaultdict(list)
-    for msg in links.ipr.get_addr():
-        # As netlink.link_addresses gives them: without the kernel's IPv6 link-local ones.
-        iface = ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
-        if not (iface.version == 6 and iface.ip.is_link_local):
-            book[int(msg["index"])].append(str(iface))
-    dump = LinkDump(by_name, names, {idx: sorted(a) for idx, a in book.items()})
+    records = rtdump.links()
+    dump = LinkDump(
+        by_name={r.name: r for r in records},
+        names={r.index: r.name for r in records},
+        addresses=rtdump.addresses(),
+    )
     readcache.keep(dump, taken)
     return dump
 
 
-def describe(links: Links, dump: LinkDump, name: str) -> dict[str, Any] | None:
-    """What Links.read answers for `name`, from the dump."""
-    msg = dump.by_name.get(validate.ifname(name))
-    if msg is None:
+def describe(dump: LinkDump, name: str) -> dict[str, Any] | None:
+    """What a read of `name` answers, from the dump: None when there is no such link."""
+    link = dump.by_name.get(validate.ifname(name))
+    if link is None:
         return None
-    master_idx = msg.get_attr("IFLA_MASTER")
-    return links._describe(
-        msg,
-        master=dump.names.get(int(master_idx)) if master_idx else None,
-        addresses=dump.addresses.get(int(msg["index"]), []),
-    )
+    return describe_link(link, dump.names.get(link.master), dump.addresses.get(link.index, []))
 
 
-def link_read(links: Links, name: str) -> dict[str, Any] | None:
-    """One link read: from a dump still valid, else its own query."""
-    dump = readcache.fresh()
-    return links.read(name) if dump is None else describe(links, dump, name)
+def link_read(name: str) -> dict[str, Any] | None:
+    """One link read: from a dump still valid, else a new one (two dumps of a host's links
+    cost less than loading pyroute2 for one query)."""
+    return describe(readcache.fresh() or take_dump(), name)
 
 
-def link_read_many(links: Links, items: list[dict[str, Any]]) -> list[Any]:
-    """Per item (a `name`): what Links.read answers for it, or the exception raised for it."""
-    dump = readcache.fresh() or take_dump(links)
+def link_read_many(items: list[dict[str, Any]]) -> list[Any]:
+    """Per item (a `name`): what a read answers for it, or the exception raised for it."""
+    dump = readcache.fresh() or take_dump()
     results: list[Any] = []
     for item in items:
         try:
-            results.append(describe(links, dump, item["name"]))
+            results.append(describe(dump, item["name"]))
         except Exception as exc:
             results.append(exc)
     return results
 
 
-def link_read_all(links: Links) -> dict[str, dict[str, Any]]:
-    """Every link of the host, by name, as Links.read describes each: a new dump (the
-    provider keeps the listing itself, see resources/linkreads.py)."""
-    dump = take_dump(links)
+def link_read_all() -> dict[str, dict[str, Any]]:
+    """Every link of the host, by name, as a read describes each: a new dump (the provider
+    keeps the listing itself, see resources/linkreads.py)."""
+    dump = take_dump()
     described: dict[str, dict[str, Any]] = {}
     for name in dump.by_name:
         try:
-            state = describe(links, dump, name)
+            state = describe(dump, name)
         except InvalidInput:
             continue  # a name kvmnet would never manage (nor be asked to read)
         if state is not None:

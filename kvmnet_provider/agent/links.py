@@ -21,14 +21,27 @@ if TYPE_CHECKING:
 
 from ..spec import validate
 from .errors import AgentError
+from .linkstate import USER_HZ, describe, owner_in, owner_tag
 from .netlink import link_addresses
-
-OWNER_PREFIX = "kvmnet:"
-USER_HZ = 100  # IFLA_BR_FORWARD_DELAY is in clock ticks
+from .rtdump import INFO_DATA, LinkRecord
 
 
-def owner_tag(owner: str) -> str:
-    return OWNER_PREFIX + owner
+def record_of(msg: Any) -> LinkRecord:
+    """A pyroute2 RTM_NEWLINK message as the record rtdump makes of the same link."""
+    kind = msg.get(("linkinfo", "kind"))
+    names = [name for _, name, _ in INFO_DATA.get(kind or "", ())]
+    data = {n: v for n in names if (v := msg.get(("linkinfo", "data", n))) is not None}
+    return LinkRecord(
+        index=int(msg["index"]),
+        name=msg.get_attr("IFLA_IFNAME"),
+        flags=int(msg["flags"]),
+        mac=msg.get_attr("IFLA_ADDRESS"),
+        mtu=msg.get_attr("IFLA_MTU"),
+        master=int(msg.get_attr("IFLA_MASTER") or 0),
+        alias=msg.get_attr("IFLA_IFALIAS") or "",
+        kind=kind,
+        data=data,
+    )
 
 
 class Links:
@@ -62,37 +75,12 @@ class Links:
     ) -> dict[str, Any]:
         """A link's state from its RTM_NEWLINK message. `master` (the master's name) and
         `addresses`, given by a caller that has just set them, save a round trip each."""
-        idx = msg["index"]
-        kind = msg.get(("linkinfo", "kind"))
-        master_idx = msg.get_attr("IFLA_MASTER")
-        if not master_idx:
-            master = None
-        elif master is None:
-            master = self.ipr.get_links(master_idx)[0].get_attr("IFLA_IFNAME")
-        alias = msg.get_attr("IFLA_IFALIAS") or ""
-        state: dict[str, Any] = {
-            "name": msg.get_attr("IFLA_IFNAME"),
-            "ifindex": idx,
-            "kind": kind,
-            "mac": msg.get_attr("IFLA_ADDRESS"),
-            "mtu": msg.get_attr("IFLA_MTU"),
-            "up": bool(msg["flags"] & 1),
-            "master": master,
-            "owner": _owner_in(alias),
-            "alias": alias,
-            "addresses": link_addresses(self.ipr, idx) if addresses is None else addresses,
-        }
-        if kind == "bridge":
-            stp = msg.get(("linkinfo", "data", "IFLA_BR_STP_STATE"))
-            delay = msg.get(("linkinfo", "data", "IFLA_BR_FORWARD_DELAY"))
-            state["stp"] = bool(stp)
-            state["forward_delay"] = int(round((delay or 0) / USER_HZ))
-        if kind == "tun":
-            uid = msg.get(("linkinfo", "data", "IFLA_TUN_OWNER"))
-            state["multi_queue"] = bool(msg.get(("linkinfo", "data", "IFLA_TUN_MULTI_QUEUE")))
-            state["tun_type"] = msg.get(("linkinfo", "data", "IFLA_TUN_TYPE"))
-            state["owner_user"] = _user_name(uid)
-        return state
+        link = record_of(msg)
+        if link.master and master is None:
+            master = self.ipr.get_links(link.master)[0].get_attr("IFLA_IFNAME")
+        if addresses is None:
+            addresses = link_addresses(self.ipr, link.index)
+        return describe(link, master, addresses)
 
     # --- ownership -----------------------------------------------------------------------
     def _claim(self, name: str, owner: str, adopt: bool, kind: str) -> dict[str, Any] | None:
@@ -120,7 +108,7 @@ class Links:
         """The link's message when it is ours, None when absent; conflict otherwise."""
         msg = self._get(name)
         if msg is not None and (msg.get_attr("IFLA_IFALIAS") or "") != owner_tag(owner):
-            holder = _owner_in(msg.get_attr("IFLA_IFALIAS") or "") or "nobody (no kvmnet mark)"
+            holder = owner_in(msg.get_attr("IFLA_IFALIAS") or "") or "nobody (no kvmnet mark)"
             raise AgentError(
                 "conflict", f"{name} is not ours (it belongs to {holder}); left untouched"
             )
@@ -336,10 +324,6 @@ class Links:
         return state
 
 
-def _owner_in(alias: str) -> str | None:
-    return alias[len(OWNER_PREFIX) :] if alias.startswith(OWNER_PREFIX) else None
-
-
 def _uid(user: object) -> int | None:
     if user in (None, ""):
         return None
@@ -347,15 +331,6 @@ def _uid(user: object) -> int | None:
         return pwd.getpwnam(validate.user_name(user)).pw_uid
     except KeyError:
         raise AgentError("invalid", f"owner user {user!r} does not exist on this host") from None
-
-
-def _user_name(uid: int | None) -> str | None:
-    if uid is None or uid == 0xFFFFFFFF:
-        return None
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def _random_mac() -> str:

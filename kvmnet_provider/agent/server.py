@@ -36,6 +36,8 @@ Handler = Callable[[dict[str, Any]], Any]
 # Operations whose module loads at their first use: most sessions never start a guest or
 # bridge an uplink, and compiling those modules is most of the agent's own start-up.
 LAZY_MODULES = {"guest": "guests", "uplink": "uplink", "dhcp": "dhcp"}
+# Link changes load pyroute2 (linkops.py); link reads (link.read*) are answered without it.
+LAZY_MODULES.update({op: "linkops" for op in ("link", "bridge", "tap")})
 # Firewall ops (masquerade.*, dnat.*, forward.*, input.*, firewall.*) go through the backend
 # the host uses (fwbackend.py), loaded at the first rule operation.
 FIREWALL_KINDS = ("masquerade", "dnat", "forward", "input", "firewall")
@@ -54,34 +56,22 @@ def missing_components() -> list[str]:
 
 
 def build_handlers() -> dict[str, Handler]:
-    from .netlink import iproute_class
-
-    iproute = iproute_class()  # before .links imports from pyroute2: see netlink.py
     from . import forwarding
     from .linkdump import link_read, link_read_all, link_read_many
-    from .links import Links
 
-    links = Links(iproute())
-    handlers: dict[str, Handler] = {
+    return {
         "ping": lambda a: {"pid": os.getpid()},
-        "link.read": lambda a: link_read(links, a["name"]),
-        "link.read.many": lambda a: outcomes("link.read", link_read_many(links, a["items"])),
-        "link.read.all": lambda a: link_read_all(links),
+        "link.read": lambda a: link_read(a["name"]),
+        "link.read.many": lambda a: outcomes("link.read", link_read_many(a["items"])),
+        "link.read.all": lambda a: link_read_all(),
         # Callers that asked at the same time share one listing.
         "link.read.all.many": lambda a: outcomes(
-            "link.read.all", [link_read_all(links)] * len(a["items"])
+            "link.read.all", [link_read_all()] * len(a["items"])
         ),
-        "link.delete": lambda a: links.link_delete(a["name"], a["owner"]),
-        "link.delete.many": lambda a: outcomes("link.delete", links.link_delete_many(a["items"])),
-        "bridge.create": links.bridge_create,
-        "bridge.update": links.bridge_update,
-        "tap.create": links.tap_create,
-        "tap.update": links.tap_update,
         "forwarding.read": lambda a: forwarding.read(a["owner"]),
         "forwarding.acquire": forwarding.acquire,
         "forwarding.release": lambda a: forwarding.release(a["owner"]),
     }
-    return handlers
 
 
 def _handler(handlers: dict[str, Handler], op: str) -> Handler | None:

@@ -29,10 +29,10 @@ from ..spec import validate
 from . import hoststate
 from .codelock import hold_code
 from .errors import AgentError
+from .linkstate import OWNER_PREFIX, owner_in
 from .netlink import iproute_class, link_addresses
 from .rundir import private_dir
 
-OWNER_PREFIX = "kvmnet:"
 MAIN_TABLE = 254
 KERNEL_PROTO = 2  # routes the kernel makes for an address: they follow the address
 ROLLBACK_SECONDS = (5, 600)
@@ -100,7 +100,7 @@ def inspect(args: dict[str, Any]) -> dict[str, Any]:
             "exists": True,
             "kind": msg.get(("linkinfo", "kind")),
             "master": master.get_attr("IFLA_IFNAME") if master else None,
-            "master_owner": alias[len(OWNER_PREFIX) :] if alias.startswith(OWNER_PREFIX) else None,
+            "master_owner": owner_in(alias),
             "mac": msg.get_attr("IFLA_ADDRESS"),
             "addresses": link_addresses(ipr, idx),
             "routes": _routes(ipr, idx),

@@ -88,9 +88,7 @@ def tail(path: Path, limit: int = 1500) -> str:
     return text[-limit:]
 
 
-def stop_process(
-    run_dir: Path, name: str, meta: dict[str, Any] | None, stop_timeout: float
-) -> str:
+def stop_process(run_dir: Path, name: str, meta: dict[str, Any] | None, stop_timeout: float) -> str:
     """Stop our QEMU in this run dir, politely first. Returns how it stopped."""
     pid = live_pid(run_dir, name, meta)
     if pid is None:
@@ -116,5 +114,3 @@ def stop_process(
     if wait_gone(pid, name, pidfile, 5.0):
         return "SIGKILL"
     raise AgentError("failed", f"QEMU {pid} of guest {name} survived SIGKILL")
-
-
