@@ -22,9 +22,20 @@ pytestmark = pytest.mark.e2e
 COMPARE = """
 import json
 from kvmnet_provider.agent import rtdump
-from kvmnet_provider.agent.links import record_of
 from kvmnet_provider.agent.netlink import iproute_class, link_addresses
 ipr = iproute_class()()
+
+def record_of(msg):
+    kind = msg.get(("linkinfo", "kind"))
+    names = [name for _, name, _ in rtdump.INFO_DATA.get(kind or "", ())]
+    return rtdump.LinkRecord(
+        index=int(msg["index"]), name=msg.get_attr("IFLA_IFNAME"), flags=int(msg["flags"]),
+        mac=msg.get_attr("IFLA_ADDRESS"), mtu=msg.get_attr("IFLA_MTU"),
+        master=int(msg.get_attr("IFLA_MASTER") or 0), alias=msg.get_attr("IFLA_IFALIAS") or "",
+        kind=kind,
+        data={n: v for n in names if (v := msg.get(("linkinfo", "data", n))) is not None},
+    )
+
 ours = {r.index: r for r in rtdump.links()}
 theirs = {int(m["index"]): record_of(m) for m in ipr.get_links()}
 addresses = rtdump.addresses()
@@ -32,6 +43,8 @@ print(json.dumps({
     "links": sorted(r.name for r in ours.values()),
     "kinds": sorted({str(r.kind) for r in ours.values()}),
     "differ": [repr((ours.get(i), theirs[i])) for i in theirs if ours.get(i) != theirs[i]],
+    "one_by_one": [i for i in theirs if rtdump.link(index=i) != theirs[i]
+                   or rtdump.link(theirs[i].name) != theirs[i]],
     "extra": sorted(set(ours) - set(theirs)),
     "addresses_differ": [i for i in theirs if addresses.get(i, []) != link_addresses(ipr, i)],
 }))
@@ -58,7 +71,7 @@ def test_raw_dumps_decode_links_as_pyroute2_does(lab: LabStatus, lab_api: Lab) -
         found = json.loads(run_in(lab_api, h1.name, [sys.executable, "-c", COMPARE]))
         assert {"krc0", "krc1", "krc2", "krc3", "lo"} <= set(found["links"])
         assert {"bridge", "tun"} <= set(found["kinds"])
-        assert found["differ"] == [] and found["extra"] == []
+        assert found["differ"] == [] and found["extra"] == [] and found["one_by_one"] == []
         assert found["addresses_differ"] == []
         listing = session.call("link.read.all", {})
         assert listing["krc0"]["stp"] is True and listing["krc0"]["forward_delay"] == 4

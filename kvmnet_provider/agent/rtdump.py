@@ -1,13 +1,15 @@
-"""The host's links and addresses, dumped straight from rtnetlink for reads.
+"""The host's links and addresses, read straight from rtnetlink.
 
 A refresh only reads, yet pyroute2's import and its message parsing were most of an agent's
-CPU for it (about 150 ms to import, 40 ms to parse 55 links, per host per session). Reads
-therefore take two dumps here (RTM_GETLINK, RTM_GETADDR) and decode only the attributes kvmnet
-reports; every change still goes through pyroute2 (links.py), which loads at the first one.
+CPU for it (about 150 ms to import, 40 ms to parse 55 links, per host per session), and a tap
+create spent half its CPU parsing the three links it looks up. Reads therefore ask the kernel
+here (RTM_GETLINK, RTM_GETADDR) and decode only the attributes kvmnet reports; every change
+still goes through pyroute2 (links.py), which loads at the first one.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -75,13 +77,14 @@ def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def _dump(msg_type: int, body: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type, payload) of every message of one dump request."""
+def _dump(msg_type: int, body: bytes, dump: bool = True) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of every message answering one request: a dump's, or the one answer
+    of a request for one object (`dump` false)."""
     kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
     with socket.socket(socket.AF_NETLINK, kind, NETLINK_ROUTE) as s:
         s.bind((0, 0))
         seq = int.from_bytes(os.urandom(4), "little")
-        flags = NLM_F_REQUEST | NLM_F_DUMP
+        flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
         s.send(HEADER.pack(HEADER.size + len(body), msg_type, flags, seq, 0) + body)
         while True:
             data = s.recv(1 << 16)
@@ -102,6 +105,8 @@ def _dump(msg_type: int, body: bytes) -> Iterator[tuple[int, bytes]]:
                         raise OSError(code, os.strerror(code))
                     return
                 yield kind, payload
+                if not dump:
+                    return
 
 
 def _retried(take: Callable[[], T]) -> T:
@@ -138,6 +143,23 @@ def _link(payload: bytes) -> LinkRecord | None:
         kind=kind,
         data=data,
     )
+
+
+def link(name: str | None = None, index: int = 0) -> LinkRecord | None:
+    """One link, by name or by ifindex; None when there is no such link."""
+    body = IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+    if name is not None:
+        raw = name.encode() + b"\0"
+        body += ATTR.pack(ATTR.size + len(raw), IFLA_IFNAME) + raw + b"\0" * (-len(raw) % 4)
+    try:
+        found = [
+            _link(p) for kind, p in _dump(RTM_GETLINK, body, dump=False) if kind == RTM_NEWLINK
+        ]
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:
+            return None
+        raise
+    return found[0] if found else None
 
 
 def links() -> list[LinkRecord]:

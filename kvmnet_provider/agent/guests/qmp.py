@@ -20,7 +20,6 @@ def qmp(path: str, commands: list[str], timeout: float = 3.0) -> list[Any]:
         return qmp_plain(path, commands, timeout)
     import asyncio  # here: ~30 ms that a guest read (every refresh) never needs
 
-
     async def exchange() -> list[Any]:
         client = QMPClient("kvmnet")
         results: list[Any] = []
