@@ -4,6 +4,14 @@ Provider side only (PyYAML, pycdlib): the agent receives the finished seed's byt
 """
 
 from .config import CloudInit, cloud_init_digest, normalise_cloud_init, seed_files
-from .seed import build_seed
+
+
+def build_seed(files: dict[str, bytes]) -> bytes:
+    """The seed ISO of `files` (see seed.py). pycdlib loads here, at the first seed: every
+    program and provider process imports this package, few build a seed."""
+    from .seed import build_seed as build
+
+    return build(files)
+
 
 __all__ = ["CloudInit", "build_seed", "cloud_init_digest", "normalise_cloud_init", "seed_files"]
