@@ -29,6 +29,7 @@ from fleet_workload import (
     program_fleet_noop,
     remote_round,
     resource_count,
+    session_start,
     settle_guests,
     wait_quiet,
 )
@@ -94,6 +95,7 @@ def bench_hosts(count: int, args: argparse.Namespace, work: Path) -> Rounds:
         for h in hosts:
             h.require_clean("lab up")
         print(f"[{count} hosts] lab {lab.name} up; load {load()}", flush=True)
+        session_start(hosts[0], res)
         for r in range(args.rounds):
             remote_round(hosts, args.taps, res)
             print(f"  remote round {r + 1} done", flush=True)
@@ -196,6 +198,14 @@ def report(args: argparse.Namespace, results: dict[int, Rounds]) -> str:
     out.append(
         "  per host: each host's own changes' time; fleet: a round's wall time divided by all\n"
         "  hosts' changes (ms per change of the whole fleet, both methods on every host at once)"
+    )
+    first_start = results[min(results)]
+    out.append(
+        "session start on one host, nothing else running (medians): SSH handshake "
+        f"{fmt(first_start.med('start.ssh'), 1000, 0)} ms; a command of nothing on it (sshd and "
+        f"the user's shell) {fmt(first_start.med('start.shell'), 1000, 0)} ms; AgentSession to "
+        f"the agent's hello {fmt(first_start.med('start.session'), 1000, 0)} ms, agent CPU "
+        f"{fmt(first_start.med('start.agent_cpu'), 1000, 0)} ms"
     )
     return "\n".join(out)
 

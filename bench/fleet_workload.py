@@ -28,6 +28,7 @@ from nat_workload import (
 )
 
 from kvmnet_provider.connection.session import AgentSession
+from kvmnet_provider.connection.ssh import connect
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -237,3 +238,31 @@ def wait_quiet(seconds: float = 0.5) -> None:
 
 def describe(args: Any) -> str:
     return f"{args.taps} taps + {args.guests} guests per host"
+
+
+# --- where a session's start goes --------------------------------------------------------------
+def session_start(host: Host, res: Rounds, rounds: int = 5) -> None:
+    """One host, no other load: the SSH handshake; a command of nothing (`exec true`) on that
+    connection, which is the host's sshd and the user's shell (bash reads ~/.bashrc for a
+    command sshd runs); a whole AgentSession up to the agent's hello; its agent's CPU."""
+    settings = settings_for(host.status)
+    for _ in range(rounds):
+        t = _now()
+        client = connect(settings)
+        res.add("start.ssh", _now() - t)
+        try:
+            transport = client.get_transport()
+            assert transport is not None
+            t = _now()
+            channel = transport.open_session()
+            channel.exec_command("exec true")
+            channel.recv_exit_status()
+            res.add("start.shell", _now() - t)
+        finally:
+            client.close()
+        t = _now()
+        session = AgentSession(settings)
+        res.add("start.session", _now() - t)
+        res.add("start.agent_cpu", agent_cpu(session))
+        session.close()
+        wait_quiet(0.2)
