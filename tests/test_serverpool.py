@@ -50,13 +50,21 @@ def test_outside_the_server_nothing_changes() -> None:
 
 
 def test_the_servers_pool_runs_more_than_four_at_once(in_server: None) -> None:
+    """As in the server: the first call widens the pool while seven more are already queued
+    behind the four threads; all eight must then run at once (they wait for each other)."""
     pool = ThreadPoolExecutor(max_workers=serverpool.SDK_WORKERS)
+    together = threading.Barrier(8, timeout=10)
+
+    def first() -> int:
+        widened = serverpool.widen()
+        together.wait()
+        return widened or 0
+
     try:
-        assert pool.submit(serverpool.widen).result(timeout=10) == serverpool.WORKERS
-        together = threading.Barrier(8, timeout=10)  # eight calls that wait for each other
-        assert all(
-            f.result(timeout=20) >= 0 for f in [pool.submit(together.wait) for _ in range(8)]
-        )
+        calls = [pool.submit(first)] + [pool.submit(together.wait) for _ in range(7)]
+        assert calls[0].result(timeout=20) == serverpool.WORKERS
+        assert all(c.result(timeout=20) >= 0 for c in calls[1:])
+        assert len(pool._threads) == serverpool.WORKERS
         assert pool.submit(serverpool.widen).result(timeout=10) == serverpool.WORKERS  # once
     finally:
         pool.shutdown()

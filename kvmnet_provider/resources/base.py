@@ -24,7 +24,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from .. import errors
+from .. import errors, serverpool
 from ..connection import HostSettings, agent_session, credentials
 from ..connection.session import AgentSession
 from ..connection.settings import SettingError
@@ -79,6 +79,7 @@ class KvmnetProvider(ResourceProvider):
 
     # --- Pulumi's verbs ----------------------------------------------------------------
     def configure(self, req: ConfigureRequest) -> None:
+        serverpool.widen()  # the engine's --parallel, not the SDK's four threads, decides
         credentials.configure(
             req.config.get(credentials.CONFIG_PRIVATE_KEY),
             req.config.get(credentials.CONFIG_PASSWORD),
