@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -31,6 +32,7 @@ from bench_nat import load, own_lab
 from kvmnet_lab.hostconfig import host_settings
 from kvmnet_lab.lab import HostStatus, Lab
 from kvmnet_lab.testing.stack import TestStack
+from kvmnet_lab.toolchain import pulumi_bin_dir
 
 MEMORY_MIB = 64
 # The guest: a 512-byte boot sector that halts the CPU (cli; hlt; jmp back to hlt). It has no
@@ -164,22 +166,34 @@ def bench_one(
 
 
 def provider_workers() -> int:
-    """How many operations the Python dynamic provider serves at once (its gRPC pool)."""
+    """How many operations kvmnet's resources are served at once: the Python dynamic
+    provider's gRPC pool, as kvmnet widens it (kvmnet_provider/serverpool.py)."""
     import pulumi.dynamic
+
+    from kvmnet_provider import serverpool
 
     # read, not imported: importing that module starts the provider's server
     source = (Path(pulumi.dynamic.__file__).parent / "__main__.py").read_text()
-    found = re.search(r"max_workers\s*=\s*(\d+)", source) or re.search(
-        r"_GRPC_WORKERS\s*=\s*(\d+)", source
-    )
+    found = re.search(r"max_workers\s*=\s*(\d+)", source)
+    sdk = int(found.group(1)) if found else 0
+    return serverpool.WORKERS if sdk == serverpool.SDK_WORKERS else sdk
+
+
+def engine_parallel() -> int:
+    """The engine's default `--parallel` on this machine, as `pulumi destroy --help` says."""
+    helptext = subprocess.run(
+        [str(pulumi_bin_dir() / "pulumi"), "destroy", "--help"], capture_output=True, text=True
+    ).stdout
+    found = re.search(r"--parallel int32.*\(default (\d+)\)", helptext)
     return int(found.group(1)) if found else 0
 
 
 def report(rows: list[Row], stop_timeout: int, parallel: int | None, workers: int) -> str:
+    parallel = parallel or engine_parallel() or None
     effective = min(p for p in (parallel, workers) if p) if (parallel or workers) else 0
     out = [
         f"pulumi destroy of N guests ignoring ACPI power-down, stop_timeout {stop_timeout} s, "
-        f"--parallel {parallel or 'default'}; the dynamic provider serves {workers or '?'} "
+        f"--parallel {parallel or '?'}; the dynamic provider serves {workers or '?'} "
         f"operations at once (waves of {effective or '?'})",
         f"{'N':>4}{'kvmnet':>9}{'noop':>8}{'k/noop':>8}{'one at a time':>15}{'k/that':>8}"
         f"{'in waves':>10}{'k/that':>8}{'engine span':>13}",
