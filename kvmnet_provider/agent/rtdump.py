@@ -1,7 +1,7 @@
 """The host's links and addresses, read straight from rtnetlink.
 
 A refresh only reads, yet pyroute2's import and its message parsing were most of an agent's
-CPU for it (about 150 ms to import, 40 ms to parse 55 links, per host per session), and a tap
+CPU for it (about 150 ms to import, 25-40 ms to parse 55 links, per host per session), and a tap
 create spent half its CPU parsing the three links it looks up. Reads therefore ask the kernel
 here (RTM_GETLINK, RTM_GETADDR) and decode only the attributes kvmnet reports; every change
 still goes through pyroute2 (links.py), which loads at the first one.
@@ -80,8 +80,8 @@ def _text(raw: bytes) -> str:
 def _dump(msg_type: int, body: bytes, dump: bool = True) -> Iterator[tuple[int, bytes]]:
     """(type, payload) of every message answering one request: a dump's, or the one answer
     of a request for one object (`dump` false)."""
-    kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
-    with socket.socket(socket.AF_NETLINK, kind, NETLINK_ROUTE) as s:
+    sock_type = socket.SOCK_RAW | socket.SOCK_CLOEXEC
+    with socket.socket(socket.AF_NETLINK, sock_type, NETLINK_ROUTE) as s:
         s.bind((0, 0))
         seq = int.from_bytes(os.urandom(4), "little")
         flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
