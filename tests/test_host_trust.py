@@ -20,7 +20,7 @@ import pytest
 from kvmnet_provider.agent import rundir
 from kvmnet_provider.agent.errors import AgentError
 from kvmnet_provider.connection import credentials, framing
-from kvmnet_provider.connection.bootstrap import BOOTSTRAP
+from kvmnet_provider.connection.bootstrap import BOOTSTRAP, code_digest
 from kvmnet_provider.connection.settings import HostSettings, SettingError
 from kvmnet_provider.resources import identity
 
@@ -55,15 +55,25 @@ def start_agent(
         "kvmnet_agent/agent/__init__.py": "",
         "kvmnet_agent/agent/server.py": server,
     }
-    proc.stdin.write(json.dumps(files) + "\n")
+    SHIPPED[proc.pid] = files
+    proc.stdin.write(json.dumps({"code": code_digest(files)}) + "\n")
     proc.stdin.flush()
     return proc
 
 
+SHIPPED: dict[int, dict[str, str]] = {}  # what each started agent ships when asked
+
+
 def hello(proc: subprocess.Popen[str], marker: str) -> dict[str, object]:
-    assert proc.stdout is not None
+    """The agent's hello, its files sent when the host asks for them (as a session does)."""
+    assert proc.stdout is not None and proc.stdin is not None
     assert proc.stdout.readline().strip() == marker
-    answer: dict[str, object] = json.loads(proc.stdout.readline())["hello"]
+    first = json.loads(proc.stdout.readline())
+    if "need" in first:
+        proc.stdin.write(json.dumps(SHIPPED[proc.pid]) + "\n")
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())
+    answer: dict[str, object] = first["hello"]
     return answer
 
 

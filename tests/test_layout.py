@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmnet_provider.connection.bootstrap import BOOTSTRAP, agent_sources
+from kvmnet_provider.connection.bootstrap import BOOTSTRAP, agent_sources, code_digest
 
 REPO = Path(__file__).resolve().parent.parent
 PROVIDER = REPO / "kvmnet_provider"
@@ -104,12 +104,9 @@ def test_the_shipped_tree_is_the_agent_and_spec() -> None:
     assert files["kvmnet_agent/__init__.py"] == ""
 
 
-def _bootstrap(
-    files: dict[str, str], requests: list[dict[str, object]], run_root: Path
-) -> list[str]:
-    """Run the bootstrap as a host does (`-I -S -u -c BOOTSTRAP MARKER` from /), its code
-    directory under `run_root`: the agent's lines after the marker, then its last error line."""
-    lines = [json.dumps(files)] + [json.dumps(r) for r in requests]
+def _run_bootstrap(lines: list[str], run_root: Path) -> subprocess.CompletedProcess[str]:
+    """The bootstrap as a host runs it (`-I -S -u -c BOOTSTRAP MARKER` from /), these lines on
+    its stdin, its code directory under `run_root`."""
     proc = subprocess.run(
         [sys.executable, "-I", "-S", "-u", "-c", BOOTSTRAP, "MARK"],
         input="\n".join(lines) + "\n",
@@ -119,8 +116,20 @@ def _bootstrap(
         cwd="/",
         env={**os.environ, "KVMNET_HOST_STATE": str(run_root)},
     )
+    return proc
+
+
+def _bootstrap(
+    files: dict[str, str], requests: list[dict[str, object]], run_root: Path
+) -> list[str]:
+    """Run the bootstrap as a host does (`-I -S -u -c BOOTSTRAP MARKER` from /), its code
+    directory under `run_root`: the agent's lines after the marker, then its last error line."""
+    lines = [json.dumps({"code": code_digest(files)}), json.dumps(files)]
+    lines += [json.dumps(r) for r in requests]
+    proc = _run_bootstrap(lines, run_root)
     out = proc.stdout.splitlines()
     out = out[out.index("MARK") + 1 :] if "MARK" in out else out
+    assert not out or json.loads(out.pop(0)) == {"need": code_digest(files)}  # a new host
     return [*out, *proc.stderr.strip().splitlines()[-1:]]
 
 
@@ -131,6 +140,31 @@ def test_the_bootstrap_unpacks_the_tree_and_the_agent_answers(tmp_path: Path) ->
     if hello["missing"]:  # not root: the agent says so and stops
         pytest.skip(f"the agent would not serve here: {hello['missing']}")
     assert json.loads(out[1]) == {"id": 1, "ok": True, "result": {"pid": hello["pid"]}}
+
+
+def test_a_host_that_holds_the_code_starts_the_agent_without_its_files(tmp_path: Path) -> None:
+    """The files cross once per version: the second start names their hash and nothing else."""
+    files = agent_sources()
+    _bootstrap(files, [], tmp_path)  # a new host: it asks for the files, then keeps them
+    proc = _run_bootstrap([json.dumps({"code": code_digest(files)})], tmp_path)
+    out = proc.stdout.splitlines()
+    assert out[0] == "MARK" and "hello" in json.loads(out[1]), proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("first", "error"),
+    [
+        ({"code": "0" * 32}, "kvmnet: the agent's files do not match their digest"),
+        ({"code": "../../etc"}, 'kvmnet: the first line must be {"code": DIGEST}'),
+        ({}, 'kvmnet: the first line must be {"code": DIGEST}'),
+    ],
+)
+def test_the_bootstrap_refuses_files_that_are_not_the_named_code(
+    first: dict[str, str], error: str, tmp_path: Path
+) -> None:
+    proc = _run_bootstrap([json.dumps(first), json.dumps(agent_sources())], tmp_path)
+    assert proc.stderr.strip().splitlines()[-1] == error
+    assert not list(tmp_path.glob("agent-code/*/kvmnet_agent"))  # nothing written
 
 
 @pytest.mark.parametrize(

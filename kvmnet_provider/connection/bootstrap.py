@@ -5,10 +5,17 @@ The only command line sent over SSH is `cd / && exec PYTHON -I -S -u -c BOOTSTRA
 as data: the agent package and the pure spec package, as the tree `kvmnet_agent/{agent,spec}/...`
 that the host writes, every path checked first, into a private directory named by their hash
 under /run/kvmnet/agent-code (see hostboot.py).
+
+The controller first sends only that hash, `{"code": DIGEST}`. A host that already holds the
+code starts the agent at once; one that does not answers `{"need": DIGEST}`, and the files
+follow. The files (240 kB) thus cross the network once per version, not once per session.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import shlex
 from pathlib import Path
 
@@ -30,6 +37,19 @@ def agent_sources() -> dict[str, str]:
         for path in sorted((PACKAGE_DIR / sub).rglob("*.py")):
             files[f"{TOP}/{path.relative_to(PACKAGE_DIR).as_posix()}"] = path.read_text()
     return files
+
+
+def code_digest(files: dict[str, str]) -> str:
+    """The name of the files' directory on the host: hostboot.install computes the same."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@functools.cache
+def agent_bundle() -> tuple[str, str]:
+    """(digest, JSON line) of the agent's files, read and encoded once per process: every
+    session of the process ships the same code."""
+    files = agent_sources()
+    return code_digest(files), json.dumps(files)
 
 
 def agent_command(settings: HostSettings, marker: str) -> str:

@@ -5,13 +5,16 @@
 #   nothing in the SSH user's home or working directory can shadow a module; `-S`: no `site`,
 #   so no `.pth` file runs code as root. The interpreter's site directories are put on the
 #   path directly.
-# - The agent's files (one JSON line on stdin, {relative path: source} of the tree
-#   `kvmnet_agent/{agent,spec}/...`, every path checked first) are written to a 0700
-#   directory under kvmnet's run directory named by their hash, shared by agents of the same
-#   code and held with a shared lock for the agent's life; directories no live agent holds
-#   are removed here, so an agent killed with its connection leaves nothing behind for long.
-# - MARKER (printed before the agent's hello) lets the controller skip whatever a chatty
-#   login shell printed first.
+# - The agent's files ({relative path: source} of the tree `kvmnet_agent/{agent,spec}/...`,
+#   every path checked first) are written to a 0700 directory under kvmnet's run directory
+#   named by their hash, shared by agents of the same code and held with a shared lock for
+#   the agent's life; directories no live agent holds are removed here, so an agent killed
+#   with its connection leaves nothing behind for long.
+# - stdin's first line names that hash, {"code": DIGEST}. When its directory exists (only a
+#   complete tree is renamed into place), the agent starts from it; otherwise this answers
+#   {"need": DIGEST} and reads the files as the next line, which must hash to DIGEST.
+# - MARKER (printed before anything else) lets the controller skip whatever a chatty login
+#   shell printed first.
 import fcntl
 import hashlib
 import json
@@ -110,12 +113,39 @@ def checked_parts(path):
     return parts
 
 
-def install(files, run_root):
+DIGEST = re.compile(r"[0-9a-f]{32}")
+
+
+def code_dir(run_root, digest):
+    return os.path.join(private_dir(os.path.join(private_dir(run_root), "agent-code")), digest)
+
+
+def installed(run_root, digest):
+    """The code directory of `digest` and its shared lock, when a complete tree is there;
+    None otherwise. Locked first: a cleaner removes only directories nobody holds."""
+    root = code_dir(run_root, digest)
+    held = locked(root + ".lock", fcntl.LOCK_SH)
+    try:
+        info = os.lstat(root)
+    except FileNotFoundError:
+        info = None
+    if info is None or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(held)
+        return None
+    codes = os.path.dirname(root)
+    writing = locked(os.path.join(codes, ".write.lock"), fcntl.LOCK_EX)
+    clear_stale(codes, digest)  # older versions whose agents have ended since
+    os.close(writing)
+    return root, held
+
+
+def install(files, run_root, digest):
     parts = {path: checked_parts(path) for path in files}
     blob = json.dumps(files, sort_keys=True).encode()
-    digest = hashlib.sha256(blob).hexdigest()[:32]
-    codes = private_dir(os.path.join(private_dir(run_root), "agent-code"))
-    root = os.path.join(codes, digest)
+    if hashlib.sha256(blob).hexdigest()[:32] != digest:
+        raise SystemExit("kvmnet: the agent's files do not match their digest")
+    root = code_dir(run_root, digest)
+    codes = os.path.dirname(root)
     # One agent at a time writes or clears; each holds its own code's lock while it lives.
     writing = locked(os.path.join(codes, ".write.lock"), fcntl.LOCK_EX)
     held = locked(root + ".lock", fcntl.LOCK_SH)
@@ -156,10 +186,17 @@ def main():
     run_root = os.environ.get("KVMNET_HOST_STATE") or "/run/kvmnet"
     if os.geteuid() != 0:  # cannot be kvmnet's run dir: the agent will say it needs root
         run_root = os.path.join(tempfile.gettempdir(), f"kvmnet-uid{os.geteuid()}")
-    files = json.loads(sys.stdin.readline())
-    root, _held = install(files, run_root)  # the lock lives as long as this process
-    sys.path.insert(0, root)
+    asked = json.loads(sys.stdin.readline())
+    digest = asked.get("code") if isinstance(asked, dict) else None
+    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+        raise SystemExit("kvmnet: the first line must be {\"code\": DIGEST}")
     print(sys.argv[1] if len(sys.argv) > 1 else "", flush=True)
+    found = installed(run_root, digest)
+    if found is None:
+        print(json.dumps({"need": digest}), flush=True)
+        found = install(json.loads(sys.stdin.readline()), run_root, digest)
+    root, _held = found  # the lock lives as long as this process
+    sys.path.insert(0, root)
     from kvmnet_agent.agent import server
 
     server.main()

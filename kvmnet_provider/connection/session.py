@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import framing
-from .bootstrap import agent_command, agent_sources
+from .bootstrap import agent_bundle, agent_command
 from .errors import RETRY_HINT, AgentCallError, HostError
 from .settings import HostSettings
 from .ssh import connect
@@ -68,12 +68,9 @@ class AgentSession:
         self._stderr_thread.start()
         # Bounds each write (and the hello's read); the reader thread waits past it.
         self.channel.settimeout(max(30.0, settings.connect_timeout))
+        digest, bundle = agent_bundle()
         try:
-            try:
-                self.stdin.write(json.dumps(agent_sources()) + "\n")
-                self.stdin.flush()
-            except (OSError, EOFError):
-                pass  # the Python died before reading (not found, not executable...): say why
+            self._send_line(json.dumps({"code": digest}))
             # What a chatty login shell printed comes first: skipped here, on this thread,
             # before the reader thread takes over the stream.
             try:
@@ -81,6 +78,9 @@ class AgentSession:
             except TimeoutError:
                 pass  # the read below says so
             hello = self._read_line("starting the host agent")
+            if hello.get("need") == digest:  # the host lacks this version of the agent
+                self._send_line(bundle)
+                hello = self._read_line("starting the host agent")
         except HostError:
             self.close()
             raise
@@ -108,6 +108,15 @@ class AgentSession:
         self.late_answers = 0  # answers whose caller had given up waiting: dropped
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self.preamble = []
+
+    def _send_line(self, line: str) -> None:
+        """A line of the agent's start; a write that fails is the agent's death, which the
+        read after it explains."""
+        try:
+            self.stdin.write(line + "\n")
+            self.stdin.flush()
+        except (OSError, EOFError):
+            pass  # the Python died before reading (not found, not executable...): say why
 
     def _drain_stderr(self) -> None:
         try:
