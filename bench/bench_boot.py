@@ -39,9 +39,8 @@ from kvmnet_lab.testing.debian_image import (
     debian_image_dir,
 )
 from kvmnet_lab.testing.guest import guest_image_dir
-from kvmnet_lab.testing.stack import TestStack
+from kvmnet_lab.testing.stack import STACK_PROGRAM, TestStack
 
-PROGRAM = "from kvmnet_provider.program import build\n\nbuild()\n"
 BRIDGE = "br-kb"
 GUEST = "kbg1"
 MAC = "52:54:00:00:0b:01"
@@ -153,7 +152,7 @@ def boot_round(stack: TestStack, root: Path) -> dict[str, float]:
 
 def run_variant(variant: Variant, rounds: int, root: Path, work: Path) -> None:
     for r in range(rounds):
-        stack = TestStack(work / f"boot-{len(variant.rounds)}-{r}", PROGRAM, project="kbboot")
+        stack = TestStack(work / f"boot-{len(variant.rounds)}-{r}", STACK_PROGRAM, project="kbboot")
         stack.config_values(variant.config)
         try:
             seen = boot_round(stack, root)

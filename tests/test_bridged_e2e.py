@@ -17,24 +17,19 @@ from kvmnet_lab.lab.sshclient import open_client
 from kvmnet_lab.probe import EXPECTED, GuestEndpoint, Outside, observe
 from kvmnet_lab.testing.guest import guest_image_dir
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
-from kvmnet_lab.testing.stack import TestStack
+from kvmnet_lab.testing.stack import TestStack, config_stack
 
 pytestmark = pytest.mark.e2e
 
-PROGRAM = "from kvmnet_provider.program import build\n\nbuild()\n"
 HOST = "h2"  # the models' tests use h1
 
 
 @pytest.fixture()
 def bridged_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
-    stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="bridged")
-    stack.config_values(lab_stack_config(lab, "bridged", host=HOST, image_dir=guest_image_dir()))
-    for key, value in {"accelerator": "tcg", "rollbackSeconds": "12"}.items():
-        stack.config(f"kvmnet:{key}", value)
-    try:
+    config = lab_stack_config(lab, "bridged", host=HOST, image_dir=guest_image_dir())
+    config |= {"kvmnet:accelerator": "tcg", "kvmnet:rollbackSeconds": "12"}
+    with config_stack(tmp_path, "bridged", config) as stack:
         yield stack
-    finally:
-        stack.remove()
 
 
 def ssh(lab: LabStatus) -> paramiko.SSHClient:

@@ -28,12 +28,11 @@ from kvmnet_lab.testing.debian_image import (
 )
 from kvmnet_lab.testing.guest import default_accel
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
-from kvmnet_lab.testing.stack import TestStack
+from kvmnet_lab.testing.stack import TestStack, config_stack
 from kvmnet_lab.toolchain import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.debian]
 
-PROGRAM = "from kvmnet_provider.program import build\n\nbuild()\n"
 TEMPLATE = REPO_ROOT / "stacks" / "Pulumi.debian-nat.yaml"
 GUEST = "deb1"
 HOST_PORT = 2222
@@ -65,13 +64,10 @@ def client_key(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def debian_stack(tmp_path: Path, lab: LabStatus, client_key: Path) -> Iterator[TestStack]:
-    stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="debian")
     public_key = client_key.with_suffix(".pub").read_text().strip()
-    stack.config_values(user_stack_config(debian_image_dir(), public_key, lab))
-    try:
+    config = user_stack_config(debian_image_dir(), public_key, lab)
+    with config_stack(tmp_path, "debian", config) as stack:
         yield stack
-    finally:
-        stack.remove()
 
 
 def console_log(stack: TestStack) -> Path:

@@ -18,11 +18,9 @@ from kvmnet_lab.lab import Lab, LabStatus
 from kvmnet_lab.testing.console import GuestConsole
 from kvmnet_lab.testing.guest import guest_image_dir
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
-from kvmnet_lab.testing.stack import TestStack
+from kvmnet_lab.testing.stack import TestStack, config_stack
 
 pytestmark = pytest.mark.e2e
-
-PROGRAM = "from kvmnet_provider.program import build\n\nbuild()\n"
 
 # Two declared guests with static leases, and a stray guest on the same bridge whose MAC no
 # one declared: it must get an address from the dynamic range.
@@ -65,13 +63,9 @@ WITH_STRAY = textwrap.dedent(
 
 @pytest.fixture()
 def dhcp_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
-    stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="dhcp")
-    stack.config_values(lab_stack_config(lab, image_dir=guest_image_dir()))
-    stack.config("kvmnet:accelerator", "tcg")
-    try:
+    config = lab_stack_config(lab, image_dir=guest_image_dir())
+    with config_stack(tmp_path, "dhcp", {**config, "kvmnet:accelerator": "tcg"}) as stack:
         yield stack
-    finally:
-        stack.remove()
 
 
 def dhcp_state(stack: TestStack) -> dict[str, Any]:

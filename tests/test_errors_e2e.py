@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from kvmnet_lab.lab import HostStatus, Lab, LabStatus
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
-from kvmnet_lab.testing.stack import TestStack
+from kvmnet_lab.testing.stack import STACK_PROGRAM, TestStack
 
 pytestmark = pytest.mark.e2e
 
@@ -331,8 +331,7 @@ PROGRAM_CASES = [
 
 @pytest.fixture(scope="module")
 def program_stack(tmp_path_factory: pytest.TempPathFactory, h1: HostStatus) -> Iterator[TestStack]:
-    program = "from kvmnet_provider.program import build\n\nbuild()\n"
-    s = TestStack(tmp_path_factory.mktemp("program"), program, project="errprog")
+    s = TestStack(tmp_path_factory.mktemp("program"), STACK_PROGRAM, project="errprog")
     s.ws.run(
         [
             "config",

@@ -30,11 +30,10 @@ from kvmnet_lab.lab.faults import frames_dropped, reboot_host
 from kvmnet_lab.probe import EXPECTED, GuestEndpoint, Outside, observe
 from kvmnet_lab.testing import guest_image_dir
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
-from kvmnet_lab.testing.stack import TestStack
+from kvmnet_lab.testing.stack import STACK_PROGRAM, TestStack
 
 pytestmark = pytest.mark.e2e
 
-PROGRAM = "from kvmnet_provider.program import build\n\nbuild()\n"
 PROJECT, STACK = "kfault", "dev"  # one owner identity for the clean run and every case
 GUESTS = ("g1", "g2")
 BRIDGE_IP = "10.0.1.254"
@@ -140,7 +139,7 @@ def config(lab: LabStatus) -> dict[str, Any]:
 
 
 def new_stack(root: Path, config: dict[str, Any]) -> TestStack:
-    stack = TestStack(root, PROGRAM, project=PROJECT, stack=STACK)
+    stack = TestStack(root, STACK_PROGRAM, project=PROJECT, stack=STACK)
     stack.config_values(config)
     return stack
 

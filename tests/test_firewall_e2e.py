@@ -23,9 +23,9 @@ from kvmnet_lab.testing.console import GuestConsole
 from kvmnet_lab.testing.debian_python import debian_python
 from kvmnet_lab.testing.guest import guest_image_dir
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
-from kvmnet_lab.testing.stack import TestStack
+from kvmnet_lab.testing.stack import TestStack, config_stack
 from kvmnet_lab.toolchain import venv_python
-from test_models_e2e import PROGRAM, endpoints, observe_model, outside_connect
+from test_models_e2e import endpoints, observe_model, outside_connect
 
 pytestmark = pytest.mark.e2e
 
@@ -154,13 +154,9 @@ def listen_8080(console: GuestConsole) -> None:
 
 @pytest.fixture()
 def model_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
-    stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="fw")
-    stack.config_values(lab_stack_config(lab, image_dir=guest_image_dir()))
-    stack.config("kvmnet:accelerator", "tcg")
-    try:
+    config = lab_stack_config(lab, image_dir=guest_image_dir())
+    with config_stack(tmp_path, "fw", {**config, "kvmnet:accelerator": "tcg"}) as stack:
         yield stack
-    finally:
-        stack.remove()
 
 
 # --- each model on a DROP-policy host, in both backends -------------------------------------------

@@ -20,11 +20,10 @@ from kvmnet_lab.lab import Lab, LabStatus, fresh_lab
 from kvmnet_lab.probe import EXPECTED
 from kvmnet_lab.testing.guest import guest_image_dir
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
-from kvmnet_lab.testing.stack import TestStack
+from kvmnet_lab.testing.stack import STACK_PROGRAM, TestStack
 
 pytestmark = pytest.mark.e2e
 
-PROGRAM = "from kvmnet_provider.program import build\n\nbuild()\n"
 TEMPLATE = Path(__file__).resolve().parent.parent / "stacks" / "Pulumi.lab-fleet.yaml"
 
 
@@ -64,7 +63,7 @@ def test_fleet_of_three_hosts(tmp_path: Path, fleet_lab: tuple[Lab, LabStatus]) 
     lab_api, lab = fleet_lab
     h1, h2, h3 = lab.hosts
     before = {h.name: host_snapshot(lab_api, h.namespace) for h in lab.hosts}
-    stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="fleet")
+    stack = TestStack(tmp_path, STACK_PROGRAM, project="kvmnet", stack="fleet")
     try:
         config = fleet_stack_config(lab, template_hosts(), image_dir=guest_image_dir())
         # h3 authenticates with its own key from secret config, not a key file.

@@ -17,22 +17,15 @@ from kvmnet_lab.probe import EXPECTED, GuestEndpoint, Outside, observe, ping
 from kvmnet_lab.testing.console import GuestConsole
 from kvmnet_lab.testing.guest import guest_image_dir
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
-from kvmnet_lab.testing.stack import TestStack
+from kvmnet_lab.testing.stack import TestStack, config_stack
 
 pytestmark = pytest.mark.e2e
 
-PROGRAM = "from kvmnet_provider.program import build\n\nbuild()\n"
-
-
 @pytest.fixture()
 def model_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
-    stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="e2e")
-    stack.config_values(lab_stack_config(lab, image_dir=guest_image_dir()))
-    stack.config("kvmnet:accelerator", "tcg")
-    try:
+    config = lab_stack_config(lab, image_dir=guest_image_dir())
+    with config_stack(tmp_path, "e2e", {**config, "kvmnet:accelerator": "tcg"}) as stack:
         yield stack
-    finally:
-        stack.remove()
 
 
 def endpoints(stack: TestStack) -> list[GuestEndpoint]:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..hostconfig import write_stack_config
 from ..toolchain import PulumiWorkspace
+
+# The repository's stack program (__main__.py): what it builds is all in the stack's config.
+STACK_PROGRAM = "from kvmnet_provider.program import build\n\nbuild()\n"
 
 
 class TestStack:
@@ -69,3 +74,15 @@ class TestStack:
     def remove(self) -> None:
         self.destroy(check=False)
         self.pulumi("stack", "rm", "--yes", "--force", check=False)
+
+
+@contextmanager
+def config_stack(root: Path, name: str, config: dict[str, Any]) -> Iterator[TestStack]:
+    """A stack `name` of the repository's program with `config`; destroyed and removed
+    afterwards, whatever happened."""
+    stack = TestStack(root, STACK_PROGRAM, project="kvmnet", stack=name)
+    try:
+        stack.config_values(config)
+        yield stack
+    finally:
+        stack.remove()
