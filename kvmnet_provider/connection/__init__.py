@@ -3,11 +3,11 @@
 settings.py (what a host is), ssh.py (the connection, host keys), credentials.py (secrets from
 stack config, in memory only), bootstrap.py and hostboot.py (shipping the agent), framing.py
 (skipping a login shell's chatter), session.py (requests and answers, batching), registry.py
-(one session per host), errors.py.
+(one session per host), keeper.py and kept.py (sessions kept between commands), errors.py.
 """
 
 from .errors import AgentCallError, HostError
-from .registry import agent_session, close_all, fresh_session
+from .registry import agent_session, close_all, fresh_session, keep_sessions
 from .settings import HostSettings
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "agent_session",
     "close_all",
     "fresh_session",
+    "keep_sessions",
 ]

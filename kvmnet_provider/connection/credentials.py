@@ -25,6 +25,8 @@ _per_host: dict[str, dict[str, str]] | str = {}  # or why the config value is un
 # host's (address, port); they win over both the map above and the stack-wide ones.
 HOST_SECRETS = ("sshPrivateKey", "sshPassword")
 _fleet: dict[tuple[str, int], tuple[str | None, str | None]] = {}
+# What a session keeper (keeper.py) was handed for its one host: (key, password, source).
+_pinned: dict[tuple[str, int], tuple[str | None, str | None, str]] = {}
 
 
 def configure(private_key: str | None, password: str | None, per_host: object = None) -> None:
@@ -90,6 +92,9 @@ def _for_host(host: str | None, port: int) -> tuple[str | None, str | None, str]
     with _lock:
         per_host, key, password = _per_host, _private_key_text, _password
         fleet = dict(_fleet)
+        pinned = _pinned.get((host, port)) if host is not None else None
+    if pinned is not None:
+        return pinned
     if host is not None and (host, port) in fleet:
         own_key, own_password = fleet[(host, port)]
         source = "kvmnet:hosts (sshPrivateKey)" if own_key else "kvmnet:hosts (sshPassword)"
@@ -111,6 +116,18 @@ WITHHELD = (
     f"once per-host credentials exist; give this host an entry in {CONFIG_PER_HOST} or "
     "kvmnet:hosts"
 )
+
+
+def for_host(host: str, port: int) -> tuple[str | None, str | None, str]:
+    """(key text, password, where they came from) that this host is offered: what a session
+    keeper is handed, on a pipe, to connect in this process's stead."""
+    return _for_host(host, port)
+
+
+def pin(host: str, port: int, key: str | None, password: str | None, source: str) -> None:
+    """In a session keeper: the credentials its provider process would offer this host."""
+    with _lock:
+        _pinned[(host, port)] = (key, password, source)
 
 
 def configured_key(host: str | None = None, port: int = 22) -> paramiko.PKey | None:

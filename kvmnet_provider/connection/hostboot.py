@@ -189,7 +189,7 @@ def main():
     asked = json.loads(sys.stdin.readline())
     digest = asked.get("code") if isinstance(asked, dict) else None
     if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
-        raise SystemExit("kvmnet: the first line must be {\"code\": DIGEST}")
+        raise SystemExit('kvmnet: the first line must be {"code": DIGEST}')
     print(sys.argv[1] if len(sys.argv) > 1 else "", flush=True)
     found = installed(run_root, digest)
     if found is None:

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import threading
 
+from .kept import kept_session
 from .session import AgentSession
 from .settings import HostSettings
 
 _sessions: dict[HostSettings, AgentSession] = {}
 _sessions_lock = threading.Lock()
 _host_locks: dict[HostSettings, threading.Lock] = {}
+_keep_seconds = 0.0  # kvmnet:keepSessions: sessions are asked of keepers (kept.py) when > 0
+
+
+def keep_sessions(seconds: float) -> None:
+    global _keep_seconds
+    _keep_seconds = seconds
 
 
 def agent_session(settings: HostSettings) -> AgentSession:
@@ -23,15 +30,15 @@ def agent_session(settings: HostSettings) -> AgentSession:
         session = _sessions.get(settings)
         if session is not None and session.alive:
             return session
-        session = AgentSession(settings)
+        session = kept_session(settings, _keep_seconds) if _keep_seconds else AgentSession(settings)
         _sessions[settings] = session
         return session
 
 
 def fresh_session(settings: HostSettings) -> AgentSession:
-    """A session on a NEW connection (proof that the host is reachable right now), which
-    then replaces the cached one for these settings. The old one closes once the requests
-    it has in flight are answered."""
+    """A session on a NEW connection (proof that the host is reachable right now), never a
+    kept one, which then replaces the cached one for these settings. The old one closes
+    once the requests it has in flight are answered."""
     session = AgentSession(settings)
     with _sessions_lock:
         old = _sessions.get(settings)

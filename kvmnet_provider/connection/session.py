@@ -324,6 +324,11 @@ class AgentSession:
             raise waiter.error
         return waiter.answer
 
+    def exchange(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One request and the agent's whole answer (id, ok, result or error), as a session
+        keeper forwards it: the keeper's client times the request out, not the keeper."""
+        return self._exchange(op, args, timeout, probe=False)
+
     def _probe(self, op: str) -> None:
         """After a caller's timeout: does the agent still answer? A timeout of one operation
         is that caller's alone; a connection that no longer answers at all is closed, so

@@ -25,7 +25,7 @@ from pulumi.dynamic import (
 )
 
 from .. import errors, serverpool
-from ..connection import HostSettings, agent_session, credentials
+from ..connection import HostSettings, agent_session, credentials, keep_sessions
 from ..connection.session import AgentSession
 from ..connection.settings import SettingError
 from ..spec.validate import InvalidInput
@@ -86,6 +86,7 @@ class KvmnetProvider(ResourceProvider):
             req.config.get(credentials.CONFIG_PER_HOST),
         )
         credentials.configure_hosts(req.config.get("kvmnet:hosts"))
+        keep_sessions(keep_seconds(req.config.get(KEEP_SESSIONS)))
 
     def normalise(self, news: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         inputs: dict[str, Any] = {}
@@ -168,6 +169,20 @@ class KvmnetProvider(ResourceProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         self.host_delete(self._agent(props), props)
+
+
+KEEP_SESSIONS = "kvmnet:keepSessions"
+KEEP_MAX = 3600
+
+
+def keep_seconds(raw: object) -> float:
+    """kvmnet:keepSessions: how long a host's session outlives its last command (0: not)."""
+    text = str(raw).strip() if raw is not None else "0"
+    if not text.isdigit() or int(text) > KEEP_MAX:
+        raise errors.ConfigError(
+            KEEP_SESSIONS, f"must be a whole number of seconds from 0 to {KEEP_MAX}, got {raw!r}"
+        )
+    return float(text)
 
 
 def _has_unknown(value: Any) -> bool:
