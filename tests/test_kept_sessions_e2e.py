@@ -8,9 +8,9 @@ it; a keeper whose agent dies ends, and the next command logs in anew.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
-import shutil
 import subprocess
 import tempfile
 import textwrap

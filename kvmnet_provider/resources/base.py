@@ -8,6 +8,8 @@ the next `diff` see exactly what changed.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -148,7 +150,7 @@ class KvmnetProvider(ResourceProvider):
         return {"owner": props["owner"], **{n: props.get(n) for n in self.fields}}
 
     def _agent(self, props: dict[str, Any]) -> AgentSession:
-        return agent_session(HostSettings.from_props(props["connection"]))
+        return agent_session(_settings(json.dumps(props["connection"], sort_keys=True)))
 
     def _outputs(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         return {**props, **live}
@@ -169,6 +171,13 @@ class KvmnetProvider(ResourceProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         self.host_delete(self._agent(props), props)
+
+
+@functools.lru_cache(maxsize=1024)
+def _settings(connection: str) -> HostSettings:
+    """The settings of a resource's `connection`, checked once per process: a refresh reads
+    every resource of a host with the same one (checking costs ~0.35 ms, the lookup ~10 us)."""
+    return HostSettings.from_props(json.loads(connection))
 
 
 KEEP_SESSIONS = "kvmnet:keepSessions"
