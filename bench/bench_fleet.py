@@ -4,7 +4,7 @@ real engine (`pulumi up`/`refresh`/`destroy`) against the do-nothing floor of th
 and the remote cost per change on every host at once against one shell script per host.
 
 Run as root from the repo root:  .venv/bin/python bench/bench_fleet.py [--hosts 1,4,8]
-    [--taps 50] [--guests 2] [--rounds 3] [--pulumi-rounds 1] [--parallel 16]
+    [--taps 50] [--guests 2] [--rounds 3] [--pulumi-rounds 1] [--parallel 16] [--keep 300]
 
 Each host count gets its own lab ("kbf<hex>"), always taken down. Not a test: nothing is
 asserted about wall time; it fails only when a step fails or leaves a host unclean.
@@ -117,6 +117,10 @@ def bench_hosts(count: int, args: argparse.Namespace, work: Path) -> Rounds:
                     pulumi_round(
                         key, stack, hosts, want, res, [], args.guests if key == "kvmnet" else 0
                     )
+            if args.keep and not args.no_pulumi:
+                stacks["kvmnet"].config("kvmnet:keepSessions", str(args.keep))
+                for _ in range(args.pulumi_rounds):  # up starts the keepers; the rest ask them
+                    pulumi_round("kept", stacks["kvmnet"], hosts, want, res, [], args.guests)
             if args.parallel and not args.no_pulumi and count == max(args.host_counts):
                 pulumi_round(
                     f"kvmnet.p{args.parallel}", stacks["kvmnet"], hosts, want, res,
@@ -165,6 +169,18 @@ def report(args: argparse.Namespace, results: dict[int, Rounds]) -> str:
             f"{c} hosts {fmt(r.med('kvmnet.settle'), 1, 0)} s" for c, r in sorted(results.items())
         )
     )
+    if args.keep:
+        out.append(f"with kvmnet:keepSessions={args.keep} (up starts each host's keeper):")
+        for count, res in sorted(results.items()):
+            out.append(
+                f"  {count} hosts: "
+                + "; ".join(
+                    f"{verb} {fmt(res.med('kept.' + verb), 1, 1)} s "
+                    f"(floor {ratio(res.med('kept.' + verb), res.med('floor.' + verb))}, "
+                    f"without {ratio(res.med('kept.' + verb), res.med('kvmnet.' + verb))})"
+                    for verb in VERBS
+                )
+            )
     for count, res in sorted(results.items()):
         for key in sorted(k for k in res.samples if k.startswith("kvmnet.p") and k.count(".") == 2):
             if key.endswith(("up", "destroy")):
@@ -218,6 +234,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the remote-cost runs")
     parser.add_argument("--pulumi-rounds", type=int, default=1, help="rounds of up/refresh/destroy")
     parser.add_argument("--no-pulumi", action="store_true", help="only the remote-cost runs")
+    parser.add_argument(
+        "--keep", type=int, default=0, help="also run with kvmnet:keepSessions=KEEP seconds"
+    )
     parser.add_argument(
         "--parallel",
         type=int,
