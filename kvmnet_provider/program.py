@@ -57,7 +57,7 @@ def connection_from_config(cfg: pulumi.Config) -> HostSettings:
     try:
         settings = HostSettings.from_props(raw, "kvmnet:host")
     except SettingError as exc:
-        raise ValueError(f"{exc.prop} {exc.reason}") from None
+        raise ConfigError(exc.prop, exc.reason) from None
     backend = cfg.get("firewallBackend")
     return dataclasses.replace(settings, firewall_backend=backend) if backend else settings
 
@@ -114,15 +114,32 @@ def guest_specs(
     prefix = ipaddress.ip_network(subnet).prefixlen
     guests = []
     for index, guest in enumerate(raw, start=1):
-        name = guest["name"]
+        key = f"{prop}[{index - 1}]"
+        name = guest.get("name")
+        if not name:
+            raise ConfigError(f"{key}.name", "required (the guest's name on its host)")
         kernel = guest.get("kernel") or stack_kernel
         initrd = guest.get("initrd") or stack_initrd
+        disk_args = guest_disk_args(guest, key)
+        if not (kernel or disk_args.get("base_image") or guest.get("disks")):
+            raise ConfigError(
+                key,
+                f"guest {name} has nothing to boot: set the stack's {NS}:guestImage "
+                "{kernel, initrd} (paths on the host), or the guest's kernel, baseImage or disks",
+            )
         cmdline = guest.get("cmdline")
         if kernel and cmdline is None:
             # The test image configures eth0 from these (see scripts/guest-init).
             cmdline = f"console=ttyS0 quiet kvmnet.name={name}"
             if dhcp:
                 cmdline += " kvmnet.ip=dhcp"  # address, route and DNS from the lease
+            elif not guest.get("address"):
+                raise ConfigError(
+                    f"{key}.address",
+                    "required on a network without DHCP: the guest configures this address "
+                    "itself (give it one in the subnet; routed and NAT networks can lease one "
+                    "with dhcp)",
+                )
             else:
                 cmdline += f" kvmnet.ip={guest['address']}/{prefix}"
                 if gateway:
@@ -139,7 +156,7 @@ def guest_specs(
                 cmdline=cmdline,
                 disks=guest.get("disks") or (),
                 stop_timeout=int(guest.get("stop_timeout", stop_timeout)),
-                **guest_disk_args(guest, f"{prop}[{index - 1}]"),
+                **disk_args,
             )
         )
     return guests

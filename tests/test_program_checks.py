@@ -73,3 +73,30 @@ def test_bad_config_names_the_key(
 def test_memory_is_reported_as_given(config: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=r"got 1$"):
         checked({"guests": [{"name": "g1", "memory_mib": 1.0}]})
+
+
+@pytest.mark.parametrize(
+    "guest, image, line",
+    [
+        (
+            {"name": "g1", "address": "10.0.1.11"},
+            None,
+            "kvmnet:guests[0]: guest g1 has nothing to boot: set the stack's kvmnet:guestImage",
+        ),
+        (
+            {"name": "g1"},
+            {"kernel": "/k", "initrd": "/i"},
+            "kvmnet:guests[0].address: required on a network without DHCP",
+        ),
+    ],
+)
+def test_a_guest_the_program_cannot_boot_names_the_key(
+    config: dict[str, str], guest: dict[str, object], image: object, line: str
+) -> None:
+    from kvmnet_provider.program import guest_specs
+
+    pulumi.runtime.set_all_config({"kvmnet:guestImage": json.dumps(image)} if image else {})
+    with pytest.raises(ConfigError) as caught:
+        guest_specs([guest], pulumi.Config("kvmnet"), "10.0.1.0/24", None, dhcp=False)
+    assert str(caught.value).startswith(line), str(caught.value)
+    assert "\n" not in str(caught.value)
