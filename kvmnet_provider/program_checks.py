@@ -8,6 +8,7 @@ addresses against the subnet, unique MACs and taps) are the model's: models/addr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pulumi
@@ -35,6 +36,51 @@ GUEST_KEYS = (
     "cmdline",
 )
 FORWARD_KEYS = ("guest", "guest_port", "host_port", "protocol")
+# Every `kvmnet:` key of a stack of this program: the program's (program.py, fleet.py) and
+# the provider's own (credentials, kvmnet:keepSessions), so a typo fails instead of being
+# ignored.
+STACK_KEYS = (
+    "accelerator",
+    "bridge",
+    "bridgeAddresses",
+    "dhcp",
+    "dhcpRange",
+    "domain",
+    "firewallBackend",
+    "gateway",
+    "guestImage",
+    "guestStopTimeout",
+    "guests",
+    "host",
+    "hosts",
+    "keepSessions",
+    "model",
+    "name",
+    "portForwards",
+    "rollbackSeconds",
+    "sshCredentials",
+    "sshPassword",
+    "sshPrivateKey",
+    "subnet",
+    "uplink",
+)
+
+
+def check_stack_keys(keys: Iterable[str]) -> None:
+    """ConfigError on the first `kvmnet:` key (of the stack's config `keys`) that no part of
+    kvmnet reads."""
+    unknown = sorted(
+        k for k in keys if k.startswith(f"{NS}:") and k[len(NS) + 1 :] not in STACK_KEYS
+    )
+    if unknown:
+        raise ConfigError(
+            unknown[0], f"unknown stack config key (known {NS}: keys: {', '.join(STACK_KEYS)})"
+        )
+
+
+def stack_config_keys() -> set[str]:
+    """The keys of the config the engine gave this program run."""
+    return set(pulumi.runtime.config.CONFIG.get()) | set(pulumi.runtime.config.get_config_env())
 
 
 def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
