@@ -4,7 +4,8 @@
   hosts             {NAME: {connection: {host, port, user, ...} (as kvmnet:host),
                             networks: [{name, model, bridge, subnet, gateway, uplink, guests,
                                         portForwards, bridgeAddresses, rollbackSeconds,
-                                        dhcp, domain, dhcpRange}]}}
+                                        dhcp, domain, dhcpRange}],
+                            sshPrivateKey?, sshPassword? (this host's own secrets)}}
 NAME names the host in resource names (`NAME-NETWORK-...`) and outputs. Each network is a model
 of its own with its guests (keys as the one-host program's). guestImage, guestStopTimeout and
 accelerator (and firewallBackend, unless a host's connection sets firewall_backend) are the

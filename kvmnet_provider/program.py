@@ -30,6 +30,9 @@ host's connection and the test image's paths into it.
   bridgeAddresses   bridged: addresses for the bridge instead of the NIC's; rollbackSeconds
   hosts             several hosts instead of `host`: see fleet.py
   firewallBackend   auto | iptables | nftables: the host's firewall backend (default auto)
+  name              the network's resource name (net)
+Any other `kvmnet:` key fails preview naming it (program_checks.STACK_KEYS, which also lists
+the keys the provider reads itself: the credentials and keepSessions).
 """
 
 from __future__ import annotations
