@@ -4,13 +4,16 @@
   hosts             {NAME: {connection: {host, port, user, ...} (as kvmnet:host),
                             networks: [{name, model, bridge, subnet, gateway, uplink, guests,
                                         portForwards, bridgeAddresses, rollbackSeconds,
-                                        dhcp, domain, dhcpRange}]}}
+                                        dhcp, domain, dhcpRange}],
+                            sshPrivateKey?, sshPassword? (this host's own secrets)}}
 NAME names the host in resource names (`NAME-NETWORK-...`) and outputs. Each network is a model
 of its own with its guests (keys as the one-host program's). guestImage, guestStopTimeout and
 accelerator (and firewallBackend, unless a host's connection sets firewall_backend) are the
 stack's, shared by every host. Names that must be unique per host
-(bridges, taps, guests, port forwards, routed subnets) are checked as the networks are declared
-(models/collisions.py), so a collision fails `preview`; the same names on two hosts are fine.
+(bridges, taps, guests, port forwards, and the subnets of routed and NAT networks, which put
+their gateway on the host) are checked as the networks are declared (models/collisions.py), so
+a collision fails `preview`; the same names on two hosts are fine. Every error is a ConfigError
+naming the property (`kvmnet:hosts.h1.networks[0].guests[1].address: ...`), one line.
 
 Each host gets its own agent session; the engine runs the hosts' operations side by side, and a
 host that cannot be reached fails its own resources only (use `pulumi up --continue-on-error`
@@ -26,9 +29,13 @@ from typing import Any
 import pulumi
 
 from .connection import HostSettings
+from .connection.credentials import HOST_SECRETS
 from .connection.settings import SettingError
-from .models import NetworkArgs, network_for_model
+from .errors import ConfigError
+from .models import NetworkArgs, addresses, network_for_model
+from .models.networks import MODELS
 from .program import dhcp_settings, guest_specs, port_forward_specs, uses_dhcp
+from .program_checks import _whole, check_guests, check_port_forwards
 from .resources import Bridge
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -47,11 +54,12 @@ NETWORK_KEYS = {
     "domain",
     "dhcpRange",
 }
+HOST_KEYS = {"connection", "networks", *HOST_SECRETS}
 
 
 def _name(value: Any, prop: str) -> str:
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise ValueError(f"{prop}: must be 1-32 of a-z, 0-9 and '-' (a name), got {value!r}")
+        raise ConfigError(prop, f"must be 1-32 of a-z, 0-9 and '-' (a name), got {value!r}")
     return value
 
 
@@ -60,20 +68,21 @@ def network_args(
 ) -> tuple[str, str, NetworkArgs]:
     """(name, model, NetworkArgs) of one entry of a host's `networks`."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{prop}: must be an object with at least `name` and `model`")
-    unknown = sorted(set(raw) - NETWORK_KEYS)
-    if unknown:
-        raise ValueError(
-            f"{prop}.{unknown[0]}: unknown key (known: {', '.join(sorted(NETWORK_KEYS))})"
-        )
+        raise ConfigError(prop, "must be an object with at least `name` and `model`")
+    _known_keys(raw, prop, NETWORK_KEYS)
     name = _name(raw.get("name"), f"{prop}.name")
     model = raw.get("model") or "nat"
-    network_for_model(model)  # an unknown model fails here, naming the models
+    if model not in MODELS:
+        raise ConfigError(
+            f"{prop}.model", f"unknown model {model!r}; choose one of {', '.join(sorted(MODELS))}"
+        )
     subnet = raw.get("subnet") or "10.0.1.0/24"
     gateway = None if model == "isolated" else raw.get("gateway") or "10.0.1.254"
-    guests = raw.get("guests") or []
-    if not isinstance(guests, list):
-        raise ValueError(f"{prop}.guests: must be a list of guests")
+    addresses.subnet_and_gateway(subnet, gateway, f"{prop}.")
+    guests = _list(raw, "guests", prop)
+    names = check_guests(guests, f"{prop}.guests")  # the one-host program's rules, each key named
+    forwards = _list(raw, "portForwards", prop)
+    check_port_forwards(forwards, f"{prop}.portForwards", names, f"{prop}.guests")
     dhcp = dhcp_settings(raw, f"{prop}.")
     args = NetworkArgs(
         connection=connection,
@@ -93,35 +102,54 @@ def network_args(
         ),
         accelerator=cfg.get("accelerator") or "auto",
         bridge_addresses_override=raw.get("bridgeAddresses") or (),
-        rollback_seconds=int(raw.get("rollbackSeconds") or 30),
-        port_forwards=port_forward_specs(raw.get("portForwards")),
+        rollback_seconds=_whole(raw.get("rollbackSeconds", 30), f"{prop}.rollbackSeconds", 5, 600),
+        port_forwards=port_forward_specs(forwards),
+        config_key=prop,
         **dhcp,
     )
     return name, model, args
+
+
+def _known_keys(raw: dict[str, Any], prop: str, known: set[str]) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"{prop}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})"
+        )
+
+
+def _list(raw: dict[str, Any], key: str, prop: str) -> list[Any]:
+    value = raw.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{prop}.{key}", f"must be a list, got {type(value).__name__}")
+    return value
 
 
 def host_networks(cfg: pulumi.Config) -> list[tuple[str, list[tuple[str, str, NetworkArgs]]]]:
     """[(host name, [(network name, model, NetworkArgs)])] from `kvmnet:hosts`, validated."""
     hosts = cfg.require_object("hosts")
     if not isinstance(hosts, dict) or not hosts:
-        raise ValueError(
-            "kvmnet:hosts: must be a non-empty object {host name: {connection, networks}}"
+        raise ConfigError(
+            "kvmnet:hosts", "must be a non-empty object {host name: {connection, networks}}"
         )
     out = []
     for host_name, raw in hosts.items():
         prop = f"kvmnet:hosts.{_name(host_name, 'kvmnet:hosts')}"
         if not isinstance(raw, dict):
-            raise ValueError(f"{prop}: must be an object with `connection` and `networks`")
+            raise ConfigError(prop, "must be an object with `connection` and `networks`")
+        _known_keys(raw, prop, HOST_KEYS)
         try:
             connection = HostSettings.from_props(raw.get("connection"), f"{prop}.connection")
         except SettingError as exc:
-            raise ValueError(f"{exc.prop} {exc.reason}") from None
+            raise ConfigError(exc.prop, exc.reason) from None
         backend = cfg.get("firewallBackend")  # the stack's, unless the host names its own
         if backend and "firewall_backend" not in raw["connection"]:
             connection = dataclasses.replace(connection, firewall_backend=backend)
         networks = raw.get("networks")
         if not isinstance(networks, list) or not networks:
-            raise ValueError(f"{prop}.networks: must be a non-empty list of networks")
+            raise ConfigError(f"{prop}.networks", "must be a non-empty list of networks")
         declared = [
             network_args(n, f"{prop}.networks[{i}]", connection, cfg, ordinal=i + 1)
             for i, n in enumerate(networks)
@@ -129,7 +157,7 @@ def host_networks(cfg: pulumi.Config) -> list[tuple[str, list[tuple[str, str, Ne
         names = [name for name, _, _ in declared]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise ValueError(f"{prop}.networks: network {twice[0]!r} is declared twice")
+            raise ConfigError(f"{prop}.networks", f"network {twice[0]!r} is declared twice")
         out.append((host_name, declared))
     return out
 

@@ -30,6 +30,9 @@ host's connection and the test image's paths into it.
   bridgeAddresses   bridged: addresses for the bridge instead of the NIC's; rollbackSeconds
   hosts             several hosts instead of `host`: see fleet.py
   firewallBackend   auto | iptables | nftables: the host's firewall backend (default auto)
+  name              the network's resource name (net)
+Any other `kvmnet:` key fails preview naming it (program_checks.STACK_KEYS, which also lists
+the keys the provider reads itself: the credentials and keepSessions).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from .connection.settings import SettingError
 from .errors import ConfigError
 from .guest_disk_config import guest_disk_args
 from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
-from .program_checks import check_stack_config
+from .program_checks import check_stack_config, check_stack_keys, stack_config_keys
 from .resources import Bridge
 
 NS = "kvmnet"
@@ -57,7 +60,7 @@ def connection_from_config(cfg: pulumi.Config) -> HostSettings:
     try:
         settings = HostSettings.from_props(raw, "kvmnet:host")
     except SettingError as exc:
-        raise ValueError(f"{exc.prop} {exc.reason}") from None
+        raise ConfigError(exc.prop, exc.reason) from None
     backend = cfg.get("firewallBackend")
     return dataclasses.replace(settings, firewall_backend=backend) if backend else settings
 
@@ -114,15 +117,32 @@ def guest_specs(
     prefix = ipaddress.ip_network(subnet).prefixlen
     guests = []
     for index, guest in enumerate(raw, start=1):
-        name = guest["name"]
+        key = f"{prop}[{index - 1}]"
+        name = guest.get("name")
+        if not name:
+            raise ConfigError(f"{key}.name", "required (the guest's name on its host)")
         kernel = guest.get("kernel") or stack_kernel
         initrd = guest.get("initrd") or stack_initrd
+        disk_args = guest_disk_args(guest, key)
+        if not (kernel or disk_args.get("base_image") or guest.get("disks")):
+            raise ConfigError(
+                key,
+                f"guest {name} has nothing to boot: set the stack's {NS}:guestImage "
+                "{kernel, initrd} (paths on the host), or the guest's kernel, baseImage or disks",
+            )
         cmdline = guest.get("cmdline")
         if kernel and cmdline is None:
             # The test image configures eth0 from these (see scripts/guest-init).
             cmdline = f"console=ttyS0 quiet kvmnet.name={name}"
             if dhcp:
                 cmdline += " kvmnet.ip=dhcp"  # address, route and DNS from the lease
+            elif not guest.get("address"):
+                raise ConfigError(
+                    f"{key}.address",
+                    "required on a network without DHCP: the guest configures this address "
+                    "itself (give it one in the subnet; routed and NAT networks can lease one "
+                    "with dhcp)",
+                )
             else:
                 cmdline += f" kvmnet.ip={guest['address']}/{prefix}"
                 if gateway:
@@ -139,7 +159,7 @@ def guest_specs(
                 cmdline=cmdline,
                 disks=guest.get("disks") or (),
                 stop_timeout=int(guest.get("stop_timeout", stop_timeout)),
-                **guest_disk_args(guest, f"{prop}[{index - 1}]"),
+                **disk_args,
             )
         )
     return guests
@@ -160,6 +180,7 @@ def port_forward_specs(raw: list[dict[str, Any]] | None) -> list[PortForwardSpec
 
 def build() -> None:
     cfg = pulumi.Config("kvmnet")
+    check_stack_keys(stack_config_keys())  # a typo'd key fails instead of being ignored
     if cfg.get_object("hosts") is not None:
         from .fleet import build_fleet  # several hosts: kvmnet:hosts (see fleet.py)
 

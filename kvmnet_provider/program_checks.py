@@ -8,6 +8,7 @@ addresses against the subnet, unique MACs and taps) are the model's: models/addr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pulumi
@@ -35,6 +36,51 @@ GUEST_KEYS = (
     "cmdline",
 )
 FORWARD_KEYS = ("guest", "guest_port", "host_port", "protocol")
+# Every `kvmnet:` key of a stack of this program: the program's (program.py, fleet.py) and
+# the provider's own (credentials, kvmnet:keepSessions), so a typo fails instead of being
+# ignored.
+STACK_KEYS = (
+    "accelerator",
+    "bridge",
+    "bridgeAddresses",
+    "dhcp",
+    "dhcpRange",
+    "domain",
+    "firewallBackend",
+    "gateway",
+    "guestImage",
+    "guestStopTimeout",
+    "guests",
+    "host",
+    "hosts",
+    "keepSessions",
+    "model",
+    "name",
+    "portForwards",
+    "rollbackSeconds",
+    "sshCredentials",
+    "sshPassword",
+    "sshPrivateKey",
+    "subnet",
+    "uplink",
+)
+
+
+def check_stack_keys(keys: Iterable[str]) -> None:
+    """ConfigError on the first `kvmnet:` key (of the stack's config `keys`) that no part of
+    kvmnet reads."""
+    unknown = sorted(
+        k for k in keys if k.startswith(f"{NS}:") and k[len(NS) + 1 :] not in STACK_KEYS
+    )
+    if unknown:
+        raise ConfigError(
+            unknown[0], f"unknown stack config key (known {NS}: keys: {', '.join(STACK_KEYS)})"
+        )
+
+
+def stack_config_keys() -> set[str]:
+    """The keys of the config the engine gave this program run."""
+    return set(pulumi.runtime.config.CONFIG.get()) | set(pulumi.runtime.config.get_config_env())
 
 
 def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
@@ -56,40 +102,53 @@ def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
             f"{NS}:firewallBackend",
             f"must be one of {', '.join(FIREWALL_BACKENDS)}, got {backend!r}",
         )
-    guests = _list(cfg, "guests")
+    names = check_guests(_list(cfg, "guests"), f"{NS}:guests")
+    check_port_forwards(
+        _list(cfg, "portForwards"), f"{NS}:portForwards", names or default_guests, f"{NS}:guests"
+    )
+
+
+def check_guests(guests: list[Any], key: str) -> list[str]:
+    """Each guest of a `guests` list (at config key `key`); their names."""
     names = []
     for index, guest in enumerate(guests):
-        key = f"{NS}:guests[{index}]"
-        _object(guest, key, GUEST_KEYS)
+        where = f"{key}[{index}]"
+        _object(guest, where, GUEST_KEYS)
         name = guest.get("name")
         try:
             guest_name(name)  # it goes on the kernel command line too
         except InvalidInput as exc:
-            raise ConfigError(f"{key}.name", str(exc)) from None
+            raise ConfigError(f"{where}.name", str(exc)) from None
         names.append(name)
         for field, low, high in (("memory_mib", *MEMORY_MIB), ("stop_timeout", 1, 300)):
             if field in guest:
-                _whole(guest[field], f"{key}.{field}", low, high)
+                _whole(guest[field], f"{where}.{field}", low, high)
         for field in ("kernel", "initrd", "cmdline"):
             value = guest.get(field)
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError(f"{key}.{field}", f"must be a non-empty string, got {value!r}")
-        guest_disk_args(guest, key)  # baseImage ... cloudInit, each key named
+                raise ConfigError(f"{where}.{field}", f"must be a non-empty string, got {value!r}")
+        guest_disk_args(guest, where)  # baseImage ... cloudInit, each key named
         address = guest.get("address")
         if address is not None and not isinstance(address, str):
-            raise ConfigError(f"{key}.address", f"must be an IPv4 address, got {address!r}")
-    for index, forward in enumerate(_list(cfg, "portForwards")):
-        key = f"{NS}:portForwards[{index}]"
-        _object(forward, key, FORWARD_KEYS)
-        if forward.get("guest") not in (names or default_guests):
+            raise ConfigError(f"{where}.address", f"must be an IPv4 address, got {address!r}")
+    return names
+
+
+def check_port_forwards(forwards: list[Any], key: str, names: list[str], guests_key: str) -> None:
+    """Each entry of a `portForwards` list (at config key `key`) against the guests' names."""
+    for index, forward in enumerate(forwards):
+        where = f"{key}[{index}]"
+        _object(forward, where, FORWARD_KEYS)
+        if forward.get("guest") not in names:
             raise ConfigError(
-                f"{key}.guest",
-                f"{forward.get('guest')!r} is not one of kvmnet:guests {names or default_guests}",
+                f"{where}.guest", f"{forward.get('guest')!r} is not one of {guests_key} {names}"
             )
         for field in ("guest_port", "host_port"):
-            _whole(forward.get(field), f"{key}.{field}", 1, 65535)
+            _whole(forward.get(field), f"{where}.{field}", 1, 65535)
         if forward.get("protocol", "tcp") not in ("tcp", "udp"):
-            raise ConfigError(f"{key}.protocol", f"must be tcp or udp, got {forward['protocol']!r}")
+            raise ConfigError(
+                f"{where}.protocol", f"must be tcp or udp, got {forward['protocol']!r}"
+            )
 
 
 def _list(cfg: pulumi.Config, name: str) -> list[Any]:

@@ -8,6 +8,7 @@ logging. The host is left as it was.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import subprocess
@@ -243,6 +244,11 @@ class ProgramCase:
     line: tuple[str, ...]
 
 
+def fleet_of_one(network: dict[str, object]) -> str:
+    """kvmnet:hosts with one host (never contacted: the program fails before declaring)."""
+    return json.dumps({"h2": {"connection": {"host": "h2.invalid"}, "networks": [network]}})
+
+
 PROGRAM_CASES = [
     ProgramCase("unknown-model", {"model": "bridgeless"}, ("kvmnet:model", "'bridgeless'")),
     ProgramCase("bad-subnet", {"subnet": "10.0.1.0/33"}, ("kvmnet:subnet", "10.0.1.0/33")),
@@ -325,6 +331,22 @@ PROGRAM_CASES = [
             ' "protocol": "icmp"}]'
         },
         ("kvmnet:portForwards[0].protocol", "tcp or udp"),
+    ),
+    # A new user's typos: found before any resource is declared (no host is contacted).
+    ProgramCase(
+        "unknown-stack-key",
+        {"accelerater": "auto"},
+        ("kvmnet:accelerater: unknown stack config key", "accelerator"),
+    ),
+    ProgramCase(
+        "fleet-network-unknown-key",
+        {"hosts": fleet_of_one({"name": "n", "subnte": "10.0.2.0/24"})},
+        ("kvmnet:hosts.h2.networks[0].subnte: unknown key (known: ",),
+    ),
+    ProgramCase(
+        "fleet-guest-unknown-key",
+        {"hosts": fleet_of_one({"name": "n", "guests": [{"name": "g1", "adress": "10.0.1.11"}]})},
+        ("kvmnet:hosts.h2.networks[0].guests[0].adress: unknown key (known: ",),
     ),
 ]
 

@@ -11,7 +11,8 @@ import pulumi
 import pytest
 
 from kvmnet_provider.connection import HostSettings
-from kvmnet_provider.models import GuestSpec, NetworkArgs, collisions
+from kvmnet_provider.errors import ConfigError
+from kvmnet_provider.models import GuestSpec, NetworkArgs, addresses, collisions
 from kvmnet_provider.models.collisions import claim
 
 
@@ -26,8 +27,10 @@ class Mocks(pulumi.runtime.Mocks):
 @pytest.fixture(autouse=True)
 def fresh_claims() -> Iterator[None]:
     collisions.forget_all()
+    addresses.forget_claims()
     yield
     collisions.forget_all()
+    addresses.forget_claims()
 
 
 @pytest.fixture(autouse=True)
@@ -70,9 +73,13 @@ def test_a_name_taken_on_the_same_host_fails_naming_host_and_both_networks(
     second: tuple[str, str, str, str], words: str
 ) -> None:
     claim("h1-nat", args_on("192.0.2.1", "br-in", "vif1.0", "g1"), host_subnet=True)
-    with pytest.raises(ValueError) as exc:
+    # A library program's NetworkArgs: ConfigError (one line, still a ValueError), naming
+    # the networks by resource name.
+    with pytest.raises(ConfigError) as exc:
         claim("h1-routed", args_on("192.0.2.1", *second), host_subnet=True)
     message = str(exc.value)
+    assert isinstance(exc.value, ValueError) and "\n" not in message, message
+    assert message.startswith("h1-routed: "), message
     assert words in message and "root@192.0.2.1:22" in message, message
     assert "h1-routed" in message and "h1-nat" in message, message
 
@@ -82,8 +89,12 @@ def test_isolated_networks_may_reuse_a_subnet() -> None:
     claim("iso2", args_on("192.0.2.1", "br-b", "vif2.0", "g2"), host_subnet=False)
 
 
-def fleet_config(hosts: dict[str, Any]) -> None:
-    pulumi.runtime.set_all_config({"kvmnet:hosts": json.dumps(hosts)})
+IMAGE = json.dumps({"kernel": "/k", "initrd": "/i"})
+
+
+def fleet_config(hosts: dict[str, Any], **stack: str) -> None:
+    config = {"kvmnet:guestImage": IMAGE, **{f"kvmnet:{k}": v for k, v in stack.items()}}
+    pulumi.runtime.set_all_config({"kvmnet:hosts": json.dumps(hosts), **config})
 
 
 def network(name: str, bridge: str, tap: str, guest: str, subnet: str) -> dict[str, Any]:
@@ -156,11 +167,55 @@ def test_fleet_collision_on_one_host_fails_the_program() -> None:
         }
     )
     with pytest.raises(
-        ValueError,
-        match=r"h1-nat2: guests\[0\] \(g2\)\.tap: vif1\.0 is already used on host "
-        r"192\.0\.2\.1 by h1-nat",
+        ConfigError,
+        match=r"^kvmnet:hosts\.h1\.networks\[1\]\.guests\[0\]\.tap: vif1\.0 is already used on "
+        r"host 192\.0\.2\.1 by kvmnet:hosts\.h1\.networks\[0\]\.guests\[0\]$",
     ):
         run_fleet()
+
+
+def on_h2(*networks: dict[str, Any]) -> dict[str, Any]:
+    return {"h2": {"connection": {"host": "192.0.2.2"}, "networks": list(networks)}}
+
+
+NAT = network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24")
+
+
+@pytest.mark.parametrize(
+    "hosts, line",
+    [
+        (
+            on_h2(NAT, network("nat2", "br-in", "vif2.0", "g2", "10.0.2.0/24")),
+            "kvmnet:hosts.h2.networks[1].bridge: bridge 'br-in' is already declared on host "
+            "root@192.0.2.2:22 by network kvmnet:hosts.h2.networks[0]; names must be unique per "
+            "host (rename one of them)",
+        ),
+        (
+            on_h2(
+                NAT,
+                {
+                    **network("nat2", "br-in2", "vif2.0", "g2", "10.0.1.128/25"),
+                    "guests": [{"name": "g2", "address": "10.0.1.131", "tap": "vif2.0"}],
+                },
+            ),
+            "kvmnet:hosts.h2.networks[1].subnet: subnet 10.0.1.128/25 overlaps 10.0.1.0/24 of "
+            "network kvmnet:hosts.h2.networks[0] on host root@192.0.2.2:22; give each network "
+            "on a host its own subnet",
+        ),
+        (
+            on_h2({**NAT, "model": "isolated", "dhcp": True}),
+            "kvmnet:hosts.h2.networks[0].dhcp: a isolated network's bridge has no address",
+        ),
+    ],
+)
+def test_fleet_declaration_errors_are_one_config_line_naming_the_property(
+    hosts: dict[str, Any], line: str
+) -> None:
+    fleet_config(hosts)
+    with pytest.raises(ConfigError) as exc:
+        run_fleet()
+    message = str(exc.value)
+    assert message.startswith(line) and "\n" not in message, message
 
 
 @pytest.mark.parametrize(
@@ -183,7 +238,7 @@ def test_fleet_collision_on_one_host_fails_the_program() -> None:
                     "networks": [{"name": "n", "model": "mesh"}],
                 }
             },
-            "unknown model 'mesh'",
+            "kvmnet:hosts.h1.networks[0].model: unknown model 'mesh'",
         ),
         (
             {"h1": {"connection": {"host": "192.0.2.1"}, "networks": [{"name": "n", "colour": 1}]}},
@@ -203,6 +258,48 @@ def test_fleet_collision_on_one_host_fails_the_program() -> None:
             },
             "kvmnet:hosts.h1.networks[0].guests[0].cloudInit.userData: text must start with",
         ),
+        # What a new user's trial of the README typed.
+        (
+            on_h2({**NAT, "subnte": "10.0.2.0/24"}),
+            "kvmnet:hosts.h2.networks[0].subnte: unknown key",
+        ),
+        (
+            {"h2": {"connection": {"host": "192.0.2.2", "knownhosts": "/k"}, "networks": [NAT]}},
+            "kvmnet:hosts.h2.connection.knownhosts: unknown setting",
+        ),
+        (
+            {"H2": on_h2(NAT)["h2"]},
+            "kvmnet:hosts: must be 1-32 of a-z, 0-9 and '-' (a name), got 'H2'",
+        ),
+        (
+            {"h2": {**on_h2(NAT)["h2"], "conection": {}}},
+            "kvmnet:hosts.h2.conection: unknown key (known: connection, networks, sshPassword",
+        ),
+        (
+            on_h2({**NAT, "guests": [{"address": "10.0.1.11"}]}),
+            "kvmnet:hosts.h2.networks[0].guests[0].name: must be",
+        ),
+        (
+            on_h2({**NAT, "model": "isolated", "guests": [{"name": "g1"}]}),
+            "kvmnet:hosts.h2.networks[0].guests[0].address: required on a network without DHCP",
+        ),
+        (
+            on_h2({**NAT, "guests": [{"name": "g1", "adress": "10.0.1.11"}]}),
+            "kvmnet:hosts.h2.networks[0].guests[0].adress: unknown key (known: name, address",
+        ),
+        (
+            on_h2({**NAT, "portForwards": [{"guest": "g9", "guest_port": 80, "host_port": 80}]}),
+            "kvmnet:hosts.h2.networks[0].portForwards[0].guest: 'g9' is not one of "
+            "kvmnet:hosts.h2.networks[0].guests ['g1']",
+        ),
+        (
+            on_h2({**NAT, "subnet": "10.0.1.0/33"}),
+            "kvmnet:hosts.h2.networks[0].subnet: '10.0.1.0/33' is not an IPv4 network",
+        ),
+        (
+            on_h2({**NAT, "rollbackSeconds": "soon"}),
+            "kvmnet:hosts.h2.networks[0].rollbackSeconds: must be a whole number",
+        ),
     ],
 )
 def test_bad_fleet_config_names_the_property(hosts: dict[str, Any], words: str) -> None:
@@ -210,9 +307,24 @@ def test_bad_fleet_config_names_the_property(hosts: dict[str, Any], words: str) 
 
     fleet_config(hosts)
     pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(ConfigError) as exc:
         host_networks(pulumi.Config("kvmnet"))
-    assert words in str(exc.value), str(exc.value)
+    message = str(exc.value)
+    assert words in message and "\n" not in message, message
+    assert message.startswith("kvmnet:hosts"), message
+
+
+def test_a_fleet_guest_with_nothing_to_boot_names_guest_image() -> None:
+    from kvmnet_provider.fleet import host_networks
+
+    pulumi.runtime.set_all_config({"kvmnet:hosts": json.dumps(on_h2(NAT))})  # no guestImage
+    pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
+    with pytest.raises(ConfigError) as exc:
+        host_networks(pulumi.Config("kvmnet"))
+    assert str(exc.value).startswith(
+        "kvmnet:hosts.h2.networks[0].guests[0]: guest g1 has nothing to boot: set the stack's "
+        "kvmnet:guestImage {kernel, initrd}"
+    ), str(exc.value)
 
 
 def test_per_host_secrets_win_for_their_host_only() -> None:
@@ -371,3 +483,30 @@ def test_nat_gets_a_dhcp_server_with_every_guest_and_isolated_none() -> Any:
 
     assert nat.dhcp is not None
     return nat.dhcp.pid.apply(check)
+
+
+def test_the_readmes_fleet_example_previews_as_written() -> None:
+    """The yaml block of README.md's "Many hosts in one stack", through the stack program
+    (build(): the unknown-key check too), under mocks."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from kvmnet_provider.program import build
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Many hosts in one stack", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    config = yaml.safe_load(block.group(1))["config"]
+    assert "kvmnet:guestImage" in config
+    pulumi.runtime.set_all_config(
+        {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    )
+    pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
+    build()
+    without_image = {k: json.dumps(v) for k, v in config.items() if k != "kvmnet:guestImage"}
+    pulumi.runtime.set_all_config(without_image)
+    with pytest.raises(ConfigError, match=r"kvmnet:guestImage"):
+        build()

@@ -296,3 +296,49 @@ def test_run_dir_documents_are_never_followed(tmp_path: Path) -> None:
     assert not doc.is_symlink() and doc.read_text() == "{}"
     assert victim.read_text() == "precious"
     assert rundir.read_text(tmp_path / "absent.json") is None
+
+
+@pytest.mark.parametrize("missing", [True, False])
+def test_a_key_file_that_is_not_there_is_named_before_connecting(
+    clean_credentials: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, missing: bool
+) -> None:
+    from kvmnet_provider.connection import ssh
+    from kvmnet_provider.connection.errors import HostError
+
+    def no_connection(*_: object) -> None:
+        raise AssertionError("connected with a key file that cannot be read")
+
+    monkeypatch.setattr(ssh, "open_tcp", no_connection)
+    path = str(tmp_path / "id_ed25519") if missing else str(tmp_path)  # nothing / a directory
+    conn = {"host": "198.18.0.2", "known_hosts": "/nonexistent/known_hosts"}
+    with pytest.raises(HostError) as caught:
+        ssh.connect(HostSettings.from_props({**conn, "private_key_path": path}))
+    problem = "does not exist on this machine" if missing else "is not a file"
+    assert str(caught.value) == (
+        f"root@198.18.0.2:22: connection.private_key_path {path} {problem} (set "
+        "connection.private_key_path to your key, or the secret kvmnet:sshPrivateKey)"
+    )
+
+
+def test_no_credentials_at_all_says_what_to_set(
+    clean_credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paramiko's connect is stubbed to say what it says with no key, password or agent."""
+    from kvmnet_provider.connection import ssh
+    from kvmnet_provider.connection.errors import HostError
+
+    def nothing_to_offer(_client: object, **kwargs: object) -> None:
+        assert not {"pkey", "key_filename", "password"} & set(kwargs)
+        raise ssh.paramiko.SSHException("No authentication methods available")
+
+    monkeypatch.setattr(ssh, "open_tcp", lambda *_: None)
+    monkeypatch.setattr(ssh.paramiko.SSHClient, "connect", nothing_to_offer)
+    conn = {"host": "198.18.0.2", "known_hosts": "/nonexistent/known_hosts"}
+    with pytest.raises(HostError) as caught:
+        ssh.connect(HostSettings.from_props(conn))
+    message = str(caught.value)
+    assert message.startswith("root@198.18.0.2:22: no SSH credentials to offer: set "), message
+    for setting in ("connection.private_key_path", "kvmnet:sshPrivateKey", "kvmnet:sshPassword",
+                    "connection.allow_agent"):  # fmt: skip
+        assert setting in message, message
+    assert "\n" not in message and "SSH failed" not in message

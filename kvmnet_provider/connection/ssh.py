@@ -4,6 +4,7 @@ ssh-agent (when allowed) or a key file; every failure one line naming the host a
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ from .tcp import open_tcp
 # banner did not come in time, or the key exchange did not finish in time (connect() then
 # goes on to authenticate on a transport that has no session). A reset says more.
 STALLED = ("Error reading SSH protocol banner", "No existing session")
+NOTHING_TO_OFFER = "No authentication methods available"  # paramiko: no key, password or agent
+WHERE_CREDENTIALS_GO = (
+    "set connection.private_key_path to a key file on this machine, or the secret "
+    "kvmnet:sshPrivateKey / kvmnet:sshPassword (per host: kvmnet:sshCredentials or "
+    "kvmnet:hosts.NAME.sshPrivateKey), or connection.allow_agent: true for an ssh-agent"
+)
 
 
 def _trust_hint(s: HostSettings) -> str:
@@ -28,6 +35,18 @@ def _trust_hint(s: HostSettings) -> str:
         f"(ssh-keyscan -p {s.port} {s.host} >> {where}) or pin it with connection.host_key; "
         f"entry name {target}"
     )
+
+
+def key_file_problem(path: str) -> str | None:
+    """Why the key file at `path` cannot be used, checked on this machine (where the provider
+    runs and paramiko reads it) before connecting; None if it can. Never reads the key."""
+    if not os.path.exists(path):
+        return "does not exist on this machine"
+    if not os.path.isfile(path):
+        return "is not a file"
+    if not os.access(path, os.R_OK):
+        return f"is not readable by this machine's user (uid {os.getuid()})"
+    return None
 
 
 def connect(s: HostSettings) -> paramiko.SSHClient:
@@ -64,6 +83,12 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
     if pkey is not None:
         kwargs["pkey"] = pkey
     elif s.private_key_path:
+        problem = key_file_problem(s.private_key_path)
+        if problem:
+            raise HostError(
+                f"{s.label}: connection.private_key_path {s.private_key_path} {problem} (set "
+                "connection.private_key_path to your key, or the secret kvmnet:sshPrivateKey)"
+            )
         kwargs["key_filename"] = s.private_key_path
     password = credentials.configured_password(s.host, s.port)
     # A host whose key was not checked may be anyone: it gets no password to replay.
@@ -97,6 +122,12 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
         if "not found in known_hosts" in str(exc):
             raise HostError(
                 f"{s.label}: host key unknown; refusing to connect: {_trust_hint(s)}"
+            ) from None
+        if str(exc) == NOTHING_TO_OFFER:
+            source = credentials.key_source(s.host, s.port)
+            why = f" (credentials: {source})" if source == credentials.WITHHELD else ""
+            raise HostError(
+                f"{s.label}: no SSH credentials to offer{why}: {WHERE_CREDENTIALS_GO}"
             ) from None
         if str(exc) in STALLED:
             raise HostError(

@@ -60,12 +60,13 @@ def check_guests(
     subnet: object,
     gateway: object,
     guests: Sequence[_Guest],
+    config_key: str | None = None,
 ) -> None:
     """All the rules above for one network; claims its MACs, taps and names on `host`."""
-    net, gw = subnet_and_gateway(subnet, gateway, f"{where}: ")
+    net, gw = subnet_and_gateway(subnet, gateway, prefix(where, config_key))
     seen: dict[ipaddress.IPv4Address, str] = {}
     for index, guest in enumerate(guests):
-        who = f"{where}: guests[{index}] ({guest.name})"
+        who = guest_key(where, config_key, index, guest.name)
         if guest.address is not None:
             address = _address(guest.address, f"{who}.address")
             if address not in net:
@@ -97,28 +98,42 @@ class _DhcpNetwork(Protocol):
     guests: Sequence[Any]
 
 
-def check_dhcp(where: str, args: _DhcpNetwork) -> list[str]:
+def check_dhcp(where: str, args: _DhcpNetwork, config_key: str | None = None) -> list[str]:
     """The DHCP rules above for a network whose addresses check_guests has passed; returns
     the dynamic range (the default one when none is given)."""
-    _valid(dhcp.domain, args.domain, f"{where}: domain")
+    at = prefix(where, config_key)
+    _valid(dhcp.domain, args.domain, f"{at}domain")
     subnet, gateway = str(args.subnet), args.gateway
     if ipaddress.IPv4Network(subnet).prefixlen > 30:
-        raise ConfigError(f"{where}: subnet", f"{subnet} is too small for DHCP (at most /30)")
+        raise ConfigError(f"{at}subnet", f"{subnet} is too small for DHCP (at most /30)")
+    range_key = f"{at}dhcpRange" if config_key else f"{at}dhcp_range"
     if args.dhcp_range is None:
         rng = dhcp.default_range(subnet, gateway)
     else:
-        rng = _valid(dhcp.dhcp_range, args.dhcp_range, f"{where}: dhcp_range")
+        rng = _valid(dhcp.dhcp_range, args.dhcp_range, range_key)
         problems = dhcp.range_problems(subnet, gateway, rng)
         if problems:
-            raise ConfigError(f"{where}: dhcp_range", problems[0])
+            raise ConfigError(range_key, problems[0])
     for index, guest in enumerate(args.guests):
-        who = f"{where}: guests[{index}] ({guest.name})"
+        who = guest_key(where, config_key, index, guest.name)
         _valid(dhcp.hostname, guest.name, f"{who}.name")
         if guest.address is not None:
             problem = dhcp.address_problem(subnet, gateway, rng, guest.address)
             if problem:
                 raise ConfigError(f"{who}.address", problem)
     return list(rng)
+
+
+def prefix(where: str, config_key: str | None) -> str:
+    """What a network's property names start with in errors: its stack-config path when it
+    was read from stack config (`kvmnet:hosts.h1.networks[0].`), else its resource name."""
+    return f"{config_key}." if config_key else f"{where}: "
+
+
+def guest_key(where: str, config_key: str | None, index: int, name: str) -> str:
+    if config_key:
+        return f"{config_key}.guests[{index}]"
+    return f"{where}: guests[{index}] ({name})"
 
 
 def _claim(host: tuple[str, int], what: str, value: str, who: str) -> None:

@@ -102,6 +102,9 @@ class NetworkArgs:
     dhcp: bool | None = None
     domain: str = DEFAULT_DOMAIN  # guests are <name>.<domain> in the network's DNS
     dhcp_range: tuple[str, str] | None = None  # default: the upper half of the subnet
+    # The stack-config property the network was read from (kvmnet:hosts.h1.networks[0]):
+    # errors name its keys instead of the resource name's.
+    config_key: str | None = None
 
 
 def dhcp_enabled(model: str, args: NetworkArgs) -> bool:
@@ -110,7 +113,8 @@ def dhcp_enabled(model: str, args: NetworkArgs) -> bool:
         return model in ("routed", "nat")
     if args.dhcp and model not in ("routed", "nat"):
         raise ConfigError(
-            "dhcp", f"a {model} network's bridge has no address to serve from; use routed or nat"
+            f"{args.config_key}.dhcp" if args.config_key else "dhcp",
+            f"a {model} network's bridge has no address to serve from; use routed or nat",
         )
     return bool(args.dhcp)
 
@@ -122,10 +126,10 @@ class _Network(pulumi.ComponentResource):
         self, resource_name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         host = (args.connection.host, args.connection.port)
-        check_guests(resource_name, host, args.subnet, args.gateway, args.guests)
+        check_guests(resource_name, host, args.subnet, args.gateway, args.guests, args.config_key)
         self.dhcp_enabled = dhcp_enabled(self.model, args)
         if self.dhcp_enabled:
-            check_dhcp(resource_name, args)
+            check_dhcp(resource_name, args, args.config_key)
         # Aliases to the other models' types keep the children's URNs across a model switch,
         # so NAT -> routed removes the masquerade rule and leaves the bridge and guests alone.
         others = [m for m in MODEL_TYPES if m != type(self).__name__]
@@ -284,10 +288,12 @@ class NatNetwork(RoutedNetwork):
         )
         forwards: list[pulumi.Resource] = []
         addresses = {g.name: g.address for g in self.args.guests}
-        for fwd in self.args.port_forwards:
+        key = self.args.config_key
+        for index, fwd in enumerate(self.args.port_forwards):
             if not addresses.get(fwd.guest):
                 raise ConfigError(
-                    "port_forwards", f"guest {fwd.guest!r} is not a guest with an address"
+                    f"{key}.portForwards[{index}].guest" if key else "port_forwards",
+                    f"guest {fwd.guest!r} is not a guest with an address",
                 )
             forwards.append(
                 PortForward(
@@ -317,7 +323,8 @@ class BridgedNetwork(_Network):
     ) -> Bridge | UplinkBridge:
         args = self.args
         if not args.uplink:
-            raise ConfigError("bridged network: uplink", "required (the NIC the bridge takes over)")
+            key = f"{args.config_key}.uplink" if args.config_key else "bridged network: uplink"
+            raise ConfigError(key, "required (the NIC the bridge takes over)")
         return UplinkBridge(
             f"{resource_name}-uplink",
             UplinkBridgeArgs(

@@ -36,7 +36,7 @@ MODELS = ("nat", "routed", "isolated", "bridged", "fleet")
 DEFAULT_MODEL = "nat"
 DEMO_HOSTS = 1
 FLEET_HOSTS = 3  # stacks/Pulumi.lab-fleet.yaml puts networks on h1, h2 and h3
-TEARDOWN_HINT = "tear down with: make demo-down"
+TEARDOWN_HINT = "tear down with: make demo-down (or: kvmnet demo down)"
 
 
 # --- the seams ----------------------------------------------------------------------------
