@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -90,3 +92,10 @@ def test_keep_sessions_takes_whole_seconds(raw: object, seconds: float) -> None:
 def test_keep_sessions_refuses_anything_else_naming_the_key(raw: object) -> None:
     with pytest.raises(ConfigError, match=r"^kvmnet:keepSessions: must be a whole number"):
         keep_seconds(raw)
+
+
+def test_the_provider_loads_paramiko_only_to_connect_itself() -> None:
+    """With kept sessions the keeper connects: the provider process never needs paramiko."""
+    probe = "import sys, kvmnet_provider.resources; print('paramiko' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import json
 import threading
+from typing import TYPE_CHECKING
 
-import paramiko
+if TYPE_CHECKING:
+    import paramiko
 
 CONFIG_PRIVATE_KEY = "kvmnet:sshPrivateKey"
 CONFIG_PASSWORD = "kvmnet:sshPassword"
@@ -134,6 +136,8 @@ def configured_key(host: str | None = None, port: int = 22) -> paramiko.PKey | N
     text, _, source = _for_host(host, port)
     if not text:
         return None
+    import paramiko  # here: a provider whose sessions a keeper holds never loads it
+
     for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
         try:
             return key_class.from_private_key(io.StringIO(text))

@@ -22,7 +22,6 @@ from . import framing
 from .bootstrap import agent_bundle, agent_command
 from .errors import RETRY_HINT, AgentCallError, HostError
 from .settings import HostSettings
-from .ssh import connect
 
 BATCH_LINGER = 0.0005  # seconds a batch waits for more callers; a link delete costs ~16 ms
 PROBE_TIMEOUT = 10.0  # seconds a ping may take, after a caller's timeout, to show the agent lives
@@ -54,6 +53,8 @@ class AgentSession:
     preamble: list[str]  # what the login shell printed before the agent
 
     def __init__(self, settings: HostSettings) -> None:
+        from .ssh import connect  # paramiko: not loaded by a provider whose keeper connects
+
         self._init_state(settings)
         self.client = connect(settings)
         transport = self.client.get_transport()
