@@ -276,6 +276,43 @@ def test_drift_is_refreshed_and_restored(
     assert_same(pristine, host_snapshot(lab_api, ns))
 
 
+REPLACED = """
+br = Bridge("br", BridgeArgs(connection=c, name="br-re"))
+TapPort("t1", TapPortArgs(connection=c, name="vre1.0", bridge=br))
+TapPort("t2", TapPortArgs(connection=c, name="vre2.0", bridge=br))
+"""
+
+
+def test_taps_join_their_bridge_again_when_it_is_replaced(
+    tmp_path: Path,
+    lab_api: Lab,
+    h1: HostStatus,
+    pristine: dict[str, Any],
+    stacks: list[TestStack],
+) -> None:
+    """A bridge made anew (deleted, then created: `--replace`, or a connection that named
+    another host and back) leaves the kernel's taps detached; the taps follow the bridge's
+    new id, so preview shows them updated and `up` joins them to it again."""
+    ns = h1.namespace
+    stack = TestStack(tmp_path, program(h1, REPLACED), project="replaced")
+    stacks.append(stack)
+    stack.up()
+    before = ip_links(lab_api, ns)
+    (bridge,) = stack.resources("kvmnet:Bridge")
+    preview = stack.pulumi("preview", "--diff", "--replace", bridge["urn"])
+    assert "1 to replace" in preview.stdout and "2 to update" in preview.stdout, preview.stdout
+    up = stack.pulumi("up", "--yes", "--skip-preview", "--replace", bridge["urn"])
+    assert "1 replaced" in up.stdout and "2 updated" in up.stdout, up.stdout
+    after = ip_links(lab_api, ns)
+    assert after["br-re"]["ifindex"] != before["br-re"]["ifindex"]
+    for tap in ("vre1.0", "vre2.0"):
+        assert after[tap]["ifindex"] == before[tap]["ifindex"]  # the same taps, joined again
+        assert after[tap].get("master") == "br-re", after[tap]
+    stack.preview_no_changes()
+    stack.destroy()
+    assert_same(pristine, host_snapshot(lab_api, ns))
+
+
 # --- two stacks on one host ---------------------------------------------------------------
 def shared_host_program(bridge: str, cidr: str, gateway: str, taps: list[str]) -> str:
     lines = [

@@ -25,6 +25,7 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
+from pulumi.output import Unknown
 
 from .. import errors, serverpool
 from ..connection import HostSettings, agent_session, credentials, keep_sessions
@@ -44,6 +45,14 @@ class Field:
     default: Any = None
     required: bool = False
     replaces: bool = False
+
+
+def deleted_first(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
+    """Every kvmnet object is known on its host by its name (a link, a rule's owner mark, a
+    guest): a replacement can be made only once the original is gone. diff says so, but the
+    engine does not ask diff when the operator asks for a replacement (`pulumi up --replace`):
+    it would create first, finding the original as its own, then delete what it had made."""
+    return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(delete_before_replace=True))
 
 
 def owner_id(kind: str, resource_name: str) -> str:
@@ -157,7 +166,8 @@ class KvmnetProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         live = self.host_create(self._agent(props), props)
-        return CreateResult(id_=self.resource_id(props), outs=self._outputs(props, live))
+        outs = self._outputs(props, live)
+        return CreateResult(id_=self.resource_id(outs), outs=outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         live = self.host_read(self._agent(props), props)
@@ -194,8 +204,14 @@ def keep_seconds(raw: object) -> float:
     return float(text)
 
 
+def is_unknown(value: Any) -> bool:
+    """Not known at preview: the engine's sentinel, or the SDK's Unknown (an output of a
+    resource that this preview changes)."""
+    return isinstance(value, Unknown) or (isinstance(value, str) and value == UNKNOWN)
+
+
 def _has_unknown(value: Any) -> bool:
-    if value == UNKNOWN:
+    if is_unknown(value):
         return True
     if isinstance(value, dict):
         return any(_has_unknown(v) for v in value.values())

@@ -20,7 +20,7 @@ from pulumi.dynamic import Resource
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import dhcp, validate
-from .base import Field, KvmnetProvider, owner_id
+from .base import Field, KvmnetProvider, deleted_first, owner_id
 from .netfilter import firewall_backend
 
 COMPUTED = ("pid", "leases", "run_dir", "problems", "backend", "rules")
@@ -161,7 +161,7 @@ class DhcpServer(Resource, module="kvmnet", name="DhcpServer"):
             "serving": True,
             **dict.fromkeys(COMPUTED),
         }
-        super().__init__(DhcpServerProvider(), resource_name, props, opts)
+        super().__init__(DhcpServerProvider(), resource_name, props, deleted_first(opts))
 
 
 __all__ = ["DhcpHost", "DhcpServer", "DhcpServerArgs", "DhcpServerProvider"]

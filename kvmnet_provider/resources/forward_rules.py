@@ -20,7 +20,7 @@ from pulumi.dynamic import Resource
 
 from ..connection import HostSettings
 from ..spec import validate
-from .base import Field, owner_id
+from .base import Field, deleted_first, owner_id
 from .netfilter import FirewallRuleProvider
 
 
@@ -117,4 +117,4 @@ class ForwardRules(Resource, module="kvmnet", name="ForwardRules"):
             "rules": None,
             "backend": None,
         }
-        super().__init__(ForwardRulesProvider(), resource_name, props, opts)
+        super().__init__(ForwardRulesProvider(), resource_name, props, deleted_first(opts))

@@ -23,7 +23,7 @@ from ..errors import KvmnetError
 from ..spec import guest as guests
 from ..spec.validate import boolean, int_range, user_name
 from ..spec.wire import GuestRef, GuestState
-from .base import Field, KvmnetProvider, _has_unknown, owner_id
+from .base import Field, KvmnetProvider, _has_unknown, deleted_first, owner_id
 from .links import TapPort
 
 # Inputs the host resolves (auto -> kvm|tcg, an unset socket -> a path in the run dir): the
@@ -278,7 +278,10 @@ class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
             props["cloud_init"] = pulumi.Output.secret(raw)
         secret = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)
         super().__init__(
-            QemuGuestProvider(), resource_name, props, pulumi.ResourceOptions.merge(opts, secret)
+            QemuGuestProvider(),
+            resource_name,
+            props,
+            pulumi.ResourceOptions.merge(deleted_first(opts), secret),
         )
 
 

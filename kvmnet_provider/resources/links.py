@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import Resource
+from pulumi.dynamic import DiffResult, Resource
 
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..errors import ConfigError
 from ..spec import validate
-from .base import Field, KvmnetProvider, list_of, owner_id
+from ..spec.validate import InvalidInput
+from .base import Field, KvmnetProvider, deleted_first, is_unknown, list_of, owner_id
 from .linkreads import forget, read_link
 
 LINK_COMPUTED = ("ifindex", "mac")
@@ -59,10 +60,20 @@ class _LinkProvider(KvmnetProvider):
         agent.call_batched("link.delete", {"name": props["name"], "owner": props["owner"]})
 
 
+def _bridge_id(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 300:
+        raise InvalidInput(f"must be a Bridge's id, got {value!r:.80}")
+    return value
+
+
 class BridgeProvider(_LinkProvider):
     kind = "Bridge"
     link_kind = "bridge"
     agent_ops = "bridge"
+
+    def resource_id(self, props: dict[str, Any]) -> str:
+        """host:port/name@ifindex: a bridge made anew gets another id (see TapPort's bridge_id)."""
+        return f"{super().resource_id(props)}@{props['ifindex']}"
     fields = {
         "name": Field(validate.ifname, required=True, replaces=True),
         "addresses": Field(list_of(validate.interface_address), default=[]),
@@ -98,7 +109,22 @@ class TapPortProvider(_LinkProvider):
         "mtu": Field(validate.mtu),
         "up": Field(validate.boolean, default=True),
         "adopt": Field(validate.boolean, default=False),
+        # The declared Bridge's id, which names its ifindex: a bridge made anew (replaced:
+        # deleted, then created) has another id, so its taps are updated, which joins them to
+        # it again (the kernel leaves a deleted bridge's ports detached, and nothing else of
+        # theirs changes). An update in place keeps the id: preview shows no tap for it.
+        "bridge_id": Field(_bridge_id),
     }
+
+    def spec(self, props: dict[str, Any]) -> dict[str, Any]:
+        spec = super().spec(props)
+        del spec["bridge_id"]  # the provider's business: the agent joins by name
+        return spec
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        if olds.get("bridge_id") is None and not is_unknown(news.get("bridge_id")):
+            olds = {**olds, "bridge_id": news.get("bridge_id")}  # state from before the field
+        return super().diff(_id, olds, news)
 
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         out = super().overlay(props, live)
@@ -146,7 +172,7 @@ class Bridge(Resource, module="kvmnet", name="Bridge"):
             "adopt": args.adopt,
             **dict.fromkeys(LINK_COMPUTED),
         }
-        super().__init__(BridgeProvider(), resource_name, props, opts)
+        super().__init__(BridgeProvider(), resource_name, props, deleted_first(opts))
 
 
 @dataclass
@@ -173,8 +199,11 @@ class TapPort(Resource, module="kvmnet", name="TapPort"):
         self, resource_name: str, args: TapPortArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         bridge: pulumi.Input[str]
+        bridge_id: pulumi.Input[str] | None = None
         if isinstance(args.bridge, pulumi.Resource):  # a Bridge or an UplinkBridge
             bridge = args.bridge.name  # type: ignore[attr-defined]
+            if isinstance(args.bridge, Bridge):
+                bridge_id = args.bridge.id
         else:
             key = (args.connection.host, args.bridge)
             if not args.external_bridge and key not in _declared_bridges:
@@ -190,6 +219,7 @@ class TapPort(Resource, module="kvmnet", name="TapPort"):
             "owner": owner_id("TapPort", resource_name),
             "name": args.name,
             "bridge": bridge,
+            "bridge_id": bridge_id,
             "owner_user": args.owner_user,
             "multi_queue": args.multi_queue,
             "mtu": args.mtu,
@@ -197,4 +227,4 @@ class TapPort(Resource, module="kvmnet", name="TapPort"):
             "adopt": args.adopt,
             **dict.fromkeys(LINK_COMPUTED),
         }
-        super().__init__(TapPortProvider(), resource_name, props, opts)
+        super().__init__(TapPortProvider(), resource_name, props, deleted_first(opts))

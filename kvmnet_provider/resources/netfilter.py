@@ -13,7 +13,7 @@ from pulumi.dynamic import Resource
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import validate
-from .base import Field, KvmnetProvider, owner_id
+from .base import Field, KvmnetProvider, deleted_first, owner_id
 
 
 class _OwnedByMarkProvider(KvmnetProvider):
@@ -212,7 +212,7 @@ class ForwardingSetting(Resource, module="kvmnet", name="ForwardingSetting"):
             "previous": None,
             "holders": None,
         }
-        super().__init__(ForwardingSettingProvider(), resource_name, props, opts)
+        super().__init__(ForwardingSettingProvider(), resource_name, props, deleted_first(opts))
 
 
 @dataclass
@@ -241,7 +241,7 @@ class MasqueradeRule(Resource, module="kvmnet", name="MasqueradeRule"):
             "rules": None,
             "backend": None,
         }
-        super().__init__(MasqueradeRuleProvider(), resource_name, props, opts)
+        super().__init__(MasqueradeRuleProvider(), resource_name, props, deleted_first(opts))
 
 
 @dataclass
@@ -275,4 +275,4 @@ class PortForward(Resource, module="kvmnet", name="PortForward"):
             "rules": None,
             "backend": None,
         }
-        super().__init__(PortForwardProvider(), resource_name, props, opts)
+        super().__init__(PortForwardProvider(), resource_name, props, deleted_first(opts))

@@ -21,7 +21,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, Resource
 from ..connection import AgentCallError, HostError, HostSettings, agent_session, fresh_session
 from ..connection.session import AgentSession
 from ..spec import validate
-from .base import Field, KvmnetProvider, _has_unknown, list_of, owner_id
+from .base import Field, KvmnetProvider, _has_unknown, deleted_first, list_of, owner_id
 
 PROBE_CONNECT_TIMEOUT = 4.0
 
@@ -193,4 +193,4 @@ class UplinkBridge(Resource, module="kvmnet", name="UplinkBridge"):
             "state": "bridged",
             **dict.fromkeys(("mac", "live_addresses", "moved_routes", "previous_addresses")),
         }
-        super().__init__(UplinkBridgeProvider(), resource_name, props, opts)
+        super().__init__(UplinkBridgeProvider(), resource_name, props, deleted_first(opts))
