@@ -22,49 +22,11 @@ import pytest
 from kvmnet_provider.agent import server, workers
 from kvmnet_provider.agent.errors import AgentError
 from kvmnet_provider.connection import session as session_module
+from kvmnet_provider.connection.kept import SocketChannel
 from kvmnet_provider.connection.session import AgentCallError, AgentSession, HostError
 from kvmnet_provider.connection.settings import HostSettings
 
 WAIT = 30.0  # generous: only ever reached when something is broken
-
-
-class SocketChannel:
-    """The slice of paramiko's Channel that AgentSession's reader and close use."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.closed = False
-
-    def recv(self, size: int) -> bytes:
-        return self.sock.recv(size)
-
-    def settimeout(self, timeout: float | None) -> None:
-        self.sock.settimeout(timeout)
-
-    def exit_status_ready(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self.sock.close()
-
-
-class ActiveTransport:
-    def is_active(self) -> bool:
-        return True
-
-
-class StubClient:
-    def get_transport(self) -> ActiveTransport:
-        return ActiveTransport()
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass
@@ -152,8 +114,7 @@ def connect(agent: StubAgent) -> Pair:
     agent.main_thread = loop
     session = AgentSession.__new__(AgentSession)
     session._init_state(HostSettings(host="stub.invalid", python="python3"))
-    session.client = StubClient()  # type: ignore[assignment]
-    session.channel = SocketChannel(ours)  # type: ignore[assignment]
+    session.client = session.channel = SocketChannel(ours)  # type: ignore[assignment]
     session.stdin = ours.makefile("w")  # type: ignore[assignment]
     session._start_reader()
     return Pair(session, agent, theirs, loop)

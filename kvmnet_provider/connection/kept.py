@@ -150,7 +150,7 @@ def _read_word(stream: Any, timeout: float) -> dict[str, Any]:
     return answer
 
 
-class _SocketChannel:
+class SocketChannel:
     """What AgentSession uses of a paramiko channel, its client and transport, on a socket."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -169,7 +169,7 @@ class _SocketChannel:
     def is_active(self) -> bool:
         return not self.closed
 
-    def get_transport(self) -> _SocketChannel:
+    def get_transport(self) -> SocketChannel:
         return self
 
     def write(self, text: str) -> None:
@@ -193,7 +193,7 @@ class KeptSession(AgentSession):
 
     def __init__(self, settings: HostSettings, sock: socket.socket) -> None:
         self._init_state(settings)
-        channel = _SocketChannel(sock)
+        channel = SocketChannel(sock)
         self.channel = self.client = self.stdin = channel  # type: ignore[assignment]
         sock.settimeout(max(30.0, settings.connect_timeout))
         hello = _read_line(sock)
