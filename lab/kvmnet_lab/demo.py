@@ -9,7 +9,10 @@ in (`pulumi up` / `pulumi destroy` of a model's stack); everything else here is 
 
 The demo's stacks run in a project of their own under the demo's state dir: the tracked
 `stacks/Pulumi.lab-<model>.yaml` are templates, copied there and completed with the lab
-host's connection and the test image's paths; a demo never writes to them.
+host's connection and the test image's paths; a demo never writes to them. The project is
+named DEMO_PROJECT, not the repository's `kvmnet`: the backend is shared, and under the
+repository's name `pulumi stack ls` in the repository listed the demo's stacks, whose
+commands there then read (and salted) the tracked templates.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ DEFAULT_MODEL = "nat"
 DEMO_HOSTS = 1
 FLEET_HOSTS = 3  # stacks/Pulumi.lab-fleet.yaml puts networks on h1, h2 and h3
 TEARDOWN_HINT = "tear down with: make demo-down (or: kvmnet demo down)"
+DEMO_PROJECT = "kvmnet-demo"
 
 
 # --- the seams ----------------------------------------------------------------------------
@@ -56,7 +60,7 @@ def prepare_project(stack: str, lab_status: LabStatus, model: str) -> Path:
     PROJECT_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(REPO_ROOT / "__main__.py", PROJECT_DIR / "__main__.py")
     (PROJECT_DIR / "Pulumi.yaml").write_text(
-        "name: kvmnet\n"
+        f"name: {DEMO_PROJECT}\n"
         "description: kvmnet's demo stacks (copied from stacks/ by `kvmnet demo up`)\n"
         "runtime:\n  name: python\n  options:\n    toolchain: pip\n"
     )
