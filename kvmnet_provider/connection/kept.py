@@ -58,17 +58,28 @@ def socket_path(settings: HostSettings) -> Path:
     to guess them."""
     directory = keeper_dir()
     salt_file = directory / "salt"
-    try:
-        fd = os.open(salt_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    if not salt_file.exists():  # written whole, then linked: a reader never sees half of it
+        fd, tmp = tempfile.mkstemp(dir=directory)
         with os.fdopen(fd, "wb") as f:
             f.write(secrets.token_bytes(32))
-    except FileExistsError:
-        pass
+        try:
+            os.link(tmp, salt_file)
+        except FileExistsError:
+            pass  # another process's came first: that one is the salt
+        finally:
+            os.unlink(tmp)
     salt = salt_file.read_bytes()
-    key, password, _ = credentials.for_host(settings.host, settings.port)
+    key, password, _ = _credentials(settings)
     secret = hmac.new(salt, json.dumps([key, password]).encode(), hashlib.sha256).hexdigest()
     name = json.dumps([PROTOCOL, agent_bundle()[0], settings.to_props(), secret], sort_keys=True)
     return directory / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".sock")
+
+
+def _credentials(settings: HostSettings) -> tuple[str | None, str | None, str]:
+    try:
+        return credentials.for_host(settings.host, settings.port)
+    except ValueError as exc:  # the stack's credentials config is unusable: it says why
+        raise HostError(f"{settings.label}: {exc}") from None
 
 
 def kept_session(settings: HostSettings, idle: float) -> KeptSession:
@@ -99,7 +110,7 @@ def _connect(path: Path) -> socket.socket:
 def start_keeper(settings: HostSettings, path: Path, idle: float) -> None:
     """Start the keeper of `path` and wait for its word: ready, or why it could not connect
     (the one line a direct connection would have given)."""
-    key, password, source = credentials.for_host(settings.host, settings.port)
+    key, password, source = _credentials(settings)
     order = {
         "settings": settings.to_props(),
         "credentials": [key, password, source],
