@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .models import NetworkArgs, addresses, network_for_model
 from .models.networks import MODELS
 from .program import dhcp_settings, guest_specs, port_forward_specs, uses_dhcp
-from .program_checks import _whole, check_guests, check_port_forwards
+from .program_checks import _whole, as_list, check_guests, check_port_forwards
 from .resources import Bridge
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -79,9 +79,9 @@ def network_args(
     subnet = raw.get("subnet") or "10.0.1.0/24"
     gateway = None if model == "isolated" else raw.get("gateway") or "10.0.1.254"
     addresses.subnet_and_gateway(subnet, gateway, f"{prop}.")
-    guests = _list(raw, "guests", prop)
+    guests = as_list(raw.get("guests"), f"{prop}.guests")
     names = check_guests(guests, f"{prop}.guests")  # the one-host program's rules, each key named
-    forwards = _list(raw, "portForwards", prop)
+    forwards = as_list(raw.get("portForwards"), f"{prop}.portForwards")
     check_port_forwards(forwards, f"{prop}.portForwards", names, f"{prop}.guests")
     dhcp = dhcp_settings(raw, f"{prop}.")
     args = NetworkArgs(
@@ -116,15 +116,6 @@ def _known_keys(raw: dict[str, Any], prop: str, known: set[str]) -> None:
         raise ConfigError(
             f"{prop}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})"
         )
-
-
-def _list(raw: dict[str, Any], key: str, prop: str) -> list[Any]:
-    value = raw.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ConfigError(f"{prop}.{key}", f"must be a list, got {type(value).__name__}")
-    return value
 
 
 def host_networks(cfg: pulumi.Config) -> list[tuple[str, list[tuple[str, str, NetworkArgs]]]]:

@@ -152,11 +152,15 @@ def check_port_forwards(forwards: list[Any], key: str, names: list[str], guests_
 
 
 def _list(cfg: pulumi.Config, name: str) -> list[Any]:
-    value = cfg.get_object(name)
+    return as_list(cfg.get_object(name), f"{NS}:{name}")
+
+
+def as_list(value: object, prop: str) -> list[Any]:
+    """A config list at `prop`: absent is empty, anything else but a list is refused."""
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ConfigError(f"{NS}:{name}", f"must be a list, got {type(value).__name__}")
+        raise ConfigError(prop, f"must be a list, got {type(value).__name__}")
     return value
 
 
