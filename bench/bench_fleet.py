@@ -196,25 +196,42 @@ def report(args: argparse.Namespace, results: dict[int, Rounds]) -> str:
     )
     out.append(
         f"{'hosts':>5}{'agent ms/change':>17}{'agent CPU ms':>14}{'script ms/change':>18}"
-        f"{'ratio':>7}{'vs 1 host':>11}{'fleet agent':>13}{'fleet script':>14}"
+        f"{'ratio':>7}{'vs 1 host':>11}{'kernel ms':>11}{'vs 1 host':>11}"
+        f"{'fleet agent':>13}{'fleet script':>14}{'fleet kernel':>14}"
     )
     base = per_change(first, "kvmnet.changes", args.taps)
+    kernel_base = per_change(first, "kernel.changes", args.taps)
     for count, res in sorted(results.items()):
-        k, s = (
+        k, s, kern = (
             per_change(res, "kvmnet.changes", args.taps),
             per_change(res, "script.changes", args.taps),
+            per_change(res, "kernel.changes", args.taps),
         )
         cpu = per_change(res, "kvmnet.cpu", args.taps)
         out.append(
             f"{count:>5}{fmt(k, 1000, 2):>17}{fmt(cpu, 1000, 2):>14}{fmt(s, 1000, 2):>18}"
-            f"{ratio(k, s):>7}{ratio(k, base):>11}"
+            f"{ratio(k, s):>7}{ratio(k, base):>11}{fmt(kern, 1000, 2):>11}"
+            f"{ratio(kern, kernel_base):>11}"
             f"{fmt(per_change(res, 'kvmnet.fleet', args.taps), 1000, 2):>13}"
             f"{fmt(per_change(res, 'script.fleet', args.taps), 1000, 2):>14}"
+            f"{fmt(per_change(res, 'kernel.fleet', args.taps), 1000, 2):>14}"
         )
     out.append(
         "  per host: each host's own changes' time; fleet: a round's wall time divided by all\n"
-        "  hosts' changes (ms per change of the whole fleet, both methods on every host at once)"
+        "  hosts' changes (ms per change of the whole fleet, each method on every host at once).\n"
+        "  kernel: the same changes made inside the host's namespace by one shell, its `ip`\n"
+        "  commands as one `ip -batch` per phase (no SSH, next to no CPU): the kernel's own time.\n"
+        "  The lab's hosts are namespaces of one kernel, whose link changes all take one lock\n"
+        "  (RTNL; a link delete holds it through an RCU grace period): what the kernel figure\n"
+        "  loses from 1 host to N no client can win back here; separate hosts do not share it."
     )
+    for count, res in sorted(results.items()):
+        kc, kd = res.med("kernel.create"), res.med("kernel.delete")
+        if kc is not None and kd is not None:
+            out.append(
+                f"  kernel at {count} hosts: create {fmt(kc / (5 + 2 * args.taps), 1000, 2)} ms, "
+                f"delete {fmt(kd / (3 + args.taps), 1000, 2)} ms per change"
+            )
     first_start = results[min(results)]
     out.append(
         "session start on one host, nothing else running (medians): SSH handshake "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmnet_lab.lab import HostStatus
-from nat_baselines import run_script
+from nat_baselines import run_kernel_floor, run_script
 from nat_workload import (
     BRIDGE,
     BRIDGE_ADDR,
@@ -217,13 +217,17 @@ def kvmnet_changes(host: Host, n: int, res: Rounds) -> None:
 def remote_round(hosts: list[Host], n: int, res: Rounds) -> None:
     """One round of each method on every host at once. Besides each host's own figures, the
     round's wall time (sessions started before the barrier, so it is the changes' time) per
-    change of all hosts together: the fleet's throughput."""
+    change of all hosts together: the fleet's throughput. The kernel floor makes the same
+    changes with no session around them: the lab's hosts share one kernel."""
     t = _now()
     on_every_host(hosts, lambda h: kvmnet_changes(h, n, res))
     res.add("kvmnet.fleet", (_now() - t) / len(hosts))
     t = _now()
     on_every_host(hosts, lambda h: run_script(h, n, res))
     res.add("script.fleet", (_now() - t) / len(hosts))
+    t = _now()
+    on_every_host(hosts, lambda h: run_kernel_floor(h, n, res))
+    res.add("kernel.fleet", (_now() - t) / len(hosts))
 
 
 def per_change(res: Rounds, key: str, n: int) -> float | None:

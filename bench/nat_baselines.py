@@ -64,6 +64,33 @@ def run_script(host: Host, n: int, res: Rounds) -> None:
     host.require_clean("a one-session script round")
 
 
+# --- the kernel's own cost: the same changes with no session and no per-command process ----
+def kernel_floor_text(n: int, forward_before: str) -> str:
+    """The script's changes, its `ip` commands as one `ip -batch` per phase (one process, one
+    netlink socket): what the host's kernel takes for them, with next to no CPU around it."""
+    cmds = shell_commands(n, forward_before)
+
+    def phase(commands: list[str]) -> list[str]:
+        batch = [c.removeprefix("ip ") for c in commands if c.startswith("ip ")]
+        other = [c for c in commands if not c.startswith("ip ")]
+        return ["ip -batch - <<'BATCH'", *batch, "BATCH", *other]
+
+    lines = ["set -e", 'echo "T0 $EPOCHREALTIME"', *phase(cmds["create"])]
+    lines += ['echo "T1 $EPOCHREALTIME"', *phase(cmds["delete"]), 'echo "T2 $EPOCHREALTIME"']
+    return "\n".join(lines) + "\n"
+
+
+def run_kernel_floor(host: Host, n: int, res: Rounds) -> None:
+    """The changes made inside the host's namespace by one shell (no SSH): the kernel's time."""
+    script = kernel_floor_text(n, host.forward_before)
+    out = host.sh(["bash", "-c", script])
+    marks = {k: float(v) for k, v in (line.split() for line in out.split("\n") if line)}
+    res.add("kernel.create", marks["T1"] - marks["T0"])
+    res.add("kernel.delete", marks["T2"] - marks["T1"])
+    res.add("kernel.changes", marks["T2"] - marks["T0"])
+    host.require_clean("a kernel-floor round")
+
+
 # --- method 3: a new SSH connection per command ------------------------------------------
 def run_conn_per_command(host: Host, n: int, res: Rounds) -> None:
     h = host.status
