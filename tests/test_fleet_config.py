@@ -12,7 +12,7 @@ import pytest
 
 from kvmnet_provider.connection import HostSettings
 from kvmnet_provider.errors import ConfigError
-from kvmnet_provider.models import GuestSpec, NetworkArgs, addresses, collisions
+from kvmnet_provider.models import GuestSpec, NetworkArgs, collisions
 from kvmnet_provider.models.collisions import claim
 
 
@@ -27,10 +27,8 @@ class Mocks(pulumi.runtime.Mocks):
 @pytest.fixture(autouse=True)
 def fresh_claims() -> Iterator[None]:
     collisions.forget_all()
-    addresses.forget_claims()
     yield
     collisions.forget_all()
-    addresses.forget_claims()
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +49,8 @@ def args_on(
         bridge=bridge,
         subnet=subnet,
         gateway=subnet.rsplit(".", 1)[0] + ".254",
-        guests=[GuestSpec(name=guest, tap=tap, mac="52:54:00:00:01:01")],
+        # g<N>'s MAC ends in N: only the name under test collides.
+        guests=[GuestSpec(name=guest, tap=tap, mac=f"52:54:00:00:01:{int(guest[1:]):02x}")],
     )
 
 
@@ -168,8 +167,9 @@ def test_fleet_collision_on_one_host_fails_the_program() -> None:
     )
     with pytest.raises(
         ConfigError,
-        match=r"^kvmnet:hosts\.h1\.networks\[1\]\.guests\[0\]\.tap: vif1\.0 is already used on "
-        r"host 192\.0\.2\.1 by kvmnet:hosts\.h1\.networks\[0\]\.guests\[0\]$",
+        match=r"^kvmnet:hosts\.h1\.networks\[1\]\.guests\[0\]\.tap: tap 'vif1\.0' is already "
+        r"declared on host root@192\.0\.2\.1:22 by kvmnet:hosts\.h1\.networks\[0\]\.guests\[0\]"
+        r"\.tap; names must be unique per host \(rename one of them\)$",
     ):
         run_fleet()
 
@@ -187,7 +187,7 @@ NAT = network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24")
         (
             on_h2(NAT, network("nat2", "br-in", "vif2.0", "g2", "10.0.2.0/24")),
             "kvmnet:hosts.h2.networks[1].bridge: bridge 'br-in' is already declared on host "
-            "root@192.0.2.2:22 by network kvmnet:hosts.h2.networks[0]; names must be unique per "
+            "root@192.0.2.2:22 by kvmnet:hosts.h2.networks[0].bridge; names must be unique per "
             "host (rename one of them)",
         ),
         (
