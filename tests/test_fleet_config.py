@@ -300,6 +300,43 @@ def test_fleet_declaration_errors_are_one_config_line_naming_the_property(
             on_h2({**NAT, "rollbackSeconds": "soon"}),
             "kvmnet:hosts.h2.networks[0].rollbackSeconds: must be a whole number",
         ),
+        # Before, only the provider's check said these, at preview, without the path.
+        (
+            on_h2(
+                {
+                    **NAT,
+                    "model": "bridged",
+                    "uplink": "eth0",
+                    "bridgeAddresses": ["198.18.0.11/24", "198.18.0.12"],
+                }
+            ),
+            "kvmnet:hosts.h2.networks[0].bridgeAddresses[1]: must be an address with a prefix "
+            "such as 10.0.1.254/24, got '198.18.0.12'",
+        ),
+        (
+            on_h2({**NAT, "bridgeAddresses": ["198.18.0.0/24"]}),
+            "kvmnet:hosts.h2.networks[0].bridgeAddresses[0]: 198.18.0.0/24 is the network",
+        ),
+        (
+            on_h2({**NAT, "bridgeAddresses": ["198.18.0.11/24", "198.18.0.11/24"]}),
+            "kvmnet:hosts.h2.networks[0].bridgeAddresses: has duplicates",
+        ),
+        (
+            on_h2({**NAT, "bridgeAddresses": "198.18.0.11/24"}),
+            "kvmnet:hosts.h2.networks[0].bridgeAddresses: must be a list, got str",
+        ),
+        (
+            on_h2({**NAT, "model": "bridged", "uplink": "eth0; reboot"}),
+            "kvmnet:hosts.h2.networks[0].uplink: must be an interface name of 1-15 characters",
+        ),
+        (
+            on_h2({**NAT, "uplink": 7}),
+            "kvmnet:hosts.h2.networks[0].uplink: must be an interface name",
+        ),
+        (
+            on_h2({**NAT, "bridge": "br-much-too-long"}),
+            "kvmnet:hosts.h2.networks[0].bridge: must be an interface name",
+        ),
     ],
 )
 def test_bad_fleet_config_names_the_property(hosts: dict[str, Any], words: str) -> None:

@@ -60,6 +60,13 @@ def test_the_defaults_pass(config: dict[str, str]) -> None:
             {"portForwards": [{"guest": "g1", "guest_port": 80, "host_port": 80, "protocol": "x"}]},
             "kvmnet:portForwards[0].protocol: must be tcp or udp",
         ),
+        ({"uplink": "eth 0"}, "kvmnet:uplink: must be an interface name of 1-15 characters"),
+        ({"bridge": "br/x"}, "kvmnet:bridge: must be an interface name"),
+        (
+            {"bridgeAddresses": ["198.18.0.11/24", "198.18.0.999/24"]},
+            "kvmnet:bridgeAddresses[1]: is not a valid address/prefix",
+        ),
+        ({"bridgeAddresses": {"a": 1}}, "kvmnet:bridgeAddresses: must be a list"),
     ],
 )
 def test_bad_config_names_the_key(
