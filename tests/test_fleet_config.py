@@ -522,6 +522,26 @@ def test_nat_gets_a_dhcp_server_with_every_guest_and_isolated_none() -> Any:
     return nat.dhcp.pid.apply(check)
 
 
+@pulumi.runtime.test
+def test_a_bridged_networks_taps_record_their_uplink_bridges_id() -> Any:
+    """As a Bridge's: a replaced UplinkBridge (another id) updates its taps, which joins them
+    to the new bridge."""
+    mocks = Recording()
+    pulumi.runtime.set_mocks(mocks, project="kvt", stack="dev", preview=False)
+    from kvmnet_provider.models import BridgedNetwork
+
+    guests = [GuestSpec(name="b1", tap="vif1.0", mac="52:54:00:00:01:01")]
+    net = BridgedNetwork(
+        "lan", NetworkArgs(connection=HostSettings(host="192.0.2.9"), uplink="eth0", guests=guests)
+    )
+
+    def check(_: Any) -> None:
+        taps = [inputs for typ, _, inputs in mocks.made if typ.endswith("TapPort")]
+        assert [t["bridge_id"] for t in taps] == ["lan-uplink-id"], taps
+
+    return net.taps["b1"].id.apply(check)
+
+
 def test_the_readmes_fleet_example_previews_as_written() -> None:
     """The yaml block of README.md's "Many hosts in one stack", through the stack program
     (build(): the unknown-key check too), under mocks."""
