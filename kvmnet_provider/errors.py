@@ -34,6 +34,12 @@ class ConfigError(KvmnetError, pulumi.RunError, ValueError):
         self.reason = reason
 
 
+def config_path(parent: str, key: str) -> str:
+    """`key` under the stack-config property `parent`: `kvmnet:hosts.h1` + `bridge` is
+    `kvmnet:hosts.h1.bridge`; a namespace's own keys follow its colon (`kvmnet:bridge`)."""
+    return f"{parent}{key}" if parent.endswith(":") else f"{parent}.{key}"
+
+
 def is_expected(exc: BaseException) -> bool:
     """Failures the operator can act on, as opposed to bugs in kvmnet."""
     from .connection.session import HostError

@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .models import NetworkArgs, addresses, network_for_model
 from .models.networks import MODELS
 from .program import dhcp_settings, guest_specs, port_forward_specs, uses_dhcp
-from .program_checks import _whole, as_list, check_guests, check_port_forwards
+from .program_checks import _whole, as_list, check_guests, check_links, check_port_forwards
 from .resources import Bridge
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -79,6 +79,7 @@ def network_args(
     subnet = raw.get("subnet") or "10.0.1.0/24"
     gateway = None if model == "isolated" else raw.get("gateway") or "10.0.1.254"
     addresses.subnet_and_gateway(subnet, gateway, f"{prop}.")
+    check_links(raw, f"{prop}.")  # bridge, uplink and bridgeAddresses, as the provider would
     guests = as_list(raw.get("guests"), f"{prop}.guests")
     names = check_guests(guests, f"{prop}.guests")  # the one-host program's rules, each key named
     forwards = as_list(raw.get("portForwards"), f"{prop}.portForwards")

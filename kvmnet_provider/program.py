@@ -207,6 +207,7 @@ def build() -> None:
         bridge_addresses_override=cfg.get_object("bridgeAddresses") or (),
         rollback_seconds=cfg.get_int("rollbackSeconds") or 30,
         port_forwards=port_forward_specs(cfg.get_object("portForwards")),
+        config_key=f"{NS}:",  # errors name the keys as typed (kvmnet:guests[1].tap)
         **dhcp,
     )
     network = network_class(cfg.get("name") or "net", args)

@@ -8,7 +8,7 @@ addresses against the subnet, unique MACs and taps) are the model's: models/addr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pulumi
@@ -18,6 +18,8 @@ from .errors import ConfigError
 from .guest_disk_config import DISK_KEYS, guest_disk_args
 from .models import addresses
 from .models.networks import MODELS
+from .resources.base import list_of
+from .spec import validate
 from .spec.guest import MEMORY_MIB, guest_name
 from .spec.validate import InvalidInput
 
@@ -102,10 +104,36 @@ def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
             f"{NS}:firewallBackend",
             f"must be one of {', '.join(FIREWALL_BACKENDS)}, got {backend!r}",
         )
+    links = {"bridge": cfg.get("bridge"), "uplink": cfg.get("uplink"),
+             "bridgeAddresses": cfg.get_object("bridgeAddresses")}  # fmt: skip
+    check_links(links, f"{NS}:")
     names = check_guests(_list(cfg, "guests"), f"{NS}:guests")
     check_port_forwards(
         _list(cfg, "portForwards"), f"{NS}:portForwards", names or default_guests, f"{NS}:guests"
     )
+
+
+def check_links(raw: Mapping[str, Any], at: str) -> None:
+    """A network's `bridge`, `uplink` and `bridgeAddresses` (stack config keys after `at`:
+    `kvmnet:`, `kvmnet:hosts.h1.networks[0].`), by the rules the provider's check applies to
+    what they become (spec/validate.py: a Bridge's or UplinkBridge's `name`, its `nic` or a
+    MasqueradeRule's `out_interface`, an UplinkBridge's `addresses`): a bad one fails before
+    any resource is declared, naming the path as typed, not a resource's property."""
+    for key in ("bridge", "uplink"):
+        if raw.get(key) is not None:
+            _rule(validate.ifname, raw[key], f"{at}{key}")
+    key = f"{at}bridgeAddresses"
+    listed = as_list(raw.get("bridgeAddresses"), key)
+    for index, address in enumerate(listed):
+        _rule(validate.interface_address, address, f"{key}[{index}]")
+    _rule(list_of(validate.interface_address), listed, key)  # and the list's own (no duplicates)
+
+
+def _rule(rule: Any, value: object, key: str) -> None:
+    try:
+        rule(value)
+    except InvalidInput as exc:
+        raise ConfigError(key, str(exc)) from None
 
 
 def check_guests(guests: list[Any], key: str) -> list[str]:

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -16,7 +17,7 @@ from kvmnet_lab.lab import Lab, LabStatus
 from kvmnet_lab.lab.sshclient import open_client
 from kvmnet_lab.probe import EXPECTED, GuestEndpoint, Outside, observe
 from kvmnet_lab.testing.guest import guest_image_dir
-from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
 from kvmnet_lab.testing.stack import TestStack, config_stack
 
 pytestmark = pytest.mark.e2e
@@ -141,4 +142,63 @@ def test_preview_refuses_a_missing_nic_or_another_bridges_port(
     finally:
         for link in ("kvtport0", "kvtbr0"):
             lab_api.exec_in(host.namespace, ["ip", "link", "del", link])
+    assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []
+
+
+def links_of(lab_api: Lab, ns: str) -> dict[str, dict[str, Any]]:
+    out = run_in(lab_api, ns, ["ip", "-j", "link", "show"])
+    return {link["ifname"]: link for link in json.loads(out)}
+
+
+def as_before_the_ifindex(state: dict[str, Any]) -> dict[str, Any]:
+    """The stack's state as kvmnet wrote it before an UplinkBridge's id named its ifindex and
+    its taps recorded that id."""
+    for resource in state["deployment"]["resources"]:
+        if resource["type"].endswith("UplinkBridge"):
+            resource["id"] = resource["id"].rsplit("@", 1)[0]
+            resource["outputs"].pop("ifindex", None)
+        if resource["type"].endswith("TapPort"):
+            for props in (resource["inputs"], resource["outputs"]):
+                props.pop("bridge_id", None)
+    return state
+
+
+def test_taps_join_their_uplink_bridge_again_when_it_is_replaced(
+    bridged_stack: TestStack, lab: LabStatus, lab_api: Lab, tmp_path: Path
+) -> None:
+    """As a Bridge's: the UplinkBridge made anew (`--replace`: the NIC released, then taken
+    over again) leaves the kernel's taps detached; they follow its new id, so preview shows
+    them updated and `up` joins them to it again. State from before the id named the
+    ifindex previews without a change."""
+    host = lab.host(HOST)
+    before = host_snapshot(lab_api, host.namespace)
+    bridged_stack.up()
+    built = links_of(lab_api, host.namespace)
+    taps = sorted(n for n, link in built.items() if link.get("master") == "br-in" and n != "eth0")
+    assert len(taps) == 2, built
+    (uplink,) = bridged_stack.resources("UplinkBridge")
+    assert uplink["id"].endswith(f"<eth0@{built['br-in']['ifindex']}"), uplink["id"]
+    preview = bridged_stack.pulumi("preview", "--diff", "--replace", uplink["urn"])
+    assert "1 to replace" in preview.stdout and "2 to update" in preview.stdout, preview.stdout
+    up = bridged_stack.pulumi("up", "--yes", "--skip-preview", "--replace", uplink["urn"])
+    assert "1 replaced" in up.stdout and "2 updated" in up.stdout, up.stdout
+    after = links_of(lab_api, host.namespace)
+    assert after["br-in"]["ifindex"] != built["br-in"]["ifindex"]
+    assert after["eth0"].get("master") == "br-in", after["eth0"]
+    for tap in taps:
+        assert after[tap]["ifindex"] == built[tap]["ifindex"]  # the same taps, joined again
+        assert after[tap].get("master") == "br-in", after[tap]
+    with ssh(lab) as again:
+        assert host.address in run(again, "ip -br addr show br-in")
+    bridged_stack.preview_no_changes()
+
+    old = tmp_path / "state-before-the-ifindex.json"
+    old.write_text(json.dumps(as_before_the_ifindex(bridged_stack.export())))
+    bridged_stack.pulumi("stack", "import", "--file", str(old))
+    assert all("@" not in r["id"] for r in bridged_stack.resources("UplinkBridge"))
+    bridged_stack.preview_no_changes()
+    bridged_stack.refresh()
+    bridged_stack.preview_no_changes()
+
+    bridged_stack.destroy()
     assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []

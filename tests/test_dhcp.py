@@ -13,7 +13,7 @@ import pytest
 from kvmnet_provider.agent import fwplan
 from kvmnet_provider.agent.dhcp import config
 from kvmnet_provider.errors import ConfigError
-from kvmnet_provider.models import GuestSpec, addresses
+from kvmnet_provider.models import GuestSpec, addresses, collisions
 from kvmnet_provider.models.networks import NetworkArgs, dhcp_enabled
 from kvmnet_provider.program import uses_dhcp
 from kvmnet_provider.resources.dhcp import DhcpServerProvider
@@ -169,9 +169,9 @@ def test_input_rules() -> None:
 # --- the model ---------------------------------------------------------------------------------
 @pytest.fixture(autouse=True)
 def fresh_claims() -> Iterator[None]:
-    addresses.forget_claims()
+    collisions.forget_all()
     yield
-    addresses.forget_claims()
+    collisions.forget_all()
 
 
 @dataclass

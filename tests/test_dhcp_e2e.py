@@ -182,15 +182,15 @@ BAD_INPUT = [
             {"name": "g2", "address": "10.0.1.12", "mac": "52:54:00:00:01:01"},
         ],
         {},
-        "guests[1] (g2).mac",
+        "kvmnet:guests[1].mac",
     ),
-    ([{"name": "g1", "address": "10.0.1.200"}], {}, "guests[0] (g1).address"),
-    ([{"name": "g1", "address": "10.0.2.5"}], {}, "guests[0] (g1).address"),
-    ([{"name": "g1", "address": "10.0.1.11"}], {"kvmnet:domain": "bad_domain!"}, "domain"),
+    ([{"name": "g1", "address": "10.0.1.200"}], {}, "kvmnet:guests[0].address"),
+    ([{"name": "g1", "address": "10.0.2.5"}], {}, "kvmnet:guests[0].address"),
+    ([{"name": "g1", "address": "10.0.1.11"}], {"kvmnet:domain": "bad_domain!"}, "kvmnet:domain"),
     (
         [{"name": "g1", "address": "10.0.1.11"}],
         {"kvmnet:dhcpRange": ["10.0.1.100", "10.0.2.10"]},
-        "dhcp_range",
+        "kvmnet:dhcpRange",
     ),
 ]
 

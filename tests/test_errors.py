@@ -102,3 +102,48 @@ def test_config_error_is_a_run_error() -> None:
     exc = errors.ConfigError("kvmnet:model", "unknown model 'foo'")
     assert isinstance(exc, pulumi.RunError) and isinstance(exc, ValueError)
     assert str(exc) == "kvmnet:model: unknown model 'foo'"
+
+
+def trust_command(hint: str) -> str:
+    """The shell command a host-key error's hint tells the user to run."""
+    return hint.split(" (", 1)[1].split(") or pin it", 1)[0]
+
+
+@pytest.mark.parametrize("configured", [False, True])
+@pytest.mark.parametrize("folder_exists", [False, True])
+def test_the_host_key_hint_works_as_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, configured: bool, folder_exists: bool
+) -> None:
+    """Followed word for word, the hint's command makes the known_hosts file the provider
+    reads, its folder too when there is none (a fresh machine has no ~/.ssh): 0700."""
+    import os
+    import subprocess
+
+    from kvmnet_provider.connection import HostSettings
+    from kvmnet_provider.connection.ssh import _trust_hint, known_hosts_file
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    folder = tmp_path / "kv hosts" if configured else home / ".ssh"
+    if folder_exists:
+        folder.mkdir(mode=0o755)
+    settings = HostSettings(
+        host="198.18.0.11", port=2222, known_hosts=str(folder / "known") if configured else None
+    )
+    hint = _trust_hint(settings)
+    assert "\n" not in hint and hint.endswith("entry name [198.18.0.11]:2222"), hint
+    assert ("mkdir" in hint) is not folder_exists, hint
+    if not configured:
+        assert "~/.ssh/known_hosts" in hint, hint  # as the user's shell spells it
+    # ssh-keyscan itself would ask the host: stand-in printing one entry.
+    keyscan = 'ssh-keyscan() { echo "[198.18.0.11]:2222 ssh-ed25519 AAAA"; }; '
+    subprocess.run(
+        ["bash", "-c", keyscan + trust_command(hint)],
+        check=True,
+        env={**os.environ, "HOME": str(home)},
+    )
+    known = known_hosts_file(settings)
+    assert known.parent == folder
+    assert known.read_text() == "[198.18.0.11]:2222 ssh-ed25519 AAAA\n"
+    assert (folder.stat().st_mode & 0o777) == (0o755 if folder_exists else 0o700)

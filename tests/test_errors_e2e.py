@@ -268,17 +268,17 @@ PROGRAM_CASES = [
     ProgramCase(
         "address-300",
         {"guests": '[{"name": "g1", "address": "10.0.1.300"}]'},
-        ("guests[0] (g1).address", "'10.0.1.300'"),
+        ("kvmnet:guests[0].address", "'10.0.1.300'"),
     ),
     ProgramCase(
         "address-with-kernel-parameter",
         {"guests": '[{"name": "g1", "address": "10.0.1.11 init=/bin/sh"}]'},
-        ("guests[0] (g1).address", "must be an IPv4 address"),
+        ("kvmnet:guests[0].address", "must be an IPv4 address"),
     ),
     ProgramCase(
         "address-is-gateway",
         {"guests": '[{"name": "g1", "address": "10.0.1.254"}]'},
-        ("guests[0] (g1).address", "gateway"),
+        ("kvmnet:guests[0].address", "gateway"),
     ),
     ProgramCase(
         "address-twice",
@@ -286,7 +286,7 @@ PROGRAM_CASES = [
             "guests": '[{"name": "g1", "address": "10.0.1.11"},'
             ' {"name": "g2", "address": "10.0.1.11"}]'
         },
-        ("guests[1] (g2).address", "already g1's address"),
+        ("kvmnet:guests[1].address", "already g1's address"),
     ),
     ProgramCase(
         "mac-twice",
@@ -294,7 +294,7 @@ PROGRAM_CASES = [
             "guests": '[{"name": "g1", "address": "10.0.1.11", "mac": "52:54:00:00:00:01"},'
             ' {"name": "g2", "address": "10.0.1.12", "mac": "52:54:00:00:00:01"}]'
         },
-        ("guests[1] (g2).mac", "already used on host"),
+        ("kvmnet:guests[1].mac", "is already declared on host", "by kvmnet:guests[0].mac"),
     ),
     ProgramCase(
         "tap-twice",
@@ -302,7 +302,7 @@ PROGRAM_CASES = [
             "guests": '[{"name": "g1", "address": "10.0.1.11", "tap": "vif9.0"},'
             ' {"name": "g2", "address": "10.0.1.12", "tap": "vif9.0"}]'
         },
-        ("guests[1] (g2).tap", "vif9.0 is already used on host"),
+        ("kvmnet:guests[1].tap: tap 'vif9.0' is already declared", "by kvmnet:guests[0].tap"),
     ),
     ProgramCase(
         "guest-name-with-kernel-parameter",
@@ -317,12 +317,12 @@ PROGRAM_CASES = [
     ProgramCase(
         "guest-bad-mac",
         {"guests": '[{"name": "g1", "address": "10.0.1.11", "mac": "01:00:5e:00:00:01"}]'},
-        ("guests[0] (g1).mac", "multicast"),
+        ("kvmnet:guests[0].mac", "multicast"),
     ),
     ProgramCase(
         "address-is-broadcast",
         {"guests": '[{"name": "g1", "address": "10.0.1.255"}]'},
-        ("guests[0] (g1).address", "broadcast address"),
+        ("kvmnet:guests[0].address", "broadcast address"),
     ),
     ProgramCase(
         "forward-bad-protocol",

@@ -12,7 +12,7 @@ import pytest
 
 from kvmnet_provider.connection import HostSettings
 from kvmnet_provider.errors import ConfigError
-from kvmnet_provider.models import GuestSpec, NetworkArgs, addresses, collisions
+from kvmnet_provider.models import GuestSpec, NetworkArgs, collisions
 from kvmnet_provider.models.collisions import claim
 
 
@@ -27,10 +27,8 @@ class Mocks(pulumi.runtime.Mocks):
 @pytest.fixture(autouse=True)
 def fresh_claims() -> Iterator[None]:
     collisions.forget_all()
-    addresses.forget_claims()
     yield
     collisions.forget_all()
-    addresses.forget_claims()
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +49,8 @@ def args_on(
         bridge=bridge,
         subnet=subnet,
         gateway=subnet.rsplit(".", 1)[0] + ".254",
-        guests=[GuestSpec(name=guest, tap=tap, mac="52:54:00:00:01:01")],
+        # g<N>'s MAC ends in N: only the name under test collides.
+        guests=[GuestSpec(name=guest, tap=tap, mac=f"52:54:00:00:01:{int(guest[1:]):02x}")],
     )
 
 
@@ -168,8 +167,9 @@ def test_fleet_collision_on_one_host_fails_the_program() -> None:
     )
     with pytest.raises(
         ConfigError,
-        match=r"^kvmnet:hosts\.h1\.networks\[1\]\.guests\[0\]\.tap: vif1\.0 is already used on "
-        r"host 192\.0\.2\.1 by kvmnet:hosts\.h1\.networks\[0\]\.guests\[0\]$",
+        match=r"^kvmnet:hosts\.h1\.networks\[1\]\.guests\[0\]\.tap: tap 'vif1\.0' is already "
+        r"declared on host root@192\.0\.2\.1:22 by kvmnet:hosts\.h1\.networks\[0\]\.guests\[0\]"
+        r"\.tap; names must be unique per host \(rename one of them\)$",
     ):
         run_fleet()
 
@@ -187,7 +187,7 @@ NAT = network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24")
         (
             on_h2(NAT, network("nat2", "br-in", "vif2.0", "g2", "10.0.2.0/24")),
             "kvmnet:hosts.h2.networks[1].bridge: bridge 'br-in' is already declared on host "
-            "root@192.0.2.2:22 by network kvmnet:hosts.h2.networks[0]; names must be unique per "
+            "root@192.0.2.2:22 by kvmnet:hosts.h2.networks[0].bridge; names must be unique per "
             "host (rename one of them)",
         ),
         (
@@ -299,6 +299,43 @@ def test_fleet_declaration_errors_are_one_config_line_naming_the_property(
         (
             on_h2({**NAT, "rollbackSeconds": "soon"}),
             "kvmnet:hosts.h2.networks[0].rollbackSeconds: must be a whole number",
+        ),
+        # Before, only the provider's check said these, at preview, without the path.
+        (
+            on_h2(
+                {
+                    **NAT,
+                    "model": "bridged",
+                    "uplink": "eth0",
+                    "bridgeAddresses": ["198.18.0.11/24", "198.18.0.12"],
+                }
+            ),
+            "kvmnet:hosts.h2.networks[0].bridgeAddresses[1]: must be an address with a prefix "
+            "such as 10.0.1.254/24, got '198.18.0.12'",
+        ),
+        (
+            on_h2({**NAT, "bridgeAddresses": ["198.18.0.0/24"]}),
+            "kvmnet:hosts.h2.networks[0].bridgeAddresses[0]: 198.18.0.0/24 is the network",
+        ),
+        (
+            on_h2({**NAT, "bridgeAddresses": ["198.18.0.11/24", "198.18.0.11/24"]}),
+            "kvmnet:hosts.h2.networks[0].bridgeAddresses: has duplicates",
+        ),
+        (
+            on_h2({**NAT, "bridgeAddresses": "198.18.0.11/24"}),
+            "kvmnet:hosts.h2.networks[0].bridgeAddresses: must be a list, got str",
+        ),
+        (
+            on_h2({**NAT, "model": "bridged", "uplink": "eth0; reboot"}),
+            "kvmnet:hosts.h2.networks[0].uplink: must be an interface name of 1-15 characters",
+        ),
+        (
+            on_h2({**NAT, "uplink": 7}),
+            "kvmnet:hosts.h2.networks[0].uplink: must be an interface name",
+        ),
+        (
+            on_h2({**NAT, "bridge": "br-much-too-long"}),
+            "kvmnet:hosts.h2.networks[0].bridge: must be an interface name",
         ),
     ],
 )
@@ -483,6 +520,26 @@ def test_nat_gets_a_dhcp_server_with_every_guest_and_isolated_none() -> Any:
 
     assert nat.dhcp is not None
     return nat.dhcp.pid.apply(check)
+
+
+@pulumi.runtime.test
+def test_a_bridged_networks_taps_record_their_uplink_bridges_id() -> Any:
+    """As a Bridge's: a replaced UplinkBridge (another id) updates its taps, which joins them
+    to the new bridge."""
+    mocks = Recording()
+    pulumi.runtime.set_mocks(mocks, project="kvt", stack="dev", preview=False)
+    from kvmnet_provider.models import BridgedNetwork
+
+    guests = [GuestSpec(name="b1", tap="vif1.0", mac="52:54:00:00:01:01")]
+    net = BridgedNetwork(
+        "lan", NetworkArgs(connection=HostSettings(host="192.0.2.9"), uplink="eth0", guests=guests)
+    )
+
+    def check(_: Any) -> None:
+        taps = [inputs for typ, _, inputs in mocks.made if typ.endswith("TapPort")]
+        assert [t["bridge_id"] for t in taps] == ["lan-uplink-id"], taps
+
+    return net.taps["b1"].id.apply(check)
 
 
 def test_the_readmes_fleet_example_previews_as_written() -> None:

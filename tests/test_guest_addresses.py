@@ -6,17 +6,18 @@ from collections.abc import Iterator
 
 import pytest
 
+from kvmnet_provider.connection import HostSettings
 from kvmnet_provider.errors import ConfigError
-from kvmnet_provider.models import GuestSpec, addresses
+from kvmnet_provider.models import GuestSpec, NetworkArgs, addresses, collisions
 
-H1 = ("198.18.0.2", 22)
+H1 = HostSettings(host="198.18.0.2")
 
 
 @pytest.fixture(autouse=True)
 def fresh_claims() -> Iterator[None]:
-    addresses.forget_claims()
+    collisions.forget_all()
     yield
-    addresses.forget_claims()
+    collisions.forget_all()
 
 
 def guest(i: int, address: str | None = None, **kw: str) -> GuestSpec:
@@ -30,15 +31,15 @@ def guest(i: int, address: str | None = None, **kw: str) -> GuestSpec:
 
 def rejected(guests: list[GuestSpec], gateway: str | None = "10.0.1.254") -> str:
     with pytest.raises(ConfigError) as caught:
-        addresses.check_guests("net", H1, "10.0.1.0/24", gateway, guests)
+        addresses.check_guests("net", "10.0.1.0/24", gateway, guests)
     return str(caught.value)
 
 
 def test_good_guests_pass() -> None:
     addresses.check_guests(
-        "net", H1, "10.0.1.0/24", "10.0.1.254", [guest(1, "10.0.1.11"), guest(2, "10.0.1.12")]
+        "net", "10.0.1.0/24", "10.0.1.254", [guest(1, "10.0.1.11"), guest(2, "10.0.1.12")]
     )
-    addresses.check_guests("iso", ("198.18.0.3", 22), "10.0.1.0/24", None, [guest(1)])
+    addresses.check_guests("iso", "10.0.1.0/24", None, [guest(1)])
 
 
 @pytest.mark.parametrize(
@@ -66,15 +67,41 @@ def test_duplicate_address_in_a_network() -> None:
     assert message == "net: guests[1] (g2).address: 10.0.1.11 is already g1's address"
 
 
+def on(host: HostSettings, bridge: str, *guests: GuestSpec, key: str | None = None) -> NetworkArgs:
+    return NetworkArgs(connection=host, bridge=bridge, guests=list(guests), config_key=key)
+
+
 @pytest.mark.parametrize("prop", ["mac", "tap", "name"])
 def test_mac_tap_and_name_unique_per_host_across_networks(prop: str) -> None:
     first = guest(1, "10.0.1.11")
-    addresses.check_guests("a", H1, "10.0.1.0/24", None, [first])
+    collisions.claim("a", on(H1, "br-a", first), host_subnet=False)
     second = guest(2, "10.0.1.12", **{prop: getattr(first, prop)})
-    with pytest.raises(ConfigError, match=rf"b: guests\[0\] \(.*\)\.{prop}: .* a: guests\[0\]"):
-        addresses.check_guests("b", H1, "10.0.1.0/24", None, [second])
+    with pytest.raises(
+        ConfigError, match=rf"^b: guests\[0\] \(.*\)\.{prop}: .* by a: guests\[0\] \(g1\)\.{prop};"
+    ):
+        collisions.claim("b", on(H1, "br-b", second), host_subnet=False)
     # ... while another host may use it
-    addresses.check_guests("c", ("198.18.0.3", 22), "10.0.1.0/24", None, [second])
+    collisions.claim("c", on(HostSettings(host="198.18.0.3"), "br-a", second), host_subnet=False)
+
+
+@pytest.mark.parametrize(
+    "prop, kind, value",
+    [("mac", "MAC", "52:54:00:00:01:01"), ("tap", "tap", "vif1.0"), ("name", "guest", "g1")],
+)
+def test_a_stack_configs_collision_names_both_config_paths(
+    prop: str, kind: str, value: str
+) -> None:
+    """The one-host program's network is `kvmnet:` itself: errors name the keys as typed."""
+    first = guest(1, "10.0.1.11")
+    # A MAC is the same MAC in capitals.
+    second = guest(2, "10.0.1.12", **{prop: value.upper() if prop == "mac" else value})
+    with pytest.raises(ConfigError) as caught:
+        collisions.claim("net", on(H1, "br-in", first, second, key="kvmnet:"), host_subnet=True)
+    assert str(caught.value) == (
+        f"kvmnet:guests[1].{prop}: {kind} {value!r} is already declared on host "
+        f"root@198.18.0.2:22 by kvmnet:guests[0].{prop}; names must be unique per host "
+        "(rename one of them)"
+    )
 
 
 def test_bad_mac_and_tap_are_named() -> None:
@@ -95,11 +122,13 @@ def test_bad_mac_and_tap_are_named() -> None:
 )
 def test_subnet_and_gateway(subnet: str, gateway: str | None, fragment: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        addresses.check_guests("net", H1, subnet, gateway, [])
+        addresses.check_guests("net", subnet, gateway, [])
     assert str(caught.value).startswith(fragment), str(caught.value)
 
 
 def test_declaring_the_same_network_twice_is_not_a_clash() -> None:
     """The program may be evaluated again in one process (tests, automation)."""
     for _ in range(2):
-        addresses.check_guests("net", H1, "10.0.1.0/24", None, [guest(1, "10.0.1.11")])
+        args = on(H1, "br-in", guest(1, "10.0.1.11"))
+        addresses.check_guests("net", "10.0.1.0/24", None, args.guests)
+        collisions.claim("net", args, host_subnet=True)

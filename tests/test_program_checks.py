@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pulumi
 import pytest
@@ -59,6 +60,13 @@ def test_the_defaults_pass(config: dict[str, str]) -> None:
             {"portForwards": [{"guest": "g1", "guest_port": 80, "host_port": 80, "protocol": "x"}]},
             "kvmnet:portForwards[0].protocol: must be tcp or udp",
         ),
+        ({"uplink": "eth 0"}, "kvmnet:uplink: must be an interface name of 1-15 characters"),
+        ({"bridge": "br/x"}, "kvmnet:bridge: must be an interface name"),
+        (
+            {"bridgeAddresses": ["198.18.0.11/24", "198.18.0.999/24"]},
+            "kvmnet:bridgeAddresses[1]: is not a valid address/prefix",
+        ),
+        ({"bridgeAddresses": {"a": 1}}, "kvmnet:bridgeAddresses: must be a list"),
     ],
 )
 def test_bad_config_names_the_key(
@@ -139,3 +147,63 @@ def test_every_kvmnet_key_the_repository_uses_is_known() -> None:
     }
     check_stack_keys({f"kvmnet:{k}" for k in found - not_keys})
     assert {"host", "hosts", "guestImage", "sshPrivateKey"} <= set(STACK_KEYS) & found
+
+
+class Mocks(pulumi.runtime.Mocks):
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        return f"{args.name}-id", dict(args.inputs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
+        return {}, None
+
+
+TWO = ({"name": "g1", "address": "10.0.1.11"}, {"name": "g2", "address": "10.0.1.12"})
+
+
+@pytest.mark.parametrize(
+    "second, line",
+    [
+        (
+            {"tap": "vif1.0"},
+            "kvmnet:guests[1].tap: tap 'vif1.0' is already declared on host root@192.0.2.1:22 "
+            "by kvmnet:guests[0].tap; names must be unique per host (rename one of them)",
+        ),
+        (
+            {"mac": "52:54:00:00:01:01"},
+            "kvmnet:guests[1].mac: MAC '52:54:00:00:01:01' is already declared on host "
+            "root@192.0.2.1:22 by kvmnet:guests[0].mac; names",
+        ),
+        ({"name": "g1"}, "kvmnet:guests[1].name: guest 'g1' is already declared on host"),
+        ({"address": "10.0.1.11"}, "kvmnet:guests[1].address: 10.0.1.11 is already g1's"),
+    ],
+)
+def test_the_one_host_programs_collisions_name_the_keys_as_typed(
+    config: dict[str, str], second: dict[str, str], line: str
+) -> None:
+    """Not the resource (`net: guests[1] (g2).tap`): the path the user typed, as a fleet's."""
+    import asyncio
+
+    from kvmnet_provider.models import collisions
+    from kvmnet_provider.program import build
+
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:  # Pulumi's mocks take the current loop (see test_fleet_config.py)
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    guests = [TWO[0], {**TWO[1], **second}]
+    pulumi.runtime.set_all_config(
+        {
+            "kvmnet:host": json.dumps({"host": "192.0.2.1"}),
+            "kvmnet:guestImage": json.dumps({"kernel": "/k", "initrd": "/i"}),
+            "kvmnet:dhcp": "false",
+            "kvmnet:guests": json.dumps(guests),
+        }
+    )
+    pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
+    collisions.forget_all()
+    try:
+        with pytest.raises(ConfigError) as caught:
+            build()
+    finally:
+        collisions.forget_all()
+    assert str(caught.value).startswith(line) and "\n" not in str(caught.value), caught.value

@@ -406,6 +406,7 @@ def read(args: dict[str, Any]) -> dict[str, Any] | None:
         "bridge": bridged["bridge"],
         "nic": bridged["nic"],
         "mac": mac,
+        "ifindex": br,  # a bridge made anew has another (the provider's id names it)
         "addresses": bridge_addresses,
         "nic_addresses": nic_addresses,
         "moved_routes": bridged["routes"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,23 @@ WHERE_CREDENTIALS_GO = (
 )
 
 
+def known_hosts_file(s: HostSettings) -> Path:
+    """The known_hosts file this machine checks `s`'s host key against."""
+    return Path(s.known_hosts) if s.known_hosts else Path.home() / ".ssh" / "known_hosts"
+
+
 def _trust_hint(s: HostSettings) -> str:
     target = s.host if s.port == 22 else f"[{s.host}]:{s.port}"
-    where = s.known_hosts or "~/.ssh/known_hosts"
+    known = known_hosts_file(s)
+    # The default as a user types it (the shell expands ~); a configured path quoted.
+    where, folder = ("~/.ssh/known_hosts", "~/.ssh") if not s.known_hosts else (
+        shlex.quote(str(known)), shlex.quote(str(known.parent)))  # fmt: skip
+    # `>>` makes the file but not its directory (no ~/.ssh on a fresh machine): say so.
+    mkdir = "" if known.parent.is_dir() else f"mkdir -p -m 700 {folder} && "
     return (
         f"verify the host's fingerprint, then add it to {where} "
-        f"(ssh-keyscan -p {s.port} {s.host} >> {where}) or pin it with connection.host_key; "
-        f"entry name {target}"
+        f"({mkdir}ssh-keyscan -p {s.port} {s.host} >> {where}) or pin it with "
+        f"connection.host_key; entry name {target}"
     )
 
 
@@ -55,7 +66,7 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     else:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        known = Path(s.known_hosts) if s.known_hosts else Path.home() / ".ssh" / "known_hosts"
+        known = known_hosts_file(s)
         if not s.host_key and known.exists():
             client.load_host_keys(str(known))
         if s.host_key:

@@ -3,11 +3,11 @@
 A guest's declared address ends up on its kernel command line, where no resource's `check`
 sees it in the context of the subnet and the other guests. So here: each address is a
 plain IPv4 address inside the subnet, not its network, broadcast or gateway address, and
-unique in the network; MACs, taps and guest names are unique per host, across every network
-this program declares on that host. With DHCP (check_dhcp): the domain is a DNS name, the
-range lies in the subnet without the gateway, every static address lies outside the range,
-and every guest name is a DNS label (its hostname). Failures name the network, the guest and
-the property.
+unique in the network; taps and MACs are well formed (that they and the guests' names are
+unique per host is collisions.py's, which sees every network on the host). With DHCP
+(check_dhcp): the domain is a DNS name, the range lies in the subnet without the gateway,
+every static address lies outside the range, and every guest name is a DNS label (its
+hostname). Failures name the network, the guest and the property.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..errors import ConfigError
+from ..errors import ConfigError, config_path
 from ..spec import dhcp
 from ..spec.validate import InvalidInput, ifname, mac
 
@@ -26,10 +26,6 @@ class _Guest(Protocol):
     tap: str
     mac: str
     address: str | None
-
-
-# (host, port, what, value) -> who claimed it: "net: guests[0] (g1)".
-_claimed: dict[tuple[str, int, str, str], str] = {}
 
 
 def subnet_and_gateway(
@@ -56,13 +52,12 @@ def subnet_and_gateway(
 
 def check_guests(
     where: str,
-    host: tuple[str, int],
     subnet: object,
     gateway: object,
     guests: Sequence[_Guest],
     config_key: str | None = None,
 ) -> None:
-    """All the rules above for one network; claims its MACs, taps and names on `host`."""
+    """All the rules above for one network but DHCP's."""
     net, gw = subnet_and_gateway(subnet, gateway, prefix(where, config_key))
     seen: dict[ipaddress.IPv4Address, str] = {}
     for index, guest in enumerate(guests):
@@ -84,10 +79,8 @@ def check_guests(
                     f"{who}.address", f"{address} is already {seen[address]}'s address"
                 )
             seen[address] = guest.name
-        for what, value in (("tap", _valid(ifname, guest.tap, f"{who}.tap")),
-                            ("mac", _valid(mac, guest.mac, f"{who}.mac")),
-                            ("name", guest.name)):  # fmt: skip
-            _claim(host, what, value, who)
+        _valid(ifname, guest.tap, f"{who}.tap")
+        _valid(mac, guest.mac, f"{who}.mac")
 
 
 class _DhcpNetwork(Protocol):
@@ -126,21 +119,16 @@ def check_dhcp(where: str, args: _DhcpNetwork, config_key: str | None = None) ->
 
 def prefix(where: str, config_key: str | None) -> str:
     """What a network's property names start with in errors: its stack-config path when it
-    was read from stack config (`kvmnet:hosts.h1.networks[0].`), else its resource name."""
-    return f"{config_key}." if config_key else f"{where}: "
+    was read from stack config (`kvmnet:hosts.h1.networks[0].`, `kvmnet:`), else its resource
+    name (`net: `)."""
+    return config_path(config_key, "") if config_key else f"{where}: "
 
 
 def guest_key(where: str, config_key: str | None, index: int, name: str) -> str:
+    """How errors name a network's guest: `kvmnet:guests[1]`, or `net: guests[1] (g2)`."""
     if config_key:
-        return f"{config_key}.guests[{index}]"
+        return config_path(config_key, f"guests[{index}]")
     return f"{where}: guests[{index}] ({name})"
-
-
-def _claim(host: tuple[str, int], what: str, value: str, who: str) -> None:
-    key = (host[0], host[1], what, value)
-    other = _claimed.setdefault(key, who)
-    if other != who:
-        raise ConfigError(f"{who}.{what}", f"{value} is already used on host {host[0]} by {other}")
 
 
 def _valid(rule: Any, value: object, key: str) -> Any:
@@ -161,8 +149,3 @@ def _address(value: object, key: str) -> ipaddress.IPv4Address:
     if not isinstance(address, ipaddress.IPv4Address) or str(address) != value:
         raise ConfigError(key, f"must be an IPv4 address such as 10.0.1.11, got {value!r}")
     return address
-
-
-def forget_claims() -> None:
-    """For tests that declare several programs in one process."""
-    _claimed.clear()

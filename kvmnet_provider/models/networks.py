@@ -20,7 +20,7 @@ import pulumi
 
 from ..cloudinit import CloudInit
 from ..connection import HostSettings
-from ..errors import ConfigError
+from ..errors import ConfigError, config_path
 from ..resources import (
     Bridge,
     BridgeArgs,
@@ -102,8 +102,8 @@ class NetworkArgs:
     dhcp: bool | None = None
     domain: str = DEFAULT_DOMAIN  # guests are <name>.<domain> in the network's DNS
     dhcp_range: tuple[str, str] | None = None  # default: the upper half of the subnet
-    # The stack-config property the network was read from (kvmnet:hosts.h1.networks[0]):
-    # errors name its keys instead of the resource name's.
+    # The stack-config property the network was read from (kvmnet:hosts.h1.networks[0], or
+    # `kvmnet:` for the one-host program's): errors name its keys instead of the resource name.
     config_key: str | None = None
 
 
@@ -113,7 +113,7 @@ def dhcp_enabled(model: str, args: NetworkArgs) -> bool:
         return model in ("routed", "nat")
     if args.dhcp and model not in ("routed", "nat"):
         raise ConfigError(
-            f"{args.config_key}.dhcp" if args.config_key else "dhcp",
+            config_path(args.config_key, "dhcp") if args.config_key else "dhcp",
             f"a {model} network's bridge has no address to serve from; use routed or nat",
         )
     return bool(args.dhcp)
@@ -125,8 +125,7 @@ class _Network(pulumi.ComponentResource):
     def __init__(
         self, resource_name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        host = (args.connection.host, args.connection.port)
-        check_guests(resource_name, host, args.subnet, args.gateway, args.guests, args.config_key)
+        check_guests(resource_name, args.subnet, args.gateway, args.guests, args.config_key)
         self.dhcp_enabled = dhcp_enabled(self.model, args)
         if self.dhcp_enabled:
             check_dhcp(resource_name, args, args.config_key)
@@ -292,7 +291,7 @@ class NatNetwork(RoutedNetwork):
         for index, fwd in enumerate(self.args.port_forwards):
             if not addresses.get(fwd.guest):
                 raise ConfigError(
-                    f"{key}.portForwards[{index}].guest" if key else "port_forwards",
+                    config_path(key, f"portForwards[{index}].guest") if key else "port_forwards",
                     f"guest {fwd.guest!r} is not a guest with an address",
                 )
             forwards.append(
@@ -323,7 +322,9 @@ class BridgedNetwork(_Network):
     ) -> Bridge | UplinkBridge:
         args = self.args
         if not args.uplink:
-            key = f"{args.config_key}.uplink" if args.config_key else "bridged network: uplink"
+            key = "bridged network: uplink"
+            if args.config_key:
+                key = config_path(args.config_key, "uplink")
             raise ConfigError(key, "required (the NIC the bridge takes over)")
         return UplinkBridge(
             f"{resource_name}-uplink",

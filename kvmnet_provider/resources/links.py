@@ -16,6 +16,7 @@ from ..spec import validate
 from ..spec.validate import InvalidInput
 from .base import Field, KvmnetProvider, deleted_first, is_unknown, list_of, owner_id
 from .linkreads import forget, read_link
+from .uplink import UplinkBridge
 
 LINK_COMPUTED = ("ifindex", "mac")
 
@@ -62,7 +63,7 @@ class _LinkProvider(KvmnetProvider):
 
 def _bridge_id(value: object) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 300:
-        raise InvalidInput(f"must be a Bridge's id, got {value!r:.80}")
+        raise InvalidInput(f"must be a Bridge's or UplinkBridge's id, got {value!r:.80}")
     return value
 
 
@@ -109,10 +110,11 @@ class TapPortProvider(_LinkProvider):
         "mtu": Field(validate.mtu),
         "up": Field(validate.boolean, default=True),
         "adopt": Field(validate.boolean, default=False),
-        # The declared Bridge's id, which names its ifindex: a bridge made anew (replaced:
-        # deleted, then created) has another id, so its taps are updated, which joins them to
-        # it again (the kernel leaves a deleted bridge's ports detached, and nothing else of
-        # theirs changes). An update in place keeps the id: preview shows no tap for it.
+        # The declared Bridge's (or UplinkBridge's) id, which names its ifindex: a bridge made
+        # anew (replaced: deleted, then created) has another id, so its taps are updated, which
+        # joins them to it again (the kernel leaves a deleted bridge's ports detached, and
+        # nothing else of theirs changes). An update in place keeps the id: preview shows no
+        # tap for it.
         "bridge_id": Field(_bridge_id),
     }
 
@@ -202,7 +204,7 @@ class TapPort(Resource, module="kvmnet", name="TapPort"):
         bridge_id: pulumi.Input[str] | None = None
         if isinstance(args.bridge, pulumi.Resource):  # a Bridge or an UplinkBridge
             bridge = args.bridge.name  # type: ignore[attr-defined]
-            if isinstance(args.bridge, Bridge):
+            if isinstance(args.bridge, (Bridge, UplinkBridge)):
                 bridge_id = args.bridge.id
         else:
             key = (args.connection.host, args.bridge)

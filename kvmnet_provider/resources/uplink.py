@@ -45,8 +45,12 @@ class UplinkBridgeProvider(KvmnetProvider):
     }
 
     def resource_id(self, props: dict[str, Any]) -> str:
+        """host:port/name<nic@ifindex: a bridge made anew gets another id, so its taps follow
+        it (TapPort's bridge_id). Without an ifindex (an agent of before it said one), as
+        before."""
         conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/{props['name']}<{props['nic']}"
+        ifindex = f"@{int(props['ifindex'])}" if props.get("ifindex") is not None else ""
+        return f"{conn['host']}:{int(conn['port'])}/{props['name']}<{props['nic']}{ifindex}"
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         result = super().check(olds, news)
@@ -83,6 +87,7 @@ class UplinkBridgeProvider(KvmnetProvider):
         return {
             "state": live["state"],
             "mac": live["mac"],
+            "ifindex": live.get("ifindex"),
             "live_addresses": live["addresses"],
             "moved_routes": live["moved_routes"],
             "previous_addresses": live["previous_addresses"],
@@ -177,6 +182,7 @@ class UplinkBridgeArgs:
 class UplinkBridge(Resource, module="kvmnet", name="UplinkBridge"):
     name: pulumi.Output[str]
     mac: pulumi.Output[str]
+    ifindex: pulumi.Output[int]
     live_addresses: pulumi.Output[list[str]]
 
     def __init__(
@@ -191,6 +197,8 @@ class UplinkBridge(Resource, module="kvmnet", name="UplinkBridge"):
             "mtu": args.mtu,
             "rollback_seconds": args.rollback_seconds,
             "state": "bridged",
-            **dict.fromkeys(("mac", "live_addresses", "moved_routes", "previous_addresses")),
+            **dict.fromkeys(
+                ("mac", "ifindex", "live_addresses", "moved_routes", "previous_addresses")
+            ),
         }
         super().__init__(UplinkBridgeProvider(), resource_name, props, deleted_first(opts))
