@@ -9,7 +9,11 @@ import pytest
 from kvmnet_provider.connection import HostSettings
 from kvmnet_provider.connection.settings import SettingError
 from kvmnet_provider.resources.links import BridgeProvider, TapPortProvider
-from kvmnet_provider.resources.netfilter import ForwardingSettingProvider, MasqueradeRuleProvider
+from kvmnet_provider.resources.netfilter import (
+    ForwardingSettingProvider,
+    MasqueradeRuleProvider,
+    PortForwardProvider,
+)
 from kvmnet_provider.spec import validate
 from kvmnet_provider.spec.validate import InvalidInput
 
@@ -228,6 +232,23 @@ def test_tap_masquerade_forwarding_check() -> None:
     fw = {"connection": CONN, "owner": "o", "ipv4": True}
     assert not failures(ForwardingSettingProvider(), fw)
     assert set(failures(ForwardingSettingProvider(), {**fw, "ipv4": False})) == {"ipv4"}
+
+
+def test_port_forward_of_the_hosts_ssh_port_fails_check() -> None:
+    """A DNAT of tcp/22 would send kvmnet's own SSH to the guest: nothing could undo it."""
+    fwd = {"connection": CONN, "owner": "o", "host_port": 22, "guest_address": "10.0.1.11",
+           "guest_port": 22}  # fmt: skip
+    found = failures(PortForwardProvider(), fwd)
+    assert set(found) == {"host_port"}
+    assert "kvmnet reaches this host's sshd on tcp/22" in found["host_port"]
+    assert "pick another host_port" in found["host_port"]
+    assert set(failures(PortForwardProvider(), {**fwd, "host_port": 2222})) == set()
+    assert not failures(PortForwardProvider(), {**fwd, "protocol": "udp"})
+    on_2200 = {**fwd, "connection": {**CONN, "port": 2200}}
+    assert not failures(PortForwardProvider(), on_2200)
+    assert set(failures(PortForwardProvider(), {**on_2200, "host_port": 2200})) == {"host_port"}
+    # a forward limited to another of the host's addresses leaves the SSH address alone
+    assert not failures(PortForwardProvider(), {**fwd, "destination": "198.18.0.99"})
 
 
 def test_unknown_values_pass_check_at_preview() -> None:
