@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 from ..spec import validate
 from . import rtdump
-from .errors import AgentError
+from .errors import AgentError, held_fix
 from .linkstate import USER_HZ, describe, owner_in, owner_tag
 from .netlink import link_addresses
 from .rtdump import LinkRecord
@@ -75,11 +75,19 @@ class Links:
         if adopt and live["owner"] is None:
             self.ipr.link("set", index=live["ifindex"], ifalias=owner_tag(owner))
             return self.read(name)
-        holder = f"kvmnet resource {live['owner']}" if live["owner"] else "something outside kvmnet"
+        if live["owner"]:
+            fix = held_fix(live["owner"], owner, "name")
+            if kind == "tun":  # the stack program names taps by the guest's position
+                fix += " (stack config: set each guest's own tap and mac)"
+            raise AgentError(
+                "conflict",
+                f"{name} already exists and belongs to kvmnet resource {live['owner']}; "
+                f"kvmnet will not take it over: {fix}",
+            )
         raise AgentError(
             "conflict",
-            f"{name} already exists and belongs to {holder}; kvmnet will not take it over"
-            + ("" if live["owner"] else " (set adopt=true to manage it)"),
+            f"{name} already exists and belongs to something outside kvmnet; kvmnet will not "
+            "take it over (set adopt=true to manage it)",
         )
 
     def _ours(self, name: str, owner: str) -> LinkRecord | None:
