@@ -40,7 +40,7 @@ from ..resources.dhcp import DhcpHost, DhcpServer, DhcpServerArgs
 from ..resources.forward_rules import ForwardRules, ForwardRulesArgs
 from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
 from ..spec.dhcp import DEFAULT_DOMAIN
-from .addresses import check_dhcp, check_guests, subnet_and_gateway
+from .addresses import check_dhcp, check_guests, forward_address, subnet_and_gateway
 from .collisions import claim
 
 MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork")
@@ -287,14 +287,9 @@ class NatNetwork(RoutedNetwork):
             opts,
         )
         forwards: list[pulumi.Resource] = []
-        addresses = {g.name: g.address for g in self.args.guests}
         key = self.args.config_key
         for index, fwd in enumerate(self.args.port_forwards):
-            if not addresses.get(fwd.guest):
-                raise ConfigError(
-                    f"{key}.portForwards[{index}].guest" if key else "port_forwards",
-                    f"guest {fwd.guest!r} is not a guest with an address",
-                )
+            address = forward_address(resource_name, key, index, fwd.guest, self.args.guests)
             forwards.append(
                 PortForward(
                     f"{resource_name}-forward-{fwd.protocol}-{fwd.host_port}",
@@ -302,7 +297,7 @@ class NatNetwork(RoutedNetwork):
                         connection=self.args.connection,
                         protocol=fwd.protocol,
                         host_port=fwd.host_port,
-                        guest_address=str(addresses[fwd.guest]),
+                        guest_address=address,
                         guest_port=fwd.guest_port,
                         in_interface=self.args.uplink,
                     ),
