@@ -116,7 +116,15 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
             if s.private_key_path
             else "ssh-agent/password"
         )
-        raise HostError(f"{s.label}: authentication refused (credentials from {source})") from None
+        where = (
+            "the password or the ssh-agent's keys"
+            if source == "ssh-agent/password"
+            else f"that the key's public half is in {s.user}'s ~/.ssh/authorized_keys there"
+        )
+        raise HostError(
+            f"{s.label}: authentication refused (credentials from {source}): check "
+            f"connection.user ({s.user}) and {where}"
+        ) from None
     except paramiko.SSHException as exc:
         client.close()
         if "not found in known_hosts" in str(exc):
