@@ -34,7 +34,7 @@ from .connection.settings import SettingError
 from .errors import ConfigError
 from .models import NetworkArgs, addresses, network_for_model
 from .models.networks import MODELS
-from .program import dhcp_settings, guest_specs, port_forward_specs, uses_dhcp
+from .program import dhcp_settings, guest_outputs, guest_specs, port_forward_specs, uses_dhcp
 from .program_checks import _whole, as_list, check_guests, check_port_forwards
 from .resources import Bridge
 
@@ -164,15 +164,7 @@ def build_fleet(cfg: pulumi.Config) -> None:
                 "model": model,
                 "bridge": network.bridge.name,
                 "port_forwards": [vars(f) for f in args.port_forwards],
-                "guests": {
-                    g.name: {
-                        "address": g.address,
-                        "pid": network.guests[g.name].pid,
-                        "console": network.guests[g.name].console_socket,
-                        "accelerator": network.guests[g.name].accelerator,
-                    }
-                    for g in args.guests
-                },
+                "guests": guest_outputs(args.guests, network.guests),
             }
             if isinstance(network.bridge, Bridge):
                 net_out["bridge_addresses"] = network.bridge.addresses

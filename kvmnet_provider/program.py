@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pulumi
@@ -165,6 +166,21 @@ def guest_specs(
     return guests
 
 
+def guest_outputs(specs: Sequence[GuestSpec], guests: Mapping[str, Any]) -> dict[str, Any]:
+    """The stack's `guests` output: per guest its address, PID, console socket and the
+    console's log (where cloud-init's finished line and the guest's host keys show)."""
+    return {
+        g.name: {
+            "address": g.address,
+            "pid": guests[g.name].pid,
+            "console": guests[g.name].console_socket,
+            "console_log": guests[g.name].console_log,
+            "accelerator": guests[g.name].accelerator,
+        }
+        for g in specs
+    }
+
+
 def port_forward_specs(raw: list[dict[str, Any]] | None) -> list[PortForwardSpec]:
     """PortForwardSpecs of a network's `portForwards` list (checked by program_checks)."""
     return [
@@ -218,17 +234,6 @@ def build() -> None:
     else:
         pulumi.export("uplink_addresses", network.bridge.live_addresses)
     pulumi.export("port_forwards", [vars(f) for f in args.port_forwards])
-    pulumi.export(
-        "guests",
-        {
-            g.name: {
-                "address": g.address,
-                "pid": network.guests[g.name].pid,
-                "console": network.guests[g.name].console_socket,
-                "accelerator": network.guests[g.name].accelerator,
-            }
-            for g in args.guests
-        },
-    )
+    pulumi.export("guests", guest_outputs(args.guests, network.guests))
     if network.dhcp is not None:
         pulumi.export("leases", network.dhcp.leases)

@@ -139,3 +139,19 @@ def test_every_kvmnet_key_the_repository_uses_is_known() -> None:
     }
     check_stack_keys({f"kvmnet:{k}" for k in found - not_keys})
     assert {"host", "hosts", "guestImage", "sshPrivateKey"} <= set(STACK_KEYS) & found
+
+
+def test_the_guests_output_names_each_guests_console_log() -> None:
+    """The README sends the reader to `pulumi stack output guests` for the console's log."""
+    from types import SimpleNamespace
+
+    from kvmnet_provider.models import GuestSpec
+    from kvmnet_provider.program import guest_outputs
+
+    spec = GuestSpec(name="deb1", tap="vif1.0", mac="52:54:00:00:01:01", address="10.0.5.10")
+    live = SimpleNamespace(pid=7, console_socket="/run/g/console.sock",
+                           console_log="/run/g/console.log", accelerator="tcg")  # fmt: skip
+    assert guest_outputs([spec], {"deb1": live}) == {
+        "deb1": {"address": "10.0.5.10", "pid": 7, "console": "/run/g/console.sock",
+                 "console_log": "/run/g/console.log", "accelerator": "tcg"}
+    }  # fmt: skip
