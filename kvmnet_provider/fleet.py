@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .models import NetworkArgs, addresses, network_for_model
 from .models.networks import MODELS
 from .program import dhcp_settings, guest_outputs, guest_specs, port_forward_specs, uses_dhcp
-from .program_checks import _whole, as_list, check_guests, check_port_forwards
+from .program_checks import _whole, as_list, check_accelerator, check_guests, check_port_forwards
 from .resources import Bridge
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -154,6 +154,7 @@ def host_networks(cfg: pulumi.Config) -> list[tuple[str, list[tuple[str, str, Ne
 
 
 def build_fleet(cfg: pulumi.Config) -> None:
+    check_accelerator(cfg)
     exported: dict[str, Any] = {}
     for host_name, networks in host_networks(cfg):
         host_out: dict[str, Any] = {"networks": {}}

@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .guest_disk_config import DISK_KEYS, guest_disk_args
 from .models import addresses
 from .models.networks import MODELS
-from .spec.guest import MEMORY_MIB, guest_name
+from .spec.guest import ACCELERATORS, MEMORY_MIB, guest_name
 from .spec.validate import InvalidInput
 
 NS = "kvmnet"
@@ -102,10 +102,20 @@ def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
             f"{NS}:firewallBackend",
             f"must be one of {', '.join(FIREWALL_BACKENDS)}, got {backend!r}",
         )
+    check_accelerator(cfg)
     names = check_guests(_list(cfg, "guests"), f"{NS}:guests")
     check_port_forwards(
         _list(cfg, "portForwards"), f"{NS}:portForwards", names or default_guests, f"{NS}:guests"
     )
+
+
+def check_accelerator(cfg: pulumi.Config) -> None:
+    """kvmnet:accelerator, named as the key (each guest's check would name a resource)."""
+    value = cfg.get("accelerator")
+    if value is not None and value not in ACCELERATORS:
+        raise ConfigError(
+            f"{NS}:accelerator", f"must be one of {', '.join(ACCELERATORS)}, got {value!r}"
+        )
 
 
 def check_guests(guests: list[Any], key: str) -> list[str]:

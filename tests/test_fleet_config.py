@@ -510,3 +510,10 @@ def test_the_readmes_fleet_example_previews_as_written() -> None:
     pulumi.runtime.set_all_config(without_image)
     with pytest.raises(ConfigError, match=r"kvmnet:guestImage"):
         build()
+
+
+def test_a_fleets_bad_accelerator_names_the_stack_key() -> None:
+    fleet_config(on_h2(NAT), accelerator="kvn")
+    with pytest.raises(ConfigError) as exc:
+        run_fleet()
+    assert str(exc.value) == "kvmnet:accelerator: must be one of kvm, tcg, auto, got 'kvn'"

@@ -42,6 +42,7 @@ def test_the_defaults_pass(config: dict[str, str]) -> None:
         ({"host": {"host": "h1", "colour": "blue"}}, "kvmnet:host.colour: unknown setting"),
         ({"host": {"host": "h1", "private_key_path": "-----BEGIN KEY-----x"}}, "not shown"),
         ({"firewallBackend": "pf"}, "kvmnet:firewallBackend: must be one of auto, iptables"),
+        ({"accelerator": "kvn"}, "kvmnet:accelerator: must be one of kvm, tcg, auto, got 'kvn'"),
         ({"guests": {"name": "g1"}}, "kvmnet:guests: must be a list"),
         ({"guests": [{"name": "g 1"}]}, "kvmnet:guests[0].name: must be 1-32 characters"),
         ({"guests": [{"name": "g1", "memory_mib": 1}]}, "kvmnet:guests[0].memory_mib:"),
