@@ -49,7 +49,12 @@ from .connection.settings import SettingError
 from .errors import ConfigError
 from .guest_disk_config import guest_disk_args
 from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
-from .program_checks import check_stack_config, check_stack_keys, stack_config_keys
+from .program_checks import (
+    check_stack_config,
+    check_stack_keys,
+    check_structured_keys,
+    stack_config_keys,
+)
 from .resources import Bridge
 
 NS = "kvmnet"
@@ -197,6 +202,7 @@ def port_forward_specs(raw: list[dict[str, Any]] | None) -> list[PortForwardSpec
 def build() -> None:
     cfg = pulumi.Config("kvmnet")
     check_stack_keys(stack_config_keys())  # a typo'd key fails instead of being ignored
+    check_structured_keys(cfg)
     if cfg.get_object("hosts") is not None:
         from .fleet import build_fleet  # several hosts: kvmnet:hosts (see fleet.py)
 

@@ -83,6 +83,34 @@ def stack_config_keys() -> set[str]:
     return set(pulumi.runtime.config.CONFIG.get()) | set(pulumi.runtime.config.get_config_env())
 
 
+# Keys read as structured values, and what each must be.
+STRUCTURED_KEYS = {
+    "host": "an object {host, user, ...}",
+    "hosts": "an object {NAME: {connection, networks}}",
+    "guestImage": "an object {kernel, initrd}",
+    "guests": "a list of guests",
+    "portForwards": "a list of port forwards",
+    "dhcp": "true or false",
+    "dhcpRange": "a list [start, end]",
+    "bridgeAddresses": "a list of addresses",
+}
+
+
+def check_structured_keys(cfg: pulumi.Config) -> None:
+    """A structured key set to plain text fails naming the key and what it must be (the
+    SDK's own message calls every one of them a 'JSON object'). The text is not quoted: it
+    may have been set as a secret."""
+    for key, what in STRUCTURED_KEYS.items():
+        try:
+            cfg.get_object(key)
+        except pulumi.config.ConfigTypeError:
+            raise ConfigError(
+                f"{NS}:{key}",
+                f"must be {what} (YAML in the stack file, or --path / JSON with pulumi config "
+                "set), not plain text",
+            ) from None
+
+
 def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
     model = cfg.get("model") or "nat"
     if model not in MODELS:

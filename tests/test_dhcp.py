@@ -195,8 +195,14 @@ def test_model_dhcp_default_and_refusal() -> None:
     args.dhcp = False
     assert not dhcp_enabled("nat", args)
     args.dhcp = True
-    with pytest.raises(ConfigError, match="^dhcp: "):
-        dhcp_enabled("isolated", args)
+    with pytest.raises(ConfigError) as caught:
+        dhcp_enabled("isolated", args, "lan")
+    assert str(caught.value) == (
+        "lan: dhcp: an isolated network's bridge has no address to serve from; leave dhcp "
+        "unset (or false), or make the network routed or nat"
+    )
+    with pytest.raises(ConfigError, match="^net: dhcp: a bridged network's bridge"):
+        dhcp_enabled("bridged", args)
     assert uses_dhcp("nat", None) and not uses_dhcp("nat", False) and not uses_dhcp("bridged", None)
 
 

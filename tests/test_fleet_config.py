@@ -204,7 +204,7 @@ NAT = network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24")
         ),
         (
             on_h2({**NAT, "model": "isolated", "dhcp": True}),
-            "kvmnet:hosts.h2.networks[0].dhcp: a isolated network's bridge has no address",
+            "kvmnet:hosts.h2.networks[0].dhcp: an isolated network's bridge has no address",
         ),
     ],
 )

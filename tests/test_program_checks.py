@@ -156,3 +156,21 @@ def test_the_guests_output_names_each_guests_console_log() -> None:
         "deb1": {"address": "10.0.5.10", "pid": 7, "console": "/run/g/console.sock",
                  "console_log": "/run/g/console.log", "accelerator": "tcg"}
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "what"),
+    [("guests", "a list of guests"), ("dhcp", "true or false"), ("host", "an object {host")],
+)
+def test_plain_text_for_a_structured_key_names_the_key_not_the_text(
+    config: dict[str, str], key: str, what: str
+) -> None:
+    from kvmnet_provider.program_checks import check_structured_keys
+
+    pulumi.runtime.set_all_config({f"kvmnet:{key}": "yes-PLAIN-TEXT"})
+    with pytest.raises(ConfigError) as caught:
+        check_structured_keys(pulumi.Config("kvmnet"))
+    assert str(caught.value).startswith(f"kvmnet:{key}: must be {what}")
+    assert "PLAIN-TEXT" not in str(caught.value) and "\n" not in str(caught.value)
+    pulumi.runtime.set_all_config({"kvmnet:dhcp": "true", "kvmnet:guests": '[{"name": "g1"}]'})
+    check_structured_keys(pulumi.Config("kvmnet"))

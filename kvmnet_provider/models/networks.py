@@ -107,14 +107,17 @@ class NetworkArgs:
     config_key: str | None = None
 
 
-def dhcp_enabled(model: str, args: NetworkArgs) -> bool:
-    """Whether a network of `model` runs a DHCP server (ConfigError if it cannot)."""
+def dhcp_enabled(model: str, args: NetworkArgs, where: str = "net") -> bool:
+    """Whether a network of `model` (resource `where`) runs a DHCP server (ConfigError if
+    it cannot)."""
     if args.dhcp is None:
         return model in ("routed", "nat")
     if args.dhcp and model not in ("routed", "nat"):
+        article = "an" if model[0] in "aeiou" else "a"
         raise ConfigError(
-            f"{args.config_key}.dhcp" if args.config_key else "dhcp",
-            f"a {model} network's bridge has no address to serve from; use routed or nat",
+            f"{args.config_key}.dhcp" if args.config_key else f"{where}: dhcp",
+            f"{article} {model} network's bridge has no address to serve from; leave dhcp "
+            "unset (or false), or make the network routed or nat",
         )
     return bool(args.dhcp)
 
@@ -127,7 +130,7 @@ class _Network(pulumi.ComponentResource):
     ) -> None:
         host = (args.connection.host, args.connection.port)
         check_guests(resource_name, host, args.subnet, args.gateway, args.guests, args.config_key)
-        self.dhcp_enabled = dhcp_enabled(self.model, args)
+        self.dhcp_enabled = dhcp_enabled(self.model, args, resource_name)
         if self.dhcp_enabled:
             check_dhcp(resource_name, args, args.config_key)
         # Aliases to the other models' types keep the children's URNs across a model switch,
