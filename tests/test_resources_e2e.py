@@ -474,6 +474,7 @@ def test_other_stacks_bridge_is_never_taken(
     text = failed.stdout + failed.stderr
     assert failed.returncode != 0, text
     assert "belongs to kvmnet resource first/dev/Bridge/br" in text, text
+    assert "another stack (first/dev) holds it: give this one another name" in text, text
     assert_same(owned, host_snapshot(lab_api, ns))
     second.destroy()
     assert_same(owned, host_snapshot(lab_api, ns))  # nothing of first's was deleted
