@@ -367,3 +367,30 @@ def test_a_refused_key_names_the_user_and_what_to_check(
         "connection.user (rooot) and that the key's public half is in rooot's "
         "~/.ssh/authorized_keys there"
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "hint"),
+    [
+        ("EHOSTUNREACH", "is the host up and the address right? nothing routes to it from here"),
+        ("ECONNREFUSED", "is sshd running there, on connection.port?"),
+    ],
+)
+def test_an_unreachable_host_gets_the_hint_that_fits_the_cause(
+    clean_credentials: None, monkeypatch: pytest.MonkeyPatch, code: str, hint: str
+) -> None:
+    import errno
+
+    from kvmnet_provider.connection import ssh
+    from kvmnet_provider.connection.errors import HostError
+
+    number = getattr(errno, code)
+
+    def fail(*_: object) -> None:
+        raise OSError(number, os.strerror(number))
+
+    monkeypatch.setattr(ssh, "open_tcp", fail)
+    conn = {"host": "198.18.0.77", "known_hosts": "/nonexistent/known_hosts"}
+    with pytest.raises(HostError) as caught:
+        ssh.connect(HostSettings.from_props(conn))
+    assert str(caught.value) == f"root@198.18.0.77:22: unreachable: {os.strerror(number)} ({hint})"
