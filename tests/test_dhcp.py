@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -264,3 +265,29 @@ def test_what_blocks_dhcp_or_dns() -> None:
     assert not fwplan.could_block(Rule("drop", src="192.0.2.7/32"), flows)
     assert not fwplan.could_block(Rule("drop", proto="tcp", dport=22), flows)
     assert not fwplan.could_block(Rule("accept", iif="br-in"), flows)
+
+
+def test_a_port_still_in_use_after_the_retries_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two networks with one gateway address on a host: dnsmasq cannot bind; the line says
+    why that may be and what to do, not only dnsmasq's words."""
+    from kvmnet_provider.agent.dhcp import operations
+    from kvmnet_provider.agent.errors import AgentError
+
+    said = "dnsmasq exited with 2: failed to create listening socket for 10.0.1.254: Address already in use"  # noqa: E501
+    tries: list[int] = []
+    clock = iter(range(0, 100))
+
+    def refused(_run_dir: Path) -> int:
+        tries.append(1)
+        raise AgentError("failed", said)
+
+    monkeypatch.setattr(operations, "_launch_once", refused)
+    fake_time = SimpleNamespace(monotonic=lambda: float(next(clock)), sleep=lambda _s: None)
+    monkeypatch.setattr(operations, "time", fake_time)  # this module's clock only
+    with pytest.raises(AgentError) as caught:
+        operations._launch(tmp_path)
+    assert len(tries) > 1  # retried first: a dnsmasq of ours may just be stopping
+    assert caught.value.message.startswith(said + "; something else on this host serves DNS")
+    assert "give this network its own subnet and gateway" in caught.value.message
