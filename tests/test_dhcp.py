@@ -291,3 +291,37 @@ def test_a_port_still_in_use_after_the_retries_names_the_fix(
     assert len(tries) > 1  # retried first: a dnsmasq of ours may just be stopping
     assert caught.value.message.startswith(said + "; something else on this host serves DNS")
     assert "give this network its own subnet and gateway" in caught.value.message
+
+
+class _Agent:
+    """Answers the provider's calls from a table; records them in order."""
+
+    def __init__(self, failing: str) -> None:
+        self.calls: list[str] = []
+        self.failing = failing
+
+    def call(self, op: str, _args: dict[str, Any], timeout: float | None = None) -> Any:
+        self.calls.append(op)
+        if op == self.failing:
+            from kvmnet_provider.connection.session import AgentCallError
+
+            raise AgentCallError("root@h1:22", "failed", "dnsmasq exited with 2: Address in use")
+        return {"rules": [], "backend": "nftables", "pid": 1, "running": True, "leases": []}
+
+
+def test_a_failed_create_leaves_no_rules_or_run_dir_but_a_failed_update_keeps_them() -> None:
+    """Pulumi records nothing of a failed create, so no destroy would ever undo it."""
+    from kvmnet_provider.connection.session import AgentCallError
+
+    provider = DhcpServerProvider()
+    props = provider.check({}, {"connection": {"host": "198.18.0.2"}, "owner": OWNER,
+                                "bridge": "br-in", "subnet": "10.0.1.0/24",
+                                "gateway": "10.0.1.254", "hosts": [G1]}).inputs  # fmt: skip
+    agent = _Agent("dhcp.start")
+    with pytest.raises(AgentCallError, match="dnsmasq exited"):
+        provider.host_create(agent, props)  # type: ignore[arg-type]
+    assert agent.calls == ["input.ensure", "dhcp.start", "dhcp.stop", "input.remove"]
+    agent = _Agent("dhcp.start")
+    with pytest.raises(AgentCallError):
+        provider.host_update(agent, props, props)  # type: ignore[arg-type]
+    assert agent.calls == ["input.ensure", "dhcp.start"]
