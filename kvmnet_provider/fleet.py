@@ -34,8 +34,15 @@ from .connection.settings import SettingError
 from .errors import ConfigError
 from .models import NetworkArgs, addresses, network_for_model
 from .models.networks import MODELS
-from .program import dhcp_settings, guest_specs, port_forward_specs, uses_dhcp
-from .program_checks import _whole, as_list, check_guests, check_links, check_port_forwards
+from .program import dhcp_settings, guest_outputs, guest_specs, port_forward_specs, uses_dhcp
+from .program_checks import (
+    _whole,
+    as_list,
+    check_accelerator,
+    check_guests,
+    check_links,
+    check_port_forwards,
+)
 from .resources import Bridge
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -155,6 +162,7 @@ def host_networks(cfg: pulumi.Config) -> list[tuple[str, list[tuple[str, str, Ne
 
 
 def build_fleet(cfg: pulumi.Config) -> None:
+    check_accelerator(cfg)
     exported: dict[str, Any] = {}
     for host_name, networks in host_networks(cfg):
         host_out: dict[str, Any] = {"networks": {}}
@@ -165,15 +173,7 @@ def build_fleet(cfg: pulumi.Config) -> None:
                 "model": model,
                 "bridge": network.bridge.name,
                 "port_forwards": [vars(f) for f in args.port_forwards],
-                "guests": {
-                    g.name: {
-                        "address": g.address,
-                        "pid": network.guests[g.name].pid,
-                        "console": network.guests[g.name].console_socket,
-                        "accelerator": network.guests[g.name].accelerator,
-                    }
-                    for g in args.guests
-                },
+                "guests": guest_outputs(args.guests, network.guests),
             }
             if isinstance(network.bridge, Bridge):
                 net_out["bridge_addresses"] = network.bridge.addresses

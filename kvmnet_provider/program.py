@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pulumi
@@ -48,7 +49,12 @@ from .connection.settings import SettingError
 from .errors import ConfigError
 from .guest_disk_config import guest_disk_args
 from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
-from .program_checks import check_stack_config, check_stack_keys, stack_config_keys
+from .program_checks import (
+    check_stack_config,
+    check_stack_keys,
+    check_structured_keys,
+    stack_config_keys,
+)
 from .resources import Bridge
 
 NS = "kvmnet"
@@ -165,6 +171,21 @@ def guest_specs(
     return guests
 
 
+def guest_outputs(specs: Sequence[GuestSpec], guests: Mapping[str, Any]) -> dict[str, Any]:
+    """The stack's `guests` output: per guest its address, PID, console socket and the
+    console's log (where cloud-init's finished line and the guest's host keys show)."""
+    return {
+        g.name: {
+            "address": g.address,
+            "pid": guests[g.name].pid,
+            "console": guests[g.name].console_socket,
+            "console_log": guests[g.name].console_log,
+            "accelerator": guests[g.name].accelerator,
+        }
+        for g in specs
+    }
+
+
 def port_forward_specs(raw: list[dict[str, Any]] | None) -> list[PortForwardSpec]:
     """PortForwardSpecs of a network's `portForwards` list (checked by program_checks)."""
     return [
@@ -181,6 +202,7 @@ def port_forward_specs(raw: list[dict[str, Any]] | None) -> list[PortForwardSpec
 def build() -> None:
     cfg = pulumi.Config("kvmnet")
     check_stack_keys(stack_config_keys())  # a typo'd key fails instead of being ignored
+    check_structured_keys(cfg)
     if cfg.get_object("hosts") is not None:
         from .fleet import build_fleet  # several hosts: kvmnet:hosts (see fleet.py)
 
@@ -219,17 +241,6 @@ def build() -> None:
     else:
         pulumi.export("uplink_addresses", network.bridge.live_addresses)
     pulumi.export("port_forwards", [vars(f) for f in args.port_forwards])
-    pulumi.export(
-        "guests",
-        {
-            g.name: {
-                "address": g.address,
-                "pid": network.guests[g.name].pid,
-                "console": network.guests[g.name].console_socket,
-                "accelerator": network.guests[g.name].accelerator,
-            }
-            for g in args.guests
-        },
-    )
+    pulumi.export("guests", guest_outputs(args.guests, network.guests))
     if network.dhcp is not None:
         pulumi.export("leases", network.dhcp.leases)

@@ -20,7 +20,7 @@ from .models import addresses
 from .models.networks import MODELS
 from .resources.base import list_of
 from .spec import validate
-from .spec.guest import MEMORY_MIB, guest_name
+from .spec.guest import ACCELERATORS, MEMORY_MIB, guest_name
 from .spec.validate import InvalidInput
 
 NS = "kvmnet"
@@ -85,6 +85,34 @@ def stack_config_keys() -> set[str]:
     return set(pulumi.runtime.config.CONFIG.get()) | set(pulumi.runtime.config.get_config_env())
 
 
+# Keys read as structured values, and what each must be.
+STRUCTURED_KEYS = {
+    "host": "an object {host, user, ...}",
+    "hosts": "an object {NAME: {connection, networks}}",
+    "guestImage": "an object {kernel, initrd}",
+    "guests": "a list of guests",
+    "portForwards": "a list of port forwards",
+    "dhcp": "true or false",
+    "dhcpRange": "a list [start, end]",
+    "bridgeAddresses": "a list of addresses",
+}
+
+
+def check_structured_keys(cfg: pulumi.Config) -> None:
+    """A structured key set to plain text fails naming the key and what it must be (the
+    SDK's own message calls every one of them a 'JSON object'). The text is not quoted: it
+    may have been set as a secret."""
+    for key, what in STRUCTURED_KEYS.items():
+        try:
+            cfg.get_object(key)
+        except pulumi.config.ConfigTypeError:
+            raise ConfigError(
+                f"{NS}:{key}",
+                f"must be {what} (YAML in the stack file, or --path / JSON with pulumi config "
+                "set), not plain text",
+            ) from None
+
+
 def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
     model = cfg.get("model") or "nat"
     if model not in MODELS:
@@ -107,6 +135,7 @@ def check_stack_config(cfg: pulumi.Config, default_guests: list[str]) -> None:
     links = {"bridge": cfg.get("bridge"), "uplink": cfg.get("uplink"),
              "bridgeAddresses": cfg.get_object("bridgeAddresses")}  # fmt: skip
     check_links(links, f"{NS}:")
+    check_accelerator(cfg)
     names = check_guests(_list(cfg, "guests"), f"{NS}:guests")
     check_port_forwards(
         _list(cfg, "portForwards"), f"{NS}:portForwards", names or default_guests, f"{NS}:guests"
@@ -134,6 +163,15 @@ def _rule(rule: Any, value: object, key: str) -> None:
         rule(value)
     except InvalidInput as exc:
         raise ConfigError(key, str(exc)) from None
+
+
+def check_accelerator(cfg: pulumi.Config) -> None:
+    """kvmnet:accelerator, named as the key (each guest's check would name a resource)."""
+    value = cfg.get("accelerator")
+    if value is not None and value not in ACCELERATORS:
+        raise ConfigError(
+            f"{NS}:accelerator", f"must be one of {', '.join(ACCELERATORS)}, got {value!r}"
+        )
 
 
 def check_guests(guests: list[Any], key: str) -> list[str]:

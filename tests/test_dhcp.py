@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -195,8 +196,14 @@ def test_model_dhcp_default_and_refusal() -> None:
     args.dhcp = False
     assert not dhcp_enabled("nat", args)
     args.dhcp = True
-    with pytest.raises(ConfigError, match="^dhcp: "):
-        dhcp_enabled("isolated", args)
+    with pytest.raises(ConfigError) as caught:
+        dhcp_enabled("isolated", args, "lan")
+    assert str(caught.value) == (
+        "lan: dhcp: an isolated network's bridge has no address to serve from; leave dhcp "
+        "unset (or false), or make the network routed or nat"
+    )
+    with pytest.raises(ConfigError, match="^net: dhcp: a bridged network's bridge"):
+        dhcp_enabled("bridged", args)
     assert uses_dhcp("nat", None) and not uses_dhcp("nat", False) and not uses_dhcp("bridged", None)
 
 
@@ -258,3 +265,63 @@ def test_what_blocks_dhcp_or_dns() -> None:
     assert not fwplan.could_block(Rule("drop", src="192.0.2.7/32"), flows)
     assert not fwplan.could_block(Rule("drop", proto="tcp", dport=22), flows)
     assert not fwplan.could_block(Rule("accept", iif="br-in"), flows)
+
+
+def test_a_port_still_in_use_after_the_retries_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two networks with one gateway address on a host: dnsmasq cannot bind; the line says
+    why that may be and what to do, not only dnsmasq's words."""
+    from kvmnet_provider.agent.dhcp import operations
+    from kvmnet_provider.agent.errors import AgentError
+
+    said = "dnsmasq exited with 2: failed to create listening socket for 10.0.1.254: Address already in use"  # noqa: E501
+    tries: list[int] = []
+    clock = iter(range(0, 100))
+
+    def refused(_run_dir: Path) -> int:
+        tries.append(1)
+        raise AgentError("failed", said)
+
+    monkeypatch.setattr(operations, "_launch_once", refused)
+    fake_time = SimpleNamespace(monotonic=lambda: float(next(clock)), sleep=lambda _s: None)
+    monkeypatch.setattr(operations, "time", fake_time)  # this module's clock only
+    with pytest.raises(AgentError) as caught:
+        operations._launch(tmp_path)
+    assert len(tries) > 1  # retried first: a dnsmasq of ours may just be stopping
+    assert caught.value.message.startswith(said + "; something else on this host serves DNS")
+    assert "give this network its own subnet and gateway" in caught.value.message
+
+
+class _Agent:
+    """Answers the provider's calls from a table; records them in order."""
+
+    def __init__(self, failing: str) -> None:
+        self.calls: list[str] = []
+        self.failing = failing
+
+    def call(self, op: str, _args: dict[str, Any], timeout: float | None = None) -> Any:
+        self.calls.append(op)
+        if op == self.failing:
+            from kvmnet_provider.connection.session import AgentCallError
+
+            raise AgentCallError("root@h1:22", "failed", "dnsmasq exited with 2: Address in use")
+        return {"rules": [], "backend": "nftables", "pid": 1, "running": True, "leases": []}
+
+
+def test_a_failed_create_leaves_no_rules_or_run_dir_but_a_failed_update_keeps_them() -> None:
+    """Pulumi records nothing of a failed create, so no destroy would ever undo it."""
+    from kvmnet_provider.connection.session import AgentCallError
+
+    provider = DhcpServerProvider()
+    props = provider.check({}, {"connection": {"host": "198.18.0.2"}, "owner": OWNER,
+                                "bridge": "br-in", "subnet": "10.0.1.0/24",
+                                "gateway": "10.0.1.254", "hosts": [G1]}).inputs  # fmt: skip
+    agent = _Agent("dhcp.start")
+    with pytest.raises(AgentCallError, match="dnsmasq exited"):
+        provider.host_create(agent, props)  # type: ignore[arg-type]
+    assert agent.calls == ["input.ensure", "dhcp.start", "dhcp.stop", "input.remove"]
+    agent = _Agent("dhcp.start")
+    with pytest.raises(AgentCallError):
+        provider.host_update(agent, props, props)  # type: ignore[arg-type]
+    assert agent.calls == ["input.ensure", "dhcp.start"]

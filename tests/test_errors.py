@@ -147,3 +147,23 @@ def test_the_host_key_hint_works_as_printed(
     assert known.parent == folder
     assert known.read_text() == "[198.18.0.11]:2222 ssh-ed25519 AAAA\n"
     assert (folder.stat().st_mode & 0o777) == (0o755 if folder_exists else 0o700)
+
+
+def test_a_name_another_resource_holds_names_the_fix() -> None:
+    """The refusal of a bridge, tap, guest or disk directory says which stack holds it and
+    what to do: another stack's (rename, or destroy there) or this stack's own old one
+    (Pulumi creates before it deletes: rename, or an up without the new one first)."""
+    from kvmnet_provider.agent.errors import held_fix
+    from kvmnet_provider.agent.guests.rundir import not_ours
+
+    other = held_fix("kvmnet/t2isolated/Bridge/net-bridge", "kvmnet/t2routed/Bridge/net-bridge")
+    assert other.startswith("another stack (kvmnet/t2isolated) holds it: give this one another")
+    assert "or destroy that stack's first" in other
+    own = held_fix("kvmnet/t2nat/TapPort/net-g2-tap", "kvmnet/t2nat/TapPort/net-g3-tap")
+    assert own.startswith("it is this stack's own, not deleted yet")
+    assert "run up once without it" in own
+    meta = {"owner": "kvmnet/other/QemuGuest/net-g1"}
+    refusal = not_ours(Path("/run/kvmnet/guests/g1"), meta, "kvmnet/mine/QemuGuest/net-g1")
+    assert "kvmnet will not touch it: another stack (kvmnet/other) holds it" in refusal.message
+    assert "\n" not in refusal.message
+    assert not_ours(Path("/run/kvmnet/guests/g1"), meta).message.endswith("will not touch it")

@@ -204,7 +204,7 @@ NAT = network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24")
         ),
         (
             on_h2({**NAT, "model": "isolated", "dhcp": True}),
-            "kvmnet:hosts.h2.networks[0].dhcp: a isolated network's bridge has no address",
+            "kvmnet:hosts.h2.networks[0].dhcp: an isolated network's bridge has no address",
         ),
     ],
 )
@@ -567,3 +567,10 @@ def test_the_readmes_fleet_example_previews_as_written() -> None:
     pulumi.runtime.set_all_config(without_image)
     with pytest.raises(ConfigError, match=r"kvmnet:guestImage"):
         build()
+
+
+def test_a_fleets_bad_accelerator_names_the_stack_key() -> None:
+    fleet_config(on_h2(NAT), accelerator="kvn")
+    with pytest.raises(ConfigError) as exc:
+        run_fleet()
+    assert str(exc.value) == "kvmnet:accelerator: must be one of kvm, tcg, auto, got 'kvn'"

@@ -132,3 +132,20 @@ def test_declaring_the_same_network_twice_is_not_a_clash() -> None:
         args = on(H1, "br-in", guest(1, "10.0.1.11"))
         addresses.check_guests("net", "10.0.1.0/24", None, args.guests)
         collisions.claim("net", args, host_subnet=True)
+
+
+def test_a_port_forward_names_its_guest_problem_and_the_fix() -> None:
+    guests = [guest(1, "10.0.1.11"), guest(2)]
+    assert addresses.forward_address("net", None, 0, "g1", guests) == "10.0.1.11"
+    with pytest.raises(ConfigError) as caught:
+        addresses.forward_address("net", None, 1, "g9", guests)
+    assert str(caught.value) == (
+        "net: port_forwards[1].guest: 'g9' is not a guest of this network "
+        "(guests with an address: g1)"
+    )
+    with pytest.raises(ConfigError) as caught:
+        addresses.forward_address("net", "kvmnet:hosts.h1.networks[0]", 0, "g2", guests)
+    assert str(caught.value).startswith(
+        "kvmnet:hosts.h1.networks[0].portForwards[0].guest: guest 'g2' has no address: "
+    )
+    assert "give the guest one" in str(caught.value)

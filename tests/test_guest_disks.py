@@ -361,7 +361,7 @@ def test_overlay_and_seed_on_disk_with_the_real_qemu_img(disk_root: Path, tmp_pa
         disks.prepare(agent_spec(other))
     assert disks.release("g1", "p/s/QemuGuest/g9", keep_disk=False) is None  # not its own
     assert d.exists()
-    with pytest.raises(AgentError, match="belongs to kvmnet resource p/s/QemuGuest/g1"):
+    with pytest.raises(AgentError, match="belongs to kvmnet resource p/s/QemuGuest/g1.*own"):
         disks.prepare({**agent_spec(base), "owner": "p/s/QemuGuest/g9"})
     assert disks.release("g1", "p/s/QemuGuest/g1", keep_disk=False) is None
     assert not d.exists()

@@ -342,3 +342,55 @@ def test_no_credentials_at_all_says_what_to_set(
                     "connection.allow_agent"):  # fmt: skip
         assert setting in message, message
     assert "\n" not in message and "SSH failed" not in message
+
+
+def test_a_refused_key_names_the_user_and_what_to_check(
+    clean_credentials: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A wrong user or a key the host does not know: the line says what to check."""
+    from kvmnet_provider.connection import ssh
+    from kvmnet_provider.connection.errors import HostError
+
+    def refuse(_client: object, **_kwargs: object) -> None:
+        raise ssh.paramiko.AuthenticationException("refused")
+
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    monkeypatch.setattr(ssh, "open_tcp", lambda *_: None)
+    monkeypatch.setattr(ssh.paramiko.SSHClient, "connect", refuse)
+    conn = {"host": "198.18.0.9", "user": "rooot", "known_hosts": "/nonexistent/known_hosts",
+            "private_key_path": str(key)}  # fmt: skip
+    with pytest.raises(HostError) as caught:
+        ssh.connect(HostSettings.from_props(conn))
+    assert str(caught.value) == (
+        f"rooot@198.18.0.9:22: authentication refused (credentials from key file {key}): check "
+        "connection.user (rooot) and that the key's public half is in rooot's "
+        "~/.ssh/authorized_keys there"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "hint"),
+    [
+        ("EHOSTUNREACH", "is the host up and the address right? nothing routes to it from here"),
+        ("ECONNREFUSED", "is sshd running there, on connection.port?"),
+    ],
+)
+def test_an_unreachable_host_gets_the_hint_that_fits_the_cause(
+    clean_credentials: None, monkeypatch: pytest.MonkeyPatch, code: str, hint: str
+) -> None:
+    import errno
+
+    from kvmnet_provider.connection import ssh
+    from kvmnet_provider.connection.errors import HostError
+
+    number = getattr(errno, code)
+
+    def fail(*_: object) -> None:
+        raise OSError(number, os.strerror(number))
+
+    monkeypatch.setattr(ssh, "open_tcp", fail)
+    conn = {"host": "198.18.0.77", "known_hosts": "/nonexistent/known_hosts"}
+    with pytest.raises(HostError) as caught:
+        ssh.connect(HostSettings.from_props(conn))
+    assert str(caught.value) == f"root@198.18.0.77:22: unreachable: {os.strerror(number)} ({hint})"

@@ -209,6 +209,28 @@ def test_up_is_idempotent_and_down_cleans(scratch_lab: Lab) -> None:
     scratch_lab.down()  # and again, on an absent lab
 
 
+def test_down_removes_what_the_agent_kept_for_its_hosts(scratch_lab: Lab) -> None:
+    """A host's agent books (/run/kvmnet/netns-<inode>) and guests' overlays and seeds
+    (/var/lib/kvmnet/netns-<inode>) go with it, also when hosts are dropped by a smaller up;
+    the kernel may give a later namespace the same inode."""
+    from kvmnet_provider.agent import hoststate
+    from kvmnet_provider.agent.guests import disks
+
+    scratch_lab.up(hosts=2)
+    kept: dict[str, list[Path]] = {}
+    for role in ("h1", "h2"):
+        inode = os.stat(f"/run/netns/{scratch_lab.name}-{role}").st_ino
+        kept[role] = [root / f"netns-{inode}" for root in (hoststate.ROOT, disks.ROOT)]
+        for d in kept[role]:  # as a guest left running at down leaves them
+            (d / "guests" / "g1").mkdir(parents=True)
+            (d / "guests" / "g1" / "disk.qcow2").write_bytes(b"overlay")
+    scratch_lab.up(hosts=1)
+    assert not any(d.exists() for d in kept["h2"])
+    assert all(d.exists() for d in kept["h1"])
+    scratch_lab.down()
+    assert not any(d.exists() for d in kept["h1"])
+
+
 def test_down_when_a_namespace_was_deleted_by_hand(scratch_lab: Lab) -> None:
     scratch_lab.up(hosts=2)
     pids = list(scratch_lab.recorded_pids().values())

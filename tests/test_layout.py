@@ -202,3 +202,24 @@ def test_a_wheel_of_the_product_holds_no_lab(tmp_path: Path) -> None:
     assert not [n for n in names if "kvmnet_lab" in n or "/testing/" in n or "/lab/" in n]
     entry_points = [n for n in names if n.endswith("entry_points.txt")]
     assert entry_points == []  # the `kvmnet` command is the lab's
+
+
+def test_users_stack_files_are_ignored_and_the_templates_are_not() -> None:
+    """`stacks/Pulumi.<yours>.yaml` holds a user's paths, key and secrets (README: keep it
+    out of git); every template in stacks/ stays visible to git."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    templates = sorted(str(p.relative_to(REPO)) for p in (REPO / "stacks").glob("Pulumi.*.yaml"))
+    tracked = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "stacks"], capture_output=True, text=True, check=True
+    ).stdout.split()
+
+    def ignored(path: str) -> bool:
+        found = subprocess.run(
+            ["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", path], check=False
+        )
+        return found.returncode == 0
+
+    assert tracked and not [t for t in tracked if ignored(t)]
+    assert ignored("stacks/Pulumi.mine.yaml") and ignored("stacks/Pulumi.deb.yaml")
+    assert set(tracked) <= set(templates)

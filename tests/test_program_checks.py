@@ -43,6 +43,7 @@ def test_the_defaults_pass(config: dict[str, str]) -> None:
         ({"host": {"host": "h1", "colour": "blue"}}, "kvmnet:host.colour: unknown setting"),
         ({"host": {"host": "h1", "private_key_path": "-----BEGIN KEY-----x"}}, "not shown"),
         ({"firewallBackend": "pf"}, "kvmnet:firewallBackend: must be one of auto, iptables"),
+        ({"accelerator": "kvn"}, "kvmnet:accelerator: must be one of kvm, tcg, auto, got 'kvn'"),
         ({"guests": {"name": "g1"}}, "kvmnet:guests: must be a list"),
         ({"guests": [{"name": "g 1"}]}, "kvmnet:guests[0].name: must be 1-32 characters"),
         ({"guests": [{"name": "g1", "memory_mib": 1}]}, "kvmnet:guests[0].memory_mib:"),
@@ -207,3 +208,37 @@ def test_the_one_host_programs_collisions_name_the_keys_as_typed(
     finally:
         collisions.forget_all()
     assert str(caught.value).startswith(line) and "\n" not in str(caught.value), caught.value
+
+
+def test_the_guests_output_names_each_guests_console_log() -> None:
+    """The README sends the reader to `pulumi stack output guests` for the console's log."""
+    from types import SimpleNamespace
+
+    from kvmnet_provider.models import GuestSpec
+    from kvmnet_provider.program import guest_outputs
+
+    spec = GuestSpec(name="deb1", tap="vif1.0", mac="52:54:00:00:01:01", address="10.0.5.10")
+    live = SimpleNamespace(pid=7, console_socket="/run/g/console.sock",
+                           console_log="/run/g/console.log", accelerator="tcg")  # fmt: skip
+    assert guest_outputs([spec], {"deb1": live}) == {
+        "deb1": {"address": "10.0.5.10", "pid": 7, "console": "/run/g/console.sock",
+                 "console_log": "/run/g/console.log", "accelerator": "tcg"}
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "what"),
+    [("guests", "a list of guests"), ("dhcp", "true or false"), ("host", "an object {host")],
+)
+def test_plain_text_for_a_structured_key_names_the_key_not_the_text(
+    config: dict[str, str], key: str, what: str
+) -> None:
+    from kvmnet_provider.program_checks import check_structured_keys
+
+    pulumi.runtime.set_all_config({f"kvmnet:{key}": "yes-PLAIN-TEXT"})
+    with pytest.raises(ConfigError) as caught:
+        check_structured_keys(pulumi.Config("kvmnet"))
+    assert str(caught.value).startswith(f"kvmnet:{key}: must be {what}")
+    assert "PLAIN-TEXT" not in str(caught.value) and "\n" not in str(caught.value)
+    pulumi.runtime.set_all_config({"kvmnet:dhcp": "true", "kvmnet:guests": '[{"name": "g1"}]'})
+    check_structured_keys(pulumi.Config("kvmnet"))

@@ -25,7 +25,7 @@ HEAD = """
 import pulumi
 from pulumi.dynamic import Resource
 from kvmnet_provider.connection import HostSettings
-from kvmnet_provider.models import GuestSpec, NatNetwork, NetworkArgs
+from kvmnet_provider.models import GuestSpec, NatNetwork, NetworkArgs, PortForwardSpec
 from kvmnet_provider.resources import *
 from kvmnet_provider.resources.links import BridgeProvider
 from kvmnet_provider.resources.netfilter import ForwardingSettingProvider
@@ -171,6 +171,12 @@ CASES = [
          ("(g2).mac", "52:54:00:00:01:07")),
     Case("model-tap-twice", "nat(G('g1', tap='vif7.0'), G('g2', tap='vif7.0'))",
          ("(g2).tap", "vif7.0")),
+    Case("model-forward-of-the-ssh-port",
+         "nat(G('g1', '10.0.1.11'), port_forwards=[PortForwardSpec('g1', 22, 22)])",
+         ("host_port", "must not be 22", "cut kvmnet off the host")),
+    Case("model-forward-to-a-guest-without-address",
+         "nat(G('g1'), port_forwards=[PortForwardSpec('g1', 80, 8080)])",
+         ("n: port_forwards[0].guest", "guest 'g1' has no address")),
     Case("model-gateway-outside",
          "NatNetwork('n', NetworkArgs(connection=c, gateway='10.0.2.1', guests=[G('g1')]))",
          ("gateway", "not inside subnet")),

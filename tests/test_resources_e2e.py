@@ -327,6 +327,40 @@ def shared_host_program(bridge: str, cidr: str, gateway: str, taps: list[str]) -
     return "\n".join(lines) + "\n"
 
 
+def test_a_second_bridge_with_anothers_network_is_refused(
+    tmp_path: Path,
+    lab_api: Lab,
+    h1: HostStatus,
+    pristine: dict[str, Any],
+    stacks: list[TestStack],
+) -> None:
+    """Two stacks, one subnet on two bridges of a host: the second's up fails in one line
+    naming the first's bridge; it made nothing that stays, and the first works on."""
+    ns = h1.namespace
+    prog_a = shared_host_program("br-a", "10.0.1.0/24", "10.0.1.254/24", [])
+    a = TestStack(tmp_path, program(h1, prog_a), project="alpha")
+    stacks.append(a)
+    a.up()
+    owned = host_snapshot(lab_api, ns)
+    prog_b = shared_host_program("br-b", "10.0.1.0/24", "10.0.1.1/24", [])
+    b = TestStack(tmp_path, program(h1, prog_b), project="beta")
+    stacks.append(b)
+    failed = b.up(check=False)
+    text = failed.stdout + failed.stderr
+    assert failed.returncode != 0, text
+    assert (
+        "10.0.1.1/24: network 10.0.1.0/24 is already on br-a (10.0.1.254/24, kvmnet resource "
+        "alpha/dev/Bridge/br)" in text
+    ), text
+    assert "Traceback" not in text, text
+    assert "br-b" not in ip_links(lab_api, ns)
+    b.destroy()
+    assert_same(owned, host_snapshot(lab_api, ns))
+    a.preview_no_changes()
+    a.destroy()
+    assert_same(pristine, host_snapshot(lab_api, ns))
+
+
 FOREIGN_RULE = ["POSTROUTING", "-s", "172.31.0.0/16", "-j", "MASQUERADE"]
 FOREIGN_LINE = "-A POSTROUTING -s 172.31.0.0/16 -j MASQUERADE"
 
@@ -474,6 +508,7 @@ def test_other_stacks_bridge_is_never_taken(
     text = failed.stdout + failed.stderr
     assert failed.returncode != 0, text
     assert "belongs to kvmnet resource first/dev/Bridge/br" in text, text
+    assert "another stack (first/dev) holds it: give this one another name" in text, text
     assert_same(owned, host_snapshot(lab_api, ns))
     second.destroy()
     assert_same(owned, host_snapshot(lab_api, ns))  # nothing of first's was deleted

@@ -9,7 +9,11 @@ import pytest
 from kvmnet_provider.connection import HostSettings
 from kvmnet_provider.connection.settings import SettingError
 from kvmnet_provider.resources.links import BridgeProvider, TapPortProvider
-from kvmnet_provider.resources.netfilter import ForwardingSettingProvider, MasqueradeRuleProvider
+from kvmnet_provider.resources.netfilter import (
+    ForwardingSettingProvider,
+    MasqueradeRuleProvider,
+    PortForwardProvider,
+)
 from kvmnet_provider.spec import validate
 from kvmnet_provider.spec.validate import InvalidInput
 
@@ -230,6 +234,23 @@ def test_tap_masquerade_forwarding_check() -> None:
     assert set(failures(ForwardingSettingProvider(), {**fw, "ipv4": False})) == {"ipv4"}
 
 
+def test_port_forward_of_the_hosts_ssh_port_fails_check() -> None:
+    """A DNAT of tcp/22 would send kvmnet's own SSH to the guest: nothing could undo it."""
+    fwd = {"connection": CONN, "owner": "o", "host_port": 22, "guest_address": "10.0.1.11",
+           "guest_port": 22}  # fmt: skip
+    found = failures(PortForwardProvider(), fwd)
+    assert set(found) == {"host_port"}
+    assert "kvmnet reaches this host's sshd on tcp/22" in found["host_port"]
+    assert "pick another host_port" in found["host_port"]
+    assert set(failures(PortForwardProvider(), {**fwd, "host_port": 2222})) == set()
+    assert not failures(PortForwardProvider(), {**fwd, "protocol": "udp"})
+    on_2200 = {**fwd, "connection": {**CONN, "port": 2200}}
+    assert not failures(PortForwardProvider(), on_2200)
+    assert set(failures(PortForwardProvider(), {**on_2200, "host_port": 2200})) == {"host_port"}
+    # a forward limited to another of the host's addresses leaves the SSH address alone
+    assert not failures(PortForwardProvider(), {**fwd, "destination": "198.18.0.99"})
+
+
 def test_unknown_values_pass_check_at_preview() -> None:
     from pulumi.runtime.rpc import UNKNOWN  # the SDK's sentinel, not the code under test's
 
@@ -255,3 +276,24 @@ def test_diff_marks_replacements_precisely() -> None:
     moved = tap.diff("id", t_olds, {**t_olds, "bridge": "br-b"})
     assert moved.changes and not moved.replaces
     assert tap.diff("id", t_olds, {**t_olds, "multi_queue": True}).replaces == ["multi_queue"]
+
+
+def test_a_bridge_address_whose_network_another_link_has_clashes() -> None:
+    from kvmnet_provider.agent.links import network_clash
+    from kvmnet_provider.agent.rtdump import LinkRecord
+
+    def link(index: int, name: str, alias: str = "") -> LinkRecord:
+        return LinkRecord(index, name, 0, None, 1500, 0, alias, "bridge")
+
+    links = [link(1, "lo"), link(2, "eth0"), link(5, "br-a", "kvmnet:alpha/dev/Bridge/br"),
+             link(7, "br-b")]  # fmt: skip
+    book = {1: ["127.0.0.1/8"], 2: ["198.18.0.11/24"], 5: ["10.0.1.254/24"], 7: ["10.0.2.1/24"]}
+    assert network_clash(["10.0.1.1/24"], 7, book, links) == (
+        "10.0.1.1/24: network 10.0.1.0/24 is already on br-a (10.0.1.254/24, kvmnet resource "
+        "alpha/dev/Bridge/br); two links with one network split its traffic: give this bridge "
+        "its own subnet"
+    )
+    on_lan = network_clash(["198.18.0.9/24"], 7, book, links)
+    assert "already on eth0 (198.18.0.11/24)" in str(on_lan)
+    assert network_clash(["10.0.2.254/24"], 7, book, links) is None  # its own network
+    assert network_clash(["10.0.3.1/24", "10.0.1.9/25"], 7, book, links) is None  # not the same

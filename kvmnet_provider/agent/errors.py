@@ -17,3 +17,19 @@ class AgentError(Exception):
 
     def to_wire(self) -> dict[str, str]:
         return {"kind": self.kind, "message": self.message}
+
+
+def held_fix(holder: str, owner: str, what: str = "name") -> str:
+    """What to do about a `what` that kvmnet resource `holder` holds, as `owner` asks for
+    it (marks are `project/stack/Kind/name`)."""
+    theirs, ours = holder.split("/")[:2], owner.split("/")[:2]
+    if theirs == ours:
+        return (
+            f"it is this stack's own, not deleted yet (Pulumi creates the new resource before "
+            f"it deletes the old one): give the new one another {what}, or run up once "
+            "without it so the old one goes first"
+        )
+    return (
+        f"another stack ({'/'.join(theirs)}) holds it: give this one another {what}, "
+        "or destroy that stack's first"
+    )

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 from ..spec import validate
 from . import rtdump
-from .errors import AgentError
+from .errors import AgentError, held_fix
 from .linkstate import USER_HZ, describe, owner_in, owner_tag
 from .netlink import link_addresses
 from .rtdump import LinkRecord
@@ -75,11 +75,19 @@ class Links:
         if adopt and live["owner"] is None:
             self.ipr.link("set", index=live["ifindex"], ifalias=owner_tag(owner))
             return self.read(name)
-        holder = f"kvmnet resource {live['owner']}" if live["owner"] else "something outside kvmnet"
+        if live["owner"]:
+            fix = held_fix(live["owner"], owner, "name")
+            if kind == "tun":  # the stack program names taps by the guest's position
+                fix += " (stack config: set each guest's own tap and mac)"
+            raise AgentError(
+                "conflict",
+                f"{name} already exists and belongs to kvmnet resource {live['owner']}; "
+                f"kvmnet will not take it over: {fix}",
+            )
         raise AgentError(
             "conflict",
-            f"{name} already exists and belongs to {holder}; kvmnet will not take it over"
-            + ("" if live["owner"] else " (set adopt=true to manage it)"),
+            f"{name} already exists and belongs to something outside kvmnet; kvmnet will not "
+            "take it over (set adopt=true to manage it)",
         )
 
     def _ours(self, name: str, owner: str) -> LinkRecord | None:
@@ -195,6 +203,11 @@ class Links:
                 self.ipr.link("set", index=idx, kind="bridge", br_forward_delay=delay)
                 self.ipr.link("set", index=idx, kind="bridge", br_stp_state=stp)
         want = sorted(validate.interface_address(a) for a in spec.get("addresses", []))
+        added = sorted(set(want) - set(live["addresses"]))
+        if added:
+            clash = network_clash(added, idx, rtdump.addresses(), rtdump.links())
+            if clash:
+                raise AgentError("conflict", clash)
         self._set_addresses(idx, want, live["addresses"])
         changes = self._mtu_and_state(spec, live)
         known = {"addresses": want} if live.get("created") else {}
@@ -325,3 +338,27 @@ def _quietly(step: Callable[[], object]) -> None:
         step()
     except (NetlinkError, OSError):
         pass
+
+
+def network_clash(
+    added: list[str], mine: int, book: dict[int, list[str]], links: list[LinkRecord]
+) -> str | None:
+    """Why an address may not go on link `mine`: another link of the host already has an
+    address of the same network (two links with one network split its traffic between
+    them: another stack's bridge, or the host's own NIC). None when none does."""
+    names = {link.index: link for link in links}
+    for addr in added:
+        net = ipaddress.ip_interface(addr).network
+        for index, found in sorted(book.items()):
+            for other in found:
+                if index == mine or ipaddress.ip_interface(other).network != net:
+                    continue
+                link = names.get(index)
+                name = link.name if link else f"link {index}"
+                owner = owner_in(link.alias) if link else None
+                whose = f", kvmnet resource {owner}" if owner else ""
+                return (
+                    f"{addr}: network {net} is already on {name} ({other}{whose}); two links "
+                    "with one network split its traffic: give this bridge its own subnet"
+                )
+    return None

@@ -4,6 +4,7 @@ ssh-agent (when allowed) or a key file; every failure one line naming the host a
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import shlex
 from pathlib import Path
@@ -127,7 +128,15 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
             if s.private_key_path
             else "ssh-agent/password"
         )
-        raise HostError(f"{s.label}: authentication refused (credentials from {source})") from None
+        where = (
+            "the password or the ssh-agent's keys"
+            if source == "ssh-agent/password"
+            else f"that the key's public half is in {s.user}'s ~/.ssh/authorized_keys there"
+        )
+        raise HostError(
+            f"{s.label}: authentication refused (credentials from {source}): check "
+            f"connection.user ({s.user}) and {where}"
+        ) from None
     except paramiko.SSHException as exc:
         client.close()
         if "not found in known_hosts" in str(exc):
@@ -162,7 +171,14 @@ def connect(s: HostSettings) -> paramiko.SSHClient:
     except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
         client.close()
         raise HostError(
-            f"{s.label}: unreachable: {exc.strerror or exc} (is sshd running there, on "
-            "connection.port?)"
+            f"{s.label}: unreachable: {exc.strerror or exc} ({_unreachable_hint(exc)})"
         ) from None
     return client
+
+
+def _unreachable_hint(exc: OSError) -> str:
+    """What to check: a refusal means the host answered (sshd, port); no route means the
+    address or the network."""
+    if getattr(exc, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "is the host up and the address right? nothing routes to it from here"
+    return "is sshd running there, on connection.port?"

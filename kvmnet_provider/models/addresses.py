@@ -117,6 +117,33 @@ def check_dhcp(where: str, args: _DhcpNetwork, config_key: str | None = None) ->
     return list(rng)
 
 
+def forward_address(
+    where: str, config_key: str | None, index: int, guest: str, guests: Sequence[_Guest]
+) -> str:
+    """The address the `index`th port forward (to `guest`) goes to; a guest that is not the
+    network's, or has no fixed address to forward to, fails naming the forward."""
+    key = (
+        config_path(config_key, f"portForwards[{index}].guest")
+        if config_key
+        else f"{where}: port_forwards[{index}].guest"
+    )
+    by_name = {g.name: g.address for g in guests}
+    if guest not in by_name:
+        with_address = ", ".join(n for n, a in by_name.items() if a) or "none"
+        raise ConfigError(
+            key,
+            f"{guest!r} is not a guest of this network (guests with an address: {with_address})",
+        )
+    address = by_name[guest]
+    if not address:
+        raise ConfigError(
+            key,
+            f"guest {guest!r} has no address: a port forward goes to a fixed address; give the "
+            "guest one (GuestSpec.address, or its `address` in stack config)",
+        )
+    return str(address)
+
+
 def prefix(where: str, config_key: str | None) -> str:
     """What a network's property names start with in errors: its stack-config path when it
     was read from stack config (`kvmnet:hosts.h1.networks[0].`, `kvmnet:`), else its resource

@@ -40,7 +40,7 @@ from ..resources.dhcp import DhcpHost, DhcpServer, DhcpServerArgs
 from ..resources.forward_rules import ForwardRules, ForwardRulesArgs
 from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
 from ..spec.dhcp import DEFAULT_DOMAIN
-from .addresses import check_dhcp, check_guests, subnet_and_gateway
+from .addresses import check_dhcp, check_guests, forward_address, subnet_and_gateway
 from .collisions import claim
 
 MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork")
@@ -107,14 +107,17 @@ class NetworkArgs:
     config_key: str | None = None
 
 
-def dhcp_enabled(model: str, args: NetworkArgs) -> bool:
-    """Whether a network of `model` runs a DHCP server (ConfigError if it cannot)."""
+def dhcp_enabled(model: str, args: NetworkArgs, where: str = "net") -> bool:
+    """Whether a network of `model` (resource `where`) runs a DHCP server (ConfigError if
+    it cannot)."""
     if args.dhcp is None:
         return model in ("routed", "nat")
     if args.dhcp and model not in ("routed", "nat"):
+        article = "an" if model[0] in "aeiou" else "a"
         raise ConfigError(
-            config_path(args.config_key, "dhcp") if args.config_key else "dhcp",
-            f"a {model} network's bridge has no address to serve from; use routed or nat",
+            config_path(args.config_key, "dhcp") if args.config_key else f"{where}: dhcp",
+            f"{article} {model} network's bridge has no address to serve from; leave dhcp "
+            "unset (or false), or make the network routed or nat",
         )
     return bool(args.dhcp)
 
@@ -126,7 +129,7 @@ class _Network(pulumi.ComponentResource):
         self, resource_name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         check_guests(resource_name, args.subnet, args.gateway, args.guests, args.config_key)
-        self.dhcp_enabled = dhcp_enabled(self.model, args)
+        self.dhcp_enabled = dhcp_enabled(self.model, args, resource_name)
         if self.dhcp_enabled:
             check_dhcp(resource_name, args, args.config_key)
         # Aliases to the other models' types keep the children's URNs across a model switch,
@@ -286,14 +289,9 @@ class NatNetwork(RoutedNetwork):
             opts,
         )
         forwards: list[pulumi.Resource] = []
-        addresses = {g.name: g.address for g in self.args.guests}
         key = self.args.config_key
         for index, fwd in enumerate(self.args.port_forwards):
-            if not addresses.get(fwd.guest):
-                raise ConfigError(
-                    config_path(key, f"portForwards[{index}].guest") if key else "port_forwards",
-                    f"guest {fwd.guest!r} is not a guest with an address",
-                )
+            address = forward_address(resource_name, key, index, fwd.guest, self.args.guests)
             forwards.append(
                 PortForward(
                     f"{resource_name}-forward-{fwd.protocol}-{fwd.host_port}",
@@ -301,7 +299,7 @@ class NatNetwork(RoutedNetwork):
                         connection=self.args.connection,
                         protocol=fwd.protocol,
                         host_port=fwd.host_port,
-                        guest_address=str(addresses[fwd.guest]),
+                        guest_address=address,
                         guest_port=fwd.guest_port,
                         in_interface=self.args.uplink,
                     ),

@@ -10,6 +10,7 @@ the guests re-reads the hosts files (SIGHUP); changing the range, domain or subn
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,21 @@ class DhcpServerProvider(KvmnetProvider):
         }
 
     def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._apply(agent, props)
+        except BaseException:
+            # Pulumi records no resource for a failed create, so no destroy would ever remove
+            # its INPUT rules or its run dir: they go now (each by this owner only).
+            for op, args in (
+                ("dhcp.stop", {"bridge": props["bridge"], "owner": props["owner"]}),
+                ("input.remove", {"owner": props["owner"], "backend": firewall_backend(
+                    {**props, "backend": None})}),
+            ):  # fmt: skip
+                with contextlib.suppress(Exception):  # the create's own error is the news
+                    agent.call(op, args)
+            raise
+
+    def _apply(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
         backend = firewall_backend({**props, "backend": None})  # a new object: the setting
         rules = agent.call("input.ensure", self._rules_spec(props, backend))
         server = agent.call("dhcp.start", self._server_spec(props), timeout=START_TIMEOUT)
@@ -101,7 +117,7 @@ class DhcpServerProvider(KvmnetProvider):
     def host_update(
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
     ) -> dict[str, Any]:
-        live = self.host_create(agent, news)
+        live = self._apply(agent, news)  # a failed update keeps what runs: no undo
         if olds.get("backend") and olds["backend"] != live["backend"]:
             # firewall_backend changed: the rules move, nothing stays behind in the old one
             agent.call("input.remove", {"owner": olds["owner"], "backend": olds["backend"]})

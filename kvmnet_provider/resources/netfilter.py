@@ -171,6 +171,25 @@ class PortForwardProvider(FirewallRuleProvider):
         "destination": Field(_ipv4),
     }
 
+    def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
+        # The DNAT matches the port on every address of the host unless `destination` says
+        # otherwise: a forward of the port kvmnet's own SSH uses would cut it off the host,
+        # and no later command (destroy included) could reach the host to undo it.
+        conn, port = props.get("connection"), props.get("host_port")
+        if not isinstance(conn, dict) or props.get("protocol") != "tcp":
+            return []
+        destination = props.get("destination")
+        if port == conn.get("port") and destination in (None, conn.get("host")):
+            return [
+                (
+                    "host_port",
+                    f"must not be {port}: kvmnet reaches this host's sshd on tcp/{port} "
+                    "(connection.port), and forwarding it to a guest would cut kvmnet off the "
+                    "host; pick another host_port",
+                )
+            ]
+        return []
+
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         rules = live["rules"]
         if len(rules) != 1:

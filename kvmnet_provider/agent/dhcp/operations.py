@@ -117,9 +117,19 @@ def _launch(run_dir: Path) -> int:
         try:
             return _launch_once(run_dir)
         except AgentError as exc:
-            if "Address already in use" not in str(exc) or time.monotonic() >= deadline:
+            if "Address already in use" not in str(exc):
                 raise
+            if time.monotonic() >= deadline:
+                raise AgentError("failed", f"{exc.message}; {IN_USE_FIX}") from None
         time.sleep(0.25)
+
+
+# Still refused after the retries: not a dnsmasq of ours that is just stopping.
+IN_USE_FIX = (
+    "something else on this host serves DNS or DHCP on the bridge's address, or another "
+    "network (of another stack, too) has the same gateway address: give this network its "
+    "own subnet and gateway, or stop that server"
+)
 
 
 def _launch_once(run_dir: Path) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import rundir
-from ..errors import AgentError
+from ..errors import AgentError, held_fix
 
 ROOT = Path(os.environ.get("KVMNET_DISK_ROOT", "/var/lib/kvmnet"))
 GIB = 1024**3
@@ -165,7 +165,7 @@ def _owned_dir(name: str, owner: str) -> tuple[Path, dict[str, Any] | None]:
         raise AgentError(
             "conflict",
             f"guest disk directory {d} belongs to kvmnet resource {record.get('owner')}; "
-            "kvmnet will not touch it",
+            f"kvmnet will not touch it: {held_fix(str(record.get('owner')), owner)}",
         )
     if record is None and existed and any(d.iterdir()):
         raise AgentError(

@@ -31,10 +31,17 @@ def start(args: dict[str, Any]) -> GuestState:
     name, owner = spec["name"], spec["owner"]
     for key in ("kernel", "initrd"):
         if spec.get(key) and not Path(spec[key]).is_file():
-            raise AgentError("missing", f"{key} {spec[key]} is not a file on this host")
+            raise AgentError(
+                "missing",
+                f"{key} {spec[key]} is not a file on this host; copy it there or fix the path "
+                f"(the guest's {key}; stack config: kvmnet:guestImage or the guest's {key})",
+            )
     for disk in spec["disks"]:
         if not Path(disk["path"]).exists():
-            raise AgentError("missing", f"disk {disk['path']} does not exist on this host")
+            raise AgentError(
+                "missing",
+                f"disk {disk['path']} does not exist on this host; copy it there or fix the path",
+            )
     qemu_path(spec["qemu"])
     qemu_user.check(spec.get("run_as"))
     _check_taps(spec["nics"])
@@ -43,7 +50,7 @@ def start(args: dict[str, Any]) -> GuestState:
         meta = load_meta(run_dir)
         if run_dir.exists() and (meta is None or meta.get("owner") != owner):
             if meta is not None or live_pid(run_dir, name, None) is not None:
-                raise not_ours(run_dir, meta)
+                raise not_ours(run_dir, meta, owner)
         accel, reason = resolve_accelerator(spec["accelerator"], spec["qemu"], spec["cpu"])
         paths = guest_paths(run_dir, spec)
         socket_rules.inside_run_dir(run_dir, paths)

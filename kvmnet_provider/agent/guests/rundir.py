@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import hoststate, rundir
-from ..errors import AgentError
+from ..errors import AgentError, held_fix
 from .qmp import status
 
 if TYPE_CHECKING:
@@ -72,10 +72,12 @@ def state(run_dir: Path, meta: dict[str, Any], pid: int) -> GuestState:
     }
 
 
-def not_ours(run_dir: Path, meta: dict[str, Any] | None) -> AgentError:
+def not_ours(run_dir: Path, meta: dict[str, Any] | None, owner: str | None = None) -> AgentError:
+    """The refusal of another's guest; `owner` (the one asking to create it) adds the fix."""
     holder = f"kvmnet resource {meta['owner']}" if meta and meta.get("owner") else "unknown"
+    fix = f": {held_fix(meta['owner'], owner)}" if owner and meta and meta.get("owner") else ""
     return AgentError(
         "conflict",
         f"guest {run_dir.name} exists on this host and belongs to {holder} ({run_dir}); "
-        "kvmnet will not touch it",
+        f"kvmnet will not touch it{fix}",
     )

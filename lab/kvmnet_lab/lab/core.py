@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kvmnet_provider.agent import hoststate
+from kvmnet_provider.agent.guests import disks
 
 from . import echo, keys, netns, sshd
 from .naming import ECHO_PORT, MAX_HOSTS, SSH_PORT, LabNames, host_index, host_name
@@ -314,17 +315,21 @@ class Lab:
 
     def _remove_namespace(self, ns: str) -> None:
         netns.kill_namespace_processes(ns)
+        self._forget_agent_books(ns)
         netns.delete_namespace(ns)
 
     @staticmethod
     def _forget_agent_books(ns: str) -> None:
         """kvmnet's host agent keeps its books per network namespace, keyed by its inode
-        (/run/kvmnet/netns-<inode>); a deleted lab host takes its books with it."""
+        (/run/kvmnet/netns-<inode>), and its guests' overlays and seeds likewise
+        (/var/lib/kvmnet/netns-<inode>); a deleted lab host takes both with it. Left
+        behind, they would pile up, and the kernel gives a later namespace the same inode."""
         try:
             inode = os.stat(f"/run/netns/{ns}").st_ino
         except OSError:
             return
-        shutil.rmtree(hoststate.ROOT / f"netns-{inode}", ignore_errors=True)
+        for root in (hoststate.ROOT, disks.ROOT):
+            shutil.rmtree(root / f"netns-{inode}", ignore_errors=True)
 
     def _pidfile_pids(self) -> list[int]:
         """PIDs from our pidfiles/state that still run *our* program (checked by cmdline)."""
