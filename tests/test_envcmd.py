@@ -27,7 +27,8 @@ def test_a_projects_own_venv_runs_its_program_and_the_provider() -> None:
 def test_a_folder_that_is_not_a_venv_with_kvmnet_is_refused_in_one_line(tmp_path: Path) -> None:
     for made in ("nothing", "a venv without kvmnet"):
         if made != "nothing":
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path)], check=True)
+            venv = [sys.executable, "-m", "venv", "--without-pip", str(tmp_path)]
+            subprocess.run(venv, check=True)
         out = subprocess.run(
             [*KVMNET, "env", "--venv", str(tmp_path)], capture_output=True, text=True
         )
