@@ -212,6 +212,10 @@ def test_create_noop_update_destroy(
     down = stack.destroy()
     assert "7 deleted" in down.stdout, down.stdout
     assert_same(pristine, host_snapshot(lab_api, ns))
+    # Its books go too: the forwarding record and the firewall lock, once nothing is in them.
+    inode = run_in(lab_api, ns, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).strip()
+    left = run_in(lab_api, ns, ["ls", "-A", f"/run/kvmnet/netns-{inode}"]).split()
+    assert not [name for name in left if name.startswith(("forwarding.", "firewall."))], left
 
 
 # --- drift ----------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ kernel and must not outlive a reboot.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .rundir import nofollow, private_dir, read_text, replace_text
+from .rundir import name_lock, private_dir, read_text, replace_text
 
 ROOT = Path(os.environ.get("KVMNET_HOST_STATE", "/run/kvmnet"))
 
@@ -29,12 +28,22 @@ def namespace_dir() -> Path:
 
 @contextmanager
 def locked(name: str) -> Iterator[dict[str, Any]]:
-    """Yield the document `name`, held under an exclusive lock; saved on normal exit."""
+    """Yield the document `name`, held under an exclusive lock; saved on normal exit. A
+    document left with nothing in it is removed, and its lock file with it: once the last
+    thing kvmnet made on the host is gone, so are its books (destroy leaves the host as it
+    was)."""
     directory = namespace_dir()
-    with open(directory / f"{name}.lock", "a+", opener=nofollow) as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        path = directory / f"{name}.json"
+    path = directory / f"{name}.json"
+    with name_lock(directory, f"{name}.lock", kept_while=path):
         text = read_text(path)
         doc: dict[str, Any] = json.loads(text) if text is not None else {}
         yield doc
-        replace_text(path, json.dumps(doc, sort_keys=True))
+        if is_empty(doc):
+            path.unlink(missing_ok=True)
+        else:
+            replace_text(path, json.dumps(doc, sort_keys=True))
+
+
+def is_empty(doc: dict[str, Any]) -> bool:
+    """Nothing recorded: every entry an empty table or list (`{"holders": {}, ...}`)."""
+    return all(isinstance(v, (dict, list)) and not v for v in doc.values())

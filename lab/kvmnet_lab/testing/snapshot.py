@@ -221,8 +221,9 @@ def host_snapshot(runner: ExecIn, namespace: str) -> dict[str, Any]:
 def _run_dir(runner: ExecIn, namespace: str, under: Path = RUN_ROOT) -> dict[str, Any]:
     """What kvmnet keeps for this namespace under /run/kvmnet/netns-<inode> (or, `under`
     /var/lib/kvmnet, its guests' overlays and seeds): each file by its path, JSON documents by
-    their content. Left out: lock files and empty documents (both stay after the last user,
-    and mean nothing), and directories as such."""
+    their content. Left out: lock files and empty documents (kvmnet removes a document and its
+    lock once nothing is recorded in it; one interrupted on the way may leave them, and they
+    mean nothing), and directories as such."""
     inode = run_in(runner, namespace, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).strip()
     root = under / f"netns-{inode}"
     found: dict[str, Any] = {}
