@@ -89,7 +89,8 @@ def legacy_script() -> dict[str, list[str]]:
         f"{ipt} -A KVMNET_FWO -s {NET} -i {BRIDGE} {c} -j ACCEPT",
         f"{ipt} -A KVMNET_FWO -i {BRIDGE} {c} -j REJECT",
         f"{ipt} -t nat -A POSTROUTING -s {NET} ! -d {NET} {c} -j MASQUERADE",
-        f"{ipt} -t nat -A PREROUTING -p tcp --dport 8080 {c} -j DNAT --to-destination {GUEST}:8080",
+        f"{ipt} -t nat -A PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 {c} "
+        f"-j DNAT --to-destination {GUEST}:8080",
     ]
     delete = [f"{ipt} -D DOCKER-USER {c} -j KVMNET_FWD"]
     delete += [f"{ipt} -F {ch}" for ch in ("KVMNET_FWD", "KVMNET_FWX", "KVMNET_FWI", "KVMNET_FWO")]
@@ -120,7 +121,8 @@ def nft_script() -> dict[str, list[str]]:
         f"nft add rule {t} guest_output iifname {BRIDGE} ip saddr {NET} accept {c}",
         f"nft add rule {t} guest_output iifname {BRIDGE} reject {c}",
         f"nft add rule {t} postrouting ip saddr {NET} ip daddr != {NET} masquerade {c}",
-        f"nft add rule {t} prerouting tcp dport 8080 dnat to {GUEST}:8080 {c}",
+        f"nft add rule {t} prerouting fib daddr type local tcp dport 8080 "
+        f"dnat to {GUEST}:8080 {c}",
         "nft add chain ip filter KVMNET_FWD",
         f"nft insert rule ip filter DOCKER-USER jump KVMNET_FWD {c}",
         f"nft add rule ip filter KVMNET_FWD iifname {BRIDGE} oifname {BRIDGE} accept {c}",

@@ -9,6 +9,7 @@ guests and the outside host. Every iptables/nft command here runs in a lab names
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -147,9 +148,14 @@ def ext_ping(lab: LabStatus, address: str) -> bool:
 
 
 def listen_8080(console: GuestConsole) -> None:
-    console.run("nc -ll -p 8080 -e /bin/hostname >/dev/null 2>&1 &")
-    wait = "for i in $(seq 50); do netstat -ltn | grep -q :8080 && break; sleep 0.2; done"
-    assert console.run(wait + "; netstat -ltn | grep -q :8080").status == 0
+    listen(console, 8080)
+
+
+def listen(console: GuestConsole, port: int) -> None:
+    """The guest answers every TCP connection on `port` with its hostname."""
+    console.run(f"nc -ll -p {port} -e /bin/hostname >/dev/null 2>&1 &")
+    wait = f"for i in $(seq 50); do netstat -ltn | grep -q :{port} && break; sleep 0.2; done"
+    assert console.run(wait + f"; netstat -ltn | grep -q :{port}").status == 0
 
 
 @pytest.fixture()
@@ -359,7 +365,8 @@ def test_debian_packaged_python3_nftables_works(
                 "nftables"
             }
             assert nft_chain(lab_api, ns, "ip", "kvmnet", "prerouting") == [
-                'tcp dport 8080 dnat to 10.0.7.11:80 comment "kvmnet:deb/dev/PortForward/pf"'
+                "fib daddr type local tcp dport 8080 dnat to 10.0.7.11:80 "
+                'comment "kvmnet:deb/dev/PortForward/pf"'
             ]
             assert first_rule(lab_api, ns, NFT, "DOCKER-USER").endswith("-j KVMNET_FWD")
             stack.preview_no_changes()
@@ -401,3 +408,132 @@ def test_docker_started_after_kvmnet_the_jump_moves_to_docker_user(
         assert_same(before, snapshot(lab_api, ns))
     finally:
         stack.remove()
+
+
+# --- a port forward catches only what is addressed to the host ---------------------------------
+def dnat_rules(lab_api: Lab, ns: str, tool: str) -> list[str]:
+    """The host's DNAT rules: iptables-legacy-save lines, or nft's lines of kvmnet's chain."""
+    if tool == LEGACY:
+        out = run_in(lab_api, ns, ["iptables-legacy-save", "-t", "nat"])
+        return [line for line in out.splitlines() if line.startswith("-A") and "DNAT" in line]
+    return [x for x in nft_chain(lab_api, ns, "ip", "kvmnet", "prerouting") if "dnat" in x]
+
+
+def make_rule_previous_shape(lab_api: Lab, ns: str, tool: str) -> None:
+    """Put back the rule as the previous kvmnet made it (same owner mark, no match on the
+    destination's type), as an `up` of that version left it on a host."""
+    if tool == LEGACY:
+        (line,) = dnat_rules(lab_api, ns, tool)
+        args = shlex.split(line)[1:]  # after "-A"
+        run_in(lab_api, ns, ["iptables-legacy", "-t", "nat", "-D", *args])
+        at = args.index("addrtype")
+        old = args[: at - 1] + args[at + 3 :]  # without "-m addrtype --dst-type LOCAL"
+        run_in(lab_api, ns, ["iptables-legacy", "-t", "nat", "-A", *old])
+        return
+    doc = json.loads(run_in(lab_api, ns, ["nft", "-j", "list", "chain", "ip", "kvmnet",
+                                          "prerouting"]))  # fmt: skip
+    (rule,) = [i["rule"] for i in doc["nftables"] if "rule" in i]
+    (text,) = dnat_rules(lab_api, ns, tool)
+    old = text.replace("fib daddr type local ", "")
+    run_in(lab_api, ns, ["nft", "delete", "rule", "ip", "kvmnet", "prerouting", "handle",
+                         str(rule["handle"])])  # fmt: skip
+    run_in(lab_api, ns, ["nft", "add", "rule", "ip", "kvmnet", "prerouting", *shlex.split(old,
+                         posix=False)])  # fmt: skip
+
+
+def make_state_previous_shape(stack: TestStack, tmp_path: Path) -> None:
+    """The state as the previous version recorded it: the rule read back without `dst_type`."""
+    path = tmp_path / "state.json"
+    stack.pulumi("stack", "export", "--file", str(path))
+    doc = json.loads(path.read_text())
+    (pf,) = [r for r in doc["deployment"]["resources"] if r["type"].endswith("PortForward")]
+    for rule in pf["outputs"]["rules"]:
+        del rule["dst_type"]
+    path.write_text(json.dumps(doc))
+    stack.pulumi("stack", "import", "--file", str(path))
+
+
+def guest_connects(console: GuestConsole, address: str, port: int) -> str:
+    return console.run(f"echo hi | nc -w 5 {address} {port}", 30).output.strip()
+
+
+@pytest.mark.parametrize("tool", [LEGACY, NFT])
+def test_a_port_forward_takes_only_traffic_to_the_host_and_old_rules_converge(
+    tool: str,
+    model_stack: TestStack,
+    host_firewall: Any,
+    lab: LabStatus,
+    lab_api: Lab,
+    tmp_path: Path,
+) -> None:
+    """The forward's port P is the outside host's echo port: a guest's connection to the
+    outside host on P must reach it (the echo names the masqueraded source, the host), while
+    the outside host's connection to the KVM host's address on P still reaches g1. The
+    previous version's rule (protocol and port only) caught the guest's connection too; a
+    host and a state of that version converge at the next `up`, without a refresh."""
+    host, port = lab.hosts[0], lab.ext.echo_port
+    ns = host.namespace
+    host_firewall(tool, False)
+    forget_flows(lab_api, ns)
+    before = snapshot(lab_api, ns)
+    model_stack.config("kvmnet:model", "nat")
+    for key, value in (("guest", "g1"), ("guest_port", str(port)), ("host_port", str(port))):
+        model_stack.pulumi("config", "set", "--path", f"kvmnet:portForwards[0].{key}", value)
+    model_stack.up()
+    (pf,) = model_stack.resources("PortForward")
+    assert pf["outputs"]["backend"] == BACKEND_OF[tool]
+    assert [r["dst_type"] for r in pf["outputs"]["rules"]] == ["local"]
+    g1, g2 = endpoints(model_stack)
+    owner = "kvmnet:" + pf["outputs"]["owner"]  # the rule's comment
+    local_rule = (
+        f"-A PREROUTING -p tcp -m addrtype --dst-type LOCAL -m tcp --dport {port} -m comment "
+        f'--comment "{owner}" -j DNAT --to-destination {g1.address}:{port}'
+        if tool == LEGACY
+        else f'fib daddr type local tcp dport {port} dnat to {g1.address}:{port} comment "{owner}"'
+    )
+    assert dnat_rules(lab_api, ns, tool) == [local_rule]
+
+    with GuestConsole(g1.console) as console:
+        console.wait_ready(120)
+        listen(console, port)
+    with GuestConsole(g2.console) as guest:
+        guest.wait_ready(120)
+
+        def forwards_only_to_the_host() -> None:
+            assert outside_connect(lab, host.address, port) == "g1"  # the way in
+            seen = guest_connects(guest, lab.ext.address, port)  # the way out, untouched
+            assert seen.startswith(f"peer {host.address} "), seen
+
+        forwards_only_to_the_host()
+        model_stack.preview_no_changes()
+
+        # A host and a state of the previous version: its rule catches the guest's traffic.
+        make_rule_previous_shape(lab_api, ns, tool)
+        make_state_previous_shape(model_stack, tmp_path)
+        assert dnat_rules(lab_api, ns, tool) == [
+            local_rule.replace(
+                " -m addrtype --dst-type LOCAL" if tool == LEGACY else "fib daddr type local ", ""
+            )
+        ]
+        assert not guest_connects(guest, lab.ext.address, port).startswith("peer ")
+        preview = model_stack.preview()
+        assert "PortForward" in preview.stdout and "update" in preview.stdout, preview.stdout
+        up = model_stack.up()  # no refresh: the state says the rule is of the old shape
+        assert "1 updated" in up.stdout, up.stdout
+        assert dnat_rules(lab_api, ns, tool) == [local_rule]  # replaced: one rule, new shape
+        forwards_only_to_the_host()
+        model_stack.preview_no_changes()
+
+        # A hand-made rule of the old shape on a host whose state is current: refresh sees it.
+        make_rule_previous_shape(lab_api, ns, tool)
+        refresh = model_stack.refresh()
+        assert pf["urn"].split("::")[-1] in refresh.stdout, refresh.stdout
+        preview = model_stack.preview()
+        assert "PortForward" in preview.stdout and "update" in preview.stdout, preview.stdout
+        model_stack.up()
+        assert dnat_rules(lab_api, ns, tool) == [local_rule]
+        model_stack.preview_no_changes()
+
+    model_stack.destroy()
+    assert dnat_rules(lab_api, ns, tool) == []
+    assert_same(before, snapshot(lab_api, ns))

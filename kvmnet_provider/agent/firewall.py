@@ -4,8 +4,13 @@ A rule carries the comment "kvmnet:<owner>". Removal deletes exactly the rules c
 that comment in the chain we put them in: other rules, ours or anybody's, stay. (The
 tutorial's `iptables -t nat -F` is the bug we do not repeat.)
 - MASQUERADE in nat/POSTROUTING: `-s NET ! -d NET [-o IF] -j MASQUERADE`
-- DNAT (port forward) in nat/PREROUTING: `-p PROTO [-i IF] [-d ADDR] --dport P -j DNAT
-  --to-destination GUEST:PORT`
+- DNAT (port forward) in nat/PREROUTING: `-p PROTO [-i IF] -m addrtype --dst-type LOCAL
+  --dport P -j DNAT --to-destination GUEST:PORT`, or `-d ADDR` instead of the addrtype match
+  when a destination is given: only packets addressed to the host itself, never traffic the
+  host forwards to another machine's port P. No nat OUTPUT rule: the host's own connections
+  to its port P are not forwarded.
+A rule of an older shape (before the addrtype match) carries the same comment, so `ensure`
+finds it unequal to what it wants and replaces it, and `remove` deletes it like any other.
 """
 
 from __future__ import annotations
@@ -128,55 +133,51 @@ def masquerade_remove(owner: str) -> dict[str, Any]:
 
 
 # --- DNAT (port forwards) ----------------------------------------------------------------------
-def _describe_dnat(rule: Any) -> dict[str, Any]:
+def _dst_type(rule: Any) -> str | None:
+    """fwplan.DST_LOCAL for exactly `-m addrtype --dst-type LOCAL`; any other addrtype match
+    (negated, another type, a source type) reads as "other": not the rule kvmnet makes."""
+    for match in rule.matches:
+        if match.name == "addrtype":
+            return fwplan.DST_LOCAL if match.parameters == {"dst_type": "LOCAL"} else "other"
+    return None
+
+
+def describe_dnat(rule: Any) -> dict[str, Any]:
     dport = next((m.dport for m in rule.matches if m.name in PROTOCOLS), None)
     dst = None if rule.dst in ("0.0.0.0/0.0.0.0", None) else _cidr_form(rule.dst).split("/")[0]
     return {
         "protocol": rule.protocol,
         "in_interface": rule.in_interface,
         "destination": dst,
+        "dst_type": _dst_type(rule),
         "host_port": int(dport) if dport else None,
         "to": rule.target.to_destination,
         "target": rule.target.name,
     }
 
 
+def build_dnat(want: dict[str, Any]) -> Any:
+    """The iptc rule for fwplan.dnat_want's rule (without its comment)."""
+    rule = iptc.Rule()
+    rule.protocol = want["protocol"]
+    if want["in_interface"]:
+        rule.in_interface = want["in_interface"]
+    if want["destination"]:
+        rule.dst = f"{want['destination']}/255.255.255.255"
+    if want["dst_type"] == fwplan.DST_LOCAL:
+        rule.create_match("addrtype").dst_type = "LOCAL"
+    rule.create_match(want["protocol"]).dport = str(want["host_port"])
+    rule.create_target("DNAT").to_destination = want["to"]
+    return rule
+
+
 def dnat_read(owner: str) -> dict[str, Any]:
-    return _ours("PREROUTING", owner, _describe_dnat)
+    return _ours("PREROUTING", owner, describe_dnat)
 
 
 def dnat_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    owner = validate.owner(spec["owner"])
-    protocol = spec.get("protocol", "tcp")
-    if protocol not in PROTOCOLS:
-        raise AgentError("invalid", f"protocol must be one of {PROTOCOLS}")
-    host_port = validate.int_range(spec["host_port"], 1, 65535)
-    guest_port = validate.int_range(spec["guest_port"], 1, 65535)
-    guest = str(ipaddress.IPv4Address(spec["guest_address"]))
-    in_if = validate.ifname(spec["in_interface"]) if spec.get("in_interface") else None
-    dst = str(ipaddress.IPv4Address(spec["destination"])) if spec.get("destination") else None
-    to = f"{guest}:{guest_port}"
-    want = {
-        "protocol": protocol,
-        "in_interface": in_if,
-        "destination": dst,
-        "host_port": host_port,
-        "to": to,
-        "target": "DNAT",
-    }
-
-    def build() -> Any:
-        rule = iptc.Rule()
-        rule.protocol = protocol
-        if in_if:
-            rule.in_interface = in_if
-        if dst:
-            rule.dst = f"{dst}/255.255.255.255"
-        rule.create_match(protocol).dport = str(host_port)
-        rule.create_target("DNAT").to_destination = to
-        return rule
-
-    return _ensure("PREROUTING", owner, want, _describe_dnat, build)
+    owner, want = fwplan.dnat_want(spec)
+    return _ensure("PREROUTING", owner, want, describe_dnat, lambda: build_dnat(want))
 
 
 def dnat_remove(owner: str) -> dict[str, Any]:

@@ -5,7 +5,9 @@ Layout (after libvirt's `table ip libvirt_network`, plus the one thing a private
 cannot do):
 - `table ip kvmnet`, kvmnet's own: base chain `forward` (filter hook, priority -10, policy
   accept) jumping to `guest_cross`, `guest_input`, `guest_output` (fwplan's sections, with
-  conntrack and REJECT); `postrouting` / `prerouting` (nat hooks) for MASQUERADE and DNAT.
+  conntrack and REJECT); `postrouting` / `prerouting` (nat hooks) for MASQUERADE and DNAT
+  (`[iifname IF] fib daddr type local tcp dport P dnat to GUEST:PORT`, or `ip daddr ADDR`
+  instead of the fib match when a destination is given: only packets to the host itself).
 - An accept in a private table cannot get a packet past a DROP in another table at the same
   hook. So when a forward base chain has policy drop (Docker, ufw: iptables-nft's `ip filter
   FORWARD`), or `ip filter FORWARD` exists, a regular chain `KVMNET_FWD` in THAT table holds
@@ -709,16 +711,25 @@ def masquerade_remove(owner: str) -> dict[str, Any]:
     }
 
 
-def _describe_dnat(rule: NftRule) -> dict[str, Any]:
+def _is_fib_daddr_type(left: dict[str, Any]) -> bool:
+    fib = left.get("fib")
+    if not isinstance(fib, dict) or fib.get("result") != "type":
+        return False
+    flags = fib.get("flags")
+    return (flags if isinstance(flags, list) else [flags]) == ["daddr"]
+
+
+def describe_dnat(expr: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "protocol": None,
         "in_interface": None,
         "destination": None,
+        "dst_type": None,
         "host_port": None,
         "to": None,
         "target": None,
     }
-    for item in rule.expr:
+    for item in expr:
         if "dnat" in item:
             out["target"] = "DNAT"
             out["to"] = f"{item['dnat'].get('addr')}:{item['dnat'].get('port')}"
@@ -733,7 +744,30 @@ def _describe_dnat(rule: NftRule) -> dict[str, Any]:
             out["destination"] = str(m["right"])
         elif left.get("meta", {}).get("key") == "iifname":
             out["in_interface"] = m["right"]
+        elif "fib" in left:  # exactly `fib daddr type local` is ours; any other is not
+            ours = _is_fib_daddr_type(left) and m["op"] == "==" and m["right"] == "local"
+            out["dst_type"] = fwplan.DST_LOCAL if ours else "other"
     return out
+
+
+def _describe_dnat(rule: NftRule) -> dict[str, Any]:
+    return describe_dnat(rule.expr)
+
+
+def dnat_expr(want: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nft expressions of fwplan.dnat_want's rule."""
+    expr: list[dict[str, Any]] = []
+    if want["in_interface"]:
+        expr.append(_match(_meta("iifname"), want["in_interface"]))
+    if want["destination"]:
+        expr.append(_match(_ip("daddr"), want["destination"]))
+    if want["dst_type"] == fwplan.DST_LOCAL:
+        expr.append(_match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"))
+    port = {"payload": {"protocol": want["protocol"], "field": "dport"}}
+    expr.append(_match(port, want["host_port"]))
+    address, _, guest_port = str(want["to"]).rpartition(":")
+    expr.append({"dnat": {"addr": address, "port": int(guest_port)}})
+    return expr
 
 
 def dnat_read(owner: str) -> dict[str, Any]:
@@ -741,31 +775,10 @@ def dnat_read(owner: str) -> dict[str, Any]:
 
 
 def dnat_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    owner = validate.owner(spec["owner"])
-    protocol = spec.get("protocol", "tcp")
-    if protocol not in ("tcp", "udp"):
-        raise AgentError("invalid", "protocol must be one of ('tcp', 'udp')")
-    host_port = validate.int_range(spec["host_port"], 1, 65535)
-    guest_port = validate.int_range(spec["guest_port"], 1, 65535)
-    guest = str(ipaddress.IPv4Address(spec["guest_address"]))
-    in_if = validate.ifname(spec["in_interface"]) if spec.get("in_interface") else None
-    dst = str(ipaddress.IPv4Address(spec["destination"])) if spec.get("destination") else None
-    want = {
-        "protocol": protocol,
-        "in_interface": in_if,
-        "destination": dst,
-        "host_port": host_port,
-        "to": f"{guest}:{guest_port}",
-        "target": "DNAT",
-    }
-    expr: list[Any] = []
-    if in_if:
-        expr.append(_match(_meta("iifname"), in_if))
-    if dst:
-        expr.append(_match(_ip("daddr"), dst))
-    expr.append(_match({"payload": {"protocol": protocol, "field": "dport"}}, host_port))
-    expr.append({"dnat": {"addr": guest, "port": guest_port}})
-    return _nat_ensure("prerouting", owner, want, expr, _describe_dnat)
+    """A rule of an older shape (before the fib match) carries the same comment: it reads
+    unequal to `want`, so _nat_ensure deletes it and adds this one in one transaction."""
+    owner, want = fwplan.dnat_want(spec)
+    return _nat_ensure("prerouting", owner, want, dnat_expr(want), _describe_dnat)
 
 
 def dnat_remove(owner: str) -> dict[str, Any]:

@@ -210,6 +210,34 @@ def masquerade_want(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return validate.owner(spec["owner"]), want
 
 
+DST_LOCAL = validate.DNAT_DST_LOCAL  # `-m addrtype --dst-type LOCAL` / `fib daddr type local`
+
+
+def dnat_want(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(owner, the rule as read back) of a dnat.ensure request, for either backend.
+
+    A port forward catches only packets addressed to the host itself (`dst_type` local, as
+    Docker's DNAT does), so a guest's connection to some other machine's port passes through
+    unchanged; an explicit `destination` (one of the host's addresses) narrows it instead."""
+    protocol = spec.get("protocol", "tcp")
+    if protocol not in ("tcp", "udp"):
+        raise validate.InvalidInput(f"protocol must be tcp or udp, got {protocol!r}")
+    guest = str(ipaddress.IPv4Address(str(spec["guest_address"])))
+    guest_port = validate.int_range(spec["guest_port"], 1, 65535)
+    in_if = validate.ifname(spec["in_interface"]) if spec.get("in_interface") else None
+    dst = str(ipaddress.IPv4Address(str(spec["destination"]))) if spec.get("destination") else None
+    want = {
+        "protocol": protocol,
+        "in_interface": in_if,
+        "destination": dst,
+        "dst_type": None if dst else DST_LOCAL,
+        "host_port": validate.int_range(spec["host_port"], 1, 65535),
+        "to": f"{guest}:{guest_port}",
+        "target": "DNAT",
+    }
+    return validate.owner(spec["owner"]), want
+
+
 @dataclass(frozen=True)
 class InputRules:
     """What a network's DHCP/DNS server (dnsmasq on the bridge) needs through the host's

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import Resource
+from pulumi.dynamic import DiffResult, Resource
 
 from ..connection import HostSettings
 from ..connection.session import AgentSession
@@ -156,8 +156,17 @@ def _port(value: Any) -> int:
     return validate.int_range(value, 1, 65535)
 
 
+def _dnat_shape_ok(rule: dict[str, Any]) -> bool:
+    """Whether a DNAT rule as read back has the shape this version makes: only packets to the
+    host itself (`dst_type` local), unless an explicit `destination` narrows it instead. A
+    rule of the previous version (no such match: it caught traffic the host only forwards)
+    does not, nor does a hand-edited one."""
+    return rule.get("dst_type") == (None if rule.get("destination") else validate.DNAT_DST_LOCAL)
+
+
 class PortForwardProvider(FirewallRuleProvider):
-    """Destination NAT: the NAT model's way in (`-p P --dport HP -j DNAT --to GUEST:GP`)."""
+    """Destination NAT: the NAT model's way in (`-p P -m addrtype --dst-type LOCAL --dport HP
+    -j DNAT --to GUEST:GP`: packets to the host itself, not those it forwards)."""
 
     kind = "PortForward"
     ops = ("dnat.ensure", "dnat.read", "dnat.remove")
@@ -190,9 +199,21 @@ class PortForwardProvider(FirewallRuleProvider):
             ]
         return []
 
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        found = super().diff(_id, olds, news)
+        rules = olds.get("rules")
+        if found.changes or not (isinstance(rules, list) and len(rules) == 1):
+            return found
+        if _dnat_shape_ok(rules[0]):
+            return found
+        # State from the previous version (or a refresh that read an old rule): the inputs
+        # are the same, but the rule on the host is not the one this version makes; an
+        # update rewrites it in place (dnat.ensure replaces the owner's rule).
+        return DiffResult(changes=True, replaces=[], delete_before_replace=True)
+
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         rules = live["rules"]
-        if len(rules) != 1:
+        if len(rules) != 1 or not _dnat_shape_ok(rules[0]):
             return {"host_port": None, "rules": rules}  # drift: the next update rewrites it
         rule = rules[0]
         address, _, port = str(rule["to"]).rpartition(":")

@@ -15,6 +15,9 @@ OWNER_RE = re.compile(r"^[A-Za-z0-9_.:/@+=-]{1,200}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # The network models, as the forward rules (agent/fwplan.py) and their resource know them.
 NETWORK_MODES = ("isolated", "routed", "nat", "bridged")
+# A port forward's DNAT rule as the agent reads it back (`dst_type`) and PortForward checks it:
+# only packets to the host's own addresses (iptables addrtype LOCAL, nftables fib type local).
+DNAT_DST_LOCAL = "local"
 MTU_MIN, MTU_MAX = 68, 65535
 
 
