@@ -12,8 +12,9 @@ accelerator (and firewallBackend, unless a host's connection sets firewall_backe
 stack's, shared by every host. Names that must be unique per host
 (bridges, taps, guests, port forwards, and the subnets of routed and NAT networks, which put
 their gateway on the host) are checked as the networks are declared (models/collisions.py), so
-a collision fails `preview`; the same names on two hosts are fine. Every error is a ConfigError
-naming the property (`kvmnet:hosts.h1.networks[0].guests[1].address: ...`), one line.
+a collision fails `preview`; the same names on two hosts are fine. A guest without `mac` gets
+one made from the host's, the network's and its own names (guest_defaults.py). Every error is a
+ConfigError naming the property (`kvmnet:hosts.h1.networks[0].guests[1].address: ...`), one line.
 
 Each host gets its own agent session; the engine runs the hosts' operations side by side, and a
 host that cannot be reached fails its own resources only (use `pulumi up --continue-on-error`
@@ -71,9 +72,9 @@ def _name(value: Any, prop: str) -> str:
 
 
 def network_args(
-    raw: Any, prop: str, connection: HostSettings, cfg: pulumi.Config, ordinal: int = 1
+    raw: Any, prop: str, connection: HostSettings, cfg: pulumi.Config, host_name: str
 ) -> tuple[str, str, NetworkArgs]:
-    """(name, model, NetworkArgs) of one entry of a host's `networks`."""
+    """(name, model, NetworkArgs) of one entry of host `host_name`'s `networks`."""
     if not isinstance(raw, dict):
         raise ConfigError(prop, "must be an object with at least `name` and `model`")
     _known_keys(raw, prop, NETWORK_KEYS)
@@ -98,15 +99,16 @@ def network_args(
         subnet=subnet,
         gateway=gateway,
         uplink=raw.get("uplink"),
-        # MACs must differ across a host's networks: each network gets its own default block.
         guests=guest_specs(
             guests,
             cfg,
             subnet,
             gateway,
-            mac_block=ordinal,
             dhcp=uses_dhcp(model, dhcp["dhcp"]),
             prop=f"{prop}.guests",
+            # Default MACs differ across networks and hosts: the network by its name, not its
+            # position, so removing another network leaves them as they are.
+            mac_scope=f"kvmnet:hosts.{host_name}.networks.{name}.guests",
         ),
         accelerator=cfg.get("accelerator") or "auto",
         bridge_addresses_override=raw.get("bridgeAddresses") or (),
@@ -150,7 +152,7 @@ def host_networks(cfg: pulumi.Config) -> list[tuple[str, list[tuple[str, str, Ne
         if not isinstance(networks, list) or not networks:
             raise ConfigError(f"{prop}.networks", "must be a non-empty list of networks")
         declared = [
-            network_args(n, f"{prop}.networks[{i}]", connection, cfg, ordinal=i + 1)
+            network_args(n, f"{prop}.networks[{i}]", connection, cfg, host_name)
             for i, n in enumerate(networks)
         ]
         names = [name for name, _, _ in declared]

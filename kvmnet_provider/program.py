@@ -12,7 +12,8 @@ host's connection and the test image's paths into it.
   guests            [{name, address?, mac?, tap?, memory_mib?, disks?, stop_timeout?,
                     kernel?, initrd?, cmdline?, baseImage?, baseFormat?, diskSizeGib?,
                     keepDisk?, cloudInit?: {userData, metaData?, networkConfig?}}]
-                    (with DHCP, `address` is the guest's static lease; none: one from the range;
+                    (tap and mac default to ones made from the guest's name: guest_defaults.py;
+                    with DHCP, `address` is the guest's static lease; none: one from the range;
                     a guest's own kernel/initrd win over guestImage, and its cmdline is used
                     as written, e.g. `root=/dev/vda console=ttyS0` for the Debian image;
                     baseImage is a qcow2/raw path on the host the guest boots from through its
@@ -47,6 +48,7 @@ import pulumi
 from .connection import HostSettings
 from .connection.settings import SettingError
 from .errors import ConfigError
+from .guest_defaults import default_mac, default_tap
 from .guest_disk_config import guest_disk_args
 from .models import GuestSpec, NetworkArgs, PortForwardSpec, network_for_model
 from .program_checks import (
@@ -111,19 +113,22 @@ def guest_specs(
     cfg: pulumi.Config,
     subnet: str,
     gateway: str | None,
-    mac_block: int = 1,
     dhcp: bool = False,
     prop: str = "kvmnet:guests",
+    mac_scope: str | None = None,
 ) -> list[GuestSpec]:
     """GuestSpecs of a network's `guests` list; image and stop timeout from the stack's.
-    A guest without a MAC gets 52:54:00:00:<mac_block>:<its position>. On a network with
+    A guest without a tap or MAC gets one from its name (guest_defaults.py; the MAC also
+    from the stack and `mac_scope`, the network's: `prop` unless given). On a network with
     DHCP the test image asks for its address by DHCP (kvmnet.ip=dhcp)."""
     stop_timeout = cfg.get_int("guestStopTimeout") or 10
     stack_kernel, stack_initrd = guest_image(cfg)
     prefix = ipaddress.ip_network(subnet).prefixlen
+    # Outside an engine (unit tests without mocks) there is no project or stack.
+    project, stack = pulumi.get_project() or "", pulumi.get_stack() or ""
     guests = []
-    for index, guest in enumerate(raw, start=1):
-        key = f"{prop}[{index - 1}]"
+    for index, guest in enumerate(raw):
+        key = f"{prop}[{index}]"
         name = guest.get("name")
         if not name:
             raise ConfigError(f"{key}.name", "required (the guest's name on its host)")
@@ -157,8 +162,8 @@ def guest_specs(
             GuestSpec(
                 name=name,
                 address=guest.get("address"),
-                tap=guest.get("tap") or f"vif{index}.0",
-                mac=guest.get("mac") or f"52:54:00:00:{mac_block:02x}:{index:02x}",
+                tap=guest.get("tap") or default_tap(name),
+                mac=guest.get("mac") or default_mac(project, stack, mac_scope or prop, name),
                 memory_mib=int(guest.get("memory_mib", 128)),
                 kernel=kernel,
                 initrd=initrd,

@@ -192,3 +192,56 @@ def test_guests_on_different_isolated_bridges_cannot_meet(
         assert ping(g1, "10.0.1.12")
     model_stack.destroy()
     assert diff_snapshots(before, host_snapshot(lab_api, host_ns)) == []
+
+
+def guests_and_taps(stack: TestStack) -> dict[str, tuple[str, dict[str, object]]]:
+    """Each QemuGuest's and TapPort's state, by URN: (id, inputs)."""
+    found = stack.resources("QemuGuest") + stack.resources("TapPort")
+    return {r["urn"]: (r["id"], r["inputs"]) for r in found}
+
+
+def test_removing_a_middle_default_guest_leaves_the_others_untouched(
+    model_stack: TestStack, lab: LabStatus, lab_api: Lab
+) -> None:
+    """New-user trial 2, D2: guests without `tap` or `mac` get them from their names, so
+    removing g2 of three deletes only g2 and its tap; g1 and g3 are neither moved nor replaced
+    (with positional defaults g3 wanted g2's vif2.0, still held, and `up` failed)."""
+    host_ns = lab.hosts[0].namespace
+    before = host_snapshot(lab_api, host_ns)
+    guests = [{"name": f"g{i}", "address": f"10.0.1.1{i}"} for i in (1, 2, 3)]
+    model_stack.config_values({"kvmnet:model": "isolated", "kvmnet:guests": guests})
+    model_stack.up()
+    built = host_snapshot(lab_api, host_ns)["links"]
+    assert all(built[f"vm-g{i}"]["master"] == "br-in" for i in (1, 2, 3)), sorted(built)
+    pids = {n: g["pid"] for n, g in model_stack.outputs()["guests"].items()}
+    kept = {urn: s for urn, s in guests_and_taps(model_stack).items() if "g2" not in urn}
+    assert len(kept) == 4, kept
+
+    model_stack.config_values({"kvmnet:guests": [guests[0], guests[2]]})
+    removed = model_stack.up()
+    assert "- 2 deleted" in removed.stdout, removed.stdout
+    assert "created" not in removed.stdout and "replaced" not in removed.stdout, removed.stdout
+    assert guests_and_taps(model_stack) == kept  # same ids, same taps and MACs
+    assert {n: g["pid"] for n, g in model_stack.outputs()["guests"].items()} == {
+        "g1": pids["g1"],
+        "g3": pids["g3"],
+    }
+    links = host_snapshot(lab_api, host_ns)["links"]
+    assert "vm-g2" not in links
+    for name in ("vm-g1", "vm-g3"):
+        assert links[name]["ifindex"] == built[name]["ifindex"]
+    model_stack.preview_no_changes()
+
+    # The upgrade from positional defaults: g1 pinned to what an earlier version named it,
+    # then back to its default. Each up replaces g1's tap and guest in one go; g3 stays.
+    for pinned in ({"tap": "vif1.0", "mac": "52:54:00:00:01:01"}, {}):
+        model_stack.config_values({"kvmnet:guests": [{**guests[0], **pinned}, guests[2]]})
+        moved = model_stack.up()
+        assert "replaced" in moved.stdout, moved.stdout
+    guests_now = model_stack.outputs()["guests"]
+    assert guests_now["g3"]["pid"] == pids["g3"] and guests_now["g1"]["pid"] != pids["g1"]
+    links = host_snapshot(lab_api, host_ns)["links"]
+    assert "vif1.0" not in links and links["vm-g1"]["master"] == "br-in"
+    model_stack.preview_no_changes()
+    model_stack.destroy()
+    assert diff_snapshots(before, host_snapshot(lab_api, host_ns)) == []

@@ -10,6 +10,7 @@ import pulumi
 import pytest
 
 from kvmnet_provider.errors import ConfigError
+from kvmnet_provider.guest_defaults import default_mac
 from kvmnet_provider.program_checks import check_stack_config
 
 DEFAULTS = ["g1", "g2"]
@@ -160,19 +161,20 @@ class Mocks(pulumi.runtime.Mocks):
 
 
 TWO = ({"name": "g1", "address": "10.0.1.11"}, {"name": "g2", "address": "10.0.1.12"})
+G1_MAC = default_mac("kvt", "dev", "kvmnet:guests", "g1")  # g1's default in the mocks' stack
 
 
 @pytest.mark.parametrize(
     "second, line",
     [
         (
-            {"tap": "vif1.0"},
-            "kvmnet:guests[1].tap: tap 'vif1.0' is already declared on host root@192.0.2.1:22 "
+            {"tap": "vm-g1"},
+            "kvmnet:guests[1].tap: tap 'vm-g1' is already declared on host root@192.0.2.1:22 "
             "by kvmnet:guests[0].tap; names must be unique per host (rename one of them)",
         ),
         (
-            {"mac": "52:54:00:00:01:01"},
-            "kvmnet:guests[1].mac: MAC '52:54:00:00:01:01' is already declared on host "
+            {"mac": G1_MAC},
+            f"kvmnet:guests[1].mac: MAC '{G1_MAC}' is already declared on host "
             "root@192.0.2.1:22 by kvmnet:guests[0].mac; names",
         ),
         ({"name": "g1"}, "kvmnet:guests[1].name: guest 'g1' is already declared on host"),

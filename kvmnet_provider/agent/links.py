@@ -77,8 +77,8 @@ class Links:
             return self.read(name)
         if live["owner"]:
             fix = held_fix(live["owner"], owner, "name")
-            if kind == "tun":  # the stack program names taps by the guest's position
-                fix += " (stack config: set each guest's own tap and mac)"
+            if kind == "tun":  # a stack-config guest's default tap is its name's
+                fix += " (a stack-config guest's tap is made from its name unless it sets tap)"
             raise AgentError(
                 "conflict",
                 f"{name} already exists and belongs to kvmnet resource {live['owner']}; "

@@ -44,8 +44,9 @@ def network_names(network: str, args: NetworkArgs) -> Iterable[tuple[tuple[str, 
     yield ("bridge", args.bridge), f"{at}bridge"
     for index, guest in enumerate(args.guests):
         who = guest_key(network, args.config_key, index, guest.name)
-        yield ("tap", guest.tap), f"{who}.tap"
+        # The name first: a guest declared twice has the same default tap and MAC too.
         yield ("guest", guest.name), f"{who}.name"
+        yield ("tap", guest.tap), f"{who}.tap"
         yield ("MAC", guest.mac.lower()), f"{who}.mac"
     forwards = "portForwards" if args.config_key else "port_forwards"
     for index, forward in enumerate(args.port_forwards):
