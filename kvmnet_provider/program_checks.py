@@ -21,7 +21,6 @@ from .models.networks import MODELS
 from .resources.base import list_of
 from .spec import validate
 from .spec.guest import ACCELERATORS, MEMORY_MIB, guest_name
-from .spec.validate import InvalidInput
 
 NS = "kvmnet"
 GUEST_KEYS = (
@@ -150,19 +149,12 @@ def check_links(raw: Mapping[str, Any], at: str) -> None:
     any resource is declared, naming the path as typed, not a resource's property."""
     for key in ("bridge", "uplink"):
         if raw.get(key) is not None:
-            _rule(validate.ifname, raw[key], f"{at}{key}")
+            addresses.valid(validate.ifname, raw[key], f"{at}{key}")
     key = f"{at}bridgeAddresses"
     listed = as_list(raw.get("bridgeAddresses"), key)
     for index, address in enumerate(listed):
-        _rule(validate.interface_address, address, f"{key}[{index}]")
-    _rule(list_of(validate.interface_address), listed, key)  # and the list's own (no duplicates)
-
-
-def _rule(rule: Any, value: object, key: str) -> None:
-    try:
-        rule(value)
-    except InvalidInput as exc:
-        raise ConfigError(key, str(exc)) from None
+        addresses.valid(validate.interface_address, address, f"{key}[{index}]")
+    addresses.valid(list_of(validate.interface_address), listed, key)  # no duplicates
 
 
 def check_accelerator(cfg: pulumi.Config) -> None:
@@ -181,10 +173,7 @@ def check_guests(guests: list[Any], key: str) -> list[str]:
         where = f"{key}[{index}]"
         _object(guest, where, GUEST_KEYS)
         name = guest.get("name")
-        try:
-            guest_name(name)  # it goes on the kernel command line too
-        except InvalidInput as exc:
-            raise ConfigError(f"{where}.name", str(exc)) from None
+        addresses.valid(guest_name, name, f"{where}.name")  # on the kernel command line too
         names.append(name)
         for field, low, high in (("memory_mib", *MEMORY_MIB), ("stop_timeout", 1, 300)):
             if field in guest:

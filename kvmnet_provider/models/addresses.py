@@ -79,8 +79,8 @@ def check_guests(
                     f"{who}.address", f"{address} is already {seen[address]}'s address"
                 )
             seen[address] = guest.name
-        _valid(ifname, guest.tap, f"{who}.tap")
-        _valid(mac, guest.mac, f"{who}.mac")
+        valid(ifname, guest.tap, f"{who}.tap")
+        valid(mac, guest.mac, f"{who}.mac")
 
 
 class _DhcpNetwork(Protocol):
@@ -95,7 +95,7 @@ def check_dhcp(where: str, args: _DhcpNetwork, config_key: str | None = None) ->
     """The DHCP rules above for a network whose addresses check_guests has passed; returns
     the dynamic range (the default one when none is given)."""
     at = prefix(where, config_key)
-    _valid(dhcp.domain, args.domain, f"{at}domain")
+    valid(dhcp.domain, args.domain, f"{at}domain")
     subnet, gateway = str(args.subnet), args.gateway
     if ipaddress.IPv4Network(subnet).prefixlen > 30:
         raise ConfigError(f"{at}subnet", f"{subnet} is too small for DHCP (at most /30)")
@@ -103,13 +103,13 @@ def check_dhcp(where: str, args: _DhcpNetwork, config_key: str | None = None) ->
     if args.dhcp_range is None:
         rng = dhcp.default_range(subnet, gateway)
     else:
-        rng = _valid(dhcp.dhcp_range, args.dhcp_range, range_key)
+        rng = valid(dhcp.dhcp_range, args.dhcp_range, range_key)
         problems = dhcp.range_problems(subnet, gateway, rng)
         if problems:
             raise ConfigError(range_key, problems[0])
     for index, guest in enumerate(args.guests):
         who = guest_key(where, config_key, index, guest.name)
-        _valid(dhcp.hostname, guest.name, f"{who}.name")
+        valid(dhcp.hostname, guest.name, f"{who}.name")
         if guest.address is not None:
             problem = dhcp.address_problem(subnet, gateway, rng, guest.address)
             if problem:
@@ -122,11 +122,7 @@ def forward_address(
 ) -> str:
     """The address the `index`th port forward (to `guest`) goes to; a guest that is not the
     network's, or has no fixed address to forward to, fails naming the forward."""
-    key = (
-        config_path(config_key, f"portForwards[{index}].guest")
-        if config_key
-        else f"{where}: port_forwards[{index}].guest"
-    )
+    key = f"{forward_key(where, config_key, index)}.guest"
     by_name = {g.name: g.address for g in guests}
     if guest not in by_name:
         with_address = ", ".join(n for n, a in by_name.items() if a) or "none"
@@ -151,6 +147,13 @@ def prefix(where: str, config_key: str | None) -> str:
     return config_path(config_key, "") if config_key else f"{where}: "
 
 
+def forward_key(where: str, config_key: str | None, index: int) -> str:
+    """How errors name a network's port forward: `kvmnet:portForwards[0]`, or
+    `net: port_forwards[0]`."""
+    name = "portForwards" if config_key else "port_forwards"
+    return f"{prefix(where, config_key)}{name}[{index}]"
+
+
 def guest_key(where: str, config_key: str | None, index: int, name: str) -> str:
     """How errors name a network's guest: `kvmnet:guests[1]`, or `net: guests[1] (g2)`."""
     if config_key:
@@ -158,7 +161,9 @@ def guest_key(where: str, config_key: str | None, index: int, name: str) -> str:
     return f"{where}: guests[{index}] ({name})"
 
 
-def _valid(rule: Any, value: object, key: str) -> Any:
+def valid(rule: Any, value: object, key: str) -> Any:
+    """`rule(value)`; its InvalidInput as a ConfigError naming `key` (a config path or a
+    network's property)."""
     try:
         result = rule(value)
     except InvalidInput as exc:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .addresses import guest_key, prefix
+from .addresses import forward_key, guest_key, prefix
 
 if TYPE_CHECKING:
     from .networks import NetworkArgs
@@ -48,11 +48,10 @@ def network_names(network: str, args: NetworkArgs) -> Iterable[tuple[tuple[str, 
         yield ("guest", guest.name), f"{who}.name"
         yield ("tap", guest.tap), f"{who}.tap"
         yield ("MAC", guest.mac.lower()), f"{who}.mac"
-    forwards = "portForwards" if args.config_key else "port_forwards"
     for index, forward in enumerate(args.port_forwards):
         yield (
             ("port forward", f"{forward.protocol}/{forward.host_port}"),
-            f"{at}{forwards}[{index}].host_port",
+            f"{forward_key(network, args.config_key, index)}.host_port",
         )
 
 

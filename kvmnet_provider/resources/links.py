@@ -71,10 +71,6 @@ class BridgeProvider(_LinkProvider):
     kind = "Bridge"
     link_kind = "bridge"
     agent_ops = "bridge"
-
-    def resource_id(self, props: dict[str, Any]) -> str:
-        """host:port/name@ifindex: a bridge made anew gets another id (see TapPort's bridge_id)."""
-        return f"{super().resource_id(props)}@{props['ifindex']}"
     fields = {
         "name": Field(validate.ifname, required=True, replaces=True),
         "addresses": Field(list_of(validate.interface_address), default=[]),
@@ -84,6 +80,10 @@ class BridgeProvider(_LinkProvider):
         "up": Field(validate.boolean, default=True),
         "adopt": Field(validate.boolean, default=False),
     }
+
+    def resource_id(self, props: dict[str, Any]) -> str:
+        """host:port/name@ifindex: a bridge made anew gets another id (see TapPort's bridge_id)."""
+        return f"{super().resource_id(props)}@{props['ifindex']}"
 
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         if props["stp"] and props["forward_delay"] < 2:
