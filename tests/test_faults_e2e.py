@@ -40,8 +40,8 @@ BRIDGE_IP = "10.0.1.254"
 
 
 def readme_recovery(stack: TestStack) -> None:
-    """What the README tells the operator to run after `pulumi` was killed ("When `pulumi up`
-    was interrupted"), the step for a cut metadata write included."""
+    """What docs/operations.md tells the operator to run after `pulumi` was killed ("When
+    `pulumi up` was interrupted"), the step for a cut metadata write included."""
     cancel = stack.pulumi("cancel", "--yes", check=False)
     if cancel.returncode != 0:
         said = cancel.stdout + cancel.stderr

@@ -171,7 +171,7 @@ def forget_flows(lab_api: Lab, ns: str) -> None:
     ping reuses its ICMP id from boot to boot: a routed case's unanswered ping to the outside
     host stays tracked for 30 s, unNATed, and a NAT case right after it would match that entry
     and leave the host without masquerade (what a host keeps from flows before its MASQUERADE
-    rule; see the README's "Not done")."""
+    rule; see docs/limitations.md)."""
     code = "from pyroute2 import Conntrack\nwith Conntrack() as ct:\n    ct.flush()"
     run_in(lab_api, ns, [str(venv_python()), "-c", code])
 

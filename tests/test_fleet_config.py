@@ -258,7 +258,7 @@ def test_fleet_declaration_errors_are_one_config_line_naming_the_property(
             },
             "kvmnet:hosts.h1.networks[0].guests[0].cloudInit.userData: text must start with",
         ),
-        # What a new user's trial of the README typed.
+        # A mistyped key in a fleet network.
         (
             on_h2({**NAT, "subnte": "10.0.2.0/24"}),
             "kvmnet:hosts.h2.networks[0].subnte: unknown key",
@@ -542,8 +542,8 @@ def test_a_bridged_networks_taps_record_their_uplink_bridges_id() -> Any:
     return net.taps["b1"].id.apply(check)
 
 
-def test_the_readmes_fleet_example_previews_as_written() -> None:
-    """The yaml block of README.md's "Many hosts in one stack", through the stack program
+def test_the_docs_fleet_example_previews_as_written() -> None:
+    """The yaml block of docs/fleets.md's "Many hosts in one stack", through the stack program
     (build(): the unknown-key check too), under mocks."""
     import re
     from pathlib import Path
@@ -552,8 +552,8 @@ def test_the_readmes_fleet_example_previews_as_written() -> None:
 
     from kvmnet_provider.program import build
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## Many hosts in one stack", 1)[1]
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "fleets.md").read_text()
+    section = doc.split("## Many hosts in one stack", 1)[1]
     block = re.search(r"```yaml\n(.*?)```", section, re.S)
     assert block is not None
     config = yaml.safe_load(block.group(1))["config"]

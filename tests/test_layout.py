@@ -205,7 +205,7 @@ def test_a_wheel_of_the_product_holds_no_lab(tmp_path: Path) -> None:
 
 
 def test_users_stack_files_are_ignored_and_the_templates_are_not() -> None:
-    """`stacks/Pulumi.<yours>.yaml` holds a user's paths, key and secrets (README: keep it
+    """`stacks/Pulumi.<yours>.yaml` holds a user's paths, key and secrets (docs/guests.md: keep it
     out of git); every template in stacks/ stays visible to git."""
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout")

@@ -126,7 +126,7 @@ def test_a_typo_in_a_top_level_key_fails_naming_it_and_the_known_keys(
 
 
 def test_every_kvmnet_key_the_repository_uses_is_known() -> None:
-    """Stacks, README, tests, lab and bench: none may trip the unknown-key check (keys of
+    """Stacks, README and docs, tests, lab and bench: none may trip the unknown-key check (keys of
     programs of their own, which the check never sees, aside)."""
     import re
     from pathlib import Path
@@ -134,7 +134,8 @@ def test_every_kvmnet_key_the_repository_uses_is_known() -> None:
     from kvmnet_provider.program_checks import STACK_KEYS, check_stack_keys
 
     root = Path(__file__).resolve().parent.parent
-    files = [root / "README.md", *root.glob("stacks/*.yaml")]
+    files = [root / "README.md", *root.glob("docs/*.md"), root / "bench" / "README.md"]
+    files += root.glob("stacks/*.yaml")
     for folder in ("tests", "lab", "bench", "scripts", "kvmnet_provider"):
         files += (root / folder).rglob("*.py")
     found = set()
@@ -214,7 +215,7 @@ def test_the_one_host_programs_collisions_name_the_keys_as_typed(
 
 
 def test_the_guests_output_names_each_guests_console_log() -> None:
-    """The README sends the reader to `pulumi stack output guests` for the console's log."""
+    """The docs send the reader to `pulumi stack output guests` for the console's log."""
     from types import SimpleNamespace
 
     from kvmnet_provider.models import GuestSpec
