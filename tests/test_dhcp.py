@@ -16,9 +16,9 @@ from kvmnet_provider.agent.dhcp import config
 from kvmnet_provider.errors import ConfigError
 from kvmnet_provider.models import GuestSpec, addresses, collisions
 from kvmnet_provider.models.networks import NetworkArgs, dhcp_enabled
-from kvmnet_provider.program import uses_dhcp
 from kvmnet_provider.resources.dhcp import DhcpServerProvider
 from kvmnet_provider.spec import dhcp
+from kvmnet_provider.spec.models import uses_dhcp
 from kvmnet_provider.spec.validate import InvalidInput
 
 OWNER = "kvmnet:p/s/DhcpServer/net-dhcp"

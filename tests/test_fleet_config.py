@@ -109,14 +109,14 @@ def network(name: str, bridge: str, tap: str, guest: str, subnet: str) -> dict[s
 
 
 def run_fleet() -> None:
-    from kvmnet_provider.fleet import build_fleet
+    from kvmnet_provider.program import build
 
     pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
-    build_fleet(pulumi.Config("kvmnet"))
+    build()
 
 
 def test_fleet_config_declares_each_hosts_networks() -> None:
-    from kvmnet_provider.fleet import host_networks
+    from kvmnet_provider.program.hosts import fleet_hosts
 
     fleet_config(
         {
@@ -137,9 +137,10 @@ def test_fleet_config_declares_each_hosts_networks() -> None:
         }
     )
     pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
-    hosts = host_networks(pulumi.Config("kvmnet"))
+    hosts = fleet_hosts(pulumi.Config("kvmnet"))
     assert [
-        (h, [(n, m, a.connection.label, a.bridge) for n, m, a in nets]) for h, nets in hosts
+        (h.name, [(n.name, n.model, n.args.connection.label, n.args.bridge) for n in h.networks])
+        for h in hosts
     ] == [
         (
             "h1",
@@ -340,24 +341,24 @@ def test_fleet_declaration_errors_are_one_config_line_naming_the_property(
     ],
 )
 def test_bad_fleet_config_names_the_property(hosts: dict[str, Any], words: str) -> None:
-    from kvmnet_provider.fleet import host_networks
+    from kvmnet_provider.program.hosts import fleet_hosts
 
     fleet_config(hosts)
     pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
     with pytest.raises(ConfigError) as exc:
-        host_networks(pulumi.Config("kvmnet"))
+        fleet_hosts(pulumi.Config("kvmnet"))
     message = str(exc.value)
     assert words in message and "\n" not in message, message
     assert message.startswith("kvmnet:hosts"), message
 
 
 def test_a_fleet_guest_with_nothing_to_boot_names_guest_image() -> None:
-    from kvmnet_provider.fleet import host_networks
+    from kvmnet_provider.program.hosts import fleet_hosts
 
     pulumi.runtime.set_all_config({"kvmnet:hosts": json.dumps(on_h2(NAT))})  # no guestImage
     pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
     with pytest.raises(ConfigError) as exc:
-        host_networks(pulumi.Config("kvmnet"))
+        fleet_hosts(pulumi.Config("kvmnet"))
     assert str(exc.value).startswith(
         "kvmnet:hosts.h2.networks[0].guests[0]: guest g1 has nothing to boot: set the stack's "
         "kvmnet:guestImage {kernel, initrd}"
@@ -447,7 +448,7 @@ def test_the_demo_fleet_stack_is_valid_with_the_lab_hosts_filled_in(
 
 
 def test_fleet_network_dhcp_keys_and_the_guests_cmdline() -> None:
-    from kvmnet_provider.fleet import host_networks
+    from kvmnet_provider.program.hosts import fleet_hosts
 
     nat = {**network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24"), "domain": "lab.test",
            "dhcpRange": ["10.0.1.100", "10.0.1.120"]}  # fmt: skip
@@ -462,8 +463,8 @@ def test_fleet_network_dhcp_keys_and_the_guests_cmdline() -> None:
         }
     )
     pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
-    ((_, nets),) = host_networks(pulumi.Config("kvmnet"))
-    (_, _, nat_args), (_, _, routed_args) = nets
+    (host,) = fleet_hosts(pulumi.Config("kvmnet"))
+    nat_args, routed_args = (network.args for network in host.networks)
     assert (nat_args.dhcp, nat_args.domain, nat_args.dhcp_range) == (
         None,
         "lab.test",
@@ -477,13 +478,13 @@ def test_fleet_network_dhcp_keys_and_the_guests_cmdline() -> None:
 
 def test_fleet_network_bad_dhcp_value_names_the_key() -> None:
     from kvmnet_provider.errors import ConfigError
-    from kvmnet_provider.fleet import host_networks
+    from kvmnet_provider.program.hosts import fleet_hosts
 
     bad = {**network("nat", "br-in", "vif1.0", "g1", "10.0.1.0/24"), "dhcp": "yes"}
     fleet_config({"h1": {"connection": {"host": "192.0.2.1"}, "networks": [bad]}})
     pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
     with pytest.raises(ConfigError, match=r"kvmnet:hosts\.h1\.networks\[0\]\.dhcp"):
-        host_networks(pulumi.Config("kvmnet"))
+        fleet_hosts(pulumi.Config("kvmnet"))
 
 
 class Recording(Mocks):

@@ -12,8 +12,8 @@ from typing import Any
 import pulumi
 import pytest
 
-from kvmnet_provider.guest_defaults import default_mac, default_tap
 from kvmnet_provider.models import GuestSpec
+from kvmnet_provider.program.guest_defaults import default_mac, default_tap
 from kvmnet_provider.spec import validate
 
 IMAGE = {"kernel": "/k", "initrd": "/i"}
@@ -36,7 +36,7 @@ def at_stack(monkeypatch: pytest.MonkeyPatch, project: str, stack: str) -> None:
 
 def one_host(*names: str, **extra: Any) -> dict[str, GuestSpec]:
     """The one-host program's GuestSpecs of guests `names` (addresses in order), by name."""
-    from kvmnet_provider.program import guest_specs
+    from kvmnet_provider.program.guests import guest_specs
 
     raw = [{"name": n, "address": f"10.0.1.{11 + i}", **extra} for i, n in enumerate(names)]
     specs = guest_specs(raw, pulumi.Config("kvmnet"), "10.0.1.0/24", "10.0.1.254")
@@ -129,7 +129,7 @@ def test_a_tap_and_mac_set_in_config_are_used_as_written() -> None:
 
 def fleet_guests(hosts: dict[str, list[tuple[str, list[str]]]]) -> dict[tuple[str, str], GuestSpec]:
     """The fleet program's GuestSpecs, by (host, guest), of {host: [(network, [guest])]}."""
-    from kvmnet_provider.fleet import host_networks
+    from kvmnet_provider.program.hosts import fleet_hosts
 
     def network(index: int, name: str, guests: list[str]) -> dict[str, Any]:
         net = f"10.0.{index + 1}"
@@ -148,10 +148,10 @@ def fleet_guests(hosts: dict[str, list[tuple[str, list[str]]]]) -> dict[tuple[st
         {"kvmnet:hosts": json.dumps(config), "kvmnet:guestImage": json.dumps(IMAGE)}
     )
     return {
-        (host, g.name): g
-        for host, networks in host_networks(pulumi.Config("kvmnet"))
-        for _, _, args in networks
-        for g in args.guests
+        (host.name, g.name): g
+        for host in fleet_hosts(pulumi.Config("kvmnet"))
+        for network in host.networks
+        for g in network.args.guests
     }
 
 

@@ -25,7 +25,7 @@ from kvmnet_provider.agent.guests import argv as qemu_argv
 from kvmnet_provider.agent.guests import disks
 from kvmnet_provider.cloudinit import build_seed, normalise_cloud_init, seed_files
 from kvmnet_provider.errors import ConfigError
-from kvmnet_provider.program_checks import check_stack_config
+from kvmnet_provider.program.hosts import check_stack_config
 from kvmnet_provider.resources.guest import QemuGuestProvider
 from kvmnet_provider.spec import guest as guest_spec
 from kvmnet_provider.spec.validate import InvalidInput
@@ -406,14 +406,14 @@ def test_stack_config_disk_keys_fail_naming_the_key(guest: dict[str, Any], line:
     pulumi.runtime.set_all_config({"kvmnet:guests": json.dumps([{"name": "g1", **guest}])})
     try:
         with pytest.raises(ConfigError) as failure:
-            check_stack_config(pulumi.Config("kvmnet"), ["g1"])
+            check_stack_config(pulumi.Config("kvmnet"))
         assert line in str(failure.value), str(failure.value)
     finally:
         pulumi.runtime.set_all_config({})
 
 
 def test_stack_config_disk_keys_reach_the_guest_spec() -> None:
-    from kvmnet_provider.program import guest_specs
+    from kvmnet_provider.program.guests import guest_specs
 
     raw = [
         {

@@ -10,10 +10,8 @@ import pulumi
 import pytest
 
 from kvmnet_provider.errors import ConfigError
-from kvmnet_provider.guest_defaults import default_mac
-from kvmnet_provider.program_checks import check_stack_config
-
-DEFAULTS = ["g1", "g2"]
+from kvmnet_provider.program.guest_defaults import default_mac
+from kvmnet_provider.program.hosts import check_stack_config
 
 
 @pytest.fixture
@@ -27,7 +25,7 @@ def checked(values: dict[str, object]) -> None:
     pulumi.runtime.set_all_config(
         {f"kvmnet:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
     )
-    check_stack_config(pulumi.Config("kvmnet"), DEFAULTS)
+    check_stack_config(pulumi.Config("kvmnet"))
 
 
 def test_the_defaults_pass(config: dict[str, str]) -> None:
@@ -103,7 +101,7 @@ def test_memory_is_reported_as_given(config: dict[str, str]) -> None:
 def test_a_guest_the_program_cannot_boot_names_the_key(
     config: dict[str, str], guest: dict[str, object], image: object, line: str
 ) -> None:
-    from kvmnet_provider.program import guest_specs
+    from kvmnet_provider.program.guests import guest_specs
 
     pulumi.runtime.set_all_config({"kvmnet:guestImage": json.dumps(image)} if image else {})
     with pytest.raises(ConfigError) as caught:
@@ -115,7 +113,7 @@ def test_a_guest_the_program_cannot_boot_names_the_key(
 def test_a_typo_in_a_top_level_key_fails_naming_it_and_the_known_keys(
     config: dict[str, str],
 ) -> None:
-    from kvmnet_provider.program_checks import check_stack_keys, stack_config_keys
+    from kvmnet_provider.program.keys import check_stack_keys, stack_config_keys
 
     pulumi.runtime.set_all_config({"kvmnet:accelerater": "auto", "aws:region": "x"})
     with pytest.raises(ConfigError) as caught:
@@ -131,7 +129,7 @@ def test_every_kvmnet_key_the_repository_uses_is_known() -> None:
     import re
     from pathlib import Path
 
-    from kvmnet_provider.program_checks import STACK_KEYS, check_stack_keys
+    from kvmnet_provider.program.keys import STACK_KEYS, check_stack_keys
 
     root = Path(__file__).resolve().parent.parent
     files = [root / "README.md", *root.glob("docs/*.md"), root / "bench" / "README.md"]
@@ -219,7 +217,7 @@ def test_the_guests_output_names_each_guests_console_log() -> None:
     from types import SimpleNamespace
 
     from kvmnet_provider.models import GuestSpec
-    from kvmnet_provider.program import guest_outputs
+    from kvmnet_provider.program.guests import guest_outputs
 
     spec = GuestSpec(name="deb1", tap="vif1.0", mac="52:54:00:00:01:01", address="10.0.5.10")
     live = SimpleNamespace(pid=7, console_socket="/run/g/console.sock",
@@ -237,7 +235,7 @@ def test_the_guests_output_names_each_guests_console_log() -> None:
 def test_plain_text_for_a_structured_key_names_the_key_not_the_text(
     config: dict[str, str], key: str, what: str
 ) -> None:
-    from kvmnet_provider.program_checks import check_structured_keys
+    from kvmnet_provider.program.keys import check_structured_keys
 
     pulumi.runtime.set_all_config({f"kvmnet:{key}": "yes-PLAIN-TEXT"})
     with pytest.raises(ConfigError) as caught:

@@ -26,7 +26,7 @@ from . import fwplan
 from .errors import AgentError
 
 MARK_PREFIX = "kvmnet:"
-PROTOCOLS = ("tcp", "udp")
+PROTOCOLS = validate.PROTOCOLS
 
 
 def _netmask_form(cidr: str) -> str:

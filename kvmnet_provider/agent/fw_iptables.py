@@ -64,7 +64,7 @@ def describe(rule: Any) -> Rule | None:
     for match in rule.matches:
         if match.name == "comment":
             continue
-        if match.name in ("tcp", "udp") and match.dport and not match.sport:
+        if match.name in firewall.PROTOCOLS and match.dport and not match.sport:
             fields["dport"] = int(match.dport)
         elif match.name == "conntrack" and match.ctstate:
             states = sorted(s.lower() for s in match.ctstate.split(","))

@@ -19,9 +19,9 @@ import ipaddress
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..spec import validate
+from ..spec import models, validate
 
-MODES = validate.NETWORK_MODES
+MODES = models.MODEL_NAMES
 SECTIONS = ("cross", "input", "output")
 CT_ESTABLISHED = "established,related"
 CT_DNAT = "dnat"
@@ -87,7 +87,7 @@ class NetworkRules:
             raise validate.InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         bridge = validate.ifname(spec.get("bridge"))
         subnet = spec.get("subnet")
-        if mode in ("routed", "nat"):
+        if mode in models.WITH_BRIDGE_ADDRESS:
             subnet = validate.network(subnet)
         else:
             subnet = None
@@ -99,10 +99,10 @@ class NetworkRules:
             if not isinstance(item, dict):
                 raise validate.InvalidInput("each forward must be {guest, port, proto}")
             proto = item.get("proto", "tcp")
-            if proto not in ("tcp", "udp"):
+            if proto not in validate.PROTOCOLS:
                 raise validate.InvalidInput(f"forward proto must be tcp or udp, got {proto!r}")
             guest = str(ipaddress.IPv4Address(str(item.get("guest"))))
-            forwards.append(Forward(guest, validate.int_range(item.get("port"), 1, 65535), proto))
+            forwards.append(Forward(guest, validate.port(item.get("port")), proto))
         if forwards and mode != "nat":
             raise validate.InvalidInput("forwards are for the nat mode only")
         forwards.sort(key=lambda f: (f.guest, f.proto, f.port))
@@ -138,7 +138,7 @@ class NetworkRules:
         """Accepts for the host's own filter table, after the sections have rejected what the
         model refuses; kept to what iptables-nft can show (no conntrack, no reject)."""
         rules = [Rule("accept", iif=self.bridge, oif=self.bridge)]
-        if self.mode in ("routed", "nat"):
+        if self.mode in models.WITH_BRIDGE_ADDRESS:
             rules += [
                 Rule("accept", iif=self.bridge, src=self.subnet),
                 Rule("accept", oif=self.bridge, dst=self.subnet),
@@ -149,7 +149,7 @@ class NetworkRules:
         """The traffic the model lets through, as match patterns (for finding blockers)."""
         net = self.subnet
         flows = [Rule("accept", iif=self.bridge, oif=self.bridge, src=net, dst=net)]
-        if self.mode in ("routed", "nat"):
+        if self.mode in models.WITH_BRIDGE_ADDRESS:
             flows += [
                 Rule("accept", iif=self.bridge, src=self.subnet),
                 Rule("accept", oif=self.bridge, dst=self.subnet),
@@ -220,10 +220,10 @@ def dnat_want(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     Docker's DNAT does), so a guest's connection to some other machine's port passes through
     unchanged; an explicit `destination` (one of the host's addresses) narrows it instead."""
     protocol = spec.get("protocol", "tcp")
-    if protocol not in ("tcp", "udp"):
+    if protocol not in validate.PROTOCOLS:
         raise validate.InvalidInput(f"protocol must be tcp or udp, got {protocol!r}")
     guest = str(ipaddress.IPv4Address(str(spec["guest_address"])))
-    guest_port = validate.int_range(spec["guest_port"], 1, 65535)
+    guest_port = validate.port(spec["guest_port"])
     in_if = validate.ifname(spec["in_interface"]) if spec.get("in_interface") else None
     dst = str(ipaddress.IPv4Address(str(spec["destination"]))) if spec.get("destination") else None
     want = {
@@ -231,7 +231,7 @@ def dnat_want(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "in_interface": in_if,
         "destination": dst,
         "dst_type": None if dst else DST_LOCAL,
-        "host_port": validate.int_range(spec["host_port"], 1, 65535),
+        "host_port": validate.port(spec["host_port"]),
         "to": f"{guest}:{guest_port}",
         "target": "DNAT",
     }

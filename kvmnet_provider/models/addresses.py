@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from ..errors import ConfigError, config_path
 from ..spec import dhcp
-from ..spec.validate import InvalidInput, ifname, mac
+from ..spec.validate import InvalidInput, ifname, ipv4_address, mac
 
 
 class _Guest(Protocol):
@@ -172,12 +172,4 @@ def valid(rule: Any, value: object, key: str) -> Any:
 
 
 def _address(value: object, key: str) -> ipaddress.IPv4Address:
-    """A plain IPv4 address, written the canonical way: it goes on a kernel command line,
-    so anything else (a space, a prefix, a leading zero) is refused, not interpreted."""
-    try:
-        address = ipaddress.ip_address(value if isinstance(value, str) else "")
-    except ValueError:
-        address = None
-    if not isinstance(address, ipaddress.IPv4Address) or str(address) != value:
-        raise ConfigError(key, f"must be an IPv4 address such as 10.0.1.11, got {value!r}")
-    return address
+    return ipaddress.IPv4Address(valid(ipv4_address, value, key))

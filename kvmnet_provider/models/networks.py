@@ -40,10 +40,10 @@ from ..resources.dhcp import DhcpHost, DhcpServer, DhcpServerArgs
 from ..resources.forward_rules import ForwardRules, ForwardRulesArgs
 from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
 from ..spec.dhcp import DEFAULT_DOMAIN
-from .addresses import check_dhcp, check_guests, forward_address, subnet_and_gateway
+from ..spec.models import MODELS, WITH_DHCP, uses_dhcp
+from ..spec.models import model as model_named
+from .addresses import check_dhcp, check_guests, forward_address, subnet_and_gateway, valid
 from .collisions import claim
-
-MODEL_TYPES = ("IsolatedNetwork", "RoutedNetwork", "NatNetwork", "BridgedNetwork")
 
 
 @dataclass
@@ -110,16 +110,14 @@ class NetworkArgs:
 def dhcp_enabled(model: str, args: NetworkArgs, where: str = "net") -> bool:
     """Whether a network of `model` (resource `where`) runs a DHCP server (ConfigError if
     it cannot)."""
-    if args.dhcp is None:
-        return model in ("routed", "nat")
-    if args.dhcp and model not in ("routed", "nat"):
+    if args.dhcp and not MODELS[model].dhcp:
         article = "an" if model[0] in "aeiou" else "a"
         raise ConfigError(
             config_path(args.config_key, "dhcp") if args.config_key else f"{where}: dhcp",
             f"{article} {model} network's bridge has no address to serve from; leave dhcp "
-            "unset (or false), or make the network routed or nat",
+            f"unset (or false), or make the network {' or '.join(WITH_DHCP)}",
         )
-    return bool(args.dhcp)
+    return uses_dhcp(model, args.dhcp)
 
 
 class _Network(pulumi.ComponentResource):
@@ -134,12 +132,12 @@ class _Network(pulumi.ComponentResource):
             check_dhcp(resource_name, args, args.config_key)
         # Aliases to the other models' types keep the children's URNs across a model switch,
         # so NAT -> routed removes the masquerade rule and leaves the bridge and guests alone.
-        others = [m for m in MODEL_TYPES if m != type(self).__name__]
+        others = [c.__name__ for c in NETWORK_CLASSES.values() if c is not type(self)]
         aliases = [pulumi.Alias(type_=f"kvmnet:index:{m}") for m in others]
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=aliases))
         # Names unique per host: a collision fails the preview. Routed and NAT put the
         # subnet's gateway on the host, so their subnets must not overlap there either.
-        claim(resource_name, args, host_subnet=self.model in ("routed", "nat"))
+        claim(resource_name, args, host_subnet=MODELS[self.model].bridge_address)
         super().__init__(f"kvmnet:index:{type(self).__name__}", resource_name, None, opts)
         self.args = args
         child = pulumi.ResourceOptions(parent=self)
@@ -233,7 +231,7 @@ class _Network(pulumi.ComponentResource):
         # One name for every model, so that a model switch updates the rules in place.
         args = self.args
         forwards = []
-        if self.model == "nat":
+        if MODELS[self.model].nat:
             addresses = {g.name: g.address for g in args.guests}
             forwards = [
                 {"guest": addresses[f.guest], "port": f.guest_port, "proto": f.protocol}
@@ -246,7 +244,7 @@ class _Network(pulumi.ComponentResource):
                 connection=args.connection,
                 mode=self.model,
                 bridge=self.bridge.name,
-                subnet=args.subnet if self.model in ("routed", "nat") else None,
+                subnet=args.subnet if MODELS[self.model].bridge_address else None,
                 forwards=forwards,
             ),
             opts,
@@ -337,18 +335,10 @@ class BridgedNetwork(_Network):
         )
 
 
-MODELS: dict[str, type[_Network]] = {
-    "isolated": IsolatedNetwork,
-    "routed": RoutedNetwork,
-    "nat": NatNetwork,
-    "bridged": BridgedNetwork,
+NETWORK_CLASSES: dict[str, type[_Network]] = {
+    cls.model: cls for cls in (IsolatedNetwork, RoutedNetwork, NatNetwork, BridgedNetwork)
 }
 
 
 def network_for_model(model: str) -> type[_Network]:
-    try:
-        return MODELS[model]
-    except KeyError:
-        raise ConfigError(
-            "model", f"unknown model {model!r}; choose one of {', '.join(sorted(MODELS))}"
-        ) from None
+    return NETWORK_CLASSES[valid(model_named, model, "model").name]

@@ -19,14 +19,14 @@ import pulumi
 from pulumi.dynamic import Resource
 
 from ..connection import HostSettings
-from ..spec import validate
+from ..spec import models, validate
 from .base import Field, deleted_first, owner_id
 from .netfilter import FirewallRuleProvider
 
 
 def _mode(value: Any) -> str:
-    if value not in validate.NETWORK_MODES:
-        modes = ", ".join(validate.NETWORK_MODES)
+    if value not in models.MODEL_NAMES:
+        modes = ", ".join(models.MODEL_NAMES)
         raise validate.InvalidInput(f"must be one of {modes}, got {value!r}")
     return str(value)
 
@@ -35,15 +35,15 @@ def _forward(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or set(value) - {"guest", "port", "proto"}:
         raise validate.InvalidInput(f"each item must be {{guest, port, proto}}, got {value!r}")
     try:
-        guest = str(ipaddress.IPv4Address(value.get("guest")))
-    except ValueError:
+        guest = validate.ipv4_address(value.get("guest"))
+    except validate.InvalidInput:
         raise validate.InvalidInput(
             f"guest must be the guest's IPv4 address, got {value.get('guest')!r}"
         ) from None
     proto = value.get("proto", "tcp")
-    if proto not in ("tcp", "udp"):
+    if proto not in validate.PROTOCOLS:
         raise validate.InvalidInput(f"proto must be tcp or udp, got {proto!r}")
-    return {"guest": guest, "port": validate.int_range(value.get("port"), 1, 65535), "proto": proto}
+    return {"guest": guest, "port": validate.port(value.get("port")), "proto": proto}
 
 
 def _forwards(value: Any) -> list[dict[str, Any]]:
@@ -66,7 +66,7 @@ class ForwardRulesProvider(FirewallRuleProvider):
 
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         failures = []
-        if props["mode"] in ("routed", "nat") and not props.get("subnet"):
+        if props["mode"] in models.WITH_BRIDGE_ADDRESS and not props.get("subnet"):
             failures.append(("subnet", f"is required for the {props['mode']} mode"))
         if props.get("forwards") and props["mode"] != "nat":
             failures.append(("forwards", "are for the nat mode only"))

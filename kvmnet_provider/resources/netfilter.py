@@ -3,7 +3,6 @@ NAT models."""
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,20 +139,15 @@ class MasqueradeRuleProvider(FirewallRuleProvider):
 
 
 def _protocol(value: Any) -> str:
-    if value not in ("tcp", "udp"):
-        raise validate.InvalidInput(f"must be tcp or udp, got {value!r}")
-    return str(value)
+    return validate.protocol(value)
 
 
 def _ipv4(value: Any) -> str:
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
-        raise validate.InvalidInput(f"must be an IPv4 address, got {value!r}") from None
+    return validate.ipv4_address(value)
 
 
 def _port(value: Any) -> int:
-    return validate.int_range(value, 1, 65535)
+    return validate.port(value)
 
 
 def _dnat_shape_ok(rule: dict[str, Any]) -> bool:

@@ -44,14 +44,7 @@ def hostname(value: object) -> str:
 
 
 def address(value: object) -> str:
-    """A plain IPv4 address written the canonical way."""
-    try:
-        parsed = ipaddress.ip_address(value if isinstance(value, str) else "")
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, ipaddress.IPv4Address) or str(parsed) != value:
-        raise InvalidInput(f"must be an IPv4 address such as 10.0.1.11, got {value!r}")
-    return value
+    return validate.ipv4_address(value)
 
 
 def dhcp_range(value: object) -> list[str]:

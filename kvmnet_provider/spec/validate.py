@@ -13,8 +13,9 @@ IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 OWNER_RE = re.compile(r"^[A-Za-z0-9_.:/@+=-]{1,200}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# The network models, as the forward rules (agent/fwplan.py) and their resource know them.
-NETWORK_MODES = ("isolated", "routed", "nat", "bridged")
+# What a port forward or a forward rule may carry.
+PROTOCOLS = ("tcp", "udp")
+PORT_MIN, PORT_MAX = 1, 65535
 # A port forward's DNAT rule as the agent reads it back (`dst_type`) and PortForward checks it:
 # only packets to the host's own addresses (iptables addrtype LOCAL, nftables fib type local).
 DNAT_DST_LOCAL = "local"
@@ -34,11 +35,7 @@ def ifname(value: object) -> str:
 
 
 def mtu(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise InvalidInput(f"must be an integer, got {value!r}")
-    if not MTU_MIN <= int(value) <= MTU_MAX:
-        raise InvalidInput(f"must be between {MTU_MIN} and {MTU_MAX}, got {int(value)}")
-    return int(value)
+    return int_range(value, MTU_MIN, MTU_MAX)
 
 
 def interface_address(value: object) -> str:
@@ -73,6 +70,29 @@ def network(value: object) -> str:
     return str(net)
 
 
+def ipv4_address(value: object) -> str:
+    """A plain IPv4 address written the canonical way: it goes on kernel command lines and
+    into dnsmasq's files, so anything else (a space, a prefix, a leading zero) is refused,
+    not interpreted."""
+    try:
+        parsed = ipaddress.ip_address(value if isinstance(value, str) else "")
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, ipaddress.IPv4Address) or str(parsed) != value:
+        raise InvalidInput(f"must be an IPv4 address such as 10.0.1.11, got {value!r}")
+    return value
+
+
+def protocol(value: object) -> str:
+    if value not in PROTOCOLS:
+        raise InvalidInput(f"must be {' or '.join(PROTOCOLS)}, got {value!r}")
+    return str(value)
+
+
+def port(value: object) -> int:
+    return int_range(value, PORT_MIN, PORT_MAX)
+
+
 def mac(value: object) -> str:
     if not isinstance(value, str) or not MAC_RE.fullmatch(value.lower()):
         raise InvalidInput(f"must be a MAC address such as 52:54:00:12:34:56, got {value!r}")
@@ -101,8 +121,11 @@ def boolean(value: object) -> bool:
 
 
 def int_range(value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise InvalidInput(f"must be an integer, got {value!r}")
-    if not low <= int(value) <= high:  # int(): Pulumi sends whole numbers as floats (1.0)
-        raise InvalidInput(f"must be between {low} and {high}, got {int(value)}")
-    return int(value)
+    """A whole number from `low` to `high`; Pulumi sends whole numbers as floats (1.0)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidInput(f"must be between {low} and {high}, got {value}")
+    return value

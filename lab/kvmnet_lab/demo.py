@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from kvmnet_provider.spec.models import MODEL_NAMES
+
 from .fleetprobe import fleet_guests, format_fleet, observe_fleet
 from .hostconfig import fleet_stack_config, lab_stack_config, write_stack_config
 from .lab import Lab, LabError, LabNotUp, LabStatus
@@ -35,7 +37,7 @@ from .testing.console import GuestConsole
 from .testing.guest import guest_image_dir
 from .toolchain import DEMO_STATE_DIR, REPO_ROOT, PulumiWorkspace, kvmnet_command
 
-MODELS = ("nat", "routed", "isolated", "bridged", "fleet")
+MODELS = (*MODEL_NAMES, "fleet")  # a fleet: several lab hosts, several models
 DEFAULT_MODEL = "nat"
 DEMO_HOSTS = 1
 FLEET_HOSTS = 3  # stacks/Pulumi.lab-fleet.yaml puts networks on h1, h2 and h3

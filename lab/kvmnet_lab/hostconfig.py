@@ -1,6 +1,6 @@
 """A lab host as kvmnet sees it: HostSettings, and the stack config of a lab stack.
 
-The stack program reads plain stack config (kvmnet_provider/program.py); this is where the
+The stack program reads plain stack config (kvmnet_provider/program/); this is where the
 lab turns a running lab (and the test guest image) into that config, for the demo's stacks
 and the tests' stacks alike.
 """
@@ -87,7 +87,7 @@ def write_stack_config(path: Path, values: dict[str, Any]) -> None:
 def fleet_stack_config(
     status: LabStatus, hosts: dict[str, Any], image_dir: Path | None = None
 ) -> dict[str, Any]:
-    """Stack config for a fleet stack (`kvmnet:hosts`, see kvmnet_provider/fleet.py): `hosts`
+    """Stack config for a fleet stack (`kvmnet:hosts`, see kvmnet_provider/program/): `hosts`
     (a template's, keyed by lab host name) with each lab host's connection filled in."""
     filled = {
         name: {**spec, "connection": host_props(status.host(name))} for name, spec in hosts.items()

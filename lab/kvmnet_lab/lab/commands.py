@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from kvmnet_provider.spec.models import MODEL_NAMES
+
 from .core import Lab, LabError, LabNotUp
 from .naming import MAX_HOSTS
 from .state import LabStatus
@@ -32,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     config.add_argument("file", type=Path, help="stack config file, e.g. stacks/Pulumi.mine.yaml")
     config.add_argument("--host", default="h1", help="lab host (default h1)")
-    config.add_argument("--model", choices=("isolated", "routed", "nat", "bridged"))
+    config.add_argument("--model", choices=MODEL_NAMES)
     config.add_argument(
         "--test-image", action="store_true", help="guests boot the project's test image"
     )

@@ -1,9 +1,10 @@
 """A stack-config guest's default tap name and MAC, from who the guest is, not where it is listed.
 
-Defaults by position (`vif<N>.0`) moved every later guest's tap and MAC when one was removed or
-renamed: the moved guest wanted a tap its old resource still held (Pulumi creates before it
-deletes), and two stacks' guests took the same names. These depend only on the guest's name
-(and, for the MAC, its stack and network), so other guests coming and going change nothing.
+A default by position (`vif<N>.0`) would move every later guest's tap and MAC when one is
+removed or renamed: the moved guest would want a tap its old resource still holds (Pulumi
+creates before it deletes), and two stacks' guests would take the same names. These depend only
+on the guest's name (and, for the MAC, its stack and network), so other guests coming and going
+change nothing.
 
 tap  `vm-<name>` when the name has at most 11 characters (a tap of at most 14), else
      `vm-<the name's first 5 characters>-<6 hex digits of SHA-256 of the whole name>`, exactly

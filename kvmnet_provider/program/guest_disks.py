@@ -1,16 +1,15 @@
 """A guest's disk keys in stack config (baseImage, baseFormat, diskSizeGib, keepDisk,
 cloudInit {userData, metaData, networkConfig}) as GuestSpec arguments, checked with the
-resource's own rules; a failure is a ConfigError naming the key. Shared by program and fleet.
-"""
+resource's own rules; a failure is a ConfigError naming the key."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .cloudinit import CloudInit, normalise_cloud_init
-from .errors import ConfigError
-from .spec import guest as guests
-from .spec.validate import InvalidInput, boolean, int_range
+from ..cloudinit import CloudInit, normalise_cloud_init
+from ..errors import ConfigError
+from ..spec import guest as guests
+from ..spec.validate import InvalidInput, boolean, int_range
 
 DISK_KEYS = ("baseImage", "baseFormat", "diskSizeGib", "keepDisk", "cloudInit")
 CLOUD_INIT_KEYS = {
