@@ -45,6 +45,7 @@ class Field:
     default: Any = None
     required: bool = False
     replaces: bool = False
+    prop: Callable[[Any], Any] | None = None  # the Args' value in the state's form
 
 
 def deleted_first(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:

@@ -11,8 +11,9 @@ the guests re-reads the hosts files (SIGHUP); changing the range, domain or subn
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -21,25 +22,48 @@ from pulumi.dynamic import Resource
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import dhcp, validate
-from .base import Field, KvmnetProvider, deleted_first, owner_id
+from .base import KvmnetProvider, deleted_first
+from .declare import declaration, field_table, kvmnet_field, resource_props
 from .netfilter import firewall_backend
 
-COMPUTED = ("pid", "leases", "run_dir", "problems", "backend", "rules")
 START_TIMEOUT = 60.0
+
+
+@dataclass
+class DhcpHost:
+    """A declared guest: its MAC gets `address` (a static lease) and `name` in DNS."""
+
+    name: str
+    mac: str
+    address: str | None = None  # None: an address from the range
+
+
+def _host_props(hosts: Sequence[DhcpHost | dict[str, Any]]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(h) if isinstance(h, DhcpHost) else dict(h) for h in hosts]
+
+
+@declaration
+class DhcpServerArgs:
+    connection: HostSettings
+    bridge: pulumi.Input[str] = kvmnet_field(validate.ifname, replaces=True)
+    subnet: str = kvmnet_field(validate.network)
+    # the bridge's address: dnsmasq answers DNS there, and it is the router
+    gateway: str = kvmnet_field(dhcp.address)
+    domain: str = kvmnet_field(dhcp.domain, default=dhcp.DEFAULT_DOMAIN)
+    # default: the upper half of the subnet
+    dhcp_range: tuple[str, str] | None = kvmnet_field(
+        dhcp.dhcp_range, default=None, prop=lambda r: list(r) if r else None
+    )
+    hosts: Sequence[DhcpHost | dict[str, Any]] = kvmnet_field(
+        dhcp.hosts, default_factory=list, prop=_host_props
+    )
+    # Drift: false when read finds dnsmasq dead or its rules gone (up repairs it).
+    serving: bool = kvmnet_field(validate.boolean, default=True, init=False)
 
 
 class DhcpServerProvider(KvmnetProvider):
     kind = "DhcpServer"
-    fields = {
-        "bridge": Field(validate.ifname, required=True, replaces=True),
-        "subnet": Field(validate.network, required=True),
-        "gateway": Field(dhcp.address, required=True),
-        "domain": Field(dhcp.domain, default=dhcp.DEFAULT_DOMAIN),
-        "dhcp_range": Field(dhcp.dhcp_range),
-        "hosts": Field(dhcp.hosts, default=[]),
-        # Drift: false when read finds dnsmasq dead or its rules gone (up repairs it).
-        "serving": Field(validate.boolean, default=True),
-    }
+    fields = field_table(DhcpServerArgs)
 
     def resource_id(self, props: dict[str, Any]) -> str:
         conn = props["connection"]
@@ -128,26 +152,6 @@ class DhcpServerProvider(KvmnetProvider):
         agent.call("input.remove", {"owner": props["owner"], "backend": firewall_backend(props)})
 
 
-@dataclass
-class DhcpHost:
-    """A declared guest: its MAC gets `address` (a static lease) and `name` in DNS."""
-
-    name: str
-    mac: str
-    address: str | None = None  # None: an address from the range
-
-
-@dataclass
-class DhcpServerArgs:
-    connection: HostSettings
-    bridge: pulumi.Input[str]
-    subnet: str
-    gateway: str  # the bridge's address: dnsmasq answers DNS there, and it is the router
-    domain: str = dhcp.DEFAULT_DOMAIN
-    dhcp_range: tuple[str, str] | None = None  # default: the upper half of the subnet
-    hosts: Sequence[DhcpHost | dict[str, Any]] = field(default_factory=list)
-
-
 class DhcpServer(Resource, module="kvmnet", name="DhcpServer"):
     pid: pulumi.Output[int]
     leases: pulumi.Output[list[dict[str, Any]]]
@@ -155,28 +159,12 @@ class DhcpServer(Resource, module="kvmnet", name="DhcpServer"):
     serving: pulumi.Output[bool]
     problems: pulumi.Output[list[str]]
     backend: pulumi.Output[str]
+    rules: pulumi.Output[list[dict[str, Any]]]
 
     def __init__(
         self, resource_name: str, args: DhcpServerArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        hosts = [
-            {"name": h.name, "mac": h.mac, "address": h.address}
-            if isinstance(h, DhcpHost)
-            else dict(h)
-            for h in args.hosts
-        ]
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("DhcpServer", resource_name),
-            "bridge": args.bridge,
-            "subnet": args.subnet,
-            "gateway": args.gateway,
-            "domain": args.domain,
-            "dhcp_range": list(args.dhcp_range) if args.dhcp_range else None,
-            "hosts": hosts,
-            "serving": True,
-            **dict.fromkeys(COMPUTED),
-        }
+        props = resource_props(DhcpServer, "DhcpServer", resource_name, args)
         super().__init__(DhcpServerProvider(), resource_name, props, deleted_first(opts))
 
 

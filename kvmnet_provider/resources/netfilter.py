@@ -4,7 +4,6 @@ NAT models."""
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -13,7 +12,8 @@ from pulumi.dynamic import DiffResult, Resource
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import validate
-from .base import Field, KvmnetProvider, deleted_first, owner_id
+from .base import KvmnetProvider, deleted_first
+from .declare import declaration, field_table, kvmnet_field, resource_props
 
 
 class _OwnedByMarkProvider(KvmnetProvider):
@@ -91,14 +91,56 @@ class FirewallRuleProvider(_OwnedByMarkProvider):
         agent.call(self.ops[2], {"owner": props["owner"], "backend": firewall_backend(props)})
 
 
+def _protocol(value: Any) -> str:
+    if value not in ("tcp", "udp"):
+        raise validate.InvalidInput(f"must be tcp or udp, got {value!r}")
+    return str(value)
+
+
+def _ipv4(value: Any) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise validate.InvalidInput(f"must be an IPv4 address, got {value!r}") from None
+
+
+def _port(value: Any) -> int:
+    return validate.int_range(value, 1, 65535)
+
+
+@declaration
+class ForwardingSettingArgs:
+    connection: HostSettings
+    ipv6: bool = kvmnet_field(validate.boolean, default=False)
+    # What a ForwardingSetting is for: the state carries it, cross_check holds it true.
+    ipv4: bool = kvmnet_field(validate.boolean, default=True, init=False)
+
+
+@declaration
+class MasqueradeRuleArgs:
+    connection: HostSettings
+    source: pulumi.Input[str] = kvmnet_field(validate.network)
+    out_interface: pulumi.Input[str] | None = kvmnet_field(validate.ifname, default=None)
+
+
+@declaration
+class PortForwardArgs:
+    connection: HostSettings
+    host_port: pulumi.Input[int] = kvmnet_field(_port)
+    guest_address: pulumi.Input[str] = kvmnet_field(_ipv4)
+    guest_port: pulumi.Input[int] = kvmnet_field(_port)
+    protocol: pulumi.Input[str] = kvmnet_field(_protocol, default="tcp")
+    # only packets arriving on this NIC
+    in_interface: pulumi.Input[str] | None = kvmnet_field(validate.ifname, default=None)
+    # only packets to this host address
+    destination: pulumi.Input[str] | None = kvmnet_field(_ipv4, default=None)
+
+
 class ForwardingSettingProvider(_OwnedByMarkProvider):
     kind = "ForwardingSetting"
     ops = ("forwarding.acquire", "forwarding.read", "forwarding.release")
     id_segment = "forwarding"
-    fields = {
-        "ipv4": Field(validate.boolean, default=True),
-        "ipv6": Field(validate.boolean, default=False),
-    }
+    fields = field_table(ForwardingSettingArgs)
 
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         if not props["ipv4"]:
@@ -125,10 +167,7 @@ class MasqueradeRuleProvider(FirewallRuleProvider):
     kind = "MasqueradeRule"
     ops = ("masquerade.ensure", "masquerade.read", "masquerade.remove")
     id_segment = "masquerade"
-    fields = {
-        "source": Field(validate.network, required=True),
-        "out_interface": Field(validate.ifname),
-    }
+    fields = field_table(MasqueradeRuleArgs)
 
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         rules = live["rules"]
@@ -137,23 +176,6 @@ class MasqueradeRuleProvider(FirewallRuleProvider):
             return {"source": None, "out_interface": None, "rules": rules}
         rule = rules[0]
         return {"source": rule["source"], "out_interface": rule["out_interface"], "rules": rules}
-
-
-def _protocol(value: Any) -> str:
-    if value not in ("tcp", "udp"):
-        raise validate.InvalidInput(f"must be tcp or udp, got {value!r}")
-    return str(value)
-
-
-def _ipv4(value: Any) -> str:
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
-        raise validate.InvalidInput(f"must be an IPv4 address, got {value!r}") from None
-
-
-def _port(value: Any) -> int:
-    return validate.int_range(value, 1, 65535)
 
 
 def _dnat_shape_ok(rule: dict[str, Any]) -> bool:
@@ -171,14 +193,7 @@ class PortForwardProvider(FirewallRuleProvider):
     kind = "PortForward"
     ops = ("dnat.ensure", "dnat.read", "dnat.remove")
     id_segment = "dnat"
-    fields = {
-        "protocol": Field(_protocol, default="tcp"),
-        "host_port": Field(_port, required=True),
-        "guest_address": Field(_ipv4, required=True),
-        "guest_port": Field(_port, required=True),
-        "in_interface": Field(validate.ifname),
-        "destination": Field(_ipv4),
-    }
+    fields = field_table(PortForwardArgs)
 
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         # The DNAT matches the port on every address of the host unless `destination` says
@@ -228,15 +243,10 @@ class PortForwardProvider(FirewallRuleProvider):
         }
 
 
-@dataclass
-class ForwardingSettingArgs:
-    connection: HostSettings
-    ipv6: bool = False
-
-
 class ForwardingSetting(Resource, module="kvmnet", name="ForwardingSetting"):
     ipv4: pulumi.Output[bool]
     previous: pulumi.Output[dict[str, str]]
+    holders: pulumi.Output[int]
 
     def __init__(
         self,
@@ -244,22 +254,8 @@ class ForwardingSetting(Resource, module="kvmnet", name="ForwardingSetting"):
         args: ForwardingSettingArgs,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("ForwardingSetting", resource_name),
-            "ipv4": True,
-            "ipv6": args.ipv6,
-            "previous": None,
-            "holders": None,
-        }
+        props = resource_props(ForwardingSetting, "ForwardingSetting", resource_name, args)
         super().__init__(ForwardingSettingProvider(), resource_name, props, deleted_first(opts))
-
-
-@dataclass
-class MasqueradeRuleArgs:
-    connection: HostSettings
-    source: pulumi.Input[str]
-    out_interface: pulumi.Input[str] | None = None
 
 
 class MasqueradeRule(Resource, module="kvmnet", name="MasqueradeRule"):
@@ -273,26 +269,8 @@ class MasqueradeRule(Resource, module="kvmnet", name="MasqueradeRule"):
         args: MasqueradeRuleArgs,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("MasqueradeRule", resource_name),
-            "source": args.source,
-            "out_interface": args.out_interface,
-            "rules": None,
-            "backend": None,
-        }
+        props = resource_props(MasqueradeRule, "MasqueradeRule", resource_name, args)
         super().__init__(MasqueradeRuleProvider(), resource_name, props, deleted_first(opts))
-
-
-@dataclass
-class PortForwardArgs:
-    connection: HostSettings
-    host_port: pulumi.Input[int]
-    guest_address: pulumi.Input[str]
-    guest_port: pulumi.Input[int]
-    protocol: pulumi.Input[str] = "tcp"
-    in_interface: pulumi.Input[str] | None = None  # only packets arriving on this NIC
-    destination: pulumi.Input[str] | None = None  # only packets to this host address
 
 
 class PortForward(Resource, module="kvmnet", name="PortForward"):
@@ -303,16 +281,5 @@ class PortForward(Resource, module="kvmnet", name="PortForward"):
     def __init__(
         self, resource_name: str, args: PortForwardArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("PortForward", resource_name),
-            "protocol": args.protocol,
-            "host_port": args.host_port,
-            "guest_address": args.guest_address,
-            "guest_port": args.guest_port,
-            "in_interface": args.in_interface,
-            "destination": args.destination,
-            "rules": None,
-            "backend": None,
-        }
+        props = resource_props(PortForward, "PortForward", resource_name, args)
         super().__init__(PortForwardProvider(), resource_name, props, deleted_first(opts))
