@@ -56,6 +56,12 @@ def deleted_first(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions
     return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(delete_before_replace=True))
 
 
+def host_key(props: dict[str, Any]) -> str:
+    """host:port: where every resource id starts, since an object is known on its host."""
+    conn = props["connection"]
+    return f"{conn['host']}:{int(conn['port'])}"
+
+
 def owner_id(kind: str, resource_name: str) -> str:
     """The identity written on the host: unique per project, stack, kind and name."""
     raw = f"{pulumi.get_project()}/{pulumi.get_stack()}/{kind}/{resource_name}"

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, TypeVar, dataclass_transform
+from typing import Any, ClassVar, Generic, TypeVar, dataclass_transform
 
-from .base import Field, Normaliser, owner_id
+import pulumi
+from pulumi.dynamic import Resource
+
+from .base import Field, KvmnetProvider, Normaliser, deleted_first, owner_id
 
 _KEY = "kvmnet"
 _T = TypeVar("_T")
+_Args = TypeVar("_Args")
 _MISSING: Any = dataclasses.MISSING
 
 
@@ -58,7 +62,8 @@ def field_table(args_type: type) -> dict[str, Field]:
 def host_outputs(resource_type: type, args_type: type) -> tuple[str, ...]:
     """Outputs only the host knows: what the resource class annotates beyond its inputs."""
     inputs = field_table(args_type)
-    return tuple(n for n in resource_type.__dict__.get("__annotations__", {}) if n not in inputs)
+    declaring = next(c for c in resource_type.__mro__ if "provider_type" in c.__dict__)
+    return tuple(n for n in declaring.__dict__.get("__annotations__", {}) if n not in inputs)
 
 
 def resource_props(
@@ -78,3 +83,27 @@ def resource_props(
         props[name] = spec.prop(value) if spec.prop and value is not None else value
     props.update(dict.fromkeys(host_outputs(resource_type, type(args))))
     return props
+
+
+class DeclaredResource(Resource, Generic[_Args]):
+    """A kvmnet resource: its props follow from its Args, its outputs from its annotations.
+
+    A subclass names its provider and annotates its outputs; `computed_inputs` and `options`
+    are for a resource that derives an input or an option from its arguments.
+    """
+
+    provider_type: ClassVar[type[KvmnetProvider]]
+
+    def __init__(
+        self, resource_name: str, args: _Args, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        provider = self.provider_type()
+        values = self.computed_inputs(resource_name, args)
+        props = resource_props(type(self), provider.kind, resource_name, args, **values)
+        super().__init__(provider, resource_name, props, self.options(deleted_first(opts)))
+
+    def computed_inputs(self, resource_name: str, args: _Args) -> dict[str, Any]:
+        return {}
+
+    def options(self, opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
+        return opts

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import Resource
 
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import dhcp, validate
-from .base import KvmnetProvider, deleted_first
-from .declare import declaration, field_table, kvmnet_field, resource_props
+from .base import KvmnetProvider, host_key
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .netfilter import firewall_backend
 
 START_TIMEOUT = 60.0
@@ -66,8 +65,7 @@ class DhcpServerProvider(KvmnetProvider):
     fields = field_table(DhcpServerArgs)
 
     def resource_id(self, props: dict[str, Any]) -> str:
-        conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/dhcp/{props['bridge']}"
+        return f"{host_key(props)}/dhcp/{props['bridge']}"
 
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         failures = []
@@ -152,7 +150,9 @@ class DhcpServerProvider(KvmnetProvider):
         agent.call("input.remove", {"owner": props["owner"], "backend": firewall_backend(props)})
 
 
-class DhcpServer(Resource, module="kvmnet", name="DhcpServer"):
+class DhcpServer(DeclaredResource[DhcpServerArgs], module="kvmnet", name="DhcpServer"):
+    provider_type = DhcpServerProvider
+
     pid: pulumi.Output[int]
     leases: pulumi.Output[list[dict[str, Any]]]
     run_dir: pulumi.Output[str]
@@ -160,12 +160,6 @@ class DhcpServer(Resource, module="kvmnet", name="DhcpServer"):
     problems: pulumi.Output[list[str]]
     backend: pulumi.Output[str]
     rules: pulumi.Output[list[dict[str, Any]]]
-
-    def __init__(
-        self, resource_name: str, args: DhcpServerArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        props = resource_props(DhcpServer, "DhcpServer", resource_name, args)
-        super().__init__(DhcpServerProvider(), resource_name, props, deleted_first(opts))
 
 
 __all__ = ["DhcpHost", "DhcpServer", "DhcpServerArgs", "DhcpServerProvider"]

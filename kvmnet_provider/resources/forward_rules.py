@@ -15,12 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import Resource
 
 from ..connection import HostSettings
 from ..spec import validate
-from .base import deleted_first
-from .declare import declaration, field_table, kvmnet_field, resource_props
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .netfilter import FirewallRuleProvider
 
 
@@ -92,14 +90,10 @@ class ForwardRulesProvider(FirewallRuleProvider):
         return out
 
 
-class ForwardRules(Resource, module="kvmnet", name="ForwardRules"):
+class ForwardRules(DeclaredResource[ForwardRulesArgs], module="kvmnet", name="ForwardRules"):
+    provider_type = ForwardRulesProvider
+
     jump: pulumi.Output[str]
     problems: pulumi.Output[list[str]]
     rules: pulumi.Output[list[dict[str, Any]]]
     backend: pulumi.Output[str]
-
-    def __init__(
-        self, resource_name: str, args: ForwardRulesArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        props = resource_props(ForwardRules, "ForwardRules", resource_name, args)
-        super().__init__(ForwardRulesProvider(), resource_name, props, deleted_first(opts))

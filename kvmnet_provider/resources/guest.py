@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import DiffResult, Resource
+from pulumi.dynamic import DiffResult
 
 from ..cloudinit import (
     CloudInit,
@@ -24,8 +24,8 @@ from ..errors import KvmnetError
 from ..spec import guest as guests
 from ..spec.validate import boolean, int_range, user_name
 from ..spec.wire import GuestRef, GuestState
-from .base import KvmnetProvider, _has_unknown, deleted_first
-from .declare import declaration, field_table, kvmnet_field, resource_props
+from .base import KvmnetProvider, _has_unknown, host_key
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .links import TapPort
 
 # Inputs the host resolves (auto -> kvm|tcg, an unset socket -> a path in the run dir): the
@@ -129,8 +129,7 @@ class QemuGuestProvider(KvmnetProvider):
     fields = field_table(QemuGuestArgs)
 
     def resource_id(self, props: dict[str, Any]) -> str:
-        conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/guest/{props['name']}"
+        return f"{host_key(props)}/guest/{props['name']}"
 
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         return guests.cross_check(props)
@@ -216,7 +215,9 @@ class QemuGuestProvider(KvmnetProvider):
             pulumi.log.warn(f"guest {props['name']}: keep_disk: its overlay stays at {host}:{kept}")
 
 
-class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
+class QemuGuest(DeclaredResource[QemuGuestArgs], module="kvmnet", name="QemuGuest"):
+    provider_type = QemuGuestProvider
+
     name: pulumi.Output[str]
     pid: pulumi.Output[int]
     status: pulumi.Output[str]
@@ -233,17 +234,9 @@ class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
     seed_path: pulumi.Output[str | None]
     cloud_init_sha256: pulumi.Output[str | None]
 
-    def __init__(
-        self, resource_name: str, args: QemuGuestArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        props = resource_props(QemuGuest, "QemuGuest", resource_name, args)
+    def options(self, opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
         secret = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)
-        super().__init__(
-            QemuGuestProvider(),
-            resource_name,
-            props,
-            pulumi.ResourceOptions.merge(deleted_first(opts), secret),
-        )
+        return pulumi.ResourceOptions.merge(opts, secret)
 
 
 __all__ = [

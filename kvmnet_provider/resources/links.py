@@ -6,15 +6,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import DiffResult, Resource
+from pulumi.dynamic import DiffResult
 
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..errors import ConfigError
 from ..spec import validate
 from ..spec.validate import InvalidInput
-from .base import KvmnetProvider, deleted_first, is_unknown, list_of
-from .declare import declaration, field_table, kvmnet_field, resource_props
+from .base import KvmnetProvider, host_key, is_unknown, list_of
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .linkreads import forget, read_link
 from .uplink import UplinkBridge
 
@@ -24,8 +24,7 @@ class _LinkProvider(KvmnetProvider):
     agent_ops: str = ""  # the agent's operations: <agent_ops>.create and <agent_ops>.update
 
     def resource_id(self, props: dict[str, Any]) -> str:
-        conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/{props['name']}"
+        return f"{host_key(props)}/{props['name']}"
 
     def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
         # Refresh reads every link: one listing of the host's links answers them (linkreads).
@@ -151,7 +150,9 @@ class TapPortProvider(_LinkProvider):
 _declared_bridges: set[tuple[str, str]] = set()
 
 
-class Bridge(Resource, module="kvmnet", name="Bridge"):
+class Bridge(DeclaredResource[BridgeArgs], module="kvmnet", name="Bridge"):
+    provider_type = BridgeProvider
+
     name: pulumi.Output[str]
     ifindex: pulumi.Output[int]
     mac: pulumi.Output[str]
@@ -161,19 +162,19 @@ class Bridge(Resource, module="kvmnet", name="Bridge"):
         self, resource_name: str, args: BridgeArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         _declared_bridges.add((args.connection.host, args.name))
-        props = resource_props(Bridge, "Bridge", resource_name, args)
-        super().__init__(BridgeProvider(), resource_name, props, deleted_first(opts))
+        super().__init__(resource_name, args, opts)
 
 
-class TapPort(Resource, module="kvmnet", name="TapPort"):
+class TapPort(DeclaredResource[TapPortArgs], module="kvmnet", name="TapPort"):
+    provider_type = TapPortProvider
+
     name: pulumi.Output[str]
     bridge: pulumi.Output[str]
     ifindex: pulumi.Output[int]
     mac: pulumi.Output[str]
 
-    def __init__(
-        self, resource_name: str, args: TapPortArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
+    def computed_inputs(self, resource_name: str, args: TapPortArgs) -> dict[str, Any]:
+        """The state keeps the bridge's name, and the id of a bridge this program declares."""
         bridge: pulumi.Input[str]
         bridge_id: pulumi.Input[str] | None = None
         if isinstance(args.bridge, pulumi.Resource):  # a Bridge or an UplinkBridge
@@ -190,7 +191,4 @@ class TapPort(Resource, module="kvmnet", name="TapPort"):
                     "Bridge resource, or set external_bridge=True",
                 )
             bridge = args.bridge
-        props = resource_props(
-            TapPort, "TapPort", resource_name, args, bridge=bridge, bridge_id=bridge_id
-        )
-        super().__init__(TapPortProvider(), resource_name, props, deleted_first(opts))
+        return {"bridge": bridge, "bridge_id": bridge_id}

@@ -7,13 +7,13 @@ import ipaddress
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import DiffResult, Resource
+from pulumi.dynamic import DiffResult
 
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import validate
-from .base import KvmnetProvider, deleted_first
-from .declare import declaration, field_table, kvmnet_field, resource_props
+from .base import KvmnetProvider, host_key
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 
 
 class _OwnedByMarkProvider(KvmnetProvider):
@@ -24,8 +24,7 @@ class _OwnedByMarkProvider(KvmnetProvider):
     id_segment: str
 
     def resource_id(self, props: dict[str, Any]) -> str:
-        conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/{self.id_segment}/{props['owner']}"
+        return f"{host_key(props)}/{self.id_segment}/{props['owner']}"
 
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -243,43 +242,27 @@ class PortForwardProvider(FirewallRuleProvider):
         }
 
 
-class ForwardingSetting(Resource, module="kvmnet", name="ForwardingSetting"):
+class ForwardingSetting(
+    DeclaredResource[ForwardingSettingArgs], module="kvmnet", name="ForwardingSetting"
+):
+    provider_type = ForwardingSettingProvider
+
     ipv4: pulumi.Output[bool]
     previous: pulumi.Output[dict[str, str]]
     holders: pulumi.Output[int]
 
-    def __init__(
-        self,
-        resource_name: str,
-        args: ForwardingSettingArgs,
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        props = resource_props(ForwardingSetting, "ForwardingSetting", resource_name, args)
-        super().__init__(ForwardingSettingProvider(), resource_name, props, deleted_first(opts))
 
+class MasqueradeRule(DeclaredResource[MasqueradeRuleArgs], module="kvmnet", name="MasqueradeRule"):
+    provider_type = MasqueradeRuleProvider
 
-class MasqueradeRule(Resource, module="kvmnet", name="MasqueradeRule"):
     source: pulumi.Output[str]
     rules: pulumi.Output[list[dict[str, Any]]]
     backend: pulumi.Output[str]
 
-    def __init__(
-        self,
-        resource_name: str,
-        args: MasqueradeRuleArgs,
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        props = resource_props(MasqueradeRule, "MasqueradeRule", resource_name, args)
-        super().__init__(MasqueradeRuleProvider(), resource_name, props, deleted_first(opts))
 
+class PortForward(DeclaredResource[PortForwardArgs], module="kvmnet", name="PortForward"):
+    provider_type = PortForwardProvider
 
-class PortForward(Resource, module="kvmnet", name="PortForward"):
     host_port: pulumi.Output[int]
     rules: pulumi.Output[list[dict[str, Any]]]
     backend: pulumi.Output[str]
-
-    def __init__(
-        self, resource_name: str, args: PortForwardArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        props = resource_props(PortForward, "PortForward", resource_name, args)
-        super().__init__(PortForwardProvider(), resource_name, props, deleted_first(opts))

@@ -15,13 +15,13 @@ import time
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import CheckFailure, CheckResult, Resource
+from pulumi.dynamic import CheckFailure, CheckResult
 
 from ..connection import AgentCallError, HostError, HostSettings, agent_session, fresh_session
 from ..connection.session import AgentSession
 from ..spec import validate
-from .base import KvmnetProvider, _has_unknown, deleted_first, list_of
-from .declare import declaration, field_table, kvmnet_field, resource_props
+from .base import KvmnetProvider, _has_unknown, host_key, list_of
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 
 PROBE_CONNECT_TIMEOUT = 4.0
 
@@ -55,9 +55,8 @@ class UplinkBridgeProvider(KvmnetProvider):
         """host:port/name<nic@ifindex: a bridge made anew gets another id, so its taps follow
         it (TapPort's bridge_id). Without an ifindex (an agent of before it said one), as
         before."""
-        conn = props["connection"]
         ifindex = f"@{int(props['ifindex'])}" if props.get("ifindex") is not None else ""
-        return f"{conn['host']}:{int(conn['port'])}/{props['name']}<{props['nic']}{ifindex}"
+        return f"{host_key(props)}/{props['name']}<{props['nic']}{ifindex}"
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         result = super().check(olds, news)
@@ -176,16 +175,12 @@ def _failure(prop: str, reason: str) -> CheckFailure:
     return CheckFailure(prop, f"{prop}: {reason}")
 
 
-class UplinkBridge(Resource, module="kvmnet", name="UplinkBridge"):
+class UplinkBridge(DeclaredResource[UplinkBridgeArgs], module="kvmnet", name="UplinkBridge"):
+    provider_type = UplinkBridgeProvider
+
     name: pulumi.Output[str]
     mac: pulumi.Output[str]
     ifindex: pulumi.Output[int]
     live_addresses: pulumi.Output[list[str]]
     moved_routes: pulumi.Output[list[dict[str, Any]]]
     previous_addresses: pulumi.Output[list[str]]
-
-    def __init__(
-        self, resource_name: str, args: UplinkBridgeArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        props = resource_props(UplinkBridge, "UplinkBridge", resource_name, args)
-        super().__init__(UplinkBridgeProvider(), resource_name, props, deleted_first(opts))
