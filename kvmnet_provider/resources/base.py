@@ -193,7 +193,7 @@ class KvmnetProvider(ResourceProvider):
 @functools.lru_cache(maxsize=1024)
 def _settings(connection: str) -> HostSettings:
     """The settings of a resource's `connection`, checked once per process: a refresh reads
-    every resource of a host with the same one (checking costs ~0.35 ms, the lookup ~10 us)."""
+    every resource of a host with the same one, and a lookup is far cheaper than a check."""
     return HostSettings.from_props(json.loads(connection))
 
 

@@ -135,7 +135,8 @@ class TapPortProvider(_LinkProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         if olds.get("bridge_id") is None and not is_unknown(news.get("bridge_id")):
-            olds = {**olds, "bridge_id": news.get("bridge_id")}  # state from before the field
+            # A state that has no bridge id yet: that alone is no change (an update records it).
+            olds = {**olds, "bridge_id": news.get("bridge_id")}
         return super().diff(_id, olds, news)
 
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:

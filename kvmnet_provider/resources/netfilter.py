@@ -178,10 +178,10 @@ class MasqueradeRuleProvider(FirewallRuleProvider):
 
 
 def _dnat_shape_ok(rule: dict[str, Any]) -> bool:
-    """Whether a DNAT rule as read back has the shape this version makes: only packets to the
-    host itself (`dst_type` local), unless an explicit `destination` narrows it instead. A
-    rule of the previous version (no such match: it caught traffic the host only forwards)
-    does not, nor does a hand-edited one."""
+    """Whether a DNAT rule as read back has the shape kvmnet makes: only packets to the host
+    itself (`dst_type` local), unless an explicit `destination` narrows it instead. A rule
+    without that match (it would catch traffic the host only forwards) does not, nor does a
+    hand-edited one."""
     return rule.get("dst_type") == (None if rule.get("destination") else validate.DNAT_DST_LOCAL)
 
 
@@ -220,9 +220,9 @@ class PortForwardProvider(FirewallRuleProvider):
             return found
         if _dnat_shape_ok(rules[0]):
             return found
-        # State from the previous version (or a refresh that read an old rule): the inputs
-        # are the same, but the rule on the host is not the one this version makes; an
-        # update rewrites it in place (dnat.ensure replaces the owner's rule).
+        # The inputs are the same, but the rule on the host (as the state or a refresh read
+        # it) is not of the shape kvmnet makes; an update rewrites it in place (dnat.ensure
+        # replaces the owner's rule).
         return DiffResult(changes=True, replaces=[], delete_before_replace=True)
 
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:

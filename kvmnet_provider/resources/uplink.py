@@ -53,8 +53,7 @@ class UplinkBridgeProvider(KvmnetProvider):
 
     def resource_id(self, props: dict[str, Any]) -> str:
         """host:port/name<nic@ifindex: a bridge made anew gets another id, so its taps follow
-        it (TapPort's bridge_id). Without an ifindex (an agent of before it said one), as
-        before."""
+        it (TapPort's bridge_id). An agent that reports no ifindex gives an id without one."""
         ifindex = f"@{int(props['ifindex'])}" if props.get("ifindex") is not None else ""
         return f"{host_key(props)}/{props['name']}<{props['nic']}{ifindex}"
 

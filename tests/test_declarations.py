@@ -1,0 +1,168 @@
+"""Each resource declares its inputs once (its Args): the state's props and the provider's
+field table follow from it, and the props are exactly those a stack already holds."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pulumi
+import pulumi.dynamic
+import pytest
+
+from kvmnet_provider import CloudInit, HostSettings
+from kvmnet_provider.resources import (
+    Bridge,
+    BridgeArgs,
+    ForwardingSetting,
+    ForwardingSettingArgs,
+    ForwardRules,
+    ForwardRulesArgs,
+    GuestDiskArgs,
+    GuestNicArgs,
+    MasqueradeRule,
+    MasqueradeRuleArgs,
+    PortForward,
+    PortForwardArgs,
+    QemuGuest,
+    QemuGuestArgs,
+    TapPort,
+    TapPortArgs,
+    identity,
+)
+from kvmnet_provider.resources.declare import field_table, host_outputs
+from kvmnet_provider.resources.dhcp import DhcpHost, DhcpServer, DhcpServerArgs
+from kvmnet_provider.resources.uplink import UplinkBridge, UplinkBridgeArgs
+
+C = HostSettings(host="10.9.0.1")
+CONN = C.to_props()
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict[str, Any], Any]]:
+    """What each resource hands to the engine: its provider, props and options."""
+    seen: list[tuple[Any, dict[str, Any], Any]] = []
+
+    def register(self: Any, provider: Any, name: str, props: dict[str, Any], opts: Any) -> None:
+        seen.append((provider, props, opts))
+
+    monkeypatch.setattr(pulumi.dynamic.Resource, "__init__", register)
+    monkeypatch.setattr(pulumi, "get_project", lambda: "p")
+    monkeypatch.setattr(pulumi, "get_stack", lambda: "s")
+    monkeypatch.setattr(pulumi.Output, "secret", staticmethod(lambda v: ("secret", v)))
+    return seen
+
+
+def _owner(kind: str, name: str) -> str:
+    return identity.owner_mark(f"p/s/{kind}/{name}")
+
+
+def test_props_are_those_a_stack_holds(registered: list[Any]) -> None:
+    bridge = Bridge("b", BridgeArgs(C, "br0", addresses=["10.0.1.1/24"], stp=True))
+    TapPort("t", TapPortArgs(C, "tap0", "br0", owner_user="qemu"))
+    PortForward("p", PortForwardArgs(C, 80, "10.0.1.2", 8080))
+    ForwardingSetting("f", ForwardingSettingArgs(C))
+    props = [p for _, p, _ in registered]
+    assert props[0] == {
+        "connection": CONN, "owner": _owner("Bridge", "b"), "name": "br0",
+        "addresses": ["10.0.1.1/24"], "mtu": None, "stp": True, "forward_delay": 0, "up": True,
+        "adopt": False, "ifindex": None, "mac": None,
+    }  # fmt: skip
+    assert props[1] == {
+        "connection": CONN, "owner": _owner("TapPort", "t"), "name": "tap0", "bridge": "br0",
+        "bridge_id": None, "owner_user": "qemu", "multi_queue": False, "mtu": None, "up": True,
+        "adopt": False, "ifindex": None, "mac": None,
+    }  # fmt: skip
+    assert props[2] == {
+        "connection": CONN, "owner": _owner("PortForward", "p"), "protocol": "tcp",
+        "host_port": 80, "guest_address": "10.0.1.2", "guest_port": 8080, "in_interface": None,
+        "destination": None, "rules": None, "backend": None,
+    }  # fmt: skip
+    assert props[3] == {
+        "connection": CONN, "owner": _owner("ForwardingSetting", "f"), "ipv4": True,
+        "ipv6": False, "previous": None, "holders": None,
+    }  # fmt: skip
+    assert bridge is not None
+
+
+def test_converted_inputs(registered: list[Any]) -> None:
+    DhcpServer(
+        "d",
+        DhcpServerArgs(
+            C, "br0", "10.0.1.0/24", "10.0.1.1", dhcp_range=("10.0.1.100", "10.0.1.200"),
+            hosts=[DhcpHost("g1", "52:54:00:00:00:01"), {"name": "g2", "mac": "52:54:00:00:00:02"}],
+        ),
+    )  # fmt: skip
+    QemuGuest(
+        "g",
+        QemuGuestArgs(
+            C, "g1", disks=[GuestDiskArgs("/d.img", "raw")],
+            nics=[GuestNicArgs("tap0", "52:54:00:00:00:01")],
+            cloud_init=CloudInit(user_data="#cloud-config\n"),
+        ),
+    )  # fmt: skip
+    ForwardRules("r", ForwardRulesArgs(C, "nat", "br0", "10.0.1.0/24", ({"guest": "10.0.1.2"},)))
+    (_, dhcp, _), (_, guest, guest_opts), (_, rules, _) = registered
+    assert dhcp["dhcp_range"] == ["10.0.1.100", "10.0.1.200"]
+    assert dhcp["hosts"] == [
+        {"name": "g1", "mac": "52:54:00:00:00:01", "address": None},
+        {"name": "g2", "mac": "52:54:00:00:00:02"},
+    ]
+    assert dhcp["serving"] is True
+    assert guest["disks"] == [{"path": "/d.img", "format": "raw", "interface": "virtio"}]
+    assert guest["nics"] == [{"tap": "tap0", "mac": "52:54:00:00:00:01", "model": "virtio-net-pci"}]
+    assert guest["cloud_init"] == ("secret", CloudInit(user_data="#cloud-config\n").to_props())
+    assert guest_opts.additional_secret_outputs == ["cloud_init", "cloud_init_sha256"]
+    assert rules["forwards"] == [{"guest": "10.0.1.2"}]
+
+
+RESOURCES = [
+    (Bridge, BridgeArgs(C, "br0")),
+    (TapPort, TapPortArgs(C, "tap0", "br0", external_bridge=True)),
+    (UplinkBridge, UplinkBridgeArgs(C, "br0", "eth0")),
+    (ForwardingSetting, ForwardingSettingArgs(C)),
+    (MasqueradeRule, MasqueradeRuleArgs(C, "10.0.1.0/24")),
+    (PortForward, PortForwardArgs(C, 80, "10.0.1.2", 8080)),
+    (ForwardRules, ForwardRulesArgs(C, "isolated", "br0")),
+    (DhcpServer, DhcpServerArgs(C, "br0", "10.0.1.0/24", "10.0.1.1")),
+    (QemuGuest, QemuGuestArgs(C, "g1", kernel="/boot/vmlinuz")),
+]
+
+
+@pytest.mark.parametrize("resource, args", RESOURCES, ids=lambda r: getattr(r, "__name__", ""))
+def test_props_follow_the_declaration(registered: list[Any], resource: Any, args: Any) -> None:
+    resource("x", args)
+    ((provider, props, opts),) = registered
+    assert type(provider) is resource.provider_type
+    assert provider.fields == field_table(type(args))
+    outputs = host_outputs(resource, type(args))
+    assert list(props) == ["connection", "owner", *provider.fields, *outputs]
+    assert all(props[o] is None for o in outputs)
+    assert opts.delete_before_replace is True
+    # The props as made pass the rules (every default is one its rule accepts); normalise
+    # is check without the host (UplinkBridge's check asks the host about its NIC).
+    assert provider.normalise(props)[1] == []
+
+
+@pytest.mark.parametrize("resource, args", RESOURCES, ids=lambda r: getattr(r, "__name__", ""))
+def test_required_means_no_default(resource: Any, args: Any) -> None:
+    fields = {f.name: f for f in dataclasses.fields(args)}
+    for name, spec in field_table(type(args)).items():
+        has_default = fields[name].default is not dataclasses.MISSING or (
+            fields[name].default_factory is not dataclasses.MISSING
+        )
+        assert spec.required is not has_default, name
+        if spec.required:
+            failures = resource.provider_type().check({}, {"connection": CONN, "owner": "o"})
+            assert (name, f"{name} is required") in [
+                (f.property, f.reason) for f in failures.failures
+            ]
+
+
+def test_fixed_inputs_are_not_arguments() -> None:
+    with pytest.raises(TypeError):
+        ForwardingSettingArgs(C, ipv4=False)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        DhcpServerArgs(C, "br0", "10.0.1.0/24", "10.0.1.1", serving=False)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        BridgeArgs(C)  # type: ignore[call-arg]
