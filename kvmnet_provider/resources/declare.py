@@ -67,7 +67,7 @@ def host_outputs(resource_type: type, args_type: type) -> tuple[str, ...]:
 
 
 def resource_props(
-    resource_type: type, kind: str, resource_name: str, args: Any, **values: Any
+    resource_type: type, kind: str, resource_name: str, args: Any, **values: object
 ) -> dict[str, Any]:
     """The state's inputs of a resource: connection, owner, every declared input (`values`
     stands for an input the resource computes itself), and its host outputs, still null."""
@@ -102,7 +102,7 @@ class DeclaredResource(Resource, Generic[_Args]):
         props = resource_props(type(self), provider.kind, resource_name, args, **values)
         super().__init__(provider, resource_name, props, self.options(deleted_first(opts)))
 
-    def computed_inputs(self, resource_name: str, args: _Args) -> dict[str, Any]:
+    def computed_inputs(self, resource_name: str, args: _Args) -> dict[str, object]:
         return {}
 
     def options(self, opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:

@@ -37,7 +37,7 @@ class DhcpHost:
     address: str | None = None  # None: an address from the range
 
 
-def _host_props(hosts: Sequence[DhcpHost | dict[str, Any]]) -> list[dict[str, Any]]:
+def _host_props(hosts: Sequence[DhcpHost | dict[str, Any]]) -> list[dict[str, str | None]]:
     return [dataclasses.asdict(h) if isinstance(h, DhcpHost) else dict(h) for h in hosts]
 
 

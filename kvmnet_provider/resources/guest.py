@@ -59,7 +59,7 @@ class GuestDiskArgs:
     interface: str = "virtio"  # or ide
 
 
-def _nic_props(nics: Sequence[GuestNicArgs]) -> list[dict[str, Any]]:
+def _nic_props(nics: Sequence[GuestNicArgs]) -> list[dict[str, pulumi.Input[str]]]:
     return [
         {"tap": nic.tap.name if isinstance(nic.tap, TapPort) else nic.tap, "mac": nic.mac,
          "model": nic.model}
@@ -67,7 +67,7 @@ def _nic_props(nics: Sequence[GuestNicArgs]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _disk_props(disks: Sequence[GuestDiskArgs | dict[str, str]]) -> list[dict[str, Any]]:
+def _disk_props(disks: Sequence[GuestDiskArgs | dict[str, str]]) -> list[dict[str, str]]:
     return [dataclasses.asdict(d) if isinstance(d, GuestDiskArgs) else dict(d) for d in disks]
 
 

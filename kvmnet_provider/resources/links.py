@@ -174,7 +174,7 @@ class TapPort(DeclaredResource[TapPortArgs], module="kvmnet", name="TapPort"):
     ifindex: pulumi.Output[int]
     mac: pulumi.Output[str]
 
-    def computed_inputs(self, resource_name: str, args: TapPortArgs) -> dict[str, Any]:
+    def computed_inputs(self, resource_name: str, args: TapPortArgs) -> dict[str, object]:
         """The state keeps the bridge's name, and the id of a bridge this program declares."""
         bridge: pulumi.Input[str]
         bridge_id: pulumi.Input[str] | None = None
