@@ -11,28 +11,8 @@ import pulumi.dynamic
 import pytest
 
 from kvmnet_provider import CloudInit, HostSettings
-from kvmnet_provider.resources import (
-    Bridge,
-    BridgeArgs,
-    ForwardingSetting,
-    ForwardingSettingArgs,
-    ForwardRules,
-    ForwardRulesArgs,
-    GuestDiskArgs,
-    GuestNicArgs,
-    MasqueradeRule,
-    MasqueradeRuleArgs,
-    PortForward,
-    PortForwardArgs,
-    QemuGuest,
-    QemuGuestArgs,
-    TapPort,
-    TapPortArgs,
-    identity,
-)
+from kvmnet_provider.resources import dhcp, forward_rules, guest, identity, links, netfilter, uplink
 from kvmnet_provider.resources.declare import field_table, host_outputs
-from kvmnet_provider.resources.dhcp import DhcpHost, DhcpServer, DhcpServerArgs
-from kvmnet_provider.resources.uplink import UplinkBridge, UplinkBridgeArgs
 
 C = HostSettings(host="10.9.0.1")
 CONN = C.to_props()
@@ -58,10 +38,10 @@ def _owner(kind: str, name: str) -> str:
 
 
 def test_props_are_those_a_stack_holds(registered: list[Any]) -> None:
-    bridge = Bridge("b", BridgeArgs(C, "br0", addresses=["10.0.1.1/24"], stp=True))
-    TapPort("t", TapPortArgs(C, "tap0", "br0", owner_user="qemu"))
-    PortForward("p", PortForwardArgs(C, 80, "10.0.1.2", 8080))
-    ForwardingSetting("f", ForwardingSettingArgs(C))
+    bridge = links.Bridge("b", links.BridgeArgs(C, "br0", addresses=["10.0.1.1/24"], stp=True))
+    links.TapPort("t", links.TapPortArgs(C, "tap0", "br0", owner_user="qemu"))
+    netfilter.PortForward("p", netfilter.PortForwardArgs(C, 80, "10.0.1.2", 8080))
+    netfilter.ForwardingSetting("f", netfilter.ForwardingSettingArgs(C))
     props = [p for _, p, _ in registered]
     assert props[0] == {
         "connection": CONN, "owner": _owner("Bridge", "b"), "name": "br0",
@@ -86,46 +66,50 @@ def test_props_are_those_a_stack_holds(registered: list[Any]) -> None:
 
 
 def test_converted_inputs(registered: list[Any]) -> None:
-    DhcpServer(
+    dhcp.DhcpServer(
         "d",
-        DhcpServerArgs(
+        dhcp.DhcpServerArgs(
             C, "br0", "10.0.1.0/24", "10.0.1.1", dhcp_range=("10.0.1.100", "10.0.1.200"),
-            hosts=[DhcpHost("g1", "52:54:00:00:00:01"), {"name": "g2", "mac": "52:54:00:00:00:02"}],
+            hosts=[dhcp.DhcpHost("g1", "52:54:00:00:00:01"),
+                   {"name": "g2", "mac": "52:54:00:00:00:02"}],
         ),
     )  # fmt: skip
-    QemuGuest(
+    guest.QemuGuest(
         "g",
-        QemuGuestArgs(
-            C, "g1", disks=[GuestDiskArgs("/d.img", "raw")],
-            nics=[GuestNicArgs("tap0", "52:54:00:00:00:01")],
+        guest.QemuGuestArgs(
+            C, "g1", disks=[guest.GuestDiskArgs("/d.img", "raw")],
+            nics=[guest.GuestNicArgs("tap0", "52:54:00:00:00:01")],
             cloud_init=CloudInit(user_data="#cloud-config\n"),
         ),
     )  # fmt: skip
-    ForwardRules("r", ForwardRulesArgs(C, "nat", "br0", "10.0.1.0/24", ({"guest": "10.0.1.2"},)))
-    (_, dhcp, _), (_, guest, guest_opts), (_, rules, _) = registered
-    assert dhcp["dhcp_range"] == ["10.0.1.100", "10.0.1.200"]
-    assert dhcp["hosts"] == [
+    forward_rules.ForwardRules(
+        "r",
+        forward_rules.ForwardRulesArgs(C, "nat", "br0", "10.0.1.0/24", ({"guest": "10.0.1.2"},)),
+    )
+    (_, server, _), (_, qemu, qemu_opts), (_, rules, _) = registered
+    assert server["dhcp_range"] == ["10.0.1.100", "10.0.1.200"]
+    assert server["hosts"] == [
         {"name": "g1", "mac": "52:54:00:00:00:01", "address": None},
         {"name": "g2", "mac": "52:54:00:00:00:02"},
     ]
-    assert dhcp["serving"] is True
-    assert guest["disks"] == [{"path": "/d.img", "format": "raw", "interface": "virtio"}]
-    assert guest["nics"] == [{"tap": "tap0", "mac": "52:54:00:00:00:01", "model": "virtio-net-pci"}]
-    assert guest["cloud_init"] == ("secret", CloudInit(user_data="#cloud-config\n").to_props())
-    assert guest_opts.additional_secret_outputs == ["cloud_init", "cloud_init_sha256"]
+    assert server["serving"] is True
+    assert qemu["disks"] == [{"path": "/d.img", "format": "raw", "interface": "virtio"}]
+    assert qemu["nics"] == [{"tap": "tap0", "mac": "52:54:00:00:00:01", "model": "virtio-net-pci"}]
+    assert qemu["cloud_init"] == ("secret", CloudInit(user_data="#cloud-config\n").to_props())
+    assert qemu_opts.additional_secret_outputs == ["cloud_init", "cloud_init_sha256"]
     assert rules["forwards"] == [{"guest": "10.0.1.2"}]
 
 
 RESOURCES = [
-    (Bridge, BridgeArgs(C, "br0")),
-    (TapPort, TapPortArgs(C, "tap0", "br0", external_bridge=True)),
-    (UplinkBridge, UplinkBridgeArgs(C, "br0", "eth0")),
-    (ForwardingSetting, ForwardingSettingArgs(C)),
-    (MasqueradeRule, MasqueradeRuleArgs(C, "10.0.1.0/24")),
-    (PortForward, PortForwardArgs(C, 80, "10.0.1.2", 8080)),
-    (ForwardRules, ForwardRulesArgs(C, "isolated", "br0")),
-    (DhcpServer, DhcpServerArgs(C, "br0", "10.0.1.0/24", "10.0.1.1")),
-    (QemuGuest, QemuGuestArgs(C, "g1", kernel="/boot/vmlinuz")),
+    (links.Bridge, links.BridgeArgs(C, "br0")),
+    (links.TapPort, links.TapPortArgs(C, "tap0", "br0", external_bridge=True)),
+    (uplink.UplinkBridge, uplink.UplinkBridgeArgs(C, "br0", "eth0")),
+    (netfilter.ForwardingSetting, netfilter.ForwardingSettingArgs(C)),
+    (netfilter.MasqueradeRule, netfilter.MasqueradeRuleArgs(C, "10.0.1.0/24")),
+    (netfilter.PortForward, netfilter.PortForwardArgs(C, 80, "10.0.1.2", 8080)),
+    (forward_rules.ForwardRules, forward_rules.ForwardRulesArgs(C, "isolated", "br0")),
+    (dhcp.DhcpServer, dhcp.DhcpServerArgs(C, "br0", "10.0.1.0/24", "10.0.1.1")),
+    (guest.QemuGuest, guest.QemuGuestArgs(C, "g1", kernel="/boot/vmlinuz")),
 ]
 
 
@@ -140,7 +124,7 @@ def test_props_follow_the_declaration(registered: list[Any], resource: Any, args
     assert all(props[o] is None for o in outputs)
     assert opts.delete_before_replace is True
     # The props as made pass the rules (every default is one its rule accepts); normalise
-    # is check without the host (UplinkBridge's check asks the host about its NIC).
+    # is check without the host (uplink.UplinkBridge's check asks the host about its NIC).
     assert provider.normalise(props)[1] == []
 
 
@@ -161,8 +145,8 @@ def test_required_means_no_default(resource: Any, args: Any) -> None:
 
 def test_fixed_inputs_are_not_arguments() -> None:
     with pytest.raises(TypeError):
-        ForwardingSettingArgs(C, ipv4=False)  # type: ignore[call-arg]
+        netfilter.ForwardingSettingArgs(C, ipv4=False)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
-        DhcpServerArgs(C, "br0", "10.0.1.0/24", "10.0.1.1", serving=False)  # type: ignore[call-arg]
+        dhcp.DhcpServerArgs(C, "br0", "10.0.1.0/24", "10.0.1.1", serving=False)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
-        BridgeArgs(C)  # type: ignore[call-arg]
+        links.BridgeArgs(C)  # type: ignore[call-arg]
