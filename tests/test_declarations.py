@@ -9,6 +9,8 @@ from typing import Any
 import pulumi
 import pulumi.dynamic
 import pytest
+from pulumi._types import resource_types
+from pulumi.runtime.rpc import translate_output_properties
 
 from kvmnet_provider import CloudInit, HostSettings
 from kvmnet_provider.resources import dhcp, forward_rules, guest, identity, links, netfilter, uplink
@@ -150,3 +152,68 @@ def test_fixed_inputs_are_not_arguments() -> None:
         dhcp.DhcpServerArgs(C, "br0", "10.0.1.0/24", "10.0.1.1", serving=False)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         links.BridgeArgs(C)  # type: ignore[call-arg]
+
+
+# Host outputs as a host answers them (taken from a lab stack's state): the SDK translates a
+# resource's outputs by its class's annotations, and a value of another shape fails the program.
+HOST_OUTPUTS = [
+    (netfilter.ForwardingSetting, {"ipv4": True, "previous": {"ipv4": "0"}, "holders": 1}),
+    (
+        forward_rules.ForwardRules,
+        {
+            "jump": "filter FORWARD",
+            "problems": [],
+            "backend": "iptables",
+            "rules": {
+                "cross": [{"iif": "br-in", "oif": "br-in", "verdict": "accept"}],
+                "input": [{"ct": "dnat", "dport": 22, "dst": "10.0.1.11/32", "proto": "tcp"}],
+                "output": [],
+                "pass": [],
+            },
+        },
+    ),
+    (
+        dhcp.DhcpServer,
+        {
+            "pid": 40.0,
+            "leases": [],
+            "run_dir": "/run/kvmnet/dhcp/br-in",
+            "problems": [],
+            "backend": "nftables",
+            "serving": True,
+            "rules": [{"dport": 67, "iif": "br-in", "proto": "udp", "verdict": "accept"}],
+        },
+    ),
+    (
+        uplink.UplinkBridge,
+        {
+            "mac": "52:54:00:00:00:01",
+            "ifindex": 3.0,
+            "live_addresses": ["198.18.157.11/24"],
+            "previous_addresses": ["198.18.157.11/24"],
+            "moved_routes": [
+                {"dst": "default", "family": 2, "gateway": "198.18.157.254", "priority": None}
+            ],
+        },
+    ),
+    (
+        guest.QemuGuest,
+        {
+            "argv_sha256": "ab12",
+            "requested": {"accelerator": "auto", "console_socket": None, "qmp_socket": None},
+            "cloud_init_sha256": None,
+            "disk_path": None,
+            "macs": ["52:54:00:00:00:01"],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "resource, outputs", HOST_OUTPUTS, ids=lambda r: getattr(r, "__name__", "")
+)
+def test_output_annotations_fit_the_host_answers(resource: Any, outputs: dict[str, Any]) -> None:
+    types = resource_types(resource)
+    for name, value in outputs.items():
+        assert name in types, name
+        translate_output_properties(value, lambda k: k, types[name], True)  # raises on a misfit

@@ -89,7 +89,8 @@ class DeclaredResource(Resource, Generic[_Args]):
     """A kvmnet resource: its props follow from its Args, its outputs from its annotations.
 
     A subclass names its provider and annotates its outputs; `computed_inputs` and `options`
-    are for a resource that derives an input or an option from its arguments.
+    are for a resource that derives an input or an option from its arguments. The SDK reads
+    the annotations too, as the outputs' types: a value of another shape fails the program.
     """
 
     provider_type: ClassVar[type[KvmnetProvider]]

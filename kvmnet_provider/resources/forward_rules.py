@@ -95,5 +95,5 @@ class ForwardRules(DeclaredResource[ForwardRulesArgs], module="kvmnet", name="Fo
 
     jump: pulumi.Output[str]
     problems: pulumi.Output[list[str]]
-    rules: pulumi.Output[list[dict[str, Any]]]
+    rules: pulumi.Output[dict[str, list[dict[str, Any]]]]  # by section: cross, input, ...
     backend: pulumi.Output[str]
