@@ -11,39 +11,61 @@ the guests re-reads the hosts files (SIGHUP); changing the range, domain or subn
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import Resource
 
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import dhcp, validate
-from .base import Field, KvmnetProvider, deleted_first, owner_id
+from .base import KvmnetProvider, host_key
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .netfilter import firewall_backend
 
-COMPUTED = ("pid", "leases", "run_dir", "problems", "backend", "rules")
 START_TIMEOUT = 60.0
+
+
+@dataclass
+class DhcpHost:
+    """A declared guest: its MAC gets `address` (a static lease) and `name` in DNS."""
+
+    name: str
+    mac: str
+    address: str | None = None  # None: an address from the range
+
+
+def _host_props(hosts: Sequence[DhcpHost | dict[str, Any]]) -> list[dict[str, str | None]]:
+    return [dataclasses.asdict(h) if isinstance(h, DhcpHost) else dict(h) for h in hosts]
+
+
+@declaration
+class DhcpServerArgs:
+    connection: HostSettings
+    bridge: pulumi.Input[str] = kvmnet_field(validate.ifname, replaces=True)
+    subnet: str = kvmnet_field(validate.network)
+    # the bridge's address: dnsmasq answers DNS there, and it is the router
+    gateway: str = kvmnet_field(dhcp.address)
+    domain: str = kvmnet_field(dhcp.domain, default=dhcp.DEFAULT_DOMAIN)
+    # default: the upper half of the subnet
+    dhcp_range: tuple[str, str] | None = kvmnet_field(
+        dhcp.dhcp_range, default=None, prop=lambda r: list(r) if r else None
+    )
+    hosts: Sequence[DhcpHost | dict[str, Any]] = kvmnet_field(
+        dhcp.hosts, default_factory=list, prop=_host_props
+    )
+    # Drift: false when read finds dnsmasq dead or its rules gone (up repairs it).
+    serving: bool = kvmnet_field(validate.boolean, default=True, init=False)
 
 
 class DhcpServerProvider(KvmnetProvider):
     kind = "DhcpServer"
-    fields = {
-        "bridge": Field(validate.ifname, required=True, replaces=True),
-        "subnet": Field(validate.network, required=True),
-        "gateway": Field(dhcp.address, required=True),
-        "domain": Field(dhcp.domain, default=dhcp.DEFAULT_DOMAIN),
-        "dhcp_range": Field(dhcp.dhcp_range),
-        "hosts": Field(dhcp.hosts, default=[]),
-        # Drift: false when read finds dnsmasq dead or its rules gone (up repairs it).
-        "serving": Field(validate.boolean, default=True),
-    }
+    fields = field_table(DhcpServerArgs)
 
     def resource_id(self, props: dict[str, Any]) -> str:
-        conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/dhcp/{props['bridge']}"
+        return f"{host_key(props)}/dhcp/{props['bridge']}"
 
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         failures = []
@@ -128,56 +150,16 @@ class DhcpServerProvider(KvmnetProvider):
         agent.call("input.remove", {"owner": props["owner"], "backend": firewall_backend(props)})
 
 
-@dataclass
-class DhcpHost:
-    """A declared guest: its MAC gets `address` (a static lease) and `name` in DNS."""
+class DhcpServer(DeclaredResource[DhcpServerArgs], module="kvmnet", name="DhcpServer"):
+    provider_type = DhcpServerProvider
 
-    name: str
-    mac: str
-    address: str | None = None  # None: an address from the range
-
-
-@dataclass
-class DhcpServerArgs:
-    connection: HostSettings
-    bridge: pulumi.Input[str]
-    subnet: str
-    gateway: str  # the bridge's address: dnsmasq answers DNS there, and it is the router
-    domain: str = dhcp.DEFAULT_DOMAIN
-    dhcp_range: tuple[str, str] | None = None  # default: the upper half of the subnet
-    hosts: Sequence[DhcpHost | dict[str, Any]] = field(default_factory=list)
-
-
-class DhcpServer(Resource, module="kvmnet", name="DhcpServer"):
     pid: pulumi.Output[int]
     leases: pulumi.Output[list[dict[str, Any]]]
     run_dir: pulumi.Output[str]
     serving: pulumi.Output[bool]
     problems: pulumi.Output[list[str]]
     backend: pulumi.Output[str]
-
-    def __init__(
-        self, resource_name: str, args: DhcpServerArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        hosts = [
-            {"name": h.name, "mac": h.mac, "address": h.address}
-            if isinstance(h, DhcpHost)
-            else dict(h)
-            for h in args.hosts
-        ]
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("DhcpServer", resource_name),
-            "bridge": args.bridge,
-            "subnet": args.subnet,
-            "gateway": args.gateway,
-            "domain": args.domain,
-            "dhcp_range": list(args.dhcp_range) if args.dhcp_range else None,
-            "hosts": hosts,
-            "serving": True,
-            **dict.fromkeys(COMPUTED),
-        }
-        super().__init__(DhcpServerProvider(), resource_name, props, deleted_first(opts))
+    rules: pulumi.Output[list[dict[str, Any]]]
 
 
 __all__ = ["DhcpHost", "DhcpServer", "DhcpServerArgs", "DhcpServerProvider"]

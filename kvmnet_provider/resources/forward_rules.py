@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import Resource
 
 from ..connection import HostSettings
 from ..spec import models, validate
-from .base import Field, deleted_first, owner_id
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .netfilter import FirewallRuleProvider
 
 
@@ -53,16 +51,21 @@ def _forwards(value: Any) -> list[dict[str, Any]]:
     return sorted(items, key=lambda f: (f["guest"], f["proto"], f["port"]))
 
 
+@declaration
+class ForwardRulesArgs:
+    connection: HostSettings
+    mode: str = kvmnet_field(_mode)
+    bridge: pulumi.Input[str] = kvmnet_field(validate.ifname)
+    subnet: pulumi.Input[str] | None = kvmnet_field(validate.network, default=None)
+    # NAT: the declared port forwards admitted inbound: {guest: address, port: guest port, proto}
+    forwards: Sequence[dict[str, Any]] = kvmnet_field(_forwards, default_factory=list, prop=list)
+
+
 class ForwardRulesProvider(FirewallRuleProvider):
     kind = "ForwardRules"
     ops = ("forward.ensure", "forward.read", "forward.remove")
     id_segment = "forward"
-    fields = {
-        "mode": Field(_mode, required=True),
-        "bridge": Field(validate.ifname, required=True),
-        "subnet": Field(validate.network),
-        "forwards": Field(_forwards, default=[]),
-    }
+    fields = field_table(ForwardRulesArgs)
 
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         failures = []
@@ -87,34 +90,10 @@ class ForwardRulesProvider(FirewallRuleProvider):
         return out
 
 
-@dataclass
-class ForwardRulesArgs:
-    connection: HostSettings
-    mode: str
-    bridge: pulumi.Input[str]
-    subnet: pulumi.Input[str] | None = None
-    # NAT: the declared port forwards admitted inbound: {guest: address, port: guest port, proto}
-    forwards: Sequence[dict[str, Any]] = ()
+class ForwardRules(DeclaredResource[ForwardRulesArgs], module="kvmnet", name="ForwardRules"):
+    provider_type = ForwardRulesProvider
 
-
-class ForwardRules(Resource, module="kvmnet", name="ForwardRules"):
     jump: pulumi.Output[str]
     problems: pulumi.Output[list[str]]
+    rules: pulumi.Output[dict[str, list[dict[str, Any]]]]  # by section: cross, input, ...
     backend: pulumi.Output[str]
-
-    def __init__(
-        self, resource_name: str, args: ForwardRulesArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("ForwardRules", resource_name),
-            "mode": args.mode,
-            "bridge": args.bridge,
-            "subnet": args.subnet,
-            "forwards": list(args.forwards),
-            "jump": None,
-            "problems": None,
-            "rules": None,
-            "backend": None,
-        }
-        super().__init__(ForwardRulesProvider(), resource_name, props, deleted_first(opts))

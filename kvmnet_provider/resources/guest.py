@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import DiffResult, Resource
+from pulumi.dynamic import DiffResult
 
 from ..cloudinit import (
     CloudInit,
@@ -23,26 +24,13 @@ from ..errors import KvmnetError
 from ..spec import guest as guests
 from ..spec.validate import boolean, int_range, user_name
 from ..spec.wire import GuestRef, GuestState
-from .base import Field, KvmnetProvider, _has_unknown, deleted_first, owner_id
+from .base import KvmnetProvider, _has_unknown, host_key
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .links import TapPort
 
 # Inputs the host resolves (auto -> kvm|tcg, an unset socket -> a path in the run dir): the
 # outputs carry the resolved value, and what was asked for is kept under "requested".
 RESOLVED = ("accelerator", "console_socket", "qmp_socket")
-# Outputs only the host knows.
-GUEST_COMPUTED = (
-    "pid",
-    "status",
-    "macs",
-    "accelerator_reason",
-    "console_log",
-    "run_dir",
-    "argv_sha256",
-    "requested",
-    "disk_path",
-    "seed_path",
-    "cloud_init_sha256",
-)
 # user-data holds passwords and keys: the inputs carry it as a Pulumi secret, and the outputs
 # keep only its digest (a secret too), never the text.
 SECRET_OUTPUTS = ["cloud_init", "cloud_init_sha256"]
@@ -53,39 +41,95 @@ def _int(low: int, high: int) -> Any:
     return lambda v: int_range(v, low, high)
 
 
+@dataclass
+class GuestNicArgs:
+    """A NIC on a tap that already exists on its bridge (QEMU opens it, script=no)."""
+
+    tap: TapPort | pulumi.Input[str]
+    mac: str
+    model: str = "virtio-net-pci"  # or e1000
+
+
+@dataclass
+class GuestDiskArgs:
+    """An image file on the host."""
+
+    path: str
+    format: str  # raw or qcow2
+    interface: str = "virtio"  # or ide
+
+
+def _nic_props(nics: Sequence[GuestNicArgs]) -> list[dict[str, pulumi.Input[str]]]:
+    return [
+        {"tap": nic.tap.name if isinstance(nic.tap, TapPort) else nic.tap, "mac": nic.mac,
+         "model": nic.model}
+        for nic in nics
+    ]  # fmt: skip
+
+
+def _disk_props(disks: Sequence[GuestDiskArgs | dict[str, str]]) -> list[dict[str, str]]:
+    return [dataclasses.asdict(d) if isinstance(d, GuestDiskArgs) else dict(d) for d in disks]
+
+
+def _secret_cloud_init(value: CloudInit | dict[str, Any]) -> Any:
+    """user-data holds passwords and keys: the state keeps it as a Pulumi secret."""
+    return pulumi.Output.secret(value.to_props() if isinstance(value, CloudInit) else value)
+
+
+# QEMU applies none of the replacing inputs to a running guest; stop_timeout (how long delete
+# waits for an ACPI power-down) and keep_disk (what delete leaves) only matter at delete.
+@declaration
+class QemuGuestArgs:
+    connection: HostSettings
+    name: str = kvmnet_field(guests.guest_name, replaces=True)
+    memory_mib: int = kvmnet_field(_int(*guests.MEMORY_MIB), default=128, replaces=True)
+    vcpus: int = kvmnet_field(_int(*guests.VCPUS), default=1, replaces=True)
+    disks: Sequence[GuestDiskArgs | dict[str, str]] = kvmnet_field(
+        guests.disks, default_factory=list, replaces=True, prop=_disk_props
+    )
+    # direct boot: a kernel on the host, an optional initrd and kernel command line
+    kernel: str | None = kvmnet_field(guests.host_path, default=None, replaces=True)
+    initrd: str | None = kvmnet_field(guests.host_path, default=None, replaces=True)
+    cmdline: str | None = kvmnet_field(guests.kernel_cmdline, default=None, replaces=True)
+    nics: Sequence[GuestNicArgs] = kvmnet_field(
+        guests.nics, default_factory=list, replaces=True, prop=_nic_props
+    )
+    # kvm, tcg, or auto: KVM only where a probe shows it works
+    accelerator: str = kvmnet_field(guests.accelerator, default="auto", replaces=True)
+    # QEMU -cpu; default host under KVM, QEMU's own under TCG
+    cpu: str | None = kvmnet_field(guests.cpu_model, default=None, replaces=True)
+    # default: in the guest's run dir on the host
+    console_socket: str | None = kvmnet_field(guests.socket_path, default=None, replaces=True)
+    qmp_socket: str | None = kvmnet_field(guests.socket_path, default=None, replaces=True)
+    qemu: str = kvmnet_field(guests.qemu_binary, default=guests.DEFAULT_QEMU, replaces=True)
+    # seconds delete waits for an ACPI power-down before quitting
+    stop_timeout: int = kvmnet_field(_int(1, 300), default=10)
+    # a host user QEMU runs as once set up (QEMU's -runas)
+    run_as: str | None = kvmnet_field(user_name, default=None, replaces=True)
+    # Boot from a copy-on-write overlay of this image on the host (the first, virtio disk).
+    # The overlay is made at create from the base: another base, format or size is another
+    # disk.
+    base_image: str | None = kvmnet_field(guests.host_path, default=None, replaces=True)
+    base_format: str = kvmnet_field(guests.base_format, default="qcow2", replaces=True)  # or raw
+    # grow the overlay to this size (>= the base's)
+    disk_size_gib: int | None = kvmnet_field(
+        _int(*guests.DISK_SIZE_GIB), default=None, replaces=True
+    )
+    # delete leaves the overlay (at the disk_path output)
+    keep_disk: bool = kvmnet_field(boolean, default=False)
+    # cloud-init NoCloud: a `cidata` seed ISO attached as a read-only CD-ROM. cloud-init
+    # reads its seed at a new instance's first boot: another seed, another guest.
+    cloud_init: CloudInit | dict[str, Any] | None = kvmnet_field(
+        normalise_cloud_init, default=None, replaces=True, prop=_secret_cloud_init
+    )
+
+
 class QemuGuestProvider(KvmnetProvider):
     kind = "QemuGuest"
-    # QEMU applies none of these to a running guest: every one of them replaces it, except
-    # how long delete waits for an ACPI power-down.
-    fields = {
-        "name": Field(guests.guest_name, required=True, replaces=True),
-        "memory_mib": Field(_int(*guests.MEMORY_MIB), default=128, replaces=True),
-        "vcpus": Field(_int(*guests.VCPUS), default=1, replaces=True),
-        "disks": Field(guests.disks, default=[], replaces=True),
-        "kernel": Field(guests.host_path, replaces=True),
-        "initrd": Field(guests.host_path, replaces=True),
-        "cmdline": Field(guests.kernel_cmdline, replaces=True),
-        "nics": Field(guests.nics, default=[], replaces=True),
-        "accelerator": Field(guests.accelerator, default="auto", replaces=True),
-        "cpu": Field(guests.cpu_model, replaces=True),
-        "console_socket": Field(guests.socket_path, replaces=True),
-        "qmp_socket": Field(guests.socket_path, replaces=True),
-        "qemu": Field(guests.qemu_binary, default=guests.DEFAULT_QEMU, replaces=True),
-        "stop_timeout": Field(_int(1, 300), default=10),
-        "run_as": Field(user_name, replaces=True),
-        # The overlay is made at create from the base: another base, format or size is
-        # another disk. keep_disk only matters at delete.
-        "base_image": Field(guests.host_path, replaces=True),
-        "base_format": Field(guests.base_format, default="qcow2", replaces=True),
-        "disk_size_gib": Field(_int(*guests.DISK_SIZE_GIB), replaces=True),
-        "keep_disk": Field(boolean, default=False),
-        # cloud-init reads its seed at a new instance's first boot: another seed, another guest.
-        "cloud_init": Field(normalise_cloud_init, replaces=True),
-    }
+    fields = field_table(QemuGuestArgs)
 
     def resource_id(self, props: dict[str, Any]) -> str:
-        conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/guest/{props['name']}"
+        return f"{host_key(props)}/guest/{props['name']}"
 
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         return guests.cross_check(props)
@@ -171,53 +215,9 @@ class QemuGuestProvider(KvmnetProvider):
             pulumi.log.warn(f"guest {props['name']}: keep_disk: its overlay stays at {host}:{kept}")
 
 
-@dataclass
-class GuestNicArgs:
-    """A NIC on a tap that already exists on its bridge (QEMU opens it, script=no)."""
+class QemuGuest(DeclaredResource[QemuGuestArgs], module="kvmnet", name="QemuGuest"):
+    provider_type = QemuGuestProvider
 
-    tap: TapPort | pulumi.Input[str]
-    mac: str
-    model: str = "virtio-net-pci"  # or e1000
-
-
-@dataclass
-class GuestDiskArgs:
-    """An image file on the host."""
-
-    path: str
-    format: str  # raw or qcow2
-    interface: str = "virtio"  # or ide
-
-
-@dataclass
-class QemuGuestArgs:
-    connection: HostSettings
-    name: str
-    memory_mib: int = 128
-    vcpus: int = 1
-    disks: Sequence[GuestDiskArgs | dict[str, str]] = field(default_factory=list)
-    # direct boot: a kernel on the host, an optional initrd and kernel command line
-    kernel: str | None = None
-    initrd: str | None = None
-    cmdline: str | None = None
-    nics: Sequence[GuestNicArgs] = field(default_factory=list)
-    accelerator: str = "auto"  # kvm, tcg, or auto: KVM only where a probe shows it works
-    cpu: str | None = None  # QEMU -cpu; default host under KVM, QEMU's own under TCG
-    console_socket: str | None = None  # default: in the guest's run dir on the host
-    qmp_socket: str | None = None
-    qemu: str = guests.DEFAULT_QEMU
-    stop_timeout: int = 10  # seconds delete waits for an ACPI power-down before quitting
-    run_as: str | None = None  # a host user QEMU runs as once set up (QEMU's -runas)
-    # Boot from a copy-on-write overlay of this image on the host (the first, virtio disk).
-    base_image: str | None = None
-    base_format: str = "qcow2"  # or raw
-    disk_size_gib: int | None = None  # grow the overlay to this size (>= the base's)
-    keep_disk: bool = False  # delete leaves the overlay (at the disk_path output)
-    # cloud-init NoCloud: a `cidata` seed ISO attached as a read-only CD-ROM.
-    cloud_init: CloudInit | dict[str, Any] | None = None
-
-
-class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
     name: pulumi.Output[str]
     pid: pulumi.Output[int]
     status: pulumi.Output[str]
@@ -228,61 +228,15 @@ class QemuGuest(Resource, module="kvmnet", name="QemuGuest"):
     accelerator: pulumi.Output[str]
     accelerator_reason: pulumi.Output[str]
     run_dir: pulumi.Output[str]
+    argv_sha256: pulumi.Output[str]
+    requested: pulumi.Output[dict[str, str | None]]
     disk_path: pulumi.Output[str | None]
     seed_path: pulumi.Output[str | None]
+    cloud_init_sha256: pulumi.Output[str | None]
 
-    def __init__(
-        self, resource_name: str, args: QemuGuestArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        nics = []
-        for nic in args.nics:
-            tap = nic.tap.name if isinstance(nic.tap, TapPort) else nic.tap
-            nics.append({"tap": tap, "mac": nic.mac, "model": nic.model})
-        disks = [
-            {"path": d.path, "format": d.format, "interface": d.interface}
-            if isinstance(d, GuestDiskArgs)
-            else dict(d)
-            for d in args.disks
-        ]
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("QemuGuest", resource_name),
-            "name": args.name,
-            "memory_mib": args.memory_mib,
-            "vcpus": args.vcpus,
-            "disks": disks,
-            "kernel": args.kernel,
-            "initrd": args.initrd,
-            "cmdline": args.cmdline,
-            "nics": nics,
-            "accelerator": args.accelerator,
-            "cpu": args.cpu,
-            "console_socket": args.console_socket,
-            "qmp_socket": args.qmp_socket,
-            "qemu": args.qemu,
-            "stop_timeout": args.stop_timeout,
-            "run_as": args.run_as,
-            "base_image": args.base_image,
-            "base_format": args.base_format,
-            "disk_size_gib": args.disk_size_gib,
-            "keep_disk": args.keep_disk,
-            "cloud_init": None,
-            **dict.fromkeys(GUEST_COMPUTED),
-        }
-        if args.cloud_init is not None:
-            raw = (
-                args.cloud_init.to_props()
-                if isinstance(args.cloud_init, CloudInit)
-                else args.cloud_init
-            )
-            props["cloud_init"] = pulumi.Output.secret(raw)
+    def options(self, opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
         secret = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)
-        super().__init__(
-            QemuGuestProvider(),
-            resource_name,
-            props,
-            pulumi.ResourceOptions.merge(deleted_first(opts), secret),
-        )
+        return pulumi.ResourceOptions.merge(opts, secret)
 
 
 __all__ = [

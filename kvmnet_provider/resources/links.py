@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import DiffResult, Resource
+from pulumi.dynamic import DiffResult
 
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..errors import ConfigError
 from ..spec import validate
 from ..spec.validate import InvalidInput
-from .base import Field, KvmnetProvider, deleted_first, is_unknown, list_of, owner_id
+from .base import KvmnetProvider, host_key, is_unknown, list_of
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .linkreads import forget, read_link
 from .uplink import UplinkBridge
-
-LINK_COMPUTED = ("ifindex", "mac")
 
 
 class _LinkProvider(KvmnetProvider):
@@ -26,8 +24,7 @@ class _LinkProvider(KvmnetProvider):
     agent_ops: str = ""  # the agent's operations: <agent_ops>.create and <agent_ops>.update
 
     def resource_id(self, props: dict[str, Any]) -> str:
-        conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/{props['name']}"
+        return f"{host_key(props)}/{props['name']}"
 
     def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
         # Refresh reads every link: one listing of the host's links answers them (linkreads).
@@ -67,19 +64,46 @@ def _bridge_id(value: object) -> str:
     return value
 
 
+@declaration
+class BridgeArgs:
+    connection: HostSettings
+    name: str = kvmnet_field(validate.ifname, replaces=True)
+    addresses: Sequence[pulumi.Input[str]] = kvmnet_field(
+        list_of(validate.interface_address), default_factory=list, prop=list
+    )
+    mtu: pulumi.Input[int] | None = kvmnet_field(validate.mtu, default=None)
+    stp: bool = kvmnet_field(validate.boolean, default=False)
+    forward_delay: int = kvmnet_field(lambda v: validate.int_range(v, 0, 30), default=0)
+    up: bool = kvmnet_field(validate.boolean, default=True)
+    adopt: bool = kvmnet_field(validate.boolean, default=False)
+
+
+@declaration
+class TapPortArgs:
+    connection: HostSettings
+    name: str = kvmnet_field(validate.ifname, replaces=True)
+    # A Bridge, an UplinkBridge, or a bridge's name; the state keeps the name.
+    bridge: pulumi.Resource | str = kvmnet_field(validate.ifname)
+    owner_user: str | None = kvmnet_field(validate.user_name, default=None, replaces=True)
+    multi_queue: bool = kvmnet_field(validate.boolean, default=False, replaces=True)
+    mtu: pulumi.Input[int] | None = kvmnet_field(validate.mtu, default=None)
+    up: bool = kvmnet_field(validate.boolean, default=True)
+    adopt: bool = kvmnet_field(validate.boolean, default=False)
+    # A bridge made outside this program (by hand, or by another stack): named, not declared.
+    external_bridge: bool = False
+    # The declared Bridge's (or UplinkBridge's) id, which names its ifindex: a bridge made
+    # anew (replaced: deleted, then created) has another id, so its taps are updated, which
+    # joins them to it again (the kernel leaves a deleted bridge's ports detached, and
+    # nothing else of theirs changes). An update in place keeps the id: preview shows no
+    # tap for it. TapPort sets it from `bridge`.
+    bridge_id: pulumi.Input[str] | None = kvmnet_field(_bridge_id, default=None, init=False)
+
+
 class BridgeProvider(_LinkProvider):
     kind = "Bridge"
     link_kind = "bridge"
     agent_ops = "bridge"
-    fields = {
-        "name": Field(validate.ifname, required=True, replaces=True),
-        "addresses": Field(list_of(validate.interface_address), default=[]),
-        "mtu": Field(validate.mtu),
-        "stp": Field(validate.boolean, default=False),
-        "forward_delay": Field(lambda v: validate.int_range(v, 0, 30), default=0),
-        "up": Field(validate.boolean, default=True),
-        "adopt": Field(validate.boolean, default=False),
-    }
+    fields = field_table(BridgeArgs)
 
     def resource_id(self, props: dict[str, Any]) -> str:
         """host:port/name@ifindex: a bridge made anew gets another id (see TapPort's bridge_id)."""
@@ -102,21 +126,7 @@ class TapPortProvider(_LinkProvider):
     kind = "TapPort"
     link_kind = "tun"
     agent_ops = "tap"
-    fields = {
-        "name": Field(validate.ifname, required=True, replaces=True),
-        "bridge": Field(validate.ifname, required=True),
-        "owner_user": Field(validate.user_name, replaces=True),
-        "multi_queue": Field(validate.boolean, default=False, replaces=True),
-        "mtu": Field(validate.mtu),
-        "up": Field(validate.boolean, default=True),
-        "adopt": Field(validate.boolean, default=False),
-        # The declared Bridge's (or UplinkBridge's) id, which names its ifindex: a bridge made
-        # anew (replaced: deleted, then created) has another id, so its taps are updated, which
-        # joins them to it again (the kernel leaves a deleted bridge's ports detached, and
-        # nothing else of theirs changes). An update in place keeps the id: preview shows no
-        # tap for it.
-        "bridge_id": Field(_bridge_id),
-    }
+    fields = field_table(TapPortArgs)
 
     def spec(self, props: dict[str, Any]) -> dict[str, Any]:
         spec = super().spec(props)
@@ -125,7 +135,8 @@ class TapPortProvider(_LinkProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         if olds.get("bridge_id") is None and not is_unknown(news.get("bridge_id")):
-            olds = {**olds, "bridge_id": news.get("bridge_id")}  # state from before the field
+            # A state that has no bridge id yet: that alone is no change (an update records it).
+            olds = {**olds, "bridge_id": news.get("bridge_id")}
         return super().diff(_id, olds, news)
 
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
@@ -140,19 +151,9 @@ class TapPortProvider(_LinkProvider):
 _declared_bridges: set[tuple[str, str]] = set()
 
 
-@dataclass
-class BridgeArgs:
-    connection: HostSettings
-    name: str
-    addresses: Sequence[pulumi.Input[str]] = field(default_factory=list)
-    mtu: pulumi.Input[int] | None = None
-    stp: bool = False
-    forward_delay: int = 0
-    up: bool = True
-    adopt: bool = False
+class Bridge(DeclaredResource[BridgeArgs], module="kvmnet", name="Bridge"):
+    provider_type = BridgeProvider
 
-
-class Bridge(Resource, module="kvmnet", name="Bridge"):
     name: pulumi.Output[str]
     ifindex: pulumi.Output[int]
     mac: pulumi.Output[str]
@@ -162,44 +163,19 @@ class Bridge(Resource, module="kvmnet", name="Bridge"):
         self, resource_name: str, args: BridgeArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         _declared_bridges.add((args.connection.host, args.name))
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("Bridge", resource_name),
-            "name": args.name,
-            "addresses": list(args.addresses),
-            "mtu": args.mtu,
-            "stp": args.stp,
-            "forward_delay": args.forward_delay,
-            "up": args.up,
-            "adopt": args.adopt,
-            **dict.fromkeys(LINK_COMPUTED),
-        }
-        super().__init__(BridgeProvider(), resource_name, props, deleted_first(opts))
+        super().__init__(resource_name, args, opts)
 
 
-@dataclass
-class TapPortArgs:
-    connection: HostSettings
-    name: str
-    bridge: pulumi.Resource | str  # a Bridge, an UplinkBridge, or a bridge's name
-    owner_user: str | None = None
-    multi_queue: bool = False
-    mtu: pulumi.Input[int] | None = None
-    up: bool = True
-    adopt: bool = False
-    # A bridge made outside this program (by hand, or by another stack): named, not declared.
-    external_bridge: bool = False
+class TapPort(DeclaredResource[TapPortArgs], module="kvmnet", name="TapPort"):
+    provider_type = TapPortProvider
 
-
-class TapPort(Resource, module="kvmnet", name="TapPort"):
     name: pulumi.Output[str]
     bridge: pulumi.Output[str]
     ifindex: pulumi.Output[int]
     mac: pulumi.Output[str]
 
-    def __init__(
-        self, resource_name: str, args: TapPortArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
+    def computed_inputs(self, resource_name: str, args: TapPortArgs) -> dict[str, object]:
+        """The state keeps the bridge's name, and the id of a bridge this program declares."""
         bridge: pulumi.Input[str]
         bridge_id: pulumi.Input[str] | None = None
         if isinstance(args.bridge, pulumi.Resource):  # a Bridge or an UplinkBridge
@@ -216,17 +192,4 @@ class TapPort(Resource, module="kvmnet", name="TapPort"):
                     "Bridge resource, or set external_bridge=True",
                 )
             bridge = args.bridge
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("TapPort", resource_name),
-            "name": args.name,
-            "bridge": bridge,
-            "bridge_id": bridge_id,
-            "owner_user": args.owner_user,
-            "multi_queue": args.multi_queue,
-            "mtu": args.mtu,
-            "up": args.up,
-            "adopt": args.adopt,
-            **dict.fromkeys(LINK_COMPUTED),
-        }
-        super().__init__(TapPortProvider(), resource_name, props, deleted_first(opts))
+        return {"bridge": bridge, "bridge_id": bridge_id}

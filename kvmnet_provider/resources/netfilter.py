@@ -3,16 +3,16 @@ NAT models."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import DiffResult, Resource
+from pulumi.dynamic import DiffResult
 
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import validate
-from .base import Field, KvmnetProvider, deleted_first, owner_id
+from .base import KvmnetProvider, host_key
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 
 
 class _OwnedByMarkProvider(KvmnetProvider):
@@ -23,8 +23,7 @@ class _OwnedByMarkProvider(KvmnetProvider):
     id_segment: str
 
     def resource_id(self, props: dict[str, Any]) -> str:
-        conn = props["connection"]
-        return f"{conn['host']}:{int(conn['port'])}/{self.id_segment}/{props['owner']}"
+        return f"{host_key(props)}/{self.id_segment}/{props['owner']}"
 
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -90,14 +89,51 @@ class FirewallRuleProvider(_OwnedByMarkProvider):
         agent.call(self.ops[2], {"owner": props["owner"], "backend": firewall_backend(props)})
 
 
+def _protocol(value: Any) -> str:
+    return validate.protocol(value)
+
+
+def _ipv4(value: Any) -> str:
+    return validate.ipv4_address(value)
+
+
+def _port(value: Any) -> int:
+    return validate.port(value)
+
+
+@declaration
+class ForwardingSettingArgs:
+    connection: HostSettings
+    ipv6: bool = kvmnet_field(validate.boolean, default=False)
+    # What a ForwardingSetting is for: the state carries it, cross_check holds it true.
+    ipv4: bool = kvmnet_field(validate.boolean, default=True, init=False)
+
+
+@declaration
+class MasqueradeRuleArgs:
+    connection: HostSettings
+    source: pulumi.Input[str] = kvmnet_field(validate.network)
+    out_interface: pulumi.Input[str] | None = kvmnet_field(validate.ifname, default=None)
+
+
+@declaration
+class PortForwardArgs:
+    connection: HostSettings
+    host_port: pulumi.Input[int] = kvmnet_field(_port)
+    guest_address: pulumi.Input[str] = kvmnet_field(_ipv4)
+    guest_port: pulumi.Input[int] = kvmnet_field(_port)
+    protocol: pulumi.Input[str] = kvmnet_field(_protocol, default="tcp")
+    # only packets arriving on this NIC
+    in_interface: pulumi.Input[str] | None = kvmnet_field(validate.ifname, default=None)
+    # only packets to this host address
+    destination: pulumi.Input[str] | None = kvmnet_field(_ipv4, default=None)
+
+
 class ForwardingSettingProvider(_OwnedByMarkProvider):
     kind = "ForwardingSetting"
     ops = ("forwarding.acquire", "forwarding.read", "forwarding.release")
     id_segment = "forwarding"
-    fields = {
-        "ipv4": Field(validate.boolean, default=True),
-        "ipv6": Field(validate.boolean, default=False),
-    }
+    fields = field_table(ForwardingSettingArgs)
 
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         if not props["ipv4"]:
@@ -124,10 +160,7 @@ class MasqueradeRuleProvider(FirewallRuleProvider):
     kind = "MasqueradeRule"
     ops = ("masquerade.ensure", "masquerade.read", "masquerade.remove")
     id_segment = "masquerade"
-    fields = {
-        "source": Field(validate.network, required=True),
-        "out_interface": Field(validate.ifname),
-    }
+    fields = field_table(MasqueradeRuleArgs)
 
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         rules = live["rules"]
@@ -138,23 +171,11 @@ class MasqueradeRuleProvider(FirewallRuleProvider):
         return {"source": rule["source"], "out_interface": rule["out_interface"], "rules": rules}
 
 
-def _protocol(value: Any) -> str:
-    return validate.protocol(value)
-
-
-def _ipv4(value: Any) -> str:
-    return validate.ipv4_address(value)
-
-
-def _port(value: Any) -> int:
-    return validate.port(value)
-
-
 def _dnat_shape_ok(rule: dict[str, Any]) -> bool:
-    """Whether a DNAT rule as read back has the shape this version makes: only packets to the
-    host itself (`dst_type` local), unless an explicit `destination` narrows it instead. A
-    rule of the previous version (no such match: it caught traffic the host only forwards)
-    does not, nor does a hand-edited one."""
+    """Whether a DNAT rule as read back has the shape kvmnet makes: only packets to the host
+    itself (`dst_type` local), unless an explicit `destination` narrows it instead. A rule
+    without that match (it would catch traffic the host only forwards) does not, nor does a
+    hand-edited one."""
     return rule.get("dst_type") == (None if rule.get("destination") else validate.DNAT_DST_LOCAL)
 
 
@@ -165,14 +186,7 @@ class PortForwardProvider(FirewallRuleProvider):
     kind = "PortForward"
     ops = ("dnat.ensure", "dnat.read", "dnat.remove")
     id_segment = "dnat"
-    fields = {
-        "protocol": Field(_protocol, default="tcp"),
-        "host_port": Field(_port, required=True),
-        "guest_address": Field(_ipv4, required=True),
-        "guest_port": Field(_port, required=True),
-        "in_interface": Field(validate.ifname),
-        "destination": Field(_ipv4),
-    }
+    fields = field_table(PortForwardArgs)
 
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         # The DNAT matches the port on every address of the host unless `destination` says
@@ -200,9 +214,9 @@ class PortForwardProvider(FirewallRuleProvider):
             return found
         if _dnat_shape_ok(rules[0]):
             return found
-        # State from the previous version (or a refresh that read an old rule): the inputs
-        # are the same, but the rule on the host is not the one this version makes; an
-        # update rewrites it in place (dnat.ensure replaces the owner's rule).
+        # The inputs are the same, but the rule on the host (as the state or a refresh read
+        # it) is not of the shape kvmnet makes; an update rewrites it in place (dnat.ensure
+        # replaces the owner's rule).
         return DiffResult(changes=True, replaces=[], delete_before_replace=True)
 
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
@@ -222,91 +236,27 @@ class PortForwardProvider(FirewallRuleProvider):
         }
 
 
-@dataclass
-class ForwardingSettingArgs:
-    connection: HostSettings
-    ipv6: bool = False
+class ForwardingSetting(
+    DeclaredResource[ForwardingSettingArgs], module="kvmnet", name="ForwardingSetting"
+):
+    provider_type = ForwardingSettingProvider
 
-
-class ForwardingSetting(Resource, module="kvmnet", name="ForwardingSetting"):
     ipv4: pulumi.Output[bool]
     previous: pulumi.Output[dict[str, str]]
-
-    def __init__(
-        self,
-        resource_name: str,
-        args: ForwardingSettingArgs,
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("ForwardingSetting", resource_name),
-            "ipv4": True,
-            "ipv6": args.ipv6,
-            "previous": None,
-            "holders": None,
-        }
-        super().__init__(ForwardingSettingProvider(), resource_name, props, deleted_first(opts))
+    holders: pulumi.Output[int]
 
 
-@dataclass
-class MasqueradeRuleArgs:
-    connection: HostSettings
-    source: pulumi.Input[str]
-    out_interface: pulumi.Input[str] | None = None
+class MasqueradeRule(DeclaredResource[MasqueradeRuleArgs], module="kvmnet", name="MasqueradeRule"):
+    provider_type = MasqueradeRuleProvider
 
-
-class MasqueradeRule(Resource, module="kvmnet", name="MasqueradeRule"):
     source: pulumi.Output[str]
     rules: pulumi.Output[list[dict[str, Any]]]
     backend: pulumi.Output[str]
 
-    def __init__(
-        self,
-        resource_name: str,
-        args: MasqueradeRuleArgs,
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("MasqueradeRule", resource_name),
-            "source": args.source,
-            "out_interface": args.out_interface,
-            "rules": None,
-            "backend": None,
-        }
-        super().__init__(MasqueradeRuleProvider(), resource_name, props, deleted_first(opts))
 
+class PortForward(DeclaredResource[PortForwardArgs], module="kvmnet", name="PortForward"):
+    provider_type = PortForwardProvider
 
-@dataclass
-class PortForwardArgs:
-    connection: HostSettings
-    host_port: pulumi.Input[int]
-    guest_address: pulumi.Input[str]
-    guest_port: pulumi.Input[int]
-    protocol: pulumi.Input[str] = "tcp"
-    in_interface: pulumi.Input[str] | None = None  # only packets arriving on this NIC
-    destination: pulumi.Input[str] | None = None  # only packets to this host address
-
-
-class PortForward(Resource, module="kvmnet", name="PortForward"):
     host_port: pulumi.Output[int]
     rules: pulumi.Output[list[dict[str, Any]]]
     backend: pulumi.Output[str]
-
-    def __init__(
-        self, resource_name: str, args: PortForwardArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("PortForward", resource_name),
-            "protocol": args.protocol,
-            "host_port": args.host_port,
-            "guest_address": args.guest_address,
-            "guest_port": args.guest_port,
-            "in_interface": args.in_interface,
-            "destination": args.destination,
-            "rules": None,
-            "backend": None,
-        }
-        super().__init__(PortForwardProvider(), resource_name, props, deleted_first(opts))

@@ -12,16 +12,16 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import CheckFailure, CheckResult, Resource
+from pulumi.dynamic import CheckFailure, CheckResult
 
 from ..connection import AgentCallError, HostError, HostSettings, agent_session, fresh_session
 from ..connection.session import AgentSession
 from ..spec import validate
-from .base import Field, KvmnetProvider, _has_unknown, deleted_first, list_of, owner_id
+from .base import KvmnetProvider, _has_unknown, host_key, list_of
+from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 
 PROBE_CONNECT_TIMEOUT = 4.0
 
@@ -32,25 +32,30 @@ def _state(value: Any) -> str:
     return "bridged"
 
 
+@declaration
+class UplinkBridgeArgs:
+    connection: HostSettings
+    name: str = kvmnet_field(validate.ifname, replaces=True)
+    nic: str = kvmnet_field(validate.ifname, replaces=True)
+    # Empty: the NIC's own addresses move to the bridge.
+    addresses: list[str] = kvmnet_field(
+        list_of(validate.interface_address), default_factory=list, replaces=True, prop=list
+    )
+    mtu: int | None = kvmnet_field(validate.mtu, default=None, replaces=True)
+    rollback_seconds: int = kvmnet_field(lambda v: validate.int_range(v, 5, 600), default=30)
+    # Drift: read reports another state when the NIC is no longer the bridge's port.
+    state: str = kvmnet_field(_state, default="bridged", init=False)
+
+
 class UplinkBridgeProvider(KvmnetProvider):
     kind = "UplinkBridge"
-    fields = {
-        "name": Field(validate.ifname, required=True, replaces=True),
-        "nic": Field(validate.ifname, required=True, replaces=True),
-        # Empty: the NIC's own addresses move to the bridge.
-        "addresses": Field(list_of(validate.interface_address), default=[], replaces=True),
-        "mtu": Field(validate.mtu, replaces=True),
-        "rollback_seconds": Field(lambda v: validate.int_range(v, 5, 600), default=30),
-        "state": Field(_state, default="bridged"),
-    }
+    fields = field_table(UplinkBridgeArgs)
 
     def resource_id(self, props: dict[str, Any]) -> str:
         """host:port/name<nic@ifindex: a bridge made anew gets another id, so its taps follow
-        it (TapPort's bridge_id). Without an ifindex (an agent of before it said one), as
-        before."""
-        conn = props["connection"]
+        it (TapPort's bridge_id). An agent that reports no ifindex gives an id without one."""
         ifindex = f"@{int(props['ifindex'])}" if props.get("ifindex") is not None else ""
-        return f"{conn['host']}:{int(conn['port'])}/{props['name']}<{props['nic']}{ifindex}"
+        return f"{host_key(props)}/{props['name']}<{props['nic']}{ifindex}"
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         result = super().check(olds, news)
@@ -169,36 +174,12 @@ def _failure(prop: str, reason: str) -> CheckFailure:
     return CheckFailure(prop, f"{prop}: {reason}")
 
 
-@dataclass
-class UplinkBridgeArgs:
-    connection: HostSettings
-    name: str
-    nic: str
-    addresses: list[str] = field(default_factory=list)
-    mtu: int | None = None
-    rollback_seconds: int = 30
+class UplinkBridge(DeclaredResource[UplinkBridgeArgs], module="kvmnet", name="UplinkBridge"):
+    provider_type = UplinkBridgeProvider
 
-
-class UplinkBridge(Resource, module="kvmnet", name="UplinkBridge"):
     name: pulumi.Output[str]
     mac: pulumi.Output[str]
     ifindex: pulumi.Output[int]
     live_addresses: pulumi.Output[list[str]]
-
-    def __init__(
-        self, resource_name: str, args: UplinkBridgeArgs, opts: pulumi.ResourceOptions | None = None
-    ) -> None:
-        props: dict[str, Any] = {
-            "connection": args.connection.to_props(),
-            "owner": owner_id("UplinkBridge", resource_name),
-            "name": args.name,
-            "nic": args.nic,
-            "addresses": list(args.addresses),
-            "mtu": args.mtu,
-            "rollback_seconds": args.rollback_seconds,
-            "state": "bridged",
-            **dict.fromkeys(
-                ("mac", "ifindex", "live_addresses", "moved_routes", "previous_addresses")
-            ),
-        }
-        super().__init__(UplinkBridgeProvider(), resource_name, props, deleted_first(opts))
+    moved_routes: pulumi.Output[list[dict[str, Any]]]
+    previous_addresses: pulumi.Output[list[str]]
