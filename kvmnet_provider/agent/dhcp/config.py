@@ -26,9 +26,7 @@ CONF, DHCP_HOSTS, HOSTS, LEASES, PIDFILE, LOG = (
 )
 
 
-def conf_text(
-    spec: dict[str, Any], run_dir: Path, files_dir: Path, user: str, group: str
-) -> str:
+def conf_text(spec: dict[str, Any], run_dir: Path, files_dir: Path, user: str, group: str) -> str:
     start, end = spec["dhcp_range"]
     netmask = _netmask(spec["subnet"])
     lines = [

@@ -158,7 +158,9 @@ def _run(tool: str, args: list[str]) -> None:
             env={"PATH": SEARCH_PATH, "LC_ALL": "C"},
         )
     except subprocess.TimeoutExpired:
-        raise AgentError("failed", f"{tool} {args[-1]} did not finish within {TIMEOUT:g} s") from None
+        raise AgentError(
+            "failed", f"{tool} {args[-1]} did not finish within {TIMEOUT:g} s"
+        ) from None
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
         raise AgentError("failed", f"{tool} {args[-1]} failed: {lines[-1]}")
