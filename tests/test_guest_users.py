@@ -127,3 +127,20 @@ def test_a_user_a_process_still_runs_as_is_kept(host: dict[str, Any]) -> None:
     assert users.remove(OWNER) is None and name in host["users"]
     users.discard({"owner": OWNER})  # after a failed start: the same rule
     assert name in host["users"]
+
+
+def test_a_lab_namespaces_teardown_removes_only_its_idle_guest_users(
+    host: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = users.user_name(OWNER, "netns-7")
+    busy = users.user_name("kvmnet/dev/QemuGuest/g2", "netns-7")
+    other_ns = users.user_name(OWNER, "netns-8")
+    for name, owner, label, uid in ((mine, OWNER, "netns-7", 990),
+                                    (busy, "kvmnet/dev/QemuGuest/g2", "netns-7", 991),
+                                    (other_ns, OWNER, "netns-8", 992)):  # fmt: skip
+        host["users"][name] = entry(name, users.comment("g", owner, label), uid)
+    host["users"]["alice"] = entry("alice", "kvmnet guest g netns-7 0123", 1000)  # not ours
+    host["busy"].add(991)
+    monkeypatch.setattr(users.pwd, "getpwall", lambda: list(host["users"].values()))
+    assert users.remove_namespace_users("netns-7") == [mine]
+    assert set(host["users"]) == {busy, other_ns, "alice"}

@@ -117,6 +117,20 @@ def remove(owner: str) -> str | None:
     return name
 
 
+def remove_namespace_users(label: str) -> list[str]:
+    """Remove every idle guest user kvmnet made in the namespace `label` (`netns-<inode>`):
+    the lab's teardown of a namespace whose guests died with it. The names removed."""
+    removed = []
+    for entry in pwd.getpwall():
+        words = entry.pw_gecos.split()
+        if words[:2] != ["kvmnet", "guest"] or len(words) != 5 or words[3] != label:
+            continue
+        if entry.pw_name.startswith(PREFIX) and not _busy(entry.pw_uid):
+            _run("userdel", [entry.pw_name])
+            removed.append(entry.pw_name)
+    return removed
+
+
 def discard(spec: dict[str, Any]) -> None:
     """After a failed start: the guest's own user goes unless its QEMU still runs."""
     try:
