@@ -207,7 +207,9 @@ class QemuGuestArgs:
     qmp_socket: str | None = None
     qemu: str = guests.DEFAULT_QEMU
     stop_timeout: int = 10  # seconds delete waits for an ACPI power-down before quitting
-    run_as: str | None = None  # a host user QEMU runs as once set up (QEMU's -runas)
+    # The host user QEMU runs as once set up (-runas); unset: a system user of the guest's own,
+    # made and removed with it by the agent; "root" keeps QEMU root (only when asked for).
+    run_as: str | None = None
     # Boot from a copy-on-write overlay of this image on the host (the first, virtio disk).
     base_image: str | None = None
     base_format: str = "qcow2"  # or raw
