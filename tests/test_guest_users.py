@@ -80,7 +80,7 @@ def host(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(users.pwd, "getpwnam", getpwnam)
     monkeypatch.setattr(users.grp, "getgrnam", lambda name: (_ for _ in ()).throw(KeyError(name)))
     monkeypatch.setattr(users, "_run", run)
-    monkeypatch.setattr(users, "_busy", lambda uid: uid in fake["busy"])
+    monkeypatch.setattr(users, "_busy", lambda uid: [4242] if uid in fake["busy"] else [])
     monkeypatch.setattr(users, "namespace_label", lambda: "host")
     return fake
 
@@ -120,13 +120,24 @@ def test_a_user_of_that_name_not_ours_is_refused_and_kept(host: dict[str, Any]) 
     assert users.remove(OWNER) is None and host["ran"] == []
 
 
-def test_a_user_a_process_still_runs_as_is_kept(host: dict[str, Any]) -> None:
+def test_a_user_a_process_still_runs_as_is_kept(
+    host: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delete waits for a just-stopped QEMU to be reaped, then says which process holds the
+    user; a failed start's cleanup keeps a user whose QEMU still runs, quietly."""
+    clock = iter(range(1000))
+    monkeypatch.setattr(users, "time", SimpleNamespace(monotonic=lambda: float(next(clock)),
+                                                       sleep=lambda _s: None))  # fmt: skip
     name = users.user_name(OWNER, "host")
     users.ensure({"name": "g1", "owner": OWNER, "run_as": name})
     host["busy"].add(host["users"][name].pw_uid)
-    assert users.remove(OWNER) is None and name in host["users"]
-    users.discard({"owner": OWNER})  # after a failed start: the same rule
+    with pytest.raises(AgentError) as caught:
+        users.remove(OWNER)
+    assert f"host user {name} of guest g1 is still used by process 4242" in caught.value.message
+    users.discard({"owner": OWNER})
     assert name in host["users"]
+    host["busy"].clear()  # reaped
+    assert users.remove(OWNER) == name
 
 
 def test_a_lab_namespaces_teardown_removes_only_its_idle_guest_users(

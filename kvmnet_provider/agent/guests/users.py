@@ -20,6 +20,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,17 +97,30 @@ def ensure(spec: dict[str, Any]) -> None:
     )  # fmt: skip
 
 
-def remove(owner: str) -> str | None:
-    """Remove the guest's own user (and its group) unless a process still runs as it; the
-    name removed. Users kvmnet did not make for this guest are never touched."""
+def remove(owner: str, wait: float = 10.0, strict: bool = True) -> str | None:
+    """Remove the guest's own user (and its group); the name removed. Users kvmnet did not
+    make for this guest are never touched. A QEMU just stopped may not be reaped yet (userdel
+    refuses a user any process has): up to `wait` seconds for that; a user still in use after
+    it is an error when `strict`, else kept."""
     label = namespace_label()
     name = user_name(owner, label)
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
         return None
-    if not _is_ours(entry, owner, label) or _busy(entry.pw_uid):
+    if not _is_ours(entry, owner, label):
         return None
+    deadline = time.monotonic() + wait
+    while pids := _busy(entry.pw_uid):
+        if time.monotonic() >= deadline:
+            if not strict:
+                return None
+            raise AgentError(
+                "failed",
+                f"host user {name} of guest {entry.pw_gecos.split()[2]} is still used by "
+                f"process {', '.join(map(str, pids[:5]))}; run the delete again once it exits",
+            )
+        time.sleep(0.05)
     _run("userdel", [name])
     try:  # userdel removes a user's own group; one left by an older userdel goes too
         group = grp.getgrnam(name)
@@ -134,13 +148,14 @@ def remove_namespace_users(label: str) -> list[str]:
 def discard(spec: dict[str, Any]) -> None:
     """After a failed start: the guest's own user goes unless its QEMU still runs."""
     try:
-        remove(spec["owner"])
+        remove(spec["owner"], wait=2.0, strict=False)
     except AgentError:
         pass  # the start's own error is the one to report
 
 
-def _busy(uid: int) -> bool:
-    """Any process runs as `uid` (real, effective, saved or filesystem)."""
+def _busy(uid: int) -> list[int]:
+    """The processes that run as `uid` (real, effective, saved or filesystem), a zombie too."""
+    found = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             text = status.read_text()
@@ -149,9 +164,9 @@ def _busy(uid: int) -> bool:
         for line in text.splitlines():
             if line.startswith("Uid:"):
                 if str(uid) in line.split()[1:]:
-                    return True
+                    found.append(int(status.parent.name))
                 break
-    return False
+    return sorted(found)
 
 
 def _run(tool: str, args: list[str]) -> None:
