@@ -347,6 +347,19 @@ def test_two_servers_on_one_host_and_destroy_leaves_nothing(
     assert len(servers) == 2 and all(s["outputs"]["serving"] for s in servers)
     dnsmasqs = [p for p in host_snapshot(lab_api, ns)["processes"] if "dnsmasq" in p[0]]
     assert len(dnsmasqs) == 2, dnsmasqs
+    # As its user, dnsmasq reads its hosts files and can write in none of kvmnet's directories.
+    user = pwd.getpwnam("dnsmasq")
+    as_dnsmasq = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    inode = run_in(lab_api, ns, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).strip()
+    for server in servers:
+        out = server["outputs"]
+        assert uids(out["pid"]) == {user.pw_uid}
+        files = Path(f"/run/kvmnet-dnsmasq/netns-{inode}/{out['bridge']}")
+        said = run_in(lab_api, ns, [*as_dnsmasq, "cat", str(files / "dhcp-hosts")])
+        assert said.startswith("52:54:00:00:0"), said
+        for directory in (Path(out["run_dir"]), files):
+            probe = run_in(lab_api, ns, [*as_dnsmasq, "touch", str(directory / "probe")], False)
+            assert not (directory / "probe").exists(), probe
     dhcp_stack.refresh()
     dhcp_stack.preview_no_changes()
     dhcp_stack.destroy()
