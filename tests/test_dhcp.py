@@ -106,7 +106,8 @@ def test_values_that_could_inject_into_dnsmasq_files_are_refused() -> None:
 
 # --- dnsmasq's files ---------------------------------------------------------------------------
 def test_conf_binds_the_bridge_only_and_keeps_its_files_in_the_run_dir(tmp_path: Path) -> None:
-    text = config.conf_text(spec(domain="lab.test"), tmp_path)
+    files = tmp_path / "readable"
+    text = config.conf_text(spec(domain="lab.test"), tmp_path, files, "dnsmasq", "nogroup")
     lines = text.splitlines()
     for line in (
         "interface=br-in",
@@ -126,6 +127,71 @@ def test_conf_binds_the_bridge_only_and_keeps_its_files_in_the_run_dir(tmp_path:
         "/usr/sbin/dnsmasq",
         f"--conf-file={tmp_path}/dnsmasq.conf",
     ]
+
+
+def test_dnsmasq_drops_root_and_reads_its_hosts_files_where_it_may(tmp_path: Path) -> None:
+    """It parses packets from guests: never root after start; the files it re-reads on SIGHUP
+    as that user are outside root's private run dir, the lease file inside it."""
+    files = tmp_path / "readable"
+    lines = config.conf_text(spec(), tmp_path, files, "dnsmasq", "nogroup").splitlines()
+    assert "user=dnsmasq" in lines and "group=nogroup" in lines
+    assert not any(line in ("user=root", "group=root") for line in lines)
+    assert f"addn-hosts={files}/hosts" in lines
+    assert f"dhcp-hostsfile={files}/dhcp-hosts" in lines
+    assert f"dhcp-leasefile={tmp_path}/leases" in lines
+
+
+def test_dnsmasq_runs_as_the_dnsmasq_user_else_nobody(monkeypatch: pytest.MonkeyPatch) -> None:
+    import grp
+    import pwd
+
+    from kvmnet_provider.agent.dhcp import account
+    from kvmnet_provider.agent.errors import AgentError
+
+    def users(*names: str) -> Any:
+        def getpwnam(name: str) -> Any:
+            if name not in names:
+                raise KeyError(name)
+            return SimpleNamespace(pw_name=name, pw_uid=100 + len(name), pw_gid=65534)
+
+        return getpwnam
+
+    monkeypatch.setattr(grp, "getgrgid", lambda gid: SimpleNamespace(gr_name="nogroup"))
+    monkeypatch.setattr(pwd, "getpwnam", users("dnsmasq", "nobody"))
+    assert account.account() == ("dnsmasq", "nogroup", 65534)
+    monkeypatch.setattr(pwd, "getpwnam", users("nobody"))
+    assert account.account() == ("nobody", "nogroup", 65534)
+    monkeypatch.setattr(pwd, "getpwnam", users())
+    with pytest.raises(AgentError) as caught:
+        account.account()
+    assert "\n" not in caught.value.message
+    assert "useradd --system --no-create-home --shell /usr/sbin/nologin dnsmasq" in (
+        caught.value.message
+    )
+
+
+def test_dnsmasq_files_are_roots_and_readable_by_its_group_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import os
+    import stat
+
+    from kvmnet_provider.agent import hoststate
+    from kvmnet_provider.agent.dhcp import account
+
+    monkeypatch.setattr(hoststate, "ROOT", tmp_path / "run")
+    gid = 65534
+    files = account.prepare("br-in", gid)
+    assert files == account.files_dir("br-in")
+    assert files.parent.parent == tmp_path / "run-dnsmasq"
+    account.write(files / "hosts", "10.0.1.254 gateway.lab\n", gid)
+    modes = {p: os.lstat(p) for p in (files.parent.parent, files.parent, files, files / "hosts")}
+    assert [stat.S_IMODE(m.st_mode) for m in modes.values()] == [0o711, 0o711, 0o710, 0o640]
+    assert all(m.st_uid == os.geteuid() for m in modes.values())
+    assert [m.st_gid for m in modes.values()][2:] == [gid, gid]
+    assert (files / "hosts").read_text() == "10.0.1.254 gateway.lab\n"
+    account.remove("br-in")
+    assert not (tmp_path / "run-dnsmasq").exists()  # the host as before
 
 
 def test_hosts_files() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import re
 import signal
 import textwrap
@@ -81,6 +82,13 @@ def eth0_address(console: GuestConsole) -> str:
     return found.group(1)
 
 
+def uids(pid: int) -> set[int]:
+    """The real, effective, saved and filesystem uids of a process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    return {int(field) for field in line.split()[1:]}
+
+
 def resolves(console: GuestConsole, name: str) -> list[str]:
     """What the guest's resolver (the lease's DNS server) answers for `name`."""
     out = console.run(f"nslookup {name}", 30).output
@@ -119,6 +127,16 @@ def test_dhcp_leases_dns_and_dnsmasq_drift(
         assert low <= stray_address <= high, stray_address
         assert "default via 10.0.1.254" in stray.run("ip route", 20).output
 
+        # Nothing that parses the guests' packets or runs their code is root: dnsmasq runs as
+        # its own user (and wrote the leases below after dropping root), each QEMU as a user of
+        # its guest's own.
+        dnsmasq = {pwd.getpwnam("dnsmasq").pw_uid}
+        assert uids(int(outs["dhcp_pid"])) == dnsmasq
+        qemus = [uids(r["outputs"]["pid"]) for r in dhcp_stack.resources("QemuGuest")]
+        assert all(len(u) == 1 and 0 not in u for u in qemus) and len(set(map(min, qemus))) == 3
+        guest_users = [pwd.getpwuid(min(u)).pw_name for u in qemus]
+        assert all(name.startswith("kvmnet-") for name in guest_users), guest_users
+
         # read reports the live leases.
         dhcp_stack.refresh()
         state = dhcp_state(dhcp_stack)
@@ -140,6 +158,7 @@ def test_dhcp_leases_dns_and_dnsmasq_drift(
         dhcp_stack.up()
         state = dhcp_state(dhcp_stack)
         assert state["serving"] is True and state["pid"] != pid
+        assert uids(state["pid"]) == dnsmasq
         kept = {lease["mac"]: lease["address"] for lease in state["leases"]}
         assert kept["52:54:00:00:01:01"] == "10.0.1.11", kept
         assert kept["52:54:00:00:09:09"] == str(stray_address), kept
@@ -172,6 +191,9 @@ def test_dhcp_leases_dns_and_dnsmasq_drift(
 
     dhcp_stack.destroy()
     assert diff_snapshots(before, host_snapshot(lab_api, host_ns)) == []
+    for name in guest_users:  # the snapshot's "users" too: none left for this lab host
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)
 
 
 BAD_INPUT = [
@@ -325,6 +347,19 @@ def test_two_servers_on_one_host_and_destroy_leaves_nothing(
     assert len(servers) == 2 and all(s["outputs"]["serving"] for s in servers)
     dnsmasqs = [p for p in host_snapshot(lab_api, ns)["processes"] if "dnsmasq" in p[0]]
     assert len(dnsmasqs) == 2, dnsmasqs
+    # As its user, dnsmasq reads its hosts files and can write in none of kvmnet's directories.
+    user = pwd.getpwnam("dnsmasq")
+    as_dnsmasq = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    inode = run_in(lab_api, ns, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).strip()
+    for server in servers:
+        out = server["outputs"]
+        assert uids(out["pid"]) == {user.pw_uid}
+        files = Path(f"/run/kvmnet-dnsmasq/netns-{inode}/{out['bridge']}")
+        said = run_in(lab_api, ns, [*as_dnsmasq, "cat", str(files / "dhcp-hosts")])
+        assert said.startswith("52:54:00:00:0"), said
+        for directory in (Path(out["run_dir"]), files):
+            probe = run_in(lab_api, ns, [*as_dnsmasq, "touch", str(directory / "probe")], False)
+            assert not (directory / "probe").exists(), probe
     dhcp_stack.refresh()
     dhcp_stack.preview_no_changes()
     dhcp_stack.destroy()

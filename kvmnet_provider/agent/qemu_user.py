@@ -1,4 +1,5 @@
-"""The optional user a guest's QEMU runs as (`run_as`): it must exist on this host.
+"""The user a guest's `run_as` names: it must exist on this host (unset, the guest gets a
+user of its own: guests/users.py).
 
 QEMU opens its disks, taps, sockets, logs and pidfile as root, then switches to the user
 (-runas), so those stay root's and a compromised QEMU holds only what the user may touch.

@@ -70,6 +70,8 @@ class GuestSpec:
     disk_size_gib: int | None = None
     keep_disk: bool = False  # destroy leaves the overlay on the host
     cloud_init: CloudInit | dict[str, Any] | None = None  # NoCloud seed, a read-only CD-ROM
+    # The host user QEMU runs as; unset: a system user of this guest's own; "root" only if asked.
+    run_as: str | None = None
 
 
 @dataclass
@@ -177,6 +179,7 @@ class _Network(pulumi.ComponentResource):
                     disk_size_gib=guest.disk_size_gib,
                     keep_disk=guest.keep_disk,
                     cloud_init=guest.cloud_init,
+                    run_as=guest.run_as,
                 ),
                 after,
             )

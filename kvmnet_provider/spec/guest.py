@@ -187,7 +187,9 @@ SPEC_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "qmp_socket": (socket_path, None),
     "qemu": (qemu_binary, DEFAULT_QEMU),
     "stop_timeout": (_int(1, 300), 10),
-    "run_as": (validate.user_name, None),  # QEMU drops root for this user once set up
+    # QEMU drops root for this user once set up; unset: a user of the guest's own, made by
+    # the agent; root: QEMU stays root (only when asked for).
+    "run_as": (validate.user_name, None),
     # A copy-on-write overlay of base_image, made by the agent, is the first (boot) disk.
     "base_image": (host_path, None),
     "base_format": (base_format, "qcow2"),

@@ -4,7 +4,8 @@
 - ``dhcp-hosts``  the static leases, ``MAC,ADDRESS,NAME`` (``MAC,NAME`` for a guest with no
   address: it gets one from the range and its name in DNS);
 - ``hosts``       DNS names of the guests with an address, ``ADDRESS NAME.DOMAIN NAME``.
-The last two are re-read on SIGHUP, so a change of guests costs no restart.
+The last two are re-read on SIGHUP, so a change of guests costs no restart; dnsmasq reads
+them as its unprivileged user, from the directory account.py makes for them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ CONF, DHCP_HOSTS, HOSTS, LEASES, PIDFILE, LOG = (
 )
 
 
-def conf_text(spec: dict[str, Any], run_dir: Path) -> str:
+def conf_text(spec: dict[str, Any], run_dir: Path, files_dir: Path, user: str, group: str) -> str:
     start, end = spec["dhcp_range"]
     netmask = _netmask(spec["subnet"])
     lines = [
@@ -35,9 +36,9 @@ def conf_text(spec: dict[str, Any], run_dir: Path) -> str:
         f"interface={spec['bridge']}",
         "except-interface=lo",
         "bind-interfaces",
-        # Root's private run dir holds the hosts files dnsmasq re-reads on SIGHUP.
-        "user=root",
-        "group=root",
+        # It parses packets from guests: root only to bind and open its files, then `user`.
+        f"user={user}",
+        f"group={group}",
         f"pid-file={run_dir / PIDFILE}",
         f"log-facility={run_dir / LOG}",
         "no-hosts",  # the host's /etc/hosts is not the guests' business
@@ -46,9 +47,9 @@ def conf_text(spec: dict[str, Any], run_dir: Path) -> str:
         f"domain={spec['domain']}",
         f"local=/{spec['domain']}/",  # answered here, never forwarded upstream
         "expand-hosts",
-        f"addn-hosts={run_dir / HOSTS}",
+        f"addn-hosts={files_dir / HOSTS}",
         f"dhcp-range={start},{end},{netmask},{LEASE_SECONDS}",
-        f"dhcp-hostsfile={run_dir / DHCP_HOSTS}",
+        f"dhcp-hostsfile={files_dir / DHCP_HOSTS}",
         f"dhcp-leasefile={run_dir / LEASES}",
         "dhcp-authoritative",
         f"dhcp-option=option:router,{spec['gateway']}",

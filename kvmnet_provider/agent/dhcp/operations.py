@@ -6,6 +6,8 @@ separate servers), holding its files (config.py), ``server.json`` (the owner and
 of what it was started with) and the lease file. dnsmasq daemonizes and outlives the agent;
 a PID is only signalled after /proc/PID/cmdline shows dnsmasq with our --conf-file.
 Updates keep the lease file: hosts files changed only -> SIGHUP, anything else -> restart.
+dnsmasq runs as an unprivileged user; the hosts files it reads as that user are kept apart
+(account.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ...spec import validate
 from ...spec.dhcp import normalise_spec
 from .. import hoststate, rundir
 from ..errors import AgentError
-from . import config
+from . import account, config
 
 META = "server.json"
 SEARCH_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
@@ -182,8 +184,10 @@ def start(args: dict[str, Any]) -> dict[str, Any]:
             if meta is not None or live_pid(run_dir) is not None:
                 raise _not_ours(run_dir, meta)
         rundir.private_dir(run_dir)
+        user, group, gid = account.account()
+        files_dir = account.prepare(spec["bridge"], gid)
         texts = {
-            config.CONF: config.conf_text(spec, run_dir),
+            config.CONF: config.conf_text(spec, run_dir, files_dir, user, group),
             config.DHCP_HOSTS: config.dhcp_hosts_text(spec),
             config.HOSTS: config.hosts_text(spec),
         }
@@ -191,8 +195,10 @@ def start(args: dict[str, Any]) -> dict[str, Any]:
         hosts_sha = config.digest(texts[config.DHCP_HOSTS] + texts[config.HOSTS])
         pid = live_pid(run_dir)
         old = meta or {}
-        for name, text in texts.items():
-            rundir.replace_text(run_dir / name, text)
+        rundir.replace_text(run_dir / config.CONF, texts[config.CONF])
+        for name in (config.DHCP_HOSTS, config.HOSTS):
+            account.write(files_dir / name, texts[name], gid)
+            (run_dir / name).unlink(missing_ok=True)  # where a root dnsmasq read them
         meta = {"owner": spec["owner"], "bridge": spec["bridge"], "binary": binary,
                 "conf_sha256": conf_sha, "hosts_sha256": hosts_sha}  # fmt: skip
         _save(run_dir, meta)
@@ -232,11 +238,13 @@ def stop(args: dict[str, Any]) -> dict[str, Any]:
             if run_dir.exists() and live_pid(run_dir) is not None:
                 raise _not_ours(run_dir, meta)
             shutil.rmtree(run_dir, ignore_errors=True)
+            account.remove(bridge)
             return {"deleted": False, "how": "absent"}
         if meta.get("owner") != owner:
             raise _not_ours(run_dir, meta)
         how = _stop(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
+        account.remove(bridge)
     _tidy()
     return {"deleted": True, "how": how}
 
@@ -249,6 +257,7 @@ def _tidy() -> None:
             directory.rmdir()
         except OSError:
             pass  # not empty: another network's server (or one starting) keeps it
+    account.tidy()
 
 
 def _not_ours(run_dir: Path, meta: dict[str, Any] | None) -> AgentError:

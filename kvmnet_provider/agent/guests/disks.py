@@ -10,7 +10,8 @@ namespace as the run directories under /run/kvmnet are. It holds:
 - ``disk.json``  the owner and the base the overlay was made from.
 
 Directories are the agent's (root's), 0700: nobody else can put a symlink where root writes.
-Files are 0600, owned by ``run_as`` when set (QEMU opens them as root before ``-runas``).
+Files are 0600, owned by the user QEMU runs as (QEMU opens them as root before ``-runas``); a
+kept overlay is root's again.
 The caller holds the guest's lock (rundir.locked).
 """
 
@@ -292,6 +293,7 @@ def release(name: str, owner: str, keep_disk: bool) -> str | None:
         (d / leftover).unlink(missing_ok=True)
     overlay = d / OVERLAY
     if keep_disk and overlay.exists():
+        _finish_file(overlay, None)  # root's again: the guest's own user goes with the guest
         record["kept"] = True
         save_record(d, record)
         return str(overlay)

@@ -14,7 +14,7 @@ from ...spec.guest import DEFAULT_QEMU, cpu_model, guest_name, normalise_spec, q
 from .. import qemu_user, socket_rules
 from ..errors import AgentError
 from ..netlink import iproute_class
-from . import disks
+from . import disks, users
 from .argv import argv_hash, build_argv, guest_paths
 from .kvm import qemu_path, resolve_accelerator
 from .process import live_pid, signal_if_ours, stop_process, tail, wait_gone
@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 def start(args: dict[str, Any]) -> GuestState:
     """Start the guest (idempotent): all or nothing; on failure nothing is left behind."""
     spec = normalise_spec(args)
+    try:
+        return _start(spec)
+    except BaseException:
+        users.discard(spec)  # unless its QEMU still runs
+        raise
+
+
+def _start(spec: dict[str, Any]) -> GuestState:
     name, owner = spec["name"], spec["owner"]
     for key in ("kernel", "initrd"):
         if spec.get(key) and not Path(spec[key]).is_file():
@@ -44,6 +52,7 @@ def start(args: dict[str, Any]) -> GuestState:
             )
     qemu_path(spec["qemu"])
     qemu_user.check(spec.get("run_as"))
+    spec["run_as"] = users.runs_as(spec)  # the guest's own user unless run_as says
     _check_taps(spec["nics"])
     with locked(name) as root:
         run_dir = root / name
@@ -69,6 +78,7 @@ def start(args: dict[str, Any]) -> GuestState:
                 return state(run_dir, meta, pid)  # already running as asked
             stop_process(run_dir, name, meta, spec["stop_timeout"])
         remove_run_dir(run_dir, meta)
+        users.ensure(spec)  # before its files are made the user's
         made_disk = disks.prepare(spec)  # the overlay and the seed, before QEMU opens them
         try:
             for key in ("console_socket", "qmp_socket"):
@@ -200,12 +210,15 @@ def stop(args: dict[str, Any]) -> GuestStopped:
             if run_dir.exists() and live_pid(run_dir, name, None) is not None:
                 raise not_ours(run_dir, meta)
             kept = disks.release(name, owner, keep_disk)  # the guest died: its disks go now
+            users.remove(owner)
             return _stopped(False, "absent", kept)
         if meta.get("owner") != owner:
             raise not_ours(run_dir, meta)
         how = stop_process(run_dir, name, meta, stop_timeout)
         remove_run_dir(run_dir, meta)
-        return _stopped(True, how, disks.release(name, owner, keep_disk))
+        kept = disks.release(name, owner, keep_disk)
+        users.remove(owner)
+        return _stopped(True, how, kept)
 
 
 def _stopped(deleted: bool, how: str, kept_disk: str | None) -> GuestStopped:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from kvmnet_provider.agent import hoststate
-from kvmnet_provider.agent.guests import disks
+from kvmnet_provider.agent.dhcp import account as dhcp_account
+from kvmnet_provider.agent.errors import AgentError
+from kvmnet_provider.agent.guests import disks, users
 
 from . import echo, keys, netns, sshd
 from .naming import ECHO_PORT, MAX_HOSTS, SSH_PORT, LabNames, host_index, host_name
@@ -322,14 +324,20 @@ class Lab:
     def _forget_agent_books(ns: str) -> None:
         """kvmnet's host agent keeps its books per network namespace, keyed by its inode
         (/run/kvmnet/netns-<inode>), and its guests' overlays and seeds likewise
-        (/var/lib/kvmnet/netns-<inode>); a deleted lab host takes both with it. Left
-        behind, they would pile up, and the kernel gives a later namespace the same inode."""
+        (/var/lib/kvmnet/netns-<inode>), dnsmasq's hosts files (/run/kvmnet-dnsmasq/...) and
+        the users its guests ran as (named by the inode in their comment); a deleted lab host
+        takes all of them with it. Left behind, they would pile up, and the kernel gives a
+        later namespace the same inode."""
         try:
             inode = os.stat(f"/run/netns/{ns}").st_ino
         except OSError:
             return
-        for root in (hoststate.ROOT, disks.ROOT):
+        for root in (hoststate.ROOT, disks.ROOT, dhcp_account.root()):
             shutil.rmtree(root / f"netns-{inode}", ignore_errors=True)
+        try:
+            users.remove_namespace_users(f"netns-{inode}")
+        except AgentError:
+            pass  # a user still in use: its QEMU outlived the namespace's processes
 
     def _pidfile_pids(self) -> list[int]:
         """PIDs from our pidfiles/state that still run *our* program (checked by cmdline)."""

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from kvmnet_provider.agent import hoststate
+from kvmnet_provider.agent.errors import AgentError
+from kvmnet_provider.agent.guests import users
 
 from . import netns
 from .naming import host_index
@@ -55,6 +57,10 @@ def reboot_host(lab: Lab, host: str) -> None:
     new = _namespace_inode(ns)
     if old is None or new is None or old == new:
         return  # the kernel gave the new namespace the old inode: the records are in place
+    try:  # named by the old inode, its guests' users would serve no later guest
+        users.remove_namespace_users(f"netns-{old}")
+    except AgentError:
+        pass
     books, moved = hoststate.ROOT / f"netns-{old}", hoststate.ROOT / f"netns-{new}"
     if books.is_dir():
         shutil.rmtree(moved, ignore_errors=True)  # nothing of kvmnet's has run there yet

@@ -215,7 +215,22 @@ def host_snapshot(runner: ExecIn, namespace: str) -> dict[str, Any]:
         "processes": _processes(runner, namespace),
         "run_dir": _run_dir(runner, namespace),
         "disk_dir": _run_dir(runner, namespace, DISK_ROOT),
+        "dnsmasq_dir": _run_dir(runner, namespace, Path(f"{RUN_ROOT}-dnsmasq")),
+        "users": _guest_users(runner, namespace),
     }
+
+
+def _guest_users(runner: ExecIn, namespace: str) -> list[str]:
+    """The users kvmnet made for this namespace's guests (their comment names the namespace:
+    lab hosts share one /etc/passwd), as `name comment`."""
+    inode = run_in(runner, namespace, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).strip()
+    found = []
+    for line in Path("/etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        words = fields[4].split() if len(fields) > 4 else []
+        if words[:2] == ["kvmnet", "guest"] and f"netns-{inode}" in words:
+            found.append(f"{fields[0]} {fields[4]}")
+    return sorted(found)
 
 
 def _run_dir(runner: ExecIn, namespace: str, under: Path = RUN_ROOT) -> dict[str, Any]:
