@@ -282,6 +282,13 @@ def _gateway_ready(route: dict[str, Any], reachable: list[Any]) -> bool:
     return address.is_link_local or any(address in net for net in reachable)
 
 
+def describe_route(route: dict[str, Any]) -> str:
+    """A recorded route as `ip route` would say it, shortly."""
+    via = f" via {route['gateway']}" if route.get("gateway") else ""
+    onlink = " onlink" if int(route.get("flags") or 0) & RTNH_F_ONLINK else ""
+    return f"{route['dst']}{via}{onlink}"
+
+
 def route_order(routes: list[dict[str, Any]], addresses: list[str]) -> list[dict[str, Any]]:
     """The order in which recorded routes can be made again on a link with `addresses`.
 

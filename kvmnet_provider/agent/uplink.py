@@ -128,12 +128,6 @@ def _add_route(ipr: Any, idx: int, route: dict[str, Any]) -> None:
             raise
 
 
-def _describe(route: dict[str, Any]) -> str:
-    via = f" via {route['gateway']}" if route.get("gateway") else ""
-    onlink = " onlink" if int(route.get("flags") or 0) & rtdump.RTNH_F_ONLINK else ""
-    return f"{route['dst']}{via}{onlink}"
-
-
 def _put_back(ipr: Any, idx: int, addresses: list[str], routes: list[dict[str, Any]]) -> list[str]:
     """Give link idx its addresses, then its routes in an order the kernel accepts. Whatever
     the kernel refuses is skipped, not fatal: the rest still goes on, and the refusals are
@@ -153,7 +147,7 @@ def _put_back(ipr: Any, idx: int, addresses: list[str], routes: list[dict[str, A
             except Exception as exc:
                 failed.append((route, exc))
         if len(failed) == len(pending):
-            refused += [f"route {_describe(r)}: {exc}" for r, exc in failed]
+            refused += [f"route {rtdump.describe_route(r)}: {exc}" for r, exc in failed]
             break
         pending = [r for r, _ in failed]
     return refused
