@@ -173,8 +173,10 @@ def links() -> list[LinkRecord]:
     return _retried(take)
 
 
-def addresses() -> dict[int, list[str]]:
-    """ifindex -> sorted CIDR strings, without the IPv6 link-local ones the kernel adds."""
+def addresses(ordered: bool = False) -> dict[int, list[str]]:
+    """ifindex -> sorted CIDR strings, without the IPv6 link-local ones the kernel adds.
+    `ordered`: as the kernel lists them instead, primaries first (the order that makes them
+    again with the same primary)."""
 
     def take() -> dict[int, list[str]]:
         book: dict[int, list[str]] = {}
@@ -189,7 +191,7 @@ def addresses() -> dict[int, list[str]]:
             iface = ipaddress.ip_interface((socket.inet_ntop(family, raw), prefix))
             if not (iface.version == 6 and iface.ip.is_link_local):
                 book.setdefault(index, []).append(str(iface))
-        return {index: sorted(found) for index, found in book.items()}
+        return {index: found if ordered else sorted(found) for index, found in book.items()}
 
     return _retried(take)
 

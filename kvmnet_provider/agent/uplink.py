@@ -79,7 +79,7 @@ def inspect(args: dict[str, Any]) -> dict[str, Any]:
             "master": master.get_attr("IFLA_IFNAME") if master else None,
             "master_owner": owner_in(alias),
             "mac": msg.get_attr("IFLA_ADDRESS"),
-            "addresses": link_addresses(ipr, idx),
+            "addresses": rtdump.addresses(ordered=True).get(idx, []),
             "routes": rtdump.link_routes(idx),
         }
 
