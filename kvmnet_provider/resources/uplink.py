@@ -149,6 +149,8 @@ class UplinkBridgeProvider(KvmnetProvider):
             try:
                 session = fresh_session(probe)
                 status = session.call("uplink.status", {"token": token})
+                if status.get("rolled_back") is None and status.get("armed"):
+                    raise HostError("the rollback has not run yet")  # a slow host: wait
                 if op == "uplink.takeover":
                     session.call("uplink.forget", {"owner": owner})
                 rolled = status.get("rolled_back") or {}
