@@ -95,9 +95,9 @@ def nic_state(lab_api: Lab) -> dict[str, Any]:
 def settle(lab_api: Lab, before: dict[str, Any], snapshot: dict[str, Any]) -> None:
     """The host exactly as before; a rollback process that was just heard may take a moment
     to leave."""
-    deadline = time.monotonic() + 10
+    deadline, ns = time.monotonic() + 10, lab_api.namespace(HOST)
     while True:
-        now_state, now_snapshot = nic_state(lab_api), host_snapshot(lab_api, lab_api.namespace(HOST))
+        now_state, now_snapshot = nic_state(lab_api), host_snapshot(lab_api, ns)
         if (now_state == before and not diff_snapshots(snapshot, now_snapshot)) or (
             time.monotonic() > deadline
         ):

@@ -104,8 +104,7 @@ def _del_address(ipr: Any, idx: int, cidr: str) -> None:
 
 
 def _add_route(ipr: Any, idx: int, route: dict[str, Any]) -> None:
-    """Make a recorded route again through link idx (records of before the on-link flag,
-    table and type were kept stand for main-table unicast routes)."""
+    """Make a recorded route again through link idx (old records: main-table unicast)."""
     default = "0.0.0.0/0" if route["family"] == socket.AF_INET else "::/0"
     kwargs: dict[str, Any] = {
         "oif": idx,
@@ -279,12 +278,16 @@ def confirm(args: dict[str, Any]) -> dict[str, Any]:
     with _lock():
         armed = _dir() / f"{token}.armed"
         done = _dir() / f"{token}.rolledback"
-        if armed.exists() and not done.exists():
-            armed.unlink()
-            return {"confirmed": True}
         if done.exists():
             raise AgentError("failed", f"too late: the rollback already ran: {done.read_text()}")
-        raise AgentError("invalid", "no rollback is armed with that token")
+        if not armed.exists():
+            raise AgentError("invalid", "no rollback is armed with that token")
+        armed.unlink()
+    # A release seen to work: the record of what to undo goes now, not before.
+    with hoststate.locked("uplinks") as doc:
+        for owner in [o for o, r in doc.items() if r.get("releasing") == token]:
+            doc.pop(owner)
+    return {"confirmed": True}
 
 
 def rollback_status(args: dict[str, Any]) -> dict[str, Any]:
@@ -307,9 +310,9 @@ def _seconds(value: object) -> int:
 def _apply_or_undo(
     ipr: Any, target: str, wanted: dict[str, Any], previous: dict[str, Any], what: str
 ) -> None:
-    """Apply `wanted`; if any of it fails or is refused, put `previous` back at once with the
-    same safe apply. The rollback stays armed either way: only a new SSH login (the
-    provider's confirm) shows the host reachable, and without one it applies `previous` again."""
+    """Apply `wanted`; if any of it fails or is refused, put `previous` back at once the same
+    way. The rollback stays armed: only a new SSH login (the provider's confirm) shows the
+    host reachable; without one it applies `previous` again."""
     undo = APPLY["plain" if target == "bridged" else "bridged"]
     try:
         refused = APPLY[target](ipr, wanted)
@@ -365,6 +368,7 @@ def takeover(args: dict[str, Any]) -> dict[str, Any]:
         }
         plain = {**plain, "bridge_addresses": []}
         record["bridged"] = bridged
+        record.pop("releasing", None)  # a release the host undid: bridged again
         arm(token, "plain", plain, seconds)
         _apply_or_undo(ipr, "bridged", bridged, plain, f"bridging {nic}")
         doc[owner] = record
@@ -385,7 +389,7 @@ def release(args: dict[str, Any]) -> dict[str, Any]:
         arm(token, "bridged", record["bridged"], seconds)
         plain = {**record["plain"], "bridge_addresses": []}
         _apply_or_undo(ipr, "plain", plain, record["bridged"], "un-bridging")
-        doc.pop(owner)
+        record["releasing"] = token  # dropped at the confirm: until then the undo needs it
     return {"token": token, "released": True}
 
 
