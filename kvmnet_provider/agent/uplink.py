@@ -1,13 +1,12 @@
 """The bridged model's risky step: a bridge takes over the NIC the operator is logged in over.
 
-Two configurations of one host, each idempotent to apply:
-- plain:   the NIC carries its addresses and the routes through it (no bridge);
-- bridged: a bridge with the NIC's MAC carries them, the NIC is its port.
-Going from one to the other first arms a rollback: a detached process on the host that puts
-the previous configuration back when its deadline passes, unless a *new* SSH connection
-disarms it first (the controller does that). A change that cuts the host off therefore
-undoes itself. What each owner changed is kept in the host state to put things back on
-delete and to read drift.
+Two configurations of one host, each idempotent to apply: plain (the NIC carries its
+addresses and routes) and bridged (a bridge with the NIC's MAC carries them, the NIC is its
+port). Each is applied safely: routes in an order the kernel accepts, a refusal reported
+without stopping the rest. Going from one to the other first arms a rollback: a detached
+process that puts the previous configuration back at its deadline unless a *new* SSH login
+disarms it (the provider does); a restore stays armed until a new login has heard it. What
+each owner changed is kept in the host state to put things back on delete and to read drift.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import json
+import os
 import select
 import socket
 import subprocess
@@ -85,21 +85,12 @@ def inspect(args: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- the two configurations ----------------------------------------------------------------
-def _add_address(ipr: Any, idx: int, cidr: str) -> None:
+def _address(ipr: Any, verb: str, idx: int, cidr: str) -> None:
     iface = ipaddress.ip_interface(cidr)
     try:
-        ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    except Exception as exc:
-        if getattr(exc, "code", None) != 17:  # EEXIST: already there
-            raise
-
-
-def _del_address(ipr: Any, idx: int, cidr: str) -> None:
-    iface = ipaddress.ip_interface(cidr)
-    try:
-        ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    except Exception as exc:
-        if getattr(exc, "code", None) not in (99, 19):  # EADDRNOTAVAIL, ENODEV: gone
+        ipr.addr(verb, index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except Exception as exc:  # add: EEXIST, already there; del: EADDRNOTAVAIL, ENODEV, gone
+        if getattr(exc, "code", None) not in ((17,) if verb == "add" else (99, 19)):
             raise
 
 
@@ -127,16 +118,20 @@ def _add_route(ipr: Any, idx: int, route: dict[str, Any]) -> None:
             raise
 
 
+def _why(exc: Exception) -> str:  # a netlink error says (code, text): the text is enough
+    code = getattr(exc, "code", None)
+    return os.strerror(code) if isinstance(code, int) else str(exc)
+
+
 def _put_back(ipr: Any, idx: int, addresses: list[str], routes: list[dict[str, Any]]) -> list[str]:
-    """Give link idx its addresses, then its routes in an order the kernel accepts. Whatever
-    the kernel refuses is skipped, not fatal: the rest still goes on, and the refusals are
-    returned (one line each) for the caller to report."""
+    """Give link idx its addresses, then its routes in an order the kernel accepts. What the
+    kernel refuses is skipped, not fatal: the rest goes on; the refusals are returned."""
     refused = []
     for cidr in addresses:
         try:
-            _add_address(ipr, idx, cidr)
+            _address(ipr, "add", idx, cidr)
         except Exception as exc:
-            refused.append(f"address {cidr}: {exc}")
+            refused.append(f"address {cidr}: {_why(exc)}")
     pending = rtdump.route_order(routes, addresses)
     while pending:  # a route refused for want of another may pass once that one is made
         failed: list[tuple[dict[str, Any], Exception]] = []
@@ -146,7 +141,7 @@ def _put_back(ipr: Any, idx: int, addresses: list[str], routes: list[dict[str, A
             except Exception as exc:
                 failed.append((route, exc))
         if len(failed) == len(pending):
-            refused += [f"route {rtdump.describe_route(r)}: {exc}" for r, exc in failed]
+            refused += [f"route {rtdump.describe_route(r)}: {_why(e)}" for r, e in failed]
             break
         pending = [r for r, _ in failed]
     return refused
@@ -168,7 +163,7 @@ def apply_bridged(ipr: Any, cfg: dict[str, Any]) -> list[str]:
             ipr.link("set", index=br, mtu=cfg["mtu"])
     ipr.link("set", index=nic, master=br)
     for cidr in cfg["nic_addresses"]:
-        _del_address(ipr, nic, cidr)
+        _address(ipr, "del", nic, cidr)
     ipr.link("set", index=br, state="up")
     ipr.link("set", index=nic, state="up")
     return _put_back(ipr, br, cfg["bridge_addresses"], cfg["routes"])
