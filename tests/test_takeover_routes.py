@@ -139,3 +139,117 @@ def test_a_refused_apply_is_undone_at_once_and_says_what_was_refused(
         uplink._apply_or_undo(None, "bridged", {}, {}, "bridging eth0")
     assert calls == ["bridged", "plain"]
     assert "undone at once" in str(caught.value) and "default via 10.0.0.1" in str(caught.value)
+
+
+# --- the provider: an undo is confirmed over a new login before the rollback is disarmed ---
+class FakeSession:
+    def __init__(self, log: list[str], answers: dict[str, Any]) -> None:
+        self.log, self.answers = log, answers
+
+    def call(self, op: str, args: dict[str, Any], timeout: float = 0) -> Any:
+        self.log.append(op)
+        answer = self.answers.get(op)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _provider_run(
+    monkeypatch: pytest.MonkeyPatch, op_answer: Any, confirm_answer: Any
+) -> tuple[list[str], Exception | dict[str, Any]]:
+    from kvmnet_provider.connection import HostSettings
+    from kvmnet_provider.resources import uplink as provider
+
+    log: list[str] = []
+    first = FakeSession(log, {"uplink.takeover": op_answer})
+    fresh = FakeSession(log, {"uplink.confirm": confirm_answer, "uplink.read": {"state": "ok"}})
+    monkeypatch.setattr(provider, "agent_session", lambda settings: first)
+    monkeypatch.setattr(provider, "fresh_session", lambda settings: fresh)
+    props = {
+        "connection": HostSettings(host="h", known_hosts="/dev/null").to_props(),
+        "rollback_seconds": 30,
+        "owner": "p/s/UplinkBridge/u",
+        "nic": "eth0",
+    }
+    try:
+        result: Exception | dict[str, Any] = provider.UplinkBridgeProvider()._protected(
+            props, "uplink.takeover", {}
+        )
+    except Exception as exc:
+        result = exc
+    return log, result
+
+
+def test_an_undone_takeover_is_confirmed_by_a_new_login_then_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kvmnet_provider.connection import AgentCallError
+
+    undone = AgentCallError("h", "failed", "bridging eth0 failed and was undone at once: x")
+    log, result = _provider_run(monkeypatch, undone, {"confirmed": True})
+    assert log == ["uplink.takeover", "uplink.confirm"]  # disarmed only once seen reachable
+    assert result is undone
+
+
+def test_a_refusal_before_anything_changed_is_reported_as_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kvmnet_provider.connection import AgentCallError
+
+    refused = AgentCallError("h", "conflict", "NIC eth0 is already a port of bridge br0")
+    never_armed = AgentCallError("h", "invalid", "no rollback is armed with that token")
+    log, result = _provider_run(monkeypatch, refused, never_armed)
+    assert log == ["uplink.takeover", "uplink.confirm"]
+    assert result is refused
+
+
+def test_a_takeover_that_worked_is_confirmed_and_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    log, result = _provider_run(monkeypatch, {"token": "t"}, {"confirmed": True})
+    assert log == ["uplink.takeover", "uplink.confirm", "uplink.read"]
+    assert result == {"state": "ok"}
+
+
+# --- the host's rollback: a restore no new login has heard is applied again -------------------
+def _rollback(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, heard_after: int | None) -> int:
+    import io
+    import json
+    import sys
+    import time
+
+    class NoKernel:
+        def __enter__(self) -> NoKernel:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    applies: list[int] = []
+    armed = tmp_path / "tok.armed"
+
+    def plain(ipr: Any, cfg: dict[str, Any]) -> list[str]:
+        applies.append(1)
+        if heard_after is not None and len(applies) >= heard_after:
+            armed.unlink()  # as uplink.status does when a new login reads the result
+        return []
+
+    monkeypatch.setattr(uplink, "_dir", lambda: tmp_path)
+    monkeypatch.setattr(uplink, "iproute_class", lambda: NoKernel)
+    monkeypatch.setitem(uplink.APPLY, "plain", plain)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    plan = {"target": "plain", "cfg": {}, "seconds": 0, "deadline_monotonic": time.monotonic()}
+    armed.write_text(json.dumps(plan))
+    uplink.rollback_main(str(armed))
+    assert not armed.exists()
+    return len(applies)
+
+
+def test_an_unheard_restore_is_applied_again_a_bounded_number_of_times(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    assert _rollback(monkeypatch, tmp_path, heard_after=None) == uplink.ROLLBACK_TRIES
+
+
+def test_a_heard_restore_is_not_applied_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    assert _rollback(monkeypatch, tmp_path, heard_after=1) == 1
