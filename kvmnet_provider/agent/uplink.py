@@ -127,7 +127,8 @@ def _put_back(ipr: Any, idx: int, addresses: list[str], routes: list[dict[str, A
     """Give link idx its addresses, then its routes in an order the kernel accepts. What the
     kernel refuses is skipped, not fatal: the rest goes on; the refusals are returned."""
     refused = []
-    for cidr in addresses:
+    # IPv4 as listed (the first of a subnet is its primary); IPv6 listed newest first.
+    for cidr in [a for a in addresses if ":" not in a] + [a for a in addresses[::-1] if ":" in a]:
         try:
             _address(ipr, "add", idx, cidr)
         except Exception as exc:

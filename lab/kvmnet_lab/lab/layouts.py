@@ -9,7 +9,8 @@ back exactly:
 - onlink:   the /24 and a default route through a gateway outside it, declared `onlink`;
 - several:  three addresses (two on the LAN, the primary not the one SSH uses; one in
             another subnet) and a route through a gateway of the other subnet;
-- ipv6:     a ULA /64 besides the /24 and `default via fe80::1` (the switch answers fe80::1).
+- ipv6:     two ULA /64 addresses besides the /24 and `default via fe80::1` (the switch
+            answers fe80::1).
 
 `relaid(lab, status, "h2", "slash32")` is a context manager: the layout inside, the lab's own
 after, whatever happened. Only the lab's namespaces are touched: the operator's root-namespace
@@ -110,6 +111,7 @@ def lay(lab: Lab, status: LabStatus, host: str, layout: str) -> None:
     elif layout == "ipv6":
         last = int(address.rsplit(".", 1)[1])
         _ip(lab, ns, "-6", "addr", "add", f"{ula(status, last)}/64", "dev", NIC)
+        _ip(lab, ns, "-6", "addr", "add", f"{ula(status, last + 0x100)}/64", "dev", NIC)
         _ip(lab, ns, "-6", "route", "add", "default", "via", ROUTER_LINK_LOCAL, "dev", NIC)
     elif layout != "lan":
         raise ValueError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}")
