@@ -94,8 +94,8 @@ def _address(ipr: Any, verb: str, idx: int, cidr: str) -> None:
             raise
 
 
-def _add_route(ipr: Any, idx: int, route: dict[str, Any]) -> None:
-    """Make a recorded route again through link idx (old records: main-table unicast)."""
+def _route(ipr: Any, verb: str, idx: int, route: dict[str, Any]) -> None:
+    """Make (or delete) a recorded route through link idx (old records: main-table unicast)."""
     default = "0.0.0.0/0" if route["family"] == socket.AF_INET else "::/0"
     kwargs: dict[str, Any] = {
         "oif": idx,
@@ -112,9 +112,9 @@ def _add_route(ipr: Any, idx: int, route: dict[str, Any]) -> None:
         if route.get(key) is not None:
             kwargs[key] = route[key]
     try:
-        ipr.route("add", **kwargs)
-    except Exception as exc:
-        if getattr(exc, "code", None) != 17:
+        ipr.route(verb, **kwargs)
+    except Exception as exc:  # add: EEXIST, already there; del: ESRCH, ENODEV, gone
+        if getattr(exc, "code", None) not in ((17,) if verb == "add" else (3, 19)):
             raise
 
 
@@ -138,7 +138,7 @@ def _put_back(ipr: Any, idx: int, addresses: list[str], routes: list[dict[str, A
         failed: list[tuple[dict[str, Any], Exception]] = []
         for route in pending:
             try:
-                _add_route(ipr, idx, route)
+                _route(ipr, "add", idx, route)
             except Exception as exc:
                 failed.append((route, exc))
         if len(failed) == len(pending):
@@ -165,6 +165,8 @@ def apply_bridged(ipr: Any, cfg: dict[str, Any]) -> list[str]:
     ipr.link("set", index=nic, master=br)
     for cidr in cfg["nic_addresses"]:
         _address(ipr, "del", nic, cidr)
+    for route in cfg["routes"]:  # IPv6 routes outlive the addresses, and would clash
+        _route(ipr, "del", nic, route)
     ipr.link("set", index=br, state="up")
     ipr.link("set", index=nic, state="up")
     return _put_back(ipr, br, cfg["bridge_addresses"], cfg["routes"])
