@@ -154,6 +154,8 @@ class UplinkBridgeProvider(KvmnetProvider):
                 if op == "uplink.takeover":
                     session.call("uplink.forget", {"owner": owner})
                 rolled = status.get("rolled_back") or {}
+                if not rolled:
+                    return "reachable again; the rollback's record was already read"
                 if rolled.get("ok"):
                     return "rolled back: ok"
                 refused = "; ".join(rolled.get("refused") or []) or rolled.get("error") or rolled
