@@ -16,7 +16,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 # linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h
 NETLINK_ROUTE = 0
@@ -173,8 +173,10 @@ def links() -> list[LinkRecord]:
     return _retried(take)
 
 
-def addresses() -> dict[int, list[str]]:
-    """ifindex -> sorted CIDR strings, without the IPv6 link-local ones the kernel adds."""
+def addresses(ordered: bool = False) -> dict[int, list[str]]:
+    """ifindex -> sorted CIDR strings, without the IPv6 link-local ones the kernel adds.
+    `ordered`: as the kernel lists them instead, primaries first (the order that makes them
+    again with the same primary)."""
 
     def take() -> dict[int, list[str]]:
         book: dict[int, list[str]] = {}
@@ -189,6 +191,158 @@ def addresses() -> dict[int, list[str]]:
             iface = ipaddress.ip_interface((socket.inet_ntop(family, raw), prefix))
             if not (iface.version == 6 and iface.ip.is_link_local):
                 book.setdefault(index, []).append(str(iface))
-        return {index: sorted(found) for index, found in book.items()}
+        return {index: found if ordered else sorted(found) for index, found in book.items()}
 
     return _retried(take)
+
+
+# --- routes (linux/rtnetlink.h) ------------------------------------------------------------
+RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+# rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+RTMSG = struct.Struct("=BBBBBBBBI")
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC = 1, 4, 5, 6, 7
+RTA_TABLE, RTA_PREF = 15, 20
+RT_TABLE_LOCAL = 255  # the kernel's own: local and broadcast routes of every address
+RTM_F_CLONED = 0x200  # a cached clone, not a route anyone made
+
+
+@dataclass(frozen=True)
+class RouteRecord:
+    """One route as the kernel lists it, with what it takes to make it again."""
+
+    family: int
+    dst: str  # "default" or a CIDR
+    table: int
+    proto: int
+    scope: int
+    type: int
+    flags: int  # rtm_flags: RTNH_F_ONLINK among them
+    oif: int
+    gateway: str | None
+    priority: int | None
+    prefsrc: str | None
+    pref: int | None  # IPv6 router preference
+
+
+def _route(payload: bytes) -> RouteRecord:
+    family, dst_len, _src_len, _tos, table, proto, scope, rtype, flags = RTMSG.unpack_from(payload)
+    found: dict[int, bytes] = dict(_attrs(payload, RTMSG.size))
+
+    def ip(attr: int) -> str | None:
+        raw = found.get(attr)
+        return None if raw is None else socket.inet_ntop(family, raw)
+
+    def u32(attr: int) -> int | None:
+        raw = found.get(attr)
+        return None if raw is None or len(raw) < 4 else int(struct.unpack_from("=I", raw)[0])
+
+    dst = ip(RTA_DST)
+    pref = found.get(RTA_PREF)
+    return RouteRecord(
+        family=family,
+        dst=f"{dst}/{dst_len}" if dst is not None else "default",
+        table=u32(RTA_TABLE) or table,
+        proto=proto,
+        scope=scope,
+        type=rtype,
+        flags=flags,
+        oif=u32(RTA_OIF) or 0,
+        gateway=ip(RTA_GATEWAY),
+        priority=u32(RTA_PRIORITY),
+        prefsrc=ip(RTA_PREFSRC),
+        pref=pref[0] if pref else None,
+    )
+
+
+def routes(family: int) -> list[RouteRecord]:
+    """Every route of one family in every table but the kernel's local one, in the kernel's
+    listing order (multipath routes have no single oif and are listed with oif 0)."""
+
+    def take() -> list[RouteRecord]:
+        body = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+        found = (_route(p) for kind, p in _dump(RTM_GETROUTE, body) if kind == RTM_NEWROUTE)
+        return [r for r in found if r.table != RT_TABLE_LOCAL and not r.flags & RTM_F_CLONED]
+
+    return _retried(take)
+
+
+# --- the order to make routes again ----------------------------------------------------------
+RTNH_F_ONLINK = 4
+
+
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    return None if cidr == "default" else ipaddress.ip_interface(cidr).network
+
+
+def _gateway_ready(route: dict[str, Any], reachable: list[Any]) -> bool:
+    """Whether the kernel can take the route now: it has no gateway, the gateway is declared
+    on-link (or IPv6 link-local, always on-link), or a network already there holds it."""
+    gateway = route.get("gateway")
+    if not gateway or int(route.get("flags") or 0) & RTNH_F_ONLINK:
+        return True
+    address = ipaddress.ip_address(gateway)
+    return address.is_link_local or any(address in net for net in reachable)
+
+
+def describe_route(route: dict[str, Any]) -> str:
+    """A recorded route as `ip route` would say it, shortly."""
+    via = f" via {route['gateway']}" if route.get("gateway") else ""
+    onlink = " onlink" if int(route.get("flags") or 0) & RTNH_F_ONLINK else ""
+    return f"{route['dst']}{via}{onlink}"
+
+
+def route_order(routes: list[dict[str, Any]], addresses: list[str]) -> list[dict[str, Any]]:
+    """The order in which recorded routes can be made again on a link with `addresses`.
+
+    Routes without a gateway first, narrowest scope first (host, link): they are what a
+    gateway must be reached through (`GW dev eth0 scope link` before `default via GW`). Then
+    each gateway route once its gateway is reachable, through an address's network or a route
+    already placed. What never becomes reachable comes last, in the order recorded: it is
+    still tried, and refused on its own.
+    """
+    reachable = [n for n in (_network(a) for a in addresses) if n is not None]
+    pending = sorted(routes, key=lambda r: (bool(r.get("gateway")), -int(r.get("scope") or 0)))
+    ordered: list[dict[str, Any]] = []
+    while pending:
+        ready = [r for r in pending if _gateway_ready(r, reachable)]
+        if not ready:
+            break
+        for route in ready:
+            ordered.append(route)
+            network = _network(route["dst"])
+            if network is not None:
+                reachable.append(network)
+        pending = [r for r in pending if not any(r is x for x in ready)]
+    return ordered + pending
+
+
+KERNEL_PROTO = 2  # routes the kernel makes for an address: they follow the address
+
+
+def link_routes(index: int) -> list[dict[str, Any]]:
+    """The routes through one link that the kernel does not derive from an address, as
+    records that say all it takes to make them again (on-link flag, scope, protocol, metric,
+    table, source, type), in the kernel's listing order."""
+    found = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for route in routes(family):
+            if route.oif != index or route.proto == KERNEL_PROTO:
+                continue
+            if family == socket.AF_INET6 and route.dst.startswith("fe80"):
+                continue
+            found.append(
+                {
+                    "family": family,
+                    "dst": route.dst,
+                    "gateway": route.gateway,
+                    "priority": route.priority,
+                    "proto": route.proto,
+                    "scope": route.scope,
+                    "prefsrc": route.prefsrc,
+                    "table": route.table,
+                    "type": route.type,
+                    "flags": route.flags & RTNH_F_ONLINK,
+                    "pref": route.pref,
+                }
+            )
+    return found

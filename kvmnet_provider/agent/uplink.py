@@ -1,13 +1,12 @@
 """The bridged model's risky step: a bridge takes over the NIC the operator is logged in over.
 
-Two configurations of one host, each idempotent to apply:
-- plain:   the NIC carries its addresses and the routes through it (no bridge);
-- bridged: a bridge with the NIC's MAC carries them, the NIC is its port.
-Going from one to the other first arms a rollback: a detached process on the host that puts
-the previous configuration back when its deadline passes, unless a *new* SSH connection
-disarms it first (the controller does that). A change that cuts the host off therefore
-undoes itself. What each owner changed is kept in the host state to put things back on
-delete and to read drift.
+Two configurations of one host, each idempotent to apply: plain (the NIC carries its
+addresses and routes) and bridged (a bridge with the NIC's MAC carries them, the NIC is its
+port). Each is applied safely: routes in an order the kernel accepts, a refusal reported
+without stopping the rest. Going from one to the other first arms a rollback: a detached
+process that puts the previous configuration back at its deadline unless a *new* SSH login
+disarms it (the provider does); a restore stays armed until a new login has heard it. What
+each owner changed is kept in the host state to put things back on delete and to read drift.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import json
+import os
 import select
 import socket
 import subprocess
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..spec import validate
-from . import hoststate
+from . import hoststate, rtdump
 from .codelock import hold_code
 from .errors import AgentError
 from .linkstate import OWNER_PREFIX, owner_in
@@ -34,8 +34,9 @@ from .netlink import iproute_class, link_addresses
 from .rundir import private_dir
 
 MAIN_TABLE = 254
-KERNEL_PROTO = 2  # routes the kernel makes for an address: they follow the address
+RTN_UNICAST = 1
 ROLLBACK_SECONDS = (5, 600)
+ROLLBACK_TRIES = 3  # applies of a restore no new login has heard
 
 
 def _dir() -> Path:
@@ -59,30 +60,6 @@ def _link(ipr: Any, idx: int) -> Any:
     return ipr.get_links(idx)[0]
 
 
-def _routes(ipr: Any, idx: int) -> list[dict[str, Any]]:
-    """Routes through the link that the kernel does not derive from an address."""
-    routes = []
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for msg in ipr.get_routes(family=family, table=MAIN_TABLE):
-            if msg.get_attr("RTA_OIF") != idx or msg["proto"] == KERNEL_PROTO:
-                continue
-            if family == socket.AF_INET6 and msg.get_attr("RTA_DST", "").startswith("fe80"):
-                continue
-            dst = msg.get_attr("RTA_DST")
-            routes.append(
-                {
-                    "family": family,
-                    "dst": f"{dst}/{msg['dst_len']}" if dst else "default",
-                    "gateway": msg.get_attr("RTA_GATEWAY"),
-                    "priority": msg.get_attr("RTA_PRIORITY"),
-                    "proto": msg["proto"],
-                    "scope": msg["scope"],
-                    "prefsrc": msg.get_attr("RTA_PREFSRC"),
-                }
-            )
-    return routes
-
-
 def inspect(args: dict[str, Any]) -> dict[str, Any]:
     """What a take-over would start from; used by `check` to refuse a bad NIC at preview."""
     IPRoute = iproute_class()
@@ -102,54 +79,76 @@ def inspect(args: dict[str, Any]) -> dict[str, Any]:
             "master": master.get_attr("IFLA_IFNAME") if master else None,
             "master_owner": owner_in(alias),
             "mac": msg.get_attr("IFLA_ADDRESS"),
-            "addresses": link_addresses(ipr, idx),
-            "routes": _routes(ipr, idx),
+            "addresses": rtdump.addresses(ordered=True).get(idx, []),
+            "routes": rtdump.link_routes(idx),
         }
 
 
 # --- the two configurations ----------------------------------------------------------------
-def _add_address(ipr: Any, idx: int, cidr: str) -> None:
+def _address(ipr: Any, verb: str, idx: int, cidr: str) -> None:
     iface = ipaddress.ip_interface(cidr)
     try:
-        ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    except Exception as exc:
-        if getattr(exc, "code", None) != 17:  # EEXIST: already there
+        ipr.addr(verb, index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except Exception as exc:  # add: EEXIST, already there; del: EADDRNOTAVAIL, ENODEV, gone
+        if getattr(exc, "code", None) not in ((17,) if verb == "add" else (99, 19)):
             raise
 
 
-def _del_address(ipr: Any, idx: int, cidr: str) -> None:
-    iface = ipaddress.ip_interface(cidr)
-    try:
-        ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    except Exception as exc:
-        if getattr(exc, "code", None) not in (99, 19):  # EADDRNOTAVAIL, ENODEV: gone
-            raise
-
-
-def _add_route(ipr: Any, idx: int, route: dict[str, Any]) -> None:
+def _route(ipr: Any, verb: str, idx: int, route: dict[str, Any]) -> None:
+    """Make (or delete) a recorded route through link idx (old records: main-table unicast)."""
+    default = "0.0.0.0/0" if route["family"] == socket.AF_INET else "::/0"
     kwargs: dict[str, Any] = {
         "oif": idx,
-        "table": MAIN_TABLE,
+        "table": route.get("table") or MAIN_TABLE,
         "family": route["family"],
         "proto": route["proto"],
         "scope": route["scope"],
+        "type": route.get("type") or RTN_UNICAST,
+        "dst": route["dst"] if route["dst"] != "default" else default,
     }
-    kwargs["dst"] = (
-        route["dst"]
-        if route["dst"] != "default"
-        else ("0.0.0.0/0" if route["family"] == socket.AF_INET else "::/0")
-    )
+    if route.get("flags"):
+        kwargs["flags"] = int(route["flags"]) & rtdump.RTNH_F_ONLINK
     for key in ("gateway", "priority", "prefsrc"):
         if route.get(key) is not None:
             kwargs[key] = route[key]
     try:
-        ipr.route("add", **kwargs)
-    except Exception as exc:
-        if getattr(exc, "code", None) != 17:
+        ipr.route(verb, **kwargs)
+    except Exception as exc:  # add: EEXIST, already there; del: ESRCH, ENODEV, gone
+        if getattr(exc, "code", None) not in ((17,) if verb == "add" else (3, 19)):
             raise
 
 
-def apply_bridged(ipr: Any, cfg: dict[str, Any]) -> None:
+def _why(exc: Exception) -> str:  # a netlink error says (code, text): the text is enough
+    code = getattr(exc, "code", None)
+    return os.strerror(code) if isinstance(code, int) else str(exc)
+
+
+def _put_back(ipr: Any, idx: int, addresses: list[str], routes: list[dict[str, Any]]) -> list[str]:
+    """Give link idx its addresses, then its routes in an order the kernel accepts. What the
+    kernel refuses is skipped, not fatal: the rest goes on; the refusals are returned."""
+    refused = []
+    # IPv4 as listed (the first of a subnet is its primary); IPv6 listed newest first.
+    for cidr in [a for a in addresses if ":" not in a] + [a for a in addresses[::-1] if ":" in a]:
+        try:
+            _address(ipr, "add", idx, cidr)
+        except Exception as exc:
+            refused.append(f"address {cidr}: {_why(exc)}")
+    pending = rtdump.route_order(routes, addresses)
+    while pending:  # a route refused for want of another may pass once that one is made
+        failed: list[tuple[dict[str, Any], Exception]] = []
+        for route in pending:
+            try:
+                _route(ipr, "add", idx, route)
+            except Exception as exc:
+                failed.append((route, exc))
+        if len(failed) == len(pending):
+            refused += [f"route {rtdump.describe_route(r)}: {_why(e)}" for r, e in failed]
+            break
+        pending = [r for r, _ in failed]
+    return refused
+
+
+def apply_bridged(ipr: Any, cfg: dict[str, Any]) -> list[str]:
     nic = _index(ipr, cfg["nic"])
     if nic is None:
         raise AgentError("missing", f"NIC {cfg['nic']} does not exist")
@@ -165,16 +164,15 @@ def apply_bridged(ipr: Any, cfg: dict[str, Any]) -> None:
             ipr.link("set", index=br, mtu=cfg["mtu"])
     ipr.link("set", index=nic, master=br)
     for cidr in cfg["nic_addresses"]:
-        _del_address(ipr, nic, cidr)
-    for cidr in cfg["bridge_addresses"]:
-        _add_address(ipr, br, cidr)
+        _address(ipr, "del", nic, cidr)
+    for route in cfg["routes"]:  # IPv6 routes outlive the addresses, and would clash
+        _route(ipr, "del", nic, route)
     ipr.link("set", index=br, state="up")
     ipr.link("set", index=nic, state="up")
-    for route in cfg["routes"]:
-        _add_route(ipr, br, route)
+    return _put_back(ipr, br, cfg["bridge_addresses"], cfg["routes"])
 
 
-def apply_plain(ipr: Any, cfg: dict[str, Any]) -> None:
+def apply_plain(ipr: Any, cfg: dict[str, Any]) -> list[str]:
     nic = _index(ipr, cfg["nic"])
     if nic is None:
         raise AgentError("missing", f"NIC {cfg['nic']} does not exist")
@@ -185,11 +183,8 @@ def apply_plain(ipr: Any, cfg: dict[str, Any]) -> None:
             raise AgentError("conflict", f"{cfg['bridge']} is not ours; left untouched")
         ipr.link("set", index=nic, master=0)
         ipr.link("del", index=br)  # its addresses and routes go with it
-    for cidr in cfg["nic_addresses"]:
-        _add_address(ipr, nic, cidr)
     ipr.link("set", index=nic, state="up")
-    for route in cfg["routes"]:
-        _add_route(ipr, nic, route)
+    return _put_back(ipr, nic, cfg["nic_addresses"], cfg["routes"])
 
 
 APPLY = {"bridged": apply_bridged, "plain": apply_plain}
@@ -206,7 +201,12 @@ def arm(token: str, target: str, cfg: dict[str, Any], seconds: int) -> None:
     """Start the detached process that applies `target` at the deadline unless disarmed."""
     armed = _dir() / f"{token}.armed"
     # CLOCK_MONOTONIC is one clock for every process on the host: a clock step cannot move it.
-    plan = {"target": target, "cfg": cfg, "deadline_monotonic": time.monotonic() + seconds}
+    plan = {
+        "target": target,
+        "cfg": cfg,
+        "seconds": seconds,
+        "deadline_monotonic": time.monotonic() + seconds,
+    }
     armed.write_text(json.dumps(plan))
     # The directory holding the top package (kvmnet_agent on a host, shipped as a tree): the
     # code directory whose lock the rollback holds (see hostboot.py).
@@ -236,58 +236,95 @@ def arm(token: str, target: str, cfg: dict[str, Any], seconds: int) -> None:
 
 
 def rollback_main(armed_path: str, code_root: str | None = None) -> None:
-    """Body of the rollback process: wait, then restore unless disarmed."""
+    """Body of the rollback process: wait, then restore unless disarmed. A restore stays armed
+    until a new SSH login has read its result (uplink.status): unheard, it is applied again,
+    up to ROLLBACK_TRIES times in all, each with the same wait."""
     IPRoute = iproute_class()  # loaded now: the agent's files may vanish later
     _code_lock = hold_code(code_root)  # noqa: F841 -- and keep them while it waits
 
     armed = Path(armed_path)
     plan = json.loads(armed.read_text())
+    unheard = armed.with_suffix(".unheard")
     print("ready", flush=True)
     sys.stdout.close()
+    tries = 0
     while True:
         time.sleep(0.2)
         with _lock():
             if not armed.exists():
-                return  # disarmed
+                return  # disarmed, or a login has heard the restore
             if time.monotonic() < plan["deadline_monotonic"]:
                 continue
-            result: dict[str, Any] = {"target": plan["target"], "at": time.time()}
+            tries += 1
+            result: dict[str, Any] = {"target": plan["target"], "at": time.time(), "try": tries}
             try:
                 with IPRoute() as ipr:
-                    APPLY[plan["target"]](ipr, plan["cfg"])
-                result["ok"] = True
+                    refused = APPLY[plan["target"]](ipr, plan["cfg"])
+                result.update(ok=not refused, refused=refused)
             except Exception as exc:  # keep the record: the operator must know
                 result.update(ok=False, error=str(exc))
             armed.with_suffix(".rolledback").write_text(json.dumps(result))
-            armed.unlink()
-            return
+            if tries >= ROLLBACK_TRIES:
+                armed.unlink()
+                return
+            unheard.touch()
+            plan["deadline_monotonic"] = time.monotonic() + plan.get("seconds", 30)
 
 
 def confirm(args: dict[str, Any]) -> dict[str, Any]:
     token = _token(args["token"])
     with _lock():
         armed = _dir() / f"{token}.armed"
-        if armed.exists():
-            armed.unlink()
-            return {"confirmed": True}
         done = _dir() / f"{token}.rolledback"
         if done.exists():
             raise AgentError("failed", f"too late: the rollback already ran: {done.read_text()}")
-        raise AgentError("invalid", "no rollback is armed with that token")
+        if not armed.exists():
+            raise AgentError("invalid", "no rollback is armed with that token")
+        armed.unlink()
+    # A release seen to work: the record of what to undo goes now, not before.
+    with hoststate.locked("uplinks") as doc:
+        for owner in [o for o, r in doc.items() if r.get("releasing") == token]:
+            doc.pop(owner)
+    return {"confirmed": True}
 
 
 def rollback_status(args: dict[str, Any]) -> dict[str, Any]:
     token = _token(args["token"])
     with _lock():
-        done = _dir() / f"{token}.rolledback"
+        done, armed = _dir() / f"{token}.rolledback", _dir() / f"{token}.armed"
         record = json.loads(done.read_text()) if done.exists() else None
-        done.unlink(missing_ok=True)  # the provider has heard it: nothing more to keep
-        return {"armed": (_dir() / f"{token}.armed").exists(), "rolled_back": record}
+        if record is not None:  # a new login has heard the restore: it worked, stop
+            done.unlink()
+            armed.unlink(missing_ok=True)
+            armed.with_suffix(".unheard").unlink(missing_ok=True)
+        return {"armed": armed.exists(), "rolled_back": record}
 
 
 # --- the operations ----------------------------------------------------------------------------
 def _seconds(value: object) -> int:
     return validate.int_range(value, *ROLLBACK_SECONDS)
+
+
+def _apply_or_undo(
+    ipr: Any, target: str, wanted: dict[str, Any], previous: dict[str, Any], what: str
+) -> None:
+    """Apply `wanted`; if any of it fails or is refused, put `previous` back at once the same
+    way. The rollback stays armed: only a new SSH login (the provider's confirm) shows the
+    host reachable; without one it applies `previous` again."""
+    undo = APPLY["plain" if target == "bridged" else "bridged"]
+    try:
+        refused = APPLY[target](ipr, wanted)
+        if not refused:
+            return
+        cause = "the kernel refused " + "; ".join(refused)
+    except Exception as exc:
+        cause = str(exc)
+    try:
+        left = undo(ipr, previous)
+        undone = "undone at once" + (f" except {'; '.join(left)}" if left else "")
+    except Exception as exc:
+        undone = f"not undone ({exc}); the rollback retries at its deadline"
+    raise AgentError("failed", f"{what} failed and was {undone}: {cause}")
 
 
 def takeover(args: dict[str, Any]) -> dict[str, Any]:
@@ -329,17 +366,9 @@ def takeover(args: dict[str, Any]) -> dict[str, Any]:
         }
         plain = {**plain, "bridge_addresses": []}
         record["bridged"] = bridged
+        record.pop("releasing", None)  # a release the host undid: bridged again
         arm(token, "plain", plain, seconds)
-        try:
-            apply_bridged(ipr, bridged)
-        except Exception as exc:
-            # Failed half-way: put the plain configuration back now, not at the deadline.
-            with _lock():
-                (_dir() / f"{token}.armed").unlink(missing_ok=True)
-            apply_plain(ipr, plain)
-            raise AgentError(
-                "failed", f"bridging {nic} failed and was undone at once: {exc}"
-            ) from None
+        _apply_or_undo(ipr, "bridged", bridged, plain, f"bridging {nic}")
         doc[owner] = record
     # Read once the record is saved and its lock released.
     return {"token": token, "armed_seconds": seconds, **(read({"owner": owner}) or {})}
@@ -356,16 +385,9 @@ def release(args: dict[str, Any]) -> dict[str, Any]:
         if record is None:
             return {"token": None, "released": False}
         arm(token, "bridged", record["bridged"], seconds)
-        try:
-            apply_plain(ipr, {**record["plain"], "bridge_addresses": []})
-        except Exception as exc:
-            with _lock():
-                (_dir() / f"{token}.armed").unlink(missing_ok=True)
-            apply_bridged(ipr, record["bridged"])
-            raise AgentError(
-                "failed", f"un-bridging failed and was undone at once: {exc}"
-            ) from None
-        doc.pop(owner)
+        plain = {**record["plain"], "bridge_addresses": []}
+        _apply_or_undo(ipr, "plain", plain, record["bridged"], "un-bridging")
+        record["releasing"] = token  # dropped at the confirm: until then the undo needs it
     return {"token": token, "released": True}
 
 

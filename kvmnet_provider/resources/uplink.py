@@ -99,17 +99,21 @@ class UplinkBridgeProvider(KvmnetProvider):
         }
 
     def _protected(self, props: dict[str, Any], op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Run a NIC-moving op under the host's rollback; confirm over a new connection."""
+        """Run a NIC-moving op under the host's rollback; confirm over a new connection.
+
+        The rollback is disarmed only by a new SSH login: after a change that worked, and
+        after a change the agent undid at once as well (the undo is a change too)."""
         settings = HostSettings.from_props(props["connection"])
         seconds = int(props["rollback_seconds"])
         token = secrets.token_hex(16)
         started = time.monotonic()
+        refused: AgentCallError | None = None
         try:
             result = agent_session(settings).call(op, {**args, "token": token}, timeout=20)
             if result.get("token") is None:
                 return dict(result)  # nothing was there to change
-        except AgentCallError:
-            raise  # refused or undone at once by the agent: the host is as it was
+        except AgentCallError as exc:
+            refused = exc  # refused, or failed and undone at once: the undo must be seen to work
         except HostError:
             pass  # the old session died with the change: the new connection decides
         probe = dataclasses.replace(settings, connect_timeout=PROBE_CONNECT_TIMEOUT)
@@ -118,32 +122,49 @@ class UplinkBridgeProvider(KvmnetProvider):
             try:
                 session = fresh_session(probe)
                 session.call("uplink.confirm", {"token": token})
-                return dict(session.call("uplink.read", {"owner": props["owner"]}) or {})
             except AgentCallError as exc:
+                if refused is not None:
+                    raise refused from None  # never armed: refused before any change
                 last = exc
                 break
             except HostError as exc:
                 last = exc
                 time.sleep(1)
+                continue
+            if refused is not None:
+                raise refused  # undone at once, and the host is seen reachable
+            return dict(session.call("uplink.read", {"owner": props["owner"]}) or {})
         # Cut off: the host puts itself back at the deadline. Prove it, then say so.
         time.sleep(max(0.0, seconds - (time.monotonic() - started)) + 1)
-        status = self._after_rollback(probe, token, props["owner"], op)
+        status = self._after_rollback(probe, token, props["owner"], op, seconds)
+        cause = f"{refused}, and then " if refused is not None else ""
         raise HostError(
-            f"{settings.label}: {op.split('.')[1]} of {props['nic']} cut the host off: no new SSH "
-            f"connection got through ({last}); the host restored its previous configuration "
-            f"by itself after {seconds} s ({status})"
+            f"{settings.label}: {op.split('.')[1]} of {props['nic']} cut the host off: {cause}no "
+            f"new SSH connection got through ({last}); the host restored its previous "
+            f"configuration by itself after {seconds} s ({status})"
         )
 
-    def _after_rollback(self, probe: HostSettings, token: str, owner: str, op: str) -> str:
-        deadline = time.monotonic() + 30
+    def _after_rollback(
+        self, probe: HostSettings, token: str, owner: str, op: str, seconds: int
+    ) -> str:
+        """Read the rollback's result over a new login, which is also what tells the host its
+        restore worked (unheard, it applies it again)."""
+        deadline = time.monotonic() + 30 + seconds  # the host's second try included
         while True:
             try:
                 session = fresh_session(probe)
                 status = session.call("uplink.status", {"token": token})
+                if status.get("rolled_back") is None and status.get("armed"):
+                    raise HostError("the rollback has not run yet")  # a slow host: wait
                 if op == "uplink.takeover":
                     session.call("uplink.forget", {"owner": owner})
                 rolled = status.get("rolled_back") or {}
-                return "rolled back: " + ("ok" if rolled.get("ok") else str(rolled))
+                if not rolled:
+                    return "reachable again; the rollback's record was already read"
+                if rolled.get("ok"):
+                    return "rolled back: ok"
+                refused = "; ".join(rolled.get("refused") or []) or rolled.get("error") or rolled
+                return f"rolled back, reachable, but not all of it went back: {refused}"
             except HostError as exc:
                 if time.monotonic() > deadline:
                     return f"and it is STILL unreachable after the rollback: {exc}"
