@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from kvmnet_provider.agent import fwplan
 from kvmnet_provider.agent.dhcp import config
+from kvmnet_provider.agent.firewall import plan as fwplan
 from kvmnet_provider.errors import ConfigError
 from kvmnet_provider.models import GuestSpec, addresses, collisions
 from kvmnet_provider.models.networks import NetworkArgs, dhcp_enabled

@@ -24,7 +24,7 @@ from typing import IO, Any
 from ..spec.validate import InvalidInput
 from . import workers
 from .errors import AgentError
-from .readcache import note_request
+from .links.readcache import note_request
 
 PROTOCOL = 1
 COMPONENTS = {
@@ -36,16 +36,16 @@ Handler = Callable[[dict[str, Any]], Any]
 # Operations whose module loads at their first use: most sessions never start a guest or
 # bridge an uplink, and compiling those modules is most of the agent's own start-up.
 LAZY_MODULES = {"guest": "guests", "uplink": "uplink", "dhcp": "dhcp"}
-# Link changes load pyroute2 (linkops.py); link reads (link.read*) are answered without it.
-LAZY_MODULES.update({op: "linkops" for op in ("link", "bridge", "tap")})
+# Link changes load pyroute2 (links/ops.py); link reads (link.read*) are answered without it.
+LAZY_MODULES.update({op: "links" for op in ("link", "bridge", "tap")})
 # Firewall ops (masquerade.*, dnat.*, forward.*, input.*, firewall.*) go through the backend
-# the host uses (fwbackend.py), loaded at the first rule operation.
+# the host uses (firewall/backend.py), loaded at the first rule operation.
 FIREWALL_KINDS = ("masquerade", "dnat", "forward", "input", "firewall")
-LAZY_MODULES.update({op: "fwbackend" for op in FIREWALL_KINDS})
+LAZY_MODULES.update({op: "firewall" for op in FIREWALL_KINDS})
 
 
 def missing_components() -> list[str]:
-    # find_spec, not import: importing iptc alone costs half a second (see fwbackend.load).
+    # find_spec, not import: importing iptc alone costs half a second (see firewall/backend.load).
     missing = []
     for module, how in COMPONENTS.items():
         if importlib.util.find_spec(module) is None:
@@ -56,8 +56,8 @@ def missing_components() -> list[str]:
 
 
 def build_handlers() -> dict[str, Handler]:
-    from . import forwarding
-    from .linkdump import link_read, link_read_all, link_read_many
+    from .firewall import forwarding
+    from .links.dump import link_read, link_read_all, link_read_many
 
     return {
         "ping": lambda a: {"pid": os.getpid()},

@@ -19,7 +19,7 @@ import ipaddress
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..spec import validate
+from ...spec import validate
 
 MODES = validate.NETWORK_MODES
 SECTIONS = ("cross", "input", "output")

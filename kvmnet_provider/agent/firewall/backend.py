@@ -1,8 +1,8 @@
 """The firewall backend interface, the choice between the backends, and the agent's firewall ops.
 
 Two backends with the same operations (masquerade_*, dnat_*, forward_*, input_*):
-- "iptables": python-iptables on the legacy x_tables tables (fw_iptables.py, firewall.py);
-- "nftables": libnftables' JSON API (fw_nftables.py).
+- "iptables": python-iptables on the legacy x_tables tables (iptables.py, iptables_nat.py);
+- "nftables": libnftables' JSON API (the nftables package).
 "auto" picks the one holding the host's own firewall, so that our accepts land where its
 DROP is (a DROP in any base chain at a hook is final, whatever the table or backend):
   1. nftables has tables (other than kvmnet's own): nftables (iptables-nft, firewalld, Docker
@@ -27,9 +27,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from ..spec import validate
-from . import fwplan, hoststate
-from .errors import AgentError
+from ...spec import validate
+from .. import hoststate
+from ..errors import AgentError
+from . import plan
 
 BACKENDS = ("auto", "iptables", "nftables")
 INSTALL = {
@@ -48,11 +49,11 @@ class Backend(Protocol):
     def dnat_read(self, owner: str) -> dict[str, Any]: ...
     def dnat_ensure(self, spec: dict[str, Any]) -> dict[str, Any]: ...
     def dnat_remove(self, owner: str) -> dict[str, Any]: ...
-    def forward_read(self, owner: str, net: fwplan.NetworkRules | None = None) -> Any: ...
-    def forward_ensure(self, owner: str, net: fwplan.NetworkRules) -> Any: ...
+    def forward_read(self, owner: str, net: plan.NetworkRules | None = None) -> Any: ...
+    def forward_ensure(self, owner: str, net: plan.NetworkRules) -> Any: ...
     def forward_remove(self, owner: str) -> dict[str, Any]: ...
-    def input_read(self, owner: str, net: fwplan.InputRules | None = None) -> Any: ...
-    def input_ensure(self, owner: str, net: fwplan.InputRules) -> Any: ...
+    def input_read(self, owner: str, net: plan.InputRules | None = None) -> Any: ...
+    def input_ensure(self, owner: str, net: plan.InputRules) -> Any: ...
     def input_remove(self, owner: str) -> dict[str, Any]: ...
 
 
@@ -64,7 +65,7 @@ def load(name: str) -> Backend:
             from .iptc_import import import_iptc
 
             import_iptc()
-        module: Any = importlib.import_module(f".fw_{name}", __package__)
+        module: Any = importlib.import_module(f".{name}", __package__)
     except Exception as exc:
         raise AgentError(
             "missing",
@@ -217,10 +218,10 @@ def handlers() -> dict[str, Any]:
             call = getattr(backend, method)
             with locked():
                 if net and method.startswith("input_"):
-                    rules = fwplan.InputRules.from_spec(args)
+                    rules = plan.InputRules.from_spec(args)
                     result = call(validate.owner(args["owner"]), rules)
                 elif net:
-                    spec = fwplan.NetworkRules.from_spec(args)
+                    spec = plan.NetworkRules.from_spec(args)
                     if method == "forward_ensure":
                         _check_other_backend(backend)
                     result = call(validate.owner(args["owner"]), spec)

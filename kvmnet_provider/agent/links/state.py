@@ -1,5 +1,5 @@
 """What kvmnet reports of a link, from a LinkRecord: shared by the reads answered from
-rtdump's dumps and by links.py, which turns pyroute2's messages into the same records. No
+rtdump's dumps and by bridges.py, which turns pyroute2's messages into the same records. No
 pyroute2 here, so a session that only reads never loads it."""
 
 from __future__ import annotations

@@ -19,12 +19,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-from ..spec import validate
+from ...spec import validate
+from ..errors import AgentError, held_fix
 from . import rtdump
-from .errors import AgentError, held_fix
-from .linkstate import USER_HZ, describe, owner_in, owner_tag
 from .netlink import link_addresses
 from .rtdump import LinkRecord
+from .state import USER_HZ, describe, owner_in, owner_tag
 
 
 class Links:

@@ -21,9 +21,9 @@ from typing import Any
 
 import iptc  # type: ignore[import-untyped]
 
-from ..spec import validate
-from . import fwplan
-from .errors import AgentError
+from ...spec import validate
+from ..errors import AgentError
+from . import plan
 
 MARK_PREFIX = "kvmnet:"
 PROTOCOLS = ("tcp", "udp")
@@ -113,7 +113,7 @@ def masquerade_read(owner: str) -> dict[str, Any]:
 
 
 def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    owner, want = fwplan.masquerade_want(spec)
+    owner, want = plan.masquerade_want(spec)
     source, out_if = want["source"], want["out_interface"]
 
     def build() -> Any:
@@ -134,11 +134,11 @@ def masquerade_remove(owner: str) -> dict[str, Any]:
 
 # --- DNAT (port forwards) ----------------------------------------------------------------------
 def _dst_type(rule: Any) -> str | None:
-    """fwplan.DST_LOCAL for exactly `-m addrtype --dst-type LOCAL`; any other addrtype match
+    """plan.DST_LOCAL for exactly `-m addrtype --dst-type LOCAL`; any other addrtype match
     (negated, another type, a source type) reads as "other": not the rule kvmnet makes."""
     for match in rule.matches:
         if match.name == "addrtype":
-            return fwplan.DST_LOCAL if match.parameters == {"dst_type": "LOCAL"} else "other"
+            return plan.DST_LOCAL if match.parameters == {"dst_type": "LOCAL"} else "other"
     return None
 
 
@@ -157,14 +157,14 @@ def describe_dnat(rule: Any) -> dict[str, Any]:
 
 
 def build_dnat(want: dict[str, Any]) -> Any:
-    """The iptc rule for fwplan.dnat_want's rule (without its comment)."""
+    """The iptc rule for plan.dnat_want's rule (without its comment)."""
     rule = iptc.Rule()
     rule.protocol = want["protocol"]
     if want["in_interface"]:
         rule.in_interface = want["in_interface"]
     if want["destination"]:
         rule.dst = f"{want['destination']}/255.255.255.255"
-    if want["dst_type"] == fwplan.DST_LOCAL:
+    if want["dst_type"] == plan.DST_LOCAL:
         rule.create_match("addrtype").dst_type = "LOCAL"
     rule.create_match(want["protocol"]).dport = str(want["host_port"])
     rule.create_target("DNAT").to_destination = want["to"]
@@ -176,7 +176,7 @@ def dnat_read(owner: str) -> dict[str, Any]:
 
 
 def dnat_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    owner, want = fwplan.dnat_want(spec)
+    owner, want = plan.dnat_want(spec)
     return _ensure("PREROUTING", owner, want, describe_dnat, lambda: build_dnat(want))
 
 

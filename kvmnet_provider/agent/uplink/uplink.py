@@ -25,13 +25,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..spec import validate
-from . import hoststate
-from .codelock import hold_code
-from .errors import AgentError
-from .linkstate import OWNER_PREFIX, owner_in
-from .netlink import iproute_class, link_addresses
-from .rundir import private_dir
+from ...spec import validate
+from .. import hoststate
+from ..codelock import hold_code
+from ..errors import AgentError
+from ..links.netlink import iproute_class, link_addresses
+from ..links.state import OWNER_PREFIX, owner_in
+from ..rundir import private_dir
 
 MAIN_TABLE = 254
 KERNEL_PROTO = 2  # routes the kernel makes for an address: they follow the address
