@@ -17,7 +17,9 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import TypeGuard
+
+from ..spec.wire import Answer
 
 # Kinds whose operations run in workers: each opens its own netlink socket, QMP connection
 # or subprocess, and takes the host-wide file locks that order it against other agents.
@@ -104,7 +106,7 @@ class KeyedWorkers:
                 thread.join()
 
 
-def guarded(send: Callable[[dict[str, Any]], None], answer: Callable[[], dict[str, Any]]) -> Job:
+def guarded(send: Callable[[Answer], None], answer: Callable[[], Answer]) -> Job:
     """A job that computes an answer and sends it; a closed output is not the job's failure."""
 
     def job() -> None:
