@@ -13,6 +13,7 @@ from pulumi.dynamic import DiffResult, Resource
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import validate
+from ..spec.firewall import RULE_BACKENDS
 from .base import Field, KvmnetProvider, deleted_first, owner_id
 
 
@@ -53,7 +54,7 @@ def firewall_backend(props: dict[str, Any]) -> str:
     """The backend a rule's operations go to: the one recorded in the state when the rule was
     made (read and delete must find it where it is), else the host's `firewall_backend`."""
     recorded = props.get("backend")
-    if recorded in ("iptables", "nftables"):
+    if recorded in RULE_BACKENDS:
         return str(recorded)
     return str((props.get("connection") or {}).get("firewall_backend") or "auto")
 

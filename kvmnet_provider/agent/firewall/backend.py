@@ -28,11 +28,11 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from ...spec import validate
+from ...spec.firewall import FIREWALL_BACKENDS
 from .. import hoststate
 from ..errors import AgentError
 from . import plan
 
-BACKENDS = ("auto", "iptables", "nftables")
 INSTALL = {
     "iptables": "pip install python-iptables (or apt-get install python3-iptables)",
     "nftables": "pip install pip-nftables (or apt-get install python3-nftables); "
@@ -185,8 +185,10 @@ def _check_other_backend(backend: Backend) -> None:
 
 def choose(args: dict[str, Any]) -> Backend:
     name = args.get("backend") or "auto"
-    if name not in BACKENDS:
-        raise validate.InvalidInput(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name not in FIREWALL_BACKENDS:
+        raise validate.InvalidInput(
+            f"backend must be one of {', '.join(FIREWALL_BACKENDS)}, got {name!r}"
+        )
     if name == "auto":
         name = _detected()
     return load(name)

@@ -15,6 +15,7 @@ from typing import Any
 
 import iptc  # type: ignore[import-untyped]
 
+from ...spec.marks import JUMP_MARK, OWNER_PREFIX
 from ..errors import AgentError
 from . import iptables_nat, plan
 from .plan import Rule
@@ -22,7 +23,6 @@ from .plan import Rule
 NAME = "iptables"
 TOP = "KVMNET_FWD"
 CHAINS = {"cross": "KVMNET_FWX", "input": "KVMNET_FWI", "output": "KVMNET_FWO"}
-JUMP_MARK = "kvmnet"
 DOCKER_USER = "DOCKER-USER"
 TARGETS = {"ACCEPT": "accept", "REJECT": "reject", "DROP": "drop"}
 
@@ -144,7 +144,7 @@ def _wire(sections: dict[str, list[Rule]]) -> dict[str, list[dict[str, object]]]
 
 
 def forward_read(owner: str, net: plan.NetworkRules | None = None) -> dict[str, Any]:
-    mark = iptables_nat.MARK_PREFIX + owner
+    mark = OWNER_PREFIX + owner
     table = _filter()
     sections = _ours(table, mark)
     where, _ = _jump_position(table)
@@ -196,7 +196,7 @@ def _say(chain: str, rule: Any) -> str:
 
 
 def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
-    mark = iptables_nat.MARK_PREFIX + owner
+    mark = OWNER_PREFIX + owner
     table = _filter()
     problems = blockers(table, net)
     if problems:
@@ -242,7 +242,7 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
 
 
 def forward_remove(owner: str) -> dict[str, Any]:
-    mark = iptables_nat.MARK_PREFIX + owner
+    mark = OWNER_PREFIX + owner
     table = _filter()
     removed = 0
     table.autocommit = False
@@ -284,7 +284,7 @@ INPUT_CHAIN = "KVMNET_INP"
 
 
 def input_read(owner: str, net: plan.InputRules | None = None) -> dict[str, Any]:
-    mark = iptables_nat.MARK_PREFIX + owner
+    mark = OWNER_PREFIX + owner
     table = _filter()
     chain = _chain(table, INPUT_CHAIN)
     ours = [] if chain is None else [r for r in chain.rules if iptables_nat.comment(r) == mark]
@@ -311,7 +311,7 @@ def input_blockers(table: Any, net: plan.InputRules) -> list[str]:
 
 
 def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
-    mark = iptables_nat.MARK_PREFIX + owner
+    mark = OWNER_PREFIX + owner
     found = input_blockers(_filter(), net)
     if found:
         raise AgentError(
@@ -344,7 +344,7 @@ def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
 
 
 def input_remove(owner: str) -> dict[str, Any]:
-    mark = iptables_nat.MARK_PREFIX + owner
+    mark = OWNER_PREFIX + owner
     table = _filter()
     chain = _chain(table, INPUT_CHAIN)
     if chain is None:

@@ -22,10 +22,10 @@ from typing import Any
 import iptc  # type: ignore[import-untyped]
 
 from ...spec import validate
+from ...spec.marks import OWNER_PREFIX
 from ..errors import AgentError
 from . import plan
 
-MARK_PREFIX = "kvmnet:"
 PROTOCOLS = ("tcp", "udp")
 
 
@@ -52,14 +52,14 @@ def _nat_chain(name: str) -> tuple[Any, Any]:
 
 
 def _ours(chain_name: str, owner: str, describe: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-    mark = MARK_PREFIX + validate.owner(owner)
+    mark = OWNER_PREFIX + validate.owner(owner)
     _, chain = _nat_chain(chain_name)
     rules = [describe(r) for r in chain.rules if comment(r) == mark]
     return {"rules": rules, "count": len(rules)}
 
 
 def _remove(chain_name: str, owner: str) -> dict[str, Any]:
-    mark = MARK_PREFIX + validate.owner(owner)
+    mark = OWNER_PREFIX + validate.owner(owner)
     table, chain = _nat_chain(chain_name)
     removed = 0
     table.autocommit = False
@@ -88,7 +88,7 @@ def _ensure(
     if current["rules"]:
         _remove(chain_name, owner)
     rule = build()
-    rule.create_match("comment").comment = MARK_PREFIX + owner
+    rule.create_match("comment").comment = OWNER_PREFIX + owner
     _, chain = _nat_chain(chain_name)
     try:
         chain.append_rule(rule)

@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...spec import validate
+from ...spec.marks import JUMP_MARK, OWNER_PREFIX
 from ..errors import AgentError
 from . import plan
 from .nft_rules import (
     DOCKER_USER,
     FAMILY,
-    JUMP_MARK,
-    MARK_PREFIX,
     NAME,
     PASS,
     SECTIONS,
@@ -90,7 +89,7 @@ def _jump_location(rs: Ruleset) -> tuple[str, str, str, int] | None:
 
 
 def forward_read(owner: str, net: plan.NetworkRules | None = None) -> dict[str, Any]:
-    mark = MARK_PREFIX + validate.owner(owner)
+    mark = OWNER_PREFIX + validate.owner(owner)
     rs = ruleset()
     where = placement(rs)
     sections = _ours(rs, mark)
@@ -150,7 +149,7 @@ def blockers(rs: Ruleset, net: plan.NetworkRules) -> list[str]:
 
 
 def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
-    mark = MARK_PREFIX + validate.owner(owner)
+    mark = OWNER_PREFIX + validate.owner(owner)
     rs = ruleset()
     found = blockers(rs, net)
     if found:
@@ -229,7 +228,7 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
 
 
 def forward_remove(owner: str) -> dict[str, Any]:
-    mark = MARK_PREFIX + validate.owner(owner)
+    mark = OWNER_PREFIX + validate.owner(owner)
     rs = ruleset()
     chains = [(FAMILY, TABLE, c) for c in SECTIONS.values()]
     chains += [(f, t, PASS) for f, t in pass_chains(rs)]

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from ...spec import validate
+from ...spec.marks import JUMP_MARK, OWNER_PREFIX
 from ..errors import AgentError
 from . import plan
 from .nft_rules import (
     FAMILY,
     INPUT_PASS,
-    JUMP_MARK,
-    MARK_PREFIX,
     NAME,
     TABLE,
     Ruleset,
@@ -55,7 +54,7 @@ def _input_chains(rs: Ruleset) -> list[tuple[str, str]]:
 
 
 def input_read(owner: str, net: plan.InputRules | None = None) -> dict[str, Any]:
-    mark = MARK_PREFIX + validate.owner(owner)
+    mark = OWNER_PREFIX + validate.owner(owner)
     rs = ruleset()
     rules: list[dict[str, object]] = []
     for family, table in _input_chains(rs):
@@ -101,7 +100,7 @@ def input_blockers(rs: Ruleset, net: plan.InputRules) -> list[str]:
 
 
 def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
-    mark = MARK_PREFIX + validate.owner(owner)
+    mark = OWNER_PREFIX + validate.owner(owner)
     found = input_blockers(ruleset(), net)
     if found:
         raise AgentError(
@@ -141,7 +140,7 @@ def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
 
 
 def input_remove(owner: str) -> dict[str, Any]:
-    mark = MARK_PREFIX + validate.owner(owner)
+    mark = OWNER_PREFIX + validate.owner(owner)
     rs = ruleset()
     commands: list[dict[str, Any]] = []
     left = 0

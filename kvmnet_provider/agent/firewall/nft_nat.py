@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ...spec import validate
+from ...spec.marks import OWNER_PREFIX
 from . import plan
 from .nft_rules import (
     FAMILY,
-    MARK_PREFIX,
     NAME,
     TABLE,
     NftRule,
@@ -27,7 +27,7 @@ from .nft_rules import (
 
 # --- MASQUERADE and DNAT ------------------------------------------------------------------------
 def _nat_rules(chain: str, owner: str) -> list[NftRule]:
-    mark = MARK_PREFIX + validate.owner(owner)
+    mark = OWNER_PREFIX + validate.owner(owner)
     return [r for r in ruleset().chain_rules(FAMILY, TABLE, chain) if r.comment == mark]
 
 
@@ -71,7 +71,7 @@ def _nat_ensure(
     current = _read(chain, owner, describe_one)
     if current["rules"] == [want]:
         return current
-    mark = MARK_PREFIX + owner
+    mark = OWNER_PREFIX + owner
     commands = base_chain_commands()
     commands += [{"delete": {"rule": r.ref()}} for r in _nat_rules(chain, owner)]
     commands.append({"add": {"rule": rule_doc(FAMILY, TABLE, chain, mark, expr)}})
@@ -95,7 +95,7 @@ def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
 def masquerade_remove(owner: str) -> dict[str, Any]:
     return {
         "removed": remove_marked(
-            [(FAMILY, TABLE, "postrouting")], MARK_PREFIX + validate.owner(owner)
+            [(FAMILY, TABLE, "postrouting")], OWNER_PREFIX + validate.owner(owner)
         )
     }
 
@@ -173,6 +173,6 @@ def dnat_ensure(spec: dict[str, Any]) -> dict[str, Any]:
 def dnat_remove(owner: str) -> dict[str, Any]:
     return {
         "removed": remove_marked(
-            [(FAMILY, TABLE, "prerouting")], MARK_PREFIX + validate.owner(owner)
+            [(FAMILY, TABLE, "prerouting")], OWNER_PREFIX + validate.owner(owner)
         )
     }

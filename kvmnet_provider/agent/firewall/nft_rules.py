@@ -13,13 +13,12 @@ from typing import Any
 
 import nftables  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
+from ...spec.marks import JUMP_MARK
 from ..errors import AgentError
 from . import plan
 from .plan import Rule
 
 NAME = "nftables"
-MARK_PREFIX = "kvmnet:"
-JUMP_MARK = "kvmnet"
 FAMILY, TABLE = "ip", "kvmnet"
 PASS = "KVMNET_FWD"  # the forward accepts' chain in the host's table
 INPUT_PASS = "KVMNET_INP"  # the DHCP/DNS accepts' chain

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pwd
 from typing import Any
 
+from ...spec.marks import OWNER_PREFIX
 from .rtdump import LinkRecord
 
-OWNER_PREFIX = "kvmnet:"
 USER_HZ = 100  # IFLA_BR_FORWARD_DELAY is in clock ticks
 IFF_UP = 1
 

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ...spec import validate
+from ...spec.marks import OWNER_PREFIX
 from .. import hoststate
 from ..codelock import hold_code
 from ..errors import AgentError
 from ..links.netlink import iproute_class, link_addresses
-from ..links.state import OWNER_PREFIX, owner_in
+from ..links.state import owner_in
 from ..rundir import private_dir
 
 MAIN_TABLE = 254
