@@ -26,8 +26,8 @@ from ..spec.wire import Answer
 WAITING_KINDS = ("guest", "uplink", "dhcp")
 
 # What a kind's operations import on the way (guests.qmp imports qemu.qmp at its first call),
-# imported on the main thread before a worker needs it: imports racing between threads have
-# deadlocked this agent once (python-iptables), so workers start with theirs done.
+# imported on the main thread before a worker needs it: imports racing between threads can
+# deadlock (python-iptables' can), so workers start with theirs done.
 FIRST_IMPORTS = {"guest": ("asyncio", "qemu.qmp")}
 
 Job = Callable[[], None]

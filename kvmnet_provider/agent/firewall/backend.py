@@ -59,7 +59,8 @@ class Backend(Protocol):
 
 @functools.cache
 def load(name: str) -> Backend:
-    """The backend module, imported at its first use (python-iptables costs ~14 ms)."""
+    """The backend module, imported at its first use: a session that makes no rule never
+    loads python-iptables or libnftables."""
     try:
         if name == "iptables":
             from .iptc_import import import_iptc

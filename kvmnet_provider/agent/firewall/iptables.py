@@ -26,7 +26,7 @@ CHAINS = {"cross": "KVMNET_FWX", "input": "KVMNET_FWI", "output": "KVMNET_FWO"}
 DOCKER_USER = "DOCKER-USER"
 TARGETS = {"ACCEPT": "accept", "REJECT": "reject", "DROP": "drop"}
 
-# NAT and port forwards: the existing python-iptables code, unchanged.
+# NAT and port forwards: iptables_nat.py's rules in the nat table.
 masquerade_read = iptables_nat.masquerade_read
 masquerade_ensure = iptables_nat.masquerade_ensure
 masquerade_remove = iptables_nat.masquerade_remove

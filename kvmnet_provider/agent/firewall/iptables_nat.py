@@ -9,8 +9,8 @@ tutorial's `iptables -t nat -F` is the bug we do not repeat.)
   when a destination is given: only packets addressed to the host itself, never traffic the
   host forwards to another machine's port P. No nat OUTPUT rule: the host's own connections
   to its port P are not forwarded.
-A rule of an older shape (before the addrtype match) carries the same comment, so `ensure`
-finds it unequal to what it wants and replaces it, and `remove` deletes it like any other.
+A rule of another shape with the same comment (one without the addrtype match, say) is
+unequal to what `ensure` wants, so it is replaced, and `remove` deletes it like any other.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def dnat_read(owner: str) -> dict[str, Any]:
 
 
 def dnat_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    """A rule of an older shape (before the fib match) carries the same comment: it reads
+    """A rule of another shape with the same comment (one without the fib match, say) reads
     unequal to `want`, so _nat_ensure deletes it and adds this one in one transaction."""
     owner, want = plan.dnat_want(spec)
     return _nat_ensure("prerouting", owner, want, dnat_expr(want), _describe_dnat)
