@@ -7,6 +7,7 @@ own arguments and results are typed where both sides share them (the guest opera
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, NotRequired, TypedDict, get_args
 
 PROTOCOL = 1
@@ -18,6 +19,7 @@ ErrorKind = Literal["invalid", "conflict", "missing", "blocked", "failed"]
 ERROR_KINDS: tuple[ErrorKind, ...] = get_args(ErrorKind)
 
 Args = dict[str, Any]  # an operation's own arguments (a JSON object)
+Handlers = dict[str, Callable[[Args], Any]]  # the agent's operations, by name
 
 
 class Request(TypedDict):

@@ -9,11 +9,10 @@ ip_forward sysctls, shared by every stack on the host).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from ...spec.wire import Handlers
 
 
-def handlers() -> dict[str, Callable[[dict[str, Any]], Any]]:
+def handlers() -> Handlers:
     """The rule operations; the agent loads the backends at the first of them."""
     from . import backend
 

@@ -8,11 +8,10 @@ updating and deleting bridges and taps), ``ops`` (the link changes as agent oper
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from ...spec.wire import Handlers
 
 
-def handlers() -> dict[str, Callable[[dict[str, Any]], Any]]:
+def handlers() -> Handlers:
     """The link changes; the agent loads them, and pyroute2 with them, at the first change."""
     from . import ops
 

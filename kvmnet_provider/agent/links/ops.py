@@ -3,11 +3,10 @@ pyroute2 with it, at the first change; reads never need it (dump.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from ...spec.wire import Handlers
 
 
-def handlers() -> dict[str, Callable[[dict[str, Any]], Any]]:
+def handlers() -> Handlers:
     from .netlink import iproute_class
 
     iproute = iproute_class()  # before .links imports from pyroute2: see netlink.py

@@ -3,11 +3,10 @@ change which cuts the host off (``uplink``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from ...spec.wire import Handlers
 
 
-def handlers() -> dict[str, Callable[[dict[str, Any]], Any]]:
+def handlers() -> Handlers:
     """The uplink.* operations; the agent loads this package at the first of them."""
     from . import uplink
 
