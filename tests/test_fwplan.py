@@ -1,4 +1,4 @@
-"""The forward rules per model, as data (agent/fwplan.py), and how foreign DROPs are judged.
+"""The forward rules per model, as data (agent/firewall/plan.py), and how foreign DROPs are judged.
 
 Pure: no host. The rules are compared with the expected rendering per model, as libvirt's
 own tests compare theirs with expected-output files."""

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from kvmnet_provider.agent.firewall import nft_nat, nft_rules
-from kvmnet_provider.agent.firewall import plan as fwplan
+from kvmnet_provider.agent.firewall import nft_nat, nft_rules, plan
 from kvmnet_provider.resources.netfilter import PortForwardProvider
 from kvmnet_provider.spec.validate import InvalidInput
 
@@ -26,7 +25,7 @@ SPECS = [
 
 
 def want(spec: dict[str, Any]) -> dict[str, Any]:
-    return fwplan.dnat_want(spec)[1]
+    return plan.dnat_want(spec)[1]
 
 
 # --- what the rule is ---------------------------------------------------------------------------
@@ -47,7 +46,7 @@ def test_a_port_forward_takes_only_packets_to_the_host_itself() -> None:
 
 def test_a_bad_protocol_is_refused() -> None:
     with pytest.raises(InvalidInput, match="protocol must be tcp or udp"):
-        fwplan.dnat_want({**SPEC, "protocol": "icmp"})
+        plan.dnat_want({**SPEC, "protocol": "icmp"})
 
 
 # --- nftables -----------------------------------------------------------------------------------

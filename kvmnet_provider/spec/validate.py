@@ -13,7 +13,7 @@ IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 OWNER_RE = re.compile(r"^[A-Za-z0-9_.:/@+=-]{1,200}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# The network models, as the forward rules (agent/fwplan.py) and their resource know them.
+# The network models, as the forward rules (agent/firewall/plan.py) and their resource know them.
 NETWORK_MODES = ("isolated", "routed", "nat", "bridged")
 # A port forward's DNAT rule as the agent reads it back (`dst_type`) and PortForward checks it:
 # only packets to the host's own addresses (iptables addrtype LOCAL, nftables fib type local).
