@@ -25,13 +25,16 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ...spec import validate
 from ...spec.firewall import FIREWALL_BACKENDS
 from .. import hoststate
 from ..errors import AgentError
 from . import plan
+
+if TYPE_CHECKING:  # imports libnftables: loaded only through load()
+    from . import nft_rules
 
 INSTALL = {
     "iptables": "pip install python-iptables (or apt-get install python3-iptables)",
@@ -78,12 +81,19 @@ def load(name: str) -> Backend:
 
 def _nft_tables() -> list[tuple[str, str]] | None:
     """The host's nftables tables, or None when libnftables is not available."""
+    rs = _nft_ruleset()
+    return None if rs is None else sorted(rs.tables)
+
+
+def _nft_ruleset() -> nft_rules.Ruleset | None:
+    """The host's nftables ruleset, or None when libnftables is not available."""
     try:
-        nft = load("nftables")
+        load("nftables")
     except AgentError:
         return None
-    rs: Any = nft.ruleset()  # type: ignore[attr-defined]
-    return sorted(rs.tables)
+    from . import nft_rules as loaded  # importable now: load() imported it
+
+    return loaded.ruleset()
 
 
 def _legacy_in_use() -> bool:
@@ -150,9 +160,8 @@ def other_backend_drop(name: str) -> str | None:
     """A DROP policy on the forward hook held by the OTHER backend, which our rules (in `name`)
     cannot get past: the host's firewall lives there, so firewall_backend is wrong."""
     if name == "iptables":
-        try:
-            rs: Any = load("nftables").ruleset()  # type: ignore[attr-defined]
-        except AgentError:
+        rs = _nft_ruleset()
+        if rs is None:
             return None
         for chain in rs.forward_bases():
             if chain.get("policy") == "drop":
