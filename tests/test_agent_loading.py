@@ -35,7 +35,7 @@ def test_python_iptables_loads_without_compiler_linker_or_modprobe() -> None:
                 started.append(os.path.basename(str(program)))
                 super().__init__(args, *a, **kw)
         subprocess.Popen = Recording
-        from kvmnet_provider.agent.iptc_import import import_iptc
+        from kvmnet_provider.agent.firewall.iptc_import import import_iptc
         iptc = import_iptc()
         print(json.dumps({"started": started, "libdir": os.environ.get("XTABLES_LIBDIR"),
                           "rule": hasattr(iptc, "Rule")}))
@@ -50,7 +50,7 @@ def test_iproute_loads_without_the_rest_of_pyroute2() -> None:
     found = run_fresh(
         """
         import json, sys
-        from kvmnet_provider.agent.netlink import iproute_class
+        from kvmnet_provider.agent.links.netlink import iproute_class
         ipr = iproute_class()()
         name = ipr.link("get", index=1)[0].get_attr("IFLA_IFNAME")
         print(json.dumps({"lo": name, "loaded": sorted(

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.e2e
 # Run inside a lab host: every link and address as rtdump decodes them and as pyroute2 does.
 COMPARE = """
 import json
-from kvmnet_provider.agent import rtdump
-from kvmnet_provider.agent.netlink import iproute_class, link_addresses
+from kvmnet_provider.agent.links import rtdump
+from kvmnet_provider.agent.links.netlink import iproute_class, link_addresses
 ipr = iproute_class()()
 
 def record_of(msg):

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from kvmnet_provider.agent import fwplan
 from kvmnet_provider.agent.dhcp import config
+from kvmnet_provider.agent.firewall import plan
 from kvmnet_provider.errors import ConfigError
 from kvmnet_provider.models import GuestSpec, addresses, collisions
 from kvmnet_provider.models.networks import NetworkArgs, dhcp_enabled
@@ -219,7 +219,7 @@ def test_lease_file_parsing() -> None:
 
 # --- the INPUT rules -----------------------------------------------------------------------------
 def test_input_rules() -> None:
-    rules = fwplan.InputRules.from_spec(
+    rules = plan.InputRules.from_spec(
         {"bridge": "br-in", "address": "10.0.1.254", "subnet": "10.0.1.0/24"}
     )
     assert [r.text() for r in rules.rules()] == [
@@ -228,7 +228,7 @@ def test_input_rules() -> None:
         "-i br-in -s 10.0.1.0/24 -d 10.0.1.254/32 -p tcp --dport 53 -j ACCEPT",
     ]
     with pytest.raises(InvalidInput):
-        fwplan.InputRules.from_spec(
+        plan.InputRules.from_spec(
             {"bridge": "br-in", "address": "10.0.2.1", "subnet": "10.0.1.0/24"}
         )
 
@@ -322,15 +322,15 @@ def test_provider_check_names_the_property() -> None:
 
 
 def test_what_blocks_dhcp_or_dns() -> None:
-    flows = fwplan.InputRules("br-in", "10.0.1.254", "10.0.1.0/24").flows()
-    Rule = fwplan.Rule
-    assert fwplan.could_block(Rule("drop"), flows)
-    assert fwplan.could_block(Rule("drop", iif="br-in"), flows)
-    assert fwplan.could_block(Rule("reject", iif="br-in", dst="10.0.1.254/32"), flows)
-    assert not fwplan.could_block(Rule("drop", iif="eth0"), flows)
-    assert not fwplan.could_block(Rule("drop", src="192.0.2.7/32"), flows)
-    assert not fwplan.could_block(Rule("drop", proto="tcp", dport=22), flows)
-    assert not fwplan.could_block(Rule("accept", iif="br-in"), flows)
+    flows = plan.InputRules("br-in", "10.0.1.254", "10.0.1.0/24").flows()
+    Rule = plan.Rule
+    assert plan.could_block(Rule("drop"), flows)
+    assert plan.could_block(Rule("drop", iif="br-in"), flows)
+    assert plan.could_block(Rule("reject", iif="br-in", dst="10.0.1.254/32"), flows)
+    assert not plan.could_block(Rule("drop", iif="eth0"), flows)
+    assert not plan.could_block(Rule("drop", src="192.0.2.7/32"), flows)
+    assert not plan.could_block(Rule("drop", proto="tcp", dport=22), flows)
+    assert not plan.could_block(Rule("accept", iif="br-in"), flows)
 
 
 def test_a_port_still_in_use_after_the_retries_names_the_fix(

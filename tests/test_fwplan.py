@@ -1,4 +1,4 @@
-"""The forward rules per model, as data (agent/fwplan.py), and how foreign DROPs are judged.
+"""The forward rules per model, as data (agent/firewall/plan.py), and how foreign DROPs are judged.
 
 Pure: no host. The rules are compared with the expected rendering per model, as libvirt's
 own tests compare theirs with expected-output files."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvmnet_provider.agent.fwplan import NetworkRules, Rule, could_block
+from kvmnet_provider.agent.firewall.plan import NetworkRules, Rule, could_block
 from kvmnet_provider.spec.validate import InvalidInput
 
 
@@ -123,11 +123,11 @@ def test_which_foreign_rules_block_a_nat_network(rule: Rule | None, blocks: bool
 def test_nft_expressions_read_back_as_the_rules_they_were_made_from() -> None:
     """What the nftables backend writes (JSON expressions) parses back to the same rule, so
     `read` can compare what it finds with what the model wants."""
-    from kvmnet_provider.agent import fw_nftables
+    from kvmnet_provider.agent.firewall import nft_rules
 
     spec = {"mode": "nat", "bridge": "br-in", "subnet": "10.0.1.0/24",
             "forwards": [{"guest": "10.0.1.11", "port": 8080, "proto": "udp"}]}  # fmt: skip
     net = NetworkRules.from_spec(spec)
     rules = [r for section in net.sections().values() for r in section] + net.passes()
     for rule in rules:
-        assert fw_nftables.describe(fw_nftables.rule_expr(rule)) == rule
+        assert nft_rules.describe(nft_rules.rule_expr(rule)) == rule

@@ -3,6 +3,10 @@
 - kvmnet_provider (the product) imports nothing from kvmnet_lab;
 - kvmnet_provider.spec is pure: the standard library and itself only;
 - the agent (run on the host) reaches only itself and spec, the two packages shipped;
+- the agent keeps its rooms: each job in its own package, only the request loop and what
+  every room shares at its root;
+- no module of the product is over MAX_LINES lines, and its modules import one another
+  without a cycle;
 - the shipped tree is exactly those two packages, and the host refuses any other path;
 - a wheel of the product holds kvmnet_provider and nothing of the lab.
 """
@@ -25,14 +29,35 @@ REPO = Path(__file__).resolve().parent.parent
 PROVIDER = REPO / "kvmnet_provider"
 
 
-def imports_of(path: Path) -> set[str]:
-    """Absolute names of the modules a file imports (relative imports resolved)."""
+def _run_time(tree: ast.Module) -> list[ast.AST]:
+    """Every node but those of `if TYPE_CHECKING:` blocks: the imports that run, at the module's
+    import or later in a function (a deferred import still closes a loop)."""
+    found: list[ast.AST] = []
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        for child in ast.iter_child_nodes(node):
+            if not (
+                isinstance(child, ast.If)
+                and isinstance(child.test, ast.Name)
+                and child.test.id == "TYPE_CHECKING"
+            ):
+                todo.append(child)
+    return found
+
+
+def imports_of(path: Path, run_time: bool = False) -> set[str]:
+    """Absolute names of the modules a file imports (relative imports resolved); with
+    `run_time`, not those only type checkers read. `from m import n` gives m, and m.n too
+    when n may be a submodule."""
     parts = list(path.relative_to(REPO).with_suffix("").parts)
     package = parts if path.name == "__init__.py" else parts[:-1]
     if package and package[-1] == "__init__":
         package = package[:-1]
+    tree = ast.parse(path.read_text())
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _run_time(tree) if run_time else ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -45,6 +70,7 @@ def imports_of(path: Path) -> set[str]:
             else:
                 module = node.module or ""
             found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
     return found
 
 
@@ -87,6 +113,100 @@ def test_the_agent_reaches_only_itself_and_spec() -> None:
         if bad:
             offenders[str(f.relative_to(REPO))] = bad
     assert offenders == {}
+
+
+# The agent's rooms: each package and the modules that do its job.
+AGENT_ROOMS = {
+    "firewall": {"plan", "backend", "iptables", "iptables_nat", "iptc_import", "nftables",
+                 "forwarding"},
+    "links": {"netlink", "rtdump", "dump", "readcache", "state", "bridges", "ops"},
+    "guests": {"operations", "argv", "disks", "kvm", "process", "qmp", "rundir", "qemu_user",
+               "socket_rules"},
+    "dhcp": {"operations", "config"},
+    "uplink": {"uplink"},
+}  # fmt: skip
+# The agent's root: the request loop, its workers, and what every room shares.
+AGENT_ROOT = {"__init__", "server", "workers", "errors", "hoststate", "rundir", "codelock"}
+MAX_LINES = 450
+
+
+def test_the_agent_keeps_its_rooms() -> None:
+    agent = PROVIDER / "agent"
+    for room, jobs in AGENT_ROOMS.items():
+        assert (agent / room / "__init__.py").is_file(), f"agent/{room} is not a package"
+        held = {f.stem for f in (agent / room).glob("*.py")}
+        assert jobs <= held, f"agent/{room} lacks {sorted(jobs - held)}"
+    at_root = {f.stem for f in agent.glob("*.py")}
+    assert at_root == AGENT_ROOT, f"give each new module its room: {sorted(at_root - AGENT_ROOT)}"
+    rooms = {d.name for d in agent.iterdir() if d.is_dir() and d.name != "__pycache__"}
+    assert rooms == set(AGENT_ROOMS)
+
+
+def test_no_module_of_the_product_is_over_the_limit() -> None:
+    long = {
+        str(f.relative_to(REPO)): n
+        for f in provider_files()
+        if (n := len(f.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"split these by job (at most {MAX_LINES} lines each)"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each strongly connected group of more than one module (or a module importing itself),
+    as a sorted list (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1 or node in graph[node]:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(groups)
+
+
+def test_the_product_imports_without_a_cycle() -> None:
+    """Over every module of kvmnet_provider, every import that runs: a function's own import
+    (deferred to break a loop) counts; one only type checkers read does not."""
+    files = {_module_name(f): f for f in provider_files()}
+    graph = {
+        name: {m for m in imports_of(path, run_time=True) if m in files and m != name}
+        for name, path in files.items()
+    }
+    assert import_cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
 
 
 def test_resources_do_not_import_the_agents_implementation() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kvmnet_provider.agent import fw_nftables, fwplan
+from kvmnet_provider.agent.firewall import nft_nat, nft_rules, plan
 from kvmnet_provider.resources.netfilter import PortForwardProvider
 from kvmnet_provider.spec.validate import InvalidInput
 
@@ -25,7 +25,7 @@ SPECS = [
 
 
 def want(spec: dict[str, Any]) -> dict[str, Any]:
-    return fwplan.dnat_want(spec)[1]
+    return plan.dnat_want(spec)[1]
 
 
 # --- what the rule is ---------------------------------------------------------------------------
@@ -46,7 +46,7 @@ def test_a_port_forward_takes_only_packets_to_the_host_itself() -> None:
 
 def test_a_bad_protocol_is_refused() -> None:
     with pytest.raises(InvalidInput, match="protocol must be tcp or udp"):
-        fwplan.dnat_want({**SPEC, "protocol": "icmp"})
+        plan.dnat_want({**SPEC, "protocol": "icmp"})
 
 
 # --- nftables -----------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def fib_local(flags: Any = "daddr", op: str = "==", right: str = "local") -> dic
 
 
 def test_nft_rule_is_fib_daddr_type_local_before_the_port() -> None:
-    assert fw_nftables.dnat_expr(want({**SPEC, "in_interface": "eth0"})) == [
+    assert nft_nat.dnat_expr(want({**SPEC, "in_interface": "eth0"})) == [
         {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "eth0"}},
         {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}},
                    "right": "local"}},
@@ -64,13 +64,13 @@ def test_nft_rule_is_fib_daddr_type_local_before_the_port() -> None:
                    "right": 8080}},
         {"dnat": {"addr": "10.0.1.11", "port": 80}},
     ]  # fmt: skip
-    with_destination = fw_nftables.dnat_expr(want({**SPEC, "destination": "198.18.0.11"}))
+    with_destination = nft_nat.dnat_expr(want({**SPEC, "destination": "198.18.0.11"}))
     assert without_fib(with_destination) == with_destination
 
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_nft_rule_reads_back_as_it_was_made(spec: dict[str, Any]) -> None:
-    assert fw_nftables.describe_dnat(fw_nftables.dnat_expr(want(spec))) == want(spec)
+    assert nft_nat.describe_dnat(nft_nat.dnat_expr(want(spec))) == want(spec)
 
 
 @pytest.mark.parametrize("flags", [["daddr"], "daddr"])
@@ -83,7 +83,7 @@ def test_nft_rule_as_nft_lists_it_reads_back_too(flags: Any) -> None:
         {"counter": {"packets": 0, "bytes": 0}},
         {"dnat": {"addr": "10.0.1.11", "port": 80}},
     ]  # fmt: skip
-    assert fw_nftables.describe_dnat(listed) == want(SPEC)
+    assert nft_nat.describe_dnat(listed) == want(SPEC)
 
 
 @pytest.mark.parametrize(
@@ -97,10 +97,10 @@ def test_nft_rule_as_nft_lists_it_reads_back_too(flags: Any) -> None:
     ],
 )
 def test_nft_rules_of_another_shape_are_not_ours(match: Any, dst_type: Any) -> None:
-    expr = without_fib(fw_nftables.dnat_expr(want(SPEC)))
+    expr = without_fib(nft_nat.dnat_expr(want(SPEC)))
     if match is not None:
         expr.insert(0, match)
-    read = fw_nftables.describe_dnat(expr)
+    read = nft_nat.describe_dnat(expr)
     assert read["dst_type"] == dst_type and read != want(SPEC)
 
 
@@ -108,10 +108,10 @@ def without_fib(expr: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in expr if "fib" not in e.get("match", {}).get("left", {})]
 
 
-def old_rule(handle: int, comment: str) -> fw_nftables.NftRule:
+def old_rule(handle: int, comment: str) -> nft_rules.NftRule:
     """The previous version's rule: `tcp dport 8080 dnat to 10.0.1.11:80`."""
-    expr = without_fib(fw_nftables.dnat_expr(want(SPEC)))
-    return fw_nftables.NftRule("ip", "kvmnet", "prerouting", handle, comment, expr)
+    expr = without_fib(nft_nat.dnat_expr(want(SPEC)))
+    return nft_rules.NftRule("ip", "kvmnet", "prerouting", handle, comment, expr)
 
 
 def test_nft_ensure_replaces_the_previous_versions_rule_in_one_transaction(
@@ -119,12 +119,12 @@ def test_nft_ensure_replaces_the_previous_versions_rule_in_one_transaction(
 ) -> None:
     mark = "kvmnet:" + OWNER
     other = old_rule(4, "kvmnet:another/dev/PortForward/pf")  # another owner's: stays
-    host = fw_nftables.Ruleset(rules={("ip", "kvmnet", "prerouting"): [other, old_rule(7, mark)]})
+    host = nft_rules.Ruleset(rules={("ip", "kvmnet", "prerouting"): [other, old_rule(7, mark)]})
     sent: list[list[dict[str, Any]]] = []
-    monkeypatch.setattr(fw_nftables, "ruleset", lambda: host)
-    monkeypatch.setattr(fw_nftables, "_run", lambda commands, doing: sent.append(commands))
+    monkeypatch.setattr(nft_nat, "ruleset", lambda: host)
+    monkeypatch.setattr(nft_nat, "run", lambda commands, doing: sent.append(commands))
 
-    fw_nftables.dnat_ensure(SPEC)
+    nft_nat.dnat_ensure(SPEC)
 
     assert len(sent) == 1
     changes = [c for c in sent[0] if "delete" in c or "rule" in c.get("add", {})]
@@ -132,33 +132,33 @@ def test_nft_ensure_replaces_the_previous_versions_rule_in_one_transaction(
     assert changes == [
         {"delete": {"rule": ref}},
         {"add": {"rule": {"family": "ip", "table": "kvmnet", "chain": "prerouting",
-                          "comment": mark, "expr": fw_nftables.dnat_expr(want(SPEC))}}},
+                          "comment": mark, "expr": nft_nat.dnat_expr(want(SPEC))}}},
     ]  # fmt: skip
 
 
 def test_nft_ensure_keeps_a_rule_of_the_current_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     mark = "kvmnet:" + OWNER
-    rule = fw_nftables.NftRule("ip", "kvmnet", "prerouting", 7, mark,
-                               fw_nftables.dnat_expr(want(SPEC)))  # fmt: skip
-    host = fw_nftables.Ruleset(rules={("ip", "kvmnet", "prerouting"): [rule]})
+    rule = nft_rules.NftRule("ip", "kvmnet", "prerouting", 7, mark,
+                               nft_nat.dnat_expr(want(SPEC)))  # fmt: skip
+    host = nft_rules.Ruleset(rules={("ip", "kvmnet", "prerouting"): [rule]})
     sent: list[Any] = []
-    monkeypatch.setattr(fw_nftables, "ruleset", lambda: host)
-    monkeypatch.setattr(fw_nftables, "_run", lambda commands, doing: sent.append(commands))
-    assert fw_nftables.dnat_ensure(SPEC)["rules"] == [want(SPEC)]
+    monkeypatch.setattr(nft_nat, "ruleset", lambda: host)
+    monkeypatch.setattr(nft_nat, "run", lambda commands, doing: sent.append(commands))
+    assert nft_nat.dnat_ensure(SPEC)["rules"] == [want(SPEC)]
     assert sent == []
 
 
 # --- iptables (python-iptables rule objects, never committed) -----------------------------------
 @pytest.fixture(scope="module")
 def iptables() -> Any:
-    from kvmnet_provider.agent.iptc_import import import_iptc
+    from kvmnet_provider.agent.firewall.iptc_import import import_iptc
 
     try:
         import_iptc()
-        from kvmnet_provider.agent import firewall
+        from kvmnet_provider.agent.firewall import iptables_nat
     except Exception as exc:  # no libiptc here: the e2e tests cover the backend on a host
         pytest.skip(f"python-iptables cannot load: {exc}")
-    return firewall
+    return iptables_nat
 
 
 def match_names(rule: Any) -> list[str]:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from kvmnet_provider.agent import uplink
 from kvmnet_provider.agent.errors import AgentError
-from kvmnet_provider.agent.rtdump import RTNH_F_ONLINK, describe_route, route_order
+from kvmnet_provider.agent.links.rtdump import RTNH_F_ONLINK, describe_route, route_order
+from kvmnet_provider.agent.uplink import uplink
 
 LINK, UNIVERSE = 253, 0
 

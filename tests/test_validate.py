@@ -279,8 +279,8 @@ def test_diff_marks_replacements_precisely() -> None:
 
 
 def test_a_bridge_address_whose_network_another_link_has_clashes() -> None:
-    from kvmnet_provider.agent.links import network_clash
-    from kvmnet_provider.agent.rtdump import LinkRecord
+    from kvmnet_provider.agent.links.bridges import network_clash
+    from kvmnet_provider.agent.links.rtdump import LinkRecord
 
     def link(index: int, name: str, alias: str = "") -> LinkRecord:
         return LinkRecord(index, name, 0, None, 1500, 0, alias, "bridge")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+from ..spec.wire import ErrorBody, ErrorKind, error_body
+
 
 class AgentError(Exception):
-    """An operation failed in a way the operator can act on.
+    """An operation failed in a way the operator can act on; `kind` says how (see
+    spec.wire.ErrorKind)."""
 
-    kind: "invalid" (bad request), "conflict" (an object exists that is not ours),
-    "missing" (a needed component is absent on the host), "failed" (the kernel refused).
-    """
-
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.kind: ErrorKind = kind
         self.message = message
 
-    def to_wire(self) -> dict[str, str]:
-        return {"kind": self.kind, "message": self.message}
+    def to_wire(self) -> ErrorBody:
+        return error_body(self.kind, self.message)
 
 
 def held_fix(holder: str, owner: str, what: str = "name") -> str:

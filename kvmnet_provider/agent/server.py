@@ -22,30 +22,42 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from ..spec.validate import InvalidInput
+from ..spec.wire import (
+    PROTOCOL,
+    Answer,
+    Args,
+    ErrorBody,
+    HelloLine,
+    ItemOutcome,
+    answered,
+    error_body,
+    refused,
+)
 from . import workers
 from .errors import AgentError
-from .readcache import note_request
+from .links.readcache import note_request
 
-PROTOCOL = 1
 COMPONENTS = {
     "pyroute2": "pip install pyroute2 (or apt-get install python3-pyroute2)",
     "iptc": "pip install python-iptables (it needs libiptc: apt-get install iptables)",
 }
 
-Handler = Callable[[dict[str, Any]], Any]
+Handler = Callable[[Args], Any]
+Send = Callable[[Answer | HelloLine], None]
 # Operations whose module loads at their first use: most sessions never start a guest or
 # bridge an uplink, and compiling those modules is most of the agent's own start-up.
 LAZY_MODULES = {"guest": "guests", "uplink": "uplink", "dhcp": "dhcp"}
-# Link changes load pyroute2 (linkops.py); link reads (link.read*) are answered without it.
-LAZY_MODULES.update({op: "linkops" for op in ("link", "bridge", "tap")})
+# Link changes load pyroute2 (links/ops.py); link reads (link.read*) are answered without it.
+LAZY_MODULES.update({op: "links" for op in ("link", "bridge", "tap")})
 # Firewall ops (masquerade.*, dnat.*, forward.*, input.*, firewall.*) go through the backend
-# the host uses (fwbackend.py), loaded at the first rule operation.
+# the host uses (firewall/backend.py), loaded at the first rule operation.
 FIREWALL_KINDS = ("masquerade", "dnat", "forward", "input", "firewall")
-LAZY_MODULES.update({op: "fwbackend" for op in FIREWALL_KINDS})
+LAZY_MODULES.update({op: "firewall" for op in FIREWALL_KINDS})
 
 
 def missing_components() -> list[str]:
-    # find_spec, not import: importing iptc alone costs half a second (see fwbackend.load).
+    # find_spec, not import: importing iptc is slow, and a session may make no rule
+    # (see firewall/backend.load).
     missing = []
     for module, how in COMPONENTS.items():
         if importlib.util.find_spec(module) is None:
@@ -56,8 +68,8 @@ def missing_components() -> list[str]:
 
 
 def build_handlers() -> dict[str, Handler]:
-    from . import forwarding
-    from .linkdump import link_read, link_read_all, link_read_many
+    from .firewall import forwarding
+    from .links.dump import link_read, link_read_all, link_read_many
 
     return {
         "ping": lambda a: {"pid": os.getpid()},
@@ -82,20 +94,20 @@ def _handler(handlers: dict[str, Handler], op: str) -> Handler | None:
     return handlers.get(op)
 
 
-def failure(op: object, exc: BaseException) -> dict[str, Any]:
+def failure(op: object, exc: BaseException) -> ErrorBody:
     """The wire form of an operation's error."""
     if isinstance(exc, AgentError):
         return exc.to_wire()
     if isinstance(exc, InvalidInput):
-        return {"kind": "invalid", "message": str(exc)}
+        return error_body("invalid", str(exc))
     if isinstance(exc, KeyError):
-        return {"kind": "invalid", "message": f"missing argument {exc}"}
+        return error_body("invalid", f"missing argument {exc}")
     # The kernel said no: report it, keep serving.
     traceback.print_exception(exc, file=sys.stderr)
-    return {"kind": "failed", "message": f"{op}: {exc}"}
+    return error_body("failed", f"{op}: {exc}")
 
 
-def outcomes(op: str, results: list[Any]) -> list[dict[str, Any]]:
+def outcomes(op: str, results: list[Any]) -> list[ItemOutcome]:
     """Per-item answers of a batched operation: a result, or the exception raised for it."""
     return [
         {"ok": False, "error": failure(op, r)}
@@ -105,8 +117,10 @@ def outcomes(op: str, results: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
-def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> dict[str, Any]:
+def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> Answer:
+    """Answer one request line's object (not yet checked: a bad one is answered as such)."""
     rid = request.get("id")
+    rid = rid if isinstance(rid, int) else None
     op = request.get("op")
     note_request(op)  # a request that may change the host ends reads from the last dump
     try:
@@ -116,16 +130,16 @@ def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> dict[str, A
         args = request.get("args") or {}
         if not isinstance(args, dict):
             raise AgentError("invalid", "args must be an object")
-        return {"id": rid, "ok": True, "result": handler(args)}
+        return answered(rid, handler(args))
     except Exception as exc:
-        return {"id": rid, "ok": False, "error": failure(op, exc)}
+        return refused(rid, failure(op, exc))
 
 
-def line_writer(out: IO[str]) -> Callable[[dict[str, Any]], None]:
+def line_writer(out: IO[str]) -> Send:
     """Send each document as one line of `out`; workers answer too, so one line at a time."""
     lock = threading.Lock()
 
-    def send(doc: dict[str, Any]) -> None:
+    def send(doc: Answer | HelloLine) -> None:
         line = json.dumps(doc) + "\n"
         with lock:
             out.write(line)
@@ -152,9 +166,7 @@ def serve(inp: IO[str], out: IO[str]) -> None:
     serve_requests(inp, send, build_handlers())
 
 
-def serve_requests(
-    inp: IO[str], send: Callable[[dict[str, Any]], None], handlers: dict[str, Handler]
-) -> None:
+def serve_requests(inp: IO[str], send: Send, handlers: dict[str, Handler]) -> None:
     """Answer each request line of `inp` until it ends, then let the workers finish."""
     pool = workers.KeyedWorkers()
     try:
@@ -166,7 +178,7 @@ def serve_requests(
             except json.JSONDecodeError:
                 request = None
             if not isinstance(request, dict):
-                send({"id": None, "ok": False, "error": {"kind": "invalid", "message": "bad JSON"}})
+                send(refused(None, error_body("invalid", "bad JSON")))
                 continue
             op = request.get("op")
             if not workers.waits(op):

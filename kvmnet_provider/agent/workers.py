@@ -17,15 +17,17 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import TypeGuard
+
+from ..spec.wire import Answer
 
 # Kinds whose operations run in workers: each opens its own netlink socket, QMP connection
 # or subprocess, and takes the host-wide file locks that order it against other agents.
 WAITING_KINDS = ("guest", "uplink", "dhcp")
 
 # What a kind's operations import on the way (guests.qmp imports qemu.qmp at its first call),
-# imported on the main thread before a worker needs it: imports racing between threads have
-# deadlocked this agent once (python-iptables), so workers start with theirs done.
+# imported on the main thread before a worker needs it: imports racing between threads can
+# deadlock (python-iptables' can), so workers start with theirs done.
 FIRST_IMPORTS = {"guest": ("asyncio", "qemu.qmp")}
 
 Job = Callable[[], None]
@@ -104,7 +106,7 @@ class KeyedWorkers:
                 thread.join()
 
 
-def guarded(send: Callable[[dict[str, Any]], None], answer: Callable[[], dict[str, Any]]) -> Job:
+def guarded(send: Callable[[Answer], None], answer: Callable[[], Answer]) -> Job:
     """A job that computes an answer and sends it; a closed output is not the job's failure."""
 
     def job() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..spec.wire import ErrorKind
+
 # Ends a message about an operation cut off midway: running it again is safe.
 RETRY_HINT = "; run it again: what it began is found again by its owner mark"
 
@@ -11,8 +13,8 @@ class HostError(RuntimeError):
 
 
 class AgentCallError(HostError):
-    """The host agent answered a request with an error of `kind` (see spec.wire.ErrorKind)."""
+    """The host agent answered a request with an error of `kind`."""
 
-    def __init__(self, label: str, kind: str, message: str) -> None:
+    def __init__(self, label: str, kind: ErrorKind, message: str) -> None:
         super().__init__(f"{label}: {message}")
         self.kind = kind

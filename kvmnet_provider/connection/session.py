@@ -18,6 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..spec.wire import (
+    Answer,
+    Args,
+    ItemOutcome,
+    parse_answer,
+    parse_hello,
+    parse_item,
+    request,
+)
 from . import framing
 from .bootstrap import agent_bundle, agent_command
 from .errors import RETRY_HINT, AgentCallError, HostError
@@ -31,8 +40,8 @@ PROBE_TIMEOUT = 10.0  # seconds a ping may take, after a caller's timeout, to sh
 class _Pending:
     """One caller's request in a batch, and what came back for it."""
 
-    args: dict[str, Any]
-    answer: dict[str, Any] = field(default_factory=dict)
+    args: Args
+    answer: Answer | ItemOutcome | None = None
     error: Exception | None = None
     done: bool = False
 
@@ -44,7 +53,7 @@ class _Waiter:
     op: str
     sent: bool = False
     done: threading.Event = field(default_factory=threading.Event)
-    answer: dict[str, Any] = field(default_factory=dict)
+    answer: Answer | None = None
     error: Exception | None = None
 
 
@@ -85,13 +94,17 @@ class AgentSession:
         except HostError:
             self.close()
             raise
-        info = hello.get("hello", {})
-        if info.get("missing"):
+        try:
+            info = parse_hello(hello)
+        except ValueError as exc:
+            self.close()
+            raise HostError(f"{settings.label}: {exc}") from None
+        if info["missing"]:
             self.close()
             raise HostError(
                 f"{settings.label}: the host lacks what kvmnet needs: " + "; ".join(info["missing"])
             )
-        self.agent_pid = info.get("pid")
+        self.agent_pid = info["pid"]
         self._start_reader()
 
     def _init_state(self, settings: HostSettings) -> None:
@@ -178,11 +191,11 @@ class AgentSession:
             lambda op: f"{label}: the host agent ({python}) exited while {op}: {tail}{RETRY_HINT}"
         )
 
-    def _deliver(self, answer: object) -> None:
-        if not isinstance(answer, dict):
-            raise ValueError(f"an answer must be a JSON object, got {answer!r:.80}")
+    def _deliver(self, line: object) -> None:
+        answer = parse_answer(line)  # ValueError: the reader ends the session
         with self._turn:
-            waiter = self._waiters.pop(answer.get("id"), None)  # type: ignore[arg-type]
+            rid = answer["id"]
+            waiter = self._waiters.pop(rid, None) if rid is not None else None
             if waiter is None:
                 self.late_answers += 1  # its caller timed out: nobody wants it now
                 return
@@ -229,10 +242,10 @@ class AgentSession:
                 self._held = False
                 self._turn.notify_all()
 
-    def call(self, op: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
+    def call(self, op: str, args: Args, timeout: float = 120.0) -> Any:
         return self._result(self._exchange(op, args, timeout))
 
-    def call_batched(self, op: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
+    def call_batched(self, op: str, args: Args, timeout: float = 120.0) -> Any:
         """`op`, sent together with the same op of the other threads waiting for this
         session as one `<op>.many` request. The engine deletes a network's taps four at a
         time, and the host unregisters a batch of links for about the cost of one.
@@ -251,6 +264,7 @@ class AgentSession:
             self._lead_batch(op, timeout)
         if mine.error is not None:
             raise mine.error
+        assert mine.answer is not None  # a batch done without an error answered each caller
         return self._result(mine.answer)
 
     def _lead_batch(self, op: str, timeout: float) -> None:
@@ -274,7 +288,7 @@ class AgentSession:
             else:
                 answer = self._exchange(f"{op}.many", {"items": [p.args for p in batch]}, timeout)
                 for pending, item in zip(batch, self._result(answer), strict=True):
-                    pending.answer = item
+                    pending.answer = parse_item(item)
         except Exception as exc:  # the batch failed as a whole: each of its callers hears it
             for pending in batch:
                 pending.error = exc
@@ -282,9 +296,7 @@ class AgentSession:
             for pending in batch:
                 pending.done = True
 
-    def _exchange(
-        self, op: str, args: dict[str, Any], timeout: float, probe: bool = True
-    ) -> dict[str, Any]:
+    def _exchange(self, op: str, args: Args, timeout: float, probe: bool = True) -> Answer:
         """One request and its answer. Other callers' requests may be in flight meanwhile:
         the agent answers each when it is done, and the answer finds its caller by id."""
         label = self.settings.label
@@ -299,7 +311,7 @@ class AgentSession:
             self._waiters[rid] = waiter
         try:
             try:
-                line = json.dumps({"id": rid, "op": op, "args": args}) + "\n"
+                line = json.dumps(request(rid, op, args)) + "\n"
                 with self._send_lock:
                     self.stdin.write(line)
                     self.stdin.flush()
@@ -323,9 +335,10 @@ class AgentSession:
             self._close_if_retired()
         if waiter.error is not None:
             raise waiter.error
+        assert waiter.answer is not None  # done, without an error: the reader handed it over
         return waiter.answer
 
-    def exchange(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def exchange(self, op: str, args: Args, timeout: float) -> Answer:
         """One request and the agent's whole answer (id, ok, result or error), as a session
         keeper forwards it: the keeper's client times the request out, not the keeper."""
         return self._exchange(op, args, timeout, probe=False)
@@ -346,12 +359,10 @@ class AgentSession:
             )
             self.close()
 
-    def _result(self, answer: dict[str, Any]) -> Any:
-        if not answer.get("ok"):
-            error = answer.get("error") or {}
-            raise AgentCallError(
-                self.settings.label, str(error.get("kind")), str(error.get("message"))
-            )
+    def _result(self, answer: Answer | ItemOutcome) -> Any:
+        if not answer["ok"]:
+            error = answer.get("error") or {"kind": "failed", "message": "no reason given"}
+            raise AgentCallError(self.settings.label, error["kind"], error["message"])
         return answer.get("result")
 
     def retire(self) -> None:

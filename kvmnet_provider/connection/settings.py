@@ -7,6 +7,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..spec.firewall import FIREWALL_BACKENDS
 from ..spec.validate import InvalidInput
 
 HOSTNAME_RE = re.compile(
@@ -15,7 +16,6 @@ HOSTNAME_RE = re.compile(
 PATH_RE = re.compile(r"^/[A-Za-z0-9_.+@/-]*$")
 PYTHON_RE = re.compile(r"^(/[A-Za-z0-9_.+@-]+)*/?[A-Za-z0-9_.+-]+$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-FIREWALL_BACKENDS = ("auto", "iptables", "nftables")
 HOSTKEY_RE = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]{40,}$"
 )

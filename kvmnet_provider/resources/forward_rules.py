@@ -2,7 +2,8 @@
 
 One resource per network (never per tap): guest to guest on its bridge; for NAT the way out
 and only replies and the declared port forwards back in; for routed both ways; for isolated
-nothing in or out (see agent/fwplan.py for the rules, agent/fw_*.py for where they live).
+nothing in or out (see agent/firewall/plan.py for the rules; the backends beside it keep
+them).
 `read` reports a rule or jump that went missing (a firewall reload, a Docker restart) as
 drift; `up` puts it back, and fails with one line naming the chain and the rule when a
 foreign DROP runs before kvmnet's jump.

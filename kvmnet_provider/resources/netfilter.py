@@ -11,6 +11,7 @@ from pulumi.dynamic import DiffResult
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import validate
+from ..spec.firewall import RULE_BACKENDS
 from .base import KvmnetProvider, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 
@@ -51,7 +52,7 @@ def firewall_backend(props: dict[str, Any]) -> str:
     """The backend a rule's operations go to: the one recorded in the state when the rule was
     made (read and delete must find it where it is), else the host's `firewall_backend`."""
     recorded = props.get("backend")
-    if recorded in ("iptables", "nftables"):
+    if recorded in RULE_BACKENDS:
         return str(recorded)
     return str((props.get("connection") or {}).get("firewall_backend") or "auto")
 

@@ -1,7 +1,7 @@
 """UplinkBridge: a bridge that takes over a host's NIC, addresses and routes included.
 
 The NIC usually carries the SSH session that changes it. So every change runs under a
-host-side rollback (see agent/uplink.py): the provider applies it, then proves the host is
+host-side rollback (see agent/uplink/uplink.py): the provider applies it, then proves the host is
 still reachable by opening a NEW SSH connection, and only that connection disarms the
 rollback. If none gets through, the host restores itself at the deadline and the operation
 fails saying what was rolled back and why.

@@ -2,7 +2,7 @@
 
 QEMU, as root, unlinks whatever is at a listening socket's path before it binds: a path such
 as /run/dbus/system_bus_socket would replace another service's socket. The host agent checks
-the exact directory (agent/socket_rules.py); the provider cannot know the host's run
+the exact directory (agent/guests/socket_rules.py); the provider cannot know the host's run
 directory (`<run root>/netns-<inode>/guests/<name>/`), but checks its shape at preview.
 """
 

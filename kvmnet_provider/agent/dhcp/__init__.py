@@ -6,11 +6,10 @@ stop: the agent's dhcp.* requests). The spec's rules live in kvmnet_provider/spe
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from ...spec.wire import Handlers
 
 
-def handlers() -> dict[str, Callable[[dict[str, Any]], Any]]:
+def handlers() -> Handlers:
     """The dhcp.* operations; the agent loads this package at the first of them."""
     from . import operations
 

@@ -18,13 +18,14 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ...spec import validate
 from ...spec.dhcp import normalise_spec
+from ...spec.wire import Handlers
 from .. import hoststate, rundir
 from ..errors import AgentError
 from . import account, config
@@ -269,5 +270,5 @@ def _not_ours(run_dir: Path, meta: dict[str, Any] | None) -> AgentError:
     )
 
 
-def handlers() -> dict[str, Callable[[dict[str, Any]], Any]]:
+def handlers() -> Handlers:
     return {"dhcp.start": start, "dhcp.read": read, "dhcp.stop": stop}

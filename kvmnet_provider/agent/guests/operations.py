@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from ...spec import validate
 from ...spec.guest import DEFAULT_QEMU, cpu_model, guest_name, normalise_spec, qemu_binary
-from .. import qemu_user, socket_rules
 from ..errors import AgentError
-from ..netlink import iproute_class
-from . import disks, users
+from ..links.netlink import iproute_class
+from . import disks, qemu_user, socket_rules, users
 from .argv import argv_hash, build_argv, guest_paths
 from .kvm import qemu_path, resolve_accelerator
 from .process import live_pid, signal_if_ours, stop_process, tail, wait_gone

@@ -1,8 +1,8 @@
 """The firewall backend interface, the choice between the backends, and the agent's firewall ops.
 
 Two backends with the same operations (masquerade_*, dnat_*, forward_*, input_*):
-- "iptables": python-iptables on the legacy x_tables tables (fw_iptables.py, firewall.py);
-- "nftables": libnftables' JSON API (fw_nftables.py).
+- "iptables": python-iptables on the legacy x_tables tables (iptables.py, iptables_nat.py);
+- "nftables": libnftables' JSON API (the nftables package).
 "auto" picks the one holding the host's own firewall, so that our accepts land where its
 DROP is (a DROP in any base chain at a hook is final, whatever the table or backend):
   1. nftables has tables (other than kvmnet's own): nftables (iptables-nft, firewalld, Docker
@@ -25,13 +25,17 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..spec import validate
-from . import fwplan, hoststate
-from .errors import AgentError
+from ...spec import validate
+from ...spec.firewall import FIREWALL_BACKENDS
+from .. import hoststate
+from ..errors import AgentError
+from . import plan
 
-BACKENDS = ("auto", "iptables", "nftables")
+if TYPE_CHECKING:  # imports libnftables: loaded only through load()
+    from . import nft_rules
+
 INSTALL = {
     "iptables": "pip install python-iptables (or apt-get install python3-iptables)",
     "nftables": "pip install pip-nftables (or apt-get install python3-nftables); "
@@ -48,23 +52,24 @@ class Backend(Protocol):
     def dnat_read(self, owner: str) -> dict[str, Any]: ...
     def dnat_ensure(self, spec: dict[str, Any]) -> dict[str, Any]: ...
     def dnat_remove(self, owner: str) -> dict[str, Any]: ...
-    def forward_read(self, owner: str, net: fwplan.NetworkRules | None = None) -> Any: ...
-    def forward_ensure(self, owner: str, net: fwplan.NetworkRules) -> Any: ...
+    def forward_read(self, owner: str, net: plan.NetworkRules | None = None) -> Any: ...
+    def forward_ensure(self, owner: str, net: plan.NetworkRules) -> Any: ...
     def forward_remove(self, owner: str) -> dict[str, Any]: ...
-    def input_read(self, owner: str, net: fwplan.InputRules | None = None) -> Any: ...
-    def input_ensure(self, owner: str, net: fwplan.InputRules) -> Any: ...
+    def input_read(self, owner: str, net: plan.InputRules | None = None) -> Any: ...
+    def input_ensure(self, owner: str, net: plan.InputRules) -> Any: ...
     def input_remove(self, owner: str) -> dict[str, Any]: ...
 
 
 @functools.cache
 def load(name: str) -> Backend:
-    """The backend module, imported at its first use (python-iptables costs ~14 ms)."""
+    """The backend module, imported at its first use: a session that makes no rule never
+    loads python-iptables or libnftables."""
     try:
         if name == "iptables":
             from .iptc_import import import_iptc
 
             import_iptc()
-        module: Any = importlib.import_module(f".fw_{name}", __package__)
+        module: Any = importlib.import_module(f".{name}", __package__)
     except Exception as exc:
         raise AgentError(
             "missing",
@@ -76,12 +81,19 @@ def load(name: str) -> Backend:
 
 def _nft_tables() -> list[tuple[str, str]] | None:
     """The host's nftables tables, or None when libnftables is not available."""
+    rs = _nft_ruleset()
+    return None if rs is None else sorted(rs.tables)
+
+
+def _nft_ruleset() -> nft_rules.Ruleset | None:
+    """The host's nftables ruleset, or None when libnftables is not available."""
     try:
-        nft = load("nftables")
+        load("nftables")
     except AgentError:
         return None
-    rs: Any = nft.ruleset()  # type: ignore[attr-defined]
-    return sorted(rs.tables)
+    from . import nft_rules as loaded  # importable now: load() imported it
+
+    return loaded.ruleset()
 
 
 def _legacy_in_use() -> bool:
@@ -148,9 +160,8 @@ def other_backend_drop(name: str) -> str | None:
     """A DROP policy on the forward hook held by the OTHER backend, which our rules (in `name`)
     cannot get past: the host's firewall lives there, so firewall_backend is wrong."""
     if name == "iptables":
-        try:
-            rs: Any = load("nftables").ruleset()  # type: ignore[attr-defined]
-        except AgentError:
+        rs = _nft_ruleset()
+        if rs is None:
             return None
         for chain in rs.forward_bases():
             if chain.get("policy") == "drop":
@@ -184,8 +195,10 @@ def _check_other_backend(backend: Backend) -> None:
 
 def choose(args: dict[str, Any]) -> Backend:
     name = args.get("backend") or "auto"
-    if name not in BACKENDS:
-        raise validate.InvalidInput(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name not in FIREWALL_BACKENDS:
+        raise validate.InvalidInput(
+            f"backend must be one of {', '.join(FIREWALL_BACKENDS)}, got {name!r}"
+        )
     if name == "auto":
         name = _detected()
     return load(name)
@@ -217,10 +230,10 @@ def handlers() -> dict[str, Any]:
             call = getattr(backend, method)
             with locked():
                 if net and method.startswith("input_"):
-                    rules = fwplan.InputRules.from_spec(args)
+                    rules = plan.InputRules.from_spec(args)
                     result = call(validate.owner(args["owner"]), rules)
                 elif net:
-                    spec = fwplan.NetworkRules.from_spec(args)
+                    spec = plan.NetworkRules.from_spec(args)
                     if method == "forward_ensure":
                         _check_other_backend(backend)
                     result = call(validate.owner(args["owner"]), spec)

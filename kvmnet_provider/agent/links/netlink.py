@@ -1,7 +1,7 @@
 """pyroute2's IPRoute, imported without the rest of pyroute2; readers both link modules use.
 
 `import pyroute2` runs the package's __init__, which imports NDB, IPDB, conntrack and more
-that kvmnet never uses: about 30 ms of every session's start. The package is registered
+that kvmnet never uses, at every session's start. The package is registered
 without running that file, then only the IPRoute module is imported. Should that fail (a
 pyroute2 laid out differently), the package is imported the usual way.
 """

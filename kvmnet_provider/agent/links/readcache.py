@@ -6,7 +6,7 @@ than it saves. One dump instead answers the reads that follow it, until a reques
 change the host arrives or the dump is SNAPSHOT_TTL old (a change made outside kvmnet is seen
 by reads after that). An operation that runs in a worker (an uplink change) drops the dump
 when it starts; a dump taken while it runs may lag it by up to SNAPSHOT_TTL. Kept apart from
-linkdump so the request loop can note requests without importing pyroute2 early (netlink.py).
+dump.py so the request loop can note requests without importing pyroute2 early (netlink.py).
 """
 
 from __future__ import annotations

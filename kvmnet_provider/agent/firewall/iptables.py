@@ -1,6 +1,6 @@
 """The iptables backend: python-iptables on the legacy x_tables tables.
 
-NAT and port forwards are firewall.py's (nat POSTROUTING / PREROUTING). The forward rules
+NAT and port forwards are iptables_nat.py's (nat POSTROUTING / PREROUTING). The forward rules
 live in the filter table in kvmnet's own chains, shared by every kvmnet network on the host:
   KVMNET_FWD  reached by ONE jump at the top of DOCKER-USER (when FORWARD jumps there: Docker
               keeps that chain across restarts) or of FORWARD; holds three jumps, in order:
@@ -15,24 +15,24 @@ from typing import Any
 
 import iptc  # type: ignore[import-untyped]
 
-from . import firewall, fwplan
-from .errors import AgentError
-from .fwplan import Rule
+from ...spec.marks import JUMP_MARK, OWNER_PREFIX
+from ..errors import AgentError
+from . import iptables_nat, plan
+from .plan import Rule
 
 NAME = "iptables"
 TOP = "KVMNET_FWD"
 CHAINS = {"cross": "KVMNET_FWX", "input": "KVMNET_FWI", "output": "KVMNET_FWO"}
-JUMP_MARK = "kvmnet"
 DOCKER_USER = "DOCKER-USER"
 TARGETS = {"ACCEPT": "accept", "REJECT": "reject", "DROP": "drop"}
 
-# NAT and port forwards: the existing python-iptables code, unchanged.
-masquerade_read = firewall.masquerade_read
-masquerade_ensure = firewall.masquerade_ensure
-masquerade_remove = firewall.masquerade_remove
-dnat_read = firewall.dnat_read
-dnat_ensure = firewall.dnat_ensure
-dnat_remove = firewall.dnat_remove
+# NAT and port forwards: iptables_nat.py's rules in the nat table.
+masquerade_read = iptables_nat.masquerade_read
+masquerade_ensure = iptables_nat.masquerade_ensure
+masquerade_remove = iptables_nat.masquerade_remove
+dnat_read = iptables_nat.dnat_read
+dnat_ensure = iptables_nat.dnat_ensure
+dnat_remove = iptables_nat.dnat_remove
 
 
 def _filter() -> Any:
@@ -46,7 +46,7 @@ def _chain(table: Any, name: str) -> Any | None:
 
 
 def describe(rule: Any) -> Rule | None:
-    """A rule as fwplan.Rule, or None when it uses matches kvmnet does not read."""
+    """A rule as plan.Rule, or None when it uses matches kvmnet does not read."""
     target = rule.target.name if rule.target else ""
     verdict = TARGETS.get(target, target)
     fields: dict[str, Any] = {}
@@ -58,17 +58,17 @@ def describe(rule: Any) -> Rule | None:
     for key, value in (("src", rule.src), ("dst", rule.dst)):
         if value and value.startswith("!"):
             return None
-        fields[key] = fwplan.cidr(value)
+        fields[key] = plan.cidr(value)
     if rule.protocol not in (None, "", "ip", "all", "0"):
         fields["proto"] = rule.protocol
     for match in rule.matches:
         if match.name == "comment":
             continue
-        if match.name in firewall.PROTOCOLS and match.dport and not match.sport:
+        if match.name in iptables_nat.PROTOCOLS and match.dport and not match.sport:
             fields["dport"] = int(match.dport)
         elif match.name == "conntrack" and match.ctstate:
             states = sorted(s.lower() for s in match.ctstate.split(","))
-            fields["ct"] = fwplan.CT_DNAT if states == ["dnat"] else ",".join(states)
+            fields["ct"] = plan.CT_DNAT if states == ["dnat"] else ",".join(states)
         else:
             return None
     return Rule(verdict, **fields)
@@ -89,7 +89,7 @@ def _build(rule: Rule, mark: str) -> Any:
         if rule.dport:
             built.create_match(rule.proto).dport = str(rule.dport)
     if rule.ct:
-        states = "DNAT" if rule.ct == fwplan.CT_DNAT else "RELATED,ESTABLISHED"
+        states = "DNAT" if rule.ct == plan.CT_DNAT else "RELATED,ESTABLISHED"
         built.create_match("conntrack").ctstate = states
     built.create_match("comment").comment = mark
     built.create_target(rule.verdict.upper())
@@ -104,7 +104,9 @@ def _jump(target: str) -> Any:
 
 
 def _is_jump(rule: Any, target: str) -> bool:
-    return bool(rule.target and rule.target.name == target) and firewall.comment(rule) == JUMP_MARK
+    return (
+        bool(rule.target and rule.target.name == target) and iptables_nat.comment(rule) == JUMP_MARK
+    )
 
 
 def jump_chain(table: Any) -> str:
@@ -131,7 +133,7 @@ def _ours(table: Any, mark: str) -> dict[str, list[dict[str, object]]]:
     found: dict[str, list[dict[str, object]]] = {}
     for section, name in CHAINS.items():
         chain = _chain(table, name)
-        rules = [] if chain is None else [r for r in chain.rules if firewall.comment(r) == mark]
+        rules = [] if chain is None else [r for r in chain.rules if iptables_nat.comment(r) == mark]
         described = [describe(r) for r in rules]
         found[section] = [r.to_wire() if r else {"unknown": True} for r in described]
     return found
@@ -141,8 +143,8 @@ def _wire(sections: dict[str, list[Rule]]) -> dict[str, list[dict[str, object]]]
     return {s: [r.to_wire() for r in rules] for s, rules in sections.items()}
 
 
-def forward_read(owner: str, net: fwplan.NetworkRules | None = None) -> dict[str, Any]:
-    mark = firewall.MARK_PREFIX + owner
+def forward_read(owner: str, net: plan.NetworkRules | None = None) -> dict[str, Any]:
+    mark = OWNER_PREFIX + owner
     table = _filter()
     sections = _ours(table, mark)
     where, _ = _jump_position(table)
@@ -171,7 +173,7 @@ def forward_read(owner: str, net: fwplan.NetworkRules | None = None) -> dict[str
     }
 
 
-def blockers(table: Any, net: fwplan.NetworkRules) -> list[str]:
+def blockers(table: Any, net: plan.NetworkRules) -> list[str]:
     """Foreign DROP/REJECT rules that run before our jump and can drop this network's traffic."""
     flows = net.flows()
     found = []
@@ -182,10 +184,8 @@ def blockers(table: Any, net: fwplan.NetworkRules) -> list[str]:
     if target_chain == DOCKER_USER:
         forward = list(iptc.Chain(table, "FORWARD").rules)
         cut = next(i for i, r in enumerate(forward) if r.target and r.target.name == DOCKER_USER)
-        found += [
-            _say("FORWARD", r) for r in forward[:cut] if fwplan.could_block(describe(r), flows)
-        ]
-    found += [_say(target_chain, r) for r in before if fwplan.could_block(describe(r), flows)]
+        found += [_say("FORWARD", r) for r in forward[:cut] if plan.could_block(describe(r), flows)]
+    found += [_say(target_chain, r) for r in before if plan.could_block(describe(r), flows)]
     return found
 
 
@@ -195,8 +195,8 @@ def _say(chain: str, rule: Any) -> str:
     return f"filter {chain} rule '-A {chain} {text}' (iptables-legacy)"
 
 
-def forward_ensure(owner: str, net: fwplan.NetworkRules) -> dict[str, Any]:
-    mark = firewall.MARK_PREFIX + owner
+def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
+    mark = OWNER_PREFIX + owner
     table = _filter()
     problems = blockers(table, net)
     if problems:
@@ -229,7 +229,7 @@ def forward_ensure(owner: str, net: fwplan.NetworkRules) -> dict[str, Any]:
             chain.insert_rule(_jump(TOP), 0)
         for section, rules in net.sections().items():
             chain = iptc.Chain(table, CHAINS[section])
-            for rule in [r for r in chain.rules if firewall.comment(r) == mark]:
+            for rule in [r for r in chain.rules if iptables_nat.comment(r) == mark]:
                 chain.delete_rule(rule)
             for rule in rules:
                 chain.append_rule(_build(rule, mark))
@@ -242,7 +242,7 @@ def forward_ensure(owner: str, net: fwplan.NetworkRules) -> dict[str, Any]:
 
 
 def forward_remove(owner: str) -> dict[str, Any]:
-    mark = firewall.MARK_PREFIX + owner
+    mark = OWNER_PREFIX + owner
     table = _filter()
     removed = 0
     table.autocommit = False
@@ -253,7 +253,7 @@ def forward_remove(owner: str) -> dict[str, Any]:
             if chain is None:
                 continue
             for rule in list(chain.rules):
-                if firewall.comment(rule) == mark:
+                if iptables_nat.comment(rule) == mark:
                     chain.delete_rule(rule)
                     removed += 1
                 else:
@@ -277,17 +277,17 @@ def forward_remove(owner: str) -> dict[str, Any]:
     return {"removed": removed}
 
 
-# --- INPUT: what a network's DHCP/DNS server needs (fwplan.InputRules) ------------------------
+# --- INPUT: what a network's DHCP/DNS server needs (plan.InputRules) ------------------------
 # One chain KVMNET_INP, reached by one jump (comment "kvmnet") at the top of filter INPUT, so
 # its accepts run before the host's own rules and a DROP policy; the rules carry the owner.
 INPUT_CHAIN = "KVMNET_INP"
 
 
-def input_read(owner: str, net: fwplan.InputRules | None = None) -> dict[str, Any]:
-    mark = firewall.MARK_PREFIX + owner
+def input_read(owner: str, net: plan.InputRules | None = None) -> dict[str, Any]:
+    mark = OWNER_PREFIX + owner
     table = _filter()
     chain = _chain(table, INPUT_CHAIN)
-    ours = [] if chain is None else [r for r in chain.rules if firewall.comment(r) == mark]
+    ours = [] if chain is None else [r for r in chain.rules if iptables_nat.comment(r) == mark]
     rules = [d.to_wire() if (d := describe(r)) else {"unknown": True} for r in ours]
     jumps = [r for r in iptc.Chain(table, "INPUT").rules if _is_jump(r, INPUT_CHAIN)]
     problems = []
@@ -302,16 +302,16 @@ def input_read(owner: str, net: fwplan.InputRules | None = None) -> dict[str, An
             "problems": problems}  # fmt: skip
 
 
-def input_blockers(table: Any, net: fwplan.InputRules) -> list[str]:
+def input_blockers(table: Any, net: plan.InputRules) -> list[str]:
     """Foreign DROP/REJECT rules above our jump in INPUT that drop DHCP or DNS of `net`."""
     rules = list(iptc.Chain(table, "INPUT").rules)
     at = next((i for i, r in enumerate(rules) if _is_jump(r, INPUT_CHAIN)), 0)
     flows = net.flows()
-    return [_say("INPUT", r) for r in rules[:at] if fwplan.could_block(describe(r), flows)]
+    return [_say("INPUT", r) for r in rules[:at] if plan.could_block(describe(r), flows)]
 
 
-def input_ensure(owner: str, net: fwplan.InputRules) -> dict[str, Any]:
-    mark = firewall.MARK_PREFIX + owner
+def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
+    mark = OWNER_PREFIX + owner
     found = input_blockers(_filter(), net)
     if found:
         raise AgentError(
@@ -331,7 +331,7 @@ def input_ensure(owner: str, net: fwplan.InputRules) -> dict[str, Any]:
         if not any(_is_jump(r, INPUT_CHAIN) for r in top.rules):
             top.insert_rule(_jump(INPUT_CHAIN), 0)
         chain = iptc.Chain(table, INPUT_CHAIN)
-        for rule in [r for r in chain.rules if firewall.comment(r) == mark]:
+        for rule in [r for r in chain.rules if iptables_nat.comment(r) == mark]:
             chain.delete_rule(rule)
         for rule in net.rules():
             chain.append_rule(_build(rule, mark))
@@ -344,7 +344,7 @@ def input_ensure(owner: str, net: fwplan.InputRules) -> dict[str, Any]:
 
 
 def input_remove(owner: str) -> dict[str, Any]:
-    mark = firewall.MARK_PREFIX + owner
+    mark = OWNER_PREFIX + owner
     table = _filter()
     chain = _chain(table, INPUT_CHAIN)
     if chain is None:
@@ -353,7 +353,7 @@ def input_remove(owner: str) -> dict[str, Any]:
     table.autocommit = False
     try:
         for rule in list(chain.rules):
-            if firewall.comment(rule) == mark:
+            if iptables_nat.comment(rule) == mark:
                 chain.delete_rule(rule)
                 removed += 1
             else:

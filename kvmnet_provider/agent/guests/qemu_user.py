@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pwd
 
-from .errors import AgentError
+from ..errors import AgentError
 
 
 def check(user: str | None) -> None:

@@ -25,13 +25,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..spec import validate
-from . import hoststate, rtdump
-from .codelock import hold_code
-from .errors import AgentError
-from .linkstate import OWNER_PREFIX, owner_in
-from .netlink import iproute_class, link_addresses
-from .rundir import private_dir
+from ...spec import validate
+from ...spec.marks import OWNER_PREFIX
+from .. import hoststate
+from ..codelock import hold_code
+from ..errors import AgentError
+from ..links import rtdump
+from ..links.netlink import iproute_class, link_addresses
+from ..links.state import owner_in
+from ..rundir import private_dir
 
 MAIN_TABLE = 254
 RTN_UNICAST = 1

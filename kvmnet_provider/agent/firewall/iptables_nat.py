@@ -9,8 +9,8 @@ tutorial's `iptables -t nat -F` is the bug we do not repeat.)
   when a destination is given: only packets addressed to the host itself, never traffic the
   host forwards to another machine's port P. No nat OUTPUT rule: the host's own connections
   to its port P are not forwarded.
-A rule of an older shape (before the addrtype match) carries the same comment, so `ensure`
-finds it unequal to what it wants and replaces it, and `remove` deletes it like any other.
+A rule of another shape with the same comment (one without the addrtype match, say) is
+unequal to what `ensure` wants, so it is replaced, and `remove` deletes it like any other.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 
 import iptc  # type: ignore[import-untyped]
 
-from ..spec import validate
-from . import fwplan
-from .errors import AgentError
+from ...spec import validate
+from ...spec.marks import OWNER_PREFIX
+from ..errors import AgentError
+from . import plan
 
-MARK_PREFIX = "kvmnet:"
 PROTOCOLS = validate.PROTOCOLS
 
 
@@ -52,14 +52,14 @@ def _nat_chain(name: str) -> tuple[Any, Any]:
 
 
 def _ours(chain_name: str, owner: str, describe: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-    mark = MARK_PREFIX + validate.owner(owner)
+    mark = OWNER_PREFIX + validate.owner(owner)
     _, chain = _nat_chain(chain_name)
     rules = [describe(r) for r in chain.rules if comment(r) == mark]
     return {"rules": rules, "count": len(rules)}
 
 
 def _remove(chain_name: str, owner: str) -> dict[str, Any]:
-    mark = MARK_PREFIX + validate.owner(owner)
+    mark = OWNER_PREFIX + validate.owner(owner)
     table, chain = _nat_chain(chain_name)
     removed = 0
     table.autocommit = False
@@ -88,7 +88,7 @@ def _ensure(
     if current["rules"]:
         _remove(chain_name, owner)
     rule = build()
-    rule.create_match("comment").comment = MARK_PREFIX + owner
+    rule.create_match("comment").comment = OWNER_PREFIX + owner
     _, chain = _nat_chain(chain_name)
     try:
         chain.append_rule(rule)
@@ -113,7 +113,7 @@ def masquerade_read(owner: str) -> dict[str, Any]:
 
 
 def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    owner, want = fwplan.masquerade_want(spec)
+    owner, want = plan.masquerade_want(spec)
     source, out_if = want["source"], want["out_interface"]
 
     def build() -> Any:
@@ -134,11 +134,11 @@ def masquerade_remove(owner: str) -> dict[str, Any]:
 
 # --- DNAT (port forwards) ----------------------------------------------------------------------
 def _dst_type(rule: Any) -> str | None:
-    """fwplan.DST_LOCAL for exactly `-m addrtype --dst-type LOCAL`; any other addrtype match
+    """plan.DST_LOCAL for exactly `-m addrtype --dst-type LOCAL`; any other addrtype match
     (negated, another type, a source type) reads as "other": not the rule kvmnet makes."""
     for match in rule.matches:
         if match.name == "addrtype":
-            return fwplan.DST_LOCAL if match.parameters == {"dst_type": "LOCAL"} else "other"
+            return plan.DST_LOCAL if match.parameters == {"dst_type": "LOCAL"} else "other"
     return None
 
 
@@ -157,14 +157,14 @@ def describe_dnat(rule: Any) -> dict[str, Any]:
 
 
 def build_dnat(want: dict[str, Any]) -> Any:
-    """The iptc rule for fwplan.dnat_want's rule (without its comment)."""
+    """The iptc rule for plan.dnat_want's rule (without its comment)."""
     rule = iptc.Rule()
     rule.protocol = want["protocol"]
     if want["in_interface"]:
         rule.in_interface = want["in_interface"]
     if want["destination"]:
         rule.dst = f"{want['destination']}/255.255.255.255"
-    if want["dst_type"] == fwplan.DST_LOCAL:
+    if want["dst_type"] == plan.DST_LOCAL:
         rule.create_match("addrtype").dst_type = "LOCAL"
     rule.create_match(want["protocol"]).dport = str(want["host_port"])
     rule.create_target("DNAT").to_destination = want["to"]
@@ -176,7 +176,7 @@ def dnat_read(owner: str) -> dict[str, Any]:
 
 
 def dnat_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    owner, want = fwplan.dnat_want(spec)
+    owner, want = plan.dnat_want(spec)
     return _ensure("PREROUTING", owner, want, describe_dnat, lambda: build_dnat(want))
 
 

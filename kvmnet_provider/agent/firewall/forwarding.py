@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..spec import validate
-from . import hoststate
+from ...spec import validate
+from .. import hoststate
 
 SYSCTLS = {
     "ipv4": Path("/proc/sys/net/ipv4/ip_forward"),

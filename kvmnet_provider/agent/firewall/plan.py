@@ -19,7 +19,7 @@ import ipaddress
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..spec import models, validate
+from ...spec import models, validate
 
 MODES = models.MODEL_NAMES
 SECTIONS = ("cross", "input", "output")

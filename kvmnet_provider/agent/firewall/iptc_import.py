@@ -3,8 +3,8 @@
 On import, python-iptables looks up each C library with ctypes.util.find_library. On Linux
 that runs `ldconfig -p` per name and, for a name ld's cache lacks (python-iptables looks its
 own wrapper module up that way first), gcc and then ld. It also runs `ldconfig -N -v` to find
-the xtables extension directory, and modprobe for modules the kernel already has. That is
-60-70 ms of subprocesses before the first rule.
+the xtables extension directory, and modprobe for modules the kernel already has: a row of
+subprocesses before the first rule.
 
 Here setuptools' distutils shim is kept out of the import, ld's cache is read once and
 answers every lookup the way ctypes' first step does, the extension directory comes from
@@ -113,7 +113,7 @@ def import_iptc() -> ModuleType:
     if "iptc" in sys.modules:
         return sys.modules["iptc"]
     # python-iptables imports distutils, which setuptools' shim (a .pth hook) turns into an
-    # import of all of setuptools: 0.1 s for nothing. The standard library's is enough.
+    # import of all of setuptools, for nothing: the standard library's is enough.
     sys.meta_path[:] = [f for f in sys.meta_path if type(f).__module__ != "_distutils_hack"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # distutils, on Python 3.11

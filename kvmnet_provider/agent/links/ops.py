@@ -1,18 +1,17 @@
 """Link changes (bridges, taps, deletes) through pyroute2: the agent loads this module, and
-pyroute2 with it, at the first change; reads never need it (linkdump.py)."""
+pyroute2 with it, at the first change; reads never need it (dump.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from ...spec.wire import Handlers
 
 
-def handlers() -> dict[str, Callable[[dict[str, Any]], Any]]:
+def handlers() -> Handlers:
     from .netlink import iproute_class
 
     iproute = iproute_class()  # before .links imports from pyroute2: see netlink.py
-    from .links import Links
-    from .server import outcomes
+    from ..server import outcomes
+    from .bridges import Links
 
     links = Links(iproute())
     return {

@@ -1,5 +1,5 @@
 """What kvmnet reports of a link, from a LinkRecord: shared by the reads answered from
-rtdump's dumps and by links.py, which turns pyroute2's messages into the same records. No
+rtdump's dumps and by bridges.py, which turns pyroute2's messages into the same records. No
 pyroute2 here, so a session that only reads never loads it."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pwd
 from typing import Any
 
+from ...spec.marks import OWNER_PREFIX
 from .rtdump import LinkRecord
 
-OWNER_PREFIX = "kvmnet:"
 USER_HZ = 100  # IFLA_BR_FORWARD_DELAY is in clock ticks
 IFF_UP = 1
 

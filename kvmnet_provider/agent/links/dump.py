@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..spec import validate
-from ..spec.validate import InvalidInput
+from ...spec import validate
+from ...spec.validate import InvalidInput
 from . import readcache, rtdump
-from .linkstate import describe as describe_link
 from .rtdump import LinkRecord
+from .state import describe as describe_link
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..spec.sockets import RUN_DIR_FILES, SOCKET_KEYS
-from .errors import AgentError
+from ...spec.sockets import RUN_DIR_FILES, SOCKET_KEYS
+from ..errors import AgentError
 
 
 def inside_run_dir(run_dir: Path, paths: dict[str, str]) -> None:

@@ -1,0 +1,235 @@
+"""The forward rules of a network (plan.NetworkRules) in nftables: kvmnet's sections, and the
+pass chain in the host's own table when the host's forward chain would drop what they accept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ...spec import validate
+from ...spec.marks import JUMP_MARK, OWNER_PREFIX
+from ..errors import AgentError
+from . import plan
+from .nft_rules import (
+    DOCKER_USER,
+    FAMILY,
+    NAME,
+    PASS,
+    SECTIONS,
+    TABLE,
+    Ruleset,
+    base_chain_commands,
+    describe,
+    is_our_jump,
+    jumps_to,
+    pass_chains,
+    remove_marked,
+    rule_doc,
+    rule_expr,
+    ruleset,
+    run,
+    text,
+    wire,
+)
+
+
+# --- where the pass chain goes ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Placement:
+    family: str
+    table: str
+    base: str
+    jump_chain: str  # DOCKER-USER or the base chain
+
+
+def placement(rs: Ruleset) -> Placement | None:
+    """The table whose forward base chain holds the host's DROP (or iptables-nft's filter)."""
+    bases = rs.forward_bases()
+    drop = [c for c in bases if c.get("policy") == "drop"]
+    filt = [c for c in bases if (c["family"], c["table"], c["name"]) == ("ip", "filter", "FORWARD")]
+    candidates = drop or filt
+    if not candidates:
+        return None
+    chosen = candidates[0]
+    family, table, base = chosen["family"], chosen["table"], chosen["name"]
+    jump_chain = base
+    if (family, table, DOCKER_USER) in rs.chains and any(
+        jumps_to(r, DOCKER_USER) for r in rs.chain_rules(family, table, base)
+    ):
+        jump_chain = DOCKER_USER
+    return Placement(family, table, base, jump_chain)
+
+
+# --- forward rules ----------------------------------------------------------------------------
+def _ours(rs: Ruleset, mark: str) -> dict[str, list[dict[str, object]]]:
+    found: dict[str, list[dict[str, object]]] = {}
+    for section, chain in SECTIONS.items():
+        rules = [r for r in rs.chain_rules(FAMILY, TABLE, chain) if r.comment == mark]
+        found[section] = [wire(r) for r in rules]
+    passes = []
+    for family, table in pass_chains(rs):
+        passes += [wire(r) for r in rs.chain_rules(family, table, PASS) if r.comment == mark]
+    found["pass"] = passes
+    return found
+
+
+def _want(net: plan.NetworkRules, where: Placement | None) -> dict[str, list[dict[str, object]]]:
+    want = {s: [r.to_wire() for r in rules] for s, rules in net.sections().items()}
+    want["pass"] = [r.to_wire() for r in net.passes()] if where else []
+    return want
+
+
+def _jump_location(rs: Ruleset) -> tuple[str, str, str, int] | None:
+    for (family, table, chain), rules in rs.rules.items():
+        for index, rule in enumerate(rules):
+            if is_our_jump(rule, PASS):
+                return family, table, chain, index
+    return None
+
+
+def forward_read(owner: str, net: plan.NetworkRules | None = None) -> dict[str, Any]:
+    mark = OWNER_PREFIX + validate.owner(owner)
+    rs = ruleset()
+    where = placement(rs)
+    sections = _ours(rs, mark)
+    count = sum(len(v) for v in sections.values())
+    problems = []
+    if count:
+        base = rs.chain_rules(FAMILY, TABLE, "forward")
+        if [r.expr[-1].get("jump", {}).get("target") for r in base] != list(SECTIONS.values()):
+            problems.append(f"table {FAMILY} {TABLE} chain forward lost its jumps")
+        jump = _jump_location(rs)
+        if where is not None:
+            want_at = (where.family, where.table, where.jump_chain)
+            if jump is None:
+                problems.append(
+                    f"the jump to {PASS} is missing from table {where.family} {where.table} "
+                    f"chain {where.jump_chain}"
+                )
+            elif jump[:3] != want_at:
+                problems.append(f"the jump to {PASS} is in {' '.join(jump[:3])}, not {want_at}")
+        if net is not None and sections != _want(net, where):
+            problems.append("the network's rules differ from what the model installs")
+        if net is not None:
+            problems += [f"blocked by {b}" for b in blockers(rs, net)]
+    jump = _jump_location(rs)
+    return {
+        "backend": NAME,
+        "sections": sections,
+        "count": count,
+        "jump": f"{jump[0]} {jump[1]} {jump[2]}" if jump else None,
+        "problems": problems,
+    }
+
+
+def blockers(rs: Ruleset, net: plan.NetworkRules) -> list[str]:
+    flows = net.flows()
+    where = placement(rs)
+    found = []
+    for base in rs.forward_bases():
+        key = (base["family"], base["table"], base["name"])
+        if where is not None and key == (where.family, where.table, where.base):
+            continue
+        rules = rs.chain_rules(*key)
+        if base.get("policy") == "drop":
+            found.append(f"table {key[0]} {key[1]} chain {key[2]} (policy drop)")
+        found += [text(r) for r in rules if plan.could_block(describe(r.expr), flows)]
+    if where is None:
+        return found
+    base_rules = rs.chain_rules(where.family, where.table, where.base)
+    if where.jump_chain == DOCKER_USER:
+        cut = next(i for i, r in enumerate(base_rules) if jumps_to(r, DOCKER_USER))
+        found += [text(r) for r in base_rules[:cut] if plan.could_block(describe(r.expr), flows)]
+    jump = _jump_location(rs)
+    if jump is not None and jump[:3] == (where.family, where.table, where.jump_chain):
+        before = rs.chain_rules(*jump[:3])[: jump[3]]
+        found += [text(r) for r in before if plan.could_block(describe(r.expr), flows)]
+    return found
+
+
+def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
+    mark = OWNER_PREFIX + validate.owner(owner)
+    rs = ruleset()
+    found = blockers(rs, net)
+    if found:
+        raise AgentError(
+            "blocked",
+            f"{found[0]} drops this network's traffic before kvmnet's rules can accept it; "
+            f"delete that rule or move it below kvmnet's jump to {PASS}, then run up again",
+        )
+    current = forward_read(owner, net)
+    if current["count"] and not current["problems"]:
+        return current
+    where = placement(rs)
+    commands = base_chain_commands()
+    for chain in SECTIONS.values():
+        commands.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}})
+    base = rs.chain_rules(FAMILY, TABLE, "forward")
+    if [r.expr[-1].get("jump", {}).get("target") for r in base] != list(SECTIONS.values()):
+        commands.append({"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": "forward"}}})
+        for chain in SECTIONS.values():
+            commands.append(
+                {
+                    "add": {
+                        "rule": rule_doc(
+                            FAMILY, TABLE, "forward", JUMP_MARK, [{"jump": {"target": chain}}]
+                        )
+                    }
+                }
+            )
+    # This owner's old rules go, wherever they are; the new ones are appended.
+    for chain in SECTIONS.values():
+        for r in rs.chain_rules(FAMILY, TABLE, chain):
+            if r.comment == mark:
+                commands.append({"delete": {"rule": r.ref()}})
+    for family, table in pass_chains(rs):
+        for r in rs.chain_rules(family, table, PASS):
+            if r.comment == mark:
+                commands.append({"delete": {"rule": r.ref()}})
+    for section, planned in net.sections().items():
+        for rule in planned:
+            commands.append(
+                {"add": {"rule": rule_doc(FAMILY, TABLE, SECTIONS[section], mark, rule_expr(rule))}}
+            )
+    if where is not None:
+        commands.append(
+            {"add": {"chain": {"family": where.family, "table": where.table, "name": PASS}}}
+        )
+        for (family, table, chain), existing in rs.rules.items():
+            for r in existing:  # a jump in the wrong place (DOCKER-USER appeared since) moves
+                if is_our_jump(r, PASS) and (family, table, chain) != (
+                    where.family,
+                    where.table,
+                    where.jump_chain,
+                ):
+                    commands.append({"delete": {"rule": r.ref()}})
+        placed = rs.chain_rules(where.family, where.table, where.jump_chain)
+        if not any(is_our_jump(r, PASS) for r in placed):
+            commands.append(
+                {
+                    "insert": {
+                        "rule": rule_doc(
+                            where.family,
+                            where.table,
+                            where.jump_chain,
+                            JUMP_MARK,
+                            [{"jump": {"target": PASS}}],
+                        )
+                    }
+                }
+            )
+        for rule in net.passes():
+            commands.append(
+                {"add": {"rule": rule_doc(where.family, where.table, PASS, mark, rule_expr(rule))}}
+            )
+    run(commands, "the forward rules")
+    return forward_read(owner, net)
+
+
+def forward_remove(owner: str) -> dict[str, Any]:
+    mark = OWNER_PREFIX + validate.owner(owner)
+    rs = ruleset()
+    chains = [(FAMILY, TABLE, c) for c in SECTIONS.values()]
+    chains += [(f, t, PASS) for f, t in pass_chains(rs)]
+    return {"removed": remove_marked(chains, mark)}
