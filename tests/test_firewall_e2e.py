@@ -322,7 +322,6 @@ def test_two_stacks_keep_each_others_rules_and_destroy_removes_exactly_ours(
         view = (legacy_filter if tool == LEGACY else nft_filter)(lab_api, ns)
         text = "\n".join(view)
         assert text.count("-j KVMNET_FWD") == 1  # one jump, shared
-        assert "kvmnet:alpha/dev/ForwardRules/fr" in text or tool == NFT
         for stack_name in ("alpha", "beta"):
             owner = f"kvmnet:{stack_name}/dev/ForwardRules/fr"
             where = text if tool == LEGACY else json.dumps(nft_ruleset(lab_api, ns))
