@@ -145,7 +145,7 @@ def test_one_session_per_host_shared_by_threads(h1: HostStatus) -> None:
 
 def test_session_socket_has_no_nagle_and_acks_at_once(h1: HostStatus) -> None:
     """The TCP under a session: no Nagle delay, and quick ACKs re-armed after every read
-    (without them, login and the first channel open each stall ~40 ms on the lab)."""
+    (without them, login and the first channel open each stall on a delayed ACK)."""
     session = agent_session(settings(h1))
     sock = session.client.get_transport().sock  # type: ignore[union-attr]
     assert isinstance(sock, QuickAckSocket)

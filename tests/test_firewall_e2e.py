@@ -419,8 +419,8 @@ def dnat_rules(lab_api: Lab, ns: str, tool: str) -> list[str]:
 
 
 def make_rule_previous_shape(lab_api: Lab, ns: str, tool: str) -> None:
-    """Put back the rule as the previous kvmnet made it (same owner mark, no match on the
-    destination's type), as an `up` of that version left it on a host."""
+    """Put back the rule in its older shape (same owner mark, no match on the destination's
+    type), as a host may still hold it."""
     if tool == LEGACY:
         (line,) = dnat_rules(lab_api, ns, tool)
         args = shlex.split(line)[1:]  # after "-A"
@@ -441,7 +441,7 @@ def make_rule_previous_shape(lab_api: Lab, ns: str, tool: str) -> None:
 
 
 def make_state_previous_shape(stack: TestStack, tmp_path: Path) -> None:
-    """The state as the previous version recorded it: the rule read back without `dst_type`."""
+    """State of the older shape: the rule read back without `dst_type`."""
     path = tmp_path / "state.json"
     stack.pulumi("stack", "export", "--file", str(path))
     doc = json.loads(path.read_text())
@@ -468,8 +468,8 @@ def test_a_port_forward_takes_only_traffic_to_the_host_and_old_rules_converge(
     """The forward's port P is the outside host's echo port: a guest's connection to the
     outside host on P must reach it (the echo names the masqueraded source, the host), while
     the outside host's connection to the KVM host's address on P still reaches g1. The
-    previous version's rule (protocol and port only) caught the guest's connection too; a
-    host and a state of that version converge at the next `up`, without a refresh."""
+    older shape of the rule (protocol and port only) caught the guest's connection too; a
+    host and a state of that shape converge at the next `up`, without a refresh."""
     host, port = lab.hosts[0], lab.ext.echo_port
     ns = host.namespace
     host_firewall(tool, False)
@@ -506,7 +506,7 @@ def test_a_port_forward_takes_only_traffic_to_the_host_and_old_rules_converge(
         forwards_only_to_the_host()
         model_stack.preview_no_changes()
 
-        # A host and a state of the previous version: its rule catches the guest's traffic.
+        # A host and a state of the older shape: its rule catches the guest's traffic.
         make_rule_previous_shape(lab_api, ns, tool)
         make_state_previous_shape(model_stack, tmp_path)
         assert dnat_rules(lab_api, ns, tool) == [

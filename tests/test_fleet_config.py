@@ -258,7 +258,7 @@ def test_fleet_declaration_errors_are_one_config_line_naming_the_property(
             },
             "kvmnet:hosts.h1.networks[0].guests[0].cloudInit.userData: text must start with",
         ),
-        # What a new user's trial of the README typed.
+        # Typos of keys the README shows.
         (
             on_h2({**NAT, "subnte": "10.0.2.0/24"}),
             "kvmnet:hosts.h2.networks[0].subnte: unknown key",
@@ -300,7 +300,7 @@ def test_fleet_declaration_errors_are_one_config_line_naming_the_property(
             on_h2({**NAT, "rollbackSeconds": "soon"}),
             "kvmnet:hosts.h2.networks[0].rollbackSeconds: must be a whole number",
         ),
-        # Before, only the provider's check said these, at preview, without the path.
+        # Found by the program, with the config path (the provider's check has no path).
         (
             on_h2(
                 {
