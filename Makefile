@@ -27,8 +27,8 @@ $(VENV)/.stamp: pyproject.toml lab/pyproject.toml
 
 venv: $(VENV)/.stamp
 
-# The busybox test guest and the Debian bookworm guest (cloud-init; ~2 min the first time,
-# cached by recipe hash under KVMNET_CACHE).
+# The busybox test guest and the Debian bookworm guest (cloud-init; built once, then cached
+# by recipe hash under KVMNET_CACHE).
 image: deps
 	scripts/build-guest-image >/dev/null
 	scripts/build-debian-image >/dev/null
