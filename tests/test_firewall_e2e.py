@@ -123,6 +123,13 @@ def assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
     assert after == before, "host changed:\n" + "\n".join(diff_snapshots(before, after))
 
 
+def assert_updates(preview: str, kind: str) -> None:
+    """`preview --diff` shows a resource of type `kind` to update (the header "Previewing
+    update" says nothing)."""
+    lines = [line for line in preview.splitlines() if f"kvmnet:{kind}: (update)" in line]
+    assert lines, preview
+
+
 def first_rule(lab_api: Lab, ns: str, tool: str, chain: str) -> str:
     lines = legacy_filter(lab_api, ns) if tool == LEGACY else nft_filter(lab_api, ns)
     return next(line for line in lines if line.startswith(f"-A {chain} "))
@@ -268,7 +275,7 @@ def drift_and_blocker(stack: TestStack, lab_api: Lab, ns: str, tool: str, jump_a
     refresh = stack.refresh()
     assert "net-forward-rules" in refresh.stdout, refresh.stdout
     preview = stack.preview()
-    assert "ForwardRules" in preview.stdout and "update" in preview.stdout, preview.stdout
+    assert_updates(preview.stdout, "ForwardRules")
     stack.up()
     assert first_rule(lab_api, ns, tool, jump_at) == f"-A {jump_at} " + " ".join(jump)
     stack.preview_no_changes()
@@ -395,7 +402,7 @@ def test_docker_started_after_kvmnet_the_jump_moves_to_docker_user(
             run_in(lab_api, ns, [tool, *args])
         stack.refresh()
         preview = stack.preview()
-        assert "ForwardRules" in preview.stdout and "update" in preview.stdout, preview.stdout
+        assert_updates(preview.stdout, "ForwardRules")
         stack.up()
         assert first_rule(lab_api, ns, tool, "DOCKER-USER") == f"-A DOCKER-USER {jump}"
         assert first_rule(lab_api, ns, tool, "FORWARD") == "-A FORWARD -j DOCKER-USER"
@@ -516,7 +523,7 @@ def test_a_port_forward_takes_only_traffic_to_the_host_and_old_rules_converge(
         ]
         assert not guest_connects(guest, lab.ext.address, port).startswith("peer ")
         preview = model_stack.preview()
-        assert "PortForward" in preview.stdout and "update" in preview.stdout, preview.stdout
+        assert_updates(preview.stdout, "PortForward")
         up = model_stack.up()  # no refresh: the state says the rule is of the old shape
         assert "1 updated" in up.stdout, up.stdout
         assert dnat_rules(lab_api, ns, tool) == [local_rule]  # replaced: one rule, new shape
@@ -528,7 +535,7 @@ def test_a_port_forward_takes_only_traffic_to_the_host_and_old_rules_converge(
         refresh = model_stack.refresh()
         assert pf["urn"].split("::")[-1] in refresh.stdout, refresh.stdout
         preview = model_stack.preview()
-        assert "PortForward" in preview.stdout and "update" in preview.stdout, preview.stdout
+        assert_updates(preview.stdout, "PortForward")
         model_stack.up()
         assert dnat_rules(lab_api, ns, tool) == [local_rule]
         model_stack.preview_no_changes()
