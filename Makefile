@@ -6,7 +6,7 @@ export KVMNET_CACHE ?= /var/cache/kvmnet
 MODEL ?= nat
 PYTEST_ARGS ?=
 
-.PHONY: all deps toolchain venv image test lint demo demo-down lab-up lab-down clean
+.PHONY: all deps toolchain venv image test check lint demo demo-down lab-up lab-down clean
 
 all: test
 
@@ -27,8 +27,8 @@ $(VENV)/.stamp: pyproject.toml lab/pyproject.toml
 
 venv: $(VENV)/.stamp
 
-# The busybox test guest and the Debian bookworm guest (cloud-init; ~2 min the first time,
-# cached by recipe hash under KVMNET_CACHE).
+# The busybox test guest and the Debian bookworm guest (cloud-init; built once, then cached
+# by recipe hash under KVMNET_CACHE).
 image: deps
 	scripts/build-guest-image >/dev/null
 	scripts/build-debian-image >/dev/null
@@ -51,6 +51,11 @@ lint: venv
 
 test: deps toolchain venv image lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
+
+# The inner loop: lint and every test not marked e2e (no root, lab, engine or QEMU needed),
+# in under two minutes. `make test` runs everything, e2e included.
+check: lint
+	$(VENV)/bin/pytest -q -m 'not e2e' $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 
 demo: deps toolchain venv image
 	$(VENV)/bin/kvmnet demo up --model $(MODEL)

@@ -13,7 +13,7 @@ from kvmnet_lab.lab import Lab, LabStatus, fresh_lab
 # --- lab (kvmnet_lab.lab) -----------------------------------------------------------
 def _lab_for_session(base: Path) -> Iterator[tuple[Lab, LabStatus]]:
     if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
+        pytest.fail("the lab needs root: e2e tests run as root (`make check` runs the others)")
     with fresh_lab("kt", hosts=2, base=base) as lab_and_status:
         yield lab_and_status
 

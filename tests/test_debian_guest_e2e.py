@@ -1,4 +1,4 @@
-"""A real distribution end to end (issue 11): the user's stack (stacks/Pulumi.debian-nat.yaml)
+"""A real distribution end to end: the user's stack (stacks/Pulumi.debian-nat.yaml)
 through the real engine on a lab host: a NAT network with DHCP, one Debian bookworm guest
 booted from the cached image through a copy-on-write overlay and configured by cloud-init
 (hostname, a user with a generated SSH key), the host's 2222 forwarded to its sshd; then

@@ -1,4 +1,4 @@
-"""DHCP/DNS (issue 11 point 1) without a host: the spec's rules, dnsmasq's files, the INPUT
+"""DHCP/DNS without a host: the spec's rules, dnsmasq's files, the INPUT
 rules, the model's checks at declaration and the DhcpServer provider's check."""
 
 from __future__ import annotations

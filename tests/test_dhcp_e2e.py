@@ -1,5 +1,5 @@
 """DHCP and DNS on a NAT network end to end: the real engine, a lab host, real guests running
-busybox udhcpc, dnsmasq on the bridge (issue 11, point 1)."""
+busybox udhcpc, dnsmasq on the bridge."""
 
 from __future__ import annotations
 

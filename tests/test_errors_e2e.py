@@ -58,6 +58,16 @@ def assert_one_line(text: str, *fragments: str) -> None:
     assert lines, f"no line with all of {fragments} in:\n{text}"
 
 
+def assert_blamed_on(text: str, resource: str, *fragments: str) -> None:
+    """The engine's diagnostics name the failed resource (`<type> (<name>):`) and the error
+    line under it holds the fragments."""
+    lines = text.splitlines()
+    under = [after for line, after in zip(lines, lines[1:], strict=False)
+             if line.strip().endswith(f"{resource}:")]  # fmt: skip
+    assert under, f"no diagnostics for {resource} in:\n{text}"
+    assert any("error:" in line and all(f in line for f in fragments) for line in under), text
+
+
 @pytest.fixture(scope="module")
 def h1(lab: LabStatus) -> HostStatus:
     return lab.hosts[0]
@@ -109,7 +119,7 @@ def test_unreachable(stack: TestStack, configured: Any, h1: HostStatus, unchange
     configured(port="1")  # nothing listens there
     text = failed_up(stack)
     assert_one_line(text, f"root@{h1.address}:1: unreachable: Connection refused", "sshd")
-    assert "kvmnet:index:Bridge" in text or "br" in text
+    assert_blamed_on(text, "kvmnet:Bridge (br)", f"root@{h1.address}:1: unreachable")
 
 
 def test_timeout(stack: TestStack, configured: Any, lab: LabStatus) -> None:

@@ -301,7 +301,7 @@ def test_fleet_declaration_errors_are_one_config_line_naming_the_property(
             on_h2({**NAT, "rollbackSeconds": "soon"}),
             "kvmnet:hosts.h2.networks[0].rollbackSeconds: must be a whole number",
         ),
-        # Before, only the provider's check said these, at preview, without the path.
+        # Found by the program, with the config path (the provider's check has no path).
         (
             on_h2(
                 {

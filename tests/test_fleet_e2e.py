@@ -30,7 +30,7 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "stacks" / "Pulumi.lab-fleet
 @pytest.fixture(scope="module")
 def fleet_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, LabStatus]]:
     if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
+        pytest.fail("the lab needs root: e2e tests run as root (`make check` runs the others)")
     with fresh_lab("kf", hosts=3, base=tmp_path_factory.mktemp("fleetlab")) as lab_and_status:
         yield lab_and_status
 

@@ -129,5 +129,6 @@ def test_nft_expressions_read_back_as_the_rules_they_were_made_from() -> None:
             "forwards": [{"guest": "10.0.1.11", "port": 8080, "proto": "udp"}]}  # fmt: skip
     net = NetworkRules.from_spec(spec)
     rules = [r for section in net.sections().values() for r in section] + net.passes()
+    assert [r for r in rules if r.proto == "udp" and r.dport == 8080], rules  # the forward's, too
     for rule in rules:
         assert nft_rules.describe(nft_rules.rule_expr(rule)) == rule

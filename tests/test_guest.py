@@ -219,7 +219,7 @@ class _Guest:
 @pytest.fixture(scope="module")
 def two_guests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[_Guest]]:
     if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces, taps)")
+        pytest.fail("two guests need root (network namespaces, taps): e2e tests run as root")
     image = guest_image_dir()  # installs qemu, busybox-static, cpio when missing
     work = tmp_path_factory.mktemp("guests")
     ns = f"kg-{secrets.token_hex(4)}"

@@ -98,7 +98,8 @@ def test_a_default_mac_differs_with_each_part(other: tuple[str, str, str, str]) 
 
 
 def test_removing_a_guest_leaves_the_others_tap_and_mac() -> None:
-    """The new-user trial's D2: removing g2 used to move g3 to g2's vif2.0 and MAC."""
+    """Defaults come from names, not positions: removing g2 does not move g3 to g2's tap and
+    MAC."""
     before = one_host("g1", "g2", "g3", "a-guest-with-a-long-name")
     after = one_host("g1", "g3", "a-guest-with-a-long-name")
     for name in after:

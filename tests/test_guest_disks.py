@@ -333,7 +333,7 @@ def test_qemu_img_gets_argument_lists(
     ]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="fchown to another user needs root")
+@pytest.mark.e2e  # the real qemu-img, and fchown to another user as root
 def test_overlay_and_seed_on_disk_with_the_real_qemu_img(disk_root: Path, tmp_path: Path) -> None:
     base = tmp_path / "base.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)

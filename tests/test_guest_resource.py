@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -289,7 +288,7 @@ def test_only_our_qemu_is_ever_signalled() -> None:
     assert not process.is_our_qemu(2**22 + 7, "g1", "/x/qemu.pid")  # no such process
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="/dev/kvm and QEMU probes need root here")
+@pytest.mark.e2e  # probes /dev/kvm and QEMU, as root
 def test_auto_accelerator_resolves_on_this_machine() -> None:
     accel, reason = kvm.resolve_accelerator("auto", "qemu-system-x86_64", None)
     assert accel in ("kvm", "tcg")
@@ -303,10 +302,9 @@ def test_auto_accelerator_resolves_on_this_machine() -> None:
     )
 
 
+@pytest.mark.e2e  # a real QEMU (`make deps` installs it)
 def test_qmp_library_and_plain_fallback_against_a_real_qemu(tmp_path: Path) -> None:
     """Both QMP paths: `qemu.qmp` (the venv has it) and the stdlib exchange a bare host uses."""
-    if not shutil.which("qemu-system-x86_64"):
-        pytest.skip("qemu-system-x86_64 is not installed")
     sock = tmp_path / "qmp.sock"
     proc = subprocess.Popen(
         ["qemu-system-x86_64", "-machine", "none", "-display", "none", "-nodefaults", "-S"]

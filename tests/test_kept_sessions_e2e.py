@@ -31,7 +31,7 @@ KEEPER = b"kvmnet_provider.connection.keeper"
 @pytest.fixture()
 def own_lab(tmp_path: Path) -> Iterator[tuple[Lab, LabStatus]]:
     if os.geteuid() != 0:
-        pytest.skip("the lab needs root")
+        pytest.fail("the lab needs root: e2e tests run as root (`make check` runs the others)")
     with fresh_lab("kk", hosts=1, base=tmp_path / "lab") as lab_and_status:
         yield lab_and_status
 

@@ -1,4 +1,5 @@
-"""The lab: namespaces as remote KVM hosts, each with its own sshd (needs root)."""
+"""The lab: namespaces as remote KVM hosts, each with its own sshd (root: every test but the
+naming one is e2e)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,6 @@ from kvmnet_lab.lab import (
     subnet_octet,
 )
 from kvmnet_lab.lab import netns as nsmod
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
 PRIVATE = [ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
 
@@ -85,6 +84,7 @@ def test_names_are_short_and_deterministic() -> None:
 
 
 # --- the shared lab -------------------------------------------------------------------
+@pytest.mark.e2e
 def test_status_lists_reachable_hosts(lab: LabStatus) -> None:
     assert [h.name for h in lab.hosts] == ["h1", "h2"]
     octet = lab.lan.split(".")[2]
@@ -97,6 +97,7 @@ def test_status_lists_reachable_hosts(lab: LabStatus) -> None:
     assert lab.ext.address == f"198.18.{octet}.100" and lab.ext.echo_port == 7777
 
 
+@pytest.mark.e2e
 def test_ssh_session_lives_in_host_namespace(lab: LabStatus) -> None:
     for host in lab.hosts:
         client = connect_host(host)  # RejectPolicy + the lab's known_hosts
@@ -109,6 +110,7 @@ def test_ssh_session_lives_in_host_namespace(lab: LabStatus) -> None:
         assert host.address in addrs
 
 
+@pytest.mark.e2e
 def test_unknown_host_key_is_refused(lab: LabStatus, tmp_path: Path) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
@@ -117,6 +119,7 @@ def test_unknown_host_key_is_refused(lab: LabStatus, tmp_path: Path) -> None:
         open_client(h.address, h.port, h.user, h.private_key, str(empty)).close()
 
 
+@pytest.mark.e2e
 def test_changed_host_key_is_refused(lab: LabStatus, tmp_path: Path) -> None:
     other = paramiko.Ed25519Key.from_private_key_file(lab.hosts[1].private_key)  # not a host key
     h = lab.hosts[0]
@@ -126,6 +129,7 @@ def test_changed_host_key_is_refused(lab: LabStatus, tmp_path: Path) -> None:
         open_client(h.address, h.port, h.user, h.private_key, str(kh)).close()
 
 
+@pytest.mark.e2e
 def test_echo_reports_peer_address(lab: LabStatus) -> None:
     with socket.create_connection((lab.ext.address, lab.ext.echo_port), timeout=5) as s:
         local_port = s.getsockname()[1]
@@ -140,6 +144,7 @@ def test_echo_reports_peer_address(lab: LabStatus) -> None:
     assert reply.strip() in log and data.decode().strip() in log
 
 
+@pytest.mark.e2e
 def test_topology(lab: LabStatus, lab_api: Lab) -> None:
     ext_routes = json.loads(nsmod.ip("-j", "-4", "route", "show", ns=lab.ext.namespace))
     for r in ext_routes:
@@ -157,6 +162,7 @@ def test_topology(lab: LabStatus, lab_api: Lab) -> None:
         lab_api.exec_in("h1-other", ["true"])
 
 
+@pytest.mark.e2e
 def test_cli_status_json(lab: LabStatus) -> None:
     argv = [sys.executable, "-m", "kvmnet_lab.cli", "--name", lab.name,
             "--state-dir", lab.state_dir, "lab", "status", "--json"]  # fmt: skip
@@ -167,6 +173,7 @@ def test_cli_status_json(lab: LabStatus) -> None:
     assert "h1" in table and "yes" in table
 
 
+@pytest.mark.e2e
 def test_subnet_conflict_is_refused(lab: LabStatus, tmp_path: Path) -> None:
     octet = int(lab.lan.split(".")[2])
     name = next(f"kc{i}" for i in range(100000) if subnet_octet(f"kc{i}") == octet)
@@ -185,6 +192,7 @@ def lab_still_fine(lab: LabStatus) -> bool:
 
 
 # --- up / down on a scratch lab -------------------------------------------------------
+@pytest.mark.e2e
 def test_up_is_idempotent_and_down_cleans(scratch_lab: Lab) -> None:
     first = scratch_lab.up(hosts=2)
     pids1 = scratch_lab.recorded_pids()
@@ -209,6 +217,7 @@ def test_up_is_idempotent_and_down_cleans(scratch_lab: Lab) -> None:
     scratch_lab.down()  # and again, on an absent lab
 
 
+@pytest.mark.e2e
 def test_down_removes_what_the_agent_kept_for_its_hosts(scratch_lab: Lab) -> None:
     """A host's agent books (/run/kvmnet/netns-<inode>) and guests' overlays and seeds
     (/var/lib/kvmnet/netns-<inode>) go with it, also when hosts are dropped by a smaller up;
@@ -231,6 +240,7 @@ def test_down_removes_what_the_agent_kept_for_its_hosts(scratch_lab: Lab) -> Non
     assert not any(d.exists() for d in kept["h1"])
 
 
+@pytest.mark.e2e
 def test_down_when_a_namespace_was_deleted_by_hand(scratch_lab: Lab) -> None:
     scratch_lab.up(hosts=2)
     pids = list(scratch_lab.recorded_pids().values())
@@ -243,6 +253,7 @@ def test_down_when_a_namespace_was_deleted_by_hand(scratch_lab: Lab) -> None:
     _assert_gone(scratch_lab, [*pids, sleeper.pid])
 
 
+@pytest.mark.e2e
 def test_down_when_a_process_was_killed(scratch_lab: Lab) -> None:
     scratch_lab.up(hosts=1)
     pids = scratch_lab.recorded_pids()
@@ -255,6 +266,7 @@ def test_down_when_a_process_was_killed(scratch_lab: Lab) -> None:
     _assert_gone(scratch_lab, list(pids.values()))
 
 
+@pytest.mark.e2e
 def test_down_cleans_a_crashed_up_without_state(scratch_lab: Lab) -> None:
     n = scratch_lab.names
     for ns in (n.switch_ns, n.host_ns(1)):
@@ -267,6 +279,7 @@ def test_down_cleans_a_crashed_up_without_state(scratch_lab: Lab) -> None:
     _assert_gone(scratch_lab, [sleeper.pid])
 
 
+@pytest.mark.e2e
 def test_down_after_up_was_killed_midway(scratch_lab: Lab) -> None:
     argv = [sys.executable, "-m", "kvmnet_lab.cli", "--name", scratch_lab.name,
             "--state-dir", str(scratch_lab.state_dir), "lab", "up", "--hosts", "3"]  # fmt: skip
@@ -282,12 +295,14 @@ def test_down_after_up_was_killed_midway(scratch_lab: Lab) -> None:
     _assert_gone(scratch_lab, pids)
 
 
+@pytest.mark.e2e
 def test_down_on_absent_lab(tmp_path: Path) -> None:
     lab = Lab(free_name(), tmp_path / "none")
     lab.down()
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.e2e
 def test_reboot_host_rebuilds_it_with_its_address_mac_key_and_stale_records(
     scratch_lab: Lab,
 ) -> None:

@@ -203,9 +203,9 @@ def guests_and_taps(stack: TestStack) -> dict[str, tuple[str, dict[str, object]]
 def test_removing_a_middle_default_guest_leaves_the_others_untouched(
     model_stack: TestStack, lab: LabStatus, lab_api: Lab
 ) -> None:
-    """New-user trial 2, D2: guests without `tap` or `mac` get them from their names, so
-    removing g2 of three deletes only g2 and its tap; g1 and g3 are neither moved nor replaced
-    (with positional defaults g3 wanted g2's vif2.0, still held, and `up` failed)."""
+    """Guests without `tap` or `mac` get them from their names, so removing g2 of three
+    deletes only g2 and its tap; g1 and g3 are neither moved nor replaced (with positional
+    defaults g3 would want g2's tap, still held, and `up` would fail)."""
     host_ns = lab.hosts[0].namespace
     before = host_snapshot(lab_api, host_ns)
     guests = [{"name": f"g{i}", "address": f"10.0.1.1{i}"} for i in (1, 2, 3)]

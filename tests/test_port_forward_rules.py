@@ -1,5 +1,5 @@
 """A port forward's DNAT rule: its shape in both backends, how `read` parses it back, and how
-a rule or a state of the previous version (no "to the host itself" match) converges.
+a rule or a state of the older shape (no "to the host itself" match) converges.
 
 Pure: the nftables expressions are JSON, the iptables rules python-iptables objects that are
 never committed; no host, no table of the kernel is touched."""
@@ -89,7 +89,7 @@ def test_nft_rule_as_nft_lists_it_reads_back_too(flags: Any) -> None:
 @pytest.mark.parametrize(
     "match, dst_type",
     [
-        (None, None),  # the previous version's rule: no fib match at all
+        (None, None),  # the older shape: no fib match at all
         (fib_local(op="!="), "other"),
         (fib_local(right="unicast"), "other"),
         (fib_local(flags="saddr"), "other"),
@@ -109,7 +109,7 @@ def without_fib(expr: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def old_rule(handle: int, comment: str) -> nft_rules.NftRule:
-    """The previous version's rule: `tcp dport 8080 dnat to 10.0.1.11:80`."""
+    """A rule of the older shape: `tcp dport 8080 dnat to 10.0.1.11:80`."""
     expr = without_fib(nft_nat.dnat_expr(want(SPEC)))
     return nft_rules.NftRule("ip", "kvmnet", "prerouting", handle, comment, expr)
 
@@ -151,13 +151,13 @@ def test_nft_ensure_keeps_a_rule_of_the_current_shape(monkeypatch: pytest.Monkey
 # --- iptables (python-iptables rule objects, never committed) -----------------------------------
 @pytest.fixture(scope="module")
 def iptables() -> Any:
+    """The iptables backend's module: python-iptables needs libiptc (`make deps` installs it),
+    and a machine without it fails here rather than passing these tests unrun."""
     from kvmnet_provider.agent.firewall.iptc_import import import_iptc
 
-    try:
-        import_iptc()
-        from kvmnet_provider.agent.firewall import iptables_nat
-    except Exception as exc:  # no libiptc here: the e2e tests cover the backend on a host
-        pytest.skip(f"python-iptables cannot load: {exc}")
+    import_iptc()
+    from kvmnet_provider.agent.firewall import iptables_nat
+
     return iptables_nat
 
 
@@ -192,13 +192,13 @@ def test_iptables_rules_of_another_shape_are_not_ours(iptables: Any) -> None:
         rule.create_target("DNAT").to_destination = "10.0.1.11:80"
         return rule
 
-    previous = iptables.describe_dnat(rule_with(None))  # the previous version's rule
+    previous = iptables.describe_dnat(rule_with(None))  # a rule of the older shape
     assert previous == {**want(SPEC), "dst_type": None}
     for other in ("!LOCAL", "UNICAST"):
         assert iptables.describe_dnat(rule_with(other))["dst_type"] == "other"
 
 
-# --- the provider: state and hosts of the previous version converge ------------------------------
+# --- the provider: state and hosts of the older shape converge ----------------------------------
 CONN = {"host": "198.18.0.11", "port": 22}
 
 
@@ -210,7 +210,7 @@ def props(rules: list[dict[str, Any]] | None, **fields: Any) -> dict[str, Any]:
 
 
 def previous(rule: dict[str, Any]) -> dict[str, Any]:
-    """A rule as the previous version read it back: no `dst_type` key at all."""
+    """A rule as state of the older shape holds it: no `dst_type` key at all."""
     return {k: v for k, v in rule.items() if k != "dst_type"}
 
 

@@ -51,19 +51,21 @@ def test_outside_the_server_nothing_changes() -> None:
 
 def test_the_servers_pool_runs_more_than_four_at_once(in_server: None) -> None:
     """As in the server: the first call widens the pool while seven more are already queued
-    behind the four threads; all eight must then run at once (they wait for each other)."""
+    behind the four threads; all eight must then run at once (they wait for each other: with
+    four threads the barrier would break on its timeout, and result() would raise)."""
     pool = ThreadPoolExecutor(max_workers=serverpool.SDK_WORKERS)
     together = threading.Barrier(8, timeout=10)
+    widened: list[int | None] = []
 
     def first() -> int:
-        widened = serverpool.widen()
-        together.wait()
-        return widened or 0
+        widened.append(serverpool.widen())
+        return together.wait()
 
     try:
         calls = [pool.submit(first)] + [pool.submit(together.wait) for _ in range(7)]
-        assert calls[0].result(timeout=20) == serverpool.WORKERS
-        assert all(c.result(timeout=20) >= 0 for c in calls[1:])
+        arrivals = sorted(c.result(timeout=20) for c in calls)
+        assert arrivals == list(range(8))  # each of the eight passed the barrier, together
+        assert widened == [serverpool.WORKERS]
         assert len(pool._threads) == serverpool.WORKERS
         assert pool.submit(serverpool.widen).result(timeout=10) == serverpool.WORKERS  # once
     finally:

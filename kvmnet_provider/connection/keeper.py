@@ -1,8 +1,8 @@
 """The session keeper: one host's agent session, kept open between Pulumi commands.
 
 Every `pulumi` command starts a new provider process, and each of its hosts costs an SSH
-handshake, a login, a Python start on the host and the agent's first imports (about 0.15 s of
-CPU per host on the lab). With `kvmnet:keepSessions` set to N seconds, a provider process does
+handshake, a login, a Python start on the host and the agent's first imports, paid again by
+every command. With `kvmnet:keepSessions` set to N seconds, a provider process does
 not connect to a host itself: it asks this keeper, a detached process of the same local user,
 started by the first command, which holds the connection and the agent, and ends N seconds
 after its last client left, or as soon as its connection is lost. It is OpenSSH's

@@ -32,7 +32,7 @@ from .bootstrap import agent_bundle, agent_command
 from .errors import RETRY_HINT, AgentCallError, HostError
 from .settings import HostSettings
 
-BATCH_LINGER = 0.0005  # seconds a batch waits for more callers; a link delete costs ~16 ms
+BATCH_LINGER = 0.0005  # seconds a batch waits for more callers: far less than any request costs
 PROBE_TIMEOUT = 10.0  # seconds a ping may take, after a caller's timeout, to show the agent lives
 
 

@@ -1,12 +1,11 @@
 """The TCP connection under SSH, tuned for small requests and answers.
 
 SSH here is a stream of small packets, each waiting for the other side's answer, and two TCP
-defaults turn that into pauses. Our Nagle delay held paramiko's authentication packets
-(connect: 63 ms -> 19 ms without it). And after authentication OpenSSH sends its host keys
-(`hostkeys-00@openssh.com`), then holds the answer to our channel open under its own Nagle
-delay until we acknowledge them, which Linux delays by 40 ms (measured with tcpdump on the
-lab: channel open 43 ms -> 1.3 ms). So TCP_NODELAY is set, and TCP_QUICKACK is set again
-after every read (the kernel drops it by itself).
+defaults turn that into pauses. Our Nagle delay holds back paramiko's authentication
+packets. And after authentication OpenSSH sends its host keys (`hostkeys-00@openssh.com`),
+then holds the answer to our channel open under its own Nagle delay until we acknowledge
+them, which Linux's delayed ACK puts off. So TCP_NODELAY is set, and TCP_QUICKACK is set
+again after every read (the kernel drops it by itself).
 """
 
 from __future__ import annotations

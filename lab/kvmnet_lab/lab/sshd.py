@@ -39,8 +39,8 @@ class SshdFiles:
     @property
     def home(self) -> Path:
         """The login's HOME on this host: its own, as on a machine of its own. Without it,
-        every SSH command's bash read this machine's /root/.bashrc (here it runs `pyenv
-        init`: about 155 ms of CPU per session), a cost of the test machine, not of a host."""
+        every SSH command's bash read this machine's /root/.bashrc (which may run `pyenv init`
+        on every session), a cost of the test machine, not of a host."""
         return self.directory / "home"
 
 

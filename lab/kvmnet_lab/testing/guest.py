@@ -42,7 +42,7 @@ def default_accel() -> str:
     """The accelerator for test guests: ``$KVMNET_ACCEL`` if set, else TCG.
 
     KVM is not the default: on nested hosts a guest under ``-enable-kvm`` was seen spinning
-    at 100% CPU without output, whereas TCG boots reliably (about 7-10 s to a shell).
+    at 100% CPU without output, whereas TCG boots reliably.
     """
     accel = os.environ.get("KVMNET_ACCEL", "tcg").strip().lower() or "tcg"
     if accel not in ACCELS:
