@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import DiffResult, Resource
+from pulumi.dynamic import CheckFailure, CheckResult, DiffResult, Resource
 
 from ..cloudinit import (
     CloudInit,
@@ -24,6 +24,7 @@ from ..spec import guest as guests
 from ..spec.validate import boolean, int_range, user_name
 from ..spec.wire import GuestRef, GuestState
 from .base import Field, KvmnetProvider, _has_unknown, deleted_first, owner_id
+from .guest_disk import replace_warning, shrunk_disk
 from .links import TapPort
 
 # Inputs the host resolves (auto -> kvm|tcg, an unset socket -> a path in the run dir): the
@@ -47,6 +48,21 @@ GUEST_COMPUTED = (
 # keep only its digest (a secret too), never the text.
 SECRET_OUTPUTS = ["cloud_init", "cloud_init_sha256"]
 START_TIMEOUT = 180.0
+# Changed in place by restarting the guest; every other field that does not replace it
+# (stop_timeout, keep_disk) needs nothing on the host.
+RESTARTS = (
+    "memory_mib",
+    "vcpus",
+    "disks",
+    "kernel",
+    "initrd",
+    "cmdline",
+    "nics",
+    "accelerator",
+    "cpu",
+    "qemu",
+    "disk_size_gib",
+)
 
 
 def _int(low: int, high: int) -> Any:
@@ -55,29 +71,30 @@ def _int(low: int, high: int) -> Any:
 
 class QemuGuestProvider(KvmnetProvider):
     kind = "QemuGuest"
-    # QEMU applies none of these to a running guest: every one of them replaces it, except
-    # how long delete waits for an ACPI power-down.
+    # What only changes QEMU's command line is an update: the guest is powered down (bounded
+    # by stop_timeout) and started again on the same overlay and seed. What makes another disk
+    # or another instance (name, base, seed) replaces it.
     fields = {
         "name": Field(guests.guest_name, required=True, replaces=True),
-        "memory_mib": Field(_int(*guests.MEMORY_MIB), default=128, replaces=True),
-        "vcpus": Field(_int(*guests.VCPUS), default=1, replaces=True),
-        "disks": Field(guests.disks, default=[], replaces=True),
-        "kernel": Field(guests.host_path, replaces=True),
-        "initrd": Field(guests.host_path, replaces=True),
-        "cmdline": Field(guests.kernel_cmdline, replaces=True),
-        "nics": Field(guests.nics, default=[], replaces=True),
-        "accelerator": Field(guests.accelerator, default="auto", replaces=True),
-        "cpu": Field(guests.cpu_model, replaces=True),
+        "memory_mib": Field(_int(*guests.MEMORY_MIB), default=128),
+        "vcpus": Field(_int(*guests.VCPUS), default=1),
+        "disks": Field(guests.disks, default=[]),
+        "kernel": Field(guests.host_path),
+        "initrd": Field(guests.host_path),
+        "cmdline": Field(guests.kernel_cmdline),
+        "nics": Field(guests.nics, default=[]),
+        "accelerator": Field(guests.accelerator, default="auto"),
+        "cpu": Field(guests.cpu_model),
         "console_socket": Field(guests.socket_path, replaces=True),
         "qmp_socket": Field(guests.socket_path, replaces=True),
-        "qemu": Field(guests.qemu_binary, default=guests.DEFAULT_QEMU, replaces=True),
+        "qemu": Field(guests.qemu_binary, default=guests.DEFAULT_QEMU),
         "stop_timeout": Field(_int(1, 300), default=10),
         "run_as": Field(user_name, replaces=True),
-        # The overlay is made at create from the base: another base, format or size is
-        # another disk. keep_disk only matters at delete.
+        # The overlay is made at create from the base: another base or format is another
+        # disk. A larger size grows the overlay in place; keep_disk only matters at delete.
         "base_image": Field(guests.host_path, replaces=True),
         "base_format": Field(guests.base_format, default="qcow2", replaces=True),
-        "disk_size_gib": Field(_int(*guests.DISK_SIZE_GIB), replaces=True),
+        "disk_size_gib": Field(_int(*guests.DISK_SIZE_GIB)),
         "keep_disk": Field(boolean, default=False),
         # cloud-init reads its seed at a new instance's first boot: another seed, another guest.
         "cloud_init": Field(normalise_cloud_init, replaces=True),
@@ -90,9 +107,27 @@ class QemuGuestProvider(KvmnetProvider):
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         return guests.cross_check(props)
 
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        result = super().check(olds, news)
+        if not result.failures:
+            shrink = shrunk_disk(olds, result.inputs)
+            if shrink:
+                result.failures = [CheckFailure("disk_size_gib", shrink)]
+        return result
+
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         # Compare what was asked for, not what the host resolved it to; cloud_init by the
         # digest the outputs keep of it.
+        olds = self._asked(olds, news)
+        result = super().diff(_id, olds, news)
+        if result.replaces:
+            warning = replace_warning(olds, news, result.replaces or [])
+            if warning:
+                pulumi.log.warn(warning)
+        return result
+
+    def _asked(self, olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any]:
+        """The old outputs as inputs: what was asked for, cloud_init by its digest."""
         olds = {**olds, **self._requested(olds)}
         new_ci, old_digest = news.get("cloud_init"), olds.get("cloud_init_sha256")
         was = None if old_digest is None else {"sha256": old_digest}  # never equals an input
@@ -101,7 +136,7 @@ class QemuGuestProvider(KvmnetProvider):
             olds["cloud_init"] = new_ci if same else was
         else:
             olds["cloud_init"] = was
-        return super().diff(_id, olds, news)
+        return olds
 
     def spec(self, props: dict[str, Any]) -> dict[str, Any]:
         """The agent gets the seed ISO's bytes, built here, instead of cloud_init."""
@@ -146,15 +181,22 @@ class QemuGuestProvider(KvmnetProvider):
     def host_update(
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
     ) -> dict[str, Any]:
-        # Only stop_timeout (or connection details of the same host) can change in place:
+        asked = self._asked(olds, news)
+        if any(asked.get(k) != news.get(k) for k in RESTARTS):
+            # The agent's start powers the running guest down (stop_timeout) and starts it
+            # with the new command line on the same overlay, grown first when asked.
+            timeout = START_TIMEOUT + int(news.get("stop_timeout") or 10) + 30.0
+            live: GuestState = agent.call("guest.start", self.spec(news), timeout=timeout)
+            return dict(live)
+        # Only stop_timeout, keep_disk (or connection details of the same host) changed:
         # nothing to do on the host but make sure the guest is still there.
-        live = self.host_read(agent, news)
-        if live is None:
+        found = self.host_read(agent, news)
+        if found is None:
             raise KvmnetError(
                 f"guest {news['name']} is not running on {news['connection']['host']}; "
                 "run `pulumi refresh` and `pulumi up` to start it again"
             )
-        return live
+        return found
 
     def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
         stop_timeout = int(props.get("stop_timeout") or 10)

@@ -117,22 +117,92 @@ def image_info(path: str) -> dict[str, Any]:
     return doc
 
 
-def check_base(base: str, fmt: str) -> int:
-    """The base image exists, is a file in the declared format; its virtual size."""
+def base_chain(base: str) -> list[dict[str, Any]]:
+    """The base and every image behind it, as `qemu-img info --backing-chain` reads them.
+    When the chain cannot be read (a backing file that is missing or not an image), the base
+    alone: its own backing-filename is then what check_base refuses."""
+    try:
+        doc = json.loads(qemu_img(["info", "--backing-chain", "--output=json", "-U", base]))
+    except AgentError:
+        doc = [image_info(base)]
+    chain = doc if isinstance(doc, list) else [doc]
+    if not chain or not all(isinstance(d, dict) for d in chain):
+        raise AgentError("failed", f"qemu-img info of {base} reported no image")
+    if not isinstance(chain[0].get("virtual-size"), int):
+        raise AgentError("failed", f"qemu-img info of {base} reported no virtual size")
+    return chain
+
+
+def _data_file(doc: dict[str, Any]) -> str | None:
+    """A qcow2's external data file: its guest data lives in another host file."""
+    data = (doc.get("format-specific") or {}).get("data") or {}
+    value = data.get("data-file") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def check_trusted(name: str, base: str) -> None:
+    """Whoever can write the base (or swap it in its directory) writes every guest made from
+    it: the base and its directory are writable by their owner only, and, when the agent runs
+    as root, that owner is root. Checked at every start."""
+    real = os.path.realpath(base)
+    places = [("base_image", real), ("the directory of base_image", os.path.dirname(real))]
+    if real != base:  # a symlink: whoever can write its directory can point it elsewhere
+        places.append(("the directory of the link base_image", os.path.dirname(base)))
+    for what, path in places:
+        info = os.stat(path)
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o022:
+            raise AgentError(
+                "invalid",
+                f"guest {name}: {what} {path} is writable by group or others (mode {mode:04o}), "
+                f"so they could change what the guest boots; fix: chmod go-w {path}, or move "
+                "the image to a directory only root can write",
+            )
+        if os.geteuid() == 0 and info.st_uid != 0:
+            raise AgentError(
+                "invalid",
+                f"guest {name}: {what} {path} is owned by uid {info.st_uid}, not root, so that "
+                f"user could change what the guest boots; fix: chown root: {path}",
+            )
+
+
+def check_base(base: str, fmt: str, name: str = "") -> int:
+    """The base image exists, is a trusted file in the declared format with no backing file
+    or external data file of its own; its virtual size."""
+    who = f"guest {name}: " if name else ""
     try:
         info = os.stat(base)
     except FileNotFoundError:
         raise AgentError(
             "missing",
-            f"base_image {base} does not exist on this host; copy the image there or fix the path",
+            f"{who}base_image {base} does not exist on this host; copy the image there or fix "
+            "the path",
         ) from None
     if not stat.S_ISREG(info.st_mode):
-        raise AgentError("invalid", f"base_image {base} is not a regular file")
-    doc = image_info(base)
+        raise AgentError("invalid", f"{who}base_image {base} is not a regular file")
+    check_trusted(name, base)
+    chain = base_chain(base)
+    doc = chain[0]
     if doc.get("format") != fmt:
         raise AgentError(
             "invalid",
-            f"base_image {base} is a {doc.get('format')} image, not {fmt}; set base_format",
+            f"{who}base_image {base} is a {doc.get('format')} image, not {fmt}; set base_format",
+        )
+    backing = doc.get("full-backing-filename") or doc.get("backing-filename")
+    if len(chain) > 1 or backing:
+        raise AgentError(
+            "invalid",
+            f"{who}base_image {base} has a backing file of its own ({backing}), which QEMU "
+            "would open and the guest read; fix: flatten it (qemu-img convert -O "
+            f"{fmt} {base} NEW) and set base_image to NEW",
+        )
+    data_file = _data_file(doc)
+    if data_file:
+        raise AgentError(
+            "invalid",
+            f"{who}base_image {base} keeps its data in another file ({data_file}), which QEMU "
+            f"would open and the guest read; fix: flatten it (qemu-img convert -O {fmt} "
+            f"{base} NEW) and set base_image to NEW",
         )
     return int(doc["virtual-size"])
 
@@ -225,7 +295,7 @@ def prepare(spec: dict[str, Any]) -> bool:
     if not spec.get("base_image") and seed is None:
         return False
     base, fmt, want_gib = spec.get("base_image"), spec["base_format"], spec.get("disk_size_gib")
-    base_size = check_base(base, fmt) if base else 0
+    base_size = check_base(base, fmt, name) if base else 0
     if want_gib is not None and want_gib * GIB < base_size:
         raise AgentError(
             "invalid",
