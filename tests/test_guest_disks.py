@@ -452,6 +452,27 @@ def test_a_base_writable_by_others_or_in_such_a_directory_is_refused(tmp_path: P
     assert disks.prepare(agent_spec(base)) is True  # trusted: the overlay is made
 
 
+@pytest.mark.usefixtures("disk_root")
+def test_a_kept_overlay_stays_aside_when_the_guest_is_replaced_onto_another_base(
+    tmp_path: Path,
+) -> None:
+    first, second = qcow2(tmp_path / "a.qcow2"), qcow2(tmp_path / "b.qcow2")
+    assert disks.prepare(agent_spec(first)) is True
+    d = disks.guest_dir("g1")
+    kept = disks.release("g1", "p/s/QemuGuest/g1", keep_disk=True)
+    assert kept == str(d / "disk.qcow2")
+    assert disks.prepare(agent_spec(second)) is True  # another base: a new overlay
+    aside = [p for p in d.iterdir() if p.name.startswith("kept-")]
+    assert len(aside) == 1 and aside[0].suffix == ".qcow2"
+    assert disks.image_info(str(aside[0]))["backing-filename"] == str(first)
+    assert disks.image_info(str(d / "disk.qcow2"))["backing-filename"] == str(second)
+    # a delete without keep_disk removes the guest's overlay, never what was kept aside
+    assert disks.release("g1", "p/s/QemuGuest/g1", keep_disk=False) is None
+    assert sorted(p.name for p in d.iterdir()) == ["disk.json", aside[0].name]
+    assert disks.prepare(agent_spec(second)) is True  # and the guest can come back
+    disks.release("g1", "p/s/QemuGuest/g1", keep_disk=False)
+
+
 def test_disk_size_only_grows_at_preview_and_a_replacement_says_what_it_does_to_the_disk(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

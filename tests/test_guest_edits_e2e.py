@@ -187,6 +187,16 @@ def test_edits_restart_the_guest_on_its_own_disk(edit_run: EditRun, tmp_path: Pa
     assert "only grows" in text, text
     stack.config("size", "1")
 
+    # Another base replaces the guest, and preview says the disk goes with it.
+    other = qcow2(tmp_path / "other.qcow2")
+    stack.config("base", str(other))
+    preview = stack.preview()
+    text = preview.stdout + preview.stderr
+    assert "1 to replace" in text, text
+    assert f"guest {NAME}: replacing it (base_image) DELETES its disk" in text, text
+    assert disk in text, text
+    stack.config("base", str(base))
+
     stack.destroy()
     assert namespace_qemus(edit_run.namespace) == []
     after = host_snapshot(edit_run.lab, edit_run.namespace)

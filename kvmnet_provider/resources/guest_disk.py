@@ -44,8 +44,8 @@ def replace_warning(olds: dict[str, Any], news: dict[str, Any], replaces: list[s
         said = f"guest {name}: replacing it ({why}) keeps its disk {host}:{disk} (keep_disk)"
         if any(olds.get(k) != news.get(k) for k in ("base_image", "base_format")):
             said += (
-                "; the new guest, from another base, will not start while that overlay is "
-                "there: move it away before up"
+                "; the new guest starts on a new overlay from the new base, and the kept one "
+                "is moved to kept-<UTC time>.qcow2 beside it"
             )
         return said
     said = f"guest {name}: replacing it ({why}) DELETES its disk {host}:{disk}"

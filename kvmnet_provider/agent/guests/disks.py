@@ -7,7 +7,8 @@ namespace as the run directories under /run/kvmnet are. It holds:
 
 - ``disk.qcow2`` the overlay: ``qemu-img create -f qcow2 -b BASE -F FORMAT`` (an argument list);
 - ``seed.iso``   the cloud-init NoCloud seed the provider built;
-- ``disk.json``  the owner and the base the overlay was made from.
+- ``disk.json``  the owner and the base the overlay was made from;
+- ``kept-<time>.qcow2`` an overlay keep_disk kept when the guest was replaced onto another base.
 
 Directories are the agent's (root's), 0700: nobody else can put a symlink where root writes.
 Files are 0600, owned by ``run_as`` when set (QEMU opens them as root before ``-runas``).
@@ -23,6 +24,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,8 @@ GIB = 1024**3
 OVERLAY = "disk.qcow2"
 SEED = "seed.iso"
 RECORD = "disk.json"
+# An overlay keep_disk kept through a replacement onto another base: kept-<UTC time>.qcow2.
+KEPT_ASIDE = "kept-"
 QEMU_IMG_TIMEOUT = 120.0
 
 
@@ -306,6 +310,11 @@ def prepare(spec: dict[str, Any]) -> bool:
     overlay = d / OVERLAY
     made = False
     if base:
+        if record is not None and overlay.exists() and record.get("kept"):
+            if (record.get("base_image"), record.get("base_format")) != (base, fmt):
+                # keep_disk kept it through a replacement onto another base: it stays, aside
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                os.replace(overlay, d / f"{KEPT_ASIDE}{stamp}.qcow2")
         if record is not None and overlay.exists():
             if (record.get("base_image"), record.get("base_format")) != (base, fmt):
                 raise AgentError(
@@ -365,6 +374,11 @@ def release(name: str, owner: str, keep_disk: bool) -> str | None:
         record["kept"] = True
         save_record(d, record)
         return str(overlay)
+    if any(p.name.startswith(KEPT_ASIDE) for p in d.iterdir()):
+        overlay.unlink(missing_ok=True)  # disks kept aside are the operator's to remove
+        record["kept"] = True
+        save_record(d, record)
+        return None
     shutil.rmtree(d)
     _tidy()
     return None
