@@ -478,6 +478,7 @@ def test_disk_size_only_grows_at_preview_and_a_replacement_says_what_it_does_to_
 ) -> None:
     provider = QemuGuestProvider()
     olds = provider.check({}, news(disk_size_gib=2)).inputs
+    olds["disk_size_gib"] = 2.0  # the engine hands numbers back as floats
     outputs = provider._outputs(
         olds, {"pid": 1, "disk_path": "/var/lib/kvmnet/guests/g1/disk.qcow2"}
     )

@@ -15,8 +15,9 @@ def shrunk_disk(olds: dict[str, Any], news: dict[str, Any]) -> str | None:
         return None
     if any(olds.get(k) != news.get(k) for k in NEW_DISK):
         return None  # a new disk: any size the base allows
-    old, new = olds.get("disk_size_gib"), news.get("disk_size_gib")
-    if not isinstance(old, int) or (new is not None and not isinstance(new, int)):
+    old, asked = _number(olds.get("disk_size_gib")), news.get("disk_size_gib")
+    new = _number(asked)
+    if old is None or (asked is not None and new is None):
         return None  # never grown, or not known yet
     if new is None:
         return (
@@ -30,6 +31,13 @@ def shrunk_disk(olds: dict[str, Any], news: dict[str, Any]) -> str | None:
             "starts a new disk)"
         )
     return None
+
+
+def _number(value: Any) -> int | None:
+    """A whole number as the engine gives it (state holds numbers as floats), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+        return None
+    return int(value)
 
 
 def replace_warning(olds: dict[str, Any], news: dict[str, Any], replaces: list[str]) -> str | None:
