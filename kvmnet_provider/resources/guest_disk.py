@@ -35,7 +35,9 @@ def shrunk_disk(olds: dict[str, Any], news: dict[str, Any]) -> str | None:
 
 def _number(value: Any) -> int | None:
     """A whole number as the engine gives it (state holds numbers as floats), or None."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not float(value).is_integer():
         return None
     return int(value)
 
