@@ -189,7 +189,7 @@ def test_overlay_seed_replace_keep_and_destroy(disk_run: DiskRun, tmp_path: Path
     # A larger size is an update: the same overlay, grown in place to 1 GiB (the mark stays).
     stack.config("size", "1")
     preview = stack.preview()
-    assert "1 to update" in preview.stdout and "replace" not in preview.stdout, preview.stdout
+    assert "1 to update" in preview.stdout and "to replace" not in preview.stdout, preview.stdout
     assert "disk_size_gib" in preview.stdout, preview.stdout
     outs = disk_run.up("grow")
     assert img_info(outs["disk_path"])["virtual-size"] == 1024 * MIB

@@ -93,7 +93,7 @@ class EditRun:
     def preview_is_an_update(self, prop: str) -> None:
         preview = self.stack.preview()
         text = preview.stdout + preview.stderr
-        assert "1 to update" in text and "replace" not in text, text
+        assert "1 to update" in text and "to replace" not in text, text
         assert prop in text, text
         assert "DELETES" not in text, text
 

@@ -540,7 +540,7 @@ def test_two_guests_up_ping_crash_refresh_restart_replace_destroy(
     # Memory cannot change live: preview says update, up restarts that guest only.
     stack.pulumi("config", "set", "g1_memory", "192")  # not .config(): it passes --stack after "--"
     preview = stack.preview()
-    assert "1 to update" in preview.stdout and "replace" not in preview.stdout, preview.stdout
+    assert "1 to update" in preview.stdout and "to replace" not in preview.stdout, preview.stdout
     g2_pid = outs["g2_pid"]
     stack.up()
     outs = stack.outputs()
