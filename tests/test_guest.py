@@ -122,11 +122,7 @@ class _PtyShell:
     def start(self) -> None:
         master, slave = pty.openpty()
         self.proc = subprocess.Popen(
-            self.shell,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            start_new_session=True,
+            self.shell, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PS1": "# ", "TERM": "vt100"},
         )
         os.close(slave)
@@ -253,7 +249,9 @@ def two_guests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[_Guest
                 name=name,
                 nics=[GuestNic(tap, f"52:54:00:6b:67:{i:02x}")],
             )
-            procs.append(start_guest(ns, argv, log_path=work / f"{name}.qemu.log", wait_for=sock))
+            procs.append(
+                start_guest(ns, argv, log_path=work / f"{name}.qemu.log", wait_for=sock)
+            )
         guests = []
         for name, addr, _tap in specs:
             con = GuestConsole(work / f"{name}.serial")

@@ -21,7 +21,6 @@ from kvmnet_lab.testing.stack import TestStack, config_stack
 
 pytestmark = pytest.mark.e2e
 
-
 @pytest.fixture()
 def model_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
     config = lab_stack_config(lab, image_dir=guest_image_dir())
