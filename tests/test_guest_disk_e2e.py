@@ -186,19 +186,17 @@ def test_overlay_seed_replace_keep_and_destroy(disk_run: DiskRun, tmp_path: Path
     assert "ciphertext" in json.dumps(guest[0]["inputs"]["cloud_init"])
     assert "ciphertext" in json.dumps(guest[0]["outputs"]["cloud_init_sha256"])
 
-    # Another size replaces the guest: a new overlay (the mark is gone), grown to 1 GiB.
+    # A larger size is an update: the same overlay, grown in place to 1 GiB (the mark stays).
     stack.config("size", "1")
     preview = stack.preview()
-    assert "1 to replace" in preview.stdout and "disk_size_gib" in preview.stdout, preview.stdout
-    outs = disk_run.up("replace")
+    assert "1 to update" in preview.stdout and "to replace" not in preview.stdout, preview.stdout
+    assert "disk_size_gib" in preview.stdout, preview.stdout
+    outs = disk_run.up("grow")
     assert img_info(outs["disk_path"])["virtual-size"] == 1024 * MIB
+    assert img_info(outs["disk_path"])["backing-filename"] == str(base)
     console = outs["console_socket"]
     assert in_guest(console, "cat /sys/block/vda/size").split()[-1] == str(1024 * MIB // 512)
-    head = in_guest(
-        console, "dd if=/dev/vda bs=512 count=1 2>/dev/null | grep -c DISK-MARK || true"
-    )
-    assert head.split()[-1] == "0", head
-    in_guest(console, "echo KVMNET-DISK-MARK | dd of=/dev/vda bs=512 count=1 conv=sync,fsync")
+    assert in_guest(console, mark).split()[-1] == "1"
 
     # keep_disk changes in place; destroy then keeps the overlay (and only it).
     stack.config("keep", "true")

@@ -306,7 +306,7 @@ def test_qemu_img_gets_argument_lists(
         calls.append(argv)
         assert kwargs.get("umask") == 0o077 and "shell" not in kwargs
         if argv[1] == "info":
-            out = json.dumps({"format": "qcow2", "virtual-size": 64 << 20})
+            out = json.dumps([{"format": "qcow2", "virtual-size": 64 << 20}])
             return subprocess.CompletedProcess(argv, 0, out, "")
         Path(argv[-2]).write_bytes(b"QFI\xfb")
         return subprocess.CompletedProcess(argv, 0, "", "")
@@ -316,7 +316,7 @@ def test_qemu_img_gets_argument_lists(
     assert disks.prepare(agent_spec(base, disk_size_gib=2)) is True
     overlay_dir = disks.guest_dir("g1")
     assert calls == [
-        ["/usr/bin/qemu-img", "info", "--output", "json", "-U", str(base)],
+        ["/usr/bin/qemu-img", "info", "--backing-chain", "--output=json", "-U", str(base)],
         [
             "/usr/bin/qemu-img",
             "create",
@@ -370,7 +370,7 @@ def test_overlay_and_seed_on_disk_with_the_real_qemu_img(disk_root: Path, tmp_pa
 
 @pytest.mark.usefixtures("disk_root")
 def test_base_image_missing_or_in_another_format_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(AgentError, match=r"^base_image /nowhere/b.qcow2 does not exist"):
+    with pytest.raises(AgentError, match=r"^guest g1: base_image /nowhere/b.qcow2 does not exist"):
         disks.prepare(agent_spec(Path("/nowhere/b.qcow2")))
     raw = tmp_path / "base.raw"
     raw.write_bytes(b"\0" * (1 << 20))
@@ -384,6 +384,132 @@ def test_base_image_missing_or_in_another_format_is_one_line(tmp_path: Path) -> 
     assert disks.prepare(agent_spec(raw, base_format="raw")) is True
     info = disks.image_info(str(disks.guest_dir("g1") / "disk.qcow2"))
     assert info["backing-filename-format"] == "raw"
+
+
+# --- what a base image is trusted with -------------------------------------------------------
+def qcow2(path: Path, *extra: str) -> Path:
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", *extra, str(path), "64M"], check=True
+    )
+    return path
+
+
+@pytest.mark.usefixtures("disk_root")
+def test_a_base_with_a_backing_file_of_its_own_is_refused(tmp_path: Path) -> None:
+    host_file = tmp_path / "secret.raw"
+    host_file.write_bytes(b"host secrets\n" * 4096)
+    base = qcow2(tmp_path / "base.qcow2", "-b", str(host_file), "-F", "raw")
+    with pytest.raises(AgentError) as raised:
+        disks.prepare(agent_spec(base))
+    said = str(raised.value)
+    assert said.startswith(f"guest g1: base_image {base} has a backing file of its own")
+    assert str(host_file) in said and "qemu-img convert" in said and "\n" not in said
+    # a backing file that is gone is refused the same way (qemu-img cannot read the chain)
+    gone = qcow2(tmp_path / "gone.qcow2")
+    orphan = qcow2(tmp_path / "orphan.qcow2", "-b", str(gone), "-F", "qcow2")
+    gone.unlink()
+    with pytest.raises(AgentError, match="has a backing file of its own"):
+        disks.prepare(agent_spec(orphan))
+    # an external data file is another host file too
+    external = tmp_path / "external.qcow2"
+    data = tmp_path / "external.data"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={data}", str(external), "1M"],
+        check=True,
+    )
+    with pytest.raises(AgentError, match="keeps its data in another file"):
+        disks.prepare(agent_spec(external))
+    assert not any(disks.disks_root().iterdir())  # refused before anything was made
+
+
+@pytest.mark.usefixtures("disk_root")
+def test_a_base_writable_by_others_or_in_such_a_directory_is_refused(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir(mode=0o755)
+    base = qcow2(images / "base.qcow2")
+    base.chmod(0o664)
+    with pytest.raises(AgentError, match=r"^guest g1: base_image .* writable by group or others"):
+        disks.prepare(agent_spec(base))
+    base.chmod(0o644)
+    images.chmod(0o1777)
+    with pytest.raises(AgentError) as raised:
+        disks.prepare(agent_spec(base))
+    said = str(raised.value)
+    assert f"the directory of base_image {images} is writable" in said and "chmod go-w" in said
+    images.chmod(0o755)
+    # a link is judged by what it points at, and by the directory the link is in
+    links = tmp_path / "links"
+    links.mkdir(mode=0o777)
+    links.chmod(0o777)
+    (links / "base.qcow2").symlink_to(base)
+    with pytest.raises(AgentError, match=f"the link base_image {links} is writable"):
+        disks.prepare(agent_spec(links / "base.qcow2"))
+    if os.geteuid() == 0:
+        os.chown(base, 65534, 65534)
+        with pytest.raises(AgentError, match="is owned by uid 65534, not root.*; fix: chown root:"):
+            disks.prepare(agent_spec(base))
+        os.chown(base, 0, 0)
+    assert disks.prepare(agent_spec(base)) is True  # trusted: the overlay is made
+
+
+@pytest.mark.usefixtures("disk_root")
+def test_a_kept_overlay_stays_aside_when_the_guest_is_replaced_onto_another_base(
+    tmp_path: Path,
+) -> None:
+    first, second = qcow2(tmp_path / "a.qcow2"), qcow2(tmp_path / "b.qcow2")
+    assert disks.prepare(agent_spec(first)) is True
+    d = disks.guest_dir("g1")
+    kept = disks.release("g1", "p/s/QemuGuest/g1", keep_disk=True)
+    assert kept == str(d / "disk.qcow2")
+    assert disks.prepare(agent_spec(second)) is True  # another base: a new overlay
+    aside = [p for p in d.iterdir() if p.name.startswith("kept-")]
+    assert len(aside) == 1 and aside[0].suffix == ".qcow2"
+    assert disks.image_info(str(aside[0]))["backing-filename"] == str(first)
+    assert disks.image_info(str(d / "disk.qcow2"))["backing-filename"] == str(second)
+    # a delete without keep_disk removes the guest's overlay, never what was kept aside
+    assert disks.release("g1", "p/s/QemuGuest/g1", keep_disk=False) is None
+    assert sorted(p.name for p in d.iterdir()) == ["disk.json", aside[0].name]
+    assert disks.prepare(agent_spec(second)) is True  # and the guest can come back
+    disks.release("g1", "p/s/QemuGuest/g1", keep_disk=False)
+
+
+def test_disk_size_only_grows_at_preview_and_a_replacement_says_what_it_does_to_the_disk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider = QemuGuestProvider()
+    olds = provider.check({}, news(disk_size_gib=2)).inputs
+    olds["disk_size_gib"] = 2.0  # the engine hands numbers back as floats
+    outputs = provider._outputs(
+        olds, {"pid": 1, "disk_path": "/var/lib/kvmnet/guests/g1/disk.qcow2"}
+    )
+    for size in (2, 3):
+        grown = provider.check(olds, news(disk_size_gib=size))
+        assert not grown.failures
+        assert not provider.diff("id", outputs, grown.inputs).replaces  # grown in place
+    for size, said in ((1, "disk_size_gib 1 is smaller than the 2 GiB"), (None, "cannot be unset")):
+        shrunk = provider.check(olds, news(disk_size_gib=size))
+        assert [f.property for f in shrunk.failures] == ["disk_size_gib"]
+        assert said in shrunk.failures[0].reason and "only grows" in shrunk.failures[0].reason
+    # another base is another disk: any size
+    assert not provider.check(olds, news(disk_size_gib=1, base_image="/img/b2.qcow2")).failures
+
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **k: warned.append(msg))
+    provider.diff("id", outputs, provider.check({}, news(memory_mib=512)).inputs)
+    assert warned == []  # an update keeps the disk: nothing to say
+    d = provider.diff("id", outputs, provider.check({}, news(base_image="/img/b2.qcow2")).inputs)
+    assert d.replaces == ["base_image"]
+    assert warned == [
+        "guest g1: replacing it (base_image) DELETES its disk "
+        "198.18.0.10:/var/lib/kvmnet/guests/g1/disk.qcow2; to keep it, set keep_disk: true "
+        "and run up before this change"
+    ]
+    kept = {**outputs, "keep_disk": True}
+    provider.diff("id", kept, provider.check({}, news(keep_disk=True, run_as="nobody")).inputs)
+    assert warned[-1].startswith("guest g1: replacing it (run_as) keeps its disk 198.18.0.10:")
+    no_disk = {**outputs, "disk_path": None}
+    provider.diff("id", no_disk, provider.check({}, news(base_image="/img/b2.qcow2")).inputs)
+    assert len(warned) == 2
 
 
 # --- stack config -----------------------------------------------------------------------------

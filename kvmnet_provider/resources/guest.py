@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import DiffResult
+from pulumi.dynamic import CheckFailure, CheckResult, DiffResult
 
 from ..cloudinit import (
     CloudInit,
@@ -26,6 +26,7 @@ from ..spec.validate import boolean, int_range, user_name
 from ..spec.wire import GuestRef, GuestState
 from .base import KvmnetProvider, _has_unknown, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
+from .guest_disk import replace_warning, shrunk_disk
 from .links import TapPort
 
 # Inputs the host resolves (auto -> kvm|tcg, an unset socket -> a path in the run dir): the
@@ -35,6 +36,21 @@ RESOLVED = ("accelerator", "console_socket", "qmp_socket")
 # keep only its digest (a secret too), never the text.
 SECRET_OUTPUTS = ["cloud_init", "cloud_init_sha256"]
 START_TIMEOUT = 180.0
+# Changed in place by restarting the guest; every other field that does not replace it
+# (stop_timeout, keep_disk) needs nothing on the host.
+RESTARTS = (
+    "memory_mib",
+    "vcpus",
+    "disks",
+    "kernel",
+    "initrd",
+    "cmdline",
+    "nics",
+    "accelerator",
+    "cpu",
+    "qemu",
+    "disk_size_gib",
+)
 
 
 def _int(low: int, high: int) -> Any:
@@ -76,45 +92,43 @@ def _secret_cloud_init(value: CloudInit | dict[str, Any]) -> Any:
     return pulumi.Output.secret(value.to_props() if isinstance(value, CloudInit) else value)
 
 
-# QEMU applies none of the replacing inputs to a running guest; stop_timeout (how long delete
-# waits for an ACPI power-down) and keep_disk (what delete leaves) only matter at delete.
+# What only changes QEMU's command line is an update: the guest is powered down (bounded by
+# stop_timeout) and started again on the same overlay and seed. What makes another disk or
+# another instance (name, base, seed, socket paths, run_as) replaces it; keep_disk (what
+# delete leaves) only matters at delete.
 @declaration
 class QemuGuestArgs:
     connection: HostSettings
     name: str = kvmnet_field(guests.guest_name, replaces=True)
-    memory_mib: int = kvmnet_field(_int(*guests.MEMORY_MIB), default=128, replaces=True)
-    vcpus: int = kvmnet_field(_int(*guests.VCPUS), default=1, replaces=True)
+    memory_mib: int = kvmnet_field(_int(*guests.MEMORY_MIB), default=128)
+    vcpus: int = kvmnet_field(_int(*guests.VCPUS), default=1)
     disks: Sequence[GuestDiskArgs | dict[str, str]] = kvmnet_field(
-        guests.disks, default_factory=list, replaces=True, prop=_disk_props
+        guests.disks, default_factory=list, prop=_disk_props
     )
     # direct boot: a kernel on the host, an optional initrd and kernel command line
-    kernel: str | None = kvmnet_field(guests.host_path, default=None, replaces=True)
-    initrd: str | None = kvmnet_field(guests.host_path, default=None, replaces=True)
-    cmdline: str | None = kvmnet_field(guests.kernel_cmdline, default=None, replaces=True)
-    nics: Sequence[GuestNicArgs] = kvmnet_field(
-        guests.nics, default_factory=list, replaces=True, prop=_nic_props
-    )
+    kernel: str | None = kvmnet_field(guests.host_path, default=None)
+    initrd: str | None = kvmnet_field(guests.host_path, default=None)
+    cmdline: str | None = kvmnet_field(guests.kernel_cmdline, default=None)
+    nics: Sequence[GuestNicArgs] = kvmnet_field(guests.nics, default_factory=list, prop=_nic_props)
     # kvm, tcg, or auto: KVM only where a probe shows it works
-    accelerator: str = kvmnet_field(guests.accelerator, default="auto", replaces=True)
+    accelerator: str = kvmnet_field(guests.accelerator, default="auto")
     # QEMU -cpu; default host under KVM, QEMU's own under TCG
-    cpu: str | None = kvmnet_field(guests.cpu_model, default=None, replaces=True)
+    cpu: str | None = kvmnet_field(guests.cpu_model, default=None)
     # default: in the guest's run dir on the host
     console_socket: str | None = kvmnet_field(guests.socket_path, default=None, replaces=True)
     qmp_socket: str | None = kvmnet_field(guests.socket_path, default=None, replaces=True)
-    qemu: str = kvmnet_field(guests.qemu_binary, default=guests.DEFAULT_QEMU, replaces=True)
+    qemu: str = kvmnet_field(guests.qemu_binary, default=guests.DEFAULT_QEMU)
     # seconds delete waits for an ACPI power-down before quitting
     stop_timeout: int = kvmnet_field(_int(1, 300), default=10)
     # a host user QEMU runs as once set up (QEMU's -runas)
     run_as: str | None = kvmnet_field(user_name, default=None, replaces=True)
     # Boot from a copy-on-write overlay of this image on the host (the first, virtio disk).
-    # The overlay is made at create from the base: another base, format or size is another
-    # disk.
+    # The overlay is made at create from the base: another base or format is another disk;
+    # a larger size grows it in place.
     base_image: str | None = kvmnet_field(guests.host_path, default=None, replaces=True)
     base_format: str = kvmnet_field(guests.base_format, default="qcow2", replaces=True)  # or raw
-    # grow the overlay to this size (>= the base's)
-    disk_size_gib: int | None = kvmnet_field(
-        _int(*guests.DISK_SIZE_GIB), default=None, replaces=True
-    )
+    # grow the overlay to this size (>= the base's; later only larger)
+    disk_size_gib: int | None = kvmnet_field(_int(*guests.DISK_SIZE_GIB), default=None)
     # delete leaves the overlay (at the disk_path output)
     keep_disk: bool = kvmnet_field(boolean, default=False)
     # cloud-init NoCloud: a `cidata` seed ISO attached as a read-only CD-ROM. cloud-init
@@ -134,9 +148,27 @@ class QemuGuestProvider(KvmnetProvider):
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         return guests.cross_check(props)
 
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        result = super().check(olds, news)
+        if not result.failures:
+            shrink = shrunk_disk(olds, result.inputs)
+            if shrink:
+                result.failures = [CheckFailure("disk_size_gib", shrink)]
+        return result
+
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         # Compare what was asked for, not what the host resolved it to; cloud_init by the
         # digest the outputs keep of it.
+        olds = self._asked(olds, news)
+        result = super().diff(_id, olds, news)
+        if result.replaces:
+            warning = replace_warning(olds, news, result.replaces or [])
+            if warning:
+                pulumi.log.warn(warning)
+        return result
+
+    def _asked(self, olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any]:
+        """The old outputs as inputs: what was asked for, cloud_init by its digest."""
         olds = {**olds, **self._requested(olds)}
         new_ci, old_digest = news.get("cloud_init"), olds.get("cloud_init_sha256")
         was = None if old_digest is None else {"sha256": old_digest}  # never equals an input
@@ -145,7 +177,7 @@ class QemuGuestProvider(KvmnetProvider):
             olds["cloud_init"] = new_ci if same else was
         else:
             olds["cloud_init"] = was
-        return super().diff(_id, olds, news)
+        return olds
 
     def spec(self, props: dict[str, Any]) -> dict[str, Any]:
         """The agent gets the seed ISO's bytes, built here, instead of cloud_init."""
@@ -190,15 +222,22 @@ class QemuGuestProvider(KvmnetProvider):
     def host_update(
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
     ) -> dict[str, Any]:
-        # Only stop_timeout (or connection details of the same host) can change in place:
+        asked = self._asked(olds, news)
+        if any(asked.get(k) != news.get(k) for k in RESTARTS):
+            # The agent's start powers the running guest down (stop_timeout) and starts it
+            # with the new command line on the same overlay, grown first when asked.
+            timeout = START_TIMEOUT + int(news.get("stop_timeout") or 10) + 30.0
+            live: GuestState = agent.call("guest.start", self.spec(news), timeout=timeout)
+            return dict(live)
+        # Only stop_timeout, keep_disk (or connection details of the same host) changed:
         # nothing to do on the host but make sure the guest is still there.
-        live = self.host_read(agent, news)
-        if live is None:
+        found = self.host_read(agent, news)
+        if found is None:
             raise KvmnetError(
                 f"guest {news['name']} is not running on {news['connection']['host']}; "
                 "run `pulumi refresh` and `pulumi up` to start it again"
             )
-        return live
+        return found
 
     def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
         stop_timeout = int(props.get("stop_timeout") or 10)

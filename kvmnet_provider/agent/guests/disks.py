@@ -7,7 +7,8 @@ namespace as the run directories under /run/kvmnet are. It holds:
 
 - ``disk.qcow2`` the overlay: ``qemu-img create -f qcow2 -b BASE -F FORMAT`` (an argument list);
 - ``seed.iso``   the cloud-init NoCloud seed the provider built;
-- ``disk.json``  the owner and the base the overlay was made from.
+- ``disk.json``  the owner and the base the overlay was made from;
+- ``kept-<time>.qcow2`` an overlay keep_disk kept when the guest was replaced onto another base.
 
 Directories are the agent's (root's), 0700: nobody else can put a symlink where root writes.
 Files are 0600, owned by the user QEMU runs as (QEMU opens them as root before ``-runas``); a
@@ -24,6 +25,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ GIB = 1024**3
 OVERLAY = "disk.qcow2"
 SEED = "seed.iso"
 RECORD = "disk.json"
+# An overlay keep_disk kept through a replacement onto another base: kept-<UTC time>.qcow2.
+KEPT_ASIDE = "kept-"
 QEMU_IMG_TIMEOUT = 120.0
 
 
@@ -118,22 +122,92 @@ def image_info(path: str) -> dict[str, Any]:
     return doc
 
 
-def check_base(base: str, fmt: str) -> int:
-    """The base image exists, is a file in the declared format; its virtual size."""
+def base_chain(base: str) -> list[dict[str, Any]]:
+    """The base and every image behind it, as `qemu-img info --backing-chain` reads them.
+    When the chain cannot be read (a backing file that is missing or not an image), the base
+    alone: its own backing-filename is then what check_base refuses."""
+    try:
+        doc = json.loads(qemu_img(["info", "--backing-chain", "--output=json", "-U", base]))
+    except AgentError:
+        doc = [image_info(base)]
+    chain = doc if isinstance(doc, list) else [doc]
+    if not chain or not all(isinstance(d, dict) for d in chain):
+        raise AgentError("failed", f"qemu-img info of {base} reported no image")
+    if not isinstance(chain[0].get("virtual-size"), int):
+        raise AgentError("failed", f"qemu-img info of {base} reported no virtual size")
+    return chain
+
+
+def _data_file(doc: dict[str, Any]) -> str | None:
+    """A qcow2's external data file: its guest data lives in another host file."""
+    data = (doc.get("format-specific") or {}).get("data") or {}
+    value = data.get("data-file") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def check_trusted(name: str, base: str) -> None:
+    """Whoever can write the base (or swap it in its directory) writes every guest made from
+    it: the base and its directory are writable by their owner only, and, when the agent runs
+    as root, that owner is root. Checked at every start."""
+    real = os.path.realpath(base)
+    places = [("base_image", real), ("the directory of base_image", os.path.dirname(real))]
+    if real != base:  # a symlink: whoever can write its directory can point it elsewhere
+        places.append(("the directory of the link base_image", os.path.dirname(base)))
+    for what, path in places:
+        info = os.stat(path)
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o022:
+            raise AgentError(
+                "invalid",
+                f"guest {name}: {what} {path} is writable by group or others (mode {mode:04o}), "
+                f"so they could change what the guest boots; fix: chmod go-w {path}, or move "
+                "the image to a directory only root can write",
+            )
+        if os.geteuid() == 0 and info.st_uid != 0:
+            raise AgentError(
+                "invalid",
+                f"guest {name}: {what} {path} is owned by uid {info.st_uid}, not root, so that "
+                f"user could change what the guest boots; fix: chown root: {path}",
+            )
+
+
+def check_base(base: str, fmt: str, name: str = "") -> int:
+    """The base image exists, is a trusted file in the declared format with no backing file
+    or external data file of its own; its virtual size."""
+    who = f"guest {name}: " if name else ""
     try:
         info = os.stat(base)
     except FileNotFoundError:
         raise AgentError(
             "missing",
-            f"base_image {base} does not exist on this host; copy the image there or fix the path",
+            f"{who}base_image {base} does not exist on this host; copy the image there or fix "
+            "the path",
         ) from None
     if not stat.S_ISREG(info.st_mode):
-        raise AgentError("invalid", f"base_image {base} is not a regular file")
-    doc = image_info(base)
+        raise AgentError("invalid", f"{who}base_image {base} is not a regular file")
+    check_trusted(name, base)
+    chain = base_chain(base)
+    doc = chain[0]
     if doc.get("format") != fmt:
         raise AgentError(
             "invalid",
-            f"base_image {base} is a {doc.get('format')} image, not {fmt}; set base_format",
+            f"{who}base_image {base} is a {doc.get('format')} image, not {fmt}; set base_format",
+        )
+    backing = doc.get("full-backing-filename") or doc.get("backing-filename")
+    if len(chain) > 1 or backing:
+        raise AgentError(
+            "invalid",
+            f"{who}base_image {base} has a backing file of its own ({backing}), which QEMU "
+            "would open and the guest read; fix: flatten it (qemu-img convert -O "
+            f"{fmt} {base} NEW) and set base_image to NEW",
+        )
+    data_file = _data_file(doc)
+    if data_file:
+        raise AgentError(
+            "invalid",
+            f"{who}base_image {base} keeps its data in another file ({data_file}), which QEMU "
+            f"would open and the guest read; fix: flatten it (qemu-img convert -O {fmt} "
+            f"{base} NEW) and set base_image to NEW",
         )
     return int(doc["virtual-size"])
 
@@ -226,7 +300,7 @@ def prepare(spec: dict[str, Any]) -> bool:
     if not spec.get("base_image") and seed is None:
         return False
     base, fmt, want_gib = spec.get("base_image"), spec["base_format"], spec.get("disk_size_gib")
-    base_size = check_base(base, fmt) if base else 0
+    base_size = check_base(base, fmt, name) if base else 0
     if want_gib is not None and want_gib * GIB < base_size:
         raise AgentError(
             "invalid",
@@ -237,6 +311,11 @@ def prepare(spec: dict[str, Any]) -> bool:
     overlay = d / OVERLAY
     made = False
     if base:
+        if record is not None and overlay.exists() and record.get("kept"):
+            if (record.get("base_image"), record.get("base_format")) != (base, fmt):
+                # keep_disk kept it through a replacement onto another base: it stays, aside
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                os.replace(overlay, d / f"{KEPT_ASIDE}{stamp}.qcow2")
         if record is not None and overlay.exists():
             if (record.get("base_image"), record.get("base_format")) != (base, fmt):
                 raise AgentError(
@@ -297,6 +376,11 @@ def release(name: str, owner: str, keep_disk: bool) -> str | None:
         record["kept"] = True
         save_record(d, record)
         return str(overlay)
+    if any(p.name.startswith(KEPT_ASIDE) for p in d.iterdir()):
+        overlay.unlink(missing_ok=True)  # disks kept aside are the operator's to remove
+        record["kept"] = True
+        save_record(d, record)
+        return None
     shutil.rmtree(d)
     _tidy()
     return None

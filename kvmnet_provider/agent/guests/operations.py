@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 
 def start(args: dict[str, Any]) -> GuestState:
-    """Start the guest (idempotent): all or nothing; on failure nothing is left behind."""
+    """Start the guest (idempotent): all or nothing; on failure nothing is left behind.
+    A running guest asked for with another command line or disk size is powered down
+    (stop_timeout) and started again on the same overlay and seed."""
     spec = normalise_spec(args)
     try:
         return _start(spec)
@@ -49,6 +51,8 @@ def _start(spec: dict[str, Any]) -> GuestState:
                 "missing",
                 f"disk {disk['path']} does not exist on this host; copy it there or fix the path",
             )
+    if spec.get("base_image"):  # before a running guest is stopped to restart it
+        disks.check_base(spec["base_image"], spec["base_format"], name)
     qemu_path(spec["qemu"])
     qemu_user.check(spec.get("run_as"))
     spec["run_as"] = users.runs_as(spec)  # the guest's own user unless run_as says
