@@ -179,9 +179,10 @@ def test_the_agent_finds_its_session_in_proc_without_ssh_connection(
 BOOTSTRAP_MARK = b"host agent's bootstrap"
 
 
-def agent_in(ns: str) -> int | None:
-    """The pid of a kvmnet agent running in the lab host's namespace, if any."""
+def agents_in(ns: str) -> list[int]:
+    """The pids of kvmnet agents running in the lab host's namespace."""
     want = os.stat(f"/run/netns/{ns}").st_ino
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -190,10 +191,25 @@ def agent_in(ns: str) -> int | None:
                 if BOOTSTRAP_MARK not in f.read():
                     continue
             if os.stat(f"/proc/{entry}/ns/net").st_ino == want:
-                return int(entry)
+                found.append(int(entry))
         except OSError:
             continue
-    return None
+    return found
+
+
+def opens_lock(pid: int) -> bool:
+    """Whether `pid` has /run/xtables.lock open: the agent keeps it open while it waits."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "/run/xtables.lock":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def nat_rules(lab_api: Lab, ns: str) -> str:
@@ -217,15 +233,16 @@ def test_up_waits_for_the_xtables_lock_held_by_another_process(
 
     def hold_when_the_agent_starts() -> None:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and agent_in(ns) is None:
+        while time.monotonic() < deadline and not agents_in(ns):
             time.sleep(0.02)
         holder = subprocess.Popen(["flock", "/run/xtables.lock", "sleep", "2"])
         held_at = time.monotonic()
-        ours = []
+        ours, waiting = [], []
         while holder.poll() is None:  # iptables-save takes no lock: it shows what is there
             ours.append("xtlock/dev" in nat_rules(lab_api, ns))
-            time.sleep(0.2)
-        seen.update(held=time.monotonic() - held_at, rules_while_held=ours)
+            waiting.append(any(opens_lock(pid) for pid in agents_in(ns)))
+            time.sleep(0.1)
+        seen.update(held=time.monotonic() - held_at, rules_while_held=ours, waited=waiting)
 
     watcher = threading.Thread(target=hold_when_the_agent_starts, daemon=True)
     watcher.start()
@@ -234,6 +251,7 @@ def test_up_waits_for_the_xtables_lock_held_by_another_process(
         watcher.join(30)
         assert seen and float(seen["held"]) >= 1.5, seen  # type: ignore[arg-type]
         assert not any(seen["rules_while_held"]), seen  # type: ignore[arg-type]
+        assert any(seen["waited"]), seen  # type: ignore[arg-type]  # the agent waited for it
         text = nat_rules(lab_api, ns)
         assert "xtlock/dev/PortForward/pf" in text and "xtlock/dev/MasqueradeRule/m" in text
         stack.preview_no_changes()
