@@ -260,3 +260,36 @@ def test_up_waits_for_the_xtables_lock_held_by_another_process(
         assert after == before, "\n".join(diff_snapshots(before, after))
     finally:
         stack.remove()
+
+
+PROBE = """
+import subprocess
+from kvmnet_provider.agent.firewall.iptc_import import import_iptc
+import_iptc()
+from kvmnet_provider.agent.firewall import iptables_nat
+spec = {"owner": "probe/dev/PortForward/pf", "host_port": 8089, "guest_address": "10.0.9.11",
+        "guest_port": 80}
+iptables_nat.dnat_ensure(spec)
+iptables_nat.dnat_remove(spec["owner"])
+# another program adds a rule: the table has as many rules as before kvmnet's removal
+subprocess.run(["iptables-legacy", "-t", "nat", "-A", "PREROUTING", "-s", "192.0.2.5",
+                "-j", "RETURN"], check=True)
+print(iptables_nat.dnat_read(spec["owner"])["count"])
+"""
+
+
+def test_a_later_read_does_not_commit_a_finished_transaction_over_another_programs_rule(
+    lab: LabStatus, lab_api: Lab
+) -> None:
+    """python-iptables' refresh() commits a handle still marked changed: after kvmnet's
+    removal, the next read would have put back the table as kvmnet left it, over the rule
+    another program (Docker, say) added in between."""
+    ns = lab.hosts[0].namespace
+    foreign = ["-s", "192.0.2.5/32", "-j", "RETURN"]
+    try:
+        out = run_in(lab_api, ns, [str(venv_python()), "-c", PROBE])
+        assert out.strip() == "0"
+        assert f"-A PREROUTING {' '.join(foreign)}" in nat_rules(lab_api, ns)
+    finally:
+        run_in(lab_api, ns, ["iptables-legacy", "-t", "nat", "-D", "PREROUTING", *foreign],
+               check=False)  # fmt: skip
