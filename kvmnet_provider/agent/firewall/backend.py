@@ -13,7 +13,10 @@ Every answer names the backend used, which the provider records in the state; la
 updates and deletes go to that backend, whatever auto would say by then.
 
 Changes are serialised between the agents of several stacks on one host by a host-wide lock
-(python-iptables commits whole tables; two interleaved commits would lose one's rules).
+(python-iptables commits whole tables; two interleaved commits would lose one's rules);
+the iptables backend also holds the xtables lock that other programs take (xtables.py).
+A port forward that would capture the agent's own SSH session is refused before either
+backend is asked (ssh_session.py).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from ...spec import validate
 from ...spec.firewall import FIREWALL_BACKENDS
 from .. import hoststate
 from ..errors import AgentError
-from . import plan
+from . import plan, ssh_session
 
 if TYPE_CHECKING:  # imports libnftables: loaded only through load()
     from . import nft_rules
@@ -226,6 +229,8 @@ def handlers() -> dict[str, Any]:
 
     def op(method: str, arg: str | None = None, net: bool = False) -> Any:
         def run(args: dict[str, Any]) -> Any:
+            if method == "dnat_ensure":  # before anything is loaded or touched
+                ssh_session.refuse_capture(plan.dnat_want(args)[1])
             backend = choose(args)
             call = getattr(backend, method)
             with locked():

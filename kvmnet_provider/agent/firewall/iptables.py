@@ -17,7 +17,7 @@ import iptc  # type: ignore[import-untyped]
 
 from ...spec.marks import JUMP_MARK, OWNER_PREFIX
 from ..errors import AgentError
-from . import iptables_nat, plan
+from . import iptables_nat, plan, xtables
 from .plan import Rule
 
 NAME = "iptables"
@@ -143,6 +143,7 @@ def _wire(sections: dict[str, list[Rule]]) -> dict[str, list[dict[str, object]]]
     return {s: [r.to_wire() for r in rules] for s, rules in sections.items()}
 
 
+@xtables.holding
 def forward_read(owner: str, net: plan.NetworkRules | None = None) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
     table = _filter()
@@ -195,6 +196,7 @@ def _say(chain: str, rule: Any) -> str:
     return f"filter {chain} rule '-A {chain} {text}' (iptables-legacy)"
 
 
+@xtables.holding
 def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
     table = _filter()
@@ -237,10 +239,11 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
     except iptc.IPTCError as exc:
         raise AgentError("failed", f"iptables refused the forward rules: {exc}") from None
     finally:
-        table.autocommit = True
+        xtables.settle(table)
     return forward_read(owner, net)
 
 
+@xtables.holding
 def forward_remove(owner: str) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
     table = _filter()
@@ -273,7 +276,7 @@ def forward_remove(owner: str) -> dict[str, Any]:
                     table.delete_chain(name)
         table.commit()
     finally:
-        table.autocommit = True
+        xtables.settle(table)
     return {"removed": removed}
 
 
@@ -283,6 +286,7 @@ def forward_remove(owner: str) -> dict[str, Any]:
 INPUT_CHAIN = "KVMNET_INP"
 
 
+@xtables.holding
 def input_read(owner: str, net: plan.InputRules | None = None) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
     table = _filter()
@@ -310,6 +314,7 @@ def input_blockers(table: Any, net: plan.InputRules) -> list[str]:
     return [_say("INPUT", r) for r in rules[:at] if plan.could_block(describe(r), flows)]
 
 
+@xtables.holding
 def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
     found = input_blockers(_filter(), net)
@@ -339,10 +344,11 @@ def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
     except iptc.IPTCError as exc:
         raise AgentError("failed", f"iptables refused the DHCP/DNS input rules: {exc}") from None
     finally:
-        table.autocommit = True
+        xtables.settle(table)
     return input_read(owner, net)
 
 
+@xtables.holding
 def input_remove(owner: str) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
     table = _filter()
@@ -365,5 +371,5 @@ def input_remove(owner: str) -> dict[str, Any]:
             table.delete_chain(INPUT_CHAIN)
         table.commit()
     finally:
-        table.autocommit = True
+        xtables.settle(table)
     return {"removed": removed}

@@ -24,7 +24,7 @@ import iptc  # type: ignore[import-untyped]
 from ...spec import validate
 from ...spec.marks import OWNER_PREFIX
 from ..errors import AgentError
-from . import plan
+from . import plan, xtables
 
 PROTOCOLS = validate.PROTOCOLS
 
@@ -51,6 +51,7 @@ def _nat_chain(name: str) -> tuple[Any, Any]:
     return table, iptc.Chain(table, name)
 
 
+@xtables.holding
 def _ours(chain_name: str, owner: str, describe: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     mark = OWNER_PREFIX + validate.owner(owner)
     _, chain = _nat_chain(chain_name)
@@ -58,6 +59,7 @@ def _ours(chain_name: str, owner: str, describe: Callable[[Any], dict[str, Any]]
     return {"rules": rules, "count": len(rules)}
 
 
+@xtables.holding
 def _remove(chain_name: str, owner: str) -> dict[str, Any]:
     mark = OWNER_PREFIX + validate.owner(owner)
     table, chain = _nat_chain(chain_name)
@@ -70,10 +72,11 @@ def _remove(chain_name: str, owner: str) -> dict[str, Any]:
                 removed += 1
         table.commit()
     finally:
-        table.autocommit = True
+        xtables.settle(table)
     return {"removed": removed}
 
 
+@xtables.holding
 def _ensure(
     chain_name: str,
     owner: str,
