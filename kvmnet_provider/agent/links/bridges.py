@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 from ...spec import validate
 from ..errors import AgentError, held_fix
-from . import rtdump
+from . import overlap, rtdump
 from .netlink import link_addresses
 from .rtdump import LinkRecord
 from .state import USER_HZ, describe, owner_in, owner_tag
@@ -171,6 +171,8 @@ class Links:
 
     # --- bridges -------------------------------------------------------------------------
     def bridge_create(self, spec: dict[str, Any]) -> dict[str, Any]:
+        self._refuse_capture(spec)
+
         def add(name: str) -> None:
             # The MAC is given, not left to the kernel: otherwise a bridge takes the lowest
             # MAC of its ports, and its MAC (the guests' gateway) changes as taps come and go.
@@ -186,7 +188,23 @@ class Links:
         return self._create(spec, "bridge", add, self._bridge_apply)
 
     def bridge_update(self, spec: dict[str, Any]) -> dict[str, Any]:
+        self._refuse_capture(spec)
         return self._update(spec, "bridge", self._bridge_apply)
+
+    def _refuse_capture(self, spec: dict[str, Any]) -> None:
+        """Before anything changes: refuse an address whose network would take traffic from
+        the host (overlap.py), checked against one reading of its links, addresses and routes.
+        The bridge's own addresses and routes (an update) do not count."""
+        want = {validate.bridge_address(a) for a in spec.get("addresses", [])}
+        if not want:
+            return
+        host = overlap.read_host()
+        name = validate.ifname(spec["name"])
+        mine = next((i for i, link in host.links.items() if link.name == name), None)
+        added = sorted(want - set(host.addresses.get(mine or 0, [])))
+        problem = overlap.clash(added, mine, host, overlap.session_peer())
+        if problem:
+            raise AgentError("conflict", problem)
 
     def _bridge_apply(self, spec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         """Make the bridge `live` (as last read) match `spec`."""
@@ -203,12 +221,7 @@ class Links:
             else:
                 self.ipr.link("set", index=idx, kind="bridge", br_forward_delay=delay)
                 self.ipr.link("set", index=idx, kind="bridge", br_stp_state=stp)
-        want = sorted(validate.interface_address(a) for a in spec.get("addresses", []))
-        added = sorted(set(want) - set(live["addresses"]))
-        if added:
-            clash = network_clash(added, idx, rtdump.addresses(), rtdump.links())
-            if clash:
-                raise AgentError("conflict", clash)
+        want = sorted(validate.bridge_address(a) for a in spec.get("addresses", []))
         self._set_addresses(idx, want, live["addresses"])
         changes = self._mtu_and_state(spec, live)
         known = {"addresses": want} if live.get("created") else {}
@@ -339,27 +352,3 @@ def _quietly(step: Callable[[], object]) -> None:
         step()
     except (NetlinkError, OSError):
         pass
-
-
-def network_clash(
-    added: list[str], mine: int, book: dict[int, list[str]], links: list[LinkRecord]
-) -> str | None:
-    """Why an address may not go on link `mine`: another link of the host already has an
-    address of the same network (two links with one network split its traffic between
-    them: another stack's bridge, or the host's own NIC). None when none does."""
-    names = {link.index: link for link in links}
-    for addr in added:
-        net = ipaddress.ip_interface(addr).network
-        for index, found in sorted(book.items()):
-            for other in found:
-                if index == mine or ipaddress.ip_interface(other).network != net:
-                    continue
-                link = names.get(index)
-                name = link.name if link else f"link {index}"
-                owner = owner_in(link.alias) if link else None
-                whose = f", kvmnet resource {owner}" if owner else ""
-                return (
-                    f"{addr}: network {net} is already on {name} ({other}{whose}); two links "
-                    "with one network split its traffic: give this bridge its own subnet"
-                )
-    return None
