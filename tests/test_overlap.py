@@ -63,7 +63,7 @@ def test_an_equal_network_on_another_link_keeps_its_message() -> None:
     [
         ("10.0.0.1/26", "overlaps 10.0.0.0/24 of eth0 (10.0.0.2/24)"),  # inside the LAN
         ("10.0.0.1/16", "overlaps 10.0.0.0/24 of eth0 (10.0.0.2/24)"),  # around it
-        ("10.0.1.9/25", "overlaps 10.0.1.0/24 of br-a (10.0.1.254/24, kvmnet resource alpha/dev/Bridge/br)"),
+        ("10.0.1.9/25", "overlaps 10.0.1.0/24 of br-a (10.0.1.254/24, kvmnet resource alpha/"),
         ("127.1.0.1/16", "overlaps 127.0.0.0/8 of lo"),
         ("172.20.5.1/24", "the host's route 172.20.0.0/16 via 10.0.0.254 dev eth0"),
         ("172.16.0.1/12", "the host's route 172.20.0.0/16 via 10.0.0.254 dev eth0"),

@@ -1,4 +1,5 @@
-"""Bridges and taps, driven over netlink with pyroute2.
+"""Bridges and taps, changed with rtnetlink requests of our own (rtwrite.py) and read back
+from the kernel's answers decoded by rtdump.py.
 
 Ownership lives on the host: a link we create carries the ifalias "kvmnet:<owner>", so
 another stack's link, or one made by hand, is reported instead of silently adopted.
@@ -12,25 +13,20 @@ import os
 import pwd
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-from pyroute2.netlink.exceptions import NetlinkError
-
-if TYPE_CHECKING:
-    from pyroute2 import IPRoute
+from typing import Any
 
 from ...spec import validate
 from ..errors import AgentError, held_fix
 from . import overlap, rtdump
-from .netlink import link_addresses
 from .rtdump import LinkRecord
+from .rtwrite import NetlinkError, Rtnl
 from .state import USER_HZ, describe, owner_in, owner_tag
 
 
 class Links:
     """Idempotent create/read/update/delete of kvmnet's links on one host."""
 
-    def __init__(self, ipr: IPRoute) -> None:
+    def __init__(self, ipr: Rtnl) -> None:
         self.ipr = ipr
 
     # --- reading -------------------------------------------------------------------------
@@ -58,7 +54,7 @@ class Links:
             found = rtdump.link(index=link.master)
             master = None if found is None else found.name
         if addresses is None:
-            addresses = link_addresses(self.ipr, link.index)
+            addresses = rtdump.addresses().get(link.index, [])
         return describe(link, master, addresses)
 
     # --- ownership -----------------------------------------------------------------------
