@@ -16,8 +16,16 @@ import socket
 import struct
 from typing import Any
 
-from .rtdump import ATTR, HEADER, IFADDR, IFINFO, NETLINK_ROUTE, NLMSG_ERROR, RTM_NEWADDR
-from .rtdump import RTM_NEWLINK
+from .rtdump import (
+    ATTR,
+    HEADER,
+    IFADDR,
+    IFINFO,
+    NETLINK_ROUTE,
+    NLMSG_ERROR,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+)
 
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 NLA_F_NESTED = 0x8000
