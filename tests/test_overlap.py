@@ -130,3 +130,17 @@ def test_a_models_subnet_shorter_than_a_slash_8_is_refused_at_preview() -> None:
     assert refused.value.key == "net.subnet"
     assert "must be /8 or longer" in str(refused.value)
     assert str(subnet_and_gateway("10.0.0.0/8", "10.0.0.1")[0]) == "10.0.0.0/8"
+
+
+def test_the_session_address_is_found_in_a_parent_when_sudo_reset_the_environment() -> None:
+    """sudo starts the agent with a fresh environment; its own process (the agent's parent)
+    still holds the login's SSH_CONNECTION."""
+    import subprocess
+    import sys
+
+    code = "from kvmnet_provider.agent.links.overlap import session_peer; print(session_peer())"
+    # The shell stays the child's parent (a second command follows), as sudo does.
+    script = f'env -u SSH_CONNECTION {sys.executable} -c "{code}"; true'
+    env = {"PATH": "/usr/bin:/bin", "SSH_CONNECTION": "192.0.2.7 50022 192.0.2.9 22"}
+    out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "192.0.2.7", out.stderr
