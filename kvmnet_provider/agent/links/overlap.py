@@ -1,9 +1,10 @@
 """Which networks a bridge may not take: those that would capture the host's own traffic.
 
 A bridge's address puts a route to its network on the bridge. When that network overlaps
-another link's network (equal, inside it or around it) or a route through another link, the
-kernel sends part of the host's traffic to the bridge instead: the operator's SSH replies, the
-LAN's neighbours, a VPN's peers. So a bridge's new address is checked, before anything
+another link's network (equal, inside it or around it) or a route through another link, part
+of the addresses the host reaches through that link are claimed by the bridge too: a more
+specific network takes their traffic (the operator's SSH replies, the LAN's neighbours, a
+VPN's peers), a wider one puts guests where the host cannot reach them. So a bridge's new address is checked, before anything
 changes, against one reading of the host's links, addresses and routes (all tables but the
 kernel's local one) and against the address the agent's SSH session comes from.
 
@@ -112,16 +113,10 @@ def _address_clash(net: Network, mine: int | None, host: HostNetworks) -> str | 
                     "its traffic: give this bridge its own subnet"
                 )
             return (
-                f"network {net} overlaps {theirs} of {where}: the host's traffic to "
-                f"{_shared(net, theirs)} would go to the bridge; give this bridge a subnet "
-                "apart from the host's networks"
+                f"network {net} overlaps {theirs} of {where}, which the host already reaches "
+                "there; give this bridge a subnet apart from the host's networks"
             )
     return None
-
-
-def _shared(a: Network, b: Network) -> Network:
-    """The smaller of two overlapping networks: the addresses both cover."""
-    return a if a.prefixlen >= b.prefixlen else b
 
 
 def _route_clash(net: Network, mine: int | None, host: HostNetworks) -> str | None:
@@ -138,9 +133,8 @@ def _route_clash(net: Network, mine: int | None, host: HostNetworks) -> str | No
         if not net.overlaps(theirs):
             continue
         return (
-            f"network {net} overlaps the host's {_route_text(route, host)}: the host's "
-            f"traffic to {_shared(net, theirs)} would go to the bridge; give this bridge a "
-            "subnet apart from the host's routes"
+            f"network {net} overlaps the host's {_route_text(route, host)}, which the host "
+            "already reaches that way; give this bridge a subnet apart from the host's routes"
         )
     return None
 
