@@ -4,9 +4,10 @@ A bridge's address puts a route to its network on the bridge. When that network 
 another link's network (equal, inside it or around it) or a route through another link, part
 of the addresses the host reaches through that link are claimed by the bridge too: a more
 specific network takes their traffic (the operator's SSH replies, the LAN's neighbours, a
-VPN's peers), a wider one puts guests where the host cannot reach them. So a bridge's new address is checked, before anything
-changes, against one reading of the host's links, addresses and routes (all tables but the
-kernel's local one) and against the address the agent's SSH session comes from.
+VPN's peers), a wider one puts guests where the host cannot reach them. So a bridge's new
+address is checked, before anything changes, against one reading of the host's links,
+addresses and routes (all tables but the kernel's local one) and against the address the
+agent's SSH session comes from.
 
 Routes shorter than MIN_PREFIX (a default route, a VPN's 0.0.0.0/1 pair) are not counted:
 every network lies inside them, and a bridge's more specific route taking its own network
