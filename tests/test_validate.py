@@ -276,24 +276,3 @@ def test_diff_marks_replacements_precisely() -> None:
     moved = tap.diff("id", t_olds, {**t_olds, "bridge": "br-b"})
     assert moved.changes and not moved.replaces
     assert tap.diff("id", t_olds, {**t_olds, "multi_queue": True}).replaces == ["multi_queue"]
-
-
-def test_a_bridge_address_whose_network_another_link_has_clashes() -> None:
-    from kvmnet_provider.agent.links.bridges import network_clash
-    from kvmnet_provider.agent.links.rtdump import LinkRecord
-
-    def link(index: int, name: str, alias: str = "") -> LinkRecord:
-        return LinkRecord(index, name, 0, None, 1500, 0, alias, "bridge")
-
-    links = [link(1, "lo"), link(2, "eth0"), link(5, "br-a", "kvmnet:alpha/dev/Bridge/br"),
-             link(7, "br-b")]  # fmt: skip
-    book = {1: ["127.0.0.1/8"], 2: ["198.18.0.11/24"], 5: ["10.0.1.254/24"], 7: ["10.0.2.1/24"]}
-    assert network_clash(["10.0.1.1/24"], 7, book, links) == (
-        "10.0.1.1/24: network 10.0.1.0/24 is already on br-a (10.0.1.254/24, kvmnet resource "
-        "alpha/dev/Bridge/br); two links with one network split its traffic: give this bridge "
-        "its own subnet"
-    )
-    on_lan = network_clash(["198.18.0.9/24"], 7, book, links)
-    assert "already on eth0 (198.18.0.11/24)" in str(on_lan)
-    assert network_clash(["10.0.2.254/24"], 7, book, links) is None  # its own network
-    assert network_clash(["10.0.3.1/24", "10.0.1.9/25"], 7, book, links) is None  # not the same

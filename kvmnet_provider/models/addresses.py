@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from ..errors import ConfigError, config_path
 from ..spec import dhcp
-from ..spec.validate import InvalidInput, ifname, ipv4_address, mac
+from ..spec.validate import MIN_NETWORK_PREFIX, InvalidInput, ifname, ipv4_address, mac
 
 
 class _Guest(Protocol):
@@ -39,6 +39,12 @@ def subnet_and_gateway(
     if not isinstance(net, ipaddress.IPv4Network) or not isinstance(subnet, str):
         raise ConfigError(
             f"{where}subnet", f"must be an IPv4 network such as 10.0.1.0/24, got {subnet!r}"
+        )
+    if net.prefixlen < MIN_NETWORK_PREFIX:
+        raise ConfigError(
+            f"{where}subnet",
+            f"{net}: a network's subnet must be /{MIN_NETWORK_PREFIX} or longer (a "
+            f"/{net.prefixlen} would capture much of the host's traffic, a /0 its default route)",
         )
     if gateway is None:
         return net, None

@@ -144,7 +144,10 @@ class _Network(pulumi.ComponentResource):
         self.args = args
         child = pulumi.ResourceOptions(parent=self)
         self.bridge = self.make_bridge(resource_name, child)
-        self.extras = self.host_setup(resource_name, child)
+        # The host's forwarding and rules follow the bridge: a bridge the host refuses (its
+        # network would capture the host's traffic) leaves the host untouched.
+        after_bridge = pulumi.ResourceOptions(parent=self, depends_on=[self.bridge])
+        self.extras = self.host_setup(resource_name, after_bridge)
         self.dhcp: DhcpServer | None = None
         if self.dhcp_enabled:
             self.dhcp = self.dhcp_server(resource_name, child)

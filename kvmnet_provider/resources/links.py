@@ -69,7 +69,7 @@ class BridgeArgs:
     connection: HostSettings
     name: str = kvmnet_field(validate.ifname, replaces=True)
     addresses: Sequence[pulumi.Input[str]] = kvmnet_field(
-        list_of(validate.interface_address), default_factory=list, prop=list
+        list_of(validate.bridge_address), default_factory=list, prop=list
     )
     mtu: pulumi.Input[int] | None = kvmnet_field(validate.mtu, default=None)
     stp: bool = kvmnet_field(validate.boolean, default=False)

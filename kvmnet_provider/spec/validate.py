@@ -54,6 +54,23 @@ def interface_address(value: object) -> str:
     return str(iface)
 
 
+# A network shorter than this would take over much of the address space (a /0 the default
+# route itself): a bridge's network, or a model's subnet, is never one.
+MIN_NETWORK_PREFIX = 8
+
+
+def bridge_address(value: object) -> str:
+    """A bridge's address: interface_address, with a network of at least /MIN_NETWORK_PREFIX."""
+    address = interface_address(value)
+    prefixlen = ipaddress.ip_interface(address).network.prefixlen
+    if prefixlen < MIN_NETWORK_PREFIX:
+        raise InvalidInput(
+            f"{address}: a bridge's network must be /{MIN_NETWORK_PREFIX} or longer (a "
+            f"/{prefixlen} would capture much of the host's traffic, a /0 its default route)"
+        )
+    return address
+
+
 def network(value: object) -> str:
     """A network in CIDR form with no host bits set (10.0.1.0/24, not 10.0.1.5/24)."""
     if not isinstance(value, str) or "/" not in value:

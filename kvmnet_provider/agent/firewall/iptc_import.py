@@ -44,6 +44,7 @@ class LdCache:
         bits = "-64" if struct.calcsize("l") == 8 else "-32"
         self.abi = ABI_TAGS.get(os.uname().machine + bits, "libc6")
         self._text: str | None = None
+        self._first: dict[str, tuple[str, str]] | None = None
 
     def text(self) -> str:
         if self._text is None:
@@ -60,7 +61,22 @@ class LdCache:
                 self._text = ""
         return self._text
 
+    def _first_by_name(self) -> dict[str, tuple[str, str]]:
+        """Each library's first (soname, path) of this ABI, by the name before its first dot:
+        one pass over the cache instead of one regular expression per lookup (python-iptables
+        looks up about fifteen names)."""
+        if self._first is None:
+            self._first = {}
+            line = re.compile(r"\s+(lib([^\s.]+)\.[^\s]+)\s+\(([^)]*)\)\s+=>\s+(\S+)")
+            for found in line.finditer(self.text()):
+                soname, name, tags, path = found.groups()
+                if tags.startswith(self.abi):
+                    self._first.setdefault(name, (soname, path))
+        return self._first
+
     def lookup(self, name: str) -> tuple[str, str] | None:
+        if "." not in name and name in self._first_by_name():
+            return self._first_by_name()[name]
         lib, abi = re.escape(name), re.escape(self.abi)
         pattern = rf"\s+(lib{lib}\.[^\s]+)\s+\({abi}[^)]*\)\s+=>\s+(\S+)"
         found = re.search(pattern, self.text())

@@ -1,4 +1,5 @@
-"""Bridges and taps, driven over netlink with pyroute2.
+"""Bridges and taps, changed with rtnetlink requests of our own (rtwrite.py) and read back
+from the kernel's answers decoded by rtdump.py.
 
 Ownership lives on the host: a link we create carries the ifalias "kvmnet:<owner>", so
 another stack's link, or one made by hand, is reported instead of silently adopted.
@@ -12,25 +13,20 @@ import os
 import pwd
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-from pyroute2.netlink.exceptions import NetlinkError
-
-if TYPE_CHECKING:
-    from pyroute2 import IPRoute
+from typing import Any
 
 from ...spec import validate
 from ..errors import AgentError, held_fix
-from . import rtdump
-from .netlink import link_addresses
+from . import overlap, rtdump
 from .rtdump import LinkRecord
+from .rtwrite import NetlinkError, Rtnl
 from .state import USER_HZ, describe, owner_in, owner_tag
 
 
 class Links:
     """Idempotent create/read/update/delete of kvmnet's links on one host."""
 
-    def __init__(self, ipr: IPRoute) -> None:
+    def __init__(self, ipr: Rtnl) -> None:
         self.ipr = ipr
 
     # --- reading -------------------------------------------------------------------------
@@ -58,7 +54,7 @@ class Links:
             found = rtdump.link(index=link.master)
             master = None if found is None else found.name
         if addresses is None:
-            addresses = link_addresses(self.ipr, link.index)
+            addresses = rtdump.addresses().get(link.index, [])
         return describe(link, master, addresses)
 
     # --- ownership -----------------------------------------------------------------------
@@ -171,6 +167,8 @@ class Links:
 
     # --- bridges -------------------------------------------------------------------------
     def bridge_create(self, spec: dict[str, Any]) -> dict[str, Any]:
+        self._refuse_capture(spec)
+
         def add(name: str) -> None:
             # The MAC is given, not left to the kernel: otherwise a bridge takes the lowest
             # MAC of its ports, and its MAC (the guests' gateway) changes as taps come and go.
@@ -186,7 +184,23 @@ class Links:
         return self._create(spec, "bridge", add, self._bridge_apply)
 
     def bridge_update(self, spec: dict[str, Any]) -> dict[str, Any]:
+        self._refuse_capture(spec)
         return self._update(spec, "bridge", self._bridge_apply)
+
+    def _refuse_capture(self, spec: dict[str, Any]) -> None:
+        """Before anything changes: refuse an address whose network would take traffic from
+        the host (overlap.py), checked against one reading of its links, addresses and routes.
+        The bridge's own addresses and routes (an update) do not count."""
+        want = {validate.bridge_address(a) for a in spec.get("addresses", [])}
+        if not want:
+            return
+        host = overlap.read_host()
+        name = validate.ifname(spec["name"])
+        mine = next((i for i, link in host.links.items() if link.name == name), None)
+        added = sorted(want - set(host.addresses.get(mine or 0, [])))
+        problem = overlap.clash(added, mine, host, overlap.session_peer())
+        if problem:
+            raise AgentError("conflict", problem)
 
     def _bridge_apply(self, spec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         """Make the bridge `live` (as last read) match `spec`."""
@@ -203,12 +217,7 @@ class Links:
             else:
                 self.ipr.link("set", index=idx, kind="bridge", br_forward_delay=delay)
                 self.ipr.link("set", index=idx, kind="bridge", br_stp_state=stp)
-        want = sorted(validate.interface_address(a) for a in spec.get("addresses", []))
-        added = sorted(set(want) - set(live["addresses"]))
-        if added:
-            clash = network_clash(added, idx, rtdump.addresses(), rtdump.links())
-            if clash:
-                raise AgentError("conflict", clash)
+        want = sorted(validate.bridge_address(a) for a in spec.get("addresses", []))
         self._set_addresses(idx, want, live["addresses"])
         changes = self._mtu_and_state(spec, live)
         known = {"addresses": want} if live.get("created") else {}
@@ -339,27 +348,3 @@ def _quietly(step: Callable[[], object]) -> None:
         step()
     except (NetlinkError, OSError):
         pass
-
-
-def network_clash(
-    added: list[str], mine: int, book: dict[int, list[str]], links: list[LinkRecord]
-) -> str | None:
-    """Why an address may not go on link `mine`: another link of the host already has an
-    address of the same network (two links with one network split its traffic between
-    them: another stack's bridge, or the host's own NIC). None when none does."""
-    names = {link.index: link for link in links}
-    for addr in added:
-        net = ipaddress.ip_interface(addr).network
-        for index, found in sorted(book.items()):
-            for other in found:
-                if index == mine or ipaddress.ip_interface(other).network != net:
-                    continue
-                link = names.get(index)
-                name = link.name if link else f"link {index}"
-                owner = owner_in(link.alias) if link else None
-                whose = f", kvmnet resource {owner}" if owner else ""
-                return (
-                    f"{addr}: network {net} is already on {name} ({other}{whose}); two links "
-                    "with one network split its traffic: give this bridge its own subnet"
-                )
-    return None

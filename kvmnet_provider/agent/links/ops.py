@@ -1,5 +1,5 @@
-"""Link changes (bridges, taps, deletes) through pyroute2: the agent loads this module, and
-pyroute2 with it, at the first change; reads never need it (dump.py)."""
+"""Link changes (bridges, taps, deletes): rtnetlink requests of the agent's own (rtwrite.py),
+without pyroute2; the agent loads this module at the first change."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ from ...spec.wire import Handlers
 
 
 def handlers() -> Handlers:
-    from .netlink import iproute_class
-
-    iproute = iproute_class()  # before .links imports from pyroute2: see netlink.py
     from ..server import outcomes
     from .bridges import Links
+    from .rtwrite import Rtnl
 
-    links = Links(iproute())
+    links = Links(Rtnl())
     return {
         "link.delete": lambda a: links.link_delete(a["name"], a["owner"]),
         "link.delete.many": lambda a: outcomes("link.delete", links.link_delete_many(a["items"])),
