@@ -58,7 +58,7 @@ def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
     """A host snapshot without what differs between two runs of the same program on the same
     host: interface indexes, kernel-chosen MACs (and the link-local addresses made from them),
     PIDs and start times in kvmnet's records, and the network namespace's inode in run-dir
-    paths (a rebuilt namespace has another)."""
+    paths and in the names of the guests' users (a rebuilt namespace has another)."""
 
     def scrub(value: Any, key: str = "") -> Any:
         # the hashes: of the argv's and dnsmasq.conf's paths, which hold the namespace's inode
@@ -69,7 +69,10 @@ def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, list):
             return [scrub(v) for v in value]
         if isinstance(value, str):
-            return re.sub(r"netns-\d+", "netns-N", value)
+            value = re.sub(r"netns-\d+", "netns-N", value)
+            # a guest's own user is named from its owner and namespace: a new namespace, a new name
+            value = re.sub(r"\bkvmnet-[0-9a-f]{8}\b", "kvmnet-U", value)
+            return re.sub(r"(kvmnet guest \S+ netns-N) [0-9a-f]{24}\b", r"\1 D", value)
         return value
 
     links = {
