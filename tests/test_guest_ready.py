@@ -206,3 +206,23 @@ def test_the_console_log_last_line_and_pattern(tmp_path: Path) -> None:
     assert agent_ready.last_line(text) == "Cloud-init v. 24 finished at now"
     assert agent_ready.last_line("") == ""
     assert agent_ready._console_text(tmp_path / "absent") == ""
+
+
+def test_the_provider_waits_on_ready_as_the_engine_stores_it() -> None:
+    """The engine drops a dict's null keys: `ready` comes back without tcp, console, address."""
+
+    class Agent:
+        calls: list[tuple[str, dict[str, Any]]] = []
+
+        def call(self, op: str, args: dict[str, Any], timeout: float = 0) -> Any:
+            self.calls.append((op, args))
+            return {"running": True, "addresses": ["10.0.1.130"], "leased": ["10.0.1.130"]}
+
+    agent = Agent()
+    props = {**GUEST, "connection": CONN, "ready": {"lease": True, "timeout": 30}}
+    live = QemuGuestProvider()._probed(agent, props, {"pid": 1})  # type: ignore[arg-type]
+    assert live == {"pid": 1, "addresses": ["10.0.1.130"]}
+    assert agent.calls == [
+        ("guest.probe", {"name": "g1", "owner": GUEST["owner"], "tcp": None, "console": None,
+                         "address": None}),
+    ]  # fmt: skip
