@@ -93,8 +93,9 @@ def test_up_waits_for_readiness_and_exports_the_leased_address(
             f"udhcpc -i eth0 -s /etc/udhcpc.script -x hostname:g1 -n -q -t 5 -r {other}", 90
         ).output
         assert eth0_address(console) == other, said
-        ready_stack.refresh()
-        assert guest_outputs(ready_stack)["g1"]["addresses"] == [other]
+        ready_stack.refresh()  # the guest's state; the stack's outputs at the next up
+        (state,) = ready_stack.resources("QemuGuest")
+        assert state["outputs"]["addresses"] == [other]
 
         # tcp: a port that answers in the guest (busybox nc) makes an update of `ready` pass.
         console.send("while true; do nc -l -p 8080 </dev/null; done &\n")
@@ -103,6 +104,7 @@ def test_up_waits_for_readiness_and_exports_the_leased_address(
         ready_stack.config_values({"kvmnet:ready": ready})
         done = ready_stack.up()
         assert "error" not in done.stdout.lower(), done.stdout
+        assert guest_outputs(ready_stack)["g1"]["addresses"] == [other]
 
     # A second guest waiting for a port nothing listens on: up fails in one line naming the
     # guest, the wait and the console's last line; the guest that never got ready is gone.
