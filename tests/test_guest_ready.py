@@ -226,3 +226,31 @@ def test_the_provider_waits_on_ready_as_the_engine_stores_it() -> None:
         ("guest.probe", {"name": "g1", "owner": GUEST["owner"], "tcp": None, "console": None,
                          "address": None}),
     ]  # fmt: skip
+
+
+def test_stack_config_ready_reaches_the_guest_with_its_declared_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one-host and fleet programs read a guest's `ready`; tcp goes to its address."""
+    import json
+
+    import pulumi
+
+    from kvmnet_provider.program.checks import check_guests
+    from kvmnet_provider.program.guests import guest_specs
+
+    monkeypatch.setattr(pulumi, "get_project", lambda: "kvmnet")
+    monkeypatch.setattr(pulumi, "get_stack", lambda: "dev")
+    pulumi.runtime.set_all_config({"kvmnet:guestImage": json.dumps({"kernel": "/k"})})
+    try:
+        raw = [{"name": "g1", "address": "10.0.1.11", "ready": {"tcp": 22, "timeout": 60}}]
+        assert check_guests(raw, "kvmnet:guests") == ["g1"]
+        (spec,) = guest_specs(raw, pulumi.Config("kvmnet"), "10.0.1.0/24", "10.0.1.254")
+        assert spec.ready == readiness({"tcp": 22, "timeout": 60})
+        assert with_address(spec.ready, spec.address)["address"] == "10.0.1.11"  # type: ignore[index]
+        from kvmnet_provider.errors import ConfigError
+
+        with pytest.raises(ConfigError, match=r"kvmnet:guests\[0\]\.ready\.timeout"):
+            check_guests([{"name": "g1", "ready": {"lease": True, "timeout": -1}}], "kvmnet:guests")
+    finally:
+        pulumi.runtime.set_all_config({})
