@@ -31,12 +31,13 @@ PROGRAM = textwrap.dedent(
     cfg = pulumi.Config("kvmnet")
     conn = connection_from_config(cfg)
     kernel, initrd = guest_image(cfg)
-    ready = cfg.get_object("ready") or {}
+    test = pulumi.Config("readytest")  # this program's own keys
+    ready = test.get_object("ready") or {}
     guests = [
         GuestSpec(name=n, tap=f"vif{i}.0", mac=f"52:54:00:00:02:0{i}", kernel=kernel,
                   initrd=initrd, cmdline=f"console=ttyS0 quiet kvmnet.name={n} kvmnet.ip=dhcp",
                   stop_timeout=2, ready=ready.get(n))
-        for i, n in enumerate(cfg.get_object("names") or ["g1"], start=1)
+        for i, n in enumerate(test.get_object("names") or ["g1"], start=1)
     ]
     net = NatNetwork("net", NetworkArgs(connection=conn, gateway="10.0.1.254", guests=guests,
                                         accelerator="tcg"))
@@ -74,7 +75,7 @@ def test_up_waits_for_readiness_and_exports_the_leased_address(
     ns = lab.hosts[0].namespace
     before = host_snapshot(lab_api, ns)
     ready = {"g1": {"console": "KVMNET-GUEST-READY g1", "lease": True, "timeout": 600}}
-    ready_stack.config_values({"kvmnet:ready": ready})
+    ready_stack.config_values({"readytest:ready": ready})
     ready_stack.up()
     g1 = guest_outputs(ready_stack)["g1"]
     # up returned only once the guest had its lease and said so on its console
@@ -101,7 +102,7 @@ def test_up_waits_for_readiness_and_exports_the_leased_address(
         console.send("while true; do nc -l -p 8080 </dev/null; done &\n")
         time.sleep(2)
         ready["g1"] = {"tcp": 8080, "timeout": 60}
-        ready_stack.config_values({"kvmnet:ready": ready})
+        ready_stack.config_values({"readytest:ready": ready})
         done = ready_stack.up()
         assert "error" not in done.stdout.lower(), done.stdout
         assert guest_outputs(ready_stack)["g1"]["addresses"] == [other]
@@ -109,7 +110,7 @@ def test_up_waits_for_readiness_and_exports_the_leased_address(
     # A second guest waiting for a port nothing listens on: up fails in one line naming the
     # guest, the wait and the console's last line; the guest that never got ready is gone.
     ready["g2"] = {"tcp": 5, "timeout": 5}
-    ready_stack.config_values({"kvmnet:names": ["g1", "g2"], "kvmnet:ready": ready})
+    ready_stack.config_values({"readytest:names": ["g1", "g2"], "readytest:ready": ready})
     failed = ready_stack.up(check=False)
     said = failed.stdout + failed.stderr
     assert failed.returncode != 0, said
@@ -120,6 +121,6 @@ def test_up_waits_for_readiness_and_exports_the_leased_address(
     assert not [r for r in ready_stack.resources("QemuGuest") if r["outputs"]["name"] == "g2"]
     assert "g2" not in str([p for p in host_snapshot(lab_api, ns)["processes"] if "qemu" in p[0]])
 
-    ready_stack.config_values({"kvmnet:names": ["g1"]})
+    ready_stack.config_values({"readytest:names": ["g1"]})
     ready_stack.destroy()
     assert diff_snapshots(before, host_snapshot(lab_api, ns)) == []
