@@ -221,10 +221,12 @@ def test_the_guests_output_names_each_guests_console_log() -> None:
 
     spec = GuestSpec(name="deb1", tap="vif1.0", mac="52:54:00:00:01:01", address="10.0.5.10")
     live = SimpleNamespace(pid=7, console_socket="/run/g/console.sock",
-                           console_log="/run/g/console.log", accelerator="tcg")  # fmt: skip
+                           console_log="/run/g/console.log", accelerator="tcg",
+                           addresses=["10.0.5.10"])  # fmt: skip
     assert guest_outputs([spec], {"deb1": live}) == {
         "deb1": {"address": "10.0.5.10", "pid": 7, "console": "/run/g/console.sock",
-                 "console_log": "/run/g/console.log", "accelerator": "tcg"}
+                 "console_log": "/run/g/console.log", "accelerator": "tcg",
+                 "addresses": ["10.0.5.10"]}
     }  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from .networks import (
     BridgedNetwork,
+    GuestReady,
     GuestSpec,
     IsolatedNetwork,
     NatNetwork,
@@ -13,6 +14,7 @@ from .networks import (
 
 __all__ = [
     "BridgedNetwork",
+    "GuestReady",
     "GuestSpec",
     "IsolatedNetwork",
     "NatNetwork",

@@ -38,6 +38,7 @@ from ..resources import (
 )
 from ..resources.dhcp import DhcpHost, DhcpServer, DhcpServerArgs
 from ..resources.forward_rules import ForwardRules, ForwardRulesArgs
+from ..resources.guest_ready import GuestReady, with_address
 from ..resources.uplink import UplinkBridge, UplinkBridgeArgs
 from ..spec.dhcp import DEFAULT_DOMAIN
 from ..spec.models import MODELS, WITH_DHCP, uses_dhcp
@@ -72,6 +73,9 @@ class GuestSpec:
     cloud_init: CloudInit | dict[str, Any] | None = None  # NoCloud seed, a read-only CD-ROM
     # The host user QEMU runs as; unset: a system user of this guest's own; "root" only if asked.
     run_as: str | None = None
+    # What `up` waits for before the guest counts as made: GuestReady(lease, tcp, console,
+    # timeout); tcp is tried on `address` when it is set.
+    ready: GuestReady | dict[str, Any] | None = None
 
 
 @dataclass
@@ -183,6 +187,7 @@ class _Network(pulumi.ComponentResource):
                     keep_disk=guest.keep_disk,
                     cloud_init=guest.cloud_init,
                     run_as=guest.run_as,
+                    ready=with_address(guest.ready, guest.address),
                 ),
                 after,
             )
@@ -191,7 +196,12 @@ class _Network(pulumi.ComponentResource):
                 "model": self.model,
                 "bridge": self.bridge.name,
                 "guests": {
-                    name: {"pid": g.pid, "console": g.console_socket, "accelerator": g.accelerator}
+                    name: {
+                        "pid": g.pid,
+                        "console": g.console_socket,
+                        "accelerator": g.accelerator,
+                        "addresses": g.addresses,
+                    }
                     for name, g in self.guests.items()
                 },
                 **({"leases": self.dhcp.leases} if self.dhcp else {}),

@@ -26,7 +26,7 @@ from ..spec import models, validate
 from ..spec.guest import ACCELERATORS, MEMORY_MIB, guest_name
 from . import defaults
 from .defaults import NS
-from .guest_disks import guest_disk_args
+from .guest_disks import guest_disk_args, guest_ready
 from .keys import FORWARD_KEYS, GUEST_KEYS
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -153,6 +153,7 @@ def check_guests(guests: list[Any], key: str) -> list[str]:
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{where}.{field}", f"must be a non-empty string, got {value!r}")
         guest_disk_args(guest, where)  # baseImage ... cloudInit, each key named
+        guest_ready(guest, where)
         if guest.get("address") is not None:
             valid(validate.ipv4_address, guest["address"], f"{where}.address")
     return names

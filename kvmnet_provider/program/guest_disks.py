@@ -9,6 +9,7 @@ from typing import Any
 from ..cloudinit import CloudInit, normalise_cloud_init
 from ..errors import ConfigError
 from ..spec import guest as guests
+from ..spec.ready import Readiness, readiness
 from ..spec.validate import InvalidInput, boolean, int_range
 
 DISK_KEYS = ("baseImage", "baseFormat", "diskSizeGib", "keepDisk", "cloudInit")
@@ -39,6 +40,22 @@ def guest_disk_args(guest: dict[str, Any], key: str) -> dict[str, Any]:
     if raw is not None:
         out["cloud_init"] = cloud_init(raw, f"{key}.cloudInit")
     return out
+
+
+def guest_ready(guest: dict[str, Any], key: str) -> Readiness | None:
+    """The guest's `ready` {lease, tcp, console, timeout, address}, checked; a failure names
+    the key, e.g. kvmnet:guests[0].ready.tcp."""
+    raw = guest.get("ready")
+    if raw is None:
+        return None
+    try:
+        return readiness(raw)
+    except InvalidInput as exc:
+        reason = str(exc)
+        if reason.startswith("."):  # ".tcp must be ..." -> key ...ready.tcp
+            sub, _, reason = reason.partition(" ")
+            raise ConfigError(f"{key}.ready{sub}", reason) from None
+        raise ConfigError(f"{key}.ready", reason) from None
 
 
 def cloud_init(raw: Any, key: str) -> CloudInit:

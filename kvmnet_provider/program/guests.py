@@ -13,7 +13,7 @@ from ..models import GuestSpec
 from . import defaults
 from .defaults import NS
 from .guest_defaults import default_mac, default_tap
-from .guest_disks import guest_disk_args
+from .guest_disks import guest_disk_args, guest_ready
 
 
 def guest_image(cfg: pulumi.Config) -> tuple[str | None, str | None]:
@@ -72,6 +72,7 @@ def guest_specs(
                 cmdline=cmdline,
                 disks=guest.get("disks") or (),
                 stop_timeout=int(guest.get("stop_timeout", stop_timeout)),
+                ready=dict(ready) if (ready := guest_ready(guest, key)) else None,
                 **disk_args,
             )
         )
@@ -107,6 +108,8 @@ def guest_outputs(specs: Sequence[GuestSpec], guests: Mapping[str, Any]) -> dict
             "console": guests[g.name].console_socket,
             "console_log": guests[g.name].console_log,
             "accelerator": guests[g.name].accelerator,
+            # IPv4: the reservation and the live lease (refresh renews them)
+            "addresses": guests[g.name].addresses,
         }
         for g in specs
     }

@@ -44,6 +44,7 @@ GUEST_KEYS = (
     "kernel",
     "initrd",
     "cmdline",
+    "ready",
 )
 FORWARD_KEYS = ("guest", "guest_port", "host_port", "protocol")
 # A fleet host's keys: its connection (as kvmnet:host), its networks and its own secrets.

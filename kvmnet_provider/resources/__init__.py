@@ -1,7 +1,7 @@
 """kvmnet's dynamic resources (type tokens pulumi-python:dynamic/kvmnet:*)."""
 
 from .forward_rules import ForwardRules, ForwardRulesArgs
-from .guest import GuestDiskArgs, GuestNicArgs, QemuGuest, QemuGuestArgs
+from .guest import GuestDiskArgs, GuestNicArgs, GuestReady, QemuGuest, QemuGuestArgs
 from .links import Bridge, BridgeArgs, TapPort, TapPortArgs
 from .netfilter import (
     ForwardingSetting,
@@ -21,6 +21,7 @@ __all__ = [
     "ForwardRulesArgs",
     "GuestDiskArgs",
     "GuestNicArgs",
+    "GuestReady",
     "MasqueradeRule",
     "MasqueradeRuleArgs",
     "PortForward",

@@ -22,11 +22,13 @@ from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..errors import KvmnetError
 from ..spec import guest as guests
+from ..spec.ready import readiness
 from ..spec.validate import boolean, int_range, user_name
 from ..spec.wire import GuestRef, GuestState
 from .base import KvmnetProvider, _has_unknown, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .guest_disk import replace_warning, shrunk_disk
+from .guest_ready import PROBE_TIMEOUT, GuestReady, addresses, probe_args, ready_prop, wait_ready
 from .links import TapPort
 
 # Inputs the host resolves (auto -> kvm|tcg, an unset socket -> a path in the run dir): the
@@ -136,6 +138,10 @@ class QemuGuestArgs:
     cloud_init: CloudInit | dict[str, Any] | None = kvmnet_field(
         normalise_cloud_init, default=None, replaces=True, prop=_secret_cloud_init
     )
+    # create and update return once the guest is ready (guest_ready.py); unset: at start
+    ready: GuestReady | dict[str, Any] | None = kvmnet_field(
+        readiness, default=None, prop=ready_prop
+    )
 
 
 class QemuGuestProvider(KvmnetProvider):
@@ -182,6 +188,7 @@ class QemuGuestProvider(KvmnetProvider):
     def spec(self, props: dict[str, Any]) -> dict[str, Any]:
         """The agent gets the seed ISO's bytes, built here, instead of cloud_init."""
         spec = super().spec(props)
+        spec.pop("ready", None)  # the provider waits, not the agent's start
         normal = spec.pop("cloud_init", None)
         if normal is not None:
             iso = build_seed(seed_files(normal, props["name"]))
@@ -212,12 +219,32 @@ class QemuGuestProvider(KvmnetProvider):
 
     def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
         live: GuestState = agent.call("guest.start", self.spec(props), timeout=START_TIMEOUT)
-        return dict(live)
+        try:
+            return self._probed(agent, props, dict(live))
+        except BaseException:
+            self.host_delete(agent, props)  # all or nothing: a guest that never got ready goes
+            raise
+
+    def _probed(
+        self, agent: AgentSession, props: dict[str, Any], live: dict[str, Any], wait: bool = True
+    ) -> dict[str, Any]:
+        """The live state with the guest's addresses; once it is ready when `wait`."""
+
+        def probe(args: dict[str, Any]) -> dict[str, Any]:
+            answer: dict[str, Any] = agent.call("guest.probe", args, timeout=PROBE_TIMEOUT)
+            return answer
+
+        ready = props.get("ready")
+        if wait and ready is not None:  # normalised again: the engine drops its null keys
+            seen = wait_ready(probe, props, readiness(ready))
+        else:
+            seen = probe(probe_args(props, None))
+        return {**live, "addresses": addresses(seen)}
 
     def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
         ref: GuestRef = {"name": props["name"], "owner": props["owner"]}
         live: GuestState | None = agent.call("guest.read", dict(ref))
-        return None if live is None else dict(live)
+        return None if live is None else self._probed(agent, props, dict(live), wait=False)
 
     def host_update(
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
@@ -228,16 +255,17 @@ class QemuGuestProvider(KvmnetProvider):
             # with the new command line on the same overlay, grown first when asked.
             timeout = START_TIMEOUT + int(news.get("stop_timeout") or 10) + 30.0
             live: GuestState = agent.call("guest.start", self.spec(news), timeout=timeout)
-            return dict(live)
+            return self._probed(agent, news, dict(live))
         # Only stop_timeout, keep_disk (or connection details of the same host) changed:
         # nothing to do on the host but make sure the guest is still there.
-        found = self.host_read(agent, news)
+        ref: GuestRef = {"name": news["name"], "owner": news["owner"]}
+        found: GuestState | None = agent.call("guest.read", dict(ref))
         if found is None:
             raise KvmnetError(
                 f"guest {news['name']} is not running on {news['connection']['host']}; "
                 "run `pulumi refresh` and `pulumi up` to start it again"
             )
-        return found
+        return self._probed(agent, news, dict(found))
 
     def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
         stop_timeout = int(props.get("stop_timeout") or 10)
@@ -272,6 +300,8 @@ class QemuGuest(DeclaredResource[QemuGuestArgs], module="kvmnet", name="QemuGues
     disk_path: pulumi.Output[str | None]
     seed_path: pulumi.Output[str | None]
     cloud_init_sha256: pulumi.Output[str | None]
+    # IPv4: its reservations and live leases (by MAC), and ready.address; refresh renews them
+    addresses: pulumi.Output[list[str]]
 
     def options(self, opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
         secret = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)
@@ -281,6 +311,7 @@ class QemuGuest(DeclaredResource[QemuGuestArgs], module="kvmnet", name="QemuGues
 __all__ = [
     "CloudInit",
     "GuestDiskArgs",
+    "GuestReady",
     "GuestNicArgs",
     "QemuGuest",
     "QemuGuestArgs",

@@ -17,7 +17,7 @@ The spec's rules live in kvmnet_provider/spec/guest.py (the provider checks with
 Modules: ``argv`` (QEMU's command line, pure; the lab's test guests use it too), ``kvm`` (does
 KVM really work here?), ``qmp`` (two QMP clients), ``process`` (finding, signalling and
 stopping our QEMU), ``rundir`` (the run directory's records), ``operations`` (start, read,
-stop: the agent's guest.* requests).
+stop: the agent's guest.* requests), ``ready`` (guest.probe: addresses, and what `ready` waits for).
 """
 
 from __future__ import annotations
@@ -28,6 +28,6 @@ from typing import Any
 
 def handlers() -> dict[str, Callable[[dict[str, Any]], Any]]:
     """The guest.* operations; the agent loads this package at the first of them."""
-    from . import operations
+    from . import operations, ready
 
-    return operations.handlers()
+    return {**operations.handlers(), "guest.probe": ready.probe}

@@ -28,6 +28,7 @@ READ_ONLY = frozenset(
         "masquerade.read",
         "dnat.read",
         "guest.read",
+        "guest.probe",
     }
 )
 

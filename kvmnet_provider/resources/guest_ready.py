@@ -1,0 +1,125 @@
+"""Waiting for a guest to be ready, and its addresses: the provider's side of guest.probe.
+
+The wait is a loop of short probes (agent/guests/ready.py), a second or two apart: each is
+one quick request, so the host's session keeps serving the other guests, which wait side by
+side (the engine creates independent resources in parallel). Progress goes to the engine's
+log while it waits; past the timeout the wait fails in one line naming the guest, what it
+waited for, what was missing and the console's last line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from ..errors import KvmnetError
+from ..spec.ready import DEFAULT_TIMEOUT, Readiness, describe
+
+POLL_SECONDS = 2.0
+PROGRESS_SECONDS = 15.0
+PROBE_TIMEOUT = 30.0
+
+Probe = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def probe_args(props: dict[str, Any], ready: Readiness | None) -> dict[str, Any]:
+    args: dict[str, Any] = {"name": props["name"], "owner": props["owner"]}
+    if ready is not None:
+        args.update(tcp=ready["tcp"], console=ready["console"], address=ready["address"])
+    return args
+
+
+def missing(ready: Readiness, seen: dict[str, Any]) -> list[str]:
+    """What of `ready` the probe did not see yet, in words."""
+    out = []
+    if ready["lease"] and not seen.get("leased"):
+        out.append("a DHCP lease")
+    if ready["tcp"] is not None and not seen.get("tcp"):
+        where = seen.get("tcp_address")
+        out.append(f"tcp port {ready['tcp']}" + (f" on {where}" if where else " (no address yet)"))
+    if ready["console"] is not None and not seen.get("console"):
+        out.append(f"console /{ready['console']}/")
+    return out
+
+
+def failure_line(name: str, host: str, ready: Readiness, seen: dict[str, Any]) -> str:
+    last = seen.get("last_line") or "(nothing yet)"
+    return (
+        f"guest {name} on {host} was not ready within {ready['timeout']} s: waited for "
+        f"{describe(ready)}, still missing {', '.join(missing(ready, seen))}; last console "
+        f"line: {last!r}; see its console log, or raise ready.timeout"
+    )
+
+
+def wait_ready(
+    probe: Probe,
+    props: dict[str, Any],
+    ready: Readiness,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] = pulumi.log.info,
+) -> dict[str, Any]:
+    """Probe until every part of `ready` holds; the last probe's answer."""
+    name, host = props["name"], props["connection"]["host"]
+    args = probe_args(props, ready)
+    start = clock()
+    deadline = start + ready["timeout"]
+    next_word = start + PROGRESS_SECONDS
+    while True:
+        seen = probe(args)
+        if not seen.get("running"):
+            raise KvmnetError(
+                f"guest {name} on {host} stopped while `up` waited for {describe(ready)}; "
+                f"last console line: {seen.get('last_line') or '(none)'!r}"
+            )
+        lacking = missing(ready, seen)
+        if not lacking:
+            return seen
+        now = clock()
+        if now >= deadline:
+            raise KvmnetError(failure_line(name, host, ready, seen))
+        if now >= next_word:
+            next_word = now + PROGRESS_SECONDS
+            say(
+                f"guest {name}: waiting for {', '.join(lacking)} "
+                f"({int(now - start)} s of {ready['timeout']} s)"
+            )
+        sleep(max(0.0, min(POLL_SECONDS, deadline - now)))
+
+
+def addresses(seen: dict[str, Any] | None) -> list[str]:
+    return list((seen or {}).get("addresses") or [])
+
+
+@dataclass
+class GuestReady:
+    """What `up` waits for before a guest counts as made (any of lease, tcp, console)."""
+
+    lease: bool = False  # the guest holds a DHCP lease on its host
+    tcp: int | None = None  # this port answers on the guest's address, tried from the host
+    console: str | None = None  # a regular expression found in the guest's console log
+    timeout: int = DEFAULT_TIMEOUT  # seconds; past it `up` fails naming what was missing
+    address: str | None = None  # where tcp is tried (default: its reservation or lease)
+
+
+def ready_prop(value: GuestReady | dict[str, Any]) -> dict[str, Any]:
+    raw = dataclasses.asdict(value) if isinstance(value, GuestReady) else dict(value)
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def with_address(
+    value: GuestReady | dict[str, Any] | None, address: str | None
+) -> GuestReady | dict[str, Any] | None:
+    """A declared guest's readiness tries tcp on its declared address unless it names one."""
+    if value is None or address is None:
+        return value
+    raw = ready_prop(value)
+    if raw.get("tcp") is None or raw.get("address"):
+        return value
+    return {**raw, "address": address}
