@@ -83,7 +83,9 @@ def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
         name: [{**a, "local": None} if a.get("scope") == "link" else a for a in entries]
         for name, entries in snapshot["addresses"].items()
     }
-    return scrub({**snapshot, "links": links, "addresses": addresses})
+    scrubbed = scrub({**snapshot, "links": links, "addresses": addresses})
+    scrubbed["users"] = sorted(scrubbed["users"])  # sorted by name, which scrub just blanked
+    return scrubbed
 
 
 def qemus_in(namespace: str) -> list[int]:
