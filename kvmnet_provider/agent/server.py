@@ -137,7 +137,7 @@ def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> Answer:
         # Whether the object comes back after a reboot: the books' business, not the op's.
         autostart = args.pop("autostart", True) is not False
         result = handler(args)
-        if isinstance(op, str) and is_mutation(op):  # it took: the next boot applies it again
+        if isinstance(op, str) and (is_mutation(op) or not autostart):  # see boot/
             boot.book(op, args, result, autostart)
         return answered(rid, result)
     except Exception as exc:

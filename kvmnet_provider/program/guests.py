@@ -72,6 +72,7 @@ def guest_specs(
                 cmdline=cmdline,
                 disks=guest.get("disks") or (),
                 stop_timeout=int(guest.get("stop_timeout", stop_timeout)),
+                autostart=guest.get("autostart", True),
                 **disk_args,
             )
         )

@@ -31,6 +31,7 @@ NETWORK_KEYS = (
     "dhcp",
     "domain",
     "dhcpRange",
+    "autostart",
 )
 GUEST_KEYS = (
     "name",
@@ -44,6 +45,7 @@ GUEST_KEYS = (
     "kernel",
     "initrd",
     "cmdline",
+    "autostart",
 )
 FORWARD_KEYS = ("guest", "guest_port", "host_port", "protocol")
 # A fleet host's keys: its connection (as kvmnet:host), its networks and its own secrets.
@@ -63,6 +65,7 @@ STRUCTURED_KEYS = {
     "guests": "a list of guests",
     "portForwards": "a list of port forwards",
     "dhcp": "true or false",
+    "autostart": "true or false",
     "dhcpRange": "a list [start, end]",
     "bridgeAddresses": "a list of addresses",
 }

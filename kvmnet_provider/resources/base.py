@@ -166,7 +166,10 @@ class KvmnetProvider(ResourceProvider):
         return {"owner": props["owner"], **{n: props.get(n) for n in self.fields}}
 
     def _agent(self, props: dict[str, Any]) -> AgentSession:
-        return agent_session(_settings(json.dumps(props["connection"], sort_keys=True)))
+        session = agent_session(_settings(json.dumps(props["connection"], sort_keys=True)))
+        if props.get("autostart") is False:  # see autostart.py
+            return NoAutostart(session)  # type: ignore[return-value]
+        return session
 
     def _outputs(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         return {**props, **live}
@@ -188,6 +191,20 @@ class KvmnetProvider(ResourceProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         self.host_delete(self._agent(props), props)
+
+
+class NoAutostart:
+    """An agent session whose every request says the object is not to come back at boot
+    (autostart.py): the host keeps no record of it."""
+
+    def __init__(self, session: AgentSession) -> None:
+        self._session = session
+
+    def call(self, op: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
+        return self._session.call(op, {**args, "autostart": False}, timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -24,6 +24,7 @@ from ..errors import KvmnetError
 from ..spec import guest as guests
 from ..spec.validate import boolean, int_range, user_name
 from ..spec.wire import GuestRef, GuestState
+from .autostart import autostart_field
 from .base import KvmnetProvider, _has_unknown, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .links import TapPort
@@ -122,6 +123,7 @@ class QemuGuestArgs:
     cloud_init: CloudInit | dict[str, Any] | None = kvmnet_field(
         normalise_cloud_init, default=None, replaces=True, prop=_secret_cloud_init
     )
+    autostart: bool | None = autostart_field()
 
 
 class QemuGuestProvider(KvmnetProvider):

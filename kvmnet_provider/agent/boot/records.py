@@ -59,6 +59,8 @@ REMOVES = {
     "dhcp.stop": ("dhcp",),
     "guest.stop": ("guest",),
 }
+# An op's prefix -> the kinds of records it may stand for.
+KINDS_OF = {"link": ("bridge", "tap"), **{kind: (kind,) for kind in KINDS}}
 # What of a link's answer a restore gives the link again, so ids and outputs stay the same.
 KEPT_RESULT = ("ifindex", "mac")
 
@@ -110,11 +112,11 @@ def note(op: str, args: dict[str, Any], result: Any, autostart: bool = True) -> 
     directory = records_dir()
     if op in REMOVES:
         return _remove(directory, REMOVES[op], owner)
+    if not autostart:  # any request for an opted-out object (a read too) drops its record
+        return _remove(directory, KINDS_OF.get(op.split(".", 1)[0], ()), owner)
     kind = WRITES.get(op)
     if kind is None:
         return False
-    if not autostart:
-        return _remove(directory, (kind,), owner)
     kept = {k: result[k] for k in KEPT_RESULT if isinstance(result, dict) and k in result}
     doc = {"format": FORMAT, "kind": kind, "owner": owner, "op": op, "args": args,
            "result": kept}
