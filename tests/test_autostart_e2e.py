@@ -72,7 +72,7 @@ from kvmnet_provider.resources import TapPort, TapPortArgs
 
 conn = HostSettings(**{conn!r})
 net = network_for_model({model!r})("net", NetworkArgs(connection=conn, **{args!r}))
-TapPort("tap", TapPortArgs(connection=conn, name="kat1", bridge=net.bridge))
+TapPort("tap", TapPortArgs(connection=conn, name="kat1", bridge=net.bridge, autostart={tap!r}))
 """
 
 
@@ -83,7 +83,8 @@ def model_stack(tmp_path: Path, lab: LabStatus, model: str, **extra: Any) -> Tes
         args["gateway"] = "10.0.71.254"
     if model == "bridged":
         args.update(subnet=lab.lan, gateway=lab.gateway, uplink="eth0")
-    program = textwrap.dedent(PROGRAM).format(conn=conn, model=model, args=args)
+    tap = None if args.get("autostart", True) else False
+    program = textwrap.dedent(PROGRAM).format(conn=conn, model=model, args=args, tap=tap)
     return TestStack(tmp_path, program, project="kauto")
 
 
