@@ -183,3 +183,13 @@ def test_the_launcher_runs_the_copy(books: Path) -> None:
     text = launcher.read_text()
     assert "sys.path.insert(0" in text and "agent.boot import restore" in text
     assert unit.keep_code() == launcher  # unchanged code: nothing copied again
+
+
+def test_the_last_delete_leaves_guests_disks_kept_beside_the_records(books: Path) -> None:
+    disk = records.namespace_dir() / "guests" / "g1" / "disk.qcow2"
+    disk.parent.mkdir(parents=True)
+    disk.write_text("a guest's overlay")
+    boot.book("guest.start", {"name": "g1", "owner": "og"}, {}, True)
+    boot.book("guest.stop", {"name": "g1", "owner": "og"}, {}, True)
+    assert disk.read_text() == "a guest's overlay"
+    assert sorted(p.name for p in records.namespace_path().iterdir()) == ["guests"]

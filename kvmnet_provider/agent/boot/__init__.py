@@ -19,9 +19,12 @@ def book(op: str, args: dict[str, Any], result: Any, autostart: bool) -> None:
     from . import records, unit
 
     try:
-        directory = records.namespace_dir()
-        with _lock, name_lock(directory, "boot.lock", kept_while=directory / "records"):
-            if records.note(op, args, result, autostart) or not records.has_records():
-                unit.sync(records.has_records())
+        with _lock:
+            directory = records.namespace_dir()
+            with name_lock(directory, "boot.lock", kept_while=directory / "records"):
+                if records.note(op, args, result, autostart) or not records.has_records():
+                    unit.sync(records.has_records())
+            if not records.has_records():
+                unit.prune()  # the lock file went on the way out: its directory can go too
     except Exception as exc:
         print(f"kvmnet: {op}: not recorded for the next boot: {exc}", file=sys.stderr)

@@ -79,10 +79,14 @@ class BadRecord(Exception):
     """A record the restore skips: unreadable, or written by a newer kvmnet."""
 
 
+def namespace_path() -> Path:
+    """This network namespace's books' directory (not made here)."""
+    return ROOT / f"netns-{os.stat('/proc/self/ns/net').st_ino}"
+
+
 def namespace_dir() -> Path:
-    ino = os.stat("/proc/self/ns/net").st_ino
     private_dir(ROOT)
-    return private_dir(ROOT / f"netns-{ino}")
+    return private_dir(namespace_path())
 
 
 def records_dir() -> Path:
@@ -139,7 +143,7 @@ def _remove(directory: Path, kinds: tuple[str, ...], owner: str) -> bool:
 
 
 def has_records() -> bool:
-    directory = namespace_dir() / "records"
+    directory = namespace_path() / "records"
     return directory.is_dir() and any(p.suffix == ".json" for p in directory.iterdir())
 
 

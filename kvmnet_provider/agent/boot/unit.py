@@ -120,11 +120,7 @@ def sync(have_records: bool) -> str:
     network namespace: no unit), "no-systemd", or "none" (no records left)."""
     if not have_records:
         remove_unit()
-        shutil.rmtree(records.namespace_dir(), ignore_errors=True)
-        try:
-            os.rmdir(records.ROOT)  # the last namespace's books gone: as before kvmnet came
-        except OSError:
-            pass  # another namespace's books are there
+        forget_all()
         return "none"
     launcher = keep_code()
     if not real_host():
@@ -133,6 +129,23 @@ def sync(have_records: bool) -> str:
         return "no-systemd"
     install_unit(launcher)
     return "unit"
+
+
+def forget_all() -> None:
+    """Remove the records and the code copy, and the directories they leave empty (the same
+    directories hold guests' disks: those stay, with their directories)."""
+    directory = records.namespace_path()
+    for part in ("records", "agent-code"):
+        shutil.rmtree(directory / part, ignore_errors=True)
+    prune()
+
+
+def prune() -> None:
+    for emptied in (records.namespace_path(), records.ROOT):
+        try:
+            os.rmdir(emptied)  # the last books gone: as before kvmnet came
+        except OSError:
+            pass  # something else is kept there (a disk, another namespace's books, a lock)
 
 
 def install_unit(launcher: Path) -> None:
