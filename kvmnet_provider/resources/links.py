@@ -36,7 +36,7 @@ class _LinkProvider(KvmnetProvider):
             or live.get("kind") != self.link_kind
         ):
             return None  # ours is gone (a link of that name that is not ours is not ours)
-        return kept_ifindex(props, self.overlay(props, live))
+        return self.overlay(props, live)
 
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         out = {"ifindex": live["ifindex"], "mac": live["mac"], "up": live["up"]}
@@ -57,14 +57,6 @@ class _LinkProvider(KvmnetProvider):
     def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
         forget(agent)
         agent.call_batched("link.delete", {"name": props["name"], "owner": props["owner"]})
-
-
-def kept_ifindex(props: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
-    """A link of ours keeps the ifindex it was made with: the host's restore at boot
-    (agent/boot) makes it again, and a new index alone is no drift (ids name it)."""
-    if isinstance(props.get("ifindex"), int):
-        out["ifindex"] = props["ifindex"]
-    return out
 
 
 def _bridge_id(value: object) -> str:

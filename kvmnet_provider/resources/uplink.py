@@ -180,12 +180,7 @@ class UplinkBridgeProvider(KvmnetProvider):
 
     def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
         live = agent.call("uplink.read", {"owner": props["owner"]})
-        if not live:
-            return None
-        out = self.overlay(live)
-        if isinstance(props.get("ifindex"), int):  # made again at boot: not drift (links.py)
-            out["ifindex"] = props["ifindex"]
-        return out
+        return self.overlay(live) if live else None
 
     def host_update(
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
