@@ -41,6 +41,19 @@ def run_restore(lab_api: Lab, namespace: str) -> subprocess.CompletedProcess[str
     )
 
 
+def qemu_pids(namespace: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+    found = []
+    for pid in (int(t) for t in out.stdout.split() if t.isdigit()):
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if b"qemu" in argv0:
+            found.append(pid)
+    return sorted(found)
+
+
 def restored_view(snapshot: dict[str, Any]) -> dict[str, Any]:
     """What a restore must bring back as `up` made it: links (without the kernel-chosen tap
     indexes), addresses, routes, rules, sysctls, and kvmnet's processes (dnsmasq)."""
@@ -136,3 +149,44 @@ def test_autostart_false_stays_down(tmp_path: Path, lab: LabStatus, lab_api: Lab
     finally:
         stack.destroy(check=False)
         stack.remove()
+
+
+def test_guests_come_back_and_keep_their_row(tmp_path: Path, lab: LabStatus, lab_api: Lab) -> None:
+    """The NAT model with its two guests (DHCP leases, masquerade): after the reboot and the
+    restore, each guest runs again and the model's whole row holds from inside them."""
+    from kvmnet_lab.hostconfig import lab_stack_config
+    from kvmnet_lab.probe import EXPECTED, GuestEndpoint, Outside, observe
+    from kvmnet_lab.testing.guest import guest_image_dir
+    from kvmnet_lab.testing.stack import config_stack
+
+    ns = lab.hosts[0].namespace
+    config = lab_stack_config(lab, model="nat", image_dir=guest_image_dir())
+    config.update({"kvmnet:accelerator": "tcg", "kvmnet:dhcp": True})
+    outside = Outside(lab.ext.namespace, lab.ext.address, lab.ext.echo_port)
+
+    def row(stack: TestStack) -> dict[str, object]:
+        guests = [r["outputs"] for r in stack.resources("QemuGuest")]
+        addresses = {"g1": "10.0.1.11", "g2": "10.0.1.12"}
+        ends = [GuestEndpoint(g["name"], addresses[g["name"]], g["console_socket"])
+                for g in sorted(guests, key=lambda g: g["name"])]
+        return observe(ends, "10.0.1.254", lab.hosts[0].address, outside).as_dict()
+
+    with config_stack(tmp_path, "autog", config) as stack:
+        try:
+            stack.up()
+            reboot_host(lab_api, lab.hosts[0].name, run_dir_survives=False)
+            first = run_restore(lab_api, ns)
+            assert first.returncode == 0, first.stderr
+            qemus = qemu_pids(ns)
+            assert len(qemus) == 2, first.stderr
+            second = run_restore(lab_api, ns)
+            assert second.returncode == 0, second.stderr
+            assert qemu_pids(ns) == qemus  # the same guests, not started again
+            refreshed = stack.pulumi("refresh", "--yes", "--expect-no-changes", "--diff")
+            assert " updated" not in refreshed.stdout, refreshed.stdout
+            stack.preview_no_changes()
+            assert row(stack) == EXPECTED["nat"]
+            stack.destroy()
+            assert not boot_dir(ns).exists()
+        finally:
+            stack.destroy(check=False)
