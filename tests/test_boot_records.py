@@ -193,3 +193,27 @@ def test_the_last_delete_leaves_guests_disks_kept_beside_the_records(books: Path
     boot.book("guest.stop", {"name": "g1", "owner": "og"}, {}, True)
     assert disk.read_text() == "a guest's overlay"
     assert sorted(p.name for p in records.namespace_path().iterdir()) == ["guests"]
+
+
+def test_the_hello_says_how_the_host_comes_back(
+    books: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KVMNET_UNIT_DIR")
+    monkeypatch.setattr(unit, "real_host", lambda: True)
+    monkeypatch.setattr(unit, "SYSTEMD_RUNNING", books / "no-such-dir")
+    assert server.boot_kind() == "no-systemd"
+    assert unit.sync(True) == "no-systemd"
+    assert not (books / "units" / unit.UNIT_NAME).exists()  # and no unit written anywhere
+    monkeypatch.setattr(unit, "real_host", lambda: False)
+    assert server.boot_kind() == "lab"
+
+
+def test_a_host_without_systemd_gets_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmnet_provider.resources import base
+
+    warned: list[str] = []
+    monkeypatch.setattr(base.pulumi.log, "warn", warned.append)
+    base._warn_no_autostart.cache_clear()
+    base._warn_no_autostart("h9")
+    base._warn_no_autostart("h9")
+    assert len(warned) == 1 and warned[0].startswith("h9: no systemd")

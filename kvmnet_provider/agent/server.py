@@ -68,6 +68,16 @@ def missing_components() -> list[str]:
     return missing
 
 
+def boot_kind() -> str:
+    """What brings this host's objects back at boot (see boot/unit.py)."""
+    from .boot import unit
+
+    try:
+        return unit.host_kind()
+    except OSError:
+        return "no-systemd"
+
+
 def build_handlers() -> dict[str, Handler]:
     from .firewall import forwarding
     from .links.dump import link_read, link_read_all, link_read_many
@@ -167,6 +177,7 @@ def serve(inp: IO[str], out: IO[str]) -> None:
                 "python": platform.python_version(),
                 "pid": os.getpid(),
                 "missing": missing,
+                "boot": boot_kind(),
             }
         }
     )

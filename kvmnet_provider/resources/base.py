@@ -175,7 +175,10 @@ class KvmnetProvider(ResourceProvider):
         return {**props, **live}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        live = self.host_create(self._agent(props), props)
+        agent = self._agent(props)
+        if getattr(agent, "boot", "") == "no-systemd" and props.get("autostart") is not False:
+            _warn_no_autostart(props["connection"]["host"])
+        live = self.host_create(agent, props)
         outs = self._outputs(props, live)
         return CreateResult(id_=self.resource_id(outs), outs=outs)
 
@@ -205,6 +208,15 @@ class NoAutostart:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
+
+
+@functools.cache
+def _warn_no_autostart(host: str) -> None:
+    """Once per host and run: a host without systemd gets no unit to restore at boot."""
+    pulumi.log.warn(
+        f"{host}: no systemd (/run/systemd/system is absent): after a reboot nothing kvmnet made "
+        "comes back by itself; run `pulumi refresh && pulumi up`, or set autostart: false"
+    )
 
 
 @functools.lru_cache(maxsize=1024)

@@ -115,6 +115,15 @@ def real_host() -> bool:
         return False
 
 
+def host_kind() -> str:
+    """"unit" (a real host booted by systemd), "lab" (a network namespace), "no-systemd"."""
+    if not real_host():
+        return "lab"
+    if not SYSTEMD_RUNNING.is_dir() and not os.environ.get("KVMNET_UNIT_DIR"):
+        return "no-systemd"
+    return "unit"
+
+
 def sync(have_records: bool) -> str:
     """Make the code copy and the unit match the records: "unit" (installed), "lab" (a
     network namespace: no unit), "no-systemd", or "none" (no records left)."""
@@ -123,12 +132,10 @@ def sync(have_records: bool) -> str:
         forget_all()
         return "none"
     launcher = keep_code()
-    if not real_host():
-        return "lab"
-    if not SYSTEMD_RUNNING.is_dir() and not os.environ.get("KVMNET_UNIT_DIR"):
-        return "no-systemd"
-    install_unit(launcher)
-    return "unit"
+    kind = host_kind()
+    if kind == "unit":
+        install_unit(launcher)
+    return kind
 
 
 def forget_all() -> None:
