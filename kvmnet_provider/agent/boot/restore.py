@@ -49,7 +49,7 @@ def apply(record: records.Record, handler: Callable[[str], Handler | None]) -> N
 def _precreate_bridge(record: records.Record) -> None:
     """Make the bridge with its recorded ifindex and MAC, marked ours, when it is absent:
     bridge.create then finds it ours and applies the rest. Best effort: a taken ifindex
-    leaves the choice to bridge.create (Pulumi's id keeps the recorded one; see links.py)."""
+    leaves the choice to bridge.create (Pulumi's id, read back by refresh, is unchanged)."""
     from ..links.netlink import iproute_class
     from ..links.state import owner_tag
 
