@@ -122,6 +122,8 @@ def note(op: str, args: dict[str, Any], result: Any, autostart: bool = True) -> 
     if kind is None:
         return False
     kept = {k: result[k] for k in KEPT_RESULT if isinstance(result, dict) and k in result}
+    # An uplink's token and rollback are the change's own: a restore makes new ones.
+    args = {k: v for k, v in args.items() if k not in ("token",)}
     doc = {"format": FORMAT, "kind": kind, "owner": owner, "op": op, "args": args,
            "result": kept}
     path = record_path(directory, kind, owner)
