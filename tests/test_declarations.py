@@ -48,21 +48,21 @@ def test_props_are_those_a_stack_holds(registered: list[Any]) -> None:
     assert props[0] == {
         "connection": CONN, "owner": _owner("Bridge", "b"), "name": "br0",
         "addresses": ["10.0.1.1/24"], "mtu": None, "stp": True, "forward_delay": 0, "up": True,
-        "adopt": False, "ifindex": None, "mac": None,
+        "adopt": False, "autostart": None, "ifindex": None, "mac": None,
     }  # fmt: skip
     assert props[1] == {
         "connection": CONN, "owner": _owner("TapPort", "t"), "name": "tap0", "bridge": "br0",
         "bridge_id": None, "owner_user": "qemu", "multi_queue": False, "mtu": None, "up": True,
-        "adopt": False, "ifindex": None, "mac": None,
+        "adopt": False, "autostart": None, "ifindex": None, "mac": None,
     }  # fmt: skip
     assert props[2] == {
         "connection": CONN, "owner": _owner("PortForward", "p"), "protocol": "tcp",
         "host_port": 80, "guest_address": "10.0.1.2", "guest_port": 8080, "in_interface": None,
-        "destination": None, "rules": None, "backend": None,
+        "destination": None, "autostart": None, "rules": None, "backend": None,
     }  # fmt: skip
     assert props[3] == {
         "connection": CONN, "owner": _owner("ForwardingSetting", "f"), "ipv4": True,
-        "ipv6": False, "previous": None, "holders": None,
+        "ipv6": False, "autostart": None, "previous": None, "holders": None,
     }  # fmt: skip
     assert bridge is not None
 

@@ -124,6 +124,7 @@ AGENT_ROOMS = {
                "socket_rules"},
     "dhcp": {"operations", "config"},
     "uplink": {"uplink"},
+    "boot": {"records", "unit", "restore"},
 }  # fmt: skip
 # The agent's root: the request loop, its workers, and what every room shares.
 AGENT_ROOT = {"__init__", "server", "workers", "errors", "hoststate", "rundir", "codelock"}

@@ -30,6 +30,7 @@ def checked(values: dict[str, object]) -> None:
 
 def test_the_defaults_pass(config: dict[str, str]) -> None:
     checked({})
+    checked({"autostart": False, "guests": [{"name": "g1", "autostart": False}]})
     checked({"model": "routed", "subnet": "10.0.2.0/24", "gateway": "10.0.2.1"})
 
 
@@ -67,6 +68,11 @@ def test_the_defaults_pass(config: dict[str, str]) -> None:
             "kvmnet:bridgeAddresses[1]: is not a valid address/prefix",
         ),
         ({"bridgeAddresses": {"a": 1}}, "kvmnet:bridgeAddresses: must be a list"),
+        ({"autostart": 1}, "kvmnet:autostart: must be true or false, got 1"),
+        (
+            {"guests": [{"name": "g1", "autostart": 1}]},
+            "kvmnet:guests[0].autostart: must be true or false, got 1",
+        ),
     ],
 )
 def test_bad_config_names_the_key(
@@ -232,7 +238,12 @@ def test_the_guests_output_names_each_guests_console_log() -> None:
 
 @pytest.mark.parametrize(
     ("key", "what"),
-    [("guests", "a list of guests"), ("dhcp", "true or false"), ("host", "an object {host")],
+    [
+        ("guests", "a list of guests"),
+        ("dhcp", "true or false"),
+        ("autostart", "true or false"),
+        ("host", "an object {host"),
+    ],
 )
 def test_plain_text_for_a_structured_key_names_the_key_not_the_text(
     config: dict[str, str], key: str, what: str

@@ -33,7 +33,8 @@ from ..spec.wire import (
     error_body,
     refused,
 )
-from . import workers
+from . import boot, workers
+from .boot.records import is_mutation
 from .errors import AgentError
 from .links.readcache import note_request
 
@@ -67,6 +68,16 @@ def missing_components() -> list[str]:
     return missing
 
 
+def boot_kind() -> str:
+    """What brings this host's objects back at boot (see boot/unit.py)."""
+    from .boot import unit
+
+    try:
+        return unit.host_kind()
+    except OSError:
+        return "no-systemd"
+
+
 def build_handlers() -> dict[str, Handler]:
     from .firewall import forwarding
     from .links.dump import link_read, link_read_all, link_read_many
@@ -86,12 +97,15 @@ def build_handlers() -> dict[str, Handler]:
     }
 
 
-def _handler(handlers: dict[str, Handler], op: str) -> Handler | None:
+def handler_for(handlers: dict[str, Handler], op: str) -> Handler | None:
     """The handler for `op`, loading its module at the first operation that needs it."""
     module = LAZY_MODULES.get(op.split(".")[0])
     if op not in handlers and module:
         handlers.update(importlib.import_module(f".{module}", __package__).handlers())
     return handlers.get(op)
+
+
+_handler = handler_for
 
 
 def failure(op: object, exc: BaseException) -> ErrorBody:
@@ -130,7 +144,12 @@ def handle(handlers: dict[str, Handler], request: dict[str, Any]) -> Answer:
         args = request.get("args") or {}
         if not isinstance(args, dict):
             raise AgentError("invalid", "args must be an object")
-        return answered(rid, handler(args))
+        # Whether the object comes back after a reboot: the books' business, not the op's.
+        autostart = args.pop("autostart", True) is not False
+        result = handler(args)
+        if isinstance(op, str) and (is_mutation(op) or not autostart):  # see boot/
+            boot.book(op, args, result, autostart)
+        return answered(rid, result)
     except Exception as exc:
         return refused(rid, failure(op, exc))
 
@@ -158,6 +177,7 @@ def serve(inp: IO[str], out: IO[str]) -> None:
                 "python": platform.python_version(),
                 "pid": os.getpid(),
                 "missing": missing,
+                "boot": boot_kind(),
             }
         }
     )

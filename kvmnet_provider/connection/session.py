@@ -105,6 +105,7 @@ class AgentSession:
                 f"{settings.label}: the host lacks what kvmnet needs: " + "; ".join(info["missing"])
             )
         self.agent_pid = info["pid"]
+        self.boot = info.get("boot", "")  # see agent/boot/unit.py's host_kind
         self._start_reader()
 
     def _init_state(self, settings: HostSettings) -> None:

@@ -76,6 +76,8 @@ class GuestSpec:
     # What `up` waits for before the guest counts as made: GuestReady(lease, tcp, console,
     # timeout); tcp is tried on `address` when it is set.
     ready: GuestReady | dict[str, Any] | None = None
+    # False: not started again when the host reboots (the host keeps no record of it).
+    autostart: bool = True
 
 
 @dataclass
@@ -111,6 +113,9 @@ class NetworkArgs:
     # The stack-config property the network was read from (kvmnet:hosts.h1.networks[0], or
     # `kvmnet:` for the one-host program's): errors name its keys instead of the resource name.
     config_key: str | None = None
+    # False: nothing of the network comes back by itself when the host reboots (its guests
+    # neither); `pulumi refresh` then shows it gone and `pulumi up` makes it again.
+    autostart: bool = True
 
 
 def dhcp_enabled(model: str, args: NetworkArgs, where: str = "net") -> bool:
@@ -126,6 +131,22 @@ def dhcp_enabled(model: str, args: NetworkArgs, where: str = "net") -> bool:
     return uses_dhcp(model, args.dhcp)
 
 
+def check_autostart(resource_name: str, args: NetworkArgs) -> None:
+    """`autostart` of the network and of each guest: a boolean (ConfigError naming it)."""
+    where = args.config_key
+    named = [("autostart", args.autostart)]
+    named += [(f"guests[{i}].autostart", g.autostart) for i, g in enumerate(args.guests)]
+    for name, value in named:
+        if not isinstance(value, bool):
+            key = config_path(where, name) if where else f"{resource_name}: {name}"
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+
+
+def autostart_input(on: bool) -> bool | None:
+    """A resource's `autostart` input: None (the default: on) keeps older states' inputs."""
+    return None if on else False
+
+
 class _Network(pulumi.ComponentResource):
     model = ""
 
@@ -133,6 +154,7 @@ class _Network(pulumi.ComponentResource):
         self, resource_name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         check_guests(resource_name, args.subnet, args.gateway, args.guests, args.config_key)
+        check_autostart(resource_name, args)
         self.dhcp_enabled = dhcp_enabled(self.model, args, resource_name)
         if self.dhcp_enabled:
             check_dhcp(resource_name, args, args.config_key)
@@ -146,6 +168,7 @@ class _Network(pulumi.ComponentResource):
         claim(resource_name, args, host_subnet=MODELS[self.model].bridge_address)
         super().__init__(f"kvmnet:index:{type(self).__name__}", resource_name, None, opts)
         self.args = args
+        self.autostart = autostart_input(args.autostart)
         child = pulumi.ResourceOptions(parent=self)
         self.bridge = self.make_bridge(resource_name, child)
         # The host's forwarding and rules follow the bridge: a bridge the host refuses (its
@@ -161,7 +184,12 @@ class _Network(pulumi.ComponentResource):
         for guest in args.guests:
             tap = TapPort(
                 f"{resource_name}-{guest.name}-tap",
-                TapPortArgs(connection=args.connection, name=guest.tap, bridge=self.bridge),
+                TapPortArgs(
+                    connection=args.connection,
+                    name=guest.tap,
+                    bridge=self.bridge,
+                    autostart=autostart_input(args.autostart and guest.autostart),
+                ),
                 child,
             )
             # Guests start once the host side of their network is in place.
@@ -171,6 +199,7 @@ class _Network(pulumi.ComponentResource):
                 f"{resource_name}-{guest.name}",
                 QemuGuestArgs(
                     connection=args.connection,
+                    autostart=autostart_input(args.autostart and guest.autostart),
                     name=guest.name,
                     memory_mib=guest.memory_mib,
                     vcpus=guest.vcpus,
@@ -215,7 +244,10 @@ class _Network(pulumi.ComponentResource):
         return Bridge(
             f"{resource_name}-bridge",
             BridgeArgs(
-                connection=args.connection, name=args.bridge, addresses=self.bridge_addresses()
+                connection=args.connection,
+                name=args.bridge,
+                addresses=self.bridge_addresses(),
+                autostart=self.autostart,
             ),
             opts,
         )
@@ -230,6 +262,7 @@ class _Network(pulumi.ComponentResource):
             f"{resource_name}-dhcp",
             DhcpServerArgs(
                 connection=args.connection,
+                autostart=self.autostart,
                 bridge=self.bridge.name,  # after the bridge and its address
                 subnet=args.subnet,
                 gateway=args.gateway,
@@ -258,6 +291,7 @@ class _Network(pulumi.ComponentResource):
             f"{resource_name}-forward-rules",
             ForwardRulesArgs(
                 connection=args.connection,
+                autostart=self.autostart,
                 mode=self.model,
                 bridge=self.bridge.name,
                 subnet=args.subnet if MODELS[self.model].bridge_address else None,
@@ -283,7 +317,7 @@ class RoutedNetwork(_Network):
     def host_setup(self, resource_name: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
         forwarding = ForwardingSetting(
             f"{resource_name}-forwarding",
-            ForwardingSettingArgs(connection=self.args.connection),
+            ForwardingSettingArgs(connection=self.args.connection, autostart=self.autostart),
             opts,
         )
         return [forwarding, self.forward_rules(resource_name, opts)]
@@ -297,6 +331,7 @@ class NatNetwork(RoutedNetwork):
             f"{resource_name}-masquerade",
             MasqueradeRuleArgs(
                 connection=self.args.connection,
+                autostart=self.autostart,
                 source=self.args.subnet,
                 out_interface=self.args.uplink,
             ),
@@ -311,6 +346,7 @@ class NatNetwork(RoutedNetwork):
                     f"{resource_name}-forward-{fwd.protocol}-{fwd.host_port}",
                     PortForwardArgs(
                         connection=self.args.connection,
+                        autostart=self.autostart,
                         protocol=fwd.protocol,
                         host_port=fwd.host_port,
                         guest_address=address,
@@ -342,6 +378,7 @@ class BridgedNetwork(_Network):
             f"{resource_name}-uplink",
             UplinkBridgeArgs(
                 connection=args.connection,
+                autostart=self.autostart,
                 name=args.bridge,
                 nic=args.uplink,
                 addresses=list(args.bridge_addresses_override),

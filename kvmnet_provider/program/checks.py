@@ -52,6 +52,7 @@ class NetworkSettings:
     dhcp: bool | None
     domain: str | None
     dhcp_range: tuple[str, str] | None
+    autostart: bool = True  # false: nothing of it comes back by itself after a reboot
 
     def key(self, name: str) -> str:
         """How errors name this network's key `name`."""
@@ -81,6 +82,7 @@ def network_settings(raw: Mapping[str, Any], config_key: str) -> NetworkSettings
         raise ConfigError(key("domain"), f"must be a DNS domain, got {domain!r}")
     if rng is not None and (not isinstance(rng, list) or len(rng) != 2):
         raise ConfigError(key("dhcpRange"), f"must be [start, end], got {rng!r}")
+    autostart = checked_autostart(raw, key("autostart"))
     rollback = raw.get("rollbackSeconds", defaults.ROLLBACK_SECONDS)
     return NetworkSettings(
         config_key=config_key,
@@ -96,7 +98,16 @@ def network_settings(raw: Mapping[str, Any], config_key: str) -> NetworkSettings
         dhcp=dhcp,
         domain=domain,
         dhcp_range=(rng[0], rng[1]) if rng else None,
+        autostart=autostart,
     )
+
+
+def checked_autostart(raw: Mapping[str, Any], key: str) -> bool:
+    """`autostart` of a network or a guest: true (the default) or false."""
+    value = raw.get("autostart", True)
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {value!r}")
+    return value
 
 
 def check_stack_wide(cfg: pulumi.Config) -> None:
@@ -152,6 +163,7 @@ def check_guests(guests: list[Any], key: str) -> list[str]:
             value = guest.get(field)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{where}.{field}", f"must be a non-empty string, got {value!r}")
+        checked_autostart(guest, f"{where}.autostart")
         guest_disk_args(guest, where)  # baseImage ... cloudInit, each key named
         guest_ready(guest, where)
         if guest.get("address") is not None:

@@ -73,6 +73,7 @@ def guest_specs(
                 disks=guest.get("disks") or (),
                 stop_timeout=int(guest.get("stop_timeout", stop_timeout)),
                 ready=dict(ready) if (ready := guest_ready(guest, key)) else None,
+                autostart=guest.get("autostart", True),
                 **disk_args,
             )
         )

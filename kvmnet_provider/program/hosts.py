@@ -35,7 +35,7 @@ from .networks import network_args
 # The one-host program's network keys by how stack config holds them: plain text, or
 # structured (YAML in the stack file, JSON through `pulumi config set`).
 TEXT_KEYS = ("name", "model", "bridge", "subnet", "gateway", "uplink", "domain")
-OBJECT_KEYS = ("guests", "portForwards", "bridgeAddresses", "dhcp", "dhcpRange")
+OBJECT_KEYS = ("guests", "portForwards", "bridgeAddresses", "dhcp", "dhcpRange", "autostart")
 
 
 @dataclass

@@ -31,6 +31,7 @@ NETWORK_KEYS = (
     "dhcp",
     "domain",
     "dhcpRange",
+    "autostart",
 )
 GUEST_KEYS = (
     "name",
@@ -45,6 +46,7 @@ GUEST_KEYS = (
     "initrd",
     "cmdline",
     "ready",
+    "autostart",
 )
 FORWARD_KEYS = ("guest", "guest_port", "host_port", "protocol")
 # A fleet host's keys: its connection (as kvmnet:host), its networks and its own secrets.
@@ -64,6 +66,7 @@ STRUCTURED_KEYS = {
     "guests": "a list of guests",
     "portForwards": "a list of port forwards",
     "dhcp": "true or false",
+    "autostart": "true or false",
     "dhcpRange": "a list [start, end]",
     "bridgeAddresses": "a list of addresses",
 }

@@ -44,8 +44,13 @@ def network_args(
         config_key=settings.config_key,
         dhcp=settings.dhcp,
         dhcp_range=settings.dhcp_range,
-        **({"domain": settings.domain} if settings.domain is not None else {}),
+        autostart=settings.autostart,
+        **_domain(settings.domain),
     )
+
+
+def _domain(domain: str | None) -> dict[str, Any]:
+    return {"domain": domain} if domain is not None else {}
 
 
 def port_forward_specs(raw: list[dict[str, Any]]) -> list[PortForwardSpec]:

@@ -166,13 +166,19 @@ class KvmnetProvider(ResourceProvider):
         return {"owner": props["owner"], **{n: props.get(n) for n in self.fields}}
 
     def _agent(self, props: dict[str, Any]) -> AgentSession:
-        return agent_session(_settings(json.dumps(props["connection"], sort_keys=True)))
+        session = agent_session(_settings(json.dumps(props["connection"], sort_keys=True)))
+        if props.get("autostart") is False:  # see autostart.py
+            return NoAutostart(session)  # type: ignore[return-value]
+        return session
 
     def _outputs(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         return {**props, **live}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        live = self.host_create(self._agent(props), props)
+        agent = self._agent(props)
+        if getattr(agent, "boot", "") == "no-systemd" and props.get("autostart") is not False:
+            _warn_no_autostart(props["connection"]["host"])
+        live = self.host_create(agent, props)
         outs = self._outputs(props, live)
         return CreateResult(id_=self.resource_id(outs), outs=outs)
 
@@ -188,6 +194,29 @@ class KvmnetProvider(ResourceProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         self.host_delete(self._agent(props), props)
+
+
+class NoAutostart:
+    """An agent session whose every request says the object is not to come back at boot
+    (autostart.py): the host keeps no record of it."""
+
+    def __init__(self, session: AgentSession) -> None:
+        self._session = session
+
+    def call(self, op: str, args: dict[str, Any], timeout: float = 120.0) -> Any:
+        return self._session.call(op, {**args, "autostart": False}, timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+@functools.cache
+def _warn_no_autostart(host: str) -> None:
+    """Once per host and run: a host without systemd gets no unit to restore at boot."""
+    pulumi.log.warn(
+        f"{host}: no systemd (/run/systemd/system is absent): after a reboot nothing kvmnet made "
+        "comes back by itself; run `pulumi refresh && pulumi up`, or set autostart: false"
+    )
 
 
 @functools.lru_cache(maxsize=1024)

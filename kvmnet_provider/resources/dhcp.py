@@ -21,6 +21,7 @@ import pulumi
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import dhcp, validate
+from .autostart import autostart_field
 from .base import KvmnetProvider, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .netfilter import firewall_backend
@@ -58,6 +59,7 @@ class DhcpServerArgs:
     )
     # Drift: false when read finds dnsmasq dead or its rules gone (up repairs it).
     serving: bool = kvmnet_field(validate.boolean, default=True, init=False)
+    autostart: bool | None = autostart_field()
 
 
 class DhcpServerProvider(KvmnetProvider):

@@ -19,6 +19,7 @@ import pulumi
 
 from ..connection import HostSettings
 from ..spec import models, validate
+from .autostart import autostart_field
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .netfilter import FirewallRuleProvider
 
@@ -60,6 +61,7 @@ class ForwardRulesArgs:
     subnet: pulumi.Input[str] | None = kvmnet_field(validate.network, default=None)
     # NAT: the declared port forwards admitted inbound: {guest: address, port: guest port, proto}
     forwards: Sequence[dict[str, Any]] = kvmnet_field(_forwards, default_factory=list, prop=list)
+    autostart: bool | None = autostart_field()
 
 
 class ForwardRulesProvider(FirewallRuleProvider):

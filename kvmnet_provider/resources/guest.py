@@ -25,6 +25,7 @@ from ..spec import guest as guests
 from ..spec.ready import readiness
 from ..spec.validate import boolean, int_range, user_name
 from ..spec.wire import GuestRef, GuestState
+from .autostart import autostart_field
 from .base import KvmnetProvider, _has_unknown, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .guest_disk import replace_warning, shrunk_disk
@@ -142,6 +143,7 @@ class QemuGuestArgs:
     ready: GuestReady | dict[str, Any] | None = kvmnet_field(
         readiness, default=None, prop=ready_prop
     )
+    autostart: bool | None = autostart_field()
 
 
 class QemuGuestProvider(KvmnetProvider):

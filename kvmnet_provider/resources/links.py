@@ -13,6 +13,7 @@ from ..connection.session import AgentSession
 from ..errors import ConfigError
 from ..spec import validate
 from ..spec.validate import InvalidInput
+from .autostart import autostart_field
 from .base import KvmnetProvider, host_key, is_unknown, list_of
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .linkreads import forget, read_link
@@ -76,6 +77,7 @@ class BridgeArgs:
     forward_delay: int = kvmnet_field(lambda v: validate.int_range(v, 0, 30), default=0)
     up: bool = kvmnet_field(validate.boolean, default=True)
     adopt: bool = kvmnet_field(validate.boolean, default=False)
+    autostart: bool | None = autostart_field()
 
 
 @declaration
@@ -97,6 +99,7 @@ class TapPortArgs:
     # nothing else of theirs changes). An update in place keeps the id: preview shows no
     # tap for it. TapPort sets it from `bridge`.
     bridge_id: pulumi.Input[str] | None = kvmnet_field(_bridge_id, default=None, init=False)
+    autostart: bool | None = autostart_field()
 
 
 class BridgeProvider(_LinkProvider):

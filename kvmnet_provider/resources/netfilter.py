@@ -12,6 +12,7 @@ from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import validate
 from ..spec.firewall import RULE_BACKENDS
+from .autostart import autostart_field
 from .base import KvmnetProvider, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 
@@ -108,6 +109,7 @@ class ForwardingSettingArgs:
     ipv6: bool = kvmnet_field(validate.boolean, default=False)
     # What a ForwardingSetting is for: the state carries it, cross_check holds it true.
     ipv4: bool = kvmnet_field(validate.boolean, default=True, init=False)
+    autostart: bool | None = autostart_field()
 
 
 @declaration
@@ -115,6 +117,7 @@ class MasqueradeRuleArgs:
     connection: HostSettings
     source: pulumi.Input[str] = kvmnet_field(validate.network)
     out_interface: pulumi.Input[str] | None = kvmnet_field(validate.ifname, default=None)
+    autostart: bool | None = autostart_field()
 
 
 @declaration
@@ -128,6 +131,7 @@ class PortForwardArgs:
     in_interface: pulumi.Input[str] | None = kvmnet_field(validate.ifname, default=None)
     # only packets to this host address
     destination: pulumi.Input[str] | None = kvmnet_field(_ipv4, default=None)
+    autostart: bool | None = autostart_field()
 
 
 class ForwardingSettingProvider(_OwnedByMarkProvider):

@@ -20,6 +20,7 @@ from pulumi.dynamic import CheckFailure, CheckResult
 from ..connection import AgentCallError, HostError, HostSettings, agent_session, fresh_session
 from ..connection.session import AgentSession
 from ..spec import validate
+from .autostart import autostart_field, stated
 from .base import KvmnetProvider, _has_unknown, host_key, list_of
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 
@@ -45,6 +46,7 @@ class UplinkBridgeArgs:
     rollback_seconds: int = kvmnet_field(lambda v: validate.int_range(v, 5, 600), default=30)
     # Drift: read reports another state when the NIC is no longer the bridge's port.
     state: str = kvmnet_field(_state, default="bridged", init=False)
+    autostart: bool | None = autostart_field()
 
 
 class UplinkBridgeProvider(KvmnetProvider):
@@ -109,7 +111,8 @@ class UplinkBridgeProvider(KvmnetProvider):
         started = time.monotonic()
         refused: AgentCallError | None = None
         try:
-            result = agent_session(settings).call(op, {**args, "token": token}, timeout=20)
+            request = stated(props, {**args, "token": token})
+            result = agent_session(settings).call(op, request, timeout=20)
             if result.get("token") is None:
                 return dict(result)  # nothing was there to change
         except AgentCallError as exc:

@@ -45,6 +45,9 @@ class Hello(TypedDict):
     python: str
     pid: int
     missing: list[str]  # what the host lacks, each with how to install it; empty: ready
+    # How the host brings kvmnet's objects back at boot: "unit" (systemd), "lab" (a network
+    # namespace: the lab runs the restore), "no-systemd" (nothing does); "" from an older agent.
+    boot: NotRequired[str]
 
 
 class HelloLine(TypedDict):
@@ -122,6 +125,7 @@ def parse_hello(doc: object) -> Hello:
         "python": str(hello.get("python") or ""),
         "pid": int(hello.get("pid") or 0),
         "missing": [str(m) for m in missing] if isinstance(missing, list) else [str(missing)],
+        "boot": str(hello.get("boot") or ""),
     }
 
 

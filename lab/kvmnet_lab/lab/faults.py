@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from kvmnet_provider.agent import hoststate
+from kvmnet_provider.agent.boot import records
 from kvmnet_provider.agent.errors import AgentError
 from kvmnet_provider.agent.guests import users
 
@@ -34,13 +35,15 @@ def _namespace_inode(ns: str) -> int | None:
         return None
 
 
-def reboot_host(lab: Lab, host: str) -> None:
+def reboot_host(lab: Lab, host: str, run_dir_survives: bool = True) -> None:
     """Rebuild host `host` ("h1") as a reboot leaves it: a new network namespace (every link,
     address, route, firewall rule and sysctl gone, every process in it killed: QEMU guests,
     kvmnet's agents and rollbacks, sshd), then the lab's own setup again with the same address,
     NIC MAC and host key. kvmnet's records for the old namespace (/run/kvmnet/netns-<inode>)
     are moved to the new one's inode: stale records, as on a host whose /run outlived the
-    reboot."""
+    reboot; with `run_dir_survives` False they go, as a real reboot empties /run. kvmnet's
+    boot records (/var/lib/kvmnet/netns-<inode>) always follow the namespace: a real host's
+    init namespace keeps its inode across reboots."""
     ns, names = lab.namespace(host), lab.names
     port = names.host_port(host_index(host))
     old = _namespace_inode(ns)
@@ -56,13 +59,21 @@ def reboot_host(lab: Lab, host: str) -> None:
     lab.up(hosts=state.hosts if state is not None else host_index(host))
     new = _namespace_inode(ns)
     if old is None or new is None or old == new:
+        if not run_dir_survives and old is not None:
+            shutil.rmtree(hoststate.ROOT / f"netns-{old}", ignore_errors=True)
         return  # the kernel gave the new namespace the old inode: the records are in place
+    kept = records.ROOT / f"netns-{old}"
+    if kept.is_dir():
+        shutil.rmtree(records.ROOT / f"netns-{new}", ignore_errors=True)
+        kept.rename(records.ROOT / f"netns-{new}")
     try:  # named by the old inode, its guests' users would serve no later guest
         users.remove_namespace_users(f"netns-{old}")
     except AgentError:
         pass
     books, moved = hoststate.ROOT / f"netns-{old}", hoststate.ROOT / f"netns-{new}"
-    if books.is_dir():
+    if books.is_dir() and not run_dir_survives:
+        shutil.rmtree(books, ignore_errors=True)
+    elif books.is_dir():
         shutil.rmtree(moved, ignore_errors=True)  # nothing of kvmnet's has run there yet
         books.rename(moved)
 

@@ -33,6 +33,7 @@ SSHD_LISTENER_RE = re.compile(r"\s*\[listener\].*$")
 AGENT_MARKERS = ("kvmnet_agent", "kvmnet-agent-")
 ROLLBACK_MARKER = "rollback_main"
 RUN_ROOT = Path(os.environ.get("KVMNET_HOST_STATE", "/run/kvmnet"))
+BOOT_PARTS = ("records", "agent-code")  # kvmnet's autostart books beside the guests' disks
 DISK_ROOT = Path(os.environ.get("KVMNET_DISK_ROOT", "/var/lib/kvmnet"))  # guests' disks
 
 
@@ -217,7 +218,16 @@ def host_snapshot(runner: ExecIn, namespace: str) -> dict[str, Any]:
         "disk_dir": _run_dir(runner, namespace, DISK_ROOT),
         "dnsmasq_dir": _run_dir(runner, namespace, Path(f"{RUN_ROOT}-dnsmasq")),
         "users": _guest_users(runner, namespace),
+        "boot_records": _boot_records(runner, namespace),
     }
+
+
+def _boot_records(runner: ExecIn, namespace: str) -> list[str]:
+    """The names of kvmnet's boot records for this namespace (kind and owner digest: the
+    same for the same program), under /var/lib/kvmnet/netns-<inode>/records."""
+    inode = run_in(runner, namespace, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).strip()
+    records = DISK_ROOT / f"netns-{inode}" / "records"
+    return sorted(p.name for p in records.glob("*.json")) if records.is_dir() else []
 
 
 def _guest_users(runner: ExecIn, namespace: str) -> list[str]:
@@ -248,6 +258,8 @@ def _run_dir(runner: ExecIn, namespace: str, under: Path = RUN_ROOT) -> dict[str
         if path.is_dir() or path.suffix in (".lock", ".tmp") or path.name == "lock":
             continue
         key = str(path.relative_to(root))
+        if key.split("/")[0] in BOOT_PARTS:
+            continue  # the boot records: by name only, in boot_records
         if path.suffix == ".json":
             try:
                 doc = _pruned(json.loads(path.read_text()))
