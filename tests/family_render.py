@@ -191,8 +191,9 @@ def messages() -> dict[str, str]:
             validate.ipv4_address(value)
         except validate.InvalidInput as exc:
             out["address " + value] = str(exc)
-    for subnet, gateway in (("fd00::/64", None), ("10.0.1.0/24", "10.0.2.1"),
-                            ("10.0.1.0/24", "10.0.1.0"), ("x", None), ("10.0.1.0/24", "fd00::1")):  # fmt: skip
+    bad = [("fd00::/64", None), ("10.0.1.0/24", "10.0.2.1"), ("10.0.1.0/24", "10.0.1.0"),
+           ("x", None), ("10.0.1.0/24", "fd00::1")]  # fmt: skip
+    for subnet, gateway in bad:
         try:
             addresses.subnet_and_gateway(subnet, gateway, "net: ")
         except ConfigError as exc:

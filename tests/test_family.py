@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from family_render import GOLDEN, render_all
 
 
