@@ -47,6 +47,11 @@ class Family:
         """One address as a network: `10.0.1.11/32`."""
         return f"{address}/{self.host_prefix}"
 
+    def endpoint(self, address: object, port: int) -> str:
+        """An address and port as iptables' DNAT target writes it: `10.0.1.11:22`,
+        `[fd00::11]:22`."""
+        return f"{address}:{port}" if self.version == 4 else f"[{address}]:{port}"
+
     def any_network(self) -> str:
         return f"{self.any_address}/0"
 

@@ -235,7 +235,7 @@ def dnat_want(spec: dict[str, Any], family: Family = IPV4) -> tuple[str, dict[st
         "destination": dst,
         "dst_type": None if dst else DST_LOCAL,
         "host_port": validate.port(spec["host_port"]),
-        "to": f"{guest}:{guest_port}",
+        "to": family.endpoint(guest, guest_port),
         "target": "DNAT",
     }
     return validate.owner(spec["owner"]), want
