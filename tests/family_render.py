@@ -154,7 +154,7 @@ def iptables_rules(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     out["input"] = [iptc_rule(iptables._build(r, "kvmnet:x")) for r in inp.rules()]
     built: list[Any] = []
 
-    def ensure(chain: str, owner: str, want: Any, describe: Any, build: Any) -> dict[str, Any]:
+    def ensure(chain: str, owner: str, want: Any, describe: Any, build: Any, *_: Any) -> Any:
         built.append([chain, iptc_rule(build())])
         return {}
 

@@ -23,6 +23,7 @@ class Family:
     network_class: type[ipaddress.IPv4Network] | type[ipaddress.IPv6Network]
     address_class: type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]
     host_prefix: int  # a single address as a network: /32, /128
+    host_mask: str  # the same as python-iptables' rules take it
     any_address: str  # the unspecified address: 0.0.0.0, ::
     nft: str  # nftables' table family and payload protocol: ip, ip6
     iptc_table: str  # python-iptables' table and rule classes: Table/Rule, Table6/Rule6
@@ -69,6 +70,7 @@ IPV4 = Family(
     network_class=ipaddress.IPv4Network,
     address_class=ipaddress.IPv4Address,
     host_prefix=32,
+    host_mask="255.255.255.255",
     any_address="0.0.0.0",
     nft="ip",
     iptc_table="Table",
@@ -90,6 +92,7 @@ IPV6 = Family(
     network_class=ipaddress.IPv6Network,
     address_class=ipaddress.IPv6Address,
     host_prefix=128,
+    host_mask="128",
     any_address="::",
     nft="ip6",
     iptc_table="Table6",
