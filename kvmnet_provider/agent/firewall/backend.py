@@ -186,7 +186,8 @@ def other_backend_drop(name: str, family: Family = IPV4) -> str | None:
     table = getattr(iptc, family.iptc_table)(iptc.Table.FILTER)
     table.refresh()
     if iptc.Chain(table, "FORWARD").get_policy().name == "DROP":
-        return "legacy iptables filter FORWARD" if family == IPV4 else "legacy ip6tables filter FORWARD"
+        command = "iptables" if family == IPV4 else "ip6tables"
+        return f"legacy {command} filter FORWARD"
     return None
 
 
