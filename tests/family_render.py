@@ -147,11 +147,11 @@ def iptables_rules(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     for name, spec in MODEL_SPECS.items():
         net = plan.NetworkRules.from_spec(spec)
         out[name] = {
-            s: [iptc_rule(iptables._build(r, "kvmnet:x")) for r in rules]
+            s: [iptc_rule(iptables._build(r, "kvmnet:stack/x")) for r in rules]
             for s, rules in net.sections().items()
         }
     inp = plan.InputRules.from_spec(INPUT_SPEC)
-    out["input"] = [iptc_rule(iptables._build(r, "kvmnet:x")) for r in inp.rules()]
+    out["input"] = [iptc_rule(iptables._build(r, "kvmnet:stack/x")) for r in inp.rules()]
     built: list[Any] = []
 
     def ensure(chain: str, owner: str, want: Any, describe: Any, build: Any, *_: Any) -> Any:

@@ -139,7 +139,7 @@ def test_iptables_builds_the_ipv6_plan_as_ip6tables_rules() -> None:
     from kvmnet_provider.agent.firewall import iptables
 
     net = plan.NetworkRules.from_spec(NAT6, IPV6)
-    built = [iptables._build(r, "kvmnet:x", IPV6) for r in net.sections()["input"]]
+    built = [iptables._build(r, "kvmnet:stack/x", IPV6) for r in net.sections()["input"]]
     assert {type(b).__name__ for b in built} == {"Rule6"}
     assert [iptables.describe(b) for b in built] == net.sections()["input"]
     # No NAT rule here: python-iptables finds no IPv6 MASQUERADE or DNAT target in a process
