@@ -18,7 +18,9 @@ from typing import Any, Protocol
 
 from ..errors import ConfigError, config_path
 from ..spec import dhcp
-from ..spec.validate import MIN_NETWORK_PREFIX, InvalidInput, ifname, ipv4_address, mac
+from ..spec.family import IPV4, Family, IPAddress, IPNetwork
+from ..spec.validate import MIN_NETWORK_PREFIX, InvalidInput, ifname, mac
+from ..spec.validate import address as plain_address
 
 
 class _Guest(Protocol):
@@ -29,16 +31,19 @@ class _Guest(Protocol):
 
 
 def subnet_and_gateway(
-    subnet: object, gateway: object, where: str = ""
-) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None]:
+    subnet: object, gateway: object, where: str = "", family: Family = IPV4
+) -> tuple[IPNetwork, IPAddress | None]:
     """The subnet (no host bits) and the gateway inside it, or ConfigError naming which."""
     try:
         net = ipaddress.ip_network(str(subnet), strict=True)
     except ValueError as exc:
-        raise ConfigError(f"{where}subnet", f"{subnet!r} is not an IPv4 network: {exc}") from None
-    if not isinstance(net, ipaddress.IPv4Network) or not isinstance(subnet, str):
         raise ConfigError(
-            f"{where}subnet", f"must be an IPv4 network such as 10.0.1.0/24, got {subnet!r}"
+            f"{where}subnet", f"{subnet!r} is not an {family.label} network: {exc}"
+        ) from None
+    if not isinstance(net, family.network_class) or not isinstance(subnet, str):
+        raise ConfigError(
+            f"{where}subnet",
+            f"must be an {family.label} network such as {family.example_network}, got {subnet!r}",
         )
     if net.prefixlen < MIN_NETWORK_PREFIX:
         raise ConfigError(
@@ -48,7 +53,7 @@ def subnet_and_gateway(
         )
     if gateway is None:
         return net, None
-    gw = _address(gateway, f"{where}gateway")
+    gw = _address(gateway, f"{where}gateway", family)
     if gw not in net:
         raise ConfigError(f"{where}gateway", f"{gw} is not inside subnet {net}")
     if net.prefixlen < 31 and gw in (net.network_address, net.broadcast_address):
@@ -62,14 +67,15 @@ def check_guests(
     gateway: object,
     guests: Sequence[_Guest],
     config_key: str | None = None,
+    family: Family = IPV4,
 ) -> None:
     """All the rules above for one network but DHCP's."""
-    net, gw = subnet_and_gateway(subnet, gateway, prefix(where, config_key))
-    seen: dict[ipaddress.IPv4Address, str] = {}
+    net, gw = subnet_and_gateway(subnet, gateway, prefix(where, config_key), family)
+    seen: dict[IPAddress, str] = {}
     for index, guest in enumerate(guests):
         who = guest_key(where, config_key, index, guest.name)
         if guest.address is not None:
-            address = _address(guest.address, f"{who}.address")
+            address = _address(guest.address, f"{who}.address", family)
             if address not in net:
                 raise ConfigError(f"{who}.address", f"{address} is not inside subnet {net}")
             if net.prefixlen < 31 and address == net.network_address:
@@ -177,5 +183,5 @@ def valid(rule: Any, value: object, key: str) -> Any:
     return result
 
 
-def _address(value: object, key: str) -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address(valid(ipv4_address, value, key))
+def _address(value: object, key: str, family: Family = IPV4) -> IPAddress:
+    return family.address(valid(lambda v: plain_address(v, family), value, key))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from .family import IPV4, Family
+
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 OWNER_RE = re.compile(r"^[A-Za-z0-9_.:/@+=-]{1,200}$")
@@ -71,10 +73,12 @@ def bridge_address(value: object) -> str:
     return address
 
 
-def network(value: object) -> str:
-    """A network in CIDR form with no host bits set (10.0.1.0/24, not 10.0.1.5/24)."""
+def network(value: object, family: Family = IPV4) -> str:
+    """A network of `family` in CIDR form with no host bits set (10.0.1.0/24, not 10.0.1.5/24)."""
     if not isinstance(value, str) or "/" not in value:
-        raise InvalidInput(f"must be a network in CIDR form such as 10.0.1.0/24, got {value!r}")
+        raise InvalidInput(
+            f"must be a network in CIDR form such as {family.example_network}, got {value!r}"
+        )
     try:
         net = ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
@@ -82,22 +86,29 @@ def network(value: object) -> str:
             loose = ipaddress.ip_network(value, strict=False)
             raise InvalidInput(f"has host bits set: {value} (the network is {loose})") from None
         raise InvalidInput(f"is not a valid CIDR: {exc}") from None
-    if net.version != 4:
-        raise InvalidInput(f"must be an IPv4 network, got {value}")
+    if net.version != family.version:
+        raise InvalidInput(f"must be an {family.label} network, got {value}")
     return str(net)
 
 
-def ipv4_address(value: object) -> str:
-    """A plain IPv4 address written the canonical way: it goes on kernel command lines and
-    into dnsmasq's files, so anything else (a space, a prefix, a leading zero) is refused,
+def address(value: object, family: Family = IPV4) -> str:
+    """A plain address of `family` written the canonical way: it goes on kernel command lines
+    and into dnsmasq's files, so anything else (a space, a prefix, a leading zero) is refused,
     not interpreted."""
     try:
         parsed = ipaddress.ip_address(value if isinstance(value, str) else "")
     except ValueError:
         parsed = None
-    if not isinstance(parsed, ipaddress.IPv4Address) or str(parsed) != value:
-        raise InvalidInput(f"must be an IPv4 address such as 10.0.1.11, got {value!r}")
+    if not isinstance(parsed, family.address_class) or str(parsed) != value:
+        raise InvalidInput(
+            f"must be an {family.label} address such as {family.example_address}, got {value!r}"
+        )
     return value
+
+
+def ipv4_address(value: object) -> str:
+    """address() of IPv4: a rule for the fields that hold only an IPv4 address."""
+    return address(value, IPV4)
 
 
 def protocol(value: object) -> str:

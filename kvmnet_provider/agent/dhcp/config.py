@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...spec.dhcp import LEASE_SECONDS
+from ...spec.family import IPV4, Family
 
 CONF, DHCP_HOSTS, HOSTS, LEASES, PIDFILE, LOG = (
     "dnsmasq.conf",
@@ -26,9 +27,16 @@ CONF, DHCP_HOSTS, HOSTS, LEASES, PIDFILE, LOG = (
 )
 
 
-def conf_text(spec: dict[str, Any], run_dir: Path, files_dir: Path, user: str, group: str) -> str:
+def conf_text(
+    spec: dict[str, Any],
+    run_dir: Path,
+    files_dir: Path,
+    user: str,
+    group: str,
+    family: Family = IPV4,
+) -> str:
     start, end = spec["dhcp_range"]
-    netmask = _netmask(spec["subnet"])
+    netmask = family.dhcp_mask(spec["subnet"])
     lines = [
         "# written by kvmnet: the DHCP/DNS server of bridge " + spec["bridge"],
         # Only the bridge: never the host's NIC, never loopback (a host resolver may hold
@@ -102,9 +110,3 @@ def leases(text: str | None) -> list[dict[str, Any]]:
             }
         )
     return sorted(found, key=lambda lease: lease["address"])
-
-
-def _netmask(subnet: str) -> str:
-    import ipaddress
-
-    return str(ipaddress.IPv4Network(subnet).netmask)

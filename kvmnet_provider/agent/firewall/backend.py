@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ...spec import validate
+from ...spec.family import FAMILIES, IPV4, Family
 from ...spec.firewall import FIREWALL_BACKENDS
 from .. import hoststate
 from ..errors import AgentError
@@ -47,20 +48,26 @@ INSTALL = {
 
 
 class Backend(Protocol):
+    """Every operation works on one address family: a net's own, else `family` (IPv4)."""
+
     NAME: str
 
-    def masquerade_read(self, owner: str) -> dict[str, Any]: ...
-    def masquerade_ensure(self, spec: dict[str, Any]) -> dict[str, Any]: ...
-    def masquerade_remove(self, owner: str) -> dict[str, Any]: ...
-    def dnat_read(self, owner: str) -> dict[str, Any]: ...
-    def dnat_ensure(self, spec: dict[str, Any]) -> dict[str, Any]: ...
-    def dnat_remove(self, owner: str) -> dict[str, Any]: ...
-    def forward_read(self, owner: str, net: plan.NetworkRules | None = None) -> Any: ...
+    def masquerade_read(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
+    def masquerade_ensure(self, spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]: ...
+    def masquerade_remove(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
+    def dnat_read(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
+    def dnat_ensure(self, spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]: ...
+    def dnat_remove(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
+    def forward_read(
+        self, owner: str, net: plan.NetworkRules | None = None, family: Family = IPV4
+    ) -> Any: ...
     def forward_ensure(self, owner: str, net: plan.NetworkRules) -> Any: ...
-    def forward_remove(self, owner: str) -> dict[str, Any]: ...
-    def input_read(self, owner: str, net: plan.InputRules | None = None) -> Any: ...
+    def forward_remove(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
+    def input_read(
+        self, owner: str, net: plan.InputRules | None = None, family: Family = IPV4
+    ) -> Any: ...
     def input_ensure(self, owner: str, net: plan.InputRules) -> Any: ...
-    def input_remove(self, owner: str) -> dict[str, Any]: ...
+    def input_remove(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
 
 
 @functools.cache
@@ -142,7 +149,8 @@ def _iptables_is_nft() -> bool:
 def detect() -> tuple[str, str]:
     """(backend, why) for this host, following the order in the module's docstring."""
     tables = _nft_tables()
-    foreign = [t for t in tables or [] if t != ("ip", "kvmnet")]
+    ours = {(f.nft, "kvmnet") for f in FAMILIES}
+    foreign = [t for t in tables or [] if t not in ours]
     if foreign:
         return "nftables", f"nftables has table {foreign[0][0]} {foreign[0][1]}"
     if _legacy_in_use():
@@ -159,29 +167,30 @@ def detect() -> tuple[str, str]:
     return "iptables", "the host's iptables is legacy"
 
 
-def other_backend_drop(name: str) -> str | None:
+def other_backend_drop(name: str, family: Family = IPV4) -> str | None:
     """A DROP policy on the forward hook held by the OTHER backend, which our rules (in `name`)
     cannot get past: the host's firewall lives there, so firewall_backend is wrong."""
     if name == "iptables":
         rs = _nft_ruleset()
         if rs is None:
             return None
-        for chain in rs.forward_bases():
+        for chain in rs.forward_bases(family):
             if chain.get("policy") == "drop":
                 return f"nftables table {chain['family']} {chain['table']} chain {chain['name']}"
         return None
     try:
-        with open("/proc/net/ip_tables_names") as f:
+        with open(family.iptables_names) as f:
             if "filter" not in f.read().split():
                 return None
         load("iptables")
         iptc: Any = importlib.import_module("iptc")
     except (OSError, ImportError, AgentError):
         return None
-    table = iptc.Table(iptc.Table.FILTER)
+    table = getattr(iptc, family.iptc_table)(iptc.Table.FILTER)
     table.refresh()
     if iptc.Chain(table, "FORWARD").get_policy().name == "DROP":
-        return "legacy iptables filter FORWARD"
+        command = "iptables" if family == IPV4 else "ip6tables"
+        return f"legacy {command} filter FORWARD"
     return None
 
 

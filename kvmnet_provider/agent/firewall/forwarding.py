@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ...spec import validate
+from ...spec.family import FAMILIES, IPV4, IPV6
 from .. import hoststate
 
-SYSCTLS = {
-    "ipv4": Path("/proc/sys/net/ipv4/ip_forward"),
-    "ipv6": Path("/proc/sys/net/ipv6/conf/all/forwarding"),
-}
+# By family name ("ipv4"), the key of the host state's holders and previous values.
+SYSCTLS = {f.name: Path(f.forward_sysctl) for f in FAMILIES}
 
 
 def _get(family: str) -> str:
@@ -28,7 +27,7 @@ def _set(family: str, value: str) -> None:
 
 
 def _families(spec: dict[str, Any]) -> list[str]:
-    return ["ipv4"] + (["ipv6"] if spec.get("ipv6") else [])
+    return [IPV4.name] + ([IPV6.name] if spec.get("ipv6") else [])
 
 
 def read(owner: str) -> dict[str, Any]:
@@ -36,8 +35,8 @@ def read(owner: str) -> dict[str, Any]:
     with hoststate.locked("forwarding") as doc:
         holders = doc.get("holders", {})
         return {
-            "ipv4": _get("ipv4") == "1",
-            "ipv6": _get("ipv6") == "1" if SYSCTLS["ipv6"].exists() else False,
+            IPV4.name: _get(IPV4.name) == "1",
+            IPV6.name: _get(IPV6.name) == "1" if SYSCTLS[IPV6.name].exists() else False,
             "held": owner in holders,
             "holders": len(holders),
             "previous": doc.get("previous", {}),

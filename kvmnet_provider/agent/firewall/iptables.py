@@ -15,6 +15,7 @@ from typing import Any
 
 import iptc  # type: ignore[import-untyped]
 
+from ...spec.family import IPV4, Family
 from ...spec.marks import JUMP_MARK, OWNER_PREFIX
 from ..errors import AgentError
 from . import iptables_nat, plan, xtables
@@ -35,8 +36,8 @@ dnat_ensure = iptables_nat.dnat_ensure
 dnat_remove = iptables_nat.dnat_remove
 
 
-def _filter() -> Any:
-    table = iptc.Table(iptc.Table.FILTER)
+def _filter(family: Family = IPV4) -> Any:
+    table = iptables_nat.table_class(family)(iptc.Table.FILTER)
     table.refresh()  # other agents (other stacks) may have changed it
     return table
 
@@ -74,8 +75,8 @@ def describe(rule: Any) -> Rule | None:
     return Rule(verdict, **fields)
 
 
-def _build(rule: Rule, mark: str) -> Any:
-    built = iptc.Rule()
+def _build(rule: Rule, mark: str, family: Family = IPV4) -> Any:
+    built = iptables_nat.new_rule(family)
     if rule.iif:
         built.in_interface = rule.iif
     if rule.oif:
@@ -96,8 +97,8 @@ def _build(rule: Rule, mark: str) -> Any:
     return built
 
 
-def _jump(target: str) -> Any:
-    rule = iptc.Rule()
+def _jump(target: str, family: Family = IPV4) -> Any:
+    rule = iptables_nat.new_rule(family)
     rule.create_match("comment").comment = JUMP_MARK
     rule.create_target(target)
     return rule
@@ -144,9 +145,12 @@ def _wire(sections: dict[str, list[Rule]]) -> dict[str, list[dict[str, object]]]
 
 
 @xtables.holding
-def forward_read(owner: str, net: plan.NetworkRules | None = None) -> dict[str, Any]:
+def forward_read(
+    owner: str, net: plan.NetworkRules | None = None, family: Family = IPV4
+) -> dict[str, Any]:
+    """`family` is net's when a net is given."""
     mark = OWNER_PREFIX + owner
-    table = _filter()
+    table = _filter(net.family if net is not None else family)
     sections = _ours(table, mark)
     where, _ = _jump_position(table)
     problems = []
@@ -199,7 +203,7 @@ def _say(chain: str, rule: Any) -> str:
 @xtables.holding
 def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
-    table = _filter()
+    table = _filter(net.family)
     problems = blockers(table, net)
     if problems:
         raise AgentError(
@@ -219,7 +223,7 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
         if [r.target.name for r in top.rules] != list(CHAINS.values()):
             top.flush()
             for name in CHAINS.values():
-                top.append_rule(_jump(name))
+                top.append_rule(_jump(name, net.family))
         where = jump_chain(table)
         for name in (DOCKER_USER, "FORWARD"):
             chain = _chain(table, name)
@@ -228,13 +232,13 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
                     chain.delete_rule(rule)
         chain = iptc.Chain(table, where)
         if not any(_is_jump(r, TOP) for r in chain.rules):
-            chain.insert_rule(_jump(TOP), 0)
+            chain.insert_rule(_jump(TOP, net.family), 0)
         for section, rules in net.sections().items():
             chain = iptc.Chain(table, CHAINS[section])
             for rule in [r for r in chain.rules if iptables_nat.comment(r) == mark]:
                 chain.delete_rule(rule)
             for rule in rules:
-                chain.append_rule(_build(rule, mark))
+                chain.append_rule(_build(rule, mark, net.family))
         table.commit()
     except iptc.IPTCError as exc:
         raise AgentError("failed", f"iptables refused the forward rules: {exc}") from None
@@ -244,9 +248,9 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
 
 
 @xtables.holding
-def forward_remove(owner: str) -> dict[str, Any]:
+def forward_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
-    table = _filter()
+    table = _filter(family)
     removed = 0
     table.autocommit = False
     try:
@@ -287,9 +291,12 @@ INPUT_CHAIN = "KVMNET_INP"
 
 
 @xtables.holding
-def input_read(owner: str, net: plan.InputRules | None = None) -> dict[str, Any]:
+def input_read(
+    owner: str, net: plan.InputRules | None = None, family: Family = IPV4
+) -> dict[str, Any]:
+    """`family` is net's when a net is given."""
     mark = OWNER_PREFIX + owner
-    table = _filter()
+    table = _filter(net.family if net is not None else family)
     chain = _chain(table, INPUT_CHAIN)
     ours = [] if chain is None else [r for r in chain.rules if iptables_nat.comment(r) == mark]
     rules = [d.to_wire() if (d := describe(r)) else {"unknown": True} for r in ours]
@@ -317,7 +324,7 @@ def input_blockers(table: Any, net: plan.InputRules) -> list[str]:
 @xtables.holding
 def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
-    found = input_blockers(_filter(), net)
+    found = input_blockers(_filter(net.family), net)
     if found:
         raise AgentError(
             "blocked",
@@ -327,19 +334,19 @@ def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
     current = input_read(owner, net)
     if current["count"] and not current["problems"]:
         return current
-    table = _filter()
+    table = _filter(net.family)
     table.autocommit = False
     try:
         if not table.is_chain(INPUT_CHAIN):
             table.create_chain(INPUT_CHAIN)
         top = iptc.Chain(table, "INPUT")
         if not any(_is_jump(r, INPUT_CHAIN) for r in top.rules):
-            top.insert_rule(_jump(INPUT_CHAIN), 0)
+            top.insert_rule(_jump(INPUT_CHAIN, net.family), 0)
         chain = iptc.Chain(table, INPUT_CHAIN)
         for rule in [r for r in chain.rules if iptables_nat.comment(r) == mark]:
             chain.delete_rule(rule)
         for rule in net.rules():
-            chain.append_rule(_build(rule, mark))
+            chain.append_rule(_build(rule, mark, net.family))
         table.commit()
     except iptc.IPTCError as exc:
         raise AgentError("failed", f"iptables refused the DHCP/DNS input rules: {exc}") from None
@@ -349,9 +356,9 @@ def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
 
 
 @xtables.holding
-def input_remove(owner: str) -> dict[str, Any]:
+def input_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
-    table = _filter()
+    table = _filter(family)
     chain = _chain(table, INPUT_CHAIN)
     if chain is None:
         return {"removed": 0}

@@ -22,6 +22,7 @@ from typing import Any
 import iptc  # type: ignore[import-untyped]
 
 from ...spec import validate
+from ...spec.family import IPV4, Family
 from ...spec.marks import OWNER_PREFIX
 from ..errors import AgentError
 from . import plan, xtables
@@ -38,6 +39,16 @@ def _cidr_form(value: str) -> str:
     return str(ipaddress.ip_network(value.lstrip("!"), strict=False))
 
 
+def table_class(family: Family) -> Any:
+    """python-iptables' table class of `family`: iptc.Table, iptc.Table6."""
+    return getattr(iptc, family.iptc_table)
+
+
+def new_rule(family: Family) -> Any:
+    """An empty python-iptables rule of `family`: iptc.Rule(), iptc.Rule6()."""
+    return getattr(iptc, family.iptc_rule)()
+
+
 def comment(rule: Any) -> str | None:
     for match in rule.matches:
         if match.name == "comment":
@@ -45,24 +56,29 @@ def comment(rule: Any) -> str | None:
     return None
 
 
-def _nat_chain(name: str) -> tuple[Any, Any]:
-    table = iptc.Table(iptc.Table.NAT)
+def _nat_chain(name: str, family: Family = IPV4) -> tuple[Any, Any]:
+    table = table_class(family)(iptc.Table.NAT)
     table.refresh()  # other processes (other stacks' agents) may have changed it
     return table, iptc.Chain(table, name)
 
 
 @xtables.holding
-def _ours(chain_name: str, owner: str, describe: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+def _ours(
+    chain_name: str,
+    owner: str,
+    describe: Callable[[Any], dict[str, Any]],
+    family: Family = IPV4,
+) -> dict[str, Any]:
     mark = OWNER_PREFIX + validate.owner(owner)
-    _, chain = _nat_chain(chain_name)
+    _, chain = _nat_chain(chain_name, family)
     rules = [describe(r) for r in chain.rules if comment(r) == mark]
     return {"rules": rules, "count": len(rules)}
 
 
 @xtables.holding
-def _remove(chain_name: str, owner: str) -> dict[str, Any]:
+def _remove(chain_name: str, owner: str, family: Family = IPV4) -> dict[str, Any]:
     mark = OWNER_PREFIX + validate.owner(owner)
-    table, chain = _nat_chain(chain_name)
+    table, chain = _nat_chain(chain_name, family)
     removed = 0
     table.autocommit = False
     try:
@@ -83,21 +99,22 @@ def _ensure(
     want: dict[str, Any],
     describe: Callable[[Any], dict[str, Any]],
     build: Callable[[], Any],
+    family: Family = IPV4,
 ) -> dict[str, Any]:
     """Exactly one rule of ours, equal to `want`: kept if it is, rewritten if not."""
-    current = _ours(chain_name, owner, describe)
+    current = _ours(chain_name, owner, describe, family)
     if current["rules"] == [want]:
         return current
     if current["rules"]:
-        _remove(chain_name, owner)
+        _remove(chain_name, owner, family)
     rule = build()
     rule.create_match("comment").comment = OWNER_PREFIX + owner
-    _, chain = _nat_chain(chain_name)
+    _, chain = _nat_chain(chain_name, family)
     try:
         chain.append_rule(rule)
     except iptc.IPTCError as exc:
         raise AgentError("failed", f"iptables refused the {chain_name} rule: {exc}") from None
-    return _ours(chain_name, owner, describe)
+    return _ours(chain_name, owner, describe, family)
 
 
 # --- MASQUERADE ------------------------------------------------------------------------------
@@ -111,16 +128,16 @@ def _describe_masquerade(rule: Any) -> dict[str, Any]:
     }
 
 
-def masquerade_read(owner: str) -> dict[str, Any]:
-    return _ours("POSTROUTING", owner, _describe_masquerade)
+def masquerade_read(owner: str, family: Family = IPV4) -> dict[str, Any]:
+    return _ours("POSTROUTING", owner, _describe_masquerade, family)
 
 
-def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    owner, want = plan.masquerade_want(spec)
+def masquerade_ensure(spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]:
+    owner, want = plan.masquerade_want(spec, family)
     source, out_if = want["source"], want["out_interface"]
 
     def build() -> Any:
-        rule = iptc.Rule()
+        rule = new_rule(family)
         rule.src = _netmask_form(source)
         rule.dst = "!" + _netmask_form(source)
         if out_if:
@@ -128,11 +145,11 @@ def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
         rule.create_target("MASQUERADE")
         return rule
 
-    return _ensure("POSTROUTING", owner, want, _describe_masquerade, build)
+    return _ensure("POSTROUTING", owner, want, _describe_masquerade, build, family)
 
 
-def masquerade_remove(owner: str) -> dict[str, Any]:
-    return _remove("POSTROUTING", owner)
+def masquerade_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
+    return _remove("POSTROUTING", owner, family)
 
 
 # --- DNAT (port forwards) ----------------------------------------------------------------------
@@ -147,7 +164,11 @@ def _dst_type(rule: Any) -> str | None:
 
 def describe_dnat(rule: Any) -> dict[str, Any]:
     dport = next((m.dport for m in rule.matches if m.name in PROTOCOLS), None)
-    dst = None if rule.dst in ("0.0.0.0/0.0.0.0", None) else _cidr_form(rule.dst).split("/")[0]
+    dst = (
+        None
+        if rule.dst in ("0.0.0.0/0.0.0.0", "::/0", None)
+        else _cidr_form(rule.dst).split("/")[0]
+    )
     return {
         "protocol": rule.protocol,
         "in_interface": rule.in_interface,
@@ -159,14 +180,14 @@ def describe_dnat(rule: Any) -> dict[str, Any]:
     }
 
 
-def build_dnat(want: dict[str, Any]) -> Any:
+def build_dnat(want: dict[str, Any], family: Family = IPV4) -> Any:
     """The iptc rule for plan.dnat_want's rule (without its comment)."""
-    rule = iptc.Rule()
+    rule = new_rule(family)
     rule.protocol = want["protocol"]
     if want["in_interface"]:
         rule.in_interface = want["in_interface"]
     if want["destination"]:
-        rule.dst = f"{want['destination']}/255.255.255.255"
+        rule.dst = f"{want['destination']}/{family.host_mask}"
     if want["dst_type"] == plan.DST_LOCAL:
         rule.create_match("addrtype").dst_type = "LOCAL"
     rule.create_match(want["protocol"]).dport = str(want["host_port"])
@@ -174,14 +195,15 @@ def build_dnat(want: dict[str, Any]) -> Any:
     return rule
 
 
-def dnat_read(owner: str) -> dict[str, Any]:
-    return _ours("PREROUTING", owner, describe_dnat)
+def dnat_read(owner: str, family: Family = IPV4) -> dict[str, Any]:
+    return _ours("PREROUTING", owner, describe_dnat, family)
 
 
-def dnat_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    owner, want = plan.dnat_want(spec)
-    return _ensure("PREROUTING", owner, want, describe_dnat, lambda: build_dnat(want))
+def dnat_ensure(spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]:
+    owner, want = plan.dnat_want(spec, family)
+    build = lambda: build_dnat(want, family)  # noqa: E731
+    return _ensure("PREROUTING", owner, want, describe_dnat, build, family)
 
 
-def dnat_remove(owner: str) -> dict[str, Any]:
-    return _remove("PREROUTING", owner)
+def dnat_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
+    return _remove("PREROUTING", owner, family)

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...spec import validate
+from ...spec.family import IPV4, Family
 from ...spec.marks import JUMP_MARK, OWNER_PREFIX
 from ..errors import AgentError
 from . import plan
 from .nft_rules import (
     DOCKER_USER,
-    FAMILY,
     NAME,
     PASS,
     SECTIONS,
@@ -43,33 +43,37 @@ class Placement:
     jump_chain: str  # DOCKER-USER or the base chain
 
 
-def placement(rs: Ruleset) -> Placement | None:
+def placement(rs: Ruleset, family: Family = IPV4) -> Placement | None:
     """The table whose forward base chain holds the host's DROP (or iptables-nft's filter)."""
-    bases = rs.forward_bases()
+    bases = rs.forward_bases(family)
     drop = [c for c in bases if c.get("policy") == "drop"]
-    filt = [c for c in bases if (c["family"], c["table"], c["name"]) == ("ip", "filter", "FORWARD")]
+    filt = [
+        c
+        for c in bases
+        if (c["family"], c["table"], c["name"]) == (family.nft, "filter", "FORWARD")
+    ]
     candidates = drop or filt
     if not candidates:
         return None
     chosen = candidates[0]
-    family, table, base = chosen["family"], chosen["table"], chosen["name"]
+    in_family, table, base = chosen["family"], chosen["table"], chosen["name"]
     jump_chain = base
-    if (family, table, DOCKER_USER) in rs.chains and any(
-        jumps_to(r, DOCKER_USER) for r in rs.chain_rules(family, table, base)
+    if (in_family, table, DOCKER_USER) in rs.chains and any(
+        jumps_to(r, DOCKER_USER) for r in rs.chain_rules(in_family, table, base)
     ):
         jump_chain = DOCKER_USER
-    return Placement(family, table, base, jump_chain)
+    return Placement(in_family, table, base, jump_chain)
 
 
 # --- forward rules ----------------------------------------------------------------------------
-def _ours(rs: Ruleset, mark: str) -> dict[str, list[dict[str, object]]]:
+def _ours(rs: Ruleset, mark: str, fam: Family = IPV4) -> dict[str, list[dict[str, object]]]:
     found: dict[str, list[dict[str, object]]] = {}
     for section, chain in SECTIONS.items():
-        rules = [r for r in rs.chain_rules(FAMILY, TABLE, chain) if r.comment == mark]
-        found[section] = [wire(r) for r in rules]
+        rules = [r for r in rs.chain_rules(fam.nft, TABLE, chain) if r.comment == mark]
+        found[section] = [wire(r, fam) for r in rules]
     passes = []
     for family, table in pass_chains(rs):
-        passes += [wire(r) for r in rs.chain_rules(family, table, PASS) if r.comment == mark]
+        passes += [wire(r, fam) for r in rs.chain_rules(family, table, PASS) if r.comment == mark]
     found["pass"] = passes
     return found
 
@@ -88,17 +92,21 @@ def _jump_location(rs: Ruleset) -> tuple[str, str, str, int] | None:
     return None
 
 
-def forward_read(owner: str, net: plan.NetworkRules | None = None) -> dict[str, Any]:
+def forward_read(
+    owner: str, net: plan.NetworkRules | None = None, family: Family = IPV4
+) -> dict[str, Any]:
+    """`family` is net's when a net is given."""
+    family = net.family if net is not None else family
     mark = OWNER_PREFIX + validate.owner(owner)
     rs = ruleset()
-    where = placement(rs)
-    sections = _ours(rs, mark)
+    where = placement(rs, family)
+    sections = _ours(rs, mark, family)
     count = sum(len(v) for v in sections.values())
     problems = []
     if count:
-        base = rs.chain_rules(FAMILY, TABLE, "forward")
+        base = rs.chain_rules(family.nft, TABLE, "forward")
         if [r.expr[-1].get("jump", {}).get("target") for r in base] != list(SECTIONS.values()):
-            problems.append(f"table {FAMILY} {TABLE} chain forward lost its jumps")
+            problems.append(f"table {family.nft} {TABLE} chain forward lost its jumps")
         jump = _jump_location(rs)
         if where is not None:
             want_at = (where.family, where.table, where.jump_chain)
@@ -124,32 +132,41 @@ def forward_read(owner: str, net: plan.NetworkRules | None = None) -> dict[str, 
 
 
 def blockers(rs: Ruleset, net: plan.NetworkRules) -> list[str]:
-    flows = net.flows()
-    where = placement(rs)
+    flows, family = net.flows(), net.family
+    where = placement(rs, family)
     found = []
-    for base in rs.forward_bases():
+    for base in rs.forward_bases(family):
         key = (base["family"], base["table"], base["name"])
         if where is not None and key == (where.family, where.table, where.base):
             continue
         rules = rs.chain_rules(*key)
         if base.get("policy") == "drop":
             found.append(f"table {key[0]} {key[1]} chain {key[2]} (policy drop)")
-        found += [text(r) for r in rules if plan.could_block(describe(r.expr), flows)]
+        found += [
+            text(r, family) for r in rules if plan.could_block(describe(r.expr, family), flows)
+        ]
     if where is None:
         return found
     base_rules = rs.chain_rules(where.family, where.table, where.base)
     if where.jump_chain == DOCKER_USER:
         cut = next(i for i, r in enumerate(base_rules) if jumps_to(r, DOCKER_USER))
-        found += [text(r) for r in base_rules[:cut] if plan.could_block(describe(r.expr), flows)]
+        found += [
+            text(r, family)
+            for r in base_rules[:cut]
+            if plan.could_block(describe(r.expr, family), flows)
+        ]
     jump = _jump_location(rs)
     if jump is not None and jump[:3] == (where.family, where.table, where.jump_chain):
         before = rs.chain_rules(*jump[:3])[: jump[3]]
-        found += [text(r) for r in before if plan.could_block(describe(r.expr), flows)]
+        found += [
+            text(r, family) for r in before if plan.could_block(describe(r.expr, family), flows)
+        ]
     return found
 
 
 def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
     mark = OWNER_PREFIX + validate.owner(owner)
+    ours = net.family.nft
     rs = ruleset()
     found = blockers(rs, net)
     if found:
@@ -161,26 +178,26 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
     current = forward_read(owner, net)
     if current["count"] and not current["problems"]:
         return current
-    where = placement(rs)
-    commands = base_chain_commands()
+    where = placement(rs, net.family)
+    commands = base_chain_commands(net.family)
     for chain in SECTIONS.values():
-        commands.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}})
-    base = rs.chain_rules(FAMILY, TABLE, "forward")
+        commands.append({"add": {"chain": {"family": ours, "table": TABLE, "name": chain}}})
+    base = rs.chain_rules(ours, TABLE, "forward")
     if [r.expr[-1].get("jump", {}).get("target") for r in base] != list(SECTIONS.values()):
-        commands.append({"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": "forward"}}})
+        commands.append({"flush": {"chain": {"family": ours, "table": TABLE, "name": "forward"}}})
         for chain in SECTIONS.values():
             commands.append(
                 {
                     "add": {
                         "rule": rule_doc(
-                            FAMILY, TABLE, "forward", JUMP_MARK, [{"jump": {"target": chain}}]
+                            ours, TABLE, "forward", JUMP_MARK, [{"jump": {"target": chain}}]
                         )
                     }
                 }
             )
     # This owner's old rules go, wherever they are; the new ones are appended.
     for chain in SECTIONS.values():
-        for r in rs.chain_rules(FAMILY, TABLE, chain):
+        for r in rs.chain_rules(ours, TABLE, chain):
             if r.comment == mark:
                 commands.append({"delete": {"rule": r.ref()}})
     for family, table in pass_chains(rs):
@@ -190,7 +207,13 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
     for section, planned in net.sections().items():
         for rule in planned:
             commands.append(
-                {"add": {"rule": rule_doc(FAMILY, TABLE, SECTIONS[section], mark, rule_expr(rule))}}
+                {
+                    "add": {
+                        "rule": rule_doc(
+                            ours, TABLE, SECTIONS[section], mark, rule_expr(rule, net.family)
+                        )
+                    }
+                }
             )
     if where is not None:
         commands.append(
@@ -220,16 +243,17 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
                 }
             )
         for rule in net.passes():
+            expr = rule_expr(rule, net.family)
             commands.append(
-                {"add": {"rule": rule_doc(where.family, where.table, PASS, mark, rule_expr(rule))}}
+                {"add": {"rule": rule_doc(where.family, where.table, PASS, mark, expr)}}
             )
     run(commands, "the forward rules")
     return forward_read(owner, net)
 
 
-def forward_remove(owner: str) -> dict[str, Any]:
+def forward_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
     mark = OWNER_PREFIX + validate.owner(owner)
     rs = ruleset()
-    chains = [(FAMILY, TABLE, c) for c in SECTIONS.values()]
+    chains = [(family.nft, TABLE, c) for c in SECTIONS.values()]
     chains += [(f, t, PASS) for f, t in pass_chains(rs)]
-    return {"removed": remove_marked(chains, mark)}
+    return {"removed": remove_marked(chains, mark, family)}

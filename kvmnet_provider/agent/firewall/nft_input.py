@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ...spec import validate
+from ...spec.family import IPV4, Family
 from ...spec.marks import JUMP_MARK, OWNER_PREFIX
 from ..errors import AgentError
 from . import plan
 from .nft_rules import (
-    FAMILY,
     INPUT_PASS,
     NAME,
     TABLE,
@@ -32,19 +32,20 @@ from .nft_rules import (
 INPUT_BASE = {"type": "filter", "hook": "input", "prio": -10, "policy": "accept"}
 
 
-def input_placement(rs: Ruleset) -> tuple[str, str, str]:
+def input_placement(rs: Ruleset, family: Family = IPV4) -> tuple[str, str, str]:
     """(family, table, base chain) where the jump to KVMNET_INP belongs."""
+    ours = family.nft
     bases = [
         c
         for c in rs.chains.values()
         if c.get("hook") == "input"
-        and c["family"] in ("ip", "inet")
-        and (c["family"], c["table"]) != (FAMILY, TABLE)
+        and c["family"] in (ours, "inet")
+        and (c["family"], c["table"]) != (ours, TABLE)
     ]
     drop = [c for c in bases if c.get("policy") == "drop"]
-    filt = [c for c in bases if (c["family"], c["table"], c["name"]) == ("ip", "filter", "INPUT")]
+    filt = [c for c in bases if (c["family"], c["table"], c["name"]) == (ours, "filter", "INPUT")]
     if not (drop or filt):
-        return FAMILY, TABLE, "input"
+        return ours, TABLE, "input"
     chosen = (drop or filt)[0]
     return chosen["family"], chosen["table"], chosen["name"]
 
@@ -53,13 +54,18 @@ def _input_chains(rs: Ruleset) -> list[tuple[str, str]]:
     return [(f, t) for (f, t, n) in rs.chains if n == INPUT_PASS]
 
 
-def input_read(owner: str, net: plan.InputRules | None = None) -> dict[str, Any]:
+def input_read(
+    owner: str, net: plan.InputRules | None = None, family: Family = IPV4
+) -> dict[str, Any]:
+    """`family` is net's when a net is given."""
+    fam = net.family if net is not None else family
     mark = OWNER_PREFIX + validate.owner(owner)
     rs = ruleset()
     rules: list[dict[str, object]] = []
-    for family, table in _input_chains(rs):
-        rules += [wire(r) for r in rs.chain_rules(family, table, INPUT_PASS) if r.comment == mark]
-    where = input_placement(rs)
+    for chain_family, table in _input_chains(rs):
+        chain = rs.chain_rules(chain_family, table, INPUT_PASS)
+        rules += [wire(r, fam) for r in chain if r.comment == mark]
+    where = input_placement(rs, fam)
     jump = any(is_our_jump(r, INPUT_PASS) for r in rs.chain_rules(*where))
     problems = []
     if rules and not jump:
@@ -80,22 +86,26 @@ def input_read(owner: str, net: plan.InputRules | None = None) -> dict[str, Any]
 def input_blockers(rs: Ruleset, net: plan.InputRules) -> list[str]:
     """Foreign DROP/REJECT rules above our jump (and other input base chains with policy drop)
     that drop this network's DHCP or DNS."""
-    flows = net.flows()
-    where = input_placement(rs)
+    flows, family = net.flows(), net.family
+    where = input_placement(rs, family)
     found = []
     for key, chain in rs.chains.items():
-        if chain.get("hook") != "input" or chain["family"] not in ("ip", "inet"):
+        if chain.get("hook") != "input" or chain["family"] not in (family.nft, "inet"):
             continue
-        if key == where or (chain["family"], chain["table"]) == (FAMILY, TABLE):
+        if key == where or (chain["family"], chain["table"]) == (family.nft, TABLE):
             continue
         if chain.get("policy") == "drop":
             found.append(f"table {key[0]} {key[1]} chain {key[2]} (policy drop)")
         found += [
-            text(r) for r in rs.chain_rules(*key) if plan.could_block(describe(r.expr), flows)
+            text(r, family)
+            for r in rs.chain_rules(*key)
+            if plan.could_block(describe(r.expr, family), flows)
         ]
     rules = rs.chain_rules(*where)
     at = next((i for i, r in enumerate(rules) if is_our_jump(r, INPUT_PASS)), 0)
-    found += [text(r) for r in rules[:at] if plan.could_block(describe(r.expr), flows)]
+    found += [
+        text(r, family) for r in rules[:at] if plan.could_block(describe(r.expr, family), flows)
+    ]
     return found
 
 
@@ -112,12 +122,13 @@ def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
     if current["count"] and not current["problems"]:
         return current
     rs = ruleset()
-    family, table, base = input_placement(rs)
+    family, table, base = input_placement(rs, net.family)
+    ours = net.family.nft
     commands: list[dict[str, Any]] = []
-    if (family, table) == (FAMILY, TABLE):
-        commands.append({"add": {"table": {"family": FAMILY, "name": TABLE}}})
+    if (family, table) == (ours, TABLE):
+        commands.append({"add": {"table": {"family": ours, "name": TABLE}}})
         commands.append(
-            {"add": {"chain": {"family": FAMILY, "table": TABLE, "name": base, **INPUT_BASE}}}
+            {"add": {"chain": {"family": ours, "table": TABLE, "name": base, **INPUT_BASE}}}
         )
     commands.append({"add": {"chain": {"family": family, "table": table, "name": INPUT_PASS}}})
     for key, existing in rs.rules.items():  # a jump elsewhere (the host's DROP moved) goes
@@ -132,38 +143,37 @@ def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
             if r.comment == mark:
                 commands.append({"delete": {"rule": r.ref()}})
     for rule in net.rules():
-        commands.append(
-            {"add": {"rule": rule_doc(family, table, INPUT_PASS, mark, rule_expr(rule))}}
-        )
+        expr = rule_expr(rule, net.family)
+        commands.append({"add": {"rule": rule_doc(family, table, INPUT_PASS, mark, expr)}})
     run(commands, "the DHCP/DNS input rules")
     return input_read(owner, net)
 
 
-def input_remove(owner: str) -> dict[str, Any]:
+def input_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
     mark = OWNER_PREFIX + validate.owner(owner)
     rs = ruleset()
     commands: list[dict[str, Any]] = []
     left = 0
-    for family, table in _input_chains(rs):
-        for r in rs.chain_rules(family, table, INPUT_PASS):
+    for chain_family, table in _input_chains(rs):
+        for r in rs.chain_rules(chain_family, table, INPUT_PASS):
             if r.comment == mark:
                 commands.append({"delete": {"rule": r.ref()}})
             else:
                 left += 1
-    removed = len(commands)
+    removed, ours = len(commands), family.nft
     if not left:  # no network's server is left: the jumps, chains and own base chain go
         for existing in rs.rules.values():
             for r in existing:
                 if is_our_jump(r, INPUT_PASS):
                     commands.append({"delete": {"rule": r.ref()}})
-        for family, table in _input_chains(rs):
+        for chain_family, table in _input_chains(rs):
             commands.append(
-                {"delete": {"chain": {"family": family, "table": table, "name": INPUT_PASS}}}
+                {"delete": {"chain": {"family": chain_family, "table": table, "name": INPUT_PASS}}}
             )
-        if (FAMILY, TABLE, "input") in rs.chains:
+        if (ours, TABLE, "input") in rs.chains:
             commands.append(
-                {"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": "input"}}}
+                {"delete": {"chain": {"family": ours, "table": TABLE, "name": "input"}}}
             )
     run(commands, "the removal of the DHCP/DNS input rules")
-    tidy()
+    tidy(family)
     return {"removed": removed}

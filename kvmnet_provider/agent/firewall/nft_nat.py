@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ...spec import validate
+from ...spec.family import IPV4, Family
+from ...spec.family import of as family_of
 from ...spec.marks import OWNER_PREFIX
 from . import plan
 from .nft_rules import (
-    FAMILY,
     NAME,
     TABLE,
     NftRule,
@@ -26,9 +27,9 @@ from .nft_rules import (
 
 
 # --- MASQUERADE and DNAT ------------------------------------------------------------------------
-def _nat_rules(chain: str, owner: str) -> list[NftRule]:
+def _nat_rules(chain: str, owner: str, family: Family = IPV4) -> list[NftRule]:
     mark = OWNER_PREFIX + validate.owner(owner)
-    return [r for r in ruleset().chain_rules(FAMILY, TABLE, chain) if r.comment == mark]
+    return [r for r in ruleset().chain_rules(family.nft, TABLE, chain) if r.comment == mark]
 
 
 def _describe_masquerade(rule: NftRule) -> dict[str, Any]:
@@ -56,46 +57,51 @@ def _describe_masquerade(rule: NftRule) -> dict[str, Any]:
     return out
 
 
-def _read(chain: str, owner: str, describe_one: Any) -> dict[str, Any]:
-    rules = [describe_one(r) for r in _nat_rules(chain, owner)]
+def _read(chain: str, owner: str, describe_one: Any, family: Family = IPV4) -> dict[str, Any]:
+    rules = [describe_one(r) for r in _nat_rules(chain, owner, family)]
     return {"rules": rules, "count": len(rules), "backend": NAME}
 
 
-def masquerade_read(owner: str) -> dict[str, Any]:
-    return _read("postrouting", owner, _describe_masquerade)
+def masquerade_read(owner: str, family: Family = IPV4) -> dict[str, Any]:
+    return _read("postrouting", owner, _describe_masquerade, family)
 
 
 def _nat_ensure(
-    chain: str, owner: str, want: dict[str, Any], expr: list[Any], describe_one: Any
+    chain: str,
+    owner: str,
+    want: dict[str, Any],
+    expr: list[Any],
+    describe_one: Any,
+    family: Family = IPV4,
 ) -> dict[str, Any]:
-    current = _read(chain, owner, describe_one)
+    current = _read(chain, owner, describe_one, family)
     if current["rules"] == [want]:
         return current
     mark = OWNER_PREFIX + owner
-    commands = base_chain_commands()
-    commands += [{"delete": {"rule": r.ref()}} for r in _nat_rules(chain, owner)]
-    commands.append({"add": {"rule": rule_doc(FAMILY, TABLE, chain, mark, expr)}})
+    commands = base_chain_commands(family)
+    commands += [{"delete": {"rule": r.ref()}} for r in _nat_rules(chain, owner, family)]
+    commands.append({"add": {"rule": rule_doc(family.nft, TABLE, chain, mark, expr)}})
     run(commands, f"the {chain} rule")
-    return _read(chain, owner, describe_one)
+    return _read(chain, owner, describe_one, family)
 
 
-def masquerade_ensure(spec: dict[str, Any]) -> dict[str, Any]:
-    owner, want = plan.masquerade_want(spec)
+def masquerade_ensure(spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]:
+    owner, want = plan.masquerade_want(spec, family)
     source, out_if = want["source"], want["out_interface"]
     expr = [
-        match(ip_field("saddr"), net_value(source)),
-        match(ip_field("daddr"), net_value(source), "!="),
+        match(ip_field("saddr", family), net_value(source)),
+        match(ip_field("daddr", family), net_value(source), "!="),
     ]
     if out_if:
         expr.append(match(meta("oifname"), out_if))
     expr.append({"masquerade": None})
-    return _nat_ensure("postrouting", owner, want, expr, _describe_masquerade)
+    return _nat_ensure("postrouting", owner, want, expr, _describe_masquerade, family)
 
 
-def masquerade_remove(owner: str) -> dict[str, Any]:
+def masquerade_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
     return {
         "removed": remove_marked(
-            [(FAMILY, TABLE, "postrouting")], OWNER_PREFIX + validate.owner(owner)
+            [(family.nft, TABLE, "postrouting")], OWNER_PREFIX + validate.owner(owner), family
         )
     }
 
@@ -121,7 +127,8 @@ def describe_dnat(expr: list[dict[str, Any]]) -> dict[str, Any]:
     for item in expr:
         if "dnat" in item:
             out["target"] = "DNAT"
-            out["to"] = f"{item['dnat'].get('addr')}:{item['dnat'].get('port')}"
+            address = str(item["dnat"].get("addr"))
+            out["to"] = family_of(address).endpoint(address, item["dnat"].get("port"))
         m = item.get("match")
         if not m:
             continue
@@ -143,36 +150,37 @@ def _describe_dnat(rule: NftRule) -> dict[str, Any]:
     return describe_dnat(rule.expr)
 
 
-def dnat_expr(want: dict[str, Any]) -> list[dict[str, Any]]:
+def dnat_expr(want: dict[str, Any], family: Family = IPV4) -> list[dict[str, Any]]:
     """The nft expressions of plan.dnat_want's rule."""
     expr: list[dict[str, Any]] = []
     if want["in_interface"]:
         expr.append(match(meta("iifname"), want["in_interface"]))
     if want["destination"]:
-        expr.append(match(ip_field("daddr"), want["destination"]))
+        expr.append(match(ip_field("daddr", family), want["destination"]))
     if want["dst_type"] == plan.DST_LOCAL:
         expr.append(match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"))
     port = {"payload": {"protocol": want["protocol"], "field": "dport"}}
     expr.append(match(port, want["host_port"]))
     address, _, guest_port = str(want["to"]).rpartition(":")
-    expr.append({"dnat": {"addr": address, "port": int(guest_port)}})
+    expr.append({"dnat": {"addr": address.strip("[]"), "port": int(guest_port)}})
     return expr
 
 
-def dnat_read(owner: str) -> dict[str, Any]:
-    return _read("prerouting", owner, _describe_dnat)
+def dnat_read(owner: str, family: Family = IPV4) -> dict[str, Any]:
+    return _read("prerouting", owner, _describe_dnat, family)
 
 
-def dnat_ensure(spec: dict[str, Any]) -> dict[str, Any]:
+def dnat_ensure(spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]:
     """A rule of another shape with the same comment (one without the fib match, say) reads
     unequal to `want`, so _nat_ensure deletes it and adds this one in one transaction."""
-    owner, want = plan.dnat_want(spec)
-    return _nat_ensure("prerouting", owner, want, dnat_expr(want), _describe_dnat)
+    owner, want = plan.dnat_want(spec, family)
+    expr = dnat_expr(want, family)
+    return _nat_ensure("prerouting", owner, want, expr, _describe_dnat, family)
 
 
-def dnat_remove(owner: str) -> dict[str, Any]:
+def dnat_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
     return {
         "removed": remove_marked(
-            [(FAMILY, TABLE, "prerouting")], OWNER_PREFIX + validate.owner(owner)
+            [(family.nft, TABLE, "prerouting")], OWNER_PREFIX + validate.owner(owner), family
         )
     }

@@ -13,13 +13,14 @@ from typing import Any
 
 import nftables  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
+from ...spec.family import IPV4, Family
 from ...spec.marks import JUMP_MARK
 from ..errors import AgentError
 from . import plan
 from .plan import Rule
 
 NAME = "nftables"
-FAMILY, TABLE = "ip", "kvmnet"
+FAMILY, TABLE = IPV4.nft, "kvmnet"  # FAMILY: the table family of IPv4, the default
 PASS = "KVMNET_FWD"  # the forward accepts' chain in the host's table
 INPUT_PASS = "KVMNET_INP"  # the DHCP/DNS accepts' chain
 DOCKER_USER = "DOCKER-USER"
@@ -80,13 +81,13 @@ class Ruleset:
     def chain_rules(self, family: str, table: str, chain: str) -> list[NftRule]:
         return self.rules.get((family, table, chain), [])
 
-    def forward_bases(self) -> list[dict[str, Any]]:
+    def forward_bases(self, family: Family = IPV4) -> list[dict[str, Any]]:
         return [
             c
             for c in self.chains.values()
             if c.get("hook") == "forward"
-            and c["family"] in ("ip", "inet")
-            and (c["family"], c["table"]) != (FAMILY, TABLE)
+            and c["family"] in (family.nft, "inet")
+            and (c["family"], c["table"]) != (family.nft, TABLE)
         ]
 
 
@@ -124,13 +125,13 @@ def meta(key: str) -> dict[str, Any]:
     return {"meta": {"key": key}}
 
 
-def ip_field(fieldname: str) -> dict[str, Any]:
-    return {"payload": {"protocol": "ip", "field": fieldname}}
+def ip_field(fieldname: str, family: Family = IPV4) -> dict[str, Any]:
+    return {"payload": {"protocol": family.nft, "field": fieldname}}
 
 
 def net_value(cidr: str) -> Any:
     net = ipaddress.ip_network(cidr, strict=False)
-    if net.prefixlen == 32:
+    if net.prefixlen == net.max_prefixlen:  # one address: written without a prefix
         return str(net.network_address)
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
@@ -144,16 +145,16 @@ def cidr_of(value: Any) -> str | None:
     return None
 
 
-def rule_expr(rule: Rule) -> list[dict[str, Any]]:
+def rule_expr(rule: Rule, family: Family = IPV4) -> list[dict[str, Any]]:
     expr: list[dict[str, Any]] = []
     if rule.iif:
         expr.append(match(meta("iifname"), rule.iif))
     if rule.oif:
         expr.append(match(meta("oifname"), rule.oif))
     if rule.src:
-        expr.append(match(ip_field("saddr"), net_value(rule.src)))
+        expr.append(match(ip_field("saddr", family), net_value(rule.src)))
     if rule.dst:
-        expr.append(match(ip_field("daddr"), net_value(rule.dst)))
+        expr.append(match(ip_field("daddr", family), net_value(rule.dst)))
     if rule.proto and rule.dport:
         expr.append(match({"payload": {"protocol": rule.proto, "field": "dport"}}, rule.dport))
     if rule.ct == plan.CT_ESTABLISHED:
@@ -164,8 +165,9 @@ def rule_expr(rule: Rule) -> list[dict[str, Any]]:
     return expr
 
 
-def describe(expr: list[dict[str, Any]]) -> Rule | None:
-    """Rule for an nft expression list, or None when it holds matches kvmnet does not read."""
+def describe(expr: list[dict[str, Any]], family: Family = IPV4) -> Rule | None:
+    """Rule for an nft expression list, or None when it holds matches kvmnet does not read
+    (another family's addresses among them)."""
     fields: dict[str, Any] = {}
     verdict = None
     for item in expr:
@@ -182,7 +184,7 @@ def describe(expr: list[dict[str, Any]]) -> Rule | None:
             fields[left["meta"]["key"][:3]] = right
         elif "meta" in left and left["meta"]["key"] == "l4proto":
             fields["proto"] = right
-        elif "payload" in left and left["payload"].get("protocol") == "ip":
+        elif "payload" in left and left["payload"].get("protocol") == family.nft:
             name = {"saddr": "src", "daddr": "dst"}.get(left["payload"]["field"])
             if name is None or cidr_of(right) is None:
                 return None
@@ -204,8 +206,8 @@ def describe(expr: list[dict[str, Any]]) -> Rule | None:
     return Rule(verdict, **fields)
 
 
-def text(rule: NftRule) -> str:
-    described = describe(rule.expr)
+def text(rule: NftRule, family: Family = IPV4) -> str:
+    described = describe(rule.expr, family)
     body = described.text() if described else "(rule)"
     return (
         f"table {rule.family} {rule.table} chain {rule.chain} handle {rule.handle} "
@@ -229,16 +231,16 @@ def pass_chains(rs: Ruleset) -> list[tuple[str, str]]:
     return [(f, t) for (f, t, n) in rs.chains if n == PASS]
 
 
-def wire(rule: NftRule) -> dict[str, object]:
-    described = describe(rule.expr)
+def wire(rule: NftRule, family: Family = IPV4) -> dict[str, object]:
+    described = describe(rule.expr, family)
     return described.to_wire() if described else {"unknown": True}
 
 
-def base_chain_commands() -> list[dict[str, Any]]:
-    commands: list[dict[str, Any]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+def base_chain_commands(family: Family = IPV4) -> list[dict[str, Any]]:
+    commands: list[dict[str, Any]] = [{"add": {"table": {"family": family.nft, "name": TABLE}}}]
     for name, spec in BASE_CHAINS.items():
         commands.append(
-            {"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name, **spec}}}
+            {"add": {"chain": {"family": family.nft, "table": TABLE, "name": name, **spec}}}
         )
     return commands
 
@@ -247,7 +249,7 @@ def rule_doc(family: str, table: str, chain: str, comment: str, expr: list[Any])
     return {"family": family, "table": table, "chain": chain, "comment": comment, "expr": expr}
 
 
-def remove_marked(chains: list[tuple[str, str, str]], mark: str) -> int:
+def remove_marked(chains: list[tuple[str, str, str]], mark: str, family: Family = IPV4) -> int:
     rs = ruleset()
     commands = []
     for key in chains:
@@ -255,16 +257,17 @@ def remove_marked(chains: list[tuple[str, str, str]], mark: str) -> int:
             if r.comment == mark:
                 commands.append({"delete": {"rule": r.ref()}})
     run(commands, "the removal")
-    tidy()
+    tidy(family)
     return len(commands)
 
 
-def tidy() -> None:
+def tidy(family: Family = IPV4) -> None:
     """Remove the pass chains and their jumps when no network uses them, and kvmnet's table
     when no rule of any owner is left in it."""
     rs = ruleset()
     commands: list[dict[str, Any]] = []
-    network_rules = sum(len(rs.chain_rules(FAMILY, TABLE, c)) for c in SECTIONS.values())
+    ours = family.nft
+    network_rules = sum(len(rs.chain_rules(ours, TABLE, c)) for c in SECTIONS.values())
     passes = pass_chains(rs)
     pass_rules = sum(len(rs.chain_rules(f, t, PASS)) for f, t in passes)
     if not network_rules and not pass_rules:
@@ -272,10 +275,12 @@ def tidy() -> None:
             for r in rules:
                 if is_our_jump(r, PASS):
                     commands.append({"delete": {"rule": r.ref()}})
-        for family, table in passes:
-            commands.append({"delete": {"chain": {"family": family, "table": table, "name": PASS}}})
-    nat_rules = sum(len(rs.chain_rules(FAMILY, TABLE, c)) for c in ("postrouting", "prerouting"))
-    input_rules = len(rs.chain_rules(FAMILY, TABLE, INPUT_PASS))
-    if (FAMILY, TABLE) in rs.tables and not (network_rules or nat_rules or input_rules):
-        commands.append({"delete": {"table": {"family": FAMILY, "name": TABLE}}})
+        for chain_family, table in passes:
+            commands.append(
+                {"delete": {"chain": {"family": chain_family, "table": table, "name": PASS}}}
+            )
+    nat_rules = sum(len(rs.chain_rules(ours, TABLE, c)) for c in ("postrouting", "prerouting"))
+    input_rules = len(rs.chain_rules(ours, TABLE, INPUT_PASS))
+    if (ours, TABLE) in rs.tables and not (network_rules or nat_rules or input_rules):
+        commands.append({"delete": {"table": {"family": ours, "name": TABLE}}})
     run(commands, "the tidy-up")

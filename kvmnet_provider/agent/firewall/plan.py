@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ...spec import models, validate
+from ...spec.family import IPV4, Family
 
 MODES = models.MODEL_NAMES
 SECTIONS = ("cross", "input", "output")
@@ -79,16 +80,17 @@ class NetworkRules:
     bridge: str
     subnet: str | None
     forwards: tuple[Forward, ...] = ()
+    family: Family = IPV4
 
     @classmethod
-    def from_spec(cls, spec: dict[str, object]) -> NetworkRules:
+    def from_spec(cls, spec: dict[str, object], family: Family = IPV4) -> NetworkRules:
         mode = spec.get("mode")
         if mode not in MODES:
             raise validate.InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         bridge = validate.ifname(spec.get("bridge"))
         subnet = spec.get("subnet")
         if mode in models.WITH_BRIDGE_ADDRESS:
-            subnet = validate.network(subnet)
+            subnet = validate.network(subnet, family)
         else:
             subnet = None
         forwards = []
@@ -101,16 +103,16 @@ class NetworkRules:
             proto = item.get("proto", "tcp")
             if proto not in validate.PROTOCOLS:
                 raise validate.InvalidInput(f"forward proto must be tcp or udp, got {proto!r}")
-            guest = str(ipaddress.IPv4Address(str(item.get("guest"))))
+            guest = str(family.address(str(item.get("guest"))))
             forwards.append(Forward(guest, validate.port(item.get("port")), proto))
         if forwards and mode != "nat":
             raise validate.InvalidInput("forwards are for the nat mode only")
         forwards.sort(key=lambda f: (f.guest, f.proto, f.port))
-        return cls(str(mode), bridge, subnet, tuple(forwards))
+        return cls(str(mode), bridge, subnet, tuple(forwards), family)
 
     def sections(self) -> dict[str, list[Rule]]:
         """The rules per section (cross, input, output), in order."""
-        br, net = self.bridge, self.subnet
+        br, net, host = self.bridge, self.subnet, self.family.host
         cross = [Rule("accept", iif=br, oif=br)]
         if self.mode == "bridged":
             return {"cross": cross, "input": [], "output": []}
@@ -125,7 +127,7 @@ class NetworkRules:
         else:
             inbound = [Rule("accept", oif=br, dst=net, ct=CT_ESTABLISHED)]
             inbound += [
-                Rule("accept", oif=br, dst=f"{f.guest}/32", proto=f.proto, dport=f.port, ct=CT_DNAT)
+                Rule("accept", oif=br, dst=host(f.guest), proto=f.proto, dport=f.port, ct=CT_DNAT)
                 for f in self.forwards
             ]
         return {
@@ -162,9 +164,10 @@ def _covers(outer: str | None, inner: str | None) -> bool:
         return True
     if inner is None:
         return False
-    return ipaddress.ip_network(inner, strict=False).subnet_of(
-        ipaddress.ip_network(outer, strict=False)  # type: ignore[arg-type]
-    )
+    inner_net, outer_net = (ipaddress.ip_network(n, strict=False) for n in (inner, outer))
+    if inner_net.version != outer_net.version:  # another family's rule never matches
+        return False
+    return inner_net.subnet_of(outer_net)  # type: ignore[arg-type]
 
 
 def could_block(rule: Rule | None, flows: list[Rule]) -> bool:
@@ -196,9 +199,9 @@ def cidr(value: str | None) -> str | None:
     return None if net.prefixlen == 0 else str(net)
 
 
-def masquerade_want(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def masquerade_want(spec: dict[str, Any], family: Family = IPV4) -> tuple[str, dict[str, Any]]:
     """(owner, the rule as read back) of a masquerade.ensure request, for either backend."""
-    source = validate.network(spec["source"])
+    source = validate.network(spec["source"], family)
     out_if = validate.ifname(spec["out_interface"]) if spec.get("out_interface") else None
     want = {
         "source": source,
@@ -213,7 +216,7 @@ def masquerade_want(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 DST_LOCAL = validate.DNAT_DST_LOCAL  # `-m addrtype --dst-type LOCAL` / `fib daddr type local`
 
 
-def dnat_want(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def dnat_want(spec: dict[str, Any], family: Family = IPV4) -> tuple[str, dict[str, Any]]:
     """(owner, the rule as read back) of a dnat.ensure request, for either backend.
 
     A port forward catches only packets addressed to the host itself (`dst_type` local, as
@@ -222,17 +225,17 @@ def dnat_want(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     protocol = spec.get("protocol", "tcp")
     if protocol not in validate.PROTOCOLS:
         raise validate.InvalidInput(f"protocol must be tcp or udp, got {protocol!r}")
-    guest = str(ipaddress.IPv4Address(str(spec["guest_address"])))
+    guest = str(family.address(str(spec["guest_address"])))
     guest_port = validate.port(spec["guest_port"])
     in_if = validate.ifname(spec["in_interface"]) if spec.get("in_interface") else None
-    dst = str(ipaddress.IPv4Address(str(spec["destination"]))) if spec.get("destination") else None
+    dst = str(family.address(str(spec["destination"]))) if spec.get("destination") else None
     want = {
         "protocol": protocol,
         "in_interface": in_if,
         "destination": dst,
         "dst_type": None if dst else DST_LOCAL,
         "host_port": validate.port(spec["host_port"]),
-        "to": f"{guest}:{guest_port}",
+        "to": family.endpoint(guest, guest_port),
         "target": "DNAT",
     }
     return validate.owner(spec["owner"]), want
@@ -248,19 +251,20 @@ class InputRules:
     bridge: str
     address: str
     subnet: str
+    family: Family = IPV4
 
     @classmethod
-    def from_spec(cls, spec: dict[str, object]) -> InputRules:
-        address = str(ipaddress.IPv4Address(str(spec.get("address"))))
-        subnet = validate.network(spec.get("subnet"))
-        if ipaddress.IPv4Address(address) not in ipaddress.ip_network(subnet):
+    def from_spec(cls, spec: dict[str, object], family: Family = IPV4) -> InputRules:
+        address = str(family.address(str(spec.get("address"))))
+        subnet = validate.network(spec.get("subnet"), family)
+        if family.address(address) not in ipaddress.ip_network(subnet):
             raise validate.InvalidInput(f"address {address} is not inside subnet {subnet}")
-        return cls(validate.ifname(spec.get("bridge")), address, subnet)
+        return cls(validate.ifname(spec.get("bridge")), address, subnet, family)
 
     def rules(self) -> list[Rule]:
-        br, net, dns = self.bridge, self.subnet, f"{self.address}/32"
+        br, net, dns = self.bridge, self.subnet, self.family.host(self.address)
         return [
-            Rule("accept", iif=br, proto="udp", dport=67),
+            Rule("accept", iif=br, proto="udp", dport=self.family.dhcp_server_port),
             Rule("accept", iif=br, src=net, dst=dns, proto="udp", dport=53),
             Rule("accept", iif=br, src=net, dst=dns, proto="tcp", dport=53),
         ]
@@ -268,7 +272,8 @@ class InputRules:
     def flows(self) -> list[Rule]:
         """The traffic the rules let in, as match patterns (for finding blockers): a DHCP
         request (from 0.0.0.0 to broadcast) and a guest's query to the bridge's address."""
+        fam = self.family
         return [
-            Rule("accept", iif=self.bridge, src="0.0.0.0/32", dst="255.255.255.255/32"),
-            Rule("accept", iif=self.bridge, src=self.subnet, dst=f"{self.address}/32"),
+            Rule("accept", iif=self.bridge, src=fam.dhcp_request_src, dst=fam.dhcp_request_dst),
+            Rule("accept", iif=self.bridge, src=self.subnet, dst=self.family.host(self.address)),
         ]
