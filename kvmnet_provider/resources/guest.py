@@ -145,7 +145,10 @@ class QemuGuestProvider(KvmnetProvider):
             olds["cloud_init"] = new_ci if same else was
         else:
             olds["cloud_init"] = was
-        return super().diff(_id, olds, news)
+        result = super().diff(_id, olds, news)
+        if olds.get("replaced_taps") and not result.replaces:  # read as cut off: an update
+            return DiffResult(changes=True, replaces=[], delete_before_replace=True)
+        return result
 
     def spec(self, props: dict[str, Any]) -> dict[str, Any]:
         """The agent gets the seed ISO's bytes, built here, instead of cloud_init."""
@@ -190,6 +193,8 @@ class QemuGuestProvider(KvmnetProvider):
     def host_update(
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
     ) -> dict[str, Any]:
+        if olds.get("replaced_taps"):  # its QEMU holds a deleted tap: start restarts it
+            return self.host_create(agent, news)
         # Only stop_timeout (or connection details of the same host) can change in place:
         # nothing to do on the host but make sure the guest is still there.
         live = self.host_read(agent, news)
@@ -233,6 +238,7 @@ class QemuGuest(DeclaredResource[QemuGuestArgs], module="kvmnet", name="QemuGues
     disk_path: pulumi.Output[str | None]
     seed_path: pulumi.Output[str | None]
     cloud_init_sha256: pulumi.Output[str | None]
+    replaced_taps: pulumi.Output[list[str]]  # taps made again under it: an update restarts it
 
     def options(self, opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
         secret = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)
