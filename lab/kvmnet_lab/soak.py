@@ -100,7 +100,8 @@ class Soak:
             kill_processes(pids)
             return f"dnsmasq {pids} killed"
         if kind in ("bridge-deleted", "tap-deleted"):
-            name = rng.choice(kvmnet_links(self.ns, "bridge" if kind == "bridge-deleted" else "tun"))
+            links = kvmnet_links(self.ns, "bridge" if kind == "bridge-deleted" else "tun")
+            name = rng.choice(links)
             delete_link(name, ns=self.ns)
             return f"{name} deleted"
         if kind == "rules-flushed":
@@ -149,7 +150,8 @@ class Soak:
     def check_rows(self) -> None:
         guests = self.stack.outputs()["guests"]
         ends = [GuestEndpoint(n, g["address"], g["console"]) for n, g in sorted(guests.items())]
-        outside = Outside(self.status.ext.namespace, self.status.ext.address, self.status.ext.echo_port)
+        ext = self.status.ext
+        outside = Outside(ext.namespace, ext.address, ext.echo_port)
         host_ip = self.status.hosts[0].address
         for order in (ends, ends[::-1]):  # each guest probes, the other is its peer
             row = observe(order, BRIDGE_IP, host_ip, outside).as_dict()
