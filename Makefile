@@ -6,7 +6,7 @@ export KVMNET_CACHE ?= /var/cache/kvmnet
 MODEL ?= nat
 PYTEST_ARGS ?=
 
-.PHONY: all deps toolchain venv image test lint demo demo-down lab-up lab-down soak clean
+.PHONY: all deps toolchain venv image test lint demo demo-down lab-up lab-down clean
 
 all: test
 
@@ -61,6 +61,7 @@ demo-down: venv
 # Faults behind kvmnet's back on the NAT model (a guest or dnsmasq killed, the bridge or a tap
 # deleted, kvmnet's rules flushed, SSH cut during refresh), each followed by refresh + up, which
 # must converge; then destroy must leave the lab host as before. Bounded by SOAK_SECONDS.
+.PHONY: soak
 SOAK_SECONDS ?= 600
 soak: deps toolchain venv image
 	$(VENV)/bin/python -m kvmnet_lab.soak --seconds $(SOAK_SECONDS)

@@ -63,5 +63,5 @@ def test_a_guest_read_as_cut_off_is_an_update_not_a_replacement() -> None:
     assert not provider.diff("id", guest(), news).changes  # state of an older kvmnet
     cut = provider.diff("id", guest(replaced_taps=["vif1.0"]), news)
     assert cut.changes and not cut.replaces
-    moved = provider.diff("id", guest(replaced_taps=["vif1.0"]), guest(memory_mib=256))
-    assert moved.changes and moved.replaces  # a replacement starts it anew anyway
+    renamed = provider.diff("id", guest(replaced_taps=["vif1.0"]), guest(name="g2"))
+    assert renamed.changes and renamed.replaces  # a replacement starts it anew anyway

@@ -24,6 +24,7 @@ from ..errors import KvmnetError
 from ..spec import guest as guests
 from ..spec.validate import boolean, int_range, user_name
 from ..spec.wire import GuestRef, GuestState
+from .attach import RestartsCutOffGuests
 from .base import KvmnetProvider, _has_unknown, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .links import TapPort
@@ -124,7 +125,7 @@ class QemuGuestArgs:
     )
 
 
-class QemuGuestProvider(KvmnetProvider):
+class QemuGuestProvider(RestartsCutOffGuests, KvmnetProvider):
     kind = "QemuGuest"
     fields = field_table(QemuGuestArgs)
 
@@ -145,10 +146,7 @@ class QemuGuestProvider(KvmnetProvider):
             olds["cloud_init"] = new_ci if same else was
         else:
             olds["cloud_init"] = was
-        result = super().diff(_id, olds, news)
-        if olds.get("replaced_taps") and not result.replaces:  # read as cut off: an update
-            return DiffResult(changes=True, replaces=[], delete_before_replace=True)
-        return result
+        return super().diff(_id, olds, news)
 
     def spec(self, props: dict[str, Any]) -> dict[str, Any]:
         """The agent gets the seed ISO's bytes, built here, instead of cloud_init."""
@@ -193,8 +191,6 @@ class QemuGuestProvider(KvmnetProvider):
     def host_update(
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
     ) -> dict[str, Any]:
-        if olds.get("replaced_taps"):  # its QEMU holds a deleted tap: start restarts it
-            return self.host_create(agent, news)
         # Only stop_timeout (or connection details of the same host) can change in place:
         # nothing to do on the host but make sure the guest is still there.
         live = self.host_read(agent, news)
