@@ -25,7 +25,7 @@ from typing import Any
 from .hostconfig import lab_stack_config
 from .lab import Lab, LabStatus, fresh_lab
 from .lab.faults import flush_kvmnet_rules, kill_processes, kvmnet_links, processes
-from .lab.netns import delete_link
+from .lab.netns import delete_link, ip_json
 from .probe import EXPECTED, GuestEndpoint, Outside, observe
 from .testing import guest_image_dir
 from .testing.snapshot import diff_snapshots, host_snapshot
@@ -86,6 +86,7 @@ class Soak:
         config["kvmnet:firewallBackend"] = "iptables"  # what the host snapshot reads
         self.stack = TestStack(workdir, STACK_PROGRAM, project="ksoak", stack="dev")
         self.stack.config_values(config)
+        self.expect_mac: tuple[str, str] | None = None  # a bridge's MAC before it was deleted
 
     # --- faults ----------------------------------------------------------------------------
     def inject(self, kind: str, rng: random.Random) -> str:
@@ -102,6 +103,8 @@ class Soak:
         if kind in ("bridge-deleted", "tap-deleted"):
             links = kvmnet_links(self.ns, "bridge" if kind == "bridge-deleted" else "tun")
             name = rng.choice(links)
+            if kind == "bridge-deleted":  # made again, it must be the same gateway
+                self.expect_mac = (name, self._mac(name))
             delete_link(name, ns=self.ns)
             return f"{name} deleted"
         if kind == "rules-flushed":
@@ -135,6 +138,9 @@ class Soak:
             self.lab.up(hosts=len(self.status.hosts))  # the host's sshd back
         return f"sshd cut during refresh (refresh exited {refresh.returncode})"
 
+    def _mac(self, link: str) -> str:
+        return str(ip_json("link", "show", "dev", link, ns=self.ns)[0]["address"])
+
     def _sshd(self) -> list[int]:
         return processes(self.ns, "sshd")
 
@@ -145,6 +151,10 @@ class Soak:
         self.stack.refresh()
         self.stack.up()
         self.stack.preview_no_changes()
+        if self.expect_mac is not None:
+            (bridge, mac), self.expect_mac = self.expect_mac, None
+            if self._mac(bridge) != mac:
+                raise AssertionError(f"{bridge} made again with MAC {self._mac(bridge)}, was {mac}")
         self.check_rows()
 
     def check_rows(self) -> None:
