@@ -226,6 +226,7 @@ class QemuGuest(DeclaredResource[QemuGuestArgs], module="kvmnet", name="QemuGues
     console_log: pulumi.Output[str]
     qmp_socket: pulumi.Output[str]
     macs: pulumi.Output[list[str]]
+    replaced_taps: pulumi.Output[list[str]]  # taps made again under it: an update restarts it
     accelerator: pulumi.Output[str]
     accelerator_reason: pulumi.Output[str]
     run_dir: pulumi.Output[str]
@@ -234,7 +235,6 @@ class QemuGuest(DeclaredResource[QemuGuestArgs], module="kvmnet", name="QemuGues
     disk_path: pulumi.Output[str | None]
     seed_path: pulumi.Output[str | None]
     cloud_init_sha256: pulumi.Output[str | None]
-    replaced_taps: pulumi.Output[list[str]]  # taps made again under it: an update restarts it
 
     def options(self, opts: pulumi.ResourceOptions) -> pulumi.ResourceOptions:
         secret = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)
