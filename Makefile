@@ -63,6 +63,14 @@ demo: deps toolchain venv image
 demo-down: venv
 	$(VENV)/bin/kvmnet demo down
 
+# Faults behind kvmnet's back on the NAT model (a guest or dnsmasq killed, the bridge or a tap
+# deleted, kvmnet's rules flushed, SSH cut during refresh), each followed by refresh + up, which
+# must converge; then destroy must leave the lab host as before. Bounded by SOAK_SECONDS.
+.PHONY: soak
+SOAK_SECONDS ?= 600
+soak: deps toolchain venv image
+	$(VENV)/bin/python -m kvmnet_lab.soak --seconds $(SOAK_SECONDS)
+
 lab-up: deps venv
 	$(VENV)/bin/kvmnet lab up
 

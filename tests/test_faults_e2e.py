@@ -61,8 +61,9 @@ def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
     paths and in the names of the guests' users (a rebuilt namespace has another)."""
 
     def scrub(value: Any, key: str = "") -> Any:
-        # the hashes: of the argv's and dnsmasq.conf's paths, which hold the namespace's inode
-        if key in ("ifindex", "pid", "started", "argv_sha256", "conf_sha256"):
+        # the hashes: of the argv's and dnsmasq.conf's paths, which hold the namespace's inode;
+        # a guest's record of its taps' interface indexes
+        if key in ("ifindex", "pid", "started", "argv_sha256", "conf_sha256", "tap_indexes"):
             return None
         if isinstance(value, dict):
             return {k: scrub(v, k) for k, v in value.items()}

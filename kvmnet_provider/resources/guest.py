@@ -25,6 +25,7 @@ from ..spec import guest as guests
 from ..spec.ready import readiness
 from ..spec.validate import boolean, int_range, user_name
 from ..spec.wire import GuestRef, GuestState
+from .attach import RestartsCutOffGuests
 from .autostart import autostart_field
 from .base import KvmnetProvider, _has_unknown, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
@@ -146,7 +147,7 @@ class QemuGuestArgs:
     autostart: bool | None = autostart_field()
 
 
-class QemuGuestProvider(KvmnetProvider):
+class QemuGuestProvider(RestartsCutOffGuests, KvmnetProvider):
     kind = "QemuGuest"
     fields = field_table(QemuGuestArgs)
 
@@ -294,6 +295,7 @@ class QemuGuest(DeclaredResource[QemuGuestArgs], module="kvmnet", name="QemuGues
     console_log: pulumi.Output[str]
     qmp_socket: pulumi.Output[str]
     macs: pulumi.Output[list[str]]
+    replaced_taps: pulumi.Output[list[str]]  # taps made again under it: an update restarts it
     accelerator: pulumi.Output[str]
     accelerator_reason: pulumi.Output[str]
     run_dir: pulumi.Output[str]

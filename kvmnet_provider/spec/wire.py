@@ -154,6 +154,8 @@ class GuestState(TypedDict):
     argv_sha256: str
     disk_path: str | None  # the overlay made from base_image
     seed_path: str | None  # the cloud-init seed ISO
+    # taps made again since QEMU opened them: the guest is cut off until it is restarted
+    replaced_taps: list[str]
 
 
 class GuestStopped(TypedDict):

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ...spec import validate
 from ...spec.guest import DEFAULT_QEMU, cpu_model, guest_name, normalise_spec, qemu_binary
 from ..errors import AgentError
-from ..links.netlink import iproute_class
-from . import disks, qemu_user, socket_rules, users
+from . import disks, qemu_user, socket_rules, taps, users
 from .argv import argv_hash, build_argv, guest_paths
 from .kvm import qemu_path, resolve_accelerator
 from .process import live_pid, signal_if_ours, stop_process, tail, wait_gone
@@ -56,7 +55,7 @@ def _start(spec: dict[str, Any]) -> GuestState:
     qemu_path(spec["qemu"])
     qemu_user.check(spec.get("run_as"))
     spec["run_as"] = users.runs_as(spec)  # the guest's own user unless run_as says
-    _check_taps(spec["nics"])
+    tap_indexes = taps.check(spec["nics"])
     with locked(name) as root:
         run_dir = root / name
         meta = load_meta(run_dir)
@@ -71,10 +70,7 @@ def _start(spec: dict[str, Any]) -> GuestState:
         digest, disk_key = argv_hash(argv), disks.disk_key(spec)
         if meta is not None:
             pid = live_pid(run_dir, name, meta)
-            if pid is not None and (meta.get("argv_sha256"), meta.get("disk_key")) == (
-                digest,
-                disk_key,
-            ):
+            if pid is not None and not restart_needed(meta, digest, disk_key):
                 if meta.get("pid") != pid:  # launched by an agent that died before noting it
                     meta["pid"] = pid
                     save_meta(run_dir, meta)
@@ -100,6 +96,7 @@ def _start(spec: dict[str, Any]) -> GuestState:
             "accelerator": accel,
             "accelerator_reason": reason,
             "nics": spec["nics"],
+            "tap_indexes": tap_indexes,
             "pid": None,
             "started": time.time(),
             "disk_key": disk_key,
@@ -114,27 +111,12 @@ def _start(spec: dict[str, Any]) -> GuestState:
             raise
 
 
-def _check_taps(nics: list[dict[str, str]]) -> None:
-    """Each NIC's tap exists and is a tap: given a missing name, QEMU would quietly create a
-    tap of its own, on no bridge, and the guest would start cut off."""
-    if not nics:
-        return
-    IPRoute = iproute_class()  # the agent has it; the controller never gets here
-
-    with IPRoute() as ipr:
-        for nic in nics:
-            found = ipr.link_lookup(ifname=nic["tap"])
-            if not found:
-                raise AgentError(
-                    "missing",
-                    f"tap {nic['tap']} does not exist on this host: declare it before the guest,"
-                    " or, if the stack declares it, run `pulumi refresh` then `pulumi up`",
-                )
-            kind = ipr.get_links(found[0])[0].get(("linkinfo", "kind"))
-            if kind != "tun":
-                raise AgentError(
-                    "invalid", f"{nic['tap']} is a {kind or 'plain'} link, not a tap device"
-                )
+def restart_needed(meta: dict[str, Any], digest: str, disk_key: str | None) -> bool:
+    """Whether the running guest must be restarted on its disk to be what is asked: another
+    argv or disk, or a tap made again since its QEMU opened it (the guest is cut off)."""
+    return (meta.get("argv_sha256"), meta.get("disk_key")) != (digest, disk_key) or bool(
+        taps.replaced(meta)
+    )
 
 
 def _launch(run_dir: Path, meta: dict[str, Any], argv: list[str], name: str) -> GuestState:

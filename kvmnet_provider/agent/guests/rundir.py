@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import hoststate, rundir
 from ..errors import AgentError, held_fix
+from . import taps
 from .qmp import status
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ def state(run_dir: Path, meta: dict[str, Any], pid: int) -> GuestState:
         "argv_sha256": meta["argv_sha256"],
         "disk_path": meta.get("disk_path"),
         "seed_path": meta.get("seed_path"),
+        "replaced_taps": taps.replaced(meta),
     }
 
 

@@ -8,8 +8,8 @@ another stack's link, or one made by hand, is reported instead of silently adopt
 from __future__ import annotations
 
 import errno
+import hashlib
 import ipaddress
-import os
 import pwd
 import secrets
 from collections.abc import Callable
@@ -172,11 +172,12 @@ class Links:
         def add(name: str) -> None:
             # The MAC is given, not left to the kernel: otherwise a bridge takes the lowest
             # MAC of its ports, and its MAC (the guests' gateway) changes as taps come and go.
+            # Derived from the owner: a bridge made again is the same gateway to the guests.
             self.ipr.link(
                 "add",
                 ifname=name,
                 kind="bridge",
-                address=_random_mac(),
+                address=owner_mac(spec["owner"]),
                 br_stp_state=1 if spec["stp"] else 0,
                 br_forward_delay=int(spec["forward_delay"]) * USER_HZ,
             )
@@ -336,9 +337,10 @@ def _uid(user: object) -> int | None:
         raise AgentError("invalid", f"owner user {user!r} does not exist on this host") from None
 
 
-def _random_mac() -> str:
-    """A random, locally administered unicast MAC, as the kernel would pick."""
-    octets = bytearray(os.urandom(6))
+def owner_mac(owner: str) -> str:
+    """A locally administered unicast MAC that only the owner decides (as libvirt keeps one
+    per network): the guests' neighbour entries stay right when the bridge is made again."""
+    octets = bytearray(hashlib.sha256(f"kvmnet-bridge:{owner}".encode()).digest()[:6])
     octets[0] = (octets[0] & 0xFE) | 0x02
     return ":".join(f"{b:02x}" for b in octets)
 

@@ -1,6 +1,7 @@
-"""Faults a lab host can meet: a host "reboot" and packet loss on the lab's switch.
+"""Faults a lab host can meet: a host "reboot", packet loss on the lab's switch, and kvmnet's
+objects broken behind its back (a process killed, a link deleted, its rules flushed).
 
-Both act only inside the lab's own namespaces (the host's and the switch's), never in the
+All act only inside the lab's own namespaces (the host's and the switch's), never in the
 root namespace.
 """
 
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -104,3 +107,63 @@ def _nft(ns: str, *args: str, stdin: str | None = None) -> None:
     subprocess.run(
         netns.exec_argv(ns, ["nft", *args]), input=stdin, text=True, check=True, timeout=30
     )
+
+
+# --- faults behind kvmnet's back, each acting on kvmnet's objects only ------------------------
+def processes(ns: str, name: str) -> list[int]:
+    """PIDs of the processes in namespace `ns` whose program's name contains `name`."""
+    return sorted(
+        pid
+        for pid in netns.namespace_pids(ns)
+        if (argv := netns.pid_cmdline(pid)) and name in os.path.basename(argv[0])
+    )
+
+
+def kill_processes(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def kvmnet_links(ns: str, kind: str) -> list[str]:
+    """Names of the links of `kind` (bridge, tun) that carry kvmnet's owner mark."""
+    return sorted(
+        link["ifname"]
+        for link in netns.ip_json("-d", "link", "show", ns=ns)
+        if str(link.get("ifalias", "")).startswith("kvmnet:")
+        and (link.get("linkinfo") or {}).get("info_kind") == kind
+    )
+
+
+def flush_kvmnet_rules(ns: str) -> int:
+    """Delete kvmnet's iptables-legacy rules (its KVMNET_* chains flushed, its commented rules
+    in the built-in chains deleted) and kvmnet's nftables tables; nothing of anyone else's.
+    Returns how many rules or tables went."""
+    gone = 0
+    for tool in ("iptables-legacy", "ip6tables-legacy"):
+        for table in ("filter", "nat"):
+            listing = _run(ns, [tool, "-t", table, "-S"])
+            for line in listing.splitlines():
+                words = line.split()
+                if line.startswith("-N KVMNET"):
+                    _run(ns, [tool, "-t", table, "-F", words[1]])
+                    gone += 1
+                elif line.startswith("-A ") and not words[1].startswith("KVMNET") and (
+                    "kvmnet" in line
+                ):
+                    _run(ns, [tool, "-t", table, "-D", *shlex.split(line)[1:]])
+                    gone += 1
+    for line in _run(ns, ["nft", "list", "tables"]).splitlines():
+        words = line.split()  # "table inet kvmnet"
+        if len(words) == 3 and words[2].startswith("kvmnet"):
+            _run(ns, ["nft", "delete", "table", words[1], words[2]])
+            gone += 1
+    return gone
+
+
+def _run(ns: str, argv: list[str]) -> str:
+    return subprocess.run(
+        netns.exec_argv(ns, argv), capture_output=True, text=True, check=True, timeout=30
+    ).stdout
