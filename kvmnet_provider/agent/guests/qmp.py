@@ -18,7 +18,7 @@ def qmp(path: str, commands: list[str], timeout: float = 3.0) -> list[Any]:
         from qemu.qmp import QMPClient
     except ImportError:
         return qmp_plain(path, commands, timeout)
-    import asyncio  # here: ~30 ms that a guest read (every refresh) never needs
+    import asyncio  # here: an import that a guest read (every refresh) never needs
 
     async def exchange() -> list[Any]:
         client = QMPClient("kvmnet")

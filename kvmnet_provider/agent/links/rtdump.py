@@ -1,10 +1,9 @@
 """The host's links and addresses, read straight from rtnetlink.
 
-A refresh only reads, yet pyroute2's import and its message parsing were most of an agent's
-CPU for it (about 150 ms to import, 25-40 ms to parse 55 links, per host per session), and a tap
-create spent half its CPU parsing the three links it looks up. Reads therefore ask the kernel
-here (RTM_GETLINK, RTM_GETADDR) and decode only the attributes kvmnet reports; every change
-still goes through pyroute2 (links.py), which loads at the first one.
+A refresh only reads, and pyroute2's import and its parsing of every attribute of every link
+would be most of an agent's CPU for it. Reads therefore ask the kernel here (RTM_GETLINK,
+RTM_GETADDR, RTM_GETROUTE) and decode only the attributes kvmnet reports; bridges' and taps'
+changes are made by rtwrite.py, the uplink's and guests' through pyroute2.
 """
 
 from __future__ import annotations
