@@ -85,7 +85,9 @@ def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
         for name, entries in snapshot["addresses"].items()
     }
     scrubbed = scrub({**snapshot, "links": links, "addresses": addresses})
-    scrubbed["users"] = sorted(scrubbed["users"])  # sorted by name, which scrub just blanked
+    # Sorted by name, which scrub just blanked; a dead namespace's users that carry a reused
+    # inode scrub to the same lines as this stack's, so each line counts once.
+    scrubbed["users"] = sorted(set(scrubbed["users"]))
     return scrubbed
 
 

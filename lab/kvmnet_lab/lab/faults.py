@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from kvmnet_provider.agent import hoststate
 from kvmnet_provider.agent.boot import records
+from kvmnet_provider.agent.dhcp import account as dhcp_account
 from kvmnet_provider.agent.errors import AgentError
 from kvmnet_provider.agent.guests import users
 
@@ -63,22 +64,27 @@ def reboot_host(lab: Lab, host: str, run_dir_survives: bool = True) -> None:
     new = _namespace_inode(ns)
     if old is None or new is None or old == new:
         if not run_dir_survives and old is not None:
-            shutil.rmtree(hoststate.ROOT / f"netns-{old}", ignore_errors=True)
+            for root in (hoststate.ROOT, dhcp_account.root()):
+                shutil.rmtree(root / f"netns-{old}", ignore_errors=True)
         return  # the kernel gave the new namespace the old inode: the records are in place
     kept = records.ROOT / f"netns-{old}"
     if kept.is_dir():
         shutil.rmtree(records.ROOT / f"netns-{new}", ignore_errors=True)
         kept.rename(records.ROOT / f"netns-{new}")
-    try:  # named by the old inode, its guests' users would serve no later guest
-        users.remove_namespace_users(f"netns-{old}")
-    except AgentError:
-        pass
-    books, moved = hoststate.ROOT / f"netns-{old}", hoststate.ROOT / f"netns-{new}"
-    if books.is_dir() and not run_dir_survives:
-        shutil.rmtree(books, ignore_errors=True)
-    elif books.is_dir():
+    # Named by an inode, users serve only that namespace: the old one's would serve no later
+    # guest, and any named by the new inode are a dead namespace's (nothing ran here yet).
+    for label in (f"netns-{old}", f"netns-{new}"):
+        try:
+            users.remove_namespace_users(label)
+        except AgentError:
+            pass
+    for root in (hoststate.ROOT, dhcp_account.root()):  # /run: kept, or emptied by the reboot
+        books, moved = root / f"netns-{old}", root / f"netns-{new}"
         shutil.rmtree(moved, ignore_errors=True)  # nothing of kvmnet's has run there yet
-        books.rename(moved)
+        if books.is_dir() and not run_dir_survives:
+            shutil.rmtree(books, ignore_errors=True)
+        elif books.is_dir():
+            books.rename(moved)
 
 
 @contextlib.contextmanager
