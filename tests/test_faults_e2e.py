@@ -415,9 +415,9 @@ def test_host_reboot_then_converges(
     rules = [r for table in booted["iptables"].values() for r in table if r.startswith("-A")]
     assert rules == [] and BRIDGE_IP not in json.dumps(booted["addresses"]), booted
     assert booted["run_dir"], "the reboot left no stale record"
-    # After destroy the host is as freshly booted, but for the stale run-dir records and the
-    # boot records the reboot kept, which go with the objects they describe.
-    after = {**booted, "run_dir": {}, "boot_records": []}
+    # After destroy the host is as freshly booted, but for the stale run-dir records, dnsmasq's
+    # hosts files and the boot records the reboot kept, which go with the objects they describe.
+    after = {**booted, "run_dir": {}, "dnsmasq_dir": {}, "boot_records": []}
     converges(fault_stack, lab, lab_api, clean, after, compare=comparable)
 
 

@@ -16,10 +16,9 @@ from typing import Any
 
 from kvmnet_provider.agent import hoststate
 from kvmnet_provider.agent.dhcp import account as dhcp_account
-from kvmnet_provider.agent.errors import AgentError
-from kvmnet_provider.agent.guests import disks, users
+from kvmnet_provider.agent.guests import disks
 
-from . import echo, keys, netns, sshd
+from . import echo, guestusers, keys, netns, sshd
 from .naming import ECHO_PORT, MAX_HOSTS, SSH_PORT, LabNames, host_index, host_name
 from .sshclient import ssh_reachable
 from .state import ExtStatus, HostStatus, LabState, LabStatus
@@ -334,10 +333,7 @@ class Lab:
             return
         for root in (hoststate.ROOT, disks.ROOT, dhcp_account.root()):
             shutil.rmtree(root / f"netns-{inode}", ignore_errors=True)
-        try:
-            users.remove_namespace_users(f"netns-{inode}")
-        except AgentError:
-            pass  # a user still in use: its QEMU outlived the namespace's processes
+        guestusers.remove_namespace_users(f"netns-{inode}")
 
     def _pidfile_pids(self) -> list[int]:
         """PIDs from our pidfiles/state that still run *our* program (checked by cmdline)."""

@@ -19,10 +19,8 @@ from typing import TYPE_CHECKING
 from kvmnet_provider.agent import hoststate
 from kvmnet_provider.agent.boot import records
 from kvmnet_provider.agent.dhcp import account as dhcp_account
-from kvmnet_provider.agent.errors import AgentError
-from kvmnet_provider.agent.guests import users
 
-from . import netns
+from . import guestusers, netns
 from .naming import host_index
 from .state import LabState
 
@@ -74,10 +72,7 @@ def reboot_host(lab: Lab, host: str, run_dir_survives: bool = True) -> None:
     # Named by an inode, users serve only that namespace: the old one's would serve no later
     # guest, and any named by the new inode are a dead namespace's (nothing ran here yet).
     for label in (f"netns-{old}", f"netns-{new}"):
-        try:
-            users.remove_namespace_users(label)
-        except AgentError:
-            pass
+        guestusers.remove_namespace_users(label)
     for root in (hoststate.ROOT, dhcp_account.root()):  # /run: kept, or emptied by the reboot
         books, moved = root / f"netns-{old}", root / f"netns-{new}"
         shutil.rmtree(moved, ignore_errors=True)  # nothing of kvmnet's has run there yet
