@@ -22,6 +22,15 @@ def private_dir(path: Path) -> Path:
     one that is not under the run root's control, such as /run)."""
     if not path.parent.exists():
         private_dir(path.parent)
+    info = own_directory(path)
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700, follow_symlinks=False)
+    return path
+
+
+def own_directory(path: Path) -> os.stat_result:
+    """`path` made (0700) or found as a directory of this user's, never through a symlink;
+    its lstat."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -31,9 +40,7 @@ def private_dir(path: Path) -> Path:
         raise AgentError(
             "conflict", f"{path} is not a directory owned by uid {os.geteuid()} (a symlink?)"
         )
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(path, 0o700, follow_symlinks=False)
-    return path
+    return info
 
 
 def nofollow(path: str, flags: int) -> int:

@@ -16,11 +16,11 @@ import grp
 import os
 import pwd
 import shutil
-import stat
 from pathlib import Path
 
 from .. import hoststate
 from ..errors import AgentError
+from ..rundir import own_directory
 
 # Debian's dnsmasq-base (the package the agent asks for) creates the system user `dnsmasq`
 # for exactly this (group nogroup, no shell), as Fedora's and Arch's packages do. `nobody`,
@@ -73,15 +73,7 @@ def prepare(bridge: str, gid: int) -> Path:
 
 
 def _own_dir(path: Path, mode: int, gid: int) -> Path:
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise AgentError(
-            "conflict", f"{path} is not a directory owned by uid {os.geteuid()} (a symlink?)"
-        )
+    info = own_directory(path)
     os.chown(path, info.st_uid, gid, follow_symlinks=False)
     os.chmod(path, mode, follow_symlinks=False)
     return path
