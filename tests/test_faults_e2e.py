@@ -408,6 +408,7 @@ def test_host_reboot_then_converges(
     host key; kvmnet's run-dir records of before left in place): `refresh` + `up` restore
     everything, guests included."""
     ns = lab.hosts[0].namespace
+    others = host_snapshot(lab_api, ns)["boot_records"]  # the lab's host serves the session
     fault_stack.up()
     reboot_host(lab_api, lab.hosts[0].name)
     booted = host_snapshot(lab_api, ns)
@@ -415,9 +416,11 @@ def test_host_reboot_then_converges(
     rules = [r for table in booted["iptables"].values() for r in table if r.startswith("-A")]
     assert rules == [] and BRIDGE_IP not in json.dumps(booted["addresses"]), booted
     assert booted["run_dir"], "the reboot left no stale record"
+    assert set(clean["boot_records"]) <= set(booted["boot_records"]), "the reboot lost records"
     # After destroy the host is as freshly booted, but for the stale run-dir records, dnsmasq's
-    # hosts files and the boot records the reboot kept, which go with the objects they describe.
-    after = {**booted, "run_dir": {}, "dnsmasq_dir": {}, "boot_records": []}
+    # hosts files and the boot records the reboot kept, which go with the objects they
+    # describe: the records there before this program's `up` stay.
+    after = {**booted, "run_dir": {}, "dnsmasq_dir": {}, "boot_records": others}
     converges(fault_stack, lab, lab_api, clean, after, compare=comparable)
 
 

@@ -65,3 +65,27 @@ def test_a_guest_read_as_cut_off_is_an_update_not_a_replacement() -> None:
     assert cut.changes and not cut.replaces
     renamed = provider.diff("id", guest(replaced_taps=["vif1.0"]), guest(name="g2"))
     assert renamed.changes and renamed.replaces  # a replacement starts it anew anyway
+
+
+class FakeAgent:
+    """Answers guest.start and guest.probe; records the ops asked."""
+
+    def __init__(self) -> None:
+        self.ops: list[str] = []
+
+    def call(self, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
+        self.ops.append(op)
+        if op == "guest.probe":
+            return {"addresses": []}
+        return {"name": args["name"], "pid": 42, "status": "running", "replaced_taps": []}
+
+
+def test_the_update_of_a_cut_off_guest_restarts_it_like_any_restart() -> None:
+    """The restart goes through host_update, so it waits for `ready` like an edit's restart."""
+    provider = QemuGuestProvider()
+    agent = FakeAgent()
+    out = provider.host_update(agent, guest(replaced_taps=["vif1.0"]), guest())  # type: ignore[arg-type]
+    assert agent.ops[0] == "guest.start" and out["replaced_taps"] == []
+    agent = FakeAgent()
+    provider.host_update(agent, guest(replaced_taps=[], status="running"), guest())  # type: ignore[arg-type]
+    assert agent.ops[0] == "guest.read"  # nothing asked for a restart: the guest is only read

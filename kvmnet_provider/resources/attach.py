@@ -1,20 +1,18 @@
 """Guests whose taps were made again under them (deleted behind kvmnet's back, then made
 again by `up`): their QEMU still holds the deleted tap and the guest is cut off. The agent's
-read says so (`replaced_taps`); that reads as drift, and the update restarts the guest on its
-disk, which opens the tap that exists now. A restart, not a NIC hot-swap over QMP: a guest's
-own network setup (a static address given on its kernel command line, a DHCP client that
-ran once) is redone at boot but not for a NIC plugged in later."""
+read says so (`replaced_taps`); that reads as drift, and the update (the guest's host_update)
+restarts the guest on its disk, which opens the tap that exists now, and waits for it to be
+ready like any restart. A restart, not a NIC hot-swap over QMP: a guest's own network setup
+(a static address given on its kernel command line, a DHCP client that ran once) is redone
+at boot but not for a NIC plugged in later."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pulumi.dynamic import DiffResult, UpdateResult
+from pulumi.dynamic import DiffResult
 
-from ..spec.wire import GuestState
 from .base import KvmnetProvider
-
-START_TIMEOUT = 180.0
 
 
 class RestartsCutOffGuests(KvmnetProvider):
@@ -25,11 +23,3 @@ class RestartsCutOffGuests(KvmnetProvider):
         if olds.get("replaced_taps") and not result.changes:  # cut off: an update
             return DiffResult(changes=True, replaces=[], delete_before_replace=True)
         return result
-
-    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        if not olds.get("replaced_taps"):
-            return super().update(_id, olds, news)
-        # The agent's start sees the tap made again and restarts the guest on its disk.
-        timeout = START_TIMEOUT + int(news.get("stop_timeout") or 10) + 30.0
-        live: GuestState = self._agent(news).call("guest.start", self.spec(news), timeout=timeout)
-        return UpdateResult(outs=self._outputs(news, dict(live)))

@@ -253,9 +253,10 @@ class QemuGuestProvider(RestartsCutOffGuests, KvmnetProvider):
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
     ) -> dict[str, Any]:
         asked = self._asked(olds, news)
-        if any(asked.get(k) != news.get(k) for k in RESTARTS):
+        if olds.get("replaced_taps") or any(asked.get(k) != news.get(k) for k in RESTARTS):
             # The agent's start powers the running guest down (stop_timeout) and starts it
-            # with the new command line on the same overlay, grown first when asked.
+            # with the new command line on the same overlay, grown first when asked; a guest
+            # cut off by taps made again under it (attach.py) restarts the same way.
             timeout = START_TIMEOUT + int(news.get("stop_timeout") or 10) + 30.0
             live: GuestState = agent.call("guest.start", self.spec(news), timeout=timeout)
             return self._probed(agent, news, dict(live))
