@@ -164,7 +164,7 @@ def test_the_agent_finds_its_session_in_proc_without_ssh_connection(
     if prefix.startswith("sudo") and shutil.which("sudo") is None:
         pytest.skip("sudo is not installed")
     h = lab.hosts[0]
-    code = ("import os; from kvmnet_provider.agent.firewall import ssh_session as s; "
+    code = ("import os; from kvmnet_provider.agent import ssh_session as s; "
             "print(sorted(s.from_proc()), sorted(s.from_environment(os.environ)))")  # fmt: skip
     client = connect_host(h)
     try:

@@ -118,7 +118,7 @@ def test_the_agent_reaches_only_itself_and_spec() -> None:
 # The agent's rooms: each package and the modules that do its job.
 AGENT_ROOMS = {
     "firewall": {"plan", "backend", "iptables", "iptables_nat", "iptc_import", "nftables",
-                 "forwarding"},
+                 "forwarding", "session_guard"},
     "links": {"netlink", "rtdump", "dump", "readcache", "state", "bridges", "ops"},
     "guests": {"operations", "argv", "disks", "kvm", "process", "qmp", "rundir", "qemu_user",
                "socket_rules"},
@@ -127,7 +127,8 @@ AGENT_ROOMS = {
     "boot": {"records", "unit", "restore"},
 }  # fmt: skip
 # The agent's root: the request loop, its workers, and what every room shares.
-AGENT_ROOT = {"__init__", "server", "workers", "errors", "hoststate", "rundir", "codelock"}
+AGENT_ROOT = {"__init__", "server", "workers", "errors", "hoststate", "rundir", "codelock",
+              "ssh_session"}
 MAX_LINES = 450
 
 

@@ -7,8 +7,9 @@ import socket
 
 import pytest
 
-from kvmnet_provider.agent.links.overlap import HostNetworks, _client_of, clash
+from kvmnet_provider.agent.links.overlap import HostNetworks, clash
 from kvmnet_provider.agent.links.rtdump import LinkRecord, RouteRecord
+from kvmnet_provider.agent.ssh_session import connection_of
 from kvmnet_provider.spec import validate
 
 
@@ -51,7 +52,7 @@ HOST = HostNetworks(LINKS, ADDRESSES, ROUTES)
 
 
 def test_an_equal_network_on_another_link_keeps_its_message() -> None:
-    assert clash(["10.0.1.1/24"], 7, HOST, None) == (
+    assert clash(["10.0.1.1/24"], 7, HOST) == (
         "10.0.1.1/24: network 10.0.1.0/24 is already on br-a (10.0.1.254/24, kvmnet resource "
         "alpha/dev/Bridge/br); two links with one network split its traffic: "
         "give this bridge its own subnet"
@@ -74,7 +75,7 @@ def test_an_equal_network_on_another_link_keeps_its_message() -> None:
 def test_a_network_overlapping_the_hosts_is_refused_naming_what_it_overlaps(
     address: str, names: str
 ) -> None:
-    found = clash([address], None, HOST, None)
+    found = clash([address], None, HOST)
     assert found is not None and found.startswith(f"{address}: network ")
     assert names in found, found
     assert "give this bridge a subnet apart from the host's" in found or "own subnet" in found
@@ -91,27 +92,30 @@ def test_a_network_overlapping_the_hosts_is_refused_naming_what_it_overlaps(
     ],
 )
 def test_a_network_apart_from_the_hosts_passes(address: str) -> None:
-    assert clash([address], 7, HOST, None) is None
+    assert clash([address], 7, HOST) is None
 
 
 def test_a_network_containing_the_sessions_address_is_refused_first() -> None:
-    found = clash(["100.64.0.1/24"], None, HOST, "100.64.0.77")
+    found = clash(["100.64.0.1/24"], None, HOST, ["100.64.0.77"])
     assert found is not None
     assert "contains 100.64.0.77, the address kvmnet's SSH session comes from" in found
-    assert clash(["100.64.0.1/24"], None, HOST, "100.64.1.77") is None
-    assert clash(["fd00::1/64"], None, HOST, "100.64.0.77") is None  # another family
+    assert clash(["100.64.0.1/24"], None, HOST, ["100.64.1.77"]) is None
+    assert clash(["fd00::1/64"], None, HOST, ["100.64.0.77"]) is None  # another family
 
 
 def test_every_added_address_is_checked() -> None:
-    found = clash(["10.0.3.1/24", "10.0.0.9/25"], 7, HOST, None)
+    found = clash(["10.0.3.1/24", "10.0.0.9/25"], 7, HOST)
     assert found is not None and found.startswith("10.0.0.9/25: ")
 
 
 def test_the_session_address_is_read_from_ssh_connection() -> None:
-    assert _client_of({"SSH_CONNECTION": "10.0.0.1 50022 10.0.0.2 22"}) == "10.0.0.1"
-    assert _client_of({"SSH_CONNECTION": "fe80::1%eth0 50022 fe80::2 22"}) == "fe80::1"
-    assert _client_of({"SSH_CONNECTION": "garbage"}) is None
-    assert _client_of({}) is None
+    def peers(value: str | None) -> set[str]:
+        env = {} if value is None else {"SSH_CONNECTION": value}
+        return {c.peer for c in connection_of(env)}
+
+    assert peers("10.0.0.1 50022 10.0.0.2 22") == {"10.0.0.1"}
+    assert peers("fe80::1%eth0 50022 fe80::2 22") == {"fe80::1"}
+    assert peers("garbage") == set() and peers(None) == set()
 
 
 @pytest.mark.parametrize("address", ["10.0.0.1/7", "0.0.0.1/0", "10.0.0.1/1", "2001:db8::1/7"])
@@ -130,17 +134,3 @@ def test_a_models_subnet_shorter_than_a_slash_8_is_refused_at_preview() -> None:
     assert refused.value.key == "net.subnet"
     assert "must be /8 or longer" in str(refused.value)
     assert str(subnet_and_gateway("10.0.0.0/8", "10.0.0.1")[0]) == "10.0.0.0/8"
-
-
-def test_the_session_address_is_found_in_a_parent_when_sudo_reset_the_environment() -> None:
-    """sudo starts the agent with a fresh environment; its own process (the agent's parent)
-    still holds the login's SSH_CONNECTION."""
-    import subprocess
-    import sys
-
-    code = "from kvmnet_provider.agent.links.overlap import session_peer; print(session_peer())"
-    # The shell stays the child's parent (a second command follows), as sudo does.
-    script = f'env -u SSH_CONNECTION {sys.executable} -c "{code}"; true'
-    env = {"PATH": "/usr/bin:/bin", "SSH_CONNECTION": "192.0.2.7 50022 192.0.2.9 22"}
-    out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "192.0.2.7", out.stderr

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from kvmnet_provider.agent import ssh_session
 from kvmnet_provider.agent.errors import AgentError
-from kvmnet_provider.agent.firewall import plan, ssh_session
-from kvmnet_provider.agent.firewall.ssh_session import Endpoint, captures
+from kvmnet_provider.agent.firewall import plan, session_guard
+from kvmnet_provider.agent.firewall.session_guard import captures
+from kvmnet_provider.agent.ssh_session import Connection, Endpoint
 
 SESSION = Endpoint("10.0.0.2", 22)
 SPEC = {"owner": "kvt/dev/PortForward/pf", "host_port": 22, "guest_address": "10.0.1.11",
@@ -46,13 +48,13 @@ def test_a_session_over_ipv6_is_not_caught_by_the_ipv4_rules() -> None:
 
 def test_the_refusal_is_one_line_naming_port_address_and_fix() -> None:
     with pytest.raises(AgentError) as caught:
-        ssh_session.refuse_capture(want(destination="10.0.0.2"), [SESSION])
+        session_guard.refuse_capture(want(destination="10.0.0.2"), [SESSION])
     message = caught.value.message
     assert caught.value.kind == "invalid" and "\n" not in message
     assert "tcp/22" in message and "10.0.0.2:22" in message
     assert "pick another host_port" in message
-    ssh_session.refuse_capture(want(host_port=2222), [SESSION])  # passes
-    ssh_session.refuse_capture(want(), [])  # not started by sshd: nothing to protect
+    session_guard.refuse_capture(want(host_port=2222), [SESSION])  # passes
+    session_guard.refuse_capture(want(), [])  # not started by sshd: nothing to protect
 
 
 @pytest.mark.parametrize(
@@ -87,6 +89,13 @@ def test_proc_net_keeps_established_sockets_of_the_session_on_a_listening_port()
     found = ssh_session.sessions_in([PROC_NET_TCP, PROC_NET_TCP6], {101, 102, 103})
     assert found == {SESSION}  # 103 is the same, IPv4-mapped
     assert ssh_session.sessions_in([PROC_NET_TCP], {999}) == set()
+    peers = {c.peer for c in ssh_session.connections_in([PROC_NET_TCP, PROC_NET_TCP6], {101})}
+    assert peers == {"10.0.0.1"}  # where the host's replies go: what a bridge must not take
+
+
+def test_ssh_connection_names_the_peer_too() -> None:
+    env = {"SSH_CONNECTION": "192.0.2.7 50022 192.0.2.9 22"}
+    assert ssh_session.connection_of(env) == {Connection(Endpoint("192.0.2.9", 22), "192.0.2.7")}
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ Changes are serialised between the agents of several stacks on one host by a hos
 (python-iptables commits whole tables; two interleaved commits would lose one's rules);
 the iptables backend also holds the xtables lock that other programs take (xtables.py).
 A port forward that would capture the agent's own SSH session is refused before either
-backend is asked (ssh_session.py).
+backend is asked (session_guard.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ...spec.family import FAMILIES, IPV4, Family
 from ...spec.firewall import FIREWALL_BACKENDS
 from .. import hoststate
 from ..errors import AgentError
-from . import plan, ssh_session
+from . import plan, session_guard
 
 if TYPE_CHECKING:  # imports libnftables: loaded only through load()
     from . import nft_rules
@@ -239,7 +239,7 @@ def handlers() -> dict[str, Any]:
     def op(method: str, arg: str | None = None, net: bool = False) -> Any:
         def run(args: dict[str, Any]) -> Any:
             if method == "dnat_ensure":  # before anything is loaded or touched
-                ssh_session.refuse_capture(plan.dnat_want(args)[1])
+                session_guard.refuse_capture(plan.dnat_want(args)[1])
             backend = choose(args)
             call = getattr(backend, method)
             with locked():

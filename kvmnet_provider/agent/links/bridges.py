@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...spec import validate
+from .. import ssh_session
 from ..errors import AgentError, held_fix
 from . import overlap, rtdump
 from .rtdump import LinkRecord
@@ -199,7 +200,7 @@ class Links:
         name = validate.ifname(spec["name"])
         mine = next((i for i, link in host.links.items() if link.name == name), None)
         added = sorted(want - set(host.addresses.get(mine or 0, [])))
-        problem = overlap.clash(added, mine, host, overlap.session_peer())
+        problem = overlap.clash(added, mine, host, ssh_session.session_peers())
         if problem:
             raise AgentError("conflict", problem)
 

@@ -17,9 +17,8 @@ from them is what a bridge is for; the session's address is checked on its own.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ...spec.validate import MIN_NETWORK_PREFIX as MIN_PREFIX
@@ -28,7 +27,6 @@ from .rtdump import LinkRecord, RouteRecord
 from .state import owner_in
 
 RTN_UNICAST = 1  # routes that carry traffic; blackhole, unreachable etc. deliver nothing
-ANCESTORS = 6  # how far up the process tree the SSH session's environment is looked for
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -72,26 +70,26 @@ def _route_text(route: RouteRecord, host: HostNetworks) -> str:
 
 
 def clash(
-    added: list[str], mine: int | None, host: HostNetworks, peer: str | None
+    added: list[str], mine: int | None, host: HostNetworks, peers: Iterable[str] = ()
 ) -> str | None:
     """Why the addresses `added` may not go on the bridge `mine` (its ifindex, None before it
-    exists): the first network that contains the SSH session's address `peer`, or overlaps
-    another link's address or a route through another link. None when none does."""
+    exists): the first network that contains an address the SSH session comes from
+    (`peers`), or overlaps another link's address or a route through another link. None
+    when none does."""
     for addr in added:
         net = ipaddress.ip_interface(addr).network
-        found = _peer_clash(net, peer) or _address_clash(net, mine, host)
+        found = _peer_clash(net, peers) or _address_clash(net, mine, host)
         found = found or _route_clash(net, mine, host)
         if found:
             return f"{addr}: {found}"
     return None
 
 
-def _peer_clash(net: Network, peer: str | None) -> str | None:
-    if peer is None:
+def _peer_clash(net: Network, peers: Iterable[str]) -> str | None:
+    inside = sorted(p for p in peers if ipaddress.ip_address(p) in net)  # other family: never
+    if not inside:
         return None
-    address = ipaddress.ip_address(peer)
-    if address.version != net.version or address not in net:
-        return None
+    peer = inside[0]
     return (
         f"network {net} contains {peer}, the address kvmnet's SSH session comes from: the "
         "host's replies to it would go into the bridge and cut the session off; give this "
@@ -138,49 +136,3 @@ def _route_clash(net: Network, mine: int | None, host: HostNetworks) -> str | No
             "already reaches that way; give this bridge a subnet apart from the host's routes"
         )
     return None
-
-
-# --- where the SSH session comes from ---------------------------------------------------------
-def _client_of(environ: Mapping[str, str]) -> str | None:
-    """The client address of SSH_CONNECTION ("client port server port")."""
-    fields = environ.get("SSH_CONNECTION", "").split()
-    if len(fields) != 4:
-        return None
-    try:
-        return str(ipaddress.ip_address(fields[0].split("%", 1)[0]))
-    except ValueError:
-        return None
-
-
-def _environ_of(pid: int) -> dict[str, str]:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return {}
-    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
-
-
-def _parent_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return 0
-    return int(stat.rsplit(b")", 1)[1].split()[1])  # the field after the state
-
-
-def session_peer() -> str | None:
-    """The address the agent's SSH session comes from, as the host sees it (after any NAT on
-    the way: the address the host's replies go to). sshd puts it in SSH_CONNECTION; `sudo`
-    resets the environment, so when the agent's own lacks it, the nearest ancestor's (sudo's,
-    then the login shell's) is read. None when the agent was not started over SSH."""
-    found = _client_of(os.environ)
-    pid = os.getppid()
-    for _ in range(ANCESTORS):
-        if found is not None or pid <= 1:
-            break
-        found = _client_of(_environ_of(pid))
-        pid = _parent_of(pid)
-    return found

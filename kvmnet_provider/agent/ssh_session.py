@@ -1,12 +1,8 @@
-"""The agent's own SSH session, and the port forwards that would capture it.
+"""Where the agent's own SSH session arrived and where it comes from: what the firewall's
+guard (a DNAT must not capture sshd) and the links' guard (a bridge's subnet must not swallow
+the operator's address) both protect.
 
-A DNAT of tcp/P to the host itself catches every new SSH login on P: kvmnet could no longer
-reach the host, destroy included. The provider refuses host_port == connection.port at
-preview, but it can only compare what the program says (a DNS name, a bastion or a NAT in
-front of sshd passes); the agent sees where its session really arrived.
-
-Where the session arrived (the address and port sshd accepted it on), from two sources, and
-the union of both is protected:
+Two sources, and the union of both is taken:
 - /proc: the agent's nearest ancestor that is sshd (`sshd`, or `sshd-session` from OpenSSH
   9.8 on) holds the session's TCP socket. Its socket inodes are looked up in that process's
   own /proc/PID/net/tcp{,6} (its network namespace), keeping established connections on a
@@ -16,6 +12,9 @@ the union of both is protected:
 - SSH_CONNECTION (`client-ip client-port server-ip server-port`), which sshd sets for the
   session: there when the agent runs as the login user or sudo keeps it, and /proc may be
   closed to the agent (hidepid) or its ancestor renamed.
+
+The local end (address and port sshd accepted on) is an Endpoint; the far end is the peer's
+address as the host sees it, after any NAT on the way: where the host's replies go.
 """
 
 from __future__ import annotations
@@ -26,9 +25,6 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from ..errors import AgentError
 
 SSHD_NAMES = ("sshd", "sshd-session")
 TCP_ESTABLISHED, TCP_LISTEN = "01", "0A"
@@ -51,14 +47,19 @@ def _address(text: str) -> str:
     return str(addr)
 
 
-def from_environment(env: Mapping[str, str]) -> set[Endpoint]:
+def connection_of(env: Mapping[str, str]) -> set[Connection]:
+    """The session SSH_CONNECTION names, if it names one."""
     fields = env.get("SSH_CONNECTION", "").split()
     if len(fields) != 4:
         return set()
     try:
-        return {Endpoint(_address(fields[2]), int(fields[3]))}
+        return {Connection(Endpoint(_address(fields[2]), int(fields[3])), _address(fields[0]))}
     except ValueError:
         return set()
+
+
+def from_environment(env: Mapping[str, str]) -> set[Endpoint]:
+    return {conn.local for conn in connection_of(env)}
 
 
 def _hex_address(text: str) -> str:
@@ -69,10 +70,18 @@ def _hex_address(text: str) -> str:
     return _address(str(ipaddress.ip_address(raw)))
 
 
-def parse_proc_net(text: str) -> tuple[list[tuple[Endpoint, int]], set[int]]:
-    """(established sockets as (local endpoint, inode), listening ports) of a /proc/net/tcp
-    or tcp6 text."""
-    established: list[tuple[Endpoint, int]] = []
+@dataclass(frozen=True, order=True)
+class Connection:
+    """One established session: where it arrived, and the peer's address."""
+
+    local: Endpoint
+    peer: str
+
+
+def parse_proc_net(text: str) -> tuple[list[tuple[Connection, int]], set[int]]:
+    """(established sockets as (connection, inode), listening ports) of a /proc/net/tcp or
+    tcp6 text."""
+    established: list[tuple[Connection, int]] = []
     listening: set[int] = set()
     for line in text.splitlines()[1:]:
         fields = line.split()
@@ -82,19 +91,26 @@ def parse_proc_net(text: str) -> tuple[list[tuple[Endpoint, int]], set[int]]:
         if fields[3] == TCP_LISTEN:
             listening.add(int(port, 16))
         elif fields[3] == TCP_ESTABLISHED:
-            established.append((Endpoint(_hex_address(address), int(port, 16)), int(fields[9])))
+            local = Endpoint(_hex_address(address), int(port, 16))
+            peer = _hex_address(fields[2].partition(":")[0])
+            established.append((Connection(local, peer), int(fields[9])))
     return established, listening
 
 
-def sessions_in(tables: Iterable[str], inodes: set[int]) -> set[Endpoint]:
-    """The local endpoints of the established sockets `inodes` on a listening port."""
-    established: list[tuple[Endpoint, int]] = []
+def connections_in(tables: Iterable[str], inodes: set[int]) -> set[Connection]:
+    """The established sockets `inodes` on a listening port, with their peers."""
+    established: list[tuple[Connection, int]] = []
     listening: set[int] = set()
     for text in tables:
         found, ports = parse_proc_net(text)
         established += found
         listening |= ports
-    return {end for end, inode in established if inode in inodes and end.port in listening}
+    return {conn for conn, inode in established if inode in inodes and conn.local.port in listening}
+
+
+def sessions_in(tables: Iterable[str], inodes: set[int]) -> set[Endpoint]:
+    """The local endpoints of the established sockets `inodes` on a listening port."""
+    return {conn.local for conn in connections_in(tables, inodes)}
 
 
 def _read(path: str) -> str:
@@ -136,44 +152,29 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def from_proc(pid: int | None = None) -> set[Endpoint]:
+def connections_from_proc(pid: int | None = None) -> set[Connection]:
     sshd = sshd_ancestor(os.getpid() if pid is None else pid)
     if sshd is None:
         return set()
     tables = (_read(f"/proc/{sshd}/net/{name}") for name in ("tcp", "tcp6"))
-    return sessions_in(tables, _socket_inodes(sshd))
+    return connections_in(tables, _socket_inodes(sshd))
 
 
-@functools.cache
+def from_proc(pid: int | None = None) -> set[Endpoint]:
+    return {conn.local for conn in connections_from_proc(pid)}
+
+
+@functools.cache  # an agent serves one session all its life
+def session_connections() -> frozenset[Connection]:
+    """This agent's SSH sessions (empty when it was not started by sshd)."""
+    return frozenset(connections_from_proc() | connection_of(os.environ))
+
+
 def session_endpoints() -> frozenset[Endpoint]:
-    """Where this agent's SSH session arrived (empty when it was not started by sshd)."""
-    return frozenset(from_proc() | from_environment(os.environ))
+    """Where this agent's SSH session arrived."""
+    return frozenset(conn.local for conn in session_connections())
 
 
-def captures(want: dict[str, Any], session: Endpoint) -> bool:
-    """Whether a DNAT rule (plan.dnat_want's form) catches connections to `session`: tcp, the
-    same port, and either any local address (no destination: `dst-type LOCAL`) or the
-    session's own. The rules are IPv4: a session over IPv6 is not theirs to catch. An input
-    interface does not spare it: the next login may come in through another one."""
-    if want.get("protocol") != "tcp" or want.get("host_port") != session.port:
-        return False
-    address = ipaddress.ip_address(session.address)
-    if address.version != 4:
-        return False
-    destination = want.get("destination")
-    return destination is None or ipaddress.ip_address(destination) == address
-
-
-def refuse_capture(want: dict[str, Any], sessions: Iterable[Endpoint] | None = None) -> None:
-    """Raise the one-line refusal when the DNAT `want` would capture the agent's session."""
-    for session in sorted(session_endpoints() if sessions is None else sessions):
-        if captures(want, session):
-            where = "every address of the host" if want.get("destination") is None else (
-                session.address)  # fmt: skip
-            raise AgentError(
-                "invalid",
-                f"host_port must not be {session.port}: a forward of tcp/{session.port} to "
-                f"{where} would capture sshd, which kvmnet's session reached at "
-                f"{session.address}:{session.port}, and cut kvmnet off the host (nothing was "
-                f"changed); pick another host_port"
-            )
+def session_peers() -> frozenset[str]:
+    """The addresses this agent's SSH session comes from."""
+    return frozenset(conn.peer for conn in session_connections())
