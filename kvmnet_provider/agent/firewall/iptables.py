@@ -11,6 +11,7 @@ deletes the owner's rules, and the chains and the jump when no network's rules a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import iptc  # type: ignore[import-untyped]
@@ -200,6 +201,14 @@ def _say(chain: str, rule: Any) -> str:
     return f"filter {chain} rule '-A {chain} {text}' (iptables-legacy)"
 
 
+def _replace_marked(chain: Any, mark: str, rules: Iterable[Rule], family: Family) -> None:
+    """Swap the rules carrying `mark` in `chain` for `rules` (in one uncommitted change)."""
+    for rule in [r for r in chain.rules if iptables_nat.comment(r) == mark]:
+        chain.delete_rule(rule)
+    for rule in rules:
+        chain.append_rule(_build(rule, mark, family))
+
+
 @xtables.holding
 def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
@@ -234,11 +243,7 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
         if not any(_is_jump(r, TOP) for r in chain.rules):
             chain.insert_rule(_jump(TOP, net.family), 0)
         for section, rules in net.sections().items():
-            chain = iptc.Chain(table, CHAINS[section])
-            for rule in [r for r in chain.rules if iptables_nat.comment(r) == mark]:
-                chain.delete_rule(rule)
-            for rule in rules:
-                chain.append_rule(_build(rule, mark, net.family))
+            _replace_marked(iptc.Chain(table, CHAINS[section]), mark, rules, net.family)
         table.commit()
     except iptc.IPTCError as exc:
         raise AgentError("failed", f"iptables refused the forward rules: {exc}") from None
@@ -342,11 +347,7 @@ def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
         top = iptc.Chain(table, "INPUT")
         if not any(_is_jump(r, INPUT_CHAIN) for r in top.rules):
             top.insert_rule(_jump(INPUT_CHAIN, net.family), 0)
-        chain = iptc.Chain(table, INPUT_CHAIN)
-        for rule in [r for r in chain.rules if iptables_nat.comment(r) == mark]:
-            chain.delete_rule(rule)
-        for rule in net.rules():
-            chain.append_rule(_build(rule, mark, net.family))
+        _replace_marked(iptc.Chain(table, INPUT_CHAIN), mark, net.rules(), net.family)
         table.commit()
     except iptc.IPTCError as exc:
         raise AgentError("failed", f"iptables refused the DHCP/DNS input rules: {exc}") from None
