@@ -223,8 +223,7 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
     current = forward_read(owner, net)
     if current["count"] and not current["problems"]:
         return current
-    table.autocommit = False
-    try:
+    with xtables.transaction(table, "the forward rules"):
         for name in (TOP, *CHAINS.values()):
             if not table.is_chain(name):
                 table.create_chain(name)
@@ -244,11 +243,6 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
             chain.insert_rule(_jump(TOP, net.family), 0)
         for section, rules in net.sections().items():
             _replace_marked(iptc.Chain(table, CHAINS[section]), mark, rules, net.family)
-        table.commit()
-    except iptc.IPTCError as exc:
-        raise AgentError("failed", f"iptables refused the forward rules: {exc}") from None
-    finally:
-        xtables.settle(table)
     return forward_read(owner, net)
 
 
@@ -256,20 +250,13 @@ def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
 def forward_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
     mark = OWNER_PREFIX + owner
     table = _filter(family)
-    removed = 0
-    table.autocommit = False
-    try:
-        left = 0
+    removed = left = 0
+    with xtables.transaction(table, "the removal of the forward rules"):
         for name in CHAINS.values():
             chain = _chain(table, name)
-            if chain is None:
-                continue
-            for rule in list(chain.rules):
-                if iptables_nat.comment(rule) == mark:
-                    chain.delete_rule(rule)
-                    removed += 1
-                else:
-                    left += 1
+            if chain is not None:
+                gone, kept = iptables_nat.drop_marked(chain, mark)
+                removed, left = removed + gone, left + kept
         if not left:  # no kvmnet network is left on this host: the chains and the jump go
             for name in (DOCKER_USER, "FORWARD"):
                 chain = _chain(table, name)
@@ -283,9 +270,6 @@ def forward_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
             for name in (TOP, *CHAINS.values()):
                 if table.is_chain(name):
                     table.delete_chain(name)
-        table.commit()
-    finally:
-        xtables.settle(table)
     return {"removed": removed}
 
 
@@ -340,19 +324,13 @@ def input_ensure(owner: str, net: plan.InputRules) -> dict[str, Any]:
     if current["count"] and not current["problems"]:
         return current
     table = _filter(net.family)
-    table.autocommit = False
-    try:
+    with xtables.transaction(table, "the DHCP/DNS input rules"):
         if not table.is_chain(INPUT_CHAIN):
             table.create_chain(INPUT_CHAIN)
         top = iptc.Chain(table, "INPUT")
         if not any(_is_jump(r, INPUT_CHAIN) for r in top.rules):
             top.insert_rule(_jump(INPUT_CHAIN, net.family), 0)
         _replace_marked(iptc.Chain(table, INPUT_CHAIN), mark, net.rules(), net.family)
-        table.commit()
-    except iptc.IPTCError as exc:
-        raise AgentError("failed", f"iptables refused the DHCP/DNS input rules: {exc}") from None
-    finally:
-        xtables.settle(table)
     return input_read(owner, net)
 
 
@@ -363,21 +341,11 @@ def input_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
     chain = _chain(table, INPUT_CHAIN)
     if chain is None:
         return {"removed": 0}
-    removed = left = 0
-    table.autocommit = False
-    try:
-        for rule in list(chain.rules):
-            if iptables_nat.comment(rule) == mark:
-                chain.delete_rule(rule)
-                removed += 1
-            else:
-                left += 1
+    with xtables.transaction(table, "the removal of the DHCP/DNS input rules"):
+        removed, left = iptables_nat.drop_marked(chain, mark)
         if not left:  # no network's server is left: the chain and its jump go
             top = iptc.Chain(table, "INPUT")
             for rule in [r for r in top.rules if _is_jump(r, INPUT_CHAIN)]:
                 top.delete_rule(rule)
             table.delete_chain(INPUT_CHAIN)
-        table.commit()
-    finally:
-        xtables.settle(table)
     return {"removed": removed}

@@ -79,17 +79,21 @@ def _ours(
 def _remove(chain_name: str, owner: str, family: Family = IPV4) -> dict[str, Any]:
     mark = OWNER_PREFIX + validate.owner(owner)
     table, chain = _nat_chain(chain_name, family)
-    removed = 0
-    table.autocommit = False
-    try:
-        for rule in list(chain.rules):
-            if comment(rule) == mark:
-                chain.delete_rule(rule)
-                removed += 1
-        table.commit()
-    finally:
-        xtables.settle(table)
+    with xtables.transaction(table, f"the removal of the {chain_name} rule"):
+        removed, _ = drop_marked(chain, mark)
     return {"removed": removed}
+
+
+def drop_marked(chain: Any, mark: str) -> tuple[int, int]:
+    """Delete the rules of `chain` carrying `mark` (in the open transaction): (removed, left)."""
+    removed = left = 0
+    for rule in list(chain.rules):
+        if comment(rule) == mark:
+            chain.delete_rule(rule)
+            removed += 1
+        else:
+            left += 1
+    return removed, left
 
 
 @xtables.holding

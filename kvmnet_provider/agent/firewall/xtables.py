@@ -120,3 +120,20 @@ def settle(table: Any) -> None:
         table.refresh()
     finally:
         table.autocommit = True
+
+
+@contextmanager
+def transaction(table: Any, what: str) -> Iterator[None]:
+    """One change of `table` (autocommit off), committed at the end of the block and settled
+    either way; iptables' refusal reaches the user as one line naming `what` it refused."""
+    import iptc  # type: ignore[import-untyped]  # loaded by the backend before any transaction
+
+    table.autocommit = False
+    try:
+        yield
+        table.commit()
+    except iptc.IPTCError as exc:
+        raise AgentError("failed", f"iptables refused {what}: {exc}") from None
+    finally:
+        settle(table)
+
