@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pulumi
 import pytest
+from program_mocks import Mocks, ensure_event_loop
 
 from kvmnet_provider.connection import HostSettings
 from kvmnet_provider.errors import ConfigError
 from kvmnet_provider.models import GuestSpec, NetworkArgs, collisions
 from kvmnet_provider.models.collisions import claim
-
-
-class Mocks(pulumi.runtime.Mocks):
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        return f"{args.name}-id", dict(args.inputs)
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
-        return {}, None
 
 
 @pytest.fixture(autouse=True)
@@ -33,12 +25,7 @@ def fresh_claims() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def an_event_loop() -> None:
-    # Pulumi's mocks take the current event loop; a test that ran asyncio.run() before this
-    # module left none (get_event_loop then raises), so one is set where none is.
-    try:
-        asyncio.get_event_loop()
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
+    ensure_event_loop()
 
 
 def args_on(

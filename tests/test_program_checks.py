@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pulumi
 import pytest
+from program_mocks import Mocks, ensure_event_loop
 
 from kvmnet_provider.errors import ConfigError
 from kvmnet_provider.program.guest_defaults import default_mac
@@ -157,14 +157,6 @@ def test_every_kvmnet_key_the_repository_uses_is_known() -> None:
     assert {"host", "hosts", "guestImage", "sshPrivateKey"} <= set(STACK_KEYS) & found
 
 
-class Mocks(pulumi.runtime.Mocks):
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        return f"{args.name}-id", dict(args.inputs)
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
-        return {}, None
-
-
 TWO = ({"name": "g1", "address": "10.0.1.11"}, {"name": "g2", "address": "10.0.1.12"})
 G1_MAC = default_mac("kvt", "dev", "kvmnet:guests", "g1")  # g1's default in the mocks' stack
 
@@ -190,15 +182,11 @@ def test_the_one_host_programs_collisions_name_the_keys_as_typed(
     config: dict[str, str], second: dict[str, str], line: str
 ) -> None:
     """Not the resource (`net: guests[1] (g2).tap`): the path the user typed, as a fleet's."""
-    import asyncio
 
     from kvmnet_provider.models import collisions
     from kvmnet_provider.program import build
 
-    try:
-        asyncio.get_event_loop()
-    except RuntimeError:  # Pulumi's mocks take the current loop (see test_fleet_config.py)
-        asyncio.set_event_loop(asyncio.new_event_loop())
+    ensure_event_loop()
     guests = [TWO[0], {**TWO[1], **second}]
     pulumi.runtime.set_all_config(
         {

@@ -4,7 +4,6 @@ the same outputs either way, and the product's modules import one another withou
 from __future__ import annotations
 
 import ast
-import asyncio
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from typing import Any
 
 import pulumi
 import pytest
+from program_mocks import Mocks, ensure_event_loop
 
 from kvmnet_provider.errors import ConfigError
 from kvmnet_provider.models import NetworkArgs, collisions
@@ -24,20 +24,9 @@ IMAGE = {"kernel": "/k", "initrd": "/i"}
 CONNECTION = {"host": "192.0.2.1", "user": "kvm", "port": 2222}
 
 
-class Mocks(pulumi.runtime.Mocks):
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        return f"{args.name}-id", dict(args.inputs)
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
-        return {}, None
-
-
 @pytest.fixture(autouse=True)
 def clean() -> Iterator[None]:
-    try:
-        asyncio.get_event_loop()
-    except RuntimeError:  # Pulumi's mocks take the current loop (see test_fleet_config.py)
-        asyncio.set_event_loop(asyncio.new_event_loop())
+    ensure_event_loop()
     collisions.forget_all()
     yield
     collisions.forget_all()
