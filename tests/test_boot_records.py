@@ -66,6 +66,24 @@ def test_a_batched_delete_removes_only_what_was_deleted(books: Path) -> None:
     assert left.owner == "o-t2"
 
 
+def test_what_a_refresh_found_gone_is_forgotten_by_the_next_boot(books: Path) -> None:
+    """An object deleted behind kvmnet's back leaves the state at refresh: its records go too,
+    or a restore would bring back what no stack holds any more."""
+    handlers = server.build_handlers()
+    forget = {"id": 1, "op": "boot.forget", "args": {"owner": "o-t1"}}
+    assert server.handle(handlers, forget)["ok"]
+    assert not records.ROOT.exists()  # nothing recorded: no books made to forget in
+    for name in ("t1", "t2"):
+        boot.book("tap.create", {"name": name, "owner": f"o-{name}"}, {}, True)
+    boot.book("guest.start", {"name": "g1", "owner": "o-g1"}, {"pid": 1}, True)
+    assert server.handle(handlers, forget)["ok"]
+    assert record_files() == ["guest", "tap"]
+    left, _ = records.load(records.namespace_dir() / "records")
+    assert sorted(r.owner for r in left) == ["o-g1", "o-t2"]
+    bad = {"id": 2, "op": "boot.forget", "args": {"owner": "no good!"}}
+    assert server.handle(handlers, bad)["ok"] is False
+
+
 def test_the_request_loop_records_a_change_that_took_and_strips_autostart(
     books: Path,
 ) -> None:

@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
+from ..spec import validate
 from ..spec.validate import InvalidInput
 from ..spec.wire import (
     PROTOCOL,
@@ -94,6 +95,8 @@ def build_handlers() -> dict[str, Handler]:
         "forwarding.read": lambda a: forwarding.read(a["owner"]),
         "forwarding.acquire": forwarding.acquire,
         "forwarding.release": lambda a: forwarding.release(a["owner"]),
+        # Nothing on the host changes: the books drop the owner's records (boot/records.py).
+        "boot.forget": lambda a: {"owner": validate.owner(a["owner"])},
     }
 
 

@@ -183,9 +183,11 @@ class KvmnetProvider(ResourceProvider):
         return CreateResult(id_=self.resource_id(outs), outs=outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        live = self.host_read(self._agent(props), props)
-        if live is None:
-            return ReadResult(id_="", outs={})  # gone: refresh drops it, the next up recreates it
+        agent = self._agent(props)
+        live = self.host_read(agent, props)
+        if live is None:  # gone: refresh drops it, the next up recreates it
+            agent.call("boot.forget", {"owner": props["owner"]})  # and no boot brings it back
+            return ReadResult(id_="", outs={})
         return ReadResult(id_=id_, outs=self._outputs(props, live))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:

@@ -19,6 +19,8 @@ def book(op: str, args: dict[str, Any], result: Any, autostart: bool) -> None:
     from . import records, unit
 
     try:
+        if op == records.FORGET and not records.has_records():
+            return  # nothing to forget: no books made for it
         with _lock:
             directory = records.namespace_dir()
             with name_lock(directory, "boot.lock", kept_while=directory / "records"):

@@ -98,8 +98,13 @@ def record_path(directory: Path, kind: str, owner: str) -> Path:
     return directory / f"{kind}-{digest}.json"
 
 
+# Asked by the provider when a refresh finds an object gone: the state forgets it, and so
+# does the next boot (a restore would bring back what no stack holds any more).
+FORGET = "boot.forget"
+
+
 def is_mutation(op: str) -> bool:
-    return op in WRITES or op in REMOVES or op == "link.delete.many"
+    return op in WRITES or op in REMOVES or op in ("link.delete.many", FORGET)
 
 
 def note(op: str, args: dict[str, Any], result: Any, autostart: bool = True) -> bool:
@@ -114,6 +119,8 @@ def note(op: str, args: dict[str, Any], result: Any, autostart: bool = True) -> 
     if not isinstance(owner, str) or not owner:
         return False
     directory = records_dir()
+    if op == FORGET:  # an owner mark is one resource's: every record under it is that one's
+        return _remove(directory, KINDS, owner)
     if op in REMOVES:
         return _remove(directory, REMOVES[op], owner)
     if not autostart:  # any request for an opted-out object (a read too) drops its record
