@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.output).write_text(drawn)
     else:
         sys.stdout.write(drawn)
-    drifted = picture.drifted() or [h for h in picture.hosts if h.unreadable]
+    drifted = picture.drifted() or any(h.unreadable for h in picture.hosts)
     return EXIT_DRIFT if picture.live and drifted else 0
 
 

@@ -142,7 +142,7 @@ def render_svg(picture: Picture) -> str:
     canvas = _Canvas()
     margin = 16
     width_needed = 560.0
-    y = margin + LINE
+    y = float(margin + LINE)
     drifted = picture.drifted()
     summary = "state only (no live reads)"
     if picture.live:
@@ -152,13 +152,13 @@ def render_svg(picture: Picture) -> str:
     y += GAP
     for host in picture.hosts:
         start = len(canvas.parts)
-        x = margin + PAD
+        x = float(margin + PAD)
         inner_top = y + LINE + PAD
         notes = [text + (f"  ✗ {'; '.join(r.drift)}" if r.drift else "") for text, r in host.labels]
         if picture.live and host.unreadable:
             notes.insert(0, f"{MARK}: not read: {host.unreadable}")
         columns = sum(_columns(b) for b in host.bridges) + (1 if host.loose_guests else 0)
-        host_width = max(columns * COLUMN + PAD, 420)
+        host_width = float(max(columns * COLUMN + PAD, 420))
         for i, note in enumerate(notes):
             style = 'class="label mark"' if "✗" in note or MARK in note else 'class="label"'
             canvas.text(x, inner_top + i * LINE, note, host_width - 2 * PAD, style)
