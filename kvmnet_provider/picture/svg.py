@@ -5,6 +5,7 @@ read found written in it; every box's tooltip (`<title>`) names its resource."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
@@ -14,7 +15,7 @@ from .text import MARK
 COLUMN = 180  # a tap's column
 PAD = 10
 LINE = 15  # a text line's height
-CHAR = 7.0  # a character's width in the 12px monospace font, about
+CHAR = 7.3  # a character's width in the 12px monospace font, about
 GAP = 18  # between layers
 OK_STROKE, DRIFT_STROKE = "#37474f", "#c62828"
 FILLS = {"host": "#f5f7fa", "bridge": "#e3f2fd", "tap": "#fff8e1", "guest": "#e8f5e9"}
@@ -44,22 +45,26 @@ class _Canvas:
         width: float,
         lines: list[str],
         resource: Resource | None,
+        notes: Sequence[tuple[str, Resource]] = (),
     ) -> float:
-        """A box of `lines` (the first one bold) and the resource's drift; its height."""
+        """A box of `lines` (the first one bold), then `notes` (labels of other resources,
+        each with its own drift), then the resource's drift; its height."""
         drift = list(resource.drift) if resource is not None else []
-        height = (len(lines) + len(drift)) * LINE + PAD
+        rows: list[tuple[str, str]] = [(v, 'class="name"' if i == 0 else "") for i, v in
+                                       enumerate(lines)]  # fmt: skip
+        for text, other in notes:
+            rows.append((text, 'class="label mark"' if other.drift else 'class="label"'))
+            rows += [(f"  ✗ {value}", 'class="mark"') for value in other.drift]
+        rows += [(f"✗ {value}", 'class="mark"') for value in drift]
+        height = len(rows) * LINE + PAD
         css = f"{kind} drift" if drift else kind
         title = f"<title>{escape(resource.urn)}</title>" if resource is not None else ""
         self.parts.append(f"<g class={quoteattr(css)}>{title}")
         self.parts.append(
             f'<rect x="{x:.0f}" y="{y:.0f}" width="{width:.0f}" height="{height:.0f}" rx="5"/>'
         )
-        for i, value in enumerate(lines):
-            style = 'class="name"' if i == 0 else ""
+        for i, (value, style) in enumerate(rows):
             self.text(x + 6, y + (i + 1) * LINE, value, width - 12, style)
-        for j, value in enumerate(drift):
-            at = y + (len(lines) + j + 1) * LINE
-            self.text(x + 6, at, f"✗ {value}", width - 12, 'class="mark"')
         self.parts.append("</g>")
         return height
 
@@ -80,8 +85,11 @@ def _bridge_lines(bridge: Bridge) -> list[str]:
     return lines
 
 
-def _columns(bridge: Bridge) -> int:
-    return max(1, len(bridge.taps))
+def _bridge_width(bridge: Bridge) -> float:
+    """Its taps' columns, or wide enough for its text (up to three columns)."""
+    texts = _bridge_lines(bridge) + [text for text, _ in bridge.labels]
+    wanted = max(len(t) for t in texts) * CHAR + 12 + PAD
+    return max(max(1, len(bridge.taps)) * COLUMN, min(wanted, 3 * COLUMN))
 
 
 def _draw_taps(canvas: _Canvas, x: float, top: float, under: float, taps: list[Tap]) -> float:
@@ -103,18 +111,12 @@ def _draw_taps(canvas: _Canvas, x: float, top: float, under: float, taps: list[T
 
 
 def _draw_bridge(canvas: _Canvas, x: float, y: float, bridge: Bridge) -> float:
-    width = _columns(bridge) * COLUMN - PAD
-    height = canvas.box("bridge", x, y, width, _bridge_lines(bridge), bridge.resource)
-    under = y + height
-    at = under + 4
-    for text, resource in bridge.labels:
-        drift = f"  ✗ {'; '.join(resource.drift)}" if resource.drift else ""
-        style = 'class="label mark"' if drift else 'class="label"'
-        at += LINE
-        canvas.text(x + 6, at, text + drift, width, style)
+    width = _bridge_width(bridge) - PAD
+    lines = _bridge_lines(bridge)
+    height = canvas.box("bridge", x, y, width, lines, bridge.resource, bridge.labels)
     if not bridge.taps:
-        return at - y
-    return at + GAP - y + _draw_taps(canvas, x, at + GAP, under, bridge.taps)
+        return height
+    return height + GAP + _draw_taps(canvas, x, y + height + GAP, y + height, bridge.taps)
 
 
 def _draw_loose(canvas: _Canvas, x: float, y: float, guests: list[Guest]) -> float:
@@ -157,8 +159,8 @@ def render_svg(picture: Picture) -> str:
         notes = [text + (f"  ✗ {'; '.join(r.drift)}" if r.drift else "") for text, r in host.labels]
         if picture.live and host.unreadable:
             notes.insert(0, f"{MARK}: not read: {host.unreadable}")
-        columns = sum(_columns(b) for b in host.bridges) + (1 if host.loose_guests else 0)
-        host_width = float(max(columns * COLUMN + PAD, 420))
+        loose = COLUMN if host.loose_guests else 0
+        host_width = max(sum(map(_bridge_width, host.bridges)) + loose + PAD, 420.0)
         for i, note in enumerate(notes):
             style = 'class="label mark"' if "✗" in note or MARK in note else 'class="label"'
             canvas.text(x, inner_top + i * LINE, note, host_width - 2 * PAD, style)
@@ -166,7 +168,7 @@ def render_svg(picture: Picture) -> str:
         tallest = 0.0
         for bridge in host.bridges:
             tallest = max(tallest, _draw_bridge(canvas, x, top, bridge))
-            x += _columns(bridge) * COLUMN
+            x += _bridge_width(bridge)
         if host.loose_guests:
             tallest = max(tallest, _draw_loose(canvas, x, top, host.loose_guests))
         height = top + tallest + PAD - y
