@@ -93,13 +93,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "forwards, DHCP) from its state, optionally marking drift found by live reads.",
     )
     parser.add_argument("--state", help="a `pulumi stack export` JSON file, or - for stdin")
-    parser.add_argument("--cwd", type=Path, default=Path("."),
-                        help="the Pulumi project to run `pulumi stack export` in (no --state)")
+    parser.add_argument(
+        "--cwd",
+        type=Path,
+        default=Path("."),
+        help="the Pulumi project to run `pulumi stack export` in (no --state)",
+    )
     parser.add_argument("--stack", help="the stack, when not the selected one")
-    parser.add_argument("--live", action="store_true",
-                        help="read every resource on its host and mark the drift")
-    parser.add_argument("--format", choices=("text", "svg"),
-                        help="default: svg when -o names a .svg file, else text")
+    parser.add_argument(
+        "--live", action="store_true", help="read every resource on its host and mark the drift"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("text", "svg"),
+        help="default: svg when -o names a .svg file, else text",
+    )
     parser.add_argument("-o", "--output", help="write here instead of stdout")
     return parser.parse_args(argv)  # fmt: skip
 

@@ -8,6 +8,7 @@ are read side by side, each host's resources one after the other on its one sess
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,6 +25,7 @@ IGNORED = frozenset({"leases", "holders", "rules", "previous", "moved_routes"})
 MAX_HOSTS_AT_ONCE = 8
 
 
+@functools.cache
 def _providers() -> dict[str, Any]:
     """Each kind's provider class (imported late: the drawing needs none of them)."""
     from ..resources.dhcp import DhcpServerProvider
@@ -59,15 +61,13 @@ def host_read(kind: str, outputs: dict[str, Any]) -> dict[str, Any] | None:
     return live
 
 
-def differences(kind: str, stated: dict[str, Any], live: dict[str, Any]) -> list[str]:
+def differences(stated: dict[str, Any], live: dict[str, Any]) -> list[str]:
     """The outputs a live read gives otherwise than the state holds, as `key: was -> now`."""
     found = []
     for key in sorted(live):
         if key in IGNORED or key not in stated or stated[key] == live[key]:
             continue
         found.append(f"{key}: {_short(stated[key])} -> {_short(live[key])}")
-    if kind == "QemuGuest" and "pid" in live and live["pid"] != stated.get("pid"):
-        found = [f for f in found if not f.startswith(("argv_sha256", "console_log"))]
     return found
 
 
@@ -81,7 +81,7 @@ def mark_drift(resource: Resource, live: dict[str, Any] | None) -> None:
     if live is None:
         resource.drift = ["gone"]
         return
-    resource.drift = differences(resource.kind, resource.outputs, live)
+    resource.drift = differences(resource.outputs, live)
 
 
 def _read_host(resources: list[Resource], reader: Reader) -> str | None:
