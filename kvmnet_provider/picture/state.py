@@ -216,6 +216,7 @@ class _Builder:
             host.labels.sort(key=_label_order)
             for bridge in host.bridges:
                 bridge.labels.sort(key=_label_order)
+                bridge.taps.sort(key=lambda t: t.name)
         return Picture(stack, sorted(self.hosts.values(), key=lambda h: h.label), self.resources)
 
     def _add_bridge(self, r: Resource, addresses: list[str], uplink: str | None) -> None:

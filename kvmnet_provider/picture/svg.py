@@ -15,6 +15,7 @@ from .text import MARK
 COLUMN = 180  # a tap's column
 PAD = 10
 LINE = 15  # a text line's height
+TITLE_CHAR = 8.6  # in the 14px bold title
 CHAR = 7.3  # a character's width in the 12px monospace font, about
 GAP = 18  # between layers
 OK_STROKE, DRIFT_STROKE = "#37474f", "#c62828"
@@ -150,7 +151,9 @@ def render_svg(picture: Picture) -> str:
     if picture.live:
         unread = sum(1 for h in picture.hosts if h.unreadable)
         summary = f"live reads: {len(drifted)} drifted, {unread} hosts not read"
-    canvas.text(margin, y, f"kvmnet stack {picture.stack}: {summary}", 2000, 'class="title"')
+    title = f"kvmnet stack {picture.stack}: {summary}"
+    canvas.text(margin, y, title, 2000, 'class="title"')
+    width_needed = max(width_needed, len(title) * TITLE_CHAR + 2 * margin)
     y += GAP
     for host in picture.hosts:
         start = len(canvas.parts)
