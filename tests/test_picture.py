@@ -190,3 +190,31 @@ def test_the_docs_example_is_what_the_command_draws_from_the_fixture() -> None:
     """docs/picture-example.svg: `kvmnet-picture --state tests/fixtures/picture_export.json
     -o docs/picture-example.svg`; regenerate it so when the drawing changes."""
     assert EXAMPLE.read_text() == render_svg(picture())
+
+
+def test_a_bridged_networks_uplink_is_drawn_with_the_addresses_it_took_over() -> None:
+    doc = export()
+    network = "urn:pulumi:dev::kvmnet::kvmnet:index:BridgedNetwork::h2-lan"
+    kind = "pulumi-python:dynamic/kvmnet:UplinkBridge"
+    connection = {"host": "198.18.7.12", "port": 22}
+    doc["deployment"]["resources"] += [
+        {"urn": network, "type": "kvmnet:index:BridgedNetwork"},
+        {
+            "urn": f"urn:pulumi:dev::kvmnet::kvmnet:index:BridgedNetwork${kind}::h2-lan-uplink",
+            "type": kind,
+            "parent": network,
+            "outputs": {
+                "connection": connection,
+                "name": "br-lan",
+                "nic": "eth0",
+                "addresses": [],
+                "live_addresses": ["198.18.7.12/24"],
+                "state": "bridged",
+            },
+        },
+    ]
+    pic = picture_from_export(doc)
+    (lan,) = [b for b in pic.hosts[1].bridges if b.name == "br-lan"]
+    assert (lan.model, lan.uplink, lan.addresses) == ("bridged", "eth0", ["198.18.7.12/24"])
+    assert "bridge br-lan  [bridged]  198.18.7.12/24  uplink eth0" in render_text(pic)
+    assert "uplink eth0" in "".join(svg_texts(render_svg(pic)))
