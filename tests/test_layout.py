@@ -326,8 +326,12 @@ def test_a_wheel_of_the_product_holds_no_lab(tmp_path: Path) -> None:
     assert "kvmnet_provider/agent/guests/argv.py" in names
     assert "kvmnet_provider/spec/wire.py" in names
     assert not [n for n in names if "kvmnet_lab" in n or "/testing/" in n or "/lab/" in n]
-    entry_points = [n for n in names if n.endswith("entry_points.txt")]
-    assert entry_points == []  # the `kvmnet` command is the lab's
+    (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    # The product's one command is the picture; the `kvmnet` command is the lab's.
+    assert scripts.split() == [
+        "[console_scripts]", "kvmnet-picture", "=", "kvmnet_provider.picture.cli:main"
+    ], scripts
 
 
 def test_users_stack_files_are_ignored_and_the_templates_are_not() -> None:
