@@ -301,6 +301,7 @@ def test_killed_mid_up_then_readme_recovery_converges(
     finally:
         os.killpg(up.pid, signal.SIGKILL)  # the group this test started
         up.wait(30)
+        fault_stack.ws.reap()  # its plugins, each in a group of its own
     assert pending_operations(fault_stack), "the kill left no pending operation"
     readme_recovery(fault_stack)
     assert not pending_operations(fault_stack)

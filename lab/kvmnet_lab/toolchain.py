@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,36 @@ class PulumiWorkspace:
             "PULUMI_PYTHON_CMD": str(venv_bin / "python3"),
             "PULUMI_RUNTIME_VIRTUALENV": str(venv_bin.parent),
         }
+
+    def strays(self) -> list[int]:
+        """PIDs of processes still running under this workspace's Pulumi home: an engine's
+        plugins (the language host, the dynamic provider) outlive an engine that was killed,
+        since the engine starts each in a process group of its own."""
+        marker = f"PULUMI_HOME={(self.root / 'home').resolve()}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue  # gone, or not ours to read
+            if marker in environ.split(b"\0"):
+                found.append(int(entry.name))
+        return sorted(found)
+
+    def reap(self, timeout: float = 10.0) -> list[int]:
+        """Kill (by PID) what strays() finds and wait for it to go; the PIDs killed."""
+        pids = self.strays()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline and set(pids) & set(self.strays()):
+            time.sleep(0.1)
+        return pids
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -72,8 +72,10 @@ class TestStack:
         return [r for r in found if r["type"].endswith(type_suffix)]
 
     def remove(self) -> None:
+        self.ws.reap()  # what an engine killed mid-run left: nothing may outlive a test
         self.destroy(check=False)
         self.pulumi("stack", "rm", "--yes", "--force", check=False)
+        self.ws.reap()
 
 
 @contextmanager
