@@ -137,8 +137,9 @@ def run_checks(spec: dict[str, Any]) -> dict[str, dict[str, object]]:
         seen["dhcp"] = dhcp(spec["peer"], spec["mac"])
     if spec.get("gateway"):
         seen["gateway"] = ping(spec["gateway"])
-    address, port = spec["target"], spec.get("port")
-    seen["outside"] = connect(address, port) if port else ping(address)
+    address, port = spec.get("target"), spec.get("port")
+    if address:  # none: the host has no default route, so there is no outside to try
+        seen["outside"] = connect(address, port) if port else ping(address)
     if spec.get("dns_name"):
         seen["dns"] = dns(spec["gateway"], spec["dns_name"], spec.get("dns_address"))
     return seen

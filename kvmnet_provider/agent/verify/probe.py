@@ -16,6 +16,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +32,8 @@ from . import blame, checks
 READY_TIMEOUT = 20.0
 CHECKS_TIMEOUT = 60.0
 # The probe's process: the agent's own sys.path (argv[1], JSON), then inside.main() of the
-# module named in argv[2]; argv[3] names the probe (argv[7] of its command line), so a later verify can find it.
+# module named in argv[2]; argv[3] names the probe (argv[7] of its command line), so a
+# later verify can find it.
 BOOT = (
     "import importlib, json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
     "importlib.import_module(sys.argv[2]).main()"
@@ -46,7 +48,7 @@ class VerifySpec:
     bridge: str
     subnet: str
     gateway: str | None
-    target: str
+    target: str | None  # None: the host's default gateway, by ICMP echo
     taken: tuple[str, ...]
     dhcp_range: tuple[str, ...] | None
     dns_name: str | None
@@ -75,7 +77,7 @@ class VerifySpec:
             bridge=validate.ifname(args.get("bridge")),
             subnet=subnet,
             gateway=gateway,
-            target=verify.target(args.get("target")),
+            target=verify.target(args["target"]) if args.get("target") else None,
             taken=taken,
             dhcp_range=dhcp_range,
             dns_name=str(name) if name and dhcp_range else None,
@@ -88,10 +90,10 @@ class VerifySpec:
             else None,
         )
 
-    def inside(self, peer: str) -> dict[str, Any]:
+    def inside(self, peer: str, target: str | None) -> dict[str, Any]:
         """What the probe's process needs: its link, MAC, address, route and checks."""
         taken = [*self.taken, *([self.gateway] if self.gateway else [])]
-        address, port = verify.split_target(self.target)
+        address, port = verify.split_target(target) if target else (None, None)
         return {
             "peer": peer,
             "mac": checks.probe_mac(self.owner),
@@ -110,7 +112,8 @@ def network_verify(args: dict[str, Any]) -> dict[str, Any]:
     spec = VerifySpec.from_args(args)
     host_end, peer = checks.probe_links(spec.owner)
     remove_probe(host_end, peer)  # what a killed run left
-    inside = spec.inside(peer)
+    target = spec.target or default_gateway()
+    inside = spec.inside(peer, target)
     try:
         seen = run_probe(spec, host_end, peer, inside)
     finally:
@@ -123,7 +126,21 @@ def network_verify(args: dict[str, Any]) -> dict[str, Any]:
         "checks": [o.to_wire() for o in outcomes],
         "blocked_by": blocked,
         "probe": {"address": inside["address"], "mac": inside["mac"]},
+        "target": target,
     }
+
+
+def default_gateway() -> str | None:
+    """The host's IPv4 default gateway (the outside target when none is given)."""
+    ipr = iproute_class()()
+    try:
+        for route in ipr.get_default_routes(family=socket.AF_INET):
+            gateway = route.get_attr("RTA_GATEWAY")
+            if gateway:
+                return str(gateway)
+    finally:
+        ipr.close()
+    return None
 
 
 def run_probe(
