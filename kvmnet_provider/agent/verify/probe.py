@@ -55,6 +55,7 @@ class VerifySpec:
     dns_address: str | None
     rules: dict[str, Any] | None  # forward.read's args for the network's ForwardRules
     input_rules: dict[str, Any] | None  # input.read's args for its DhcpServer's rules
+    skip: tuple[str, ...] = ()  # checks not to run this time (see NetworkCheck's update)
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> VerifySpec:
@@ -88,12 +89,15 @@ class VerifySpec:
             input_rules=args.get("input_rules")
             if isinstance(args.get("input_rules"), dict)
             else None,
+            skip=tuple(c for c in verify.CHECKS if c in (args.get("skip") or [])),
         )
 
     def inside(self, peer: str, target: str | None) -> dict[str, Any]:
         """What the probe's process needs: its link, MAC, address, route and checks."""
         taken = [*self.taken, *([self.gateway] if self.gateway else [])]
         address, port = verify.split_target(target) if target else (None, None)
+        if "outside" in self.skip:
+            address = port = None
         return {
             "peer": peer,
             "mac": checks.probe_mac(self.owner),
@@ -102,8 +106,8 @@ class VerifySpec:
             "gateway": self.gateway,
             "target": address,
             "port": port,
-            "dhcp": self.dhcp_range is not None,
-            "dns_name": self.dns_name,
+            "dhcp": self.dhcp_range is not None and "dhcp" not in self.skip,
+            "dns_name": self.dns_name if "dns" not in self.skip else None,
             "dns_address": self.dns_address,
         }
 

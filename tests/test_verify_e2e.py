@@ -1,0 +1,117 @@
+"""A network proves its row: NetworkCheck's probe through the real engine on a lab host.
+
+Routed, then NAT, then isolated on one stack (a model switch updates the check): each `up`
+verifies and passes. A DROP that kvmnet does not know about (iptables-legacy, in FORWARD
+before kvmnet's jump) makes the next verify fail `up` in one line naming that rule. A probe
+left by a killed run is removed by the next verify, and no probe leaves anything behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kvmnet_lab.hostconfig import lab_stack_config
+from kvmnet_lab.lab import Lab, LabStatus
+from kvmnet_lab.testing.guest import guest_image_dir
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
+from kvmnet_lab.testing.stack import TestStack, config_stack
+
+from kvmnet_provider.agent.verify.checks import probe_links
+
+pytestmark = pytest.mark.e2e
+
+NOISE = ("Traceback", "Exception (client)", "Program failed with")
+FOREIGN_DROP = ["FORWARD", "-s", "10.0.1.0/24", "-j", "DROP"]
+
+
+@pytest.fixture()
+def verify_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
+    config = lab_stack_config(lab, image_dir=guest_image_dir())
+    config.update(
+        {
+            "kvmnet:accelerator": "tcg",
+            "kvmnet:firewallBackend": "iptables",  # the foreign rule below is legacy's
+            "kvmnet:guests": [{"name": "g1", "address": "10.0.1.11"}],
+        }
+    )
+    with config_stack(tmp_path, "verify", config) as stack:
+        yield stack
+
+
+def the_check(stack: TestStack) -> dict[str, Any]:
+    (check,) = stack.resources("NetworkCheck")
+    outputs: dict[str, Any] = check["outputs"]
+    return outputs
+
+
+def iptables(lab_api: Lab, namespace: str, *args: str, check: bool = True) -> None:
+    lab_api.exec_in(namespace, ["iptables-legacy", *args], check=check)
+
+
+def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
+    verify_stack: TestStack, lab: LabStatus, lab_api: Lab
+) -> None:
+    host = lab.hosts[0]
+    before = host_snapshot(lab_api, host.namespace)
+    # Routed: the gateway answers, the outside does not (its reply has no way back).
+    verify_stack.config("kvmnet:model", "routed")
+    verify_stack.up()
+    routed = the_check(verify_stack)
+    assert routed["passed"] == ["gateway", "outside", "dns", "dhcp"], routed["checks"]
+    outside = next(c for c in routed["checks"] if c["check"] == "outside")
+    assert "no answer" in outside["reason"], outside
+
+    # NAT: the same probe now reaches the host's default gateway.
+    verify_stack.config("kvmnet:model", "nat")
+    verify_stack.up()
+    nat = the_check(verify_stack)
+    assert nat["passed"] == ["gateway", "outside", "dns", "dhcp"], nat["checks"]
+    assert nat["checked_target"] == lab.gateway  # the host's default gateway, reached
+    made = host_snapshot(lab_api, host.namespace)
+    verify_stack.preview_no_changes()  # nothing changed: no probe
+
+    # A probe left by a killed run (its veth pair, before the peer moved): the next verify
+    # finds it by the network's name and removes it.
+    host_end, peer = probe_links(nat["owner"])
+    lab_api.exec_in(
+        host.namespace, ["ip", "link", "add", host_end, "type", "veth", "peer", "name", peer],
+        check=True,
+    )  # fmt: skip
+    target = f"{lab.ext.address}:{lab.ext.echo_port}"
+    verify_stack.config("kvmnet:verifyTarget", target)  # a TCP connect this time
+    verify_stack.up()
+    again = the_check(verify_stack)
+    assert again["checked_target"] == target and again["checked_at"] >= nat["checked_at"]
+    assert diff_snapshots(made, host_snapshot(lab_api, host.namespace)) == []
+
+    # A DROP kvmnet does not know about, above its jump: the guests are cut off, and up says
+    # which rule did it.
+    iptables(lab_api, host.namespace, "-I", *FOREIGN_DROP)
+    try:
+        verify_stack.pulumi("config", "rm", "kvmnet:verifyTarget")
+        failed = verify_stack.up(check=False)
+        text = failed.stdout + failed.stderr
+        assert failed.returncode != 0, text
+        for noise in NOISE:
+            assert noise not in text, text
+        lines = [line for line in text.splitlines() if "verify outside failed" in line]
+        assert lines, text
+        assert "net (nat)" in lines[0] and host.address in lines[0], lines[0]
+        assert "'-A FORWARD -s 10.0.1.0/24 -j DROP'" in lines[0], lines[0]
+        assert "fix:" in lines[0], lines[0]
+    finally:
+        iptables(lab_api, host.namespace, "-D", *FOREIGN_DROP)
+    assert diff_snapshots(made, host_snapshot(lab_api, host.namespace)) == []  # no probe left
+
+    # Isolated, verified on request: nothing leaves the bridge (the masquerade, deleted last
+    # by the engine, is still there during this check: the bridge's rules refuse anyway).
+    verify_stack.pulumi("config", "set", "--path", "kvmnet:verify", "true")
+    verify_stack.config("kvmnet:model", "isolated")
+    verify_stack.up()
+    isolated = the_check(verify_stack)
+    assert isolated["passed"] == ["outside"], isolated["checks"]
+
+    verify_stack.destroy()
+    assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []
