@@ -4,12 +4,23 @@ what it saw against each model, and the settings' rules. No kernel: see test_ver
 from __future__ import annotations
 
 import ipaddress
+import json
 import struct
+from collections.abc import Iterator
 
+import pulumi
 import pytest
 
 from kvmnet_provider.agent.verify import checks, packets
 from kvmnet_provider.agent.verify.probe import VerifySpec
+from kvmnet_provider.errors import ConfigError
+from kvmnet_provider.program.hosts import check_stack_config
+from kvmnet_provider.resources.network_check import (
+    FIXES,
+    NetworkCheckProvider,
+    failure_line,
+    skipped_on_switch,
+)
 from kvmnet_provider.spec import verify
 from kvmnet_provider.spec.validate import InvalidInput
 
@@ -140,3 +151,93 @@ def test_the_agent_refuses_a_bad_spec() -> None:
     for key, bad in (("bridge", "br in; rm"), ("model", "bridged"), ("target", "x;y")):
         with pytest.raises(InvalidInput):
             VerifySpec.from_args({**base, key: bad})
+
+
+# --- the provider's side: the settings at preview, the check's inputs, the one line ---------
+
+
+@pytest.fixture
+def stack_config() -> Iterator[None]:
+    yield
+    pulumi.runtime.set_all_config({})
+
+
+def checked(values: dict[str, object]) -> None:
+    pulumi.runtime.set_all_config(
+        {f"kvmnet:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+    )
+    check_stack_config(pulumi.Config("kvmnet"))
+
+
+def test_the_settings_pass(stack_config: None) -> None:
+    checked({"verify": False})
+    checked({"model": "routed", "verifyTarget": "198.51.100.1:443"})
+    checked({"model": "isolated", "verify": True})
+
+
+@pytest.mark.parametrize(
+    ("values", "line"),
+    [
+        ({"verify": 1}, "kvmnet:verify: must be true or false, got 1"),
+        ({"verifyTarget": "example.org"}, "kvmnet:verifyTarget: must be ADDRESS or ADDRESS:PORT"),
+        ({"verifyTarget": "198.51.100.1:0"}, "kvmnet:verifyTarget: must be between 1 and 65535"),
+        (
+            {"model": "bridged", "uplink": "eth0", "gateway": "10.0.1.1", "verify": True},
+            "kvmnet:verify: a bridged network cannot be verified yet",
+        ),
+    ],
+)
+def test_bad_settings_name_the_key(
+    stack_config: None, values: dict[str, object], line: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        checked(values)
+    assert line in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_resource_checks_its_inputs() -> None:
+    provider = NetworkCheckProvider()
+    props = {
+        "connection": {"host": "h1"},
+        "owner": "p/s/NetworkCheck/net-verify",
+        "network": "net",
+        "model": "nat",
+        "bridge": "br-in",
+        "subnet": "10.0.1.0/24",
+        "target": "nowhere",
+    }
+    failures = {f.property: f.reason for f in provider.check({}, props).failures}
+    assert failures == {"target": "target must be ADDRESS or ADDRESS:PORT (IPv4), got 'nowhere'"}
+    props["target"] = "198.51.100.1"
+    assert provider.check({}, props).failures == []
+
+
+def test_a_failure_is_one_line_naming_host_network_check_rule_and_fix() -> None:
+    props = {"network": "net", "model": "nat"}
+    result = {
+        "checks": [
+            {"check": "gateway", "ok": True, "reason": "answered"},
+            {"check": "outside", "ok": False, "reason": "expected an answer, got none (x)"},
+        ],
+        "blocked_by": "filter FORWARD rule '-A FORWARD -s 10.0.1.0/24 -j DROP' (iptables-legacy)",
+    }
+    line = failure_line("root@h1", result, props)
+    assert line is not None and "\n" not in line
+    assert line.startswith("root@h1: network net (nat): verify outside failed: expected an answer")
+    assert "blocked by filter FORWARD rule '-A FORWARD -s 10.0.1.0/24 -j DROP'" in line
+    assert line.endswith("fix: " + FIXES["blocked"])
+    leak = {
+        "checks": [
+            {"check": "outside", "ok": False, "reason": "reached, but a routed network must not"},
+            {"check": "dns", "ok": False, "reason": "z"},
+        ]
+    }
+    line = failure_line("root@h1", leak, {"network": "net", "model": "routed"})
+    assert line is not None and "failed (and 1 more)" in line and FIXES["outside-leak"] in line
+    assert failure_line("root@h1", {"checks": result["checks"][:1]}, props) is None
+
+
+def test_only_a_nat_to_routed_switch_skips_the_outside() -> None:
+    assert skipped_on_switch({"model": "nat"}, {"model": "routed"}) == ("outside",)
+    assert skipped_on_switch({"model": "routed"}, {"model": "nat"}) == ()
+    assert skipped_on_switch({"model": "nat"}, {"model": "isolated"}) == ()
