@@ -24,6 +24,7 @@ pytestmark = pytest.mark.e2e
 
 NOISE = ("Traceback", "Exception (client)", "Program failed with")
 FOREIGN_DROP = ["FORWARD", "-s", "10.0.1.0/24", "-j", "DROP"]
+INPUT_DROP = ["INPUT", "-i", "br-in", "-j", "DROP"]
 
 
 @pytest.fixture()
@@ -44,6 +45,15 @@ def the_check(stack: TestStack) -> dict[str, Any]:
     (check,) = stack.resources("NetworkCheck")
     outputs: dict[str, Any] = check["outputs"]
     return outputs
+
+
+def one_line(text: str, fragment: str) -> list[str]:
+    """The lines of `text` holding `fragment`: at least one, and no traceback anywhere."""
+    for noise in NOISE:
+        assert noise not in text, text
+    lines = [line for line in text.splitlines() if fragment in line]
+    assert lines, text
+    return lines
 
 
 def iptables(lab_api: Lab, namespace: str, *args: str, check: bool = True) -> None:
@@ -92,18 +102,28 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
     try:
         verify_stack.pulumi("config", "rm", "kvmnet:verifyTarget")
         failed = verify_stack.up(check=False)
-        text = failed.stdout + failed.stderr
-        assert failed.returncode != 0, text
-        for noise in NOISE:
-            assert noise not in text, text
-        lines = [line for line in text.splitlines() if "verify outside failed" in line]
-        assert lines, text
+        assert failed.returncode != 0, failed.stdout
+        lines = one_line(failed.stdout + failed.stderr, "verify outside failed")
         assert "net (nat)" in lines[0] and host.address in lines[0], lines[0]
         assert "'-A FORWARD -s 10.0.1.0/24 -j DROP'" in lines[0], lines[0]
         assert "fix:" in lines[0], lines[0]
     finally:
         iptables(lab_api, host.namespace, "-D", *FOREIGN_DROP)
     assert diff_snapshots(made, host_snapshot(lab_api, host.namespace)) == []  # no probe left
+
+    # A DROP on the host's INPUT from the bridge: the gateway, DNS and DHCP go silent. With
+    # nothing changed, `up --replace` of the check runs it again.
+    iptables(lab_api, host.namespace, "-I", *INPUT_DROP)
+    try:
+        (check,) = verify_stack.resources("NetworkCheck")
+        failed = verify_stack.pulumi("up", "--yes", "--skip-preview", "--replace", check["urn"],
+                                     check=False)  # fmt: skip
+        lines = one_line(failed.stdout + failed.stderr, "verify gateway failed (and 2 more)")
+        assert "blocked by filter INPUT rule '-A INPUT -i br-in -j DROP'" in lines[0], lines[0]
+    finally:
+        iptables(lab_api, host.namespace, "-D", *INPUT_DROP)
+    verify_stack.up()  # the check was deleted by the replace: made again, and passing
+    assert the_check(verify_stack)["passed"] == ["gateway", "outside", "dns", "dhcp"]
 
     # Isolated, verified on request: nothing leaves the bridge (the masquerade, deleted last
     # by the engine, is still there during this check: the bridge's rules refuse anyway).

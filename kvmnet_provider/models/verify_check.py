@@ -57,9 +57,11 @@ def network_check(network: _Network, resource_name: str) -> NetworkCheck:
     if server is not None:
         watch["dhcp"] = server.pid
         dhcp_range = list(args.dhcp_range or dhcp_spec.default_range(args.subnet, args.gateway))
-        if args.guests:
-            dns_name = f"{args.guests[0].name}.{args.domain}"
-            dns_address = args.guests[0].address
+        # A guest with a static lease is in DNS from the start; one leased from the range only
+        # once it booted, which up does not wait for.
+        named = next((g for g in args.guests if g.address), None)
+        if named is not None:
+            dns_name, dns_address = f"{named.name}.{args.domain}", named.address
         input_rules = {
             "owner": owner_id("DhcpServer", f"{resource_name}-dhcp"),
             "backend": server.backend,
