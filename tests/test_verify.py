@@ -66,6 +66,17 @@ def test_nat_must_reach_the_outside_and_routed_must_not() -> None:
     assert cut.check == "outside" and "expected an answer" in cut.reason
 
 
+def test_an_outside_the_host_cannot_reach_either_proves_nothing() -> None:
+    dead = {"reached": False, "detail": "no answer"}
+    for model in ("nat", "routed"):
+        (outside,) = checks.judge(model, seen(outside=False), dead)
+        assert outside.ok and not outside.ran and "set verifyTarget" in outside.reason
+    (refused,) = checks.judge("routed", seen(outside=False), {"reached": True})
+    assert refused.ok and refused.ran and "the host itself reaches it" in refused.reason
+    (cut,) = checks.judge("nat", seen(outside=False), {"reached": True})
+    assert not cut.ok and "the host itself reaches it" in cut.reason
+
+
 def test_dns_dhcp_and_gateway_must_answer() -> None:
     outcomes = checks.judge("nat", seen(dhcp=False, gateway=True, outside=True, dns=False))
     assert [o.check for o in outcomes if not o.ok] == ["dns", "dhcp"]

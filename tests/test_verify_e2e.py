@@ -72,6 +72,7 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
     assert routed["passed"] == ["gateway", "outside", "dns", "dhcp"], routed["checks"]
     outside = next(c for c in routed["checks"] if c["check"] == "outside")
     assert "no answer" in outside["reason"], outside
+    assert "the host itself reaches it" in outside["reason"], outside  # a refusal, not a dead end
 
     # NAT: the same probe now reaches the host's default gateway.
     verify_stack.config("kvmnet:model", "nat")

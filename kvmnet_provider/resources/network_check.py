@@ -123,7 +123,7 @@ class NetworkCheckProvider(KvmnetProvider):
         if line:
             raise KvmnetError(line)
         return {
-            "passed": [c["check"] for c in result["checks"]],
+            "passed": [c["check"] for c in result["checks"] if c.get("ran", True)],
             "checks": result["checks"],
             "probe": result.get("probe"),
             "checked_target": result.get("target"),

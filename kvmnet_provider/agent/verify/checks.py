@@ -23,9 +23,10 @@ class Outcome:
     check: str
     ok: bool
     reason: str
+    ran: bool = True  # False: it could prove nothing here (ok, but not a pass)
 
     def to_wire(self) -> dict[str, object]:
-        return {"check": self.check, "ok": self.ok, "reason": self.reason}
+        return {"check": self.check, "ok": self.ok, "reason": self.reason, "ran": self.ran}
 
 
 def _digest(owner: str) -> str:
@@ -59,9 +60,12 @@ def probe_address(subnet: str, taken: list[str], dhcp_range: list[str] | None) -
     raise ValueError(f"no free address in {subnet} for the probe")
 
 
-def judge(model: str, seen: dict[str, dict[str, object]]) -> list[Outcome]:
+def judge(
+    model: str, seen: dict[str, dict[str, object]], host: dict[str, object] | None = None
+) -> list[Outcome]:
     """Each check the probe ran, against what `model` promises. `seen` maps a check to
-    {"reached": bool, "detail": str} (dns and dhcp: reached means answered)."""
+    {"reached": bool, "detail": str} (dns and dhcp: reached means answered); `host` is what
+    the host itself saw of the outside target when the probe did not reach it."""
     out = []
     for check in verify.CHECKS:
         if check not in seen:
@@ -70,6 +74,12 @@ def judge(model: str, seen: dict[str, dict[str, object]]) -> list[Outcome]:
         detail = str(seen[check].get("detail") or "")
         if check == "outside":
             want = verify.outside_expected(model)
+            if not reached and host is not None:
+                if not host.get("reached"):  # nothing to tell a refusal from a dead target
+                    why = f"the host itself gets no answer ({host.get('detail')}); set verifyTarget"
+                    out.append(Outcome(check, True, f"not checked: {why}", ran=False))
+                    continue
+                detail += "; the host itself reaches it"
         else:  # the gateway, DNS and DHCP answer wherever they run
             want = True
         if reached == want:

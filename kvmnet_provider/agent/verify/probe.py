@@ -28,6 +28,7 @@ from ...spec import validate, verify
 from ..errors import AgentError
 from ..links.netlink import iproute_class
 from . import blame, checks
+from . import inside as probe_inside
 
 READY_TIMEOUT = 20.0
 CHECKS_TIMEOUT = 60.0
@@ -122,7 +123,7 @@ def network_verify(args: dict[str, Any]) -> dict[str, Any]:
         seen = run_probe(spec, host_end, peer, inside)
     finally:
         remove_probe(host_end, peer)
-    outcomes = checks.judge(spec.model, seen)
+    outcomes = checks.judge(spec.model, seen, from_the_host(seen, inside))
     failed = [o for o in outcomes if not o.ok]
     blocked = blame.blocker(failed, spec.rules, spec.input_rules) if failed else None
     return {
@@ -132,6 +133,17 @@ def network_verify(args: dict[str, Any]) -> dict[str, Any]:
         "probe": {"address": inside["address"], "mac": inside["mac"]},
         "target": target,
     }
+
+
+def from_the_host(
+    seen: dict[str, dict[str, object]], inside: dict[str, Any]
+) -> dict[str, object] | None:
+    """The outside target tried from the host itself, when the probe did not reach it: a
+    target the host cannot reach either proves no refusal and no cut."""
+    if "outside" not in seen or seen["outside"].get("reached"):
+        return None
+    address, port = inside["target"], inside.get("port")
+    return probe_inside.connect(address, port) if port else probe_inside.ping(address)
 
 
 def default_gateway() -> str | None:
