@@ -2,7 +2,8 @@
 
 Routed, then NAT, then isolated on one stack (a model switch updates the check): each `up`
 verifies and passes. A DROP that kvmnet does not know about (iptables-legacy, in FORWARD
-before kvmnet's jump) makes the next verify fail `up` in one line naming that rule. A probe
+before kvmnet's jump; a DROP on INPUT from the bridge; on the nftables backend, a foreign
+table's forward chain) makes the next verify fail `up` in one line naming that rule. A probe
 left by a killed run is removed by the next verify, and no probe leaves anything behind."""
 
 from __future__ import annotations
@@ -27,18 +28,27 @@ FOREIGN_DROP = ["FORWARD", "-s", "10.0.1.0/24", "-j", "DROP"]
 INPUT_DROP = ["INPUT", "-i", "br-in", "-j", "DROP"]
 
 
-@pytest.fixture()
-def verify_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
+def stack_on(tmp_path: Path, lab: LabStatus, backend: str) -> Iterator[TestStack]:
     config = lab_stack_config(lab, image_dir=guest_image_dir())
     config.update(
         {
             "kvmnet:accelerator": "tcg",
-            "kvmnet:firewallBackend": "iptables",  # the foreign rule below is legacy's
+            "kvmnet:firewallBackend": backend,  # where the test's foreign rules go
             "kvmnet:guests": [{"name": "g1", "address": "10.0.1.11"}],
         }
     )
     with config_stack(tmp_path, "verify", config) as stack:
         yield stack
+
+
+@pytest.fixture()
+def verify_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
+    yield from stack_on(tmp_path, lab, "iptables")
+
+
+@pytest.fixture()
+def nft_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
+    yield from stack_on(tmp_path, lab, "nftables")
 
 
 def the_check(stack: TestStack) -> dict[str, Any]:
@@ -135,4 +145,32 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
     assert isolated["passed"] == ["outside"], isolated["checks"]
 
     verify_stack.destroy()
+    assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []
+
+
+def test_a_foreign_nft_chain_is_named(nft_stack: TestStack, lab: LabStatus, lab_api: Lab) -> None:
+    """On the nftables backend: a table of someone else's with a forward chain that drops the
+    subnet cuts a NAT network off, and the failed verify names that table and chain."""
+    host = lab.hosts[0]
+    before = host_snapshot(lab_api, host.namespace)
+    nft_stack.config("kvmnet:model", "nat")
+    nft_stack.up()
+    assert the_check(nft_stack)["passed"] == ["gateway", "outside", "dns", "dhcp"]
+    nft = ["nft", "add"]
+    commands = [
+        [*nft, "table", "ip", "foreign"],
+        [*nft, "chain", "ip", "foreign", "cutoff", "{ type filter hook forward priority 0 ; }"],
+        [*nft, "rule", "ip", "foreign", "cutoff", "ip", "saddr", "10.0.1.0/24", "drop"],
+    ]
+    try:
+        for argv in commands:
+            lab_api.exec_in(host.namespace, argv, check=True)
+        (check,) = nft_stack.resources("NetworkCheck")
+        failed = nft_stack.pulumi("up", "--yes", "--skip-preview", "--replace", check["urn"],
+                                  check=False)  # fmt: skip
+        lines = one_line(failed.stdout + failed.stderr, "verify outside failed")
+        assert "blocked by table ip foreign chain cutoff" in lines[0], lines[0]
+    finally:
+        lab_api.exec_in(host.namespace, ["nft", "delete", "table", "ip", "foreign"])
+    nft_stack.destroy()
     assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []
