@@ -159,6 +159,9 @@ def test_the_agent_refuses_a_bad_spec() -> None:
     inside = spec.inside("kvq-x", "198.51.100.1")
     assert inside["address"] == "10.0.1.253" and inside["port"] is None
     assert VerifySpec.from_args({**base, "target": None}).target is None  # the host's gateway
+    bad_name = {"dhcp_range": ["10.0.1.128", "10.0.1.253"], "dns_name": "g1.kvm.internal; x"}
+    with pytest.raises(InvalidInput):
+        VerifySpec.from_args({**base, **bad_name})
     for key, bad in (("bridge", "br in; rm"), ("model", "bridged"), ("target", "x;y")):
         with pytest.raises(InvalidInput):
             VerifySpec.from_args({**base, key: bad})

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ...spec import validate, verify
+from ...spec import dhcp, validate, verify
 from ..errors import AgentError
 from ..links.netlink import iproute_class
 from . import blame, checks
@@ -82,7 +82,7 @@ class VerifySpec:
             target=verify.target(args["target"]) if args.get("target") else None,
             taken=taken,
             dhcp_range=dhcp_range,
-            dns_name=str(name) if name and dhcp_range else None,
+            dns_name=dhcp.domain(name) if name and dhcp_range else None,
             dns_address=validate.ipv4_address(args["dns_address"])
             if name and args.get("dns_address")
             else None,
