@@ -16,7 +16,7 @@ import pytest
 from kvmnet_provider.connection import HostError
 from kvmnet_provider.picture import picture_from_export, read_live, render_svg, render_text
 from kvmnet_provider.picture.cli import main
-from kvmnet_provider.picture.live import differences
+from kvmnet_provider.picture.live import _providers, differences
 from kvmnet_provider.picture.state import Picture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,3 +218,27 @@ def test_a_bridged_networks_uplink_is_drawn_with_the_addresses_it_took_over() ->
     assert (lan.model, lan.uplink, lan.addresses) == ("bridged", "eth0", ["198.18.7.12/24"])
     assert "bridge br-lan  [bridged]  198.18.7.12/24  uplink eth0" in render_text(pic)
     assert "uplink eth0" in "".join(svg_texts(render_svg(pic)))
+
+
+def test_a_networks_check_is_drawn_on_its_bridge_and_read_without_a_probe() -> None:
+    doc = export()
+    resources = doc["deployment"]["resources"]
+    dhcp = next(r for r in resources if r["type"].endswith("DhcpServer"))
+    check_outputs = {
+        "connection": dhcp["outputs"]["connection"],
+        "bridge": dhcp["outputs"]["bridge"],
+        "passed": ["gateway", "outside"],
+        "checked_at": "2026-01-01T00:00:00+00:00",
+    }
+    resources.append(
+        {
+            "urn": dhcp["urn"].replace("DhcpServer::", "NetworkCheck::") + "-verify",
+            "type": dhcp["type"].replace("DhcpServer", "NetworkCheck"),
+            "parent": dhcp.get("parent"),
+            "outputs": check_outputs,
+        }
+    )
+    pic = picture_from_export(doc)
+    labels = [text for b in pic.hosts[0].bridges for text, _ in b.labels]
+    assert "verified: gateway, outside (2026-01-01T00:00:00+00:00)" in labels
+    assert "NetworkCheck" in _providers()  # --live reads it (its read keeps the last result)

@@ -45,6 +45,7 @@ from ..spec.models import MODELS, WITH_DHCP, uses_dhcp
 from ..spec.models import model as model_named
 from .addresses import check_dhcp, check_guests, forward_address, subnet_and_gateway, valid
 from .collisions import claim
+from .verify_check import network_check, verify_enabled
 
 
 @dataclass
@@ -116,6 +117,11 @@ class NetworkArgs:
     # False: nothing of the network comes back by itself when the host reboots (its guests
     # neither); `pulumi refresh` then shows it gone and `pulumi up` makes it again.
     autostart: bool = True
+    # After up, a probe on the bridge checks the model's row (models/verify_check.py): None =
+    # on for routed and NAT; verify_target is ADDRESS or ADDRESS:PORT (default: the host's
+    # default gateway).
+    verify: bool | None = None
+    verify_target: str | None = None
 
 
 def dhcp_enabled(model: str, args: NetworkArgs, where: str = "net") -> bool:
@@ -156,6 +162,7 @@ class _Network(pulumi.ComponentResource):
         check_guests(resource_name, args.subnet, args.gateway, args.guests, args.config_key)
         check_autostart(resource_name, args)
         self.dhcp_enabled = dhcp_enabled(self.model, args, resource_name)
+        verified = verify_enabled(resource_name, self.model, args)
         if self.dhcp_enabled:
             check_dhcp(resource_name, args, args.config_key)
         # Aliases to the other models' types keep the children's URNs across a model switch,
@@ -220,6 +227,7 @@ class _Network(pulumi.ComponentResource):
                 ),
                 after,
             )
+        self.check = network_check(self, resource_name) if verified else None
         self.register_outputs(
             {
                 "model": self.model,

@@ -37,6 +37,7 @@ def _providers() -> dict[str, Any]:
         MasqueradeRuleProvider,
         PortForwardProvider,
     )
+    from ..resources.network_check import NetworkCheckProvider
     from ..resources.uplink import UplinkBridgeProvider
 
     kinds = (
@@ -49,6 +50,7 @@ def _providers() -> dict[str, Any]:
         MasqueradeRuleProvider,
         PortForwardProvider,
         UplinkBridgeProvider,
+        NetworkCheckProvider,
     )
     return {p.kind: p for p in kinds}
 

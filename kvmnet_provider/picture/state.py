@@ -167,12 +167,22 @@ def describe(r: Resource) -> str | None:
         )
     if r.kind == "ForwardRules":
         return f"forward rules ({out.get('mode')}, {out.get('backend') or 'firewall'})"
+    if r.kind == "NetworkCheck":
+        passed = ", ".join(_strings(out.get("passed"))) or "nothing"
+        return f"verified: {passed} ({out.get('checked_at') or 'not yet'})"
     if r.kind == "ForwardingSetting":
         return "IPv4 forwarding on" + (" (and IPv6)" if out.get("ipv6") else "")
     return None
 
 
-LABEL_ORDER = ("DhcpServer", "MasqueradeRule", "PortForward", "ForwardRules", "ForwardingSetting")
+LABEL_ORDER = (
+    "DhcpServer",
+    "MasqueradeRule",
+    "PortForward",
+    "ForwardRules",
+    "ForwardingSetting",
+    "NetworkCheck",
+)
 
 
 def _label_order(label: tuple[str, Resource]) -> tuple[int, str]:
@@ -264,7 +274,7 @@ class _Builder:
             return
         out = r.outputs
         bridge = None
-        if r.kind in ("DhcpServer", "ForwardRules") and out.get("bridge"):
+        if r.kind in ("DhcpServer", "ForwardRules", "NetworkCheck") and out.get("bridge"):
             bridge = self.bridge(r.host, str(out["bridge"]))
         elif r.parent and (r.host, r.parent) in self.by_network:
             bridge = self.by_network[(r.host, r.parent)]

@@ -29,6 +29,9 @@ One host: `kvmnet:host` and one network's keys at the stack's root:
   dhcpRange         [start, end] of the dynamic range (default: the subnet's upper half)
   portForwards      NAT: [{guest, guest_port, host_port, protocol?}] (DNAT from the host's port)
   bridgeAddresses   bridged: addresses for the bridge instead of the NIC's; rollbackSeconds
+  verify            after up, a probe on the bridge checks the model's row (default true for
+                    routed and NAT, false for isolated; bridged cannot yet); verifyTarget
+                    ADDRESS or ADDRESS:PORT outside (default: the host's default gateway)
 Several hosts: `kvmnet:hosts` instead of `kvmnet:host` and the network keys:
   hosts             {NAME: {connection: {host, port, user, ...} (as kvmnet:host),
                             networks: [{name, model, ...: the network keys above}],

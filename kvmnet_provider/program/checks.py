@@ -22,7 +22,7 @@ from ..connection.settings import FIREWALL_BACKENDS, HostSettings, SettingError
 from ..errors import ConfigError, config_path
 from ..models.addresses import subnet_and_gateway, valid
 from ..resources.base import list_of
-from ..spec import models, validate
+from ..spec import models, validate, verify
 from ..spec.guest import ACCELERATORS, MEMORY_MIB, guest_name
 from . import defaults
 from .defaults import NS
@@ -53,6 +53,8 @@ class NetworkSettings:
     domain: str | None
     dhcp_range: tuple[str, str] | None
     autostart: bool = True  # false: nothing of it comes back by itself after a reboot
+    verify: bool | None = None  # None: the model's default (spec/verify.py)
+    verify_target: str | None = None
 
     def key(self, name: str) -> str:
         """How errors name this network's key `name`."""
@@ -83,6 +85,16 @@ def network_settings(raw: Mapping[str, Any], config_key: str) -> NetworkSettings
     if rng is not None and (not isinstance(rng, list) or len(rng) != 2):
         raise ConfigError(key("dhcpRange"), f"must be [start, end], got {rng!r}")
     autostart = checked_autostart(raw, key("autostart"))
+    check = raw.get("verify")
+    if check is not None and not isinstance(check, bool):
+        raise ConfigError(key("verify"), f"must be true or false, got {check!r}")
+    if check and model.name not in verify.VERIFIABLE:
+        raise ConfigError(
+            key("verify"), f"a {model.name} network cannot be verified yet; leave verify unset"
+        )
+    target = raw.get("verifyTarget")
+    if target is not None:
+        valid(verify.target, target, key("verifyTarget"))
     rollback = raw.get("rollbackSeconds", defaults.ROLLBACK_SECONDS)
     return NetworkSettings(
         config_key=config_key,
@@ -99,6 +111,8 @@ def network_settings(raw: Mapping[str, Any], config_key: str) -> NetworkSettings
         domain=domain,
         dhcp_range=(rng[0], rng[1]) if rng else None,
         autostart=autostart,
+        verify=check,
+        verify_target=target,
     )
 
 

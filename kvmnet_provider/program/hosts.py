@@ -34,8 +34,10 @@ from .networks import network_args
 
 # The one-host program's network keys by how stack config holds them: plain text, or
 # structured (YAML in the stack file, JSON through `pulumi config set`).
-TEXT_KEYS = ("name", "model", "bridge", "subnet", "gateway", "uplink", "domain")
-OBJECT_KEYS = ("guests", "portForwards", "bridgeAddresses", "dhcp", "dhcpRange", "autostart")
+TEXT_KEYS = ("name", "model", "bridge", "subnet", "gateway", "uplink", "domain", "verifyTarget")
+OBJECT_KEYS = (
+    "guests", "portForwards", "bridgeAddresses", "dhcp", "dhcpRange", "autostart", "verify"
+)
 
 
 @dataclass

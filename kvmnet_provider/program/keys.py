@@ -32,6 +32,8 @@ NETWORK_KEYS = (
     "domain",
     "dhcpRange",
     "autostart",
+    "verify",
+    "verifyTarget",
 )
 GUEST_KEYS = (
     "name",
@@ -67,6 +69,7 @@ STRUCTURED_KEYS = {
     "portForwards": "a list of port forwards",
     "dhcp": "true or false",
     "autostart": "true or false",
+    "verify": "true or false",
     "dhcpRange": "a list [start, end]",
     "bridgeAddresses": "a list of addresses",
 }

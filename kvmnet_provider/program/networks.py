@@ -45,6 +45,8 @@ def network_args(
         dhcp=settings.dhcp,
         dhcp_range=settings.dhcp_range,
         autostart=settings.autostart,
+        verify=settings.verify,
+        verify_target=settings.verify_target,
         **_domain(settings.domain),
     )
 

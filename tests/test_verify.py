@@ -1,0 +1,257 @@
+"""A network's verify: the probe's identity, the packets it sends and reads, the judgement of
+what it saw against each model, and the settings' rules. No kernel: see test_verify_e2e.py."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import struct
+from collections.abc import Iterator
+
+import pulumi
+import pytest
+
+from kvmnet_provider.agent.verify import checks, packets
+from kvmnet_provider.agent.verify.probe import VerifySpec
+from kvmnet_provider.errors import ConfigError
+from kvmnet_provider.program.hosts import check_stack_config
+from kvmnet_provider.resources.network_check import (
+    FIXES,
+    NetworkCheckProvider,
+    failure_line,
+    skipped_on_switch,
+)
+from kvmnet_provider.spec import verify
+from kvmnet_provider.spec.validate import InvalidInput
+
+
+def test_probe_names_fit_the_kernel_and_differ_per_network() -> None:
+    host, peer = checks.probe_links("proj/stack/NetworkCheck/a")
+    assert len(host) <= 15 and len(peer) <= 15
+    assert host.startswith(checks.HOST_PREFIX) and peer.startswith(checks.PEER_PREFIX)
+    assert host[4:] == peer[4:]
+    assert checks.probe_links("proj/stack/NetworkCheck/b")[0] != host
+    assert checks.probe_links("proj/stack/NetworkCheck/a") == (host, peer)  # found again
+
+
+def test_probe_mac_is_locally_administered_unicast() -> None:
+    mac = checks.probe_mac("proj/stack/NetworkCheck/a")
+    first = int(mac[:2], 16)
+    assert first & 0x02 and not first & 0x01
+    assert len(mac.split(":")) == 6
+
+
+def test_probe_address_is_the_highest_free_one() -> None:
+    assert checks.probe_address("10.0.1.0/24", ["10.0.1.254"], None) == "10.0.1.253"
+    taken = ["10.0.1.254", "10.0.1.253", "10.0.1.11"]
+    assert checks.probe_address("10.0.1.0/24", taken, None) == "10.0.1.252"
+    # DHCP hands out the range: the probe stays below it
+    rng = ["10.0.1.128", "10.0.1.253"]
+    assert checks.probe_address("10.0.1.0/24", ["10.0.1.254"], rng) == "10.0.1.127"
+    with pytest.raises(ValueError, match="no free address"):
+        checks.probe_address("10.0.1.0/30", ["10.0.1.1", "10.0.1.2"], None)
+
+
+def seen(**reached: bool) -> dict[str, dict[str, object]]:
+    return {k: {"reached": v, "detail": f"{k} detail"} for k, v in reached.items()}
+
+
+def test_nat_must_reach_the_outside_and_routed_must_not() -> None:
+    assert all(o.ok for o in checks.judge("nat", seen(gateway=True, outside=True)))
+    assert all(o.ok for o in checks.judge("routed", seen(gateway=True, outside=False)))
+    assert all(o.ok for o in checks.judge("isolated", seen(outside=False)))
+    (leak,) = [o for o in checks.judge("routed", seen(gateway=True, outside=True)) if not o.ok]
+    assert leak.check == "outside" and "must not" in leak.reason
+    (cut,) = [o for o in checks.judge("nat", seen(gateway=True, outside=False)) if not o.ok]
+    assert cut.check == "outside" and "expected an answer" in cut.reason
+
+
+def test_an_outside_the_host_cannot_reach_either_proves_nothing() -> None:
+    dead = {"reached": False, "detail": "no answer"}
+    for model in ("nat", "routed"):
+        (outside,) = checks.judge(model, seen(outside=False), dead)
+        assert outside.ok and not outside.ran and "set verifyTarget" in outside.reason
+    (refused,) = checks.judge("routed", seen(outside=False), {"reached": True})
+    assert refused.ok and refused.ran and "the host itself reaches it" in refused.reason
+    (cut,) = checks.judge("nat", seen(outside=False), {"reached": True})
+    assert not cut.ok and "the host itself reaches it" in cut.reason
+
+
+def test_dns_dhcp_and_gateway_must_answer() -> None:
+    outcomes = checks.judge("nat", seen(dhcp=False, gateway=True, outside=True, dns=False))
+    assert [o.check for o in outcomes if not o.ok] == ["dns", "dhcp"]
+    assert [o.check for o in outcomes] == list(verify.CHECKS)  # reported in a fixed order
+
+
+def test_icmp_echo_round_trip() -> None:
+    request = packets.echo_request(0x1234, 1)
+    assert packets.checksum(request) == 0  # a valid checksum sums to zero
+    reply = bytes([0]) + request[1:]
+    ip_header = bytes([0x45]) + b"\0" * 19
+    assert packets.echo_reply_kind(ip_header + reply, 0x1234) == "reply"
+    assert packets.echo_reply_kind(ip_header + reply, 0x4321) is None
+    error = bytes([3, 1, 0, 0, 0, 0, 0, 0]) + ip_header + request[:8]
+    assert packets.echo_reply_kind(ip_header + error, 0x1234) == "unreachable"
+
+
+def dns_answer(query: bytes, address: str | None) -> bytes:
+    query_id = struct.unpack("!H", query[:2])[0]
+    answers = 1 if address else 0
+    header = struct.pack("!HHHHHH", query_id, 0x8180, 1, answers, 0, 0)
+    body = query[12:]
+    if address:
+        body += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4)
+        body += ipaddress.IPv4Address(address).packed
+    return header + body
+
+
+def test_dns_query_and_answer() -> None:
+    query = packets.dns_query(7, "g1.kvm.internal")
+    assert b"\x02g1\x03kvm\x08internal\x00" in query
+    assert packets.dns_addresses(dns_answer(query, "10.0.1.11"), 7) == ["10.0.1.11"]
+    assert packets.dns_addresses(dns_answer(query, None), 7) == []
+    assert packets.dns_addresses(dns_answer(query, "10.0.1.11"), 8) == []  # not ours
+    assert packets.dns_addresses(b"\0" * 5, 7) == []
+
+
+def test_dhcp_discover_and_offer() -> None:
+    discover = packets.dhcp_discover(0xCAFE, "02:00:00:00:00:01")
+    assert discover[0] == 1 and discover[28:34] == bytes.fromhex("020000000001")
+    assert discover[236:240] == packets.DHCP_MAGIC
+    offer = bytearray(discover)
+    offer[0] = 2
+    offer[16:20] = ipaddress.IPv4Address("10.0.1.200").packed
+    offer[242] = packets.DHCP_OFFER
+    assert packets.dhcp_offer(bytes(offer), 0xCAFE) == "10.0.1.200"
+    assert packets.dhcp_offer(bytes(offer), 0xBEEF) is None
+    assert packets.dhcp_offer(discover, 0xCAFE) is None  # our own broadcast
+
+
+@pytest.mark.parametrize("value", ["198.51.100.1", "198.51.100.1:443"])
+def test_targets(value: str) -> None:
+    assert verify.target(value) == value
+
+
+@pytest.mark.parametrize("value", ["", "example.org", "1.2.3.4:x", "1.2.3.4:70000", 5, None])
+def test_bad_targets(value: object) -> None:
+    with pytest.raises(InvalidInput):
+        verify.target(value)
+
+
+def test_defaults_per_model() -> None:
+    assert [m for m in ("isolated", "routed", "nat", "bridged") if verify.enabled(m, None)] == [
+        "routed",
+        "nat",
+    ]
+    assert verify.enabled("isolated", True) and not verify.enabled("nat", False)
+
+
+def test_the_agent_refuses_a_bad_spec() -> None:
+    base = {
+        "owner": "p/s/NetworkCheck/n",
+        "model": "routed",
+        "bridge": "br-in",
+        "subnet": "10.0.1.0/24",
+        "gateway": "10.0.1.254",
+        "target": "198.51.100.1",
+    }
+    spec = VerifySpec.from_args(base)
+    inside = spec.inside("kvq-x", "198.51.100.1")
+    assert inside["address"] == "10.0.1.253" and inside["port"] is None
+    assert VerifySpec.from_args({**base, "target": None}).target is None  # the host's gateway
+    bad_name = {"dhcp_range": ["10.0.1.128", "10.0.1.253"], "dns_name": "g1.kvm.internal; x"}
+    with pytest.raises(InvalidInput):
+        VerifySpec.from_args({**base, **bad_name})
+    for key, bad in (("bridge", "br in; rm"), ("model", "bridged"), ("target", "x;y")):
+        with pytest.raises(InvalidInput):
+            VerifySpec.from_args({**base, key: bad})
+
+
+# --- the provider's side: the settings at preview, the check's inputs, the one line ---------
+
+
+@pytest.fixture
+def stack_config() -> Iterator[None]:
+    yield
+    pulumi.runtime.set_all_config({})
+
+
+def checked(values: dict[str, object]) -> None:
+    pulumi.runtime.set_all_config(
+        {f"kvmnet:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+    )
+    check_stack_config(pulumi.Config("kvmnet"))
+
+
+def test_the_settings_pass(stack_config: None) -> None:
+    checked({"verify": False})
+    checked({"model": "routed", "verifyTarget": "198.51.100.1:443"})
+    checked({"model": "isolated", "verify": True})
+
+
+@pytest.mark.parametrize(
+    ("values", "line"),
+    [
+        ({"verify": 1}, "kvmnet:verify: must be true or false, got 1"),
+        ({"verifyTarget": "example.org"}, "kvmnet:verifyTarget: must be ADDRESS or ADDRESS:PORT"),
+        ({"verifyTarget": "198.51.100.1:0"}, "kvmnet:verifyTarget: must be between 1 and 65535"),
+        (
+            {"model": "bridged", "uplink": "eth0", "gateway": "10.0.1.1", "verify": True},
+            "kvmnet:verify: a bridged network cannot be verified yet",
+        ),
+    ],
+)
+def test_bad_settings_name_the_key(
+    stack_config: None, values: dict[str, object], line: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        checked(values)
+    assert line in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_resource_checks_its_inputs() -> None:
+    provider = NetworkCheckProvider()
+    props = {
+        "connection": {"host": "h1"},
+        "owner": "p/s/NetworkCheck/net-verify",
+        "network": "net",
+        "model": "nat",
+        "bridge": "br-in",
+        "subnet": "10.0.1.0/24",
+        "target": "nowhere",
+    }
+    failures = {f.property: f.reason for f in provider.check({}, props).failures}
+    assert failures == {"target": "target must be ADDRESS or ADDRESS:PORT (IPv4), got 'nowhere'"}
+    props["target"] = "198.51.100.1"
+    assert provider.check({}, props).failures == []
+
+
+def test_a_failure_is_one_line_naming_host_network_check_rule_and_fix() -> None:
+    props = {"network": "net", "model": "nat"}
+    result = {
+        "checks": [
+            {"check": "gateway", "ok": True, "reason": "answered"},
+            {"check": "outside", "ok": False, "reason": "expected an answer, got none (x)"},
+        ],
+        "blocked_by": "filter FORWARD rule '-A FORWARD -s 10.0.1.0/24 -j DROP' (iptables-legacy)",
+    }
+    line = failure_line("root@h1", result, props)
+    assert line is not None and "\n" not in line
+    assert line.startswith("root@h1: network net (nat): verify outside failed: expected an answer")
+    assert "blocked by filter FORWARD rule '-A FORWARD -s 10.0.1.0/24 -j DROP'" in line
+    assert line.endswith("fix: " + FIXES["blocked"])
+    leak = {
+        "checks": [
+            {"check": "outside", "ok": False, "reason": "reached, but a routed network must not"},
+            {"check": "dns", "ok": False, "reason": "z"},
+        ]
+    }
+    line = failure_line("root@h1", leak, {"network": "net", "model": "routed"})
+    assert line is not None and "failed (and 1 more)" in line and FIXES["outside-leak"] in line
+    assert failure_line("root@h1", {"checks": result["checks"][:1]}, props) is None
+
+
+def test_only_a_nat_to_routed_switch_skips_the_outside() -> None:
+    assert skipped_on_switch({"model": "nat"}, {"model": "routed"}) == ("outside",)
+    assert skipped_on_switch({"model": "routed"}, {"model": "nat"}) == ()
+    assert skipped_on_switch({"model": "nat"}, {"model": "isolated"}) == ()

@@ -1,0 +1,176 @@
+"""A network proves its row: NetworkCheck's probe through the real engine on a lab host.
+
+Routed, then NAT, then isolated on one stack (a model switch updates the check): each `up`
+verifies and passes. A DROP that kvmnet does not know about (iptables-legacy, in FORWARD
+before kvmnet's jump; a DROP on INPUT from the bridge; on the nftables backend, a foreign
+table's forward chain) makes the next verify fail `up` in one line naming that rule. A probe
+left by a killed run is removed by the next verify, and no probe leaves anything behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kvmnet_lab.hostconfig import lab_stack_config
+from kvmnet_lab.lab import Lab, LabStatus
+from kvmnet_lab.testing.guest import guest_image_dir
+from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
+from kvmnet_lab.testing.stack import TestStack, config_stack
+
+from kvmnet_provider.agent.verify.checks import probe_links
+
+pytestmark = pytest.mark.e2e
+
+NOISE = ("Traceback", "Exception (client)", "Program failed with")
+FOREIGN_DROP = ["FORWARD", "-s", "10.0.1.0/24", "-j", "DROP"]
+INPUT_DROP = ["INPUT", "-i", "br-in", "-j", "DROP"]
+
+
+def stack_on(tmp_path: Path, lab: LabStatus, backend: str) -> Iterator[TestStack]:
+    config = lab_stack_config(lab, image_dir=guest_image_dir())
+    config.update(
+        {
+            "kvmnet:accelerator": "tcg",
+            "kvmnet:firewallBackend": backend,  # where the test's foreign rules go
+            "kvmnet:guests": [{"name": "g1", "address": "10.0.1.11"}],
+        }
+    )
+    with config_stack(tmp_path, "verify", config) as stack:
+        yield stack
+
+
+@pytest.fixture()
+def verify_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
+    yield from stack_on(tmp_path, lab, "iptables")
+
+
+@pytest.fixture()
+def nft_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
+    yield from stack_on(tmp_path, lab, "nftables")
+
+
+def the_check(stack: TestStack) -> dict[str, Any]:
+    (check,) = stack.resources("NetworkCheck")
+    outputs: dict[str, Any] = check["outputs"]
+    return outputs
+
+
+def one_line(text: str, fragment: str) -> list[str]:
+    """The lines of `text` holding `fragment`: at least one, and no traceback anywhere."""
+    for noise in NOISE:
+        assert noise not in text, text
+    lines = [line for line in text.splitlines() if fragment in line]
+    assert lines, text
+    return lines
+
+
+def iptables(lab_api: Lab, namespace: str, *args: str, check: bool = True) -> None:
+    lab_api.exec_in(namespace, ["iptables-legacy", *args], check=check)
+
+
+def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
+    verify_stack: TestStack, lab: LabStatus, lab_api: Lab
+) -> None:
+    host = lab.hosts[0]
+    before = host_snapshot(lab_api, host.namespace)
+    # Routed: the gateway answers, the outside does not (its reply has no way back).
+    verify_stack.config("kvmnet:model", "routed")
+    verify_stack.up()
+    routed = the_check(verify_stack)
+    assert routed["passed"] == ["gateway", "outside", "dns", "dhcp"], routed["checks"]
+    outside = next(c for c in routed["checks"] if c["check"] == "outside")
+    assert "no answer" in outside["reason"], outside
+    assert "the host itself reaches it" in outside["reason"], outside  # a refusal, not a dead end
+
+    # NAT: the same probe now reaches the host's default gateway.
+    verify_stack.config("kvmnet:model", "nat")
+    verify_stack.up()
+    nat = the_check(verify_stack)
+    assert nat["passed"] == ["gateway", "outside", "dns", "dhcp"], nat["checks"]
+    assert nat["checked_target"] == lab.gateway  # the host's default gateway, reached
+    made = host_snapshot(lab_api, host.namespace)
+    verify_stack.preview_no_changes()  # nothing changed: no probe
+
+    # A probe left by a killed run (its veth pair, before the peer moved): the next verify
+    # finds it by the network's name and removes it.
+    host_end, peer = probe_links(nat["owner"])
+    lab_api.exec_in(
+        host.namespace, ["ip", "link", "add", host_end, "type", "veth", "peer", "name", peer],
+        check=True,
+    )  # fmt: skip
+    target = f"{lab.ext.address}:{lab.ext.echo_port}"
+    verify_stack.config("kvmnet:verifyTarget", target)  # a TCP connect this time
+    verify_stack.up()
+    again = the_check(verify_stack)
+    assert again["checked_target"] == target and again["checked_at"] >= nat["checked_at"]
+    assert diff_snapshots(made, host_snapshot(lab_api, host.namespace)) == []
+
+    # A DROP kvmnet does not know about, above its jump: the guests are cut off, and up says
+    # which rule did it.
+    iptables(lab_api, host.namespace, "-I", *FOREIGN_DROP)
+    try:
+        verify_stack.pulumi("config", "rm", "kvmnet:verifyTarget")
+        failed = verify_stack.up(check=False)
+        assert failed.returncode != 0, failed.stdout
+        lines = one_line(failed.stdout + failed.stderr, "verify outside failed")
+        assert "net (nat)" in lines[0] and host.address in lines[0], lines[0]
+        assert "'-A FORWARD -s 10.0.1.0/24 -j DROP'" in lines[0], lines[0]
+        assert "fix:" in lines[0], lines[0]
+    finally:
+        iptables(lab_api, host.namespace, "-D", *FOREIGN_DROP)
+    assert diff_snapshots(made, host_snapshot(lab_api, host.namespace)) == []  # no probe left
+
+    # A DROP on the host's INPUT from the bridge: the gateway, DNS and DHCP go silent. With
+    # nothing changed, `up --replace` of the check runs it again.
+    iptables(lab_api, host.namespace, "-I", *INPUT_DROP)
+    try:
+        (check,) = verify_stack.resources("NetworkCheck")
+        failed = verify_stack.pulumi("up", "--yes", "--skip-preview", "--replace", check["urn"],
+                                     check=False)  # fmt: skip
+        lines = one_line(failed.stdout + failed.stderr, "verify gateway failed (and 2 more)")
+        assert "blocked by filter INPUT rule '-A INPUT -i br-in -j DROP'" in lines[0], lines[0]
+    finally:
+        iptables(lab_api, host.namespace, "-D", *INPUT_DROP)
+    verify_stack.up()  # the check was deleted by the replace: made again, and passing
+    assert the_check(verify_stack)["passed"] == ["gateway", "outside", "dns", "dhcp"]
+
+    # Isolated, verified on request: nothing leaves the bridge (the masquerade, deleted last
+    # by the engine, is still there during this check: the bridge's rules refuse anyway).
+    verify_stack.pulumi("config", "set", "--path", "kvmnet:verify", "true")
+    verify_stack.config("kvmnet:model", "isolated")
+    verify_stack.up()
+    isolated = the_check(verify_stack)
+    assert isolated["passed"] == ["outside"], isolated["checks"]
+
+    verify_stack.destroy()
+    assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []
+
+
+def test_a_foreign_nft_chain_is_named(nft_stack: TestStack, lab: LabStatus, lab_api: Lab) -> None:
+    """On the nftables backend: a table of someone else's with a forward chain that drops the
+    subnet cuts a NAT network off, and the failed verify names that table and chain."""
+    host = lab.hosts[0]
+    before = host_snapshot(lab_api, host.namespace)
+    nft_stack.config("kvmnet:model", "nat")
+    nft_stack.up()
+    assert the_check(nft_stack)["passed"] == ["gateway", "outside", "dns", "dhcp"]
+    nft = ["nft", "add"]
+    commands = [
+        [*nft, "table", "ip", "foreign"],
+        [*nft, "chain", "ip", "foreign", "cutoff", "{ type filter hook forward priority 0 ; }"],
+        [*nft, "rule", "ip", "foreign", "cutoff", "ip", "saddr", "10.0.1.0/24", "drop"],
+    ]
+    try:
+        for argv in commands:
+            lab_api.exec_in(host.namespace, argv, check=True)
+        (check,) = nft_stack.resources("NetworkCheck")
+        failed = nft_stack.pulumi("up", "--yes", "--skip-preview", "--replace", check["urn"],
+                                  check=False)  # fmt: skip
+        lines = one_line(failed.stdout + failed.stderr, "verify outside failed")
+        assert "blocked by table ip foreign chain cutoff" in lines[0], lines[0]
+    finally:
+        lab_api.exec_in(host.namespace, ["nft", "delete", "table", "ip", "foreign"])
+    nft_stack.destroy()
+    assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []
