@@ -57,6 +57,21 @@ class _Waiter:
     error: Exception | None = None
 
 
+class LineWriter:
+    """The agent's stdin: each request goes to the channel whole, at once. Not paramiko's
+    buffered file: one left holding bytes when the channel died would try to flush them
+    again when the process exits, and print a traceback on the way."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+
+    def write(self, text: str) -> None:
+        self.channel.sendall(text.encode())
+
+    def flush(self) -> None:
+        pass  # nothing is held back
+
+
 class AgentSession:
     _stderr_thread: threading.Thread | None
     preamble: list[str]  # what the login shell printed before the agent
@@ -72,7 +87,7 @@ class AgentSession:
         self.channel = transport.open_session(timeout=settings.connect_timeout)
         marker = framing.new_marker()
         self.channel.exec_command(agent_command(settings, marker))
-        self.stdin = self.channel.makefile_stdin("w")
+        self.stdin = LineWriter(self.channel)
         self.stdout = self.channel.makefile("r")
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_thread.start()
