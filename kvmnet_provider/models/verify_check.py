@@ -48,14 +48,12 @@ def network_check(network: _Network, resource_name: str) -> NetworkCheck:
     args, model = network.args, network.model
     routed = MODELS[model].bridge_address
     rules = next(r for r in network.extras if isinstance(r, ForwardRules))
-    watch: dict[str, Any] = {
-        "guests": {name: g.pid for name, g in network.guests.items()},
-        "rules": rules.rules,
-    }
+    # What the check follows besides its own settings: which guests there are and the rules.
+    # Not PIDs or ifindexes: a restore at boot makes them anew, and Pulumi must agree then.
+    watch: dict[str, Any] = {"guests": sorted(network.guests), "rules": rules.rules}
     dhcp_range = dns_name = dns_address = input_rules = None
     server: DhcpServer | None = network.dhcp
     if server is not None:
-        watch["dhcp"] = server.pid
         dhcp_range = list(args.dhcp_range or dhcp_spec.default_range(args.subnet, args.gateway))
         # A guest with a static lease is in DNS from the start; one leased from the range only
         # once it booted, which up does not wait for.

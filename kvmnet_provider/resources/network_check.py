@@ -7,9 +7,9 @@ an address (when it runs). A mismatch fails `up` with one line: the host, the ne
 check, why, and the fix (naming the foreign rule that stopped it when the firewall finds one).
 
 The check runs at create, and again at an update: when the network's settings change, or
-when `watch` does (outputs of the resources it checks: a guest restarted, the rules
-rewritten). A read does not probe again: it keeps the last result. Delete changes nothing on
-the host (the probe never outlives its check).
+when `watch` does (the network's guests, its forward rules). A read does not probe again: it
+keeps the last result. Delete changes nothing on the host (the probe never outlives its
+check).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from ..links.netlink import iproute_class
 from . import blame, checks
 from . import inside as probe_inside
 
+LINK_SCOPE = 253  # RT_SCOPE_LINK
 READY_TIMEOUT = 20.0
 CHECKS_TIMEOUT = 60.0
 # The probe's process: the agent's own sys.path (argv[1], JSON), then inside.main() of the
@@ -119,10 +120,12 @@ def network_verify(args: dict[str, Any]) -> dict[str, Any]:
     remove_probe(host_end, peer)  # what a killed run left
     target = spec.target or default_gateway()
     inside = spec.inside(peer, target)
+    had = link_locals(spec.bridge)
     try:
         seen = run_probe(spec, host_end, peer, inside)
     finally:
         remove_probe(host_end, peer)
+        drop_link_locals(spec.bridge, keep=had)
     outcomes = checks.judge(spec.model, seen, from_the_host(seen, inside))
     failed = [o for o in outcomes if not o.ok]
     blocked = blame.blocker(failed, spec.rules, spec.input_rules) if failed else None
@@ -237,6 +240,39 @@ def remove_probe(host_end: str, peer: str) -> None:
     deadline = time.monotonic() + 5
     while _probe_processes(host_end) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def link_locals(bridge: str) -> set[tuple[str, int]]:
+    """The bridge's IPv6 link-local addresses (address, prefix length)."""
+    ipr = iproute_class()()
+    try:
+        found = ipr.link_lookup(ifname=bridge)
+        if not found:
+            return set()
+        return {
+            (msg.get_attr("IFA_ADDRESS"), msg["prefixlen"])
+            for msg in ipr.get_addr(index=found[0], family=socket.AF_INET6)
+            if msg["scope"] == LINK_SCOPE
+        }
+    finally:
+        ipr.close()
+
+
+def drop_link_locals(bridge: str, keep: set[tuple[str, int]]) -> None:
+    """A bridge without ports has no carrier, and no IPv6 link-local address: the probe's port
+    gave it both. The carrier goes with the port; the address the kernel added goes here, so
+    the probe leaves the bridge as it found it (the kernel adds it again with the next port)."""
+    added = link_locals(bridge) - keep
+    if not added:
+        return
+    ipr = iproute_class()()
+    try:
+        for idx in ipr.link_lookup(ifname=bridge):
+            for address, prefixlen in sorted(added):
+                with contextlib.suppress(Exception):  # gone meanwhile
+                    ipr.addr("del", index=idx, address=address, prefixlen=prefixlen)
+    finally:
+        ipr.close()
 
 
 def _probe_processes(host_end: str) -> list[int]:
