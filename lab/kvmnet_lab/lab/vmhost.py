@@ -12,6 +12,7 @@ the same QEMU process: the lab starts and stops QEMU by its PID only.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ MEMORY_MIB = 1024
 # net.ifnames=0: the one NIC is eth0, whatever PCI slot QEMU gives it.
 CMDLINE = "root=/dev/vda console=ttyS0 quiet net.ifnames=0"
 BOOT_TIMEOUT = 600.0
+CLOUD_INIT_FINISHED = re.compile(r"Cloud-init v\. \S+ finished at")
 
 
 class VmHostError(RuntimeError):
@@ -161,6 +163,7 @@ def start_vm_host(lab: Lab, image: Path, timeout: float = BOOT_TIMEOUT) -> VmHos
         accelerator=accelerator(),
     )  # fmt: skip
     try:
+        wait_for_cloud_init(host, timeout)
         wait_for_ssh(host, timeout)
     except VmHostError:
         stop_vm_host(lab)
@@ -221,6 +224,21 @@ def _pin_host_key(lab: Lab) -> None:
 
 def _is_our_qemu(pid: int, d: Path) -> bool:
     return netns.pid_alive(pid) and any(str(d) in part for part in netns.pid_cmdline(pid))
+
+
+def wait_for_cloud_init(host: VmHost, timeout: float) -> None:
+    """Wait for cloud-init's last line on the console: before it, the sshd that answers may
+    still be restarted by cloud-init (new keys, password settings) and refuse for a moment."""
+    deadline = time.monotonic() + timeout
+    log = Path(host.console_log)
+    while time.monotonic() < deadline:
+        if not netns.pid_alive(host.pid):
+            raise VmHostError(f"VM host QEMU (PID {host.pid}) exited; see {host.console_log}")
+        if log.is_file() and CLOUD_INIT_FINISHED.search(log.read_text(errors="replace")):
+            return
+        time.sleep(1.0)
+    raise VmHostError(f"VM host {host.address}: cloud-init did not finish within {timeout:.0f}s; "
+                      f"see {host.console_log}")  # fmt: skip
 
 
 def wait_for_ssh(host: VmHost, timeout: float) -> float:
