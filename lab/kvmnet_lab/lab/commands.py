@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from kvmnet_provider.spec.models import MODEL_NAMES
@@ -20,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up = sub.add_parser("up", help="build the lab (idempotent)")
     up.add_argument("--hosts", type=int, default=2, help=f"KVM hosts, 1..{MAX_HOSTS}")
     up.add_argument("--json", action="store_true", help="print the status as JSON")
+    up.add_argument(
+        "--vm", action="store_true",
+        help="also boot a real KVM host: the Debian VM host image under QEMU on the LAN",
+    )  # fmt: skip
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser("status", help="show the lab and whether SSH reaches each host")
@@ -79,11 +85,36 @@ def lab_up_or_say_why(lab: Lab, hosts: int, cleanup_hint: str) -> LabStatus | No
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    status = lab_up_or_say_why(_lab(args), args.hosts, "(run `kvmnet lab down` to clean)")
+    lab = _lab(args)
+    status = lab_up_or_say_why(lab, args.hosts, "(run `kvmnet lab down` to clean)")
     if status is None:
         return 1
     _print(status, args.json)
-    return 0 if all(h.ssh_reachable for h in status.hosts) else 1
+    ok = all(h.ssh_reachable for h in status.hosts)
+    return (0 if ok else 1) if not args.vm else (_vm_up(lab, args.json) or int(not ok))
+
+
+def _vm_up(lab: Lab, as_json: bool) -> int:
+    """Boot the VM host beside the namespace hosts; 0 once its sshd answers."""
+    import time
+
+    from ..testing.debian_image import vmhost_image_dir
+    from .vmhost import VmHostError, start_vm_host
+
+    try:
+        image = vmhost_image_dir()
+        started = time.monotonic()
+        vm = start_vm_host(lab, image)
+    except (VmHostError, RuntimeError) as exc:
+        print(f"kvmnet: VM host: {exc}", file=sys.stderr)
+        return 1
+    took = time.monotonic() - started
+    if as_json:
+        print(json.dumps({"vm": {**asdict(vm), "up_seconds": round(took, 1)}}))
+    else:
+        print(f"{'vm':<6} {'(QEMU ' + vm.accelerator + ')':<18} {vm.address:<16} yes   "
+              f"PID {vm.pid}, up in {took:.0f}s, console {vm.console_log}")  # fmt: skip
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from kvmnet_provider.agent import hoststate
 from kvmnet_provider.agent.dhcp import account as dhcp_account
 from kvmnet_provider.agent.guests import disks
 
-from . import echo, guestusers, keys, netns, sshd
+from . import echo, guestusers, keys, netns, sshd, vmhost
 from .naming import ECHO_PORT, MAX_HOSTS, SSH_PORT, LabNames, host_index, host_name
 from .sshclient import ssh_reachable
 from .state import ExtStatus, HostStatus, LabState, LabStatus
@@ -242,6 +242,9 @@ class Lab:
             files = sshd.SshdFiles(self.host_dir(host_name(i)))
             host_pub = keys.ensure_ed25519_key(files.host_key, f"{self.name}-{host_name(i)}")
             entries.append((n.host_address(i), SSH_PORT, host_pub))
+        vm_entry = vmhost.known_hosts_entry(self.state_dir, n)
+        if vm_entry is not None:  # a VM host booted earlier keeps its pinned key
+            entries.append(vm_entry)
         keys.write_known_hosts(self.known_hosts, entries)
 
         # services
@@ -358,6 +361,7 @@ class Lab:
 
     def _down(self) -> None:
         n = self.names
+        vmhost.stop_vm_host(self)  # by its PID, before its namespace goes
         for ns in self.existing_namespaces():
             netns.kill_namespace_processes(ns)
         # processes whose namespace was already deleted by hand are found by pidfile

@@ -32,11 +32,22 @@ def debian_image_dir() -> Path:
 
     ``$KVMNET_DEBIAN_IMAGE_DIR`` points at a prebuilt image and skips the build script.
     """
-    preset = os.environ.get("KVMNET_DEBIAN_IMAGE_DIR")
+    return _built_image(os.environ.get("KVMNET_DEBIAN_IMAGE_DIR"), [])
+
+
+def vmhost_image_dir() -> Path:
+    """Build (or find cached) the lab's VM host variant (``build-debian-image --vmhost``).
+
+    ``$KVMNET_VMHOST_IMAGE_DIR`` points at a prebuilt one and skips the build script.
+    """
+    return _built_image(os.environ.get("KVMNET_VMHOST_IMAGE_DIR"), ["--vmhost"])
+
+
+def _built_image(preset: str | None, args: list[str]) -> Path:
     if preset:
         d = Path(preset)
     else:
-        proc = subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True)
+        proc = subprocess.run([str(BUILD_SCRIPT), *args], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(
                 f"{BUILD_SCRIPT} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
