@@ -27,11 +27,13 @@ $(VENV)/.stamp: pyproject.toml lab/pyproject.toml
 
 venv: $(VENV)/.stamp
 
-# The busybox test guest and the Debian bookworm guest (cloud-init; built once, then cached
-# by recipe hash under KVMNET_CACHE).
+# The busybox test guest, the Debian bookworm guest (cloud-init) and the lab's VM host (the
+# same Debian with what a kvmnet host needs); built once, then cached by recipe hash under
+# KVMNET_CACHE.
 image: deps
 	scripts/build-guest-image >/dev/null
 	scripts/build-debian-image >/dev/null
+	scripts/build-debian-image --vmhost >/dev/null
 
 # Lints only paths that exist. In a git checkout only the Python files git tracks (committed
 # or staged) are linted, so a colleague's untracked work in progress cannot fail the build;
