@@ -7,6 +7,7 @@ import ipaddress
 import json
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import pulumi
 import pytest
@@ -255,3 +256,18 @@ def test_only_a_nat_to_routed_switch_skips_the_outside() -> None:
     assert skipped_on_switch({"model": "nat"}, {"model": "routed"}) == ("outside",)
     assert skipped_on_switch({"model": "routed"}, {"model": "nat"}) == ()
     assert skipped_on_switch({"model": "nat"}, {"model": "isolated"}) == ()
+
+
+def test_a_gateway_that_drops_ping_but_answers_arp_is_on_the_bridge(tmp_path: Path) -> None:
+    from kvmnet_provider.agent.verify import inside
+
+    table = tmp_path / "arp"
+    table.write_text(
+        "IP address       HW type     Flags       HW address            Mask     Device\n"
+        "10.0.1.254       0x1         0x2         52:54:00:aa:bb:cc     *        kvq-0\n"
+        "10.0.1.9         0x1         0x0         00:00:00:00:00:00     *        kvq-0\n"
+    )
+    assert inside.arp_resolved("10.0.1.254", str(table))
+    assert not inside.arp_resolved("10.0.1.9", str(table))  # incomplete: nobody answered
+    assert not inside.arp_resolved("10.0.1.1", str(table))
+    assert not inside.arp_resolved("10.0.1.254", str(tmp_path / "none"))

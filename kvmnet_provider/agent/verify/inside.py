@@ -25,6 +25,7 @@ ICMP_TIMEOUT = 1.0
 TCP_TIMEOUT = 3.0
 UDP_TIMEOUT = 2.0
 TRIES = 3
+ATF_COM = 0x02  # an ARP entry that holds a MAC
 
 
 def leave_host_namespace() -> None:
@@ -70,6 +71,31 @@ def ping(address: str) -> dict[str, object]:
                 if kind == "unreachable":
                     return {"reached": False, "detail": f"ping {address}: unreachable ({source})"}
     return {"reached": False, "detail": f"no answer to ping {address} in {TRIES} tries"}
+
+
+def gateway(address: str) -> dict[str, object]:
+    """The gateway answers ping, or, on a host whose own firewall drops ping (an INPUT DROP
+    policy that kvmnet opens only for DHCP and DNS), at least ARP: it is on the bridge, and
+    what it forwards is the outside check's business."""
+    seen = ping(address)
+    if not seen["reached"] and arp_resolved(address):
+        return {"reached": True, "detail": f"{address} answered ARP, not ping (the host's "
+                "firewall drops ping to it)"}
+    return seen
+
+
+def arp_resolved(address: str, table: str = "/proc/net/arp") -> bool:
+    """Whether this namespace's ARP table holds `address` with a MAC (flags: complete)."""
+    try:
+        with open(table) as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        return False
+    for row in rows:
+        fields = row.split()
+        if len(fields) >= 4 and fields[0] == address and int(fields[2], 16) & ATF_COM:
+            return fields[3] != "00:00:00:00:00:00"
+    return False
 
 
 def connect(address: str, port: int) -> dict[str, object]:
@@ -136,7 +162,7 @@ def run_checks(spec: dict[str, Any]) -> dict[str, dict[str, object]]:
     if spec.get("dhcp"):  # before the gateway's ping: the offer is what a guest sees first
         seen["dhcp"] = dhcp(spec["peer"], spec["mac"])
     if spec.get("gateway"):
-        seen["gateway"] = ping(spec["gateway"])
+        seen["gateway"] = gateway(spec["gateway"])
     address, port = spec.get("target"), spec.get("port")
     if address:  # none: the host has no default route, so there is no outside to try
         seen["outside"] = connect(address, port) if port else ping(address)
