@@ -224,7 +224,8 @@ def verify_report(on: Variant, off: Variant, direct: int) -> list[str]:
         f"{len(on.rounds)} rounds, interleaved; baseline: verify off",
         f"{'':<42}{'verify on':>11}{'verify off':>12}{'on / off':>10}{'on - off':>10}",
     ]
-    for key, name in (("up", "pulumi up --skip-preview"), ("destroy", "pulumi destroy --skip-preview")):
+    verbs = (("up", "pulumi up --skip-preview"), ("destroy", "pulumi destroy --skip-preview"))
+    for key, name in verbs:
         a, b = med(on, key), med(off, key)
         out.append(f"{name:<42}{a:>10.2f}s{b:>11.2f}s{a / b:>10.2f}{a - b:>+9.2f}s")
     count_on, count_off = med(on, "resources"), med(off, "resources")
