@@ -122,14 +122,15 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
         iptables(lab_api, host.namespace, "-D", *FOREIGN_DROP)
     assert diff_snapshots(made, host_snapshot(lab_api, host.namespace)) == []  # no probe left
 
-    # A DROP on the host's INPUT from the bridge: the gateway, DNS and DHCP go silent. With
-    # nothing changed, `up --replace` of the check runs it again.
+    # A DROP on the host's INPUT from the bridge: DNS and DHCP go silent (the gateway still
+    # answers ARP, and forwards). With nothing changed, `up --replace` of the check runs it
+    # again.
     iptables(lab_api, host.namespace, "-I", *INPUT_DROP)
     try:
         (check,) = verify_stack.resources("NetworkCheck")
         failed = verify_stack.pulumi("up", "--yes", "--skip-preview", "--replace", check["urn"],
                                      check=False)  # fmt: skip
-        lines = one_line(failed.stdout + failed.stderr, "verify gateway failed (and 2 more)")
+        lines = one_line(failed.stdout + failed.stderr, "verify dns failed (and 1 more)")
         assert "blocked by filter INPUT rule '-A INPUT -i br-in -j DROP'" in lines[0], lines[0]
     finally:
         iptables(lab_api, host.namespace, "-D", *INPUT_DROP)
