@@ -237,15 +237,7 @@ class Lab:
         # keys
         client_pub = keys.ensure_ed25519_key(self.private_key, f"kvmnet-lab-{self.name}")
         keys.write_authorized_keys(self.authorized_keys, [client_pub])
-        entries: list[tuple[str, int, str]] = []
-        for i in range(1, count + 1):
-            files = sshd.SshdFiles(self.host_dir(host_name(i)))
-            host_pub = keys.ensure_ed25519_key(files.host_key, f"{self.name}-{host_name(i)}")
-            entries.append((n.host_address(i), SSH_PORT, host_pub))
-        vm_entry = vmhost.known_hosts_entry(self.state_dir, n)
-        if vm_entry is not None:  # a VM host booted earlier keeps its pinned key
-            entries.append(vm_entry)
-        keys.write_known_hosts(self.known_hosts, entries)
+        self.write_known_hosts(count)
 
         # services
         for i in range(1, count + 1):
@@ -310,6 +302,20 @@ class Lab:
                 echo_log=str(self.echo_log),
             ),
         )
+
+    def write_known_hosts(self, count: int) -> None:
+        """Pin every host's key (made here when missing) in the lab's known_hosts: the
+        namespace hosts h1..h`count`, and the VM host once its key exists."""
+        n = self.names
+        entries: list[tuple[str, int, str]] = []
+        for i in range(1, count + 1):
+            files = sshd.SshdFiles(self.host_dir(host_name(i)))
+            host_pub = keys.ensure_ed25519_key(files.host_key, f"{self.name}-{host_name(i)}")
+            entries.append((n.host_address(i), SSH_PORT, host_pub))
+        vm_entry = vmhost.known_hosts_entry(self.state_dir, n)
+        if vm_entry is not None:
+            entries.append(vm_entry)
+        keys.write_known_hosts(self.known_hosts, entries)
 
     # --- down -------------------------------------------------------------------------
     def down(self) -> None:

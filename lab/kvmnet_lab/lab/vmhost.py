@@ -186,7 +186,7 @@ def _boot(lab: Lab, state: LabState, image: Path, d: Path) -> int:
     keys.ensure_ed25519_key(host_key_path(lab.state_dir), f"{lab.name}-{VM_ROLE}")
     seed = build_seed(seed_files(n, client_pub, host_key_path(lab.state_dir)))
     _write_bytes(d / "seed.iso", seed)  # 0600: it holds the host's private key
-    _pin_host_key(lab)
+    lab.write_known_hosts(state.hosts)  # the VM's key pinned beside the others'
 
     netns.delete_link(TAP, ns=n.switch_ns)
     netns.run(netns.exec_argv(n.switch_ns, ["ip", "tuntap", "add", "dev", TAP, "mode", "tap"]))
@@ -209,17 +209,6 @@ def _boot(lab: Lab, state: LabState, image: Path, d: Path) -> int:
 def _write_bytes(path: Path, data: bytes) -> None:
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(data)
-
-
-def _pin_host_key(lab: Lab) -> None:
-    entry = known_hosts_entry(lab.state_dir, lab.names)
-    assert entry is not None
-    line = keys.known_hosts_line(*entry)
-    kept = []
-    if lab.known_hosts.is_file():
-        kept = [x for x in lab.known_hosts.read_text().splitlines(True)
-                if x.split(" ", 1)[0] != entry[0]]  # fmt: skip
-    keys.write_file(lab.known_hosts, "".join(kept) + line, 0o644)
 
 
 def _is_our_qemu(pid: int, d: Path) -> bool:
