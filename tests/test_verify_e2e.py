@@ -66,6 +66,15 @@ def one_line(text: str, fragment: str) -> list[str]:
     return lines
 
 
+def check_again(stack: TestStack, fragment: str) -> list[str]:
+    """`up --replace` of the stack's NetworkCheck (nothing else changed): it must fail, with
+    one line holding `fragment`; those lines."""
+    (check,) = stack.resources("NetworkCheck")
+    failed = stack.pulumi("up", "--yes", "--skip-preview", "--replace", check["urn"], check=False)
+    assert failed.returncode != 0, failed.stdout
+    return one_line(failed.stdout + failed.stderr, fragment)
+
+
 def iptables(lab_api: Lab, namespace: str, *args: str, check: bool = True) -> None:
     lab_api.exec_in(namespace, ["iptables-legacy", *args], check=check)
 
@@ -127,10 +136,7 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
     # again.
     iptables(lab_api, host.namespace, "-I", *INPUT_DROP)
     try:
-        (check,) = verify_stack.resources("NetworkCheck")
-        failed = verify_stack.pulumi("up", "--yes", "--skip-preview", "--replace", check["urn"],
-                                     check=False)  # fmt: skip
-        lines = one_line(failed.stdout + failed.stderr, "verify dns failed (and 1 more)")
+        lines = check_again(verify_stack, "verify dns failed (and 1 more)")
         assert "blocked by filter INPUT rule '-A INPUT -i br-in -j DROP'" in lines[0], lines[0]
     finally:
         iptables(lab_api, host.namespace, "-D", *INPUT_DROP)
@@ -166,10 +172,7 @@ def test_a_foreign_nft_chain_is_named(nft_stack: TestStack, lab: LabStatus, lab_
     try:
         for argv in commands:
             lab_api.exec_in(host.namespace, argv, check=True)
-        (check,) = nft_stack.resources("NetworkCheck")
-        failed = nft_stack.pulumi("up", "--yes", "--skip-preview", "--replace", check["urn"],
-                                  check=False)  # fmt: skip
-        lines = one_line(failed.stdout + failed.stderr, "verify outside failed")
+        lines = check_again(nft_stack, "verify outside failed")
         assert "blocked by table ip foreign chain cutoff" in lines[0], lines[0]
     finally:
         lab_api.exec_in(host.namespace, ["nft", "delete", "table", "ip", "foreign"])
