@@ -165,14 +165,18 @@ def test_the_agent_finds_its_session_in_proc_without_ssh_connection(
         pytest.skip("sudo is not installed")
     h = lab.hosts[0]
     code = ("import os; from kvmnet_provider.agent import ssh_session as s; "
-            "print(sorted(s.from_proc()), sorted(s.from_environment(os.environ)))")  # fmt: skip
+            "print(sorted(c.local for c in s.connections_from_proc()), "
+            "sorted(c.local for c in s.connection_of(os.environ))); "
+            "print(sorted(s.session_peers()))")  # fmt: skip
     client = connect_host(h)
     try:
         status, out = run_command(client, f"{prefix} {venv_python()} -c {shlex.quote(code)}", 60)
     finally:
         client.close()
     assert status == 0, out
-    assert out.strip() == f"[Endpoint(address='{h.address}', port={h.port})] []", out
+    arrived, peers = out.strip().splitlines()
+    assert arrived == f"[Endpoint(address='{h.address}', port={h.port})] []", out
+    assert peers == f"['{lab.operator_address}']", out  # the subnet guard's, from /proc too
 
 
 # --- the xtables lock -------------------------------------------------------------------------

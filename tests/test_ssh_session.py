@@ -17,6 +17,11 @@ from kvmnet_provider.agent.firewall.session_guard import captures
 from kvmnet_provider.agent.ssh_session import Connection, Endpoint
 
 SESSION = Endpoint("10.0.0.2", 22)
+
+
+def local(connections: set[Connection]) -> set[Endpoint]:
+    """Where each session arrived."""
+    return {c.local for c in connections}
 SPEC = {"owner": "kvt/dev/PortForward/pf", "host_port": 22, "guest_address": "10.0.1.11",
         "guest_port": 22}  # fmt: skip
 
@@ -68,7 +73,7 @@ def test_the_refusal_is_one_line_naming_port_address_and_fix() -> None:
     ],
 )
 def test_ssh_connection_names_the_server_end(value: str, found: set[Endpoint]) -> None:
-    assert ssh_session.from_environment({"SSH_CONNECTION": value}) == found
+    assert local(ssh_session.connection_of({"SSH_CONNECTION": value})) == found
 
 
 PROC_NET_TCP = """\
@@ -86,9 +91,9 @@ PROC_NET_TCP6 = """\
 @pytest.mark.skipif(sys.byteorder != "little", reason="the samples are a little-endian host's")
 def test_proc_net_keeps_established_sockets_of_the_session_on_a_listening_port() -> None:
     # 102 is a channel sshd opened from an ephemeral port: not where a session arrives
-    found = ssh_session.sessions_in([PROC_NET_TCP, PROC_NET_TCP6], {101, 102, 103})
+    found = local(ssh_session.connections_in([PROC_NET_TCP, PROC_NET_TCP6], {101, 102, 103}))
     assert found == {SESSION}  # 103 is the same, IPv4-mapped
-    assert ssh_session.sessions_in([PROC_NET_TCP], {999}) == set()
+    assert ssh_session.connections_in([PROC_NET_TCP], {999}) == set()
     peers = {c.peer for c in ssh_session.connections_in([PROC_NET_TCP, PROC_NET_TCP6], {101})}
     assert peers == {"10.0.0.1"}  # where the host's replies go: what a bridge must not take
 
@@ -119,10 +124,10 @@ def test_a_real_accepted_socket_is_found_in_this_machines_proc(
     conn, port = accepted
     inode = os.fstat(conn.fileno()).st_ino
     tables = [open(f"/proc/self/net/{name}").read() for name in ("tcp", "tcp6")]
-    assert ssh_session.sessions_in(tables, {inode}) == {Endpoint("127.0.0.1", port)}
+    assert local(ssh_session.connections_in(tables, {inode})) == {Endpoint("127.0.0.1", port)}
 
 
 def test_no_sshd_above_a_process_means_no_session() -> None:
     assert ssh_session.sshd_ancestor(1) is None
     if ssh_session.sshd_ancestor(os.getpid()) is None:  # pytest run outside an SSH login
-        assert ssh_session.from_proc() == set()
+        assert ssh_session.connections_from_proc() == set()

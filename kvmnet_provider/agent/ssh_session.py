@@ -58,10 +58,6 @@ def connection_of(env: Mapping[str, str]) -> set[Connection]:
         return set()
 
 
-def from_environment(env: Mapping[str, str]) -> set[Endpoint]:
-    return {conn.local for conn in connection_of(env)}
-
-
 def _hex_address(text: str) -> str:
     """/proc/net/tcp{,6}'s address: 32-bit words in %08X of the host's byte order."""
     raw = b"".join(
@@ -106,11 +102,6 @@ def connections_in(tables: Iterable[str], inodes: set[int]) -> set[Connection]:
         established += found
         listening |= ports
     return {conn for conn, inode in established if inode in inodes and conn.local.port in listening}
-
-
-def sessions_in(tables: Iterable[str], inodes: set[int]) -> set[Endpoint]:
-    """The local endpoints of the established sockets `inodes` on a listening port."""
-    return {conn.local for conn in connections_in(tables, inodes)}
 
 
 def _read(path: str) -> str:
@@ -158,10 +149,6 @@ def connections_from_proc(pid: int | None = None) -> set[Connection]:
         return set()
     tables = (_read(f"/proc/{sshd}/net/{name}") for name in ("tcp", "tcp6"))
     return connections_in(tables, _socket_inodes(sshd))
-
-
-def from_proc(pid: int | None = None) -> set[Endpoint]:
-    return {conn.local for conn in connections_from_proc(pid)}
 
 
 @functools.cache  # an agent serves one session all its life
