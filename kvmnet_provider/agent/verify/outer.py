@@ -1,0 +1,170 @@
+"""The outside probe's life on the host: a veth link of its own with a link-local /30 (the
+host's end holds .1, the probe's namespace .2 and a route to everything via .1), the probe's
+process (outside.py), what the host's conntrack kept of its packets, and the removal of all
+of it, also of what a killed run left (found by the network's names, checks.outside_links).
+
+The host's forwarding setting of its end is the host's default for new links; where that is
+off while forwarding is on (a host that turned it on per link), it is turned on for this link
+only, which goes with the link."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ..links.netlink import iproute_class
+from . import checks, spawn
+
+CHECKS_TIMEOUT = 30.0
+TRACK_WAIT = 1.0  # conntrack shows a forwarded packet's connection within this
+PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
+
+
+def try_the_way_in(
+    owner: str, inbound: tuple[str, int] | None, forwards: list[dict[str, Any]]
+) -> tuple[dict[str, dict[str, object]], list[dict[str, object]] | None]:
+    """What the outside probe saw (its `inbound` connect), and what conntrack kept of its
+    packets to the forwards' ports (None: conntrack could not be read)."""
+    host_end, peer = checks.outside_links(owner)
+    remove(host_end, peer)
+    net = checks.outside_link_net(owner, host_networks())
+    host_address, address = str(net[1]), str(net[2])
+    proc = spawn.start("outside", host_end)
+    try:
+        attach(host_end, peer, proc.pid, f"{host_address}/{net.prefixlen}")
+        spec = {
+            "peer": peer,
+            "address": address,
+            "prefixlen": net.prefixlen,
+            "host_address": host_address,
+            "inbound": inbound[0] if inbound else None,
+            "inbound_port": inbound[1] if inbound else None,
+            "forwards": forwards,
+        }
+        seen = spawn.ask(proc, spec, CHECKS_TIMEOUT)
+        tracked = conntrack_of(address, host_address, len(forwards)) if forwards else []
+    finally:
+        spawn.end(proc)
+        remove(host_end, peer)
+        forget(address)
+    return seen, tracked
+
+
+def host_networks() -> list[str]:
+    """The host's IPv4 addresses (as networks) and the destinations of its routes."""
+    ipr = iproute_class()()
+    try:
+        nets = [
+            f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"
+            for msg in ipr.get_addr(family=socket.AF_INET)
+        ]
+        for route in ipr.route("dump", family=socket.AF_INET):
+            dst = route.get_attr("RTA_DST")
+            if dst and route["dst_len"]:
+                nets.append(f"{dst}/{route['dst_len']}")
+        return nets
+    finally:
+        ipr.close()
+
+
+def attach(host_end: str, peer: str, pid: int, address: str) -> None:
+    """The veth pair: its peer into the probe's namespace, its host end up with `address`."""
+    ipr = iproute_class()()
+    try:
+        ipr.link("add", ifname=host_end, kind="veth", peer=peer)
+        (peer_idx,) = ipr.link_lookup(ifname=peer)
+        ipr.link("set", index=peer_idx, net_ns_pid=pid)
+        (idx,) = ipr.link_lookup(ifname=host_end)
+        ip, prefixlen = address.split("/")
+        ipr.addr("add", index=idx, address=ip, prefixlen=int(prefixlen))
+        forward_on(host_end)
+        ipr.link("set", index=idx, state="up")
+    finally:
+        ipr.close()
+
+
+def forward_on(link: str, conf: Path = Path("/proc/sys/net/ipv4/conf")) -> None:
+    """Forwarding on this link when the host forwards at all: the probe stands for a
+    neighbour on one of the host's forwarding links (the setting goes with the link)."""
+    with contextlib.suppress(OSError):
+        if (conf / "all" / "forwarding").read_text().strip() != "1":
+            return  # a host that does not forward: the way in is shut, and that is seen
+        own = conf / link / "forwarding"
+        if own.read_text().strip() != "1":
+            own.write_text("1")
+
+
+def remove(host_end: str, peer: str) -> None:
+    """The outside probe, whatever is left of it: its process, then its links."""
+    spawn.kill_named(host_end)
+    ipr = iproute_class()()
+    try:
+        for name in (host_end, peer):
+            for idx in ipr.link_lookup(ifname=name):
+                with contextlib.suppress(Exception):  # gone with its pair meanwhile
+                    ipr.link("del", index=idx)
+    finally:
+        ipr.close()
+    spawn.wait_gone(host_end)
+
+
+def _conntrack() -> Any:
+    iproute_class()  # pyroute2 registered without its package's heavy __init__
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
+
+    return NFCTSocket()
+
+
+def _entries(source: str) -> list[tuple[Any, Any]]:
+    """(original, reply) tuples of the host's conntrack entries from `source`."""
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    sock = _conntrack()
+    try:
+        found = []
+        for msg in sock.dump():
+            orig = NFCTAttrTuple.from_netlink(socket.AF_INET, msg.get_attr("CTA_TUPLE_ORIG"))
+            if orig.saddr == source:
+                reply = NFCTAttrTuple.from_netlink(socket.AF_INET, msg.get_attr("CTA_TUPLE_REPLY"))
+                found.append((orig, reply))
+        return found
+    finally:
+        sock.close()
+
+
+def conntrack_of(source: str, host_address: str, count: int) -> list[dict[str, object]] | None:
+    """What conntrack holds of `source`'s packets to `host_address` (waiting a moment for
+    `count` of them); None when the table cannot be read."""
+    deadline = time.monotonic() + TRACK_WAIT
+    while True:
+        try:
+            pairs = [(o, r) for o, r in _entries(source) if o.daddr == host_address]
+        except Exception:  # no conntrack netlink here: the forwards go unchecked
+            return None
+        if len(pairs) >= count or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return [
+        {
+            "protocol": PROTOCOLS.get(orig.proto),
+            "dport": orig.dport,
+            "reply_src": reply.saddr,
+            "reply_sport": reply.sport,
+        }
+        for orig, reply in pairs
+    ]
+
+
+def forget(source: str) -> None:
+    """The probe's connections out of conntrack: it leaves nothing behind on the host."""
+    with contextlib.suppress(Exception):
+        sock = _conntrack()
+        try:
+            for orig, _ in _entries(source):
+                with contextlib.suppress(Exception):  # expired meanwhile
+                    sock.entry("del", tuple_orig=orig)
+        finally:
+            sock.close()
