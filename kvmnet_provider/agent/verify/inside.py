@@ -80,8 +80,10 @@ def gateway(address: str) -> dict[str, object]:
     what it forwards is the outside check's business."""
     seen = ping(address)
     if not seen["reached"] and arp_resolved(address):
-        return {"reached": True, "detail": f"{address} answered ARP, not ping (the host's "
-                "firewall drops ping to it)"}
+        return {
+            "reached": True,
+            "detail": f"{address} answered ARP, not ping (the host's firewall drops ping to it)",
+        }
     return seen
 
 

@@ -10,17 +10,15 @@ only, which goes with the link."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
 from ..links.netlink import iproute_class
-from . import checks, spawn
+from . import checks, spawn, tracked
 
 CHECKS_TIMEOUT = 30.0
-TRACK_WAIT = 1.0  # conntrack shows a forwarded packet's connection within this
-PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
 
 
 def try_the_way_in(
@@ -44,13 +42,20 @@ def try_the_way_in(
             "inbound_port": inbound[1] if inbound else None,
             "forwards": forwards,
         }
-        seen = spawn.ask(proc, spec, CHECKS_TIMEOUT)
-        tracked = conntrack_of(address, host_address, len(forwards)) if forwards else []
+        events = tracked.follow() if forwards else None
+        try:
+            seen = spawn.ask(proc, spec, CHECKS_TIMEOUT)
+            found = tracked.seen(events, address, host_address, len(forwards)) if forwards else []
+        finally:
+            if events is not None:
+                events.close()
+        with open("/tmp/vi-debug.log", "a") as _f:  # DEBUG
+            _f.write(json.dumps({"spec": spec, "seen": seen, "found": found}) + "\n")
     finally:
         spawn.end(proc)
         remove(host_end, peer)
-        forget(address)
-    return seen, tracked
+        tracked.forget(address)
+    return seen, found
 
 
 def host_networks() -> list[str]:
@@ -109,62 +114,3 @@ def remove(host_end: str, peer: str) -> None:
     finally:
         ipr.close()
     spawn.wait_gone(host_end)
-
-
-def _conntrack() -> Any:
-    iproute_class()  # pyroute2 registered without its package's heavy __init__
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
-
-    return NFCTSocket()
-
-
-def _entries(source: str) -> list[tuple[Any, Any]]:
-    """(original, reply) tuples of the host's conntrack entries from `source`."""
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
-    sock = _conntrack()
-    try:
-        found = []
-        for msg in sock.dump():
-            orig = NFCTAttrTuple.from_netlink(socket.AF_INET, msg.get_attr("CTA_TUPLE_ORIG"))
-            if orig.saddr == source:
-                reply = NFCTAttrTuple.from_netlink(socket.AF_INET, msg.get_attr("CTA_TUPLE_REPLY"))
-                found.append((orig, reply))
-        return found
-    finally:
-        sock.close()
-
-
-def conntrack_of(source: str, host_address: str, count: int) -> list[dict[str, object]] | None:
-    """What conntrack holds of `source`'s packets to `host_address` (waiting a moment for
-    `count` of them); None when the table cannot be read."""
-    deadline = time.monotonic() + TRACK_WAIT
-    while True:
-        try:
-            pairs = [(o, r) for o, r in _entries(source) if o.daddr == host_address]
-        except Exception:  # no conntrack netlink here: the forwards go unchecked
-            return None
-        if len(pairs) >= count or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)
-    return [
-        {
-            "protocol": PROTOCOLS.get(orig.proto),
-            "dport": orig.dport,
-            "reply_src": reply.saddr,
-            "reply_sport": reply.sport,
-        }
-        for orig, reply in pairs
-    ]
-
-
-def forget(source: str) -> None:
-    """The probe's connections out of conntrack: it leaves nothing behind on the host."""
-    with contextlib.suppress(Exception):
-        sock = _conntrack()
-        try:
-            for orig, _ in _entries(source):
-                with contextlib.suppress(Exception):  # expired meanwhile
-                    sock.entry("del", tuple_orig=orig)
-        finally:
-            sock.close()

@@ -74,7 +74,9 @@ def failed(proc: subprocess.Popen[str], what: str) -> AgentError:
         proc.kill()
     proc.wait()
     err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
-    return AgentError("failed", f"the verify probe {what}: {err[-1] if err else 'no error'}")
+    why = err[-1] if err else f"no error, exit status {proc.returncode}"
+    name = os.fsdecode(proc.args[-1]) if isinstance(proc.args, list) else "?"
+    return AgentError("failed", f"the verify probe {name} {what}: {why}")
 
 
 def end(proc: subprocess.Popen[str]) -> None:
