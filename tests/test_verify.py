@@ -6,13 +6,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import struct
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pulumi
 import pytest
 
-from kvmnet_provider.agent.verify import checks, packets
+from kvmnet_provider.agent.verify import checks, packets, spawn
 from kvmnet_provider.agent.verify.probe import VerifySpec
 from kvmnet_provider.errors import ConfigError
 from kvmnet_provider.program.hosts import check_stack_config
@@ -362,3 +365,37 @@ def test_a_leak_names_kvmnets_rule_problem_and_the_leak_fix() -> None:
     assert line is not None and "verify inbound failed" in line
     assert "blocked by" not in line and "jump to KVMNET-FWD is missing" in line
     assert FIXES["inbound-leak"] in line
+
+
+def test_a_leak_through_a_foreign_accept_names_it_and_the_fix() -> None:
+    props = {"network": "net", "model": "nat"}
+    result = {
+        "checks": [
+            {"check": "inbound", "ok": False, "reason": "reached, but a nat network must not"}
+        ],
+        "blocked_by": "let in by filter FORWARD rule '-A FORWARD -j ACCEPT' (iptables-legacy)",
+    }
+    line = failure_line("h", result, props)
+    assert line is not None and "must not; let in by filter FORWARD rule" in line
+    assert FIXES["blocked"] in line
+
+
+def test_a_probe_is_found_by_its_name_on_its_own_host_only(tmp_path: Path) -> None:
+    """Hosts that share a PID namespace (a lab of namespaces) may run probes of one name."""
+    (tmp_path / "idle_probe.py").write_text("import time\ndef main():\n    time.sleep(60)\n")
+
+    def run(namespace: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-I", "-S", "-c", spawn.BOOT, json.dumps([str(tmp_path)])]
+        return subprocess.Popen([*argv, "idle_probe", namespace, "kvp-test-probe"])
+
+    ours, theirs = run(spawn.host_namespace()), run("1")
+    try:
+        deadline = time.monotonic() + 10
+        while not spawn.processes("kvp-test-probe") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert spawn.processes("kvp-test-probe") == [ours.pid]
+        assert spawn.processes("kvp-other") == []
+    finally:
+        for proc in (ours, theirs):
+            proc.kill()
+            proc.wait()

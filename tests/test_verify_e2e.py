@@ -154,12 +154,13 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
     assert the_check(verify_stack)["passed"] == NAT
 
     # An ACCEPT kvmnet does not know about, above its jump: the outside gets into the NAT
-    # network, and verify says so.
+    # network, and verify names that rule.
     iptables(lab_api, host.namespace, "-I", *FOREIGN_ACCEPT)
     try:
         lines = check_again(verify_stack, "verify inbound failed")
         assert "reached, but a nat network must not" in lines[0], lines[0]
-        assert "fix:" in lines[0], lines[0]
+        assert "let in by filter FORWARD rule '-A FORWARD -d 10.0.1.0/24 -j ACCEPT'" in lines[0]
+        assert "fix: delete that rule" in lines[0], lines[0]
     finally:
         iptables(lab_api, host.namespace, "-D", *FOREIGN_ACCEPT)
     verify_stack.up()

@@ -101,9 +101,11 @@ def failure_line(host: str, result: dict[str, Any], props: dict[str, Any]) -> st
     first = failed[0]
     check, reason = str(first["check"]), str(first["reason"])
     blocked = result.get("blocked_by")
-    if "must not" in reason:  # a leak: `blocked` is what is wrong with kvmnet's own rules
+    if "must not" in reason:  # a leak: `blocked` names the rule that lets it in, or what is
+        # wrong with kvmnet's own rules
         cause = f"{reason}; {blocked}" if blocked else reason
-        fix = FIXES.get(f"{check}-leak", "see docs/operations.md (verify)")
+        named = str(blocked or "").startswith("let in by ")
+        fix = FIXES["blocked"] if named else FIXES.get(f"{check}-leak", "see docs/operations.md")
     elif blocked:
         cause, fix = f"{reason}; blocked by {blocked}", FIXES["blocked"]
     else:

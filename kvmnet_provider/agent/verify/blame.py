@@ -31,6 +31,10 @@ def blocker(
         if not args or (leak and outcome.check == "outside"):
             continue
         with contextlib.suppress(Exception):  # a read that fails names nothing
+            if leak and hook == "forward":
+                admitted = ops["forward.admitters"](dict(args)).get("admitted_by") or []
+                if admitted:
+                    return f"let in by {admitted[0]}"
             read = ops[f"{hook}.read"](dict(args))
             for problem in read.get("problems") or []:
                 if leak and not problem.startswith(BLOCKED):

@@ -10,7 +10,6 @@ only, which goes with the link."""
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -49,8 +48,6 @@ def try_the_way_in(
         finally:
             if events is not None:
                 events.close()
-        with open("/tmp/vi-debug.log", "a") as _f:  # DEBUG
-            _f.write(json.dumps({"spec": spec, "seen": seen, "found": found}) + "\n")
     finally:
         spawn.end(proc)
         remove(host_end, peer)

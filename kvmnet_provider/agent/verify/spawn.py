@@ -18,8 +18,10 @@ from ..errors import AgentError
 
 READY_TIMEOUT = 20.0
 # The probe's process: the agent's own sys.path (argv[1], JSON), then main() of the module
-# named in argv[2]; argv[3] names the probe (argv[7] of its command line), so a later verify
-# can find it.
+# named in argv[2]; argv[3] is the host's network namespace and argv[4] the probe's name
+# (argv[7] and argv[8] of its command line), so a later verify on this host finds it. Hosts
+# that share a PID namespace (containers, a lab of namespaces) may each run a probe of that
+# name: each finds only its own.
 BOOT = (
     "import importlib, json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
     "importlib.import_module(sys.argv[2]).main()"
@@ -32,7 +34,8 @@ def start(module: str, name: str) -> subprocess.Popen[str]:
     (in a namespace of its own by then)."""
     # The agent's tree first (wherever it was unpacked), then what the agent itself imports.
     path = [str(Path(__file__).resolve().parents[3]), *sys.path]
-    argv = [sys.executable, "-I", "-S", "-c", BOOT, json.dumps(path), f"{PACKAGE}.{module}", name]
+    argv = [sys.executable, "-I", "-S", "-c", BOOT, json.dumps(path), f"{PACKAGE}.{module}"]
+    argv += [host_namespace(), name]
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -101,8 +104,15 @@ def wait_gone(name: str) -> None:
         time.sleep(0.05)
 
 
+def host_namespace() -> str:
+    """This host's network namespace (its inode), as the probes it starts carry it."""
+    return str(os.stat("/proc/self/ns/net").st_ino)
+
+
 def processes(name: str) -> list[int]:
-    """Probe processes named `name`: their command line is BOOT's, ending in the name."""
+    """This host's probe processes named `name` (BOOT's command line, with this host's
+    namespace and the name)."""
+    want = [BOOT.encode(), host_namespace().encode(), name.encode()]
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -111,6 +121,6 @@ def processes(name: str) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if len(argv) >= 8 and argv[4] == BOOT.encode() and argv[7] == name.encode():
+        if len(argv) >= 9 and [argv[4], argv[7], argv[8]] == want:
             found.append(int(entry.name))
     return found
