@@ -3,9 +3,9 @@ host's end holds .1, the probe's namespace .2 and a route to everything via .1),
 process (outside.py), what the host's conntrack kept of its packets, and the removal of all
 of it, also of what a killed run left (found by the network's names, checks.outside_links).
 
-The host's forwarding setting of its end is the host's default for new links; where that is
-off while forwarding is on (a host that turned it on per link), it is turned on for this link
-only, which goes with the link."""
+A new link takes the host's default forwarding setting; where that is off while the host
+forwards (it turned forwarding on per link), it is turned on for this link only, and goes
+with the link. No other setting of the host is touched."""
 
 from __future__ import annotations
 
