@@ -21,10 +21,14 @@ CHECKS_TIMEOUT = 30.0
 
 
 def try_the_way_in(
-    owner: str, inbound: tuple[str, int] | None, forwards: list[dict[str, Any]]
+    owner: str,
+    inbound: tuple[str, int] | None,
+    forwards: list[dict[str, Any]],
+    expect_in: bool = False,
 ) -> tuple[dict[str, dict[str, object]], list[dict[str, object]] | None]:
-    """What the outside probe saw (its `inbound` connect), and what conntrack kept of its
-    packets to the forwards' ports (None: conntrack could not be read)."""
+    """What the outside probe saw (its `inbound` connect, tried again after a silence when it
+    should get in), and what conntrack kept of its packets to the forwards' ports (None:
+    conntrack could not be read)."""
     host_end, peer = checks.outside_links(owner)
     remove(host_end, peer)
     net = checks.outside_link_net(owner, host_networks())
@@ -39,6 +43,7 @@ def try_the_way_in(
             "host_address": host_address,
             "inbound": inbound[0] if inbound else None,
             "inbound_port": inbound[1] if inbound else None,
+            "retry_silence": expect_in,
             "forwards": forwards,
         }
         events = tracked.follow() if forwards else None

@@ -53,11 +53,11 @@ def knock(address: str, forwards: list[dict[str, Any]]) -> None:
         sock.close()
 
 
-def way_in(address: str, port: int) -> dict[str, object]:
-    """The connect to the bridge probe, tried again once after a silence: a handshake lost on
-    a busy host is not a refusal (a REJECT answers at once)."""
+def way_in(address: str, port: int, retry_silence: bool) -> dict[str, object]:
+    """The connect to the bridge probe; where it should get in, tried again once after a
+    silence: a handshake lost on a busy host is not a refusal (a REJECT answers at once)."""
     seen = connect(address, port)
-    if not seen["reached"] and "no answer" in str(seen["detail"]):
+    if retry_silence and not seen["reached"] and "no answer" in str(seen["detail"]):
         seen = connect(address, port)
     return seen
 
@@ -70,6 +70,6 @@ def main() -> None:
     ping(spec["host_address"])  # the link up and the host's end resolved before the checks
     seen: dict[str, dict[str, object]] = {}
     if spec.get("inbound"):
-        seen["inbound"] = way_in(spec["inbound"], spec["inbound_port"])
+        seen["inbound"] = way_in(spec["inbound"], spec["inbound_port"], spec["retry_silence"])
     knock(spec["host_address"], spec.get("forwards") or [])
     print(json.dumps(seen), flush=True)

@@ -124,7 +124,9 @@ def network_verify(args: dict[str, Any]) -> dict[str, Any]:
         inbound = (inside["address"], LISTEN_PORT) if spec.inbound else None
         forwards = [] if "forwards" in spec.skip else list(spec.forwards)
         if inbound or forwards:
-            way_in["seen"], way_in["tracked"] = outer.try_the_way_in(spec.owner, inbound, forwards)
+            way_in["seen"], way_in["tracked"] = outer.try_the_way_in(
+                spec.owner, inbound, forwards, verify.inbound_expected(spec.model)
+            )
 
     try:
         seen = run_probe(spec, host_end, peer, inside, from_outside)
