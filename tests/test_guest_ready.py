@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 
 from kvmnet_provider.agent.guests import ready as agent_ready
@@ -13,8 +14,11 @@ from kvmnet_provider.errors import KvmnetError
 from kvmnet_provider.program.guest_disks import guest_ready
 from kvmnet_provider.resources.guest import QemuGuestProvider
 from kvmnet_provider.resources.guest_ready import (
+    POLL_SECONDS,
     PROGRESS_SECONDS,
     GuestReady,
+    Progress,
+    progress,
     ready_prop,
     wait_ready,
     with_address,
@@ -117,6 +121,7 @@ class Stub:
         self.now = 1000.0
         self.calls: list[dict[str, Any]] = []
         self.said: list[str] = []
+        self.tell: Progress | None = None
 
     def probe(self, args: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(args)
@@ -131,7 +136,8 @@ class Stub:
         props = {"name": "g1", "owner": "o", "connection": {"host": "h1"}}
         return wait_ready(
             self.probe, props, readiness(ready),
-            clock=lambda: self.now, sleep=self.sleep, say=self.said.append,
+            clock=lambda: self.now, sleep=self.sleep,
+            tell=self.tell or Progress(self.said.append, PROGRESS_SECONDS, PROGRESS_SECONDS),
         )  # fmt: skip
 
 
@@ -155,6 +161,19 @@ def test_the_wait_says_what_it_waits_for_while_it_waits() -> None:
     stub.wait({"tcp": 22})
     assert stub.said and all(s.startswith("guest g1: waiting for tcp port 22") for s in stub.said)
     assert len(stub.said) == int(40 // PROGRESS_SECONDS)  # one word per period, not per probe
+
+
+def test_a_status_line_is_said_at_once_and_renewed_each_probe() -> None:
+    stub = Stub([{"last_line": "x"}] * 5 + [{"tcp": True}])
+    stub.tell = Progress(stub.said.append, 0.0, POLL_SECONDS)
+    stub.wait({"tcp": 22})
+    assert stub.said[0] == "guest g1: waiting for tcp port 22 (no address yet) (0 s of 300 s)"
+    assert len(stub.said) == 5  # each probe that found it not ready yet
+
+
+def test_outside_the_provider_server_progress_is_a_log_line_now_and_then() -> None:
+    tell = progress()
+    assert tell.say is pulumi.log.info and tell.first == tell.every == PROGRESS_SECONDS
 
 
 def test_past_the_timeout_it_fails_in_one_line() -> None:
