@@ -163,12 +163,15 @@ def test_the_wait_says_what_it_waits_for_while_it_waits() -> None:
     assert len(stub.said) == int(40 // PROGRESS_SECONDS)  # one word per period, not per probe
 
 
-def test_a_status_line_is_said_at_once_and_renewed_each_probe() -> None:
-    stub = Stub([{"last_line": "x"}] * 5 + [{"tcp": True}])
-    stub.tell = Progress(stub.said.append, 0.0, POLL_SECONDS)
-    stub.wait({"tcp": 22})
-    assert stub.said[0] == "guest g1: waiting for tcp port 22 (no address yet) (0 s of 300 s)"
-    assert len(stub.said) == 5  # each probe that found it not ready yet
+def test_a_status_is_said_at_once_and_again_when_what_is_missing_changes() -> None:
+    leased = {"leased": ["10.0.1.130"]}
+    stub = Stub([{}] * 3 + [leased] * 3 + [{**leased, "console": True}])
+    stub.tell = Progress(stub.said.append, 0.0, PROGRESS_SECONDS)
+    stub.wait({"lease": True, "console": "READY"})
+    assert stub.said == [
+        "guest g1: waiting for a DHCP lease, console /READY/ (0 s of 300 s)",
+        f"guest g1: waiting for console /READY/ ({int(3 * POLL_SECONDS)} s of 300 s)",
+    ]
 
 
 def test_outside_the_provider_server_progress_is_a_log_line_now_and_then() -> None:

@@ -31,8 +31,8 @@ Probe = Callable[[dict[str, Any]], dict[str, Any]]
 
 @dataclass(frozen=True)
 class Progress:
-    """How the wait says how it is going: `say`, first at `first` s into the wait, then
-    every `every` s."""
+    """How the wait says how it is going: `say`, from `first` s into the wait, again when
+    what is missing changes and every `every` s."""
 
     say: Callable[[str], None]
     first: float
@@ -40,11 +40,12 @@ class Progress:
 
 
 def progress() -> Progress:
-    """The guest's row status from the start, renewed each probe; else a log line now and
-    then (a status is replaced in place, a log line is kept)."""
+    """The guest's row status from the start; else log lines, from PROGRESS_SECONDS on (a
+    status is replaced in place, a log line is kept). Not every probe: where the output is
+    not a terminal, the engine prints the row again each time its status changes."""
     status = status_line()
     if status is not None:
-        return Progress(status, 0.0, POLL_SECONDS)
+        return Progress(status, 0.0, PROGRESS_SECONDS)
     return Progress(pulumi.log.info, PROGRESS_SECONDS, PROGRESS_SECONDS)
 
 
@@ -93,6 +94,7 @@ def wait_ready(
     start = clock()
     deadline = start + ready["timeout"]
     next_word = start + tell.first
+    said_lacking: list[str] = []
     while True:
         seen = probe(args)
         if not seen.get("running"):
@@ -106,8 +108,8 @@ def wait_ready(
         now = clock()
         if now >= deadline:
             raise KvmnetError(failure_line(name, host, ready, seen))
-        if now >= next_word:
-            next_word = now + tell.every
+        if now >= next_word or (lacking != said_lacking and now >= start + tell.first):
+            next_word, said_lacking = now + tell.every, lacking
             tell.say(
                 f"guest {name}: waiting for {', '.join(lacking)} "
                 f"({int(now - start)} s of {ready['timeout']} s)"
