@@ -22,7 +22,7 @@ from kvmnet_provider.resources.network_check import (
     failure_line,
     skipped_on_switch,
 )
-from kvmnet_provider.spec import verify
+from kvmnet_provider.spec import verify, verify_probe
 from kvmnet_provider.spec.validate import InvalidInput
 
 
@@ -36,21 +36,22 @@ def test_probe_names_fit_the_kernel_and_differ_per_network() -> None:
 
 
 def test_probe_mac_is_locally_administered_unicast() -> None:
-    mac = checks.probe_mac("proj/stack/NetworkCheck/a")
+    mac = verify_probe.probe_mac("br-in")
+    assert verify_probe.probe_mac("br-other") != mac
     first = int(mac[:2], 16)
     assert first & 0x02 and not first & 0x01
     assert len(mac.split(":")) == 6
 
 
 def test_probe_address_is_the_highest_free_one() -> None:
-    assert checks.probe_address("10.0.1.0/24", ["10.0.1.254"], None) == "10.0.1.253"
+    assert verify_probe.probe_address("10.0.1.0/24", ["10.0.1.254"], None) == "10.0.1.253"
     taken = ["10.0.1.254", "10.0.1.253", "10.0.1.11"]
-    assert checks.probe_address("10.0.1.0/24", taken, None) == "10.0.1.252"
+    assert verify_probe.probe_address("10.0.1.0/24", taken, None) == "10.0.1.252"
     # DHCP hands out the range: the probe stays below it
     rng = ["10.0.1.128", "10.0.1.253"]
-    assert checks.probe_address("10.0.1.0/24", ["10.0.1.254"], rng) == "10.0.1.127"
+    assert verify_probe.probe_address("10.0.1.0/24", ["10.0.1.254"], rng) == "10.0.1.127"
     with pytest.raises(ValueError, match="no free address"):
-        checks.probe_address("10.0.1.0/30", ["10.0.1.1", "10.0.1.2"], None)
+        verify_probe.probe_address("10.0.1.0/30", ["10.0.1.1", "10.0.1.2"], None)
 
 
 def seen(**reached: bool) -> dict[str, dict[str, object]]:

@@ -7,7 +7,6 @@ removed) by the next verify of the same network, and never confused with another
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass
 
 from ...spec import verify
@@ -37,27 +36,6 @@ def probe_links(owner: str) -> tuple[str, str]:
     """The veth pair's names: host end, peer (15 characters at most, as the kernel wants)."""
     tag = _digest(owner)[:10]
     return HOST_PREFIX + tag, PEER_PREFIX + tag
-
-
-def probe_mac(owner: str) -> str:
-    """A locally administered unicast MAC of the probe's own (02:...)."""
-    raw = bytes.fromhex(_digest(owner)[10:20])
-    return ":".join(f"{b:02x}" for b in (0x02, *raw))
-
-
-def probe_address(subnet: str, taken: list[str], dhcp_range: list[str] | None) -> str:
-    """The highest host address of `subnet` that no guest, gateway or DHCP range uses."""
-    net = ipaddress.IPv4Network(subnet)
-    used = {ipaddress.IPv4Address(a) for a in taken}
-    low = high = None
-    if dhcp_range:
-        low, high = (ipaddress.IPv4Address(a) for a in dhcp_range)
-    hosts = list(net.hosts()) if net.prefixlen < 31 else list(net)
-    for candidate in reversed(hosts):
-        if candidate in used or (low is not None and high is not None and low <= candidate <= high):
-            continue
-        return str(candidate)
-    raise ValueError(f"no free address in {subnet} for the probe")
 
 
 def judge(

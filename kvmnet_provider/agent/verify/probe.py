@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ...spec import dhcp, validate, verify
+from ...spec import dhcp, validate, verify, verify_probe
 from ..errors import AgentError
 from ..links.netlink import iproute_class
 from . import blame, checks
@@ -34,8 +34,8 @@ LINK_SCOPE = 253  # RT_SCOPE_LINK
 READY_TIMEOUT = 20.0
 CHECKS_TIMEOUT = 60.0
 # The probe's process: the agent's own sys.path (argv[1], JSON), then inside.main() of the
-# module named in argv[2]; argv[3] names the probe (argv[7] of its command line), so a
-# later verify can find it.
+# module named in argv[2]; argv[3] names the probe and argv[4] the network namespace it was
+# started from (argv[7] and argv[8] of its command line), so a later verify can find it.
 BOOT = (
     "import importlib, json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
     "importlib.import_module(sys.argv[2]).main()"
@@ -102,8 +102,8 @@ class VerifySpec:
             address = port = None
         return {
             "peer": peer,
-            "mac": checks.probe_mac(self.owner),
-            "address": checks.probe_address(self.subnet, taken, list(self.dhcp_range or [])),
+            "mac": verify_probe.probe_mac(self.bridge),  # reserved by the network's DHCP
+            "address": verify_probe.probe_address(self.subnet, taken, list(self.dhcp_range or [])),
             "prefixlen": ipaddress.IPv4Network(self.subnet).prefixlen,
             "gateway": self.gateway,
             "target": address,
@@ -167,7 +167,8 @@ def run_probe(
 ) -> dict[str, dict[str, object]]:
     # The agent's tree first (wherever it was unpacked), then what the agent itself imports.
     path = [str(Path(__file__).resolve().parents[3]), *sys.path]
-    argv = [sys.executable, "-I", "-S", "-c", BOOT, json.dumps(path), INSIDE, host_end]
+    argv = [sys.executable, "-I", "-S", "-c", BOOT, json.dumps(path), INSIDE, host_end,
+            home_namespace()]  # fmt: skip
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -275,8 +276,16 @@ def drop_link_locals(bridge: str, keep: set[tuple[str, int]]) -> None:
         ipr.close()
 
 
+def home_namespace() -> str:
+    """This process's network namespace (its inode), where the probes it starts come from."""
+    return str(os.stat("/proc/self/ns/net").st_ino)
+
+
 def _probe_processes(host_end: str) -> list[int]:
-    """Probe processes of this network: their command line is BOOT's, ending in its name."""
+    """Probe processes of this network: their command line is BOOT's, with its name and this
+    namespace. Not another namespace's: network namespaces share one PID space, and a network
+    of the same name there is another host's (a lab host, a container)."""
+    home = home_namespace().encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -285,6 +294,6 @@ def _probe_processes(host_end: str) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if len(argv) >= 8 and argv[4] == BOOT.encode() and argv[7] == host_end.encode():
+        if len(argv) >= 9 and argv[4] == BOOT.encode() and argv[7:9] == [host_end.encode(), home]:
             found.append(int(entry.name))
     return found
