@@ -17,7 +17,7 @@ from kvmnet_provider.errors import ConfigError
 from kvmnet_provider.models import GuestSpec, addresses, collisions
 from kvmnet_provider.models.networks import NetworkArgs, dhcp_enabled
 from kvmnet_provider.resources.dhcp import DhcpServerProvider
-from kvmnet_provider.spec import dhcp
+from kvmnet_provider.spec import dhcp, verify_probe
 from kvmnet_provider.spec.models import uses_dhcp
 from kvmnet_provider.spec.validate import InvalidInput
 
@@ -196,7 +196,12 @@ def test_dnsmasq_files_are_roots_and_readable_by_its_group_only(
 
 def test_hosts_files() -> None:
     s = spec()
-    assert config.dhcp_hosts_text(s) == "52:54:00:00:01:01,10.0.1.11,g1\n52:54:00:00:01:02,g2\n"
+    probe = f"{verify_probe.probe_mac('br-in')},10.0.1.127"  # below the range, no name
+    assert config.dhcp_hosts_text(s) == (
+        f"52:54:00:00:01:01,10.0.1.11,g1\n52:54:00:00:01:02,g2\n{probe}\n"
+    )
+    full = {**s, "subnet": "10.0.1.0/30", "gateway": "10.0.1.1", "dhcp_range": ["10.0.1.2"] * 2}
+    assert verify_probe.probe_mac("br-in") not in config.dhcp_hosts_text(full)  # no room
     assert config.hosts_text(s) == (
         "10.0.1.254 gateway.kvm.internal\n10.0.1.11 g1.kvm.internal g1\n"
     )

@@ -210,6 +210,8 @@ def test_model_on_a_drop_policy_host(
     before = snapshot(lab_api, ns)
     docker_chain = [line for line in nft_filter(lab_api, ns) if line.startswith("-A DOCKER ")]
     model_stack.config("kvmnet:model", model)
+    if model == "isolated":  # verified on request (routed and NAT are by default)
+        model_stack.pulumi("config", "set", "--path", "kvmnet:verify", "true")
     if model == "nat":
         for key, value in (("guest", "g1"), ("guest_port", "8080"), ("host_port", "8080")):
             model_stack.pulumi("config", "set", "--path", f"kvmnet:portForwards[0].{key}", value)
@@ -237,6 +239,12 @@ def test_model_on_a_drop_policy_host(
             docker_rules = [x for x in legacy_filter(lab_api, ns) if x.startswith("-A DOCKER ")]
             assert docker_rules == ["-A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp "
                                     "-m tcp --dport 80 -j ACCEPT"]  # fmt: skip
+
+    # The network proved its own row at `up`, the outside included.
+    (check,) = model_stack.resources("NetworkCheck")
+    checks = check["outputs"]["checks"]
+    assert "outside" in check["outputs"]["passed"], checks
+    assert all(c.get("ok") for c in checks), checks
 
     # The whole row, from inside the guests, on a host whose FORWARD policy is DROP.
     bridge_ip = None if model == "isolated" else "10.0.1.254"

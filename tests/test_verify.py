@@ -25,7 +25,7 @@ from kvmnet_provider.resources.network_check import (
     failure_line,
     skipped_on_switch,
 )
-from kvmnet_provider.spec import verify
+from kvmnet_provider.spec import verify, verify_probe
 from kvmnet_provider.spec.validate import InvalidInput
 
 
@@ -39,21 +39,22 @@ def test_probe_names_fit_the_kernel_and_differ_per_network() -> None:
 
 
 def test_probe_mac_is_locally_administered_unicast() -> None:
-    mac = checks.probe_mac("proj/stack/NetworkCheck/a")
+    mac = verify_probe.probe_mac("br-in")
+    assert verify_probe.probe_mac("br-other") != mac
     first = int(mac[:2], 16)
     assert first & 0x02 and not first & 0x01
     assert len(mac.split(":")) == 6
 
 
 def test_probe_address_is_the_highest_free_one() -> None:
-    assert checks.probe_address("10.0.1.0/24", ["10.0.1.254"], None) == "10.0.1.253"
+    assert verify_probe.probe_address("10.0.1.0/24", ["10.0.1.254"], None) == "10.0.1.253"
     taken = ["10.0.1.254", "10.0.1.253", "10.0.1.11"]
-    assert checks.probe_address("10.0.1.0/24", taken, None) == "10.0.1.252"
+    assert verify_probe.probe_address("10.0.1.0/24", taken, None) == "10.0.1.252"
     # DHCP hands out the range: the probe stays below it
     rng = ["10.0.1.128", "10.0.1.253"]
-    assert checks.probe_address("10.0.1.0/24", ["10.0.1.254"], rng) == "10.0.1.127"
+    assert verify_probe.probe_address("10.0.1.0/24", ["10.0.1.254"], rng) == "10.0.1.127"
     with pytest.raises(ValueError, match="no free address"):
-        checks.probe_address("10.0.1.0/30", ["10.0.1.1", "10.0.1.2"], None)
+        verify_probe.probe_address("10.0.1.0/30", ["10.0.1.1", "10.0.1.2"], None)
 
 
 def seen(**reached: bool) -> dict[str, dict[str, object]]:
@@ -386,9 +387,9 @@ def test_a_probe_is_found_by_its_name_on_its_own_host_only(tmp_path: Path) -> No
 
     def run(namespace: str) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-I", "-S", "-c", spawn.BOOT, json.dumps([str(tmp_path)])]
-        return subprocess.Popen([*argv, "idle_probe", namespace, "kvp-test-probe"])
+        return subprocess.Popen([*argv, "idle_probe", "kvp-test-probe", namespace])
 
-    ours, theirs = run(spawn.host_namespace()), run("1")
+    ours, theirs = run(spawn.home_namespace()), run("1")
     try:
         deadline = time.monotonic() + 10
         while not spawn.processes("kvp-test-probe") and time.monotonic() < deadline:
@@ -399,3 +400,46 @@ def test_a_probe_is_found_by_its_name_on_its_own_host_only(tmp_path: Path) -> No
         for proc in (ours, theirs):
             proc.kill()
             proc.wait()
+
+
+def test_the_dhcp_offer_is_awaited_beside_the_other_checks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dnsmasq holds a new client's offer while it pings the address: the gateway, outside and
+    DNS checks run meanwhile, and a DHCP check that fails with an OSError is a miss."""
+    import threading
+
+    from kvmnet_provider.agent.verify import inside
+
+    offered = threading.Event()
+    order: list[str] = []
+
+    def slow_dhcp(peer: str, mac: str) -> dict[str, object]:
+        offered.wait(5)
+        order.append("dhcp")
+        return {"reached": True, "detail": "offered 10.0.1.50"}
+
+    def fast(name: str) -> object:
+        def check(*_: object) -> dict[str, object]:
+            order.append(name)
+            if name == "dns":
+                offered.set()  # the offer comes only after every other check ran
+            return {"reached": True, "detail": name}
+
+        return check
+
+    monkeypatch.setattr(inside, "dhcp", slow_dhcp)
+    for name in ("gateway", "ping", "dns"):
+        monkeypatch.setattr(inside, name, fast(name))
+    spec = {"dhcp": True, "peer": "kvq-0", "mac": "02:00:00:00:00:01", "gateway": "10.0.1.254",
+            "target": "192.0.2.1", "port": None, "dns_name": "g1", "dns_address": None}  # fmt: skip
+    seen = inside.run_checks(spec)
+    assert order == ["gateway", "ping", "dns", "dhcp"]
+    assert seen["dhcp"]["reached"] and set(seen) == {"dhcp", "gateway", "outside", "dns"}
+
+    def broken(peer: str, mac: str) -> dict[str, object]:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(inside, "dhcp", broken)
+    seen = inside.run_checks({**spec, "gateway": None, "target": None, "dns_name": None})
+    assert seen == {"dhcp": {"reached": False, "detail": "broken: Address already in use"}}

@@ -2,7 +2,8 @@
 
 - ``dnsmasq.conf`` what needs a restart to change: the bridge, range, domain, paths;
 - ``dhcp-hosts``  the static leases, ``MAC,ADDRESS,NAME`` (``MAC,NAME`` for a guest with no
-  address: it gets one from the range and its name in DNS);
+  address: it gets one from the range and its name in DNS), and the verify probe's
+  ``MAC,ADDRESS`` (spec/verify_probe.py);
 - ``hosts``       DNS names of the guests with an address, ``ADDRESS NAME.DOMAIN NAME``.
 The last two are re-read on SIGHUP, so a change of guests costs no restart; dnsmasq reads
 them as its unprivileged user, from the directory account.py makes for them.
@@ -14,6 +15,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from ...spec import verify_probe
 from ...spec.dhcp import LEASE_SECONDS
 from ...spec.family import IPV4, Family
 
@@ -74,6 +76,12 @@ def dhcp_hosts_text(spec: dict[str, Any]) -> str:
             lines.append(f"{h['mac']},{h['address']},{h['name']}")
         else:
             lines.append(f"{h['mac']},{h['name']}")
+    addresses = [h["address"] for h in spec["hosts"] if h["address"]]
+    probe = verify_probe.reservation(
+        spec["bridge"], spec["subnet"], spec["gateway"], addresses, spec["dhcp_range"]
+    )
+    if probe is not None:  # the verify probe's, nameless: offered at once, never in DNS
+        lines.append(f"{probe[0]},{probe[1]}")
     return "".join(line + "\n" for line in lines)
 
 

@@ -69,27 +69,6 @@ def outside_link_net(owner: str, busy: list[str]) -> ipaddress.IPv4Network:
     raise ValueError("no free link-local /30 for the outside probe")
 
 
-def probe_mac(owner: str) -> str:
-    """A locally administered unicast MAC of the probe's own (02:...)."""
-    raw = bytes.fromhex(_digest(owner)[10:20])
-    return ":".join(f"{b:02x}" for b in (0x02, *raw))
-
-
-def probe_address(subnet: str, taken: list[str], dhcp_range: list[str] | None) -> str:
-    """The highest host address of `subnet` that no guest, gateway or DHCP range uses."""
-    net = ipaddress.IPv4Network(subnet)
-    used = {ipaddress.IPv4Address(a) for a in taken}
-    low = high = None
-    if dhcp_range:
-        low, high = (ipaddress.IPv4Address(a) for a in dhcp_range)
-    hosts = list(net.hosts()) if net.prefixlen < 31 else list(net)
-    for candidate in reversed(hosts):
-        if candidate in used or (low is not None and high is not None and low <= candidate <= high):
-            continue
-        return str(candidate)
-    raise ValueError(f"no free address in {subnet} for the probe")
-
-
 def judge(
     model: str, seen: dict[str, dict[str, object]], host: dict[str, object] | None = None
 ) -> list[Outcome]:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...spec import dhcp, validate, verify
+from ...spec import dhcp, validate, verify, verify_probe
 from ..errors import AgentError
 from ..links.netlink import iproute_class
 from . import blame, checks, outer, spawn
@@ -97,8 +97,8 @@ class VerifySpec:
             address = port = None
         return {
             "peer": peer,
-            "mac": checks.probe_mac(self.owner),
-            "address": checks.probe_address(self.subnet, taken, list(self.dhcp_range or [])),
+            "mac": verify_probe.probe_mac(self.bridge),  # reserved by the network's DHCP
+            "address": verify_probe.probe_address(self.subnet, taken, list(self.dhcp_range or [])),
             "prefixlen": ipaddress.IPv4Network(self.subnet).prefixlen,
             "gateway": self.gateway,
             "target": address,

@@ -18,10 +18,8 @@ from ..errors import AgentError
 
 READY_TIMEOUT = 20.0
 # The probe's process: the agent's own sys.path (argv[1], JSON), then main() of the module
-# named in argv[2]; argv[3] is the host's network namespace and argv[4] the probe's name
-# (argv[7] and argv[8] of its command line), so a later verify on this host finds it. Hosts
-# that share a PID namespace (containers, a lab of namespaces) may each run a probe of that
-# name: each finds only its own.
+# named in argv[2]; argv[3] names the probe and argv[4] the network namespace it was started
+# from (argv[7] and argv[8] of its command line), so a later verify on this host finds it.
 BOOT = (
     "import importlib, json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
     "importlib.import_module(sys.argv[2]).main()"
@@ -35,7 +33,7 @@ def start(module: str, name: str) -> subprocess.Popen[str]:
     # The agent's tree first (wherever it was unpacked), then what the agent itself imports.
     path = [str(Path(__file__).resolve().parents[3]), *sys.path]
     argv = [sys.executable, "-I", "-S", "-c", BOOT, json.dumps(path), f"{PACKAGE}.{module}"]
-    argv += [host_namespace(), name]
+    argv += [name, home_namespace()]
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -78,7 +76,7 @@ def failed(proc: subprocess.Popen[str], what: str) -> AgentError:
     proc.wait()
     err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
     why = err[-1] if err else f"no error, exit status {proc.returncode}"
-    name = os.fsdecode(proc.args[-1]) if isinstance(proc.args, list) else "?"
+    name = os.fsdecode(proc.args[7]) if isinstance(proc.args, list) else "?"
     return AgentError("failed", f"the verify probe {name} {what}: {why}")
 
 
@@ -104,15 +102,16 @@ def wait_gone(name: str) -> None:
         time.sleep(0.05)
 
 
-def host_namespace() -> str:
-    """This host's network namespace (its inode), as the probes it starts carry it."""
+def home_namespace() -> str:
+    """This process's network namespace (its inode), where the probes it starts come from."""
     return str(os.stat("/proc/self/ns/net").st_ino)
 
 
 def processes(name: str) -> list[int]:
-    """This host's probe processes named `name` (BOOT's command line, with this host's
-    namespace and the name)."""
-    want = [BOOT.encode(), host_namespace().encode(), name.encode()]
+    """Probe processes named `name`: their command line is BOOT's, with the name and this
+    namespace. Not another namespace's: network namespaces share one PID space, and a probe
+    of the same name there is another host's (a lab host, a container)."""
+    home = home_namespace().encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -121,6 +120,6 @@ def processes(name: str) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if len(argv) >= 9 and [argv[4], argv[7], argv[8]] == want:
+        if len(argv) >= 9 and argv[4] == BOOT.encode() and argv[7:9] == [name.encode(), home]:
             found.append(int(entry.name))
     return found
