@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvmnet_provider.agent.firewall.plan import NetworkRules, Rule, could_block
+from kvmnet_provider.agent.firewall.plan import NetworkRules, Rule, could_admit, could_block
 from kvmnet_provider.spec.validate import InvalidInput
 
 
@@ -118,6 +118,34 @@ NAT = NetworkRules.from_spec({"mode": "nat", "bridge": "br-in", "subnet": "10.0.
 )
 def test_which_foreign_rules_block_a_nat_network(rule: Rule | None, blocks: bool) -> None:
     assert could_block(rule, NAT.flows()) is blocks
+
+
+@pytest.mark.parametrize(
+    ("rule", "admits"),
+    [
+        (Rule("accept"), True),
+        (Rule("accept", dst="10.0.1.0/24"), True),
+        (Rule("accept", dst="10.0.0.0/16"), True),
+        (Rule("accept", oif="br-in"), True),
+        (Rule("accept", dst="10.0.1.11/32"), False),  # one guest: the operator's opening
+        (Rule("accept", iif="eth0"), False),  # what arrives on one interface
+        (Rule("accept", dst="10.0.1.0/24", ct="established,related"), False),  # replies
+        (Rule("accept", proto="tcp", dport=22), False),
+        (Rule("accept", oif="br-other"), False),
+        (Rule("drop", dst="10.0.1.0/24"), False),
+        (None, False),  # matches kvmnet does not read
+    ],
+)
+def test_which_foreign_accepts_let_the_outside_into_a_nat_network(
+    rule: Rule | None, admits: bool
+) -> None:
+    assert could_admit(rule, NAT.refused_inbound()) is admits
+
+
+def test_only_nat_refuses_a_neighbour() -> None:
+    routed = NetworkRules.from_spec({"mode": "routed", "bridge": "br-in", "subnet": "10.0.1.0/24"})
+    assert routed.refused_inbound() == [] and not could_admit(Rule("accept"), [])
+    assert NAT.refused_inbound() == [Rule("accept", oif="br-in", dst="10.0.1.0/24")]
 
 
 def test_nft_expressions_read_back_as_the_rules_they_were_made_from() -> None:

@@ -125,7 +125,8 @@ AGENT_ROOMS = {
     "dhcp": {"operations", "config"},
     "uplink": {"uplink"},
     "boot": {"records", "unit", "restore"},
-    "verify": {"checks", "packets", "probe", "inside", "blame"},
+    "verify": {"checks", "packets", "probe", "inside", "blame", "spawn", "outer", "outside",
+               "tracked"},
 }  # fmt: skip
 # The agent's root: the request loop, its workers, and what every room shares.
 AGENT_ROOT = {"__init__", "server", "workers", "errors", "hoststate", "rundir", "codelock",

@@ -6,13 +6,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import struct
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pulumi
 import pytest
 
-from kvmnet_provider.agent.verify import checks, packets
+from kvmnet_provider.agent.verify import checks, packets, spawn
 from kvmnet_provider.agent.verify.probe import VerifySpec
 from kvmnet_provider.errors import ConfigError
 from kvmnet_provider.program.hosts import check_stack_config
@@ -80,9 +83,12 @@ def test_an_outside_the_host_cannot_reach_either_proves_nothing() -> None:
 
 
 def test_dns_dhcp_and_gateway_must_answer() -> None:
-    outcomes = checks.judge("nat", seen(dhcp=False, gateway=True, outside=True, dns=False))
+    outcomes = checks.judge(
+        "nat", seen(dhcp=False, gateway=True, outside=True, dns=False, inbound=False)
+    )
     assert [o.check for o in outcomes if not o.ok] == ["dns", "dhcp"]
-    assert [o.check for o in outcomes] == list(verify.CHECKS)  # reported in a fixed order
+    # reported in a fixed order (the forwards are judged from conntrack, after the rest)
+    assert [o.check for o in outcomes] == [c for c in verify.CHECKS if c != "forwards"]
 
 
 def test_icmp_echo_round_trip() -> None:
@@ -272,6 +278,128 @@ def test_a_gateway_that_drops_ping_but_answers_arp_is_on_the_bridge(tmp_path: Pa
     assert not inside.arp_resolved("10.0.1.9", str(table))  # incomplete: nobody answered
     assert not inside.arp_resolved("10.0.1.1", str(table))
     assert not inside.arp_resolved("10.0.1.254", str(tmp_path / "none"))
+
+
+def test_routed_lets_a_neighbour_in_and_nat_refuses_it() -> None:
+    assert verify.inbound_checked("routed") and verify.inbound_checked("nat")
+    assert not verify.inbound_checked("isolated")  # the host has no route in to try
+    (routed,) = checks.judge("routed", seen(inbound=True))
+    assert routed.ok
+    (nat,) = checks.judge("nat", seen(inbound=False))
+    assert nat.ok
+    (leak,) = checks.judge("nat", seen(inbound=True))
+    assert not leak.ok and "reached, but a nat network must not" in leak.reason
+    (cut,) = checks.judge("routed", seen(inbound=False))
+    assert not cut.ok and "expected an answer" in cut.reason
+
+
+def test_the_outside_probe_has_its_own_names_and_a_free_link_local_net() -> None:
+    host, peer = checks.outside_links("proj/stack/NetworkCheck/a")
+    assert len(host) <= 15 and len(peer) <= 15
+    assert host[4:] == peer[4:] == checks.probe_links("proj/stack/NetworkCheck/a")[0][4:]
+    assert {host[:4], peer[:4]}.isdisjoint({checks.HOST_PREFIX, checks.PEER_PREFIX})
+    net = checks.outside_link_net("proj/stack/NetworkCheck/a", [])
+    assert net.prefixlen == 30 and net.subnet_of(
+        ipaddress.IPv4Network("169.254.1.0/24").supernet(8)
+    )
+    assert not net.subnet_of(ipaddress.IPv4Network("169.254.0.0/24"))
+    assert not net.subnet_of(ipaddress.IPv4Network("169.254.255.0/24"))
+    assert checks.outside_link_net("proj/stack/NetworkCheck/a", []) == net  # stable
+    # the host's own link-local users are avoided; a default route is not a clash
+    busy = [str(net), "169.254.169.254/32", "0.0.0.0/0", "fe80::/64"]
+    other = checks.outside_link_net("proj/stack/NetworkCheck/a", busy)
+    assert other != net and not other.overlaps(net)
+    with pytest.raises(ValueError, match="no free link-local"):
+        checks.outside_link_net("x", ["169.254.0.0/16"])
+
+
+FORWARD = {"protocol": "tcp", "host_port": 8080, "guest_address": "10.0.1.11", "guest_port": 80}
+
+
+def tracked(reply_src: str, reply_sport: int, proto: str = "tcp", dport: int = 8080) -> dict:
+    return {"protocol": proto, "dport": dport, "reply_src": reply_src, "reply_sport": reply_sport}
+
+
+def test_a_forward_passes_when_conntrack_shows_it_translated() -> None:
+    assert checks.judge_forwards([], []) is None
+    good = checks.judge_forwards([FORWARD], [tracked("10.0.1.11", 80)])
+    assert good is not None and good.ok and good.ran
+    assert "tcp/8080 -> 10.0.1.11:80 translated" in good.reason
+    # reached the host itself: the DNAT rule did not take it
+    local = checks.judge_forwards([FORWARD], [tracked("169.254.7.1", 8080)])
+    assert local is not None and not local.ok and "DNAT rule did not match" in local.reason
+    # tracked for another port or protocol only: nothing of this forward got through
+    for other in (tracked("10.0.1.11", 80, dport=8081), tracked("10.0.1.11", 80, proto="udp")):
+        dropped = checks.judge_forwards([FORWARD], [other])
+        assert dropped is not None and not dropped.ok and "FORWARD" in dropped.reason
+
+
+def test_a_forward_from_one_interface_only_is_not_checked() -> None:
+    uplink = {**FORWARD, "in_interface": "eth0"}
+    (outcome) = checks.judge_forwards([uplink], [])
+    assert outcome is not None and outcome.ok and not outcome.ran and "eth0" in outcome.reason
+    both = checks.judge_forwards(
+        [uplink, {**FORWARD, "host_port": 9090}], [tracked("10.0.1.11", 80, dport=9090)]
+    )
+    assert both is not None and both.ok and both.ran and "not checked" in both.reason
+
+
+def test_forwards_are_checked_as_given() -> None:
+    assert verify.forwards(None) == []
+    (one,) = verify.forwards([{"host_port": 8080, "guest_address": "10.0.1.11", "guest_port": 80}])
+    assert one == {**FORWARD, "in_interface": None}
+    for bad in ("x", [1], [{**FORWARD, "protocol": "icmp"}], [{**FORWARD, "host_port": 0}]):
+        with pytest.raises(InvalidInput):
+            verify.forwards(bad)
+
+
+def test_a_leak_names_kvmnets_rule_problem_and_the_leak_fix() -> None:
+    props = {"network": "net", "model": "nat"}
+    result = {
+        "checks": [
+            {"check": "inbound", "ok": False, "reason": "reached, but a nat network must not (x)"}
+        ],
+        "blocked_by": "the jump to KVMNET-FWD is missing from filter FORWARD (kvmnet's refusal "
+        "does not run)",
+    }
+    line = failure_line("h", result, props)
+    assert line is not None and "verify inbound failed" in line
+    assert "blocked by" not in line and "jump to KVMNET-FWD is missing" in line
+    assert FIXES["inbound-leak"] in line
+
+
+def test_a_leak_through_a_foreign_accept_names_it_and_the_fix() -> None:
+    props = {"network": "net", "model": "nat"}
+    result = {
+        "checks": [
+            {"check": "inbound", "ok": False, "reason": "reached, but a nat network must not"}
+        ],
+        "blocked_by": "let in by filter FORWARD rule '-A FORWARD -j ACCEPT' (iptables-legacy)",
+    }
+    line = failure_line("h", result, props)
+    assert line is not None and "must not; let in by filter FORWARD rule" in line
+    assert FIXES["blocked"] in line
+
+
+def test_a_probe_is_found_by_its_name_on_its_own_host_only(tmp_path: Path) -> None:
+    """Hosts that share a PID namespace (a lab of namespaces) may run probes of one name."""
+    (tmp_path / "idle_probe.py").write_text("import time\ndef main():\n    time.sleep(60)\n")
+
+    def run(namespace: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-I", "-S", "-c", spawn.BOOT, json.dumps([str(tmp_path)])]
+        return subprocess.Popen([*argv, "idle_probe", "kvp-test-probe", namespace])
+
+    ours, theirs = run(spawn.home_namespace()), run("1")
+    try:
+        deadline = time.monotonic() + 10
+        while not spawn.processes("kvp-test-probe") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert spawn.processes("kvp-test-probe") == [ours.pid]
+        assert spawn.processes("kvp-other") == []
+    finally:
+        for proc in (ours, theirs):
+            proc.kill()
+            proc.wait()
 
 
 def test_the_dhcp_offer_is_awaited_beside_the_other_checks(

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.e2e
 
 NOISE = ("Traceback", "Exception (client)", "Program failed with")
 FOREIGN_DROP = ["FORWARD", "-s", "10.0.1.0/24", "-j", "DROP"]
+FOREIGN_ACCEPT = ["FORWARD", "-d", "10.0.1.0/24", "-j", "ACCEPT"]
+ROUTED = ["gateway", "outside", "dns", "dhcp", "inbound"]
+NAT = [*ROUTED, "forwards"]
 INPUT_DROP = ["INPUT", "-i", "br-in", "-j", "DROP"]
 
 
@@ -35,6 +38,8 @@ def stack_on(tmp_path: Path, lab: LabStatus, backend: str) -> Iterator[TestStack
             "kvmnet:accelerator": "tcg",
             "kvmnet:firewallBackend": backend,  # where the test's foreign rules go
             "kvmnet:guests": [{"name": "g1", "address": "10.0.1.11"}],
+            # NAT only; g1 need not be up: the check follows the forward's first packet
+            "kvmnet:portForwards": [{"guest": "g1", "guest_port": 8080, "host_port": 8080}],
         }
     )
     with config_stack(tmp_path, "verify", config) as stack:
@@ -88,17 +93,22 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
     verify_stack.config("kvmnet:model", "routed")
     verify_stack.up()
     routed = the_check(verify_stack)
-    assert routed["passed"] == ["gateway", "outside", "dns", "dhcp"], routed["checks"]
+    assert routed["passed"] == ROUTED, routed["checks"]
     outside = next(c for c in routed["checks"] if c["check"] == "outside")
     assert "no answer" in outside["reason"], outside
     assert "the host itself reaches it" in outside["reason"], outside  # a refusal, not a dead end
+    inbound = next(c for c in routed["checks"] if c["check"] == "inbound")
+    assert "connected to" in inbound["reason"], inbound  # a neighbour with a route gets in
 
     # NAT: the same probe now reaches the host's default gateway.
     verify_stack.config("kvmnet:model", "nat")
     verify_stack.up()
     nat = the_check(verify_stack)
-    assert nat["passed"] == ["gateway", "outside", "dns", "dhcp"], nat["checks"]
+    assert nat["passed"] == NAT, nat["checks"]
     assert nat["checked_target"] == lab.gateway  # the host's default gateway, reached
+    reasons = {c["check"]: c["reason"] for c in nat["checks"]}
+    assert "connected" not in reasons["inbound"], reasons  # the neighbour is refused...
+    assert "tcp/8080 -> 10.0.1.11:8080 translated" in reasons["forwards"], reasons  # ...but this
     made = host_snapshot(lab_api, host.namespace)
     verify_stack.preview_no_changes()  # nothing changed: no probe
 
@@ -141,7 +151,20 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
     finally:
         iptables(lab_api, host.namespace, "-D", *INPUT_DROP)
     verify_stack.up()  # the check was deleted by the replace: made again, and passing
-    assert the_check(verify_stack)["passed"] == ["gateway", "outside", "dns", "dhcp"]
+    assert the_check(verify_stack)["passed"] == NAT
+
+    # An ACCEPT kvmnet does not know about, above its jump: the outside gets into the NAT
+    # network, and verify names that rule.
+    iptables(lab_api, host.namespace, "-I", *FOREIGN_ACCEPT)
+    try:
+        lines = check_again(verify_stack, "verify inbound failed")
+        assert "reached, but a nat network must not" in lines[0], lines[0]
+        assert "let in by filter FORWARD rule '-A FORWARD -d 10.0.1.0/24 -j ACCEPT'" in lines[0]
+        assert "fix: delete that rule" in lines[0], lines[0]
+    finally:
+        iptables(lab_api, host.namespace, "-D", *FOREIGN_ACCEPT)
+    verify_stack.up()
+    assert diff_snapshots(made, host_snapshot(lab_api, host.namespace)) == []  # no probe left
 
     # Isolated, verified on request: nothing leaves the bridge (the masquerade, deleted last
     # by the engine, is still there during this check: the bridge's rules refuse anyway).
@@ -162,7 +185,7 @@ def test_a_foreign_nft_chain_is_named(nft_stack: TestStack, lab: LabStatus, lab_
     before = host_snapshot(lab_api, host.namespace)
     nft_stack.config("kvmnet:model", "nat")
     nft_stack.up()
-    assert the_check(nft_stack)["passed"] == ["gateway", "outside", "dns", "dhcp"]
+    assert the_check(nft_stack)["passed"] == NAT
     nft = ["nft", "add"]
     commands = [
         [*nft, "table", "ip", "foreign"],

@@ -67,6 +67,20 @@ def network_check(network: _Network, resource_name: str) -> NetworkCheck:
             "address": args.gateway,
             "subnet": args.subnet,
         }
+    forwards = None
+    if MODELS[model].nat and args.port_forwards:
+        addresses = {g.name: g.address for g in args.guests}
+        forwards = [
+            {
+                "protocol": f.protocol,
+                "host_port": f.host_port,
+                "guest_address": addresses[f.guest],
+                "guest_port": f.guest_port,
+                "in_interface": args.uplink,
+            }
+            for f in args.port_forwards
+            if addresses.get(f.guest)
+        ]
     return NetworkCheck(
         f"{resource_name}-verify",
         NetworkCheckArgs(
@@ -87,8 +101,10 @@ def network_check(network: _Network, resource_name: str) -> NetworkCheck:
                 "mode": model,
                 "bridge": network.bridge.name,
                 "subnet": args.subnet if routed else None,
+                **rule_forwards(forwards),
             },
             input_rules=input_rules,
+            forwards=forwards or None,
             watch=watch,
         ),
         pulumi.ResourceOptions(
@@ -101,3 +117,16 @@ def network_check(network: _Network, resource_name: str) -> NetworkCheck:
             ],
         ),
     )
+
+
+def rule_forwards(forwards: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The forwards as ForwardRules holds them (so forward.read judges the rules it made);
+    nothing without forwards."""
+    if not forwards:
+        return {}
+    return {
+        "forwards": [
+            {"guest": f["guest_address"], "port": f["guest_port"], "proto": f["protocol"]}
+            for f in forwards
+        ]
+    }

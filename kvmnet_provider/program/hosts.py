@@ -36,7 +36,13 @@ from .networks import network_args
 # structured (YAML in the stack file, JSON through `pulumi config set`).
 TEXT_KEYS = ("name", "model", "bridge", "subnet", "gateway", "uplink", "domain", "verifyTarget")
 OBJECT_KEYS = (
-    "guests", "portForwards", "bridgeAddresses", "dhcp", "dhcpRange", "autostart", "verify"
+    "guests",
+    "portForwards",
+    "bridgeAddresses",
+    "dhcp",
+    "dhcpRange",
+    "autostart",
+    "verify",
 )
 
 

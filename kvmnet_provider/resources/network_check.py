@@ -3,7 +3,9 @@
 After every other resource of its network, a short-lived probe on the bridge (agent/verify/)
 checks what the model promises: the gateway answers (routed, NAT), the outside target is
 reached (NAT) or not (routed, isolated), the network's DNS knows a guest and its DHCP offers
-an address (when it runs). A mismatch fails `up` with one line: the host, the network, the
+an address (when it runs); and from a second probe, a neighbour routing the subnet via the
+host, the way in: let in (routed) or refused (NAT), except each NAT port forward, which must
+take it to its guest. A mismatch fails `up` with one line: the host, the network, the
 check, why, and the fix (naming the foreign rule that stopped it when the firewall finds one).
 
 The check runs at create, and again at an update: when the network's settings change, or
@@ -40,6 +42,10 @@ def _anything(value: Any) -> Any:
     return value
 
 
+def _forwards(value: Any) -> list[dict[str, Any]] | None:
+    return verify.forwards(value) or None  # none: no input at all (no change to older state)
+
+
 @declaration
 class NetworkCheckArgs:
     connection: HostSettings
@@ -60,6 +66,8 @@ class NetworkCheckArgs:
     # the firewall reads that name a foreign rule when a check fails (forward.read, input.read)
     rules: pulumi.Input[dict[str, Any]] | None = kvmnet_field(_anything, default=None)
     input_rules: pulumi.Input[dict[str, Any]] | None = kvmnet_field(_anything, default=None)
+    # NAT: the port forwards the outside probe tries (verify.forwards)
+    forwards: Sequence[dict[str, Any]] | None = kvmnet_field(_forwards, default=None)
     # outputs of the resources checked: a change of any runs the check again
     watch: pulumi.Input[dict[str, Any]] | None = kvmnet_field(_anything, default=None)
 
@@ -71,6 +79,12 @@ FIXES = {
     "verifyTarget to an address:port the host itself reaches",
     "outside-leak": "something besides kvmnet forwards or masquerades this subnet (a foreign NAT "
     "rule?): remove it, or set verify: false",
+    "inbound": "the host does not forward a neighbour's traffic into the subnet: check its "
+    "forwarding and kvmnet's forward rules (pulumi refresh), then run up again",
+    "inbound-leak": "a rule besides kvmnet's lets the outside into this subnet (an ACCEPT before "
+    "kvmnet's jump, or kvmnet's jump missing): remove it, or pulumi refresh and up",
+    "forwards": "see the network's PortForward and forward rules (pulumi refresh), then run up "
+    "again",
     "dns": "dnsmasq does not answer for the guest: see the network's DhcpServer problems "
     "(pulumi refresh), then run up again",
     "dhcp": "dnsmasq offers no lease: see the network's DhcpServer problems (pulumi refresh), "
@@ -87,10 +101,13 @@ def failure_line(host: str, result: dict[str, Any], props: dict[str, Any]) -> st
     first = failed[0]
     check, reason = str(first["check"]), str(first["reason"])
     blocked = result.get("blocked_by")
-    if blocked:
+    if "must not" in reason:  # a leak: `blocked` names the rule that lets it in, or what is
+        # wrong with kvmnet's own rules
+        cause = f"{reason}; {blocked}" if blocked else reason
+        named = str(blocked or "").startswith("let in by ")
+        fix = FIXES["blocked"] if named else FIXES.get(f"{check}-leak", "see docs/operations.md")
+    elif blocked:
         cause, fix = f"{reason}; blocked by {blocked}", FIXES["blocked"]
-    elif check == "outside" and "must not" in reason:
-        cause, fix = reason, FIXES["outside-leak"]
     else:
         cause, fix = reason, FIXES.get(check, "see docs/operations.md (verify)")
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""

@@ -28,8 +28,18 @@ FORMAT = 1  # a record of a higher format is a newer kvmnet's: skipped, never gu
 
 # The order a restore applies kinds in: what each needs exists before it (links before the
 # rules naming them, the bridge before its taps, rules and dnsmasq before the guests).
-KINDS = ("bridge", "uplink", "tap", "forwarding", "masquerade", "forward", "dnat", "input",
-         "dhcp", "guest")
+KINDS = (
+    "bridge",
+    "uplink",
+    "tap",
+    "forwarding",
+    "masquerade",
+    "forward",
+    "dnat",
+    "input",
+    "dhcp",
+    "guest",
+)
 
 # op -> kind whose record it writes
 WRITES = {
@@ -131,8 +141,7 @@ def note(op: str, args: dict[str, Any], result: Any, autostart: bool = True) -> 
     kept = {k: result[k] for k in KEPT_RESULT if isinstance(result, dict) and k in result}
     # An uplink's token and rollback are the change's own: a restore makes new ones.
     args = {k: v for k, v in args.items() if k not in ("token",)}
-    doc = {"format": FORMAT, "kind": kind, "owner": owner, "op": op, "args": args,
-           "result": kept}
+    doc = {"format": FORMAT, "kind": kind, "owner": owner, "op": op, "args": args, "result": kept}
     path = record_path(directory, kind, owner)
     text = json.dumps(doc, sort_keys=True)
     if read_text(path) == text:

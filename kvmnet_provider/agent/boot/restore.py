@@ -90,8 +90,10 @@ def _settle_uplink(
     if result.get("state") == "bridged":
         _op(handler, "uplink.confirm")({"token": token})
         return
-    say(f"uplink {record.args.get('nic')}: the bridge did not take its addresses "
-        f"({result.get('state')}); the NIC keeps the host's own configuration")
+    say(
+        f"uplink {record.args.get('nic')}: the bridge did not take its addresses "
+        f"({result.get('state')}); the NIC keeps the host's own configuration"
+    )
     _op(handler, "uplink.status")({"token": token})  # the rollback runs at its deadline
 
 
@@ -126,8 +128,10 @@ def main() -> None:
 
     handlers = server.build_handlers()
     outcome = restore(lambda op: server.handler_for(handlers, op))
-    say(f"{len(outcome['applied'])} restored, {len(outcome['failed'])} failed, "
-        f"{len(outcome['skipped'])} skipped")
+    say(
+        f"{len(outcome['applied'])} restored, {len(outcome['failed'])} failed, "
+        f"{len(outcome['skipped'])} skipped"
+    )
     sys.exit(1 if outcome["failed"] else 0)
 
 

@@ -83,8 +83,11 @@ def keep_code() -> Path:
         os.mkdir(tmp, 0o700)
         (tmp / "__init__.py").write_text("")
         for package in PACKAGES:
-            shutil.copytree(source / package, tmp / package,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                source / package,
+                tmp / package,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            )
         shutil.rmtree(target / top, ignore_errors=True)
         os.rename(tmp, target / top)
         replace_text(stamp, marker)
@@ -116,7 +119,7 @@ def real_host() -> bool:
 
 
 def host_kind() -> str:
-    """"unit" (a real host booted by systemd), "lab" (a network namespace), "no-systemd"."""
+    """ "unit" (a real host booted by systemd), "lab" (a network namespace), "no-systemd"."""
     if not real_host():
         return "lab"
     if not SYSTEMD_RUNNING.is_dir() and not os.environ.get("KVMNET_UNIT_DIR"):
@@ -178,5 +181,10 @@ def remove_unit() -> None:
 def _systemctl(*args: str) -> None:
     if os.environ.get("KVMNET_UNIT_DIR") or not SYSTEMD_RUNNING.is_dir():
         return  # no systemd to tell (a test's unit directory)
-    subprocess.run(["systemctl", "--quiet", *args], check=False, timeout=60,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["systemctl", "--quiet", *args],
+        check=False,
+        timeout=60,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -62,6 +62,7 @@ class Backend(Protocol):
         self, owner: str, net: plan.NetworkRules | None = None, family: Family = IPV4
     ) -> Any: ...
     def forward_ensure(self, owner: str, net: plan.NetworkRules) -> Any: ...
+    def forward_admitters(self, owner: str, net: plan.NetworkRules) -> dict[str, Any]: ...
     def forward_remove(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
     def input_read(
         self, owner: str, net: plan.InputRules | None = None, family: Family = IPV4
@@ -270,6 +271,7 @@ def handlers() -> dict[str, Any]:
         "forward.read": op("forward_read", net=True),
         "forward.ensure": op("forward_ensure", net=True),
         "forward.remove": op("forward_remove", "owner"),
+        "forward.admitters": op("forward_admitters", net=True),
         "input.read": op("input_read", net=True),
         "input.ensure": op("input_ensure", net=True),
         "input.remove": op("input_remove", "owner"),

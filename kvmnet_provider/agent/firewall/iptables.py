@@ -11,7 +11,7 @@ deletes the owner's rules, and the chains and the jump when no network's rules a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import iptc  # type: ignore[import-untyped]
@@ -182,6 +182,21 @@ def forward_read(
 def blockers(table: Any, net: plan.NetworkRules) -> list[str]:
     """Foreign DROP/REJECT rules that run before our jump and can drop this network's traffic."""
     flows = net.flows()
+    return _before_jump(table, lambda r: plan.could_block(describe(r), flows))
+
+
+def admitters(table: Any, net: plan.NetworkRules) -> list[str]:
+    """Foreign ACCEPT rules that run before our jump and let in what this network refuses."""
+    refused = net.refused_inbound()
+    return _before_jump(table, lambda r: plan.could_admit(describe(r), refused))
+
+
+def forward_admitters(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
+    return {"backend": NAME, "admitted_by": admitters(_filter(net.family), net)}
+
+
+def _before_jump(table: Any, hit: Callable[[Any], bool]) -> list[str]:
+    """The rules `hit` picks among those that run before our jump, as messages name them."""
     found = []
     where, position = _jump_position(table)
     target_chain = where or jump_chain(table)
@@ -190,8 +205,8 @@ def blockers(table: Any, net: plan.NetworkRules) -> list[str]:
     if target_chain == DOCKER_USER:
         forward = list(iptc.Chain(table, "FORWARD").rules)
         cut = next(i for i, r in enumerate(forward) if r.target and r.target.name == DOCKER_USER)
-        found += [_say("FORWARD", r) for r in forward[:cut] if plan.could_block(describe(r), flows)]
-    found += [_say(target_chain, r) for r in before if plan.could_block(describe(r), flows)]
+        found += [_say("FORWARD", r) for r in forward[:cut] if hit(r)]
+    found += [_say(target_chain, r) for r in before if hit(r)]
     return found
 
 

@@ -164,6 +164,35 @@ def blockers(rs: Ruleset, net: plan.NetworkRules) -> list[str]:
     return found
 
 
+def admitters(rs: Ruleset, net: plan.NetworkRules) -> list[str]:
+    """Foreign accepts that run before our jump in the chain that holds it, letting in what
+    this network refuses (an accept in another base chain ends nothing: ours still runs)."""
+    refused, family = net.refused_inbound(), net.family
+    where = placement(rs, family)
+    if where is None or not refused:
+        return []
+    found = []
+    if where.jump_chain == DOCKER_USER:
+        base_rules = rs.chain_rules(where.family, where.table, where.base)
+        cut = next(i for i, r in enumerate(base_rules) if jumps_to(r, DOCKER_USER))
+        found += [
+            text(r, family)
+            for r in base_rules[:cut]
+            if plan.could_admit(describe(r.expr, family), refused)
+        ]
+    jump = _jump_location(rs)
+    if jump is not None and jump[:3] == (where.family, where.table, where.jump_chain):
+        before = rs.chain_rules(*jump[:3])[: jump[3]]
+        found += [
+            text(r, family) for r in before if plan.could_admit(describe(r.expr, family), refused)
+        ]
+    return found
+
+
+def forward_admitters(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
+    return {"backend": NAME, "admitted_by": admitters(ruleset(), net)}
+
+
 def forward_ensure(owner: str, net: plan.NetworkRules) -> dict[str, Any]:
     mark = OWNER_PREFIX + validate.owner(owner)
     ours = net.family.nft

@@ -21,7 +21,7 @@ Its modules: ``nft_rules`` (the ruleset read, expressions, shared edits), ``nft_
 
 from __future__ import annotations
 
-from .nft_forward import forward_ensure, forward_read, forward_remove
+from .nft_forward import forward_admitters, forward_ensure, forward_read, forward_remove
 from .nft_input import input_ensure, input_read, input_remove
 from .nft_nat import (
     dnat_ensure,
@@ -38,6 +38,7 @@ __all__ = [
     "dnat_ensure",
     "dnat_read",
     "dnat_remove",
+    "forward_admitters",
     "forward_ensure",
     "forward_read",
     "forward_remove",

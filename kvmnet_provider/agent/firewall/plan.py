@@ -147,6 +147,13 @@ class NetworkRules:
             ]
         return rules
 
+    def refused_inbound(self) -> list[Rule]:
+        """What the model refuses from a neighbour that routes the subnet via the host, as a
+        match pattern (for finding what lets it in): NAT's new connections into the subnet."""
+        if self.mode != "nat":
+            return []
+        return [Rule("accept", oif=self.bridge, dst=self.subnet)]
+
     def flows(self) -> list[Rule]:
         """The traffic the model lets through, as match patterns (for finding blockers)."""
         net = self.subnet
@@ -184,6 +191,23 @@ def could_block(rule: Rule | None, flows: list[Rule]) -> bool:
     for flow in flows:
         if rule.iif is not None and rule.iif != flow.iif:
             continue
+        if rule.oif is not None and rule.oif != flow.oif:
+            continue
+        if _covers(rule.src, flow.src) and _covers(rule.dst, flow.dst):
+            return True
+    return False
+
+
+def could_admit(rule: Rule | None, refused: list[Rule]) -> bool:
+    """Whether a foreign ACCEPT lets in ALL of some traffic this network refuses (e.g.
+    `-j ACCEPT`, `-o BR -j ACCEPT`, `-d NET -j ACCEPT`). A rule limited to an interface the
+    traffic arrives on, a protocol, a port or a connection state is the operator's own
+    opening (or established traffic), not a leak of the model's."""
+    if rule is None or rule.verdict != "accept":
+        return False
+    if rule.iif or rule.proto or rule.dport or rule.ct:
+        return False
+    for flow in refused:
         if rule.oif is not None and rule.oif != flow.oif:
             continue
         if _covers(rule.src, flow.src) and _covers(rule.dst, flow.dst):

@@ -41,5 +41,5 @@ def refuse_capture(want: dict[str, Any], sessions: Iterable[Endpoint] | None = N
                 f"host_port must not be {session.port}: a forward of tcp/{session.port} to "
                 f"{where} would capture sshd, which kvmnet's session reached at "
                 f"{session.address}:{session.port}, and cut kvmnet off the host (nothing was "
-                f"changed); pick another host_port"
+                f"changed); pick another host_port",
             )

@@ -136,4 +136,3 @@ def transaction(table: Any, what: str) -> Iterator[None]:
         raise AgentError("failed", f"iptables refused {what}: {exc}") from None
     finally:
         settle(table)
-

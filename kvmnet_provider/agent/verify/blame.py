@@ -13,25 +13,36 @@ from .checks import Outcome
 BLOCKED = "blocked by "
 # What each check's traffic crosses: the host's FORWARD hook (guests to the outside) or its
 # INPUT hook (the bridge's own address: ping, DNS, DHCP).
-HOOK = {"outside": "forward", "gateway": "input", "dns": "input", "dhcp": "input"}
+HOOK = {"outside": "forward", "inbound": "forward", "forwards": "forward", "gateway": "input",
+        "dns": "input", "dhcp": "input"}  # fmt: skip
 
 
 def blocker(
     failed: list[Outcome], rules: dict[str, Any] | None, input_rules: dict[str, Any] | None
 ) -> str | None:
     """The first foreign rule that drops a failed check's traffic, as the firewall names it;
-    None when it names none (or a refusal failed: a leak has no blocker)."""
+    for a refusal that failed (a leak), what the firewall finds wrong with kvmnet's own rules
+    (its jump missing, rules changed); None when it names nothing."""
     ops = backend.handlers()
     for outcome in failed:
         hook = HOOK.get(outcome.check)
         args = rules if hook == "forward" else input_rules if hook == "input" else None
-        if not args or (outcome.check == "outside" and "must not" in outcome.reason):
+        leak = "must not" in outcome.reason
+        if not args or (leak and outcome.check == "outside"):
             continue
         with contextlib.suppress(Exception):  # a read that fails names nothing
+            if leak and hook == "forward":
+                admitted = ops["forward.admitters"](dict(args)).get("admitted_by") or []
+                if admitted:
+                    return f"let in by {admitted[0]}"
             read = ops[f"{hook}.read"](dict(args))
             for problem in read.get("problems") or []:
-                if problem.startswith(BLOCKED):
+                if leak and not problem.startswith(BLOCKED):
+                    return f"{problem} (kvmnet's refusal does not run)"
+                if not leak and problem.startswith(BLOCKED):
                     return problem[len(BLOCKED) :]
+            if leak:
+                continue
             if hook == "forward":
                 other = backend.other_backend_drop(read.get("backend") or "iptables")
                 if other:

@@ -4,7 +4,8 @@ Started by probe.py as a new Python (never a fork of the threaded agent). It lea
 namespace at once (unshare(CLONE_NEWNET) through ctypes: Debian's Python 3.11 has no
 os.unshare), says `ready`, waits for its spec (one JSON line: the agent has moved the veth
 peer in by then), configures the peer, runs the checks and prints what it saw as one JSON
-line. Its namespace dies with it, and the veth pair with the namespace.
+line; with a `listen` port it listens there until the agent ends it (the outside probe tries
+to get in meanwhile). Its namespace dies with it, and the veth pair with the namespace.
 """
 
 from __future__ import annotations
@@ -81,8 +82,10 @@ def gateway(address: str) -> dict[str, object]:
     what it forwards is the outside check's business."""
     seen = ping(address)
     if not seen["reached"] and arp_resolved(address):
-        return {"reached": True, "detail": f"{address} answered ARP, not ping (the host's "
-                "firewall drops ping to it)"}
+        return {
+            "reached": True,
+            "detail": f"{address} answered ARP, not ping (the host's firewall drops ping to it)",
+        }
     return seen
 
 
@@ -197,9 +200,22 @@ class Background:
         return self._answer
 
 
+def listen(address: str, port: int) -> socket.socket:
+    """A TCP listener the outside probe tries to reach (the kernel completes its handshake)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    sock.listen(8)
+    return sock
+
+
 def main() -> None:
     leave_host_namespace()
     print("ready", flush=True)
     spec = json.loads(sys.stdin.readline())
     configure(spec)
+    listener = listen(spec["address"], spec["listen"]) if spec.get("listen") else None
     print(json.dumps(run_checks(spec)), flush=True)
+    if listener is not None:  # until the outside probe is done: the agent ends this process
+        sys.stdin.readline()
+        listener.close()

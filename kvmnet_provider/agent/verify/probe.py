@@ -6,41 +6,30 @@ veth pair; the other end is a port of the bridge. Both names come from the netwo
 (checks.probe_links), so what a killed run left (the pair before its peer moved, or a probe
 process still running) is found and removed by the next verify of that network. Once the
 probe's process is gone its namespace goes, and with it the peer and so the whole pair.
+
+After its checks, while the bridge probe still listens, a second probe stands for a neighbour
+that routes the subnet via the host (outer.py): routed lets it in, NAT refuses it except at
+each port forward, which conntrack on the host shows translated and let through.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
-import os
-import select
-import signal
 import socket
-import subprocess
-import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ...spec import dhcp, validate, verify, verify_probe
 from ..errors import AgentError
 from ..links.netlink import iproute_class
-from . import blame, checks
+from . import blame, checks, outer, spawn
 from . import inside as probe_inside
 
 LINK_SCOPE = 253  # RT_SCOPE_LINK
-READY_TIMEOUT = 20.0
 CHECKS_TIMEOUT = 60.0
-# The probe's process: the agent's own sys.path (argv[1], JSON), then inside.main() of the
-# module named in argv[2]; argv[3] names the probe and argv[4] the network namespace it was
-# started from (argv[7] and argv[8] of its command line), so a later verify can find it.
-BOOT = (
-    "import importlib, json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-    "importlib.import_module(sys.argv[2]).main()"
-)
-INSIDE = __name__.rsplit(".", 1)[0] + ".inside"
+LISTEN_PORT = 9  # the bridge probe's listener, which the outside probe tries to reach
 
 
 @dataclass(frozen=True)
@@ -57,6 +46,7 @@ class VerifySpec:
     dns_address: str | None
     rules: dict[str, Any] | None  # forward.read's args for the network's ForwardRules
     input_rules: dict[str, Any] | None  # input.read's args for its DhcpServer's rules
+    forwards: tuple[dict[str, Any], ...] = ()  # NAT: the port forwards (verify.forwards)
     skip: tuple[str, ...] = ()  # checks not to run this time (see NetworkCheck's update)
 
     @classmethod
@@ -91,8 +81,13 @@ class VerifySpec:
             input_rules=args.get("input_rules")
             if isinstance(args.get("input_rules"), dict)
             else None,
+            forwards=tuple(verify.forwards(args.get("forwards"))) if model == "nat" else (),
             skip=tuple(c for c in verify.CHECKS if c in (args.get("skip") or [])),
         )
+
+    @property
+    def inbound(self) -> bool:
+        return verify.inbound_checked(self.model) and "inbound" not in self.skip
 
     def inside(self, peer: str, target: str | None) -> dict[str, Any]:
         """What the probe's process needs: its link, MAC, address, route and checks."""
@@ -111,6 +106,7 @@ class VerifySpec:
             "dhcp": self.dhcp_range is not None and "dhcp" not in self.skip,
             "dns_name": self.dns_name if "dns" not in self.skip else None,
             "dns_address": self.dns_address,
+            "listen": LISTEN_PORT if self.inbound else None,
         }
 
 
@@ -118,15 +114,29 @@ def network_verify(args: dict[str, Any]) -> dict[str, Any]:
     spec = VerifySpec.from_args(args)
     host_end, peer = checks.probe_links(spec.owner)
     remove_probe(host_end, peer)  # what a killed run left
+    outer.remove(*checks.outside_links(spec.owner))
     target = spec.target or default_gateway()
     inside = spec.inside(peer, target)
     had = link_locals(spec.bridge)
+    way_in: dict[str, Any] = {}
+
+    def from_outside() -> None:  # while the bridge probe listens
+        inbound = (inside["address"], LISTEN_PORT) if spec.inbound else None
+        forwards = [] if "forwards" in spec.skip else list(spec.forwards)
+        if inbound or forwards:
+            way_in["seen"], way_in["tracked"] = outer.try_the_way_in(
+                spec.owner, inbound, forwards, verify.inbound_expected(spec.model)
+            )
+
     try:
-        seen = run_probe(spec, host_end, peer, inside)
+        seen = run_probe(spec, host_end, peer, inside, from_outside)
     finally:
         remove_probe(host_end, peer)
         drop_link_locals(spec.bridge, keep=had)
+    seen.update(way_in.get("seen") or {})
     outcomes = checks.judge(spec.model, seen, from_the_host(seen, inside))
+    if "tracked" in way_in:
+        outcomes += forwards_outcome(list(spec.forwards), way_in["tracked"])
     failed = [o for o in outcomes if not o.ok]
     blocked = blame.blocker(failed, spec.rules, spec.input_rules) if failed else None
     return {
@@ -136,6 +146,15 @@ def network_verify(args: dict[str, Any]) -> dict[str, Any]:
         "probe": {"address": inside["address"], "mac": inside["mac"]},
         "target": target,
     }
+
+
+def forwards_outcome(
+    forwards: list[dict[str, Any]], tracked: list[dict[str, object]] | None
+) -> list[checks.Outcome]:
+    if tracked is None:
+        return [checks.Outcome("forwards", True, "not checked: conntrack unreadable", ran=False)]
+    outcome = checks.judge_forwards(forwards, tracked)
+    return [outcome] if outcome else []
 
 
 def from_the_host(
@@ -163,50 +182,21 @@ def default_gateway() -> str | None:
 
 
 def run_probe(
-    spec: VerifySpec, host_end: str, peer: str, inside: dict[str, Any]
+    spec: VerifySpec,
+    host_end: str,
+    peer: str,
+    inside: dict[str, Any],
+    meanwhile: Callable[[], None],
 ) -> dict[str, dict[str, object]]:
-    # The agent's tree first (wherever it was unpacked), then what the agent itself imports.
-    path = [str(Path(__file__).resolve().parents[3]), *sys.path]
-    argv = [sys.executable, "-I", "-S", "-c", BOOT, json.dumps(path), INSIDE, host_end,
-            home_namespace()]  # fmt: skip
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    """What the bridge probe saw; `meanwhile` runs after its checks, while it still listens."""
+    proc = spawn.start("inside", host_end)
     try:
-        assert proc.stdin is not None and proc.stdout is not None
-        if _line(proc, proc.stdout, READY_TIMEOUT) != "ready":
-            raise _probe_failed(proc, "did not start")
         attach(spec.bridge, host_end, peer, proc.pid)
-        proc.stdin.write(json.dumps(inside) + "\n")
-        proc.stdin.flush()
-        answer = _line(proc, proc.stdout, CHECKS_TIMEOUT)
-        if not answer:
-            raise _probe_failed(proc, "ended without an answer")
-        seen: dict[str, dict[str, object]] = json.loads(answer)
+        seen = spawn.ask(proc, inside, CHECKS_TIMEOUT)
+        meanwhile()
         return seen
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-def _line(proc: subprocess.Popen[str], stream: IO[str], timeout: float) -> str:
-    ready, _, _ = select.select([stream], [], [], timeout)
-    if not ready:
-        proc.kill()
-        raise AgentError("failed", f"the verify probe gave no answer in {timeout:g}s")
-    return stream.readline().strip()
-
-
-def _probe_failed(proc: subprocess.Popen[str], what: str) -> AgentError:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
-    return AgentError("failed", f"the verify probe {what}: {err[-1] if err else 'no error'}")
+        spawn.end(proc)
 
 
 def attach(bridge: str, host_end: str, peer: str, pid: int) -> None:
@@ -227,9 +217,7 @@ def attach(bridge: str, host_end: str, peer: str, pid: int) -> None:
 
 def remove_probe(host_end: str, peer: str) -> None:
     """The probe of this network, whatever is left of it: its process, then its links."""
-    for pid in _probe_processes(host_end):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    spawn.kill_named(host_end)
     ipr = iproute_class()()
     try:
         for name in (host_end, peer):
@@ -238,9 +226,7 @@ def remove_probe(host_end: str, peer: str) -> None:
                     ipr.link("del", index=idx)
     finally:
         ipr.close()
-    deadline = time.monotonic() + 5
-    while _probe_processes(host_end) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    spawn.wait_gone(host_end)
 
 
 def link_locals(bridge: str) -> set[tuple[str, int]]:
@@ -274,26 +260,3 @@ def drop_link_locals(bridge: str, keep: set[tuple[str, int]]) -> None:
                     ipr.addr("del", index=idx, address=address, prefixlen=prefixlen)
     finally:
         ipr.close()
-
-
-def home_namespace() -> str:
-    """This process's network namespace (its inode), where the probes it starts come from."""
-    return str(os.stat("/proc/self/ns/net").st_ino)
-
-
-def _probe_processes(host_end: str) -> list[int]:
-    """Probe processes of this network: their command line is BOOT's, with its name and this
-    namespace. Not another namespace's: network namespaces share one PID space, and a network
-    of the same name there is another host's (a lab host, a container)."""
-    home = home_namespace().encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) >= 9 and argv[4] == BOOT.encode() and argv[7:9] == [host_end.encode(), home]:
-            found.append(int(entry.name))
-    return found
