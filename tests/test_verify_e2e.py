@@ -10,6 +10,7 @@ leaves anything behind."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,16 +84,18 @@ def has_link(lab_api: Lab, namespace: str, name: str) -> bool:
     return found.returncode == 0
 
 
-def processes_naming(word: str) -> list[int]:
-    """PIDs of the processes, in any namespace, with `word` as one of their arguments (a
-    probe's process is named by its host end)."""
+def probes_of(namespace: str, host_end: str) -> list[int]:
+    """PIDs of the probe processes of the lab host `namespace` named `host_end`: their
+    arguments name both, the namespace by its inode (other labs' hosts may run a network of
+    the same name at the same time; all namespaces share one PID space)."""
+    words = {host_end.encode(), str(os.stat(f"/run/netns/{namespace}").st_ino).encode()}
     found = []
     for entry in Path("/proc").iterdir():
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
         except OSError:
             continue  # gone meanwhile
-        if word.encode() in argv:
+        if words <= set(argv):
             found.append(int(entry.name))
     return found
 
@@ -105,7 +108,7 @@ def kill_up_during_the_check(stack: TestStack, lab_api: Lab, namespace: str, own
     up = stack.start("up", "--yes", "--skip-preview", "--replace", check["urn"])
     try:
         deadline = time.monotonic() + 120
-        while not (has_link(lab_api, namespace, host_end) and processes_naming(host_end)):
+        while not (has_link(lab_api, namespace, host_end) and probes_of(namespace, host_end)):
             assert up.poll() is None, "up ended before its probe was attached"
             assert time.monotonic() < deadline, "no probe attached"
             time.sleep(0.05)
@@ -175,7 +178,7 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
     kill_up_during_the_check(verify_stack, lab_api, host.namespace, nat["owner"])
     took = wait_for_snapshot(lab_api, host.namespace, made)
     print(f"the killed run's probe was gone {took:.1f} s after the kill")
-    assert processes_naming(host_end) == []  # its process too, in its own namespace
+    assert probes_of(host.namespace, host_end) == []  # its process too
     verify_stack.recover_after_kill()
     (pending,) = verify_stack.resources("NetworkCheck")
     assert pending.get("pendingReplacement") is True, pending
