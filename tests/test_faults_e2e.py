@@ -39,20 +39,6 @@ GUESTS = ("g1", "g2")
 BRIDGE_IP = "10.0.1.254"
 
 
-def readme_recovery(stack: TestStack) -> None:
-    """What docs/operations.md tells the operator to run after `pulumi` was killed ("When
-    `pulumi up` was interrupted"), the step for a cut metadata write included."""
-    cancel = stack.pulumi("cancel", "--yes", check=False)
-    if cancel.returncode != 0:
-        said = cancel.stdout + cancel.stderr
-        assert "failed to load checkpoint: EOF" in said, said
-        attrs = next((stack.ws.root / "backend").rglob(f"stacks/{PROJECT}/{STACK}.json.attrs"))
-        assert attrs.stat().st_size == 0, attrs  # the write the kill cut; the state is whole
-        attrs.unlink()
-        stack.pulumi("cancel", "--yes")
-    stack.pulumi("refresh", "--yes", "--skip-preview", "--clear-pending-creates")
-
-
 # --- the host, as far as a comparison of two runs goes ---------------------------------------
 def comparable(snapshot: dict[str, Any]) -> dict[str, Any]:
     """A host snapshot without what differs between two runs of the same program on the same
@@ -303,7 +289,7 @@ def test_killed_mid_up_then_readme_recovery_converges(
         up.wait(30)
         fault_stack.ws.reap()  # its plugins, each in a group of its own
     assert pending_operations(fault_stack), "the kill left no pending operation"
-    readme_recovery(fault_stack)
+    fault_stack.recover_after_kill()  # the README's steps
     assert not pending_operations(fault_stack)
     converges(fault_stack, lab, lab_api, clean, before)
 

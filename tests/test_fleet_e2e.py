@@ -1,6 +1,8 @@
 """A fleet through the real engine: stacks/Pulumi.lab-fleet.yaml on 3 lab hosts, every host's
 reachability observed from inside its guests, one host down during `up` failing only its own
-resources, and destroy leaving every host as it was."""
+resources, the fleet's picture (kvmnet-picture with live reads) holding every host, bridge and
+guest and marking one guest killed behind kvmnet's back, and destroy leaving every host as it
+was."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from kvmnet_lab.hostconfig import fleet_stack_config
 from kvmnet_lab.lab import Lab, LabStatus, fresh_lab
 from kvmnet_lab.probe import EXPECTED
 from kvmnet_lab.testing.guest import guest_image_dir
+from kvmnet_lab.testing.picture import draw_live, kill_and_wait, read_svg
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
 from kvmnet_lab.testing.stack import STACK_PROGRAM, TestStack
 
@@ -57,6 +61,38 @@ def stop_sshd(lab: Lab, host: str) -> None:
 def guest_hosts(stack: TestStack) -> list[str]:
     """The host address of each QemuGuest in the stack's state."""
     return sorted(r["inputs"]["connection"]["host"] for r in stack.resources("QemuGuest"))
+
+
+def drawn_names(texts: list[str], kind: str) -> Counter[str]:
+    """How often the picture draws each `kind` ("host", "bridge", "guest") by name: the first
+    word after the kind in each box's first line."""
+    return Counter(t.split()[1] for t in texts if t.startswith(f"{kind} "))
+
+
+def check_picture(stack: TestStack, outputs: dict[str, Any], tmp_path: Path) -> None:
+    """The fleet's picture names every host, bridge and guest (each as often as the stack has
+    it); after one guest's QEMU is killed, that guest, and only it, is marked gone."""
+    clean = draw_live(stack, tmp_path / "fleet.svg")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    drawing = read_svg(tmp_path / "fleet.svg")  # parses: well-formed XML
+    assert drawing.drifted == [], drawing.drifted
+    hosts = outputs["hosts"]
+    networks = [net for host in hosts.values() for net in host["networks"].values()]
+    assert drawn_names(drawing.texts, "host") == Counter(list(hosts))
+    assert drawn_names(drawing.texts, "bridge") == Counter(n["bridge"] for n in networks)
+    assert drawn_names(drawing.texts, "guest") == Counter(g for n in networks for g in n["guests"])
+    for name, host in hosts.items():
+        assert f"host {name} ({host['host']}:22)" in drawing.texts, drawing.texts
+    assert "live reads: 0 drifted, 0 hosts not read" in drawing.text
+
+    pid = int(hosts["h2"]["networks"]["nat"]["guests"]["g1"]["pid"])
+    kill_and_wait(pid)  # h2's g1: a guest of this test's stack, on its lab host
+    found = draw_live(stack, tmp_path / "drift.svg")
+    assert found.returncode == 2, found.stdout + found.stderr
+    drawing = read_svg(tmp_path / "drift.svg")
+    (drifted,) = drawing.drifted  # one box: h1's and h3's g1 are the same name, not drifted
+    assert "guest g1" in drifted and f"pid {pid}" in drifted and "✗ gone" in drifted, drifted
+    assert "live reads: 1 drifted, 0 hosts not read" in drawing.text
 
 
 def test_fleet_of_three_hosts(tmp_path: Path, fleet_lab: tuple[Lab, LabStatus]) -> None:
@@ -113,6 +149,7 @@ def test_fleet_of_three_hosts(tmp_path: Path, fleet_lab: tuple[Lab, LabStatus]) 
         secret_line = key_text.splitlines()[1]
         assert secret_line not in str(stack.export())  # the per-host key is not in the state
 
+        check_picture(stack, outputs, tmp_path)  # last: it kills a guest; destroy follows
         stack.destroy()
         for h in lab.hosts:
             assert diff_snapshots(before[h.name], host_snapshot(lab_api, h.namespace)) == [], h.name

@@ -4,10 +4,14 @@ Routed, then NAT, then isolated on one stack (a model switch updates the check):
 verifies and passes. A DROP that kvmnet does not know about (iptables-legacy, in FORWARD
 before kvmnet's jump; a DROP on INPUT from the bridge; on the nftables backend, a foreign
 table's forward chain) makes the next verify fail `up` in one line naming that rule. A probe
-left by a killed run is removed by the next verify, and no probe leaves anything behind."""
+left by a killed run is removed by the next verify; `pulumi up` killed (SIGKILL, the engine and
+its provider) while its probe is on the bridge leaves nothing behind either; and no probe
+leaves anything behind."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +84,56 @@ def check_again(stack: TestStack, fragment: str) -> list[str]:
     return one_line(failed.stdout + failed.stderr, fragment)
 
 
+def has_link(lab_api: Lab, namespace: str, name: str) -> bool:
+    found = lab_api.exec_in(namespace, ["ip", "link", "show", "dev", name], capture_output=True)
+    return found.returncode == 0
+
+
+def probes_of(namespace: str, host_end: str) -> list[int]:
+    """PIDs of the probe processes of the lab host `namespace` named `host_end`: their
+    arguments name both, the namespace by its inode (other labs' hosts may run a network of
+    the same name at the same time; all namespaces share one PID space)."""
+    words = {host_end.encode(), str(os.stat(f"/run/netns/{namespace}").st_ino).encode()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue  # gone meanwhile
+        if words <= set(argv):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_up_during_the_check(stack: TestStack, lab_api: Lab, namespace: str, owner: str) -> None:
+    """`up --replace` of the stack's NetworkCheck in the background, SIGKILLed (with its
+    plugins) once the check's probe is attached to the bridge and its process runs."""
+    (check,) = stack.resources("NetworkCheck")
+    host_end, _ = probe_links(owner)
+    up = stack.start("up", "--yes", "--skip-preview", "--replace", check["urn"])
+    try:
+        deadline = time.monotonic() + 120
+        while not (has_link(lab_api, namespace, host_end) and probes_of(namespace, host_end)):
+            assert up.poll() is None, "up ended before its probe was attached"
+            assert time.monotonic() < deadline, "no probe attached"
+            time.sleep(0.05)
+    finally:
+        stack.kill_run(up)
+
+
+def wait_for_snapshot(lab_api: Lab, namespace: str, expected: dict[str, Any]) -> float:
+    """Seconds until the host's snapshot equals `expected` (at most the probe's own time
+    limits); fails with the difference."""
+    started = time.monotonic()
+    while True:
+        now = host_snapshot(lab_api, namespace)
+        if now == expected:
+            return time.monotonic() - started
+        if time.monotonic() - started > 90:
+            raise AssertionError("\n".join(diff_snapshots(expected, now)))
+        time.sleep(0.5)
+
+
 def iptables(lab_api: Lab, namespace: str, *args: str, check: bool = True) -> None:
     lab_api.exec_in(namespace, ["iptables-legacy", *args], check=check)
 
@@ -124,6 +178,23 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
     verify_stack.up()
     again = the_check(verify_stack)
     assert again["checked_target"] == target and again["checked_at"] >= nat["checked_at"]
+    assert diff_snapshots(made, host_snapshot(lab_api, host.namespace)) == []
+
+    # `up` killed with its provider while the probe is on the bridge: the host's agent outlives
+    # its SSH session, finishes the check and takes the probe away (its `finally`), with no
+    # later run. The engine had deleted the old check first (kvmnet replaces delete-first), so
+    # after the README's recovery the state holds it pending replacement, and the next `up`
+    # runs the check again.
+    kill_up_during_the_check(verify_stack, lab_api, host.namespace, nat["owner"])
+    took = wait_for_snapshot(lab_api, host.namespace, made)
+    print(f"the killed run's probe was gone {took:.1f} s after the kill")
+    assert probes_of(host.namespace, host_end) == []  # its process too
+    verify_stack.recover_after_kill()
+    (pending,) = verify_stack.resources("NetworkCheck")
+    assert pending.get("pendingReplacement") is True, pending
+    verify_stack.up()
+    assert the_check(verify_stack)["passed"] == NAT
+    verify_stack.preview_no_changes()
     assert diff_snapshots(made, host_snapshot(lab_api, host.namespace)) == []
 
     # A DROP kvmnet does not know about, above its jump: the guests are cut off, and up says

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +72,39 @@ class TestStack:
     def resources(self, type_suffix: str = "") -> list[dict[str, Any]]:
         found = self.export()["deployment"].get("resources") or []
         return [r for r in found if r["type"].endswith(type_suffix)]
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        """`pulumi ARGS` in the background, silent, in a process group of its own (the engine,
+        language host and provider die together by kill_run)."""
+        argv = ["pulumi", "--non-interactive", *args, "--stack", self.stack]
+        return subprocess.Popen(
+            argv,
+            cwd=self.dir,
+            env=self.ws.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def kill_run(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a run `start` began (its group), and reap the plugins it left."""
+        os.killpg(proc.pid, signal.SIGKILL)  # the group this stack's start made
+        proc.wait(30)
+        self.ws.reap()  # its plugins, each in a group of its own
+
+    def recover_after_kill(self) -> None:
+        """What docs/operations.md tells the operator to run after `pulumi` was killed ("When
+        `pulumi up` was interrupted"), the step for a cut metadata write included."""
+        cancel = self.pulumi("cancel", "--yes", check=False)
+        if cancel.returncode != 0:
+            said = cancel.stdout + cancel.stderr
+            assert "failed to load checkpoint: EOF" in said, said
+            backend = self.ws.root / "backend"
+            attrs = next(backend.rglob(f"stacks/{self.dir.name}/{self.stack}.json.attrs"))
+            assert attrs.stat().st_size == 0, attrs  # the write the kill cut; the state is whole
+            attrs.unlink()
+            self.pulumi("cancel", "--yes")
+        self.pulumi("refresh", "--yes", "--skip-preview", "--clear-pending-creates")
 
     def remove(self) -> None:
         self.ws.reap()  # what an engine killed mid-run left: nothing may outlive a test
