@@ -49,6 +49,7 @@ WRITES = {
 # op -> kinds whose record (of the args' owner) it removes
 REMOVES = {
     "link.delete": ("bridge", "tap"),
+    "bridge.release": ("bridge",),
     "forwarding.release": ("forwarding",),
     "masquerade.remove": ("masquerade",),
     "dnat.remove": ("dnat",),

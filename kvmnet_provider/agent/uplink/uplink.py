@@ -213,9 +213,10 @@ def confirm(args: dict[str, Any]) -> dict[str, Any]:
             raise AgentError("invalid", "no rollback is armed with that token")
         armed.unlink()
     # A release seen to work: the record of what to undo goes now, not before.
-    with hoststate.locked("uplinks") as doc:
-        for owner in [o for o, r in doc.items() if r.get("releasing") == token]:
-            doc.pop(owner)
+    for books in ("uplinks", "adopted"):
+        with hoststate.locked(books) as doc:
+            for owner in [o for o, r in doc.items() if r.get("releasing") == token]:
+                doc.pop(owner)
     return {"confirmed": True}
 
 
@@ -237,12 +238,17 @@ def _seconds(value: object) -> int:
 
 
 def _apply_or_undo(
-    ipr: Any, target: str, wanted: dict[str, Any], previous: dict[str, Any], what: str
+    ipr: Any,
+    target: str,
+    wanted: dict[str, Any],
+    previous: dict[str, Any],
+    what: str,
+    undo_target: str | None = None,
 ) -> None:
     """Apply `wanted`; if any of it fails or is refused, put `previous` back at once the same
     way. The rollback stays armed: only a new SSH login (the provider's confirm) shows the
     host reachable; without one it applies `previous` again."""
-    undo = APPLY["plain" if target == "bridged" else "bridged"]
+    undo = APPLY[undo_target or ("plain" if target == "bridged" else "bridged")]
     try:
         refused = APPLY[target](ipr, wanted)
         if not refused:
