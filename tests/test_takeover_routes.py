@@ -159,13 +159,14 @@ def _provider_run(
     monkeypatch: pytest.MonkeyPatch, op_answer: Any, confirm_answer: Any
 ) -> tuple[list[str], Exception | dict[str, Any]]:
     from kvmnet_provider.connection import HostSettings
+    from kvmnet_provider.resources import rollback
     from kvmnet_provider.resources import uplink as provider
 
     log: list[str] = []
     first = FakeSession(log, {"uplink.takeover": op_answer})
     fresh = FakeSession(log, {"uplink.confirm": confirm_answer, "uplink.read": {"state": "ok"}})
-    monkeypatch.setattr(provider, "agent_session", lambda settings: first)
-    monkeypatch.setattr(provider, "fresh_session", lambda settings: fresh)
+    monkeypatch.setattr(rollback, "agent_session", lambda settings: first)
+    monkeypatch.setattr(rollback, "fresh_session", lambda settings: fresh)
     props = {
         "connection": HostSettings(host="h", known_hosts="/dev/null").to_props(),
         "rollback_seconds": 30,

@@ -212,7 +212,7 @@ class Links:
                 self.ipr.link("set", index=idx, kind="bridge", br_stp_state=stp)
         owner = validate.owner(spec["owner"])
         known: dict[str, Any] = {}
-        # An adopted bridge's addresses change only under the rollback (bridge.readdress);
+        # An adopted bridge's addresses change only under the rollback (adopted.readdress);
         # None: not given, the bridge keeps the addresses it has.
         adopted = not live.get("created") and adoption.adopted(owner)
         if spec.get("addresses") is not None and not adopted:

@@ -3,8 +3,6 @@ without pyroute2; the agent loads this module at the first change."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from ...spec.wire import Handlers
 
 
@@ -19,18 +17,6 @@ def handlers() -> Handlers:
         "link.delete.many": lambda a: outcomes("link.delete", links.link_delete_many(a["items"])),
         "bridge.create": links.bridge_create,
         "bridge.update": links.bridge_update,
-        "bridge.readdress": lambda a: _adopted().readdress(a),
-        # An adopted bridge is given back what it had; a bridge of ours is deleted.
-        "bridge.release": lambda a: (
-            _adopted().release(a) or {"token": None, **links.link_delete(a["name"], a["owner"])}
-        ),
         "tap.create": links.tap_create,
         "tap.update": links.tap_update,
     }
-
-
-def _adopted() -> Any:
-    """The adopted bridges' operations, loaded at the first (they need pyroute2)."""
-    from ..uplink import adopted
-
-    return adopted

@@ -1,7 +1,7 @@
 """A bridge kvmnet adopted may carry the address the operator's SSH session arrives on. So
 its addresses change only under the uplink's rollback (uplink.arm): a change of them
-(`bridge.readdress`), and the release that gives it back what it had before the adoption
-(`bridge.release`), each arm a restore of the addresses and routes it has now, which a new
+(`adopted.readdress`), and the release that gives it back what it had before the adoption
+(`adopted.release`), each arm a restore of the addresses and routes it has now, which a new
 SSH login disarms (uplink.confirm). What it had is recorded at the adoption
 (links/adoption.py)."""
 
@@ -13,8 +13,9 @@ from ...spec import validate
 from .. import hoststate
 from ..errors import AgentError
 from ..links import adoption, rtdump
-from ..links.bridges import refuse_capture
+from ..links.bridges import Links, refuse_capture
 from ..links.netlink import iproute_class
+from ..links.rtwrite import Rtnl
 from ..links.state import USER_HZ, owner_tag
 from . import uplink
 from .routes import index_of, link_message
@@ -61,15 +62,15 @@ def readdress(args: dict[str, Any]) -> dict[str, Any]:
     return {"token": token, "armed_seconds": seconds}
 
 
-def release(args: dict[str, Any]) -> dict[str, Any] | None:
-    """Give an adopted bridge back what it had before (None when this owner adopted none):
-    settings at once, then addresses and routes under an armed rollback when they differ.
-    The record goes at once, or at the confirm of a release that was armed."""
+def release(args: dict[str, Any]) -> dict[str, Any]:
+    """Give an adopted bridge back what it had before: settings at once, then addresses and
+    routes under an armed rollback when they differ. The record goes at once, or at the
+    confirm of a release that was armed. A bridge this owner made, not adopted, is deleted."""
     owner, name = validate.owner(args["owner"]), validate.ifname(args["name"])
     with hoststate.locked(adoption.DOC) as doc, iproute_class()() as ipr:
         record = doc.get(owner)
         if record is None:
-            return None
+            return {"token": None, **Links(Rtnl()).link_delete(name, owner)}
         idx = _ours(ipr, name, owner)
         if idx is None:  # deleted by hand, or taken by someone else: nothing to give back
             doc.pop(owner)
@@ -101,3 +102,7 @@ def _settings_back(ipr: Any, idx: int, before: dict[str, Any]) -> None:
     for step in steps if stp else steps[::-1]:
         ipr.link("set", index=idx, kind="bridge", **step)
     ipr.link("set", index=idx, state="up" if before.get("up", True) else "down")
+
+
+def handlers() -> dict[str, Any]:
+    return {"adopted.readdress": readdress, "adopted.release": release}
