@@ -147,9 +147,13 @@ class BridgeProvider(_LinkProvider):
 
     def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
         forget(agent)
-        return self.overlay(
-            props, self._readdressed(props, agent.call("bridge.create", self.spec(props)))
-        )
+        live = agent.call("bridge.create", self.spec(props))
+        try:
+            return self.overlay(props, self._readdressed(props, live))
+        except Exception:
+            if live.get("adopted"):  # a create that failed leaves the bridge as it found it
+                self._release(props, quietly=True)
+            raise
 
     def host_update(
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
@@ -176,8 +180,15 @@ class BridgeProvider(_LinkProvider):
         if not props.get("adopt"):
             return super().host_delete(agent, props)
         forget(agent)  # an adopted bridge is released: given back what it had
+        self._release(props)
+
+    def _release(self, props: dict[str, Any], quietly: bool = False) -> None:
         args = {"owner": props["owner"], "name": props["name"]}
-        protected(props, "adopted.release", args, props["name"], lambda session: {})
+        try:
+            protected(props, "adopted.release", args, props["name"], lambda session: {})
+        except Exception:
+            if not quietly:
+                raise
 
 
 class TapPortProvider(_LinkProvider):
