@@ -104,7 +104,8 @@ def test_an_adopted_bridges_addresses_change_only_under_the_rollback(
     protected: list[tuple[str, dict[str, Any]]],
 ) -> None:
     inputs = checked(adopt=True, addresses=["198.18.7.12/24"])
-    live = BridgeProvider().host_create(Agent({**LIVE, "adopted": True}), inputs)  # type: ignore[arg-type]
+    agent = Agent({**LIVE, "adopted": True})
+    live = BridgeProvider().host_create(agent, inputs)  # type: ignore[arg-type]
     assert [op for op, _ in protected] == ["adopted.readdress"]
     assert protected[0][1]["addresses"] == ["198.18.7.12/24"]
     assert live["addresses"] == ["198.18.7.12/24"]

@@ -149,7 +149,7 @@ class BridgeProvider(_LinkProvider):
         forget(agent)
         live = agent.call("bridge.create", self.spec(props))
         try:
-            return self.overlay(props, self._readdressed(props, live))
+            return self.overlay(props, self._readdressed(agent, props, live))
         except Exception:
             if live.get("adopted"):  # a create that failed leaves the bridge as it found it
                 self._release(props, quietly=True)
@@ -160,10 +160,12 @@ class BridgeProvider(_LinkProvider):
     ) -> dict[str, Any]:
         forget(agent)
         return self.overlay(
-            news, self._readdressed(news, agent.call("bridge.update", self.spec(news)))
+            news, self._readdressed(agent, news, agent.call("bridge.update", self.spec(news)))
         )
 
-    def _readdressed(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    def _readdressed(
+        self, agent: AgentSession, props: dict[str, Any], live: dict[str, Any]
+    ) -> dict[str, Any]:
         """An adopted bridge's addresses, given explicitly, are set under the host's rollback
         (the agent leaves them to this); a bridge of ours has them already."""
         want = props.get("addresses")
@@ -174,7 +176,8 @@ class BridgeProvider(_LinkProvider):
         def after(session: AgentSession) -> dict[str, Any]:
             return dict(session.call("link.read", {"name": props["name"]}))
 
-        return protected(props, "adopted.readdress", args, props["name"], after)
+        done = protected(props, "adopted.readdress", args, props["name"], after)
+        return done if "ifindex" in done else dict(agent.call("link.read", {"name": props["name"]}))
 
     def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
         if not props.get("adopt"):
