@@ -198,3 +198,19 @@ def test_apply_addresses_reports_a_route_the_new_addresses_cannot_carry() -> Non
     refused = routes.apply_addresses(kernel, cfg)
     assert kernel.addresses == ["10.9.0.1/24"] and kernel.alias is None
     assert len(refused) == 1 and refused[0].startswith("route default via 198.18.7.254: ")
+
+
+def test_the_capture_guard_counts_no_network_the_bridge_already_carries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kvmnet_provider.agent.errors import AgentError
+    from kvmnet_provider.agent.links import bridges, overlap
+    from kvmnet_provider.agent.links.rtdump import LinkRecord
+
+    mgmt = LinkRecord(4, "br-mgmt", 1, None, 1500, 0, "", "bridge")
+    host = overlap.HostNetworks({4: mgmt}, {4: ["198.18.7.11/24"]}, [])
+    monkeypatch.setattr(overlap, "read_host", lambda: host)
+    monkeypatch.setattr(bridges.ssh_session, "session_peers", lambda: frozenset({"198.18.7.1"}))
+    bridges.refuse_capture({"name": "br-mgmt", "addresses": ["198.18.7.77/24"]})
+    with pytest.raises(AgentError, match="198.18.7.1, the address kvmnet's SSH session"):
+        bridges.refuse_capture({"name": "br-other", "addresses": ["198.18.7.77/24"]})
