@@ -122,6 +122,26 @@ def test_adopt_without_addresses_keeps_them_and_destroy_gives_the_bridge_back(
     settle(lab_api, before, snapshot)  # released, not deleted: as it was
 
 
+def test_adopt_with_an_added_address_keeps_ssh_and_the_release_takes_it_back(
+    stack: TestStack, lab: LabStatus, lab_api: Lab
+) -> None:
+    """A change that keeps the host reachable: confirmed by a new login, and the release
+    (under the same rollback) gives back exactly the addresses and routes of before."""
+    before = bridge_state(lab_api)
+    snapshot = host_snapshot(lab_api, lab_api.namespace(HOST))
+    address = f"{lab.host(HOST).address}/{ipaddress.ip_network(lab.lan).prefixlen}"
+    stack.config_values({"kvmnet:bridgeAddresses": [address, "10.77.0.1/24"]})
+    stack.up()
+    with ssh(lab) as again:
+        on_bridge = run(again, f"ip -br addr show {MGMT_BRIDGE}")
+        assert address in on_bridge and "10.77.0.1/24" in on_bridge, on_bridge
+        assert "default via" in run(again, f"ip route show dev {MGMT_BRIDGE}")
+    stack.refresh()
+    stack.preview_no_changes()
+    stack.destroy()
+    settle(lab_api, before, snapshot)
+
+
 def test_adopt_with_a_wrong_address_list_is_rolled_back(
     stack: TestStack, lab: LabStatus, lab_api: Lab
 ) -> None:
