@@ -238,6 +238,13 @@ def test_model_on_a_drop_policy_host(
             assert docker_rules == ["-A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp "
                                     "-m tcp --dport 80 -j ACCEPT"]  # fmt: skip
 
+    # The network proved its own row at `up` (verify is on by default for routed and NAT).
+    if model in ("routed", "nat"):
+        (check,) = model_stack.resources("NetworkCheck")
+        checks = check["outputs"]["checks"]
+        assert "outside" in check["outputs"]["passed"], checks
+        assert all(c.get("ok") for c in checks), checks
+
     # The whole row, from inside the guests, on a host whose FORWARD policy is DROP.
     bridge_ip = None if model == "isolated" else "10.0.1.254"
     assert observe_model(model_stack, lab, bridge_ip) == EXPECTED[model]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 
 from kvmnet_provider.agent.guests import ready as agent_ready
@@ -13,8 +14,11 @@ from kvmnet_provider.errors import KvmnetError
 from kvmnet_provider.program.guest_disks import guest_ready
 from kvmnet_provider.resources.guest import QemuGuestProvider
 from kvmnet_provider.resources.guest_ready import (
+    POLL_SECONDS,
     PROGRESS_SECONDS,
     GuestReady,
+    Progress,
+    progress,
     ready_prop,
     wait_ready,
     with_address,
@@ -117,6 +121,7 @@ class Stub:
         self.now = 1000.0
         self.calls: list[dict[str, Any]] = []
         self.said: list[str] = []
+        self.tell: Progress | None = None
 
     def probe(self, args: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(args)
@@ -131,7 +136,8 @@ class Stub:
         props = {"name": "g1", "owner": "o", "connection": {"host": "h1"}}
         return wait_ready(
             self.probe, props, readiness(ready),
-            clock=lambda: self.now, sleep=self.sleep, say=self.said.append,
+            clock=lambda: self.now, sleep=self.sleep,
+            tell=self.tell or Progress(self.said.append, PROGRESS_SECONDS, PROGRESS_SECONDS),
         )  # fmt: skip
 
 
@@ -155,6 +161,22 @@ def test_the_wait_says_what_it_waits_for_while_it_waits() -> None:
     stub.wait({"tcp": 22})
     assert stub.said and all(s.startswith("guest g1: waiting for tcp port 22") for s in stub.said)
     assert len(stub.said) == int(40 // PROGRESS_SECONDS)  # one word per period, not per probe
+
+
+def test_a_status_is_said_at_once_and_again_when_what_is_missing_changes() -> None:
+    leased = {"leased": ["10.0.1.130"]}
+    stub = Stub([{}] * 3 + [leased] * 3 + [{**leased, "console": True}])
+    stub.tell = Progress(stub.said.append, 0.0, PROGRESS_SECONDS)
+    stub.wait({"lease": True, "console": "READY"})
+    assert stub.said == [
+        "guest g1: waiting for a DHCP lease, console /READY/ (0 s of 300 s)",
+        f"guest g1: waiting for console /READY/ ({int(3 * POLL_SECONDS)} s of 300 s)",
+    ]
+
+
+def test_outside_the_provider_server_progress_is_a_log_line_now_and_then() -> None:
+    tell = progress()
+    assert tell.say is pulumi.log.info and tell.first == tell.every == PROGRESS_SECONDS
 
 
 def test_past_the_timeout_it_fails_in_one_line() -> None:

@@ -4,6 +4,7 @@ lease their address from the network's dnsmasq and print KVMNET-GUEST-READY afte
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import textwrap
 import time
@@ -69,15 +70,47 @@ def guest_outputs(stack: TestStack) -> dict[str, Any]:
     return guests
 
 
+def engine_events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def status_while_waiting(events: list[dict[str, Any]], urn: str) -> list[str]:
+    """The status messages (ephemeral, on the resource's row) the engine had for `urn`
+    before the resource's outputs arrived, i.e. while its create waited."""
+    said = []
+    for event in events:
+        if event.get("resOutputsEvent", {}).get("metadata", {}).get("urn") == urn:
+            return said
+        diag = event.get("diagnosticEvent") or {}
+        if diag.get("urn") == urn and diag.get("ephemeral"):
+            said.append(diag["message"])
+    raise AssertionError(f"no outputs for {urn} in the engine's events")
+
+
 def test_up_waits_for_readiness_and_exports_the_leased_address(
-    ready_stack: TestStack, lab: LabStatus, lab_api: Lab
+    ready_stack: TestStack,
+    lab: LabStatus,
+    lab_api: Lab,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ns = lab.hosts[0].namespace
     before = host_snapshot(lab_api, ns)
     ready = {"g1": {"console": "KVMNET-GUEST-READY g1", "lease": True, "timeout": 600}}
     ready_stack.config_values({"readytest:ready": ready})
-    ready_stack.up()
+    event_log = tmp_path / "up-events.jsonl"
+    with monkeypatch.context() as debug:
+        debug.setenv("PULUMI_DEBUG_COMMANDS", "true")  # the CLI offers --event-log with it
+        first = ready_stack.pulumi("up", "--yes", "--skip-preview", "--event-log", str(event_log))
     g1 = guest_outputs(ready_stack)["g1"]
+    # while it waited, the guest's own row said so: a status, not a log line
+    (guest,) = ready_stack.resources("QemuGuest")
+    said = status_while_waiting(engine_events(event_log), guest["urn"])
+    assert said and said[0].startswith("guest g1: waiting for "), said
+    rows = first.stdout.splitlines()  # not a terminal: the row is printed as its status changes
+    assert any("QemuGuest net-g1 creating" in r and "guest g1: waiting for" in r for r in rows)
+    kept = first.stdout.partition("Diagnostics:")[2]
+    assert "guest g1: waiting" not in kept, first.stdout  # not kept as a log line
     # up returned only once the guest had its lease and said so on its console
     assert "KVMNET-GUEST-READY g1" in Path(g1["console_log"]).read_text(errors="replace")
     (leased,) = g1["addresses"]

@@ -271,3 +271,46 @@ def test_a_gateway_that_drops_ping_but_answers_arp_is_on_the_bridge(tmp_path: Pa
     assert not inside.arp_resolved("10.0.1.9", str(table))  # incomplete: nobody answered
     assert not inside.arp_resolved("10.0.1.1", str(table))
     assert not inside.arp_resolved("10.0.1.254", str(tmp_path / "none"))
+
+
+def test_the_dhcp_offer_is_awaited_beside_the_other_checks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dnsmasq holds a new client's offer while it pings the address: the gateway, outside and
+    DNS checks run meanwhile, and a DHCP check that fails with an OSError is a miss."""
+    import threading
+
+    from kvmnet_provider.agent.verify import inside
+
+    offered = threading.Event()
+    order: list[str] = []
+
+    def slow_dhcp(peer: str, mac: str) -> dict[str, object]:
+        offered.wait(5)
+        order.append("dhcp")
+        return {"reached": True, "detail": "offered 10.0.1.50"}
+
+    def fast(name: str) -> object:
+        def check(*_: object) -> dict[str, object]:
+            order.append(name)
+            if name == "dns":
+                offered.set()  # the offer comes only after every other check ran
+            return {"reached": True, "detail": name}
+
+        return check
+
+    monkeypatch.setattr(inside, "dhcp", slow_dhcp)
+    for name in ("gateway", "ping", "dns"):
+        monkeypatch.setattr(inside, name, fast(name))
+    spec = {"dhcp": True, "peer": "kvq-0", "mac": "02:00:00:00:00:01", "gateway": "10.0.1.254",
+            "target": "192.0.2.1", "port": None, "dns_name": "g1", "dns_address": None}  # fmt: skip
+    seen = inside.run_checks(spec)
+    assert order == ["gateway", "ping", "dns", "dhcp"]
+    assert seen["dhcp"]["reached"] and set(seen) == {"dhcp", "gateway", "outside", "dns"}
+
+    def broken(peer: str, mac: str) -> dict[str, object]:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(inside, "dhcp", broken)
+    seen = inside.run_checks({**spec, "gateway": None, "target": None, "dns_name": None})
+    assert seen == {"dhcp": {"reached": False, "detail": "broken: Address already in use"}}

@@ -2,9 +2,10 @@
 
 The wait is a loop of short probes (agent/guests/ready.py), a second or two apart: each is
 one quick request, so the host's session keeps serving the other guests, which wait side by
-side (the engine creates independent resources in parallel). Progress goes to the engine's
-log while it waits; past the timeout the wait fails in one line naming the guest, what it
-waited for, what was missing and the console's last line.
+side (the engine creates independent resources in parallel). While it waits, progress is the
+guest's status in `pulumi up` (its row), or a log line every PROGRESS_SECONDS where the
+provider cannot reach its row (status_line.py); past the timeout the wait fails in one line
+naming the guest, what it waited for, what was missing and the console's last line.
 """
 
 from __future__ import annotations
@@ -19,12 +20,33 @@ import pulumi
 
 from ..errors import KvmnetError
 from ..spec.ready import DEFAULT_TIMEOUT, Readiness, describe
+from ..status_line import status_line
 
 POLL_SECONDS = 2.0
 PROGRESS_SECONDS = 15.0
 PROBE_TIMEOUT = 30.0
 
 Probe = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How the wait says how it is going: `say`, from `first` s into the wait, again when
+    what is missing changes and every `every` s."""
+
+    say: Callable[[str], None]
+    first: float
+    every: float
+
+
+def progress() -> Progress:
+    """The guest's row status from the start; else log lines, from PROGRESS_SECONDS on (a
+    status is replaced in place, a log line is kept). Not every probe: where the output is
+    not a terminal, the engine prints the row again each time its status changes."""
+    status = status_line()
+    if status is not None:
+        return Progress(status, 0.0, PROGRESS_SECONDS)
+    return Progress(pulumi.log.info, PROGRESS_SECONDS, PROGRESS_SECONDS)
 
 
 def probe_args(props: dict[str, Any], ready: Readiness | None) -> dict[str, Any]:
@@ -63,14 +85,16 @@ def wait_ready(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-    say: Callable[[str], None] = pulumi.log.info,
+    tell: Progress | None = None,
 ) -> dict[str, Any]:
     """Probe until every part of `ready` holds; the last probe's answer."""
     name, host = props["name"], props["connection"]["host"]
     args = probe_args(props, ready)
+    tell = tell or progress()
     start = clock()
     deadline = start + ready["timeout"]
-    next_word = start + PROGRESS_SECONDS
+    next_word = start + tell.first
+    said_lacking: list[str] = []
     while True:
         seen = probe(args)
         if not seen.get("running"):
@@ -84,9 +108,9 @@ def wait_ready(
         now = clock()
         if now >= deadline:
             raise KvmnetError(failure_line(name, host, ready, seen))
-        if now >= next_word:
-            next_word = now + PROGRESS_SECONDS
-            say(
+        if now >= next_word or (lacking != said_lacking and now >= start + tell.first):
+            next_word, said_lacking = now + tell.every, lacking
+            tell.say(
                 f"guest {name}: waiting for {', '.join(lacking)} "
                 f"({int(now - start)} s of {ready['timeout']} s)"
             )
