@@ -48,7 +48,7 @@ def test_props_are_those_a_stack_holds(registered: list[Any]) -> None:
     assert props[0] == {
         "connection": CONN, "owner": _owner("Bridge", "b"), "name": "br0",
         "addresses": ["10.0.1.1/24"], "mtu": None, "stp": True, "forward_delay": 0, "up": True,
-        "adopt": False, "autostart": None, "ifindex": None, "mac": None,
+        "adopt": False, "rollback_seconds": 30, "autostart": None, "ifindex": None, "mac": None,
     }  # fmt: skip
     assert props[1] == {
         "connection": CONN, "owner": _owner("TapPort", "t"), "name": "tap0", "bridge": "br0",

@@ -119,11 +119,11 @@ def test_the_agent_reaches_only_itself_and_spec() -> None:
 AGENT_ROOMS = {
     "firewall": {"plan", "backend", "iptables", "iptables_nat", "iptc_import", "nftables",
                  "forwarding", "session_guard"},
-    "links": {"netlink", "rtdump", "dump", "readcache", "state", "bridges", "ops"},
+    "links": {"netlink", "rtdump", "dump", "readcache", "state", "bridges", "ops", "adoption"},
     "guests": {"operations", "argv", "disks", "kvm", "process", "qmp", "rundir", "qemu_user",
                "socket_rules"},
     "dhcp": {"operations", "config"},
-    "uplink": {"uplink"},
+    "uplink": {"uplink", "routes", "adopted"},
     "boot": {"records", "unit", "restore"},
     "verify": {"checks", "packets", "probe", "inside", "blame", "spawn", "outer", "outside",
                "tracked"},

@@ -11,6 +11,7 @@ import pytest
 
 from kvmnet_provider.agent.errors import AgentError
 from kvmnet_provider.agent.links.rtdump import RTNH_F_ONLINK, describe_route, route_order
+from kvmnet_provider.agent.uplink import routes as putback
 from kvmnet_provider.agent.uplink import uplink
 
 LINK, UNIVERSE = 253, 0
@@ -104,7 +105,7 @@ class FakeKernel:
 def test_a_refused_route_does_not_stop_the_rest() -> None:
     kernel = FakeKernel(refuse=("10.9.0.0/16",))
     routes = [route("default", "203.0.113.1"), route("10.9.0.0/16"), route("203.0.113.1/32")]
-    refused = uplink._put_back(kernel, 7, ["203.0.113.10/32"], routes)
+    refused = putback.put_back(kernel, 7, ["203.0.113.10/32"], routes)
     assert kernel.made == ["203.0.113.1/32", "0.0.0.0/0"]
     assert len(refused) == 1 and refused[0].startswith("route 10.9.0.0/16: ")
 
@@ -115,7 +116,7 @@ def test_a_refused_address_is_reported_and_the_routes_still_go_back() -> None:
             raise OSError(99, "Cannot assign requested address")
 
     kernel = NoAddress()
-    refused = uplink._put_back(kernel, 7, ["10.0.0.5/24"], [route("10.0.0.0/24")])
+    refused = putback.put_back(kernel, 7, ["10.0.0.5/24"], [route("10.0.0.0/24")])
     assert kernel.made == ["10.0.0.0/24"]
     assert refused[0].startswith("address 10.0.0.5/24: ")
 
@@ -158,13 +159,14 @@ def _provider_run(
     monkeypatch: pytest.MonkeyPatch, op_answer: Any, confirm_answer: Any
 ) -> tuple[list[str], Exception | dict[str, Any]]:
     from kvmnet_provider.connection import HostSettings
+    from kvmnet_provider.resources import rollback
     from kvmnet_provider.resources import uplink as provider
 
     log: list[str] = []
     first = FakeSession(log, {"uplink.takeover": op_answer})
     fresh = FakeSession(log, {"uplink.confirm": confirm_answer, "uplink.read": {"state": "ok"}})
-    monkeypatch.setattr(provider, "agent_session", lambda settings: first)
-    monkeypatch.setattr(provider, "fresh_session", lambda settings: fresh)
+    monkeypatch.setattr(rollback, "agent_session", lambda settings: first)
+    monkeypatch.setattr(rollback, "fresh_session", lambda settings: fresh)
     props = {
         "connection": HostSettings(host="h", known_hosts="/dev/null").to_props(),
         "rollback_seconds": 30,

@@ -49,6 +49,7 @@ Send = Callable[[Answer | HelloLine], None]
 # Operations whose module loads at their first use: most sessions never start a guest or
 # bridge an uplink, and compiling those modules is most of the agent's own start-up.
 LAZY_MODULES = {"guest": "guests", "uplink": "uplink", "dhcp": "dhcp", "network": "verify"}
+LAZY_MODULES["adopted"] = "uplink"  # an adopted bridge's addresses: under the uplink's rollback
 # Link changes (links/ops.py) and link reads (link.read*) both go without pyroute2.
 LAZY_MODULES.update({op: "links" for op in ("link", "bridge", "tap")})
 # Firewall ops (masquerade.*, dnat.*, forward.*, input.*, firewall.*) go through the backend

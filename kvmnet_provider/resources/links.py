@@ -17,6 +17,7 @@ from .autostart import autostart_field
 from .base import KvmnetProvider, host_key, is_unknown, list_of
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 from .linkreads import forget, read_link
+from .rollback import DEFAULT_SECONDS, ROLLBACK_SECONDS, protected
 from .uplink import UplinkBridge
 
 
@@ -69,14 +70,23 @@ def _bridge_id(value: object) -> str:
 class BridgeArgs:
     connection: HostSettings
     name: str = kvmnet_field(validate.ifname, replaces=True)
-    addresses: Sequence[pulumi.Input[str]] = kvmnet_field(
-        list_of(validate.bridge_address), default_factory=list, prop=list
+    # None (not given): a bridge kvmnet makes has none, an adopted bridge keeps the ones it
+    # has; a list (empty too) is exactly the bridge's addresses.
+    addresses: Sequence[pulumi.Input[str]] | None = kvmnet_field(
+        list_of(validate.bridge_address), default=None, prop=list
     )
     mtu: pulumi.Input[int] | None = kvmnet_field(validate.mtu, default=None)
     stp: bool = kvmnet_field(validate.boolean, default=False)
     forward_delay: int = kvmnet_field(lambda v: validate.int_range(v, 0, 30), default=0)
     up: bool = kvmnet_field(validate.boolean, default=True)
+    # Take over a bridge made outside kvmnet (by the host's network config): it is released,
+    # not deleted, with what it had before given back.
     adopt: bool = kvmnet_field(validate.boolean, default=False)
+    # An adopted bridge's addresses change under the host's rollback (rollback.py): undone
+    # by the host after this many seconds unless a new SSH login gets through.
+    rollback_seconds: int = kvmnet_field(
+        lambda v: validate.int_range(v, *ROLLBACK_SECONDS), default=DEFAULT_SECONDS
+    )
     autostart: bool | None = autostart_field()
 
 
@@ -112,17 +122,76 @@ class BridgeProvider(_LinkProvider):
         """host:port/name@ifindex: a bridge made anew gets another id (see TapPort's bridge_id)."""
         return f"{super().resource_id(props)}@{props['ifindex']}"
 
+    def normalise(self, news: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        inputs, failures = super().normalise(news)
+        if inputs.get("addresses") is None and inputs.get("adopt") is not True:
+            inputs["addresses"] = []  # not given, on a bridge kvmnet makes: none
+        return inputs, failures
+
     def cross_check(self, props: dict[str, Any]) -> list[tuple[str, str]]:
         if props["stp"] and props["forward_delay"] < 2:
             return [("forward_delay", "must be 2-30 seconds when stp is on (the kernel's range)")]
         return []
 
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        if olds.get("rollback_seconds") is None:  # a state from before the input: no change
+            olds = {**olds, "rollback_seconds": news.get("rollback_seconds")}
+        return super().diff(_id, olds, news)
+
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         out = super().overlay(props, live)
-        out.update(
-            addresses=live["addresses"], stp=live["stp"], forward_delay=live["forward_delay"]
-        )
+        out.update(stp=live["stp"], forward_delay=live["forward_delay"])
+        if props.get("addresses") is not None:  # kept addresses are not this stack's: no drift
+            out["addresses"] = live["addresses"]
         return out
+
+    def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
+        forget(agent)
+        live = agent.call("bridge.create", self.spec(props))
+        try:
+            return self.overlay(props, self._readdressed(agent, props, live))
+        except Exception:
+            if live.get("adopted"):  # a create that failed leaves the bridge as it found it
+                self._release(props, quietly=True)
+            raise
+
+    def host_update(
+        self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
+    ) -> dict[str, Any]:
+        forget(agent)
+        return self.overlay(
+            news, self._readdressed(agent, news, agent.call("bridge.update", self.spec(news)))
+        )
+
+    def _readdressed(
+        self, agent: AgentSession, props: dict[str, Any], live: dict[str, Any]
+    ) -> dict[str, Any]:
+        """An adopted bridge's addresses, given explicitly, are set under the host's rollback
+        (the agent leaves them to this); a bridge of ours has them already."""
+        want = props.get("addresses")
+        if not live.get("adopted") or want is None or sorted(live["addresses"]) == sorted(want):
+            return live
+        args = {"owner": props["owner"], "name": props["name"], "addresses": want}
+
+        def after(session: AgentSession) -> dict[str, Any]:
+            return dict(session.call("link.read", {"name": props["name"]}))
+
+        done = protected(props, "adopted.readdress", args, props["name"], after)
+        return done if "ifindex" in done else dict(agent.call("link.read", {"name": props["name"]}))
+
+    def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:
+        if not props.get("adopt"):
+            return super().host_delete(agent, props)
+        forget(agent)  # an adopted bridge is released: given back what it had
+        self._release(props)
+
+    def _release(self, props: dict[str, Any], quietly: bool = False) -> None:
+        args = {"owner": props["owner"], "name": props["name"]}
+        try:
+            protected(props, "adopted.release", args, props["name"], lambda session: {})
+        except Exception:
+            if not quietly:
+                raise
 
 
 class TapPortProvider(_LinkProvider):

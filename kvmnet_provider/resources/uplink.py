@@ -1,30 +1,23 @@
 """UplinkBridge: a bridge that takes over a host's NIC, addresses and routes included.
 
 The NIC usually carries the SSH session that changes it. So every change runs under a
-host-side rollback (see agent/uplink/uplink.py): the provider applies it, then proves the host is
-still reachable by opening a NEW SSH connection, and only that connection disarms the
-rollback. If none gets through, the host restores itself at the deadline and the operation
-fails saying what was rolled back and why.
+host-side rollback (rollback.py; agent/uplink/uplink.py on the host).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import secrets
-import time
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult
 
-from ..connection import AgentCallError, HostError, HostSettings, agent_session, fresh_session
+from ..connection import HostError, HostSettings
 from ..connection.session import AgentSession
 from ..spec import validate
-from .autostart import autostart_field, stated
+from .autostart import autostart_field
 from .base import KvmnetProvider, _has_unknown, host_key, list_of
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
-
-PROBE_CONNECT_TIMEOUT = 4.0
+from .rollback import protected
 
 
 def _state(value: Any) -> str:
@@ -101,77 +94,13 @@ class UplinkBridgeProvider(KvmnetProvider):
         }
 
     def _protected(self, props: dict[str, Any], op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Run a NIC-moving op under the host's rollback; confirm over a new connection.
+        """Run a NIC-moving op under the host's rollback (rollback.py)."""
 
-        The rollback is disarmed only by a new SSH login: after a change that worked, and
-        after a change the agent undid at once as well (the undo is a change too)."""
-        settings = HostSettings.from_props(props["connection"])
-        seconds = int(props["rollback_seconds"])
-        token = secrets.token_hex(16)
-        started = time.monotonic()
-        refused: AgentCallError | None = None
-        try:
-            request = stated(props, {**args, "token": token})
-            result = agent_session(settings).call(op, request, timeout=20)
-            if result.get("token") is None:
-                return dict(result)  # nothing was there to change
-        except AgentCallError as exc:
-            refused = exc  # refused, or failed and undone at once: the undo must be seen to work
-        except HostError:
-            pass  # the old session died with the change: the new connection decides
-        probe = dataclasses.replace(settings, connect_timeout=PROBE_CONNECT_TIMEOUT)
-        last: Exception | None = None
-        while time.monotonic() - started < seconds - 2:
-            try:
-                session = fresh_session(probe)
-                session.call("uplink.confirm", {"token": token})
-            except AgentCallError as exc:
-                if refused is not None:
-                    raise refused from None  # never armed: refused before any change
-                last = exc
-                break
-            except HostError as exc:
-                last = exc
-                time.sleep(1)
-                continue
-            if refused is not None:
-                raise refused  # undone at once, and the host is seen reachable
+        def after(session: AgentSession) -> dict[str, Any]:
             return dict(session.call("uplink.read", {"owner": props["owner"]}) or {})
-        # Cut off: the host puts itself back at the deadline. Prove it, then say so.
-        time.sleep(max(0.0, seconds - (time.monotonic() - started)) + 1)
-        status = self._after_rollback(probe, token, props["owner"], op, seconds)
-        cause = f"{refused}, and then " if refused is not None else ""
-        raise HostError(
-            f"{settings.label}: {op.split('.')[1]} of {props['nic']} cut the host off: {cause}no "
-            f"new SSH connection got through ({last}); the host restored its previous "
-            f"configuration by itself after {seconds} s ({status})"
-        )
 
-    def _after_rollback(
-        self, probe: HostSettings, token: str, owner: str, op: str, seconds: int
-    ) -> str:
-        """Read the rollback's result over a new login, which is also what tells the host its
-        restore worked (unheard, it applies it again)."""
-        deadline = time.monotonic() + 30 + seconds  # the host's second try included
-        while True:
-            try:
-                session = fresh_session(probe)
-                status = session.call("uplink.status", {"token": token})
-                if status.get("rolled_back") is None and status.get("armed"):
-                    raise HostError("the rollback has not run yet")  # a slow host: wait
-                if op == "uplink.takeover":
-                    session.call("uplink.forget", {"owner": owner})
-                rolled = status.get("rolled_back") or {}
-                if not rolled:
-                    return "reachable again; the rollback's record was already read"
-                if rolled.get("ok"):
-                    return "rolled back: ok"
-                refused = "; ".join(rolled.get("refused") or []) or rolled.get("error") or rolled
-                return f"rolled back, reachable, but not all of it went back: {refused}"
-            except HostError as exc:
-                if time.monotonic() > deadline:
-                    return f"and it is STILL unreachable after the rollback: {exc}"
-                time.sleep(1)
+        forget_op = "uplink.forget" if op == "uplink.takeover" else None
+        return protected(props, op, args, props["nic"], after, forget_op)
 
     def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
         args = {k: props.get(k) for k in ("owner", "nic", "addresses", "mtu", "rollback_seconds")}

@@ -59,6 +59,7 @@ WRITES = {
 # op -> kinds whose record (of the args' owner) it removes
 REMOVES = {
     "link.delete": ("bridge", "tap"),
+    "adopted.release": ("bridge",),  # an adopted bridge given back, or a bridge deleted
     "forwarding.release": ("forwarding",),
     "masquerade.remove": ("masquerade",),
     "dnat.remove": ("dnat",),
@@ -70,7 +71,7 @@ REMOVES = {
     "guest.stop": ("guest",),
 }
 # An op's prefix -> the kinds of records it may stand for.
-KINDS_OF = {"link": ("bridge", "tap"), **{kind: (kind,) for kind in KINDS}}
+KINDS_OF = {"link": ("bridge", "tap"), "adopted": ("bridge",), **{kind: (kind,) for kind in KINDS}}
 # What of a link's answer a restore gives the link again, so ids and outputs stay the same.
 KEPT_RESULT = ("ifindex", "mac")
 

@@ -18,7 +18,7 @@ from typing import Any
 from ...spec import validate
 from .. import ssh_session
 from ..errors import AgentError, held_fix
-from . import overlap, rtdump
+from . import adoption, overlap, rtdump
 from .rtdump import LinkRecord
 from .rtwrite import NetlinkError, Rtnl
 from .state import USER_HZ, describe, owner_in, owner_tag
@@ -71,6 +71,9 @@ class Links:
                 "conflict", f"{name} exists and is a {live['kind'] or 'plain'} link, not a {kind}"
             )
         if adopt and live["owner"] is None:
+            link = self._get(name)
+            if link is not None:  # what it had, for the release to give back
+                adoption.remember(owner, link)
             self.ipr.link("set", index=live["ifindex"], ifalias=owner_tag(owner))
             return self.read(name)
         if live["owner"]:
@@ -190,19 +193,7 @@ class Links:
         return self._update(spec, "bridge", self._bridge_apply)
 
     def _refuse_capture(self, spec: dict[str, Any]) -> None:
-        """Before anything changes: refuse an address whose network would take traffic from
-        the host (overlap.py), checked against one reading of its links, addresses and routes.
-        The bridge's own addresses and routes (an update) do not count."""
-        want = {validate.bridge_address(a) for a in spec.get("addresses", [])}
-        if not want:
-            return
-        host = overlap.read_host()
-        name = validate.ifname(spec["name"])
-        mine = next((i for i, link in host.links.items() if link.name == name), None)
-        added = sorted(want - set(host.addresses.get(mine or 0, [])))
-        problem = overlap.clash(added, mine, host, ssh_session.session_peers())
-        if problem:
-            raise AgentError("conflict", problem)
+        refuse_capture(spec)
 
     def _bridge_apply(self, spec: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         """Make the bridge `live` (as last read) match `spec`."""
@@ -219,11 +210,19 @@ class Links:
             else:
                 self.ipr.link("set", index=idx, kind="bridge", br_forward_delay=delay)
                 self.ipr.link("set", index=idx, kind="bridge", br_stp_state=stp)
-        want = sorted(validate.bridge_address(a) for a in spec.get("addresses", []))
-        self._set_addresses(idx, want, live["addresses"])
+        owner = validate.owner(spec["owner"])
+        known: dict[str, Any] = {}
+        # An adopted bridge's addresses change only under the rollback (adopted.readdress);
+        # None: not given, the bridge keeps the addresses it has.
+        adopted = not live.get("created") and adoption.adopted(owner)
+        if spec.get("addresses") is not None and not adopted:
+            want = sorted(validate.bridge_address(a) for a in spec["addresses"])
+            self._set_addresses(idx, want, live["addresses"])
+            known = {"addresses": want} if live.get("created") else {}
+        elif live.get("created"):
+            known = {"addresses": []}
         changes = self._mtu_and_state(spec, live)
-        known = {"addresses": want} if live.get("created") else {}
-        return self._settle(live, validate.owner(spec["owner"]), changes, **known)
+        return {**self._settle(live, owner, changes, **known), "adopted": adopted}
 
     def _set_addresses(self, idx: int, want: list[str], have: list[str]) -> None:
         for addr in sorted(set(have) - set(want)):
@@ -327,6 +326,24 @@ class Links:
         if state["master"] != bridge:  # `known` named it: make sure the kernel agrees
             raise AgentError("failed", f"tap {name} did not join bridge {bridge}")
         return state
+
+
+def refuse_capture(spec: dict[str, Any]) -> None:
+    """Before anything changes: refuse an address whose network would take traffic from the
+    host (overlap.py), checked against one reading of its links, addresses and routes. The
+    bridge's own addresses, and the networks it already carries, do not count."""
+    want = {validate.bridge_address(a) for a in spec.get("addresses") or []}
+    if not want:
+        return
+    host = overlap.read_host()
+    name = validate.ifname(spec["name"])
+    mine = next((i for i, link in host.links.items() if link.name == name), None)
+    have = host.addresses.get(mine or 0, [])
+    carried = {ipaddress.ip_interface(a).network for a in have}
+    added = sorted(a for a in want - set(have) if ipaddress.ip_interface(a).network not in carried)
+    problem = overlap.clash(added, mine, host, ssh_session.session_peers())
+    if problem:
+        raise AgentError("conflict", problem)
 
 
 def _uid(user: object) -> int | None:

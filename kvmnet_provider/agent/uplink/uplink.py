@@ -12,11 +12,8 @@ each owner changed is kept in the host state to put things back on delete and to
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import json
-import os
 import select
-import socket
 import subprocess
 import sys
 import time
@@ -34,9 +31,15 @@ from ..links import rtdump
 from ..links.netlink import iproute_class, link_addresses
 from ..links.state import owner_in
 from ..rundir import private_dir
+from .routes import (
+    apply_addresses,
+    change_address,
+    change_route,
+    index_of,
+    link_message,
+    put_back,
+)
 
-MAIN_TABLE = 254
-RTN_UNICAST = 1
 ROLLBACK_SECONDS = (5, 600)
 ROLLBACK_TRIES = 3  # applies of a restore no new login has heard
 
@@ -52,28 +55,18 @@ def _lock() -> Iterator[None]:
         yield
 
 
-# --- reading the kernel ------------------------------------------------------------------
-def _index(ipr: Any, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
-
-
-def _link(ipr: Any, idx: int) -> Any:
-    return ipr.get_links(idx)[0]
-
-
 def inspect(args: dict[str, Any]) -> dict[str, Any]:
     """What a take-over would start from; used by `check` to refuse a bad NIC at preview."""
     IPRoute = iproute_class()
 
     nic = validate.ifname(args["nic"])
     with IPRoute() as ipr:
-        idx = _index(ipr, nic)
+        idx = index_of(ipr, nic)
         if idx is None:
             return {"exists": False}
-        msg = _link(ipr, idx)
+        msg = link_message(ipr, idx)
         master_idx = msg.get_attr("IFLA_MASTER")
-        master = _link(ipr, master_idx) if master_idx else None
+        master = link_message(ipr, master_idx) if master_idx else None
         alias = (master.get_attr("IFLA_IFALIAS") or "") if master else ""
         return {
             "exists": True,
@@ -86,78 +79,14 @@ def inspect(args: dict[str, Any]) -> dict[str, Any]:
         }
 
 
-# --- the two configurations ----------------------------------------------------------------
-def _address(ipr: Any, verb: str, idx: int, cidr: str) -> None:
-    iface = ipaddress.ip_interface(cidr)
-    try:
-        ipr.addr(verb, index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    except Exception as exc:  # add: EEXIST, already there; del: EADDRNOTAVAIL, ENODEV, gone
-        if getattr(exc, "code", None) not in ((17,) if verb == "add" else (99, 19)):
-            raise
-
-
-def _route(ipr: Any, verb: str, idx: int, route: dict[str, Any]) -> None:
-    """Make (or delete) a recorded route through link idx (old records: main-table unicast)."""
-    default = "0.0.0.0/0" if route["family"] == socket.AF_INET else "::/0"
-    kwargs: dict[str, Any] = {
-        "oif": idx,
-        "table": route.get("table") or MAIN_TABLE,
-        "family": route["family"],
-        "proto": route["proto"],
-        "scope": route["scope"],
-        "type": route.get("type") or RTN_UNICAST,
-        "dst": route["dst"] if route["dst"] != "default" else default,
-    }
-    if route.get("flags"):
-        kwargs["flags"] = int(route["flags"]) & rtdump.RTNH_F_ONLINK
-    for key in ("gateway", "priority", "prefsrc"):
-        if route.get(key) is not None:
-            kwargs[key] = route[key]
-    try:
-        ipr.route(verb, **kwargs)
-    except Exception as exc:  # add: EEXIST, already there; del: ESRCH, ENODEV, gone
-        if getattr(exc, "code", None) not in ((17,) if verb == "add" else (3, 19)):
-            raise
-
-
-def _why(exc: Exception) -> str:  # a netlink error says (code, text): the text is enough
-    code = getattr(exc, "code", None)
-    return os.strerror(code) if isinstance(code, int) else str(exc)
-
-
-def _put_back(ipr: Any, idx: int, addresses: list[str], routes: list[dict[str, Any]]) -> list[str]:
-    """Give link idx its addresses, then its routes in an order the kernel accepts. What the
-    kernel refuses is skipped, not fatal: the rest goes on; the refusals are returned."""
-    refused = []
-    # IPv4 as listed (the first of a subnet is its primary); IPv6 listed newest first.
-    for cidr in [a for a in addresses if ":" not in a] + [a for a in addresses[::-1] if ":" in a]:
-        try:
-            _address(ipr, "add", idx, cidr)
-        except Exception as exc:
-            refused.append(f"address {cidr}: {_why(exc)}")
-    pending = rtdump.route_order(routes, addresses)
-    while pending:  # a route refused for want of another may pass once that one is made
-        failed: list[tuple[dict[str, Any], Exception]] = []
-        for route in pending:
-            try:
-                _route(ipr, "add", idx, route)
-            except Exception as exc:
-                failed.append((route, exc))
-        if len(failed) == len(pending):
-            refused += [f"route {rtdump.describe_route(r)}: {_why(e)}" for r, e in failed]
-            break
-        pending = [r for r, _ in failed]
-    return refused
-
-
 def apply_bridged(ipr: Any, cfg: dict[str, Any]) -> list[str]:
-    nic = _index(ipr, cfg["nic"])
+    nic = index_of(ipr, cfg["nic"])
     if nic is None:
         raise AgentError("missing", f"NIC {cfg['nic']} does not exist")
-    br = _index(ipr, cfg["bridge"])
+    br = index_of(ipr, cfg["bridge"])
     if br is None:
         ipr.link("add", ifname=cfg["bridge"], kind="bridge", br_stp_state=0, br_forward_delay=0)
-        br = _index(ipr, cfg["bridge"])
+        br = index_of(ipr, cfg["bridge"])
         assert br is not None
         ipr.link("set", index=br, ifalias=OWNER_PREFIX + cfg["owner"])
         # The NIC's MAC: DHCP reservations and neighbours' caches keep working.
@@ -166,30 +95,30 @@ def apply_bridged(ipr: Any, cfg: dict[str, Any]) -> list[str]:
             ipr.link("set", index=br, mtu=cfg["mtu"])
     ipr.link("set", index=nic, master=br)
     for cidr in cfg["nic_addresses"]:
-        _address(ipr, "del", nic, cidr)
+        change_address(ipr, "del", nic, cidr)
     for route in cfg["routes"]:  # IPv6 routes outlive the addresses, and would clash
-        _route(ipr, "del", nic, route)
+        change_route(ipr, "del", nic, route)
     ipr.link("set", index=br, state="up")
     ipr.link("set", index=nic, state="up")
-    return _put_back(ipr, br, cfg["bridge_addresses"], cfg["routes"])
+    return put_back(ipr, br, cfg["bridge_addresses"], cfg["routes"])
 
 
 def apply_plain(ipr: Any, cfg: dict[str, Any]) -> list[str]:
-    nic = _index(ipr, cfg["nic"])
+    nic = index_of(ipr, cfg["nic"])
     if nic is None:
         raise AgentError("missing", f"NIC {cfg['nic']} does not exist")
-    br = _index(ipr, cfg["bridge"])
+    br = index_of(ipr, cfg["bridge"])
     if br is not None:
-        alias = _link(ipr, br).get_attr("IFLA_IFALIAS") or ""
+        alias = link_message(ipr, br).get_attr("IFLA_IFALIAS") or ""
         if alias != OWNER_PREFIX + cfg["owner"]:
             raise AgentError("conflict", f"{cfg['bridge']} is not ours; left untouched")
         ipr.link("set", index=nic, master=0)
         ipr.link("del", index=br)  # its addresses and routes go with it
     ipr.link("set", index=nic, state="up")
-    return _put_back(ipr, nic, cfg["nic_addresses"], cfg["routes"])
+    return put_back(ipr, nic, cfg["nic_addresses"], cfg["routes"])
 
 
-APPLY = {"bridged": apply_bridged, "plain": apply_plain}
+APPLY = {"bridged": apply_bridged, "plain": apply_plain, "addresses": apply_addresses}
 
 
 # --- rollback --------------------------------------------------------------------------------
@@ -284,9 +213,10 @@ def confirm(args: dict[str, Any]) -> dict[str, Any]:
             raise AgentError("invalid", "no rollback is armed with that token")
         armed.unlink()
     # A release seen to work: the record of what to undo goes now, not before.
-    with hoststate.locked("uplinks") as doc:
-        for owner in [o for o, r in doc.items() if r.get("releasing") == token]:
-            doc.pop(owner)
+    for books in ("uplinks", "adopted"):
+        with hoststate.locked(books) as doc:
+            for owner in [o for o, r in doc.items() if r.get("releasing") == token]:
+                doc.pop(owner)
     return {"confirmed": True}
 
 
@@ -308,12 +238,17 @@ def _seconds(value: object) -> int:
 
 
 def _apply_or_undo(
-    ipr: Any, target: str, wanted: dict[str, Any], previous: dict[str, Any], what: str
+    ipr: Any,
+    target: str,
+    wanted: dict[str, Any],
+    previous: dict[str, Any],
+    what: str,
+    undo_target: str | None = None,
 ) -> None:
     """Apply `wanted`; if any of it fails or is refused, put `previous` back at once the same
     way. The rollback stays armed: only a new SSH login (the provider's confirm) shows the
     host reachable; without one it applies `previous` again."""
-    undo = APPLY["plain" if target == "bridged" else "bridged"]
+    undo = APPLY[undo_target or ("plain" if target == "bridged" else "bridged")]
     try:
         refused = APPLY[target](ipr, wanted)
         if not refused:
@@ -346,7 +281,7 @@ def takeover(args: dict[str, Any]) -> dict[str, Any]:
                 raise AgentError(
                     "conflict", f"NIC {nic} is already a port of bridge {live['master']}"
                 )
-            if _index(ipr, bridge) is not None:
+            if index_of(ipr, bridge) is not None:
                 raise AgentError(
                     "conflict", f"{bridge} already exists; kvmnet will not take it over"
                 )
@@ -410,13 +345,16 @@ def read(args: dict[str, Any]) -> dict[str, Any] | None:
         return None
     bridged = record["bridged"]
     with IPRoute() as ipr:
-        br, nic = _index(ipr, bridged["bridge"]), _index(ipr, bridged["nic"])
-        if br is None or (_link(ipr, br).get_attr("IFLA_IFALIAS") or "") != OWNER_PREFIX + owner:
+        br, nic = index_of(ipr, bridged["bridge"]), index_of(ipr, bridged["nic"])
+        if (
+            br is None
+            or (link_message(ipr, br).get_attr("IFLA_IFALIAS") or "") != OWNER_PREFIX + owner
+        ):
             return None
-        enslaved = nic is not None and _link(ipr, nic).get_attr("IFLA_MASTER") == br
+        enslaved = nic is not None and link_message(ipr, nic).get_attr("IFLA_MASTER") == br
         bridge_addresses = link_addresses(ipr, br)
         nic_addresses = link_addresses(ipr, nic) if nic is not None else []
-        mac = _link(ipr, br).get_attr("IFLA_ADDRESS")
+        mac = link_message(ipr, br).get_attr("IFLA_ADDRESS")
     if not enslaved:
         state = "nic-not-a-port"
     elif set(bridged["nic_addresses"]) & set(nic_addresses):

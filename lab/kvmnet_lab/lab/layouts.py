@@ -12,6 +12,10 @@ back exactly:
 - ipv6:     two ULA /64 addresses besides the /24 and `default via fe80::1` (the switch
             answers fe80::1).
 
+Besides those, `bridge` (not in LAYOUTS: eth0 is no NIC a takeover may take there) puts the
+host's address and default route on a bridge made by hand, `br-mgmt` with eth0's MAC and eth0
+as its port, as a host whose network config bridges its NIC for its VMs: the adopt tests.
+
 `relaid(lab, status, "h2", "slash32")` is a context manager: the layout inside, the lab's own
 after, whatever happened. Only the lab's namespaces are touched: the operator's root-namespace
 veth keeps its /24 and reaches the host on-link; the host answers through its gateway.
@@ -32,6 +36,7 @@ from .state import LabStatus
 
 LAYOUTS = ("slash32", "onlink", "several", "ipv6")
 NIC = "eth0"
+MGMT_BRIDGE = "br-mgmt"  # the `bridge` layout's bridge, which carries the host's address
 ONLINK_GATEWAY = "100.64.0.1"  # outside every lab LAN: reachable only because it is on-link
 ROUTER_LINK_LOCAL = "fe80::1"
 
@@ -86,11 +91,22 @@ def _switch(lab: Lab, status: LabStatus, routing: bool) -> None:
 
 
 def lay(lab: Lab, status: LabStatus, host: str, layout: str) -> None:
-    """Give `host`'s eth0 one of LAYOUTS, or "lan" (the lab's own)."""
+    """Give `host`'s eth0 one of LAYOUTS, "bridge", or "lan" (the lab's own)."""
     ns, address, gw = lab.namespace(host), _host_address(status, host), status.gateway
     prefix = ipaddress.ip_network(status.lan).prefixlen
+    _ip(lab, ns, "link", "del", MGMT_BRIDGE, check=False)  # eth0 is a port of none
     _plain(lab, ns)
-    _switch(lab, status, routing=layout != "lan")
+    _switch(lab, status, routing=layout not in ("lan", "bridge"))
+    if layout == "bridge":
+        mac = json.loads(_ip(lab, ns, "-j", "link", "show", NIC))[0]["address"]
+        _ip(lab, ns, "link", "add", MGMT_BRIDGE, "address", mac, "type", "bridge",
+            "stp_state", "0", "forward_delay", "0")  # fmt: skip
+        _ip(lab, ns, "link", "set", NIC, "master", MGMT_BRIDGE)
+        _ip(lab, ns, "link", "set", MGMT_BRIDGE, "up")
+        _ip(lab, ns, "addr", "add", f"{address}/{prefix}", "dev", MGMT_BRIDGE)
+        _ip(lab, ns, "route", "add", "default", "via", gw)
+        _wait_link_local(lab, ns, MGMT_BRIDGE)  # the kernel adds it once the port forwards
+        return
     if layout == "slash32":
         _ip(lab, ns, "addr", "add", f"{address}/32", "dev", NIC)
         _ip(lab, ns, "route", "add", gw, "dev", NIC, "scope", "link")
@@ -125,6 +141,17 @@ def wait_dad(lab: Lab, ns: str, timeout: float = 10.0) -> None:
         found: list[dict[str, Any]] = json.loads(_ip(lab, ns, "-j", "-6", "addr") or "[]")
         tentative = [a for link in found for a in link.get("addr_info", []) if a.get("tentative")]
         if not tentative:
+            return
+        time.sleep(0.2)
+
+
+def _wait_link_local(lab: Lab, ns: str, link: str, timeout: float = 10.0) -> None:
+    """Until `link` has its IPv6 link-local address, past duplicate address detection."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = json.loads(_ip(lab, ns, "-j", "-6", "addr", "show", "dev", link) or "[]")
+        local = [a for x in found for a in x.get("addr_info", []) if a.get("scope") == "link"]
+        if local and not any(a.get("tentative") for a in local):
             return
         time.sleep(0.2)
 
