@@ -10,15 +10,13 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import paramiko
 import pytest
 from kvmnet_lab.hostconfig import host_props
 from kvmnet_lab.lab import Lab, LabStatus
 from kvmnet_lab.lab.layouts import MGMT_BRIDGE, relaid
-from kvmnet_lab.lab.sshclient import open_client
-from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
+from kvmnet_lab.testing.operator import link_state, operator_ssh, settle, ssh_run
+from kvmnet_lab.testing.snapshot import host_snapshot
 from kvmnet_lab.testing.stack import TestStack
 
 pytestmark = pytest.mark.e2e
@@ -61,65 +59,27 @@ def stack(tmp_path: Path, lab: LabStatus, on_bridge: None) -> Iterator[TestStack
         stack.remove()
 
 
-def ssh(lab: LabStatus) -> paramiko.SSHClient:
-    host = lab.host(HOST)
-    return open_client(host.address, host.port, host.user, host.private_key, host.known_hosts)
-
-
-def run(client: paramiko.SSHClient, command: str) -> str:
-    _, out, _ = client.exec_command(command, timeout=10)
-    return str(out.read().decode())
-
-
-def bridge_state(lab_api: Lab) -> dict[str, Any]:
-    """`ip -j` of the bridge's addresses (in the kernel's order) and of every route."""
-    ns = lab_api.namespace(HOST)
-
-    def ip_json(*args: str) -> Any:
-        return json.loads(run_in(lab_api, ns, ["ip", "-j", *args]) or "[]")
-
-    return {
-        "addr": ip_json("addr", "show", "dev", MGMT_BRIDGE),
-        "route": ip_json("-4", "route", "show", "table", "all"),
-        "route6": ip_json("-6", "route", "show", "table", "all"),
-    }
-
-
-def settle(lab_api: Lab, before: dict[str, Any], snapshot: dict[str, Any]) -> None:
-    """The host exactly as before; a rollback process just heard may take a moment to leave."""
-    deadline, ns = time.monotonic() + 10, lab_api.namespace(HOST)
-    while True:
-        now_state, now_snapshot = bridge_state(lab_api), host_snapshot(lab_api, ns)
-        if (now_state == before and not diff_snapshots(snapshot, now_snapshot)) or (
-            time.monotonic() > deadline
-        ):
-            break
-        time.sleep(0.5)
-    assert now_state == before
-    assert diff_snapshots(snapshot, now_snapshot) == []
-
-
 def test_adopt_without_addresses_keeps_them_and_destroy_gives_the_bridge_back(
     stack: TestStack, lab: LabStatus, lab_api: Lab
 ) -> None:
-    before = bridge_state(lab_api)
+    before = link_state(lab_api, HOST, MGMT_BRIDGE)
     snapshot = host_snapshot(lab_api, lab_api.namespace(HOST))
     address = lab.host(HOST).address
-    operator = ssh(lab)  # a session that arrives on the bridge's address
+    operator = operator_ssh(lab, HOST)  # a session that arrives on the bridge's address
     try:
         stack.up()
-        assert address in run(operator, f"ip -br addr show {MGMT_BRIDGE}")  # it survived
+        assert address in ssh_run(operator, f"ip -br addr show {MGMT_BRIDGE}")  # it survived
     finally:
         operator.close()
-    assert bridge_state(lab_api) == before  # addresses and routes untouched
-    with ssh(lab) as again:
-        link = json.loads(run(again, f"ip -j link show {MGMT_BRIDGE}"))[0]
+    assert link_state(lab_api, HOST, MGMT_BRIDGE) == before  # addresses and routes untouched
+    with operator_ssh(lab, HOST) as again:
+        link = json.loads(ssh_run(again, f"ip -j link show {MGMT_BRIDGE}"))[0]
         assert link.get("ifalias", "").startswith("kvmnet:adopt/"), link  # managed now
         assert stack.outputs()["ifindex"] == link["ifindex"]  # the same bridge
     stack.refresh()
     stack.preview_no_changes()  # the kept addresses are no drift
     stack.destroy()
-    settle(lab_api, before, snapshot)  # released, not deleted: as it was
+    settle(lab_api, HOST, MGMT_BRIDGE, before, snapshot)  # released, not deleted: as it was
 
 
 def test_adopt_with_an_added_address_keeps_ssh_and_the_release_takes_it_back(
@@ -127,25 +87,25 @@ def test_adopt_with_an_added_address_keeps_ssh_and_the_release_takes_it_back(
 ) -> None:
     """A change that keeps the host reachable: confirmed by a new login, and the release
     (under the same rollback) gives back exactly the addresses and routes of before."""
-    before = bridge_state(lab_api)
+    before = link_state(lab_api, HOST, MGMT_BRIDGE)
     snapshot = host_snapshot(lab_api, lab_api.namespace(HOST))
     address = f"{lab.host(HOST).address}/{ipaddress.ip_network(lab.lan).prefixlen}"
     stack.config_values({"kvmnet:bridgeAddresses": [address, "10.77.0.1/24"]})
     stack.up()
-    with ssh(lab) as again:
-        on_bridge = run(again, f"ip -br addr show {MGMT_BRIDGE}")
+    with operator_ssh(lab, HOST) as again:
+        on_bridge = ssh_run(again, f"ip -br addr show {MGMT_BRIDGE}")
         assert address in on_bridge and "10.77.0.1/24" in on_bridge, on_bridge
-        assert "default via" in run(again, f"ip route show dev {MGMT_BRIDGE}")
+        assert "default via" in ssh_run(again, f"ip route show dev {MGMT_BRIDGE}")
     stack.refresh()
     stack.preview_no_changes()
     stack.destroy()
-    settle(lab_api, before, snapshot)
+    settle(lab_api, HOST, MGMT_BRIDGE, before, snapshot)
 
 
 def test_adopt_with_a_wrong_address_list_is_rolled_back(
     stack: TestStack, lab: LabStatus, lab_api: Lab
 ) -> None:
-    before = bridge_state(lab_api)
+    before = link_state(lab_api, HOST, MGMT_BRIDGE)
     snapshot = host_snapshot(lab_api, lab_api.namespace(HOST))
     lan = ipaddress.ip_network(lab.lan)
     wrong = f"{lan.network_address + 77}/{lan.prefixlen}"  # not the address SSH arrives on
@@ -159,7 +119,8 @@ def test_adopt_with_a_wrong_address_list_is_rolled_back(
     fragments = (lab.host(HOST).address, MGMT_BRIDGE, "cut the host off", "rolled back: ok")
     assert [line for line in text.splitlines() if all(f in line for f in fragments)], text
     assert took < 120, took
-    with ssh(lab) as again:  # reachable on its own address again
-        assert lab.host(HOST).address in run(again, f"ip -br addr show {MGMT_BRIDGE}")
-    settle(lab_api, before, snapshot)  # routes exactly as before, and the bridge not ours
+    with operator_ssh(lab, HOST) as again:  # reachable on its own address again
+        assert lab.host(HOST).address in ssh_run(again, f"ip -br addr show {MGMT_BRIDGE}")
+    # Routes exactly as before, and the bridge not ours.
+    settle(lab_api, HOST, MGMT_BRIDGE, before, snapshot)
     assert not stack.resources("kvmnet:Bridge")

@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 from kvmnet_lab.hostconfig import lab_stack_config
 from kvmnet_lab.lab import Lab, LabStatus
-from kvmnet_lab.lab.sshclient import open_client
 from kvmnet_lab.probe import EXPECTED, GuestEndpoint, Outside, observe
 from kvmnet_lab.testing.guest import guest_image_dir
+from kvmnet_lab.testing.operator import operator_ssh, ssh_run
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
 from kvmnet_lab.testing.stack import TestStack, config_stack
 
@@ -33,31 +32,21 @@ def bridged_stack(tmp_path: Path, lab: LabStatus) -> Iterator[TestStack]:
         yield stack
 
 
-def ssh(lab: LabStatus) -> paramiko.SSHClient:
-    host = lab.host(HOST)
-    return open_client(host.address, host.port, host.user, host.private_key, host.known_hosts)
-
-
-def run(client: paramiko.SSHClient, command: str) -> str:
-    _, out, _ = client.exec_command(command, timeout=10)
-    return str(out.read().decode())
-
-
 def test_bridged_model_end_to_end(bridged_stack: TestStack, lab: LabStatus, lab_api: Lab) -> None:
     host = lab.host(HOST)
     before = host_snapshot(lab_api, host.namespace)
-    operator = ssh(lab)  # a session over the very NIC that is about to be bridged
+    operator = operator_ssh(lab, HOST)  # a session over the very NIC that is about to be bridged
     try:
         bridged_stack.up()
         # The operator's session survived: same address, same MAC, now on the bridge.
-        assert host.address in run(operator, "ip -br addr show br-in")
+        assert host.address in ssh_run(operator, "ip -br addr show br-in")
     finally:
         operator.close()
-    with ssh(lab) as again:  # and new sessions get in
-        eth0 = json.loads(run(again, "ip -j link show eth0"))[0]
+    with operator_ssh(lab, HOST) as again:  # and new sessions get in
+        eth0 = json.loads(ssh_run(again, "ip -j link show eth0"))[0]
         assert eth0.get("master") == "br-in", eth0  # the NIC is now a port of the bridge
-        assert host.address in run(again, "ip -br addr show br-in")
-        assert "default via" in run(again, "ip route show dev br-in")
+        assert host.address in ssh_run(again, "ip -br addr show br-in")
+        assert "default via" in ssh_run(again, "ip route show dev br-in")
 
     outs = bridged_stack.outputs()
     guests = [
@@ -87,8 +76,8 @@ def test_bridged_model_end_to_end(bridged_stack: TestStack, lab: LabStatus, lab_
     assert "nic-not-a-port" in str(bridged_stack.resources("UplinkBridge")[0]["outputs"])
     assert "~ 1 to update" in bridged_stack.preview().stdout
     bridged_stack.up()
-    with ssh(lab) as again:
-        assert host.address in run(again, "ip -br addr show br-in")
+    with operator_ssh(lab, HOST) as again:
+        assert host.address in ssh_run(again, "ip -br addr show br-in")
     bridged_stack.preview_no_changes()
 
     bridged_stack.destroy()
@@ -112,8 +101,8 @@ def test_change_that_cuts_the_host_off_rolls_back(
     assert "Traceback" not in text, text  # one line, not a Python traceback
     assert took < 120
     # Reachable on its original address, exactly as before.
-    with ssh(lab) as again:
-        assert host.address in run(again, "ip -br addr show eth0")
+    with operator_ssh(lab, HOST) as again:
+        assert host.address in ssh_run(again, "ip -br addr show eth0")
     assert diff_snapshots(before, host_snapshot(lab_api, host.namespace)) == []
     assert not bridged_stack.resources("UplinkBridge")
 
@@ -188,8 +177,8 @@ def test_taps_join_their_uplink_bridge_again_when_it_is_replaced(
     for tap in taps:
         assert after[tap]["ifindex"] == built[tap]["ifindex"]  # the same taps, joined again
         assert after[tap].get("master") == "br-in", after[tap]
-    with ssh(lab) as again:
-        assert host.address in run(again, "ip -br addr show br-in")
+    with operator_ssh(lab, HOST) as again:
+        assert host.address in ssh_run(again, "ip -br addr show br-in")
     bridged_stack.preview_no_changes()
 
     old = tmp_path / "state-before-the-ifindex.json"

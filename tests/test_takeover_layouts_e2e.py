@@ -9,15 +9,13 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import paramiko
 import pytest
 from kvmnet_lab.hostconfig import host_props
 from kvmnet_lab.lab import Lab, LabStatus
-from kvmnet_lab.lab.layouts import LAYOUTS, ROUTER_LINK_LOCAL, relaid, ula, wait_dad
-from kvmnet_lab.lab.sshclient import open_client
-from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot, run_in
+from kvmnet_lab.lab.layouts import LAYOUTS, ROUTER_LINK_LOCAL, relaid, ula
+from kvmnet_lab.testing.operator import link_state, operator_ssh, settle, ssh_run
+from kvmnet_lab.testing.snapshot import host_snapshot
 from kvmnet_lab.testing.stack import TestStack
 
 pytestmark = pytest.mark.e2e
@@ -66,47 +64,6 @@ def stack(tmp_path: Path, lab: LabStatus, layout: str) -> Iterator[TestStack]:
         stack.remove()
 
 
-def ssh(lab: LabStatus) -> paramiko.SSHClient:
-    host = lab.host(HOST)
-    return open_client(host.address, host.port, host.user, host.private_key, host.known_hosts)
-
-
-def run(client: paramiko.SSHClient, command: str) -> str:
-    _, out, _ = client.exec_command(command, timeout=10)
-    return str(out.read().decode())
-
-
-def nic_state(lab_api: Lab) -> dict[str, Any]:
-    """`ip -j` of the NIC's addresses and of every route, as the kernel lists them (order
-    included: the first address of a subnet is its primary)."""
-    ns = lab_api.namespace(HOST)
-    wait_dad(lab_api, ns)
-
-    def ip_json(*args: str) -> Any:
-        return json.loads(run_in(lab_api, ns, ["ip", "-j", *args]) or "[]")
-
-    return {
-        "addr": ip_json("addr", "show", "dev", "eth0"),
-        "route": ip_json("-4", "route", "show", "table", "all"),
-        "route6": ip_json("-6", "route", "show", "table", "all"),
-    }
-
-
-def settle(lab_api: Lab, before: dict[str, Any], snapshot: dict[str, Any]) -> None:
-    """The host exactly as before; a rollback process that was just heard may take a moment
-    to leave."""
-    deadline, ns = time.monotonic() + 10, lab_api.namespace(HOST)
-    while True:
-        now_state, now_snapshot = nic_state(lab_api), host_snapshot(lab_api, ns)
-        if (now_state == before and not diff_snapshots(snapshot, now_snapshot)) or (
-            time.monotonic() > deadline
-        ):
-            break
-        time.sleep(0.5)
-    assert now_state == before
-    assert diff_snapshots(snapshot, now_snapshot) == []
-
-
 def wrong_address(lab: LabStatus, layout: str) -> str:
     """A bridge address the operator cannot reach the host on."""
     prefix = 32 if layout == "slash32" else ipaddress.ip_network(lab.lan).prefixlen
@@ -116,21 +73,21 @@ def wrong_address(lab: LabStatus, layout: str) -> str:
 def test_takeover_keeps_ssh_in_and_destroy_gives_the_nic_back(
     stack: TestStack, layout: str, lab: LabStatus, lab_api: Lab
 ) -> None:
-    before = nic_state(lab_api)
+    before = link_state(lab_api, HOST, "eth0")
     snapshot = host_snapshot(lab_api, lab_api.namespace(HOST))
     moved = [a["local"] for a in before["addr"][0]["addr_info"] if a["scope"] == "global"]
-    operator = ssh(lab)  # a session over the very NIC that is about to be bridged
+    operator = operator_ssh(lab, HOST)  # a session over the very NIC that is about to be bridged
     try:
         stack.up()
-        assert "br-up" in run(operator, "ip -br link show br-up")  # the session survived
+        assert "br-up" in ssh_run(operator, "ip -br link show br-up")  # the session survived
     finally:
         operator.close()
-    with ssh(lab) as again:  # and new sessions get in
-        eth0 = json.loads(run(again, "ip -j link show eth0"))[0]
+    with operator_ssh(lab, HOST) as again:  # and new sessions get in
+        eth0 = json.loads(ssh_run(again, "ip -j link show eth0"))[0]
         assert eth0.get("master") == BRIDGE, eth0
-        on_bridge = run(again, f"ip -br addr show {BRIDGE}")
+        on_bridge = ssh_run(again, f"ip -br addr show {BRIDGE}")
         assert all(address in on_bridge for address in moved), (moved, on_bridge)
-        routes = run(again, f"ip route show dev {BRIDGE}; ip -6 route show dev {BRIDGE}")
+        routes = ssh_run(again, f"ip route show dev {BRIDGE}; ip -6 route show dev {BRIDGE}")
         assert "default via" in routes, routes
         if layout == "slash32":
             assert f"{lab.gateway} scope link" in routes, routes
@@ -140,16 +97,16 @@ def test_takeover_keeps_ssh_in_and_destroy_gives_the_nic_back(
             assert f"default via {ROUTER_LINK_LOCAL}" in routes, routes
             # The IPv6 address works on the bridge: the LAN's router answers it.
             ping = f"ping -6 -c1 -W3 {ula(lab, 0xFE)}; echo rc=$?"
-            assert "rc=0" in run(again, ping), run(again, ping)
+            assert "rc=0" in ssh_run(again, ping), ssh_run(again, ping)
     stack.preview_no_changes()
     stack.destroy()
-    settle(lab_api, before, snapshot)
+    settle(lab_api, HOST, "eth0", before, snapshot)
 
 
 def test_bridge_address_that_cuts_ssh_is_undone_exactly(
     stack: TestStack, layout: str, lab: LabStatus, lab_api: Lab
 ) -> None:
-    before = nic_state(lab_api)
+    before = link_state(lab_api, HOST, "eth0")
     snapshot = host_snapshot(lab_api, lab_api.namespace(HOST))
     stack.pulumi("config", "set", "--path", "kvmnet:bridgeAddresses[0]", wrong_address(lab, layout))
     started = time.monotonic()
@@ -165,7 +122,7 @@ def test_bridge_address_that_cuts_ssh_is_undone_exactly(
     else:
         assert "cut the host off" in text and "rolled back: ok" in text, text
     assert took < 120
-    with ssh(lab) as again:
-        assert lab.host(HOST).address in run(again, "ip -br addr show eth0")
-    settle(lab_api, before, snapshot)
+    with operator_ssh(lab, HOST) as again:
+        assert lab.host(HOST).address in ssh_run(again, "ip -br addr show eth0")
+    settle(lab_api, HOST, "eth0", before, snapshot)
     assert not stack.resources("UplinkBridge")

@@ -30,7 +30,7 @@ def try_the_way_in(
     should get in), and what conntrack kept of its packets to the forwards' ports (None:
     conntrack could not be read)."""
     host_end, peer = checks.outside_links(owner)
-    remove(host_end, peer)
+    spawn.remove(host_end, peer)
     net = checks.outside_link_net(owner, host_networks())
     host_address, address = str(net[1]), str(net[2])
     proc = spawn.start("outside", host_end)
@@ -55,7 +55,7 @@ def try_the_way_in(
                 events.close()
     finally:
         spawn.end(proc)
-        remove(host_end, peer)
+        spawn.remove(host_end, peer)
         tracked.forget(address)
     return seen, found
 
@@ -102,17 +102,3 @@ def forward_on(link: str, conf: Path = Path("/proc/sys/net/ipv4/conf")) -> None:
         own = conf / link / "forwarding"
         if own.read_text().strip() != "1":
             own.write_text("1")
-
-
-def remove(host_end: str, peer: str) -> None:
-    """The outside probe, whatever is left of it: its process, then its links."""
-    spawn.kill_named(host_end)
-    ipr = iproute_class()()
-    try:
-        for name in (host_end, peer):
-            for idx in ipr.link_lookup(ifname=name):
-                with contextlib.suppress(Exception):  # gone with its pair meanwhile
-                    ipr.link("del", index=idx)
-    finally:
-        ipr.close()
-    spawn.wait_gone(host_end)

@@ -113,8 +113,8 @@ class VerifySpec:
 def network_verify(args: dict[str, Any]) -> dict[str, Any]:
     spec = VerifySpec.from_args(args)
     host_end, peer = checks.probe_links(spec.owner)
-    remove_probe(host_end, peer)  # what a killed run left
-    outer.remove(*checks.outside_links(spec.owner))
+    spawn.remove(host_end, peer)  # what a killed run left
+    spawn.remove(*checks.outside_links(spec.owner))
     target = spec.target or default_gateway()
     inside = spec.inside(peer, target)
     had = link_locals(spec.bridge)
@@ -131,7 +131,7 @@ def network_verify(args: dict[str, Any]) -> dict[str, Any]:
     try:
         seen = run_probe(spec, host_end, peer, inside, from_outside)
     finally:
-        remove_probe(host_end, peer)
+        spawn.remove(host_end, peer)
         drop_link_locals(spec.bridge, keep=had)
     seen.update(way_in.get("seen") or {})
     outcomes = checks.judge(spec.model, seen, from_the_host(seen, inside))
@@ -213,20 +213,6 @@ def attach(bridge: str, host_end: str, peer: str, pid: int) -> None:
         ipr.link("set", index=idx, master=found[0], state="up")
     finally:
         ipr.close()
-
-
-def remove_probe(host_end: str, peer: str) -> None:
-    """The probe of this network, whatever is left of it: its process, then its links."""
-    spawn.kill_named(host_end)
-    ipr = iproute_class()()
-    try:
-        for name in (host_end, peer):
-            for idx in ipr.link_lookup(ifname=name):
-                with contextlib.suppress(Exception):  # gone with its pair meanwhile
-                    ipr.link("del", index=idx)
-    finally:
-        ipr.close()
-    spawn.wait_gone(host_end)
 
 
 def link_locals(bridge: str) -> set[tuple[str, int]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import AgentError
+from ..links.netlink import iproute_class
 
 READY_TIMEOUT = 20.0
 # The probe's process: the agent's own sys.path (argv[1], JSON), then main() of the module
@@ -123,3 +124,17 @@ def processes(name: str) -> list[int]:
         if len(argv) >= 9 and argv[4] == BOOT.encode() and argv[7:9] == [name.encode(), home]:
             found.append(int(entry.name))
     return found
+
+
+def remove(host_end: str, peer: str) -> None:
+    """A probe, whatever is left of it: its process (by name), then its veth pair."""
+    kill_named(host_end)
+    ipr = iproute_class()()
+    try:
+        for name in (host_end, peer):
+            for idx in ipr.link_lookup(ifname=name):
+                with contextlib.suppress(Exception):  # gone with its pair meanwhile
+                    ipr.link("del", index=idx)
+    finally:
+        ipr.close()
+    wait_gone(host_end)
