@@ -11,6 +11,7 @@ import pytest
 
 from kvmnet_provider.agent import boot, server
 from kvmnet_provider.agent.boot import records, restore, unit
+from kvmnet_provider.agent.errors import AgentError
 
 
 @pytest.fixture()
@@ -166,8 +167,8 @@ def test_a_link_comes_back_with_its_recorded_mac(
 
 def test_an_uplink_takeover_is_confirmed_only_when_bridged(books: Path) -> None:
     directory = records.namespace_dir() / "records"
-    write(directory, "uplink-a.json",
-          rec("uplink", "uplink.takeover", "ou", nic="eth0", bridge="br0", token="old"))
+    doc = rec("uplink", "uplink.takeover", "ou", nic="eth0", bridge="br0", token="old")
+    write(directory, "uplink-a.json", doc | {"result": {"ifindex": 6, "mac": "52:54:00:00:00:06"}})
     calls: list[tuple[str, dict[str, Any]]] = []
 
     def handler(state: str) -> Any:
@@ -183,9 +184,27 @@ def test_an_uplink_takeover_is_confirmed_only_when_bridged(books: Path) -> None:
     restore.restore(handler("bridged"))
     assert [op for op, _ in calls] == ["uplink.takeover", "uplink.confirm"]
     assert calls[0][1]["token"] != "old"  # a fresh token, a boot's short rollback
+    assert calls[0][1]["ifindex"] == 6  # the bridge's recorded one: Pulumi's id names it
     calls.clear()
     restore.restore(handler("address-back-on-nic"))
     assert [op for op, _ in calls] == ["uplink.takeover", "uplink.status"]
+
+
+def test_an_uplink_that_cannot_come_back_says_why_in_one_line(
+    books: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = records.namespace_dir() / "records"
+    write(directory, "uplink-a.json", rec("uplink", "uplink.takeover", "ou", nic="eth9",
+                                          bridge="br0"))  # fmt: skip
+
+    def missing(args: dict[str, Any]) -> Any:
+        raise AgentError("missing", f"NIC {args['nic']} does not exist on this host")
+
+    outcome = restore.restore(lambda op: missing)
+    assert outcome["failed"] == ["uplink br0"]
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == ("kvmnet-restore: uplink br0: not restored: NIC eth9 does not exist on this "
+                    "host; the NIC keeps the host's own configuration")  # fmt: skip
 
 
 def test_no_unit_on_a_lab_host(books: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,6 @@
 """The bridged model's takeover puts a NIC's routes back in an order the kernel accepts, and
-a route the kernel refuses does not stop the others."""
+a route the kernel refuses does not stop the others; a boot's takeover makes the bridge at
+its recorded ifindex when that is free."""
 
 from __future__ import annotations
 
@@ -255,3 +256,28 @@ def test_a_heard_restore_is_not_applied_again(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     assert _rollback(monkeypatch, tmp_path, heard_after=1) == 1
+
+
+class FakeLinks:
+    """Just enough of IPRoute for add_link: some ifindexes taken."""
+
+    def __init__(self, taken: set[int]) -> None:
+        self.taken = taken
+        self.links: dict[str, int] = {}
+
+    def link(self, verb: str, ifname: str, index: int | None = None, **_: Any) -> None:
+        assert verb == "add"
+        if index in self.taken:
+            raise OSError(17, "File exists")
+        self.links[ifname] = index or max(self.taken | {0}) + 1
+
+    def link_lookup(self, ifname: str) -> list[int]:
+        return [self.links[ifname]] if ifname in self.links else []
+
+
+def test_a_bridge_made_at_boot_gets_its_recorded_ifindex_when_free() -> None:
+    from kvmnet_provider.agent.links.netlink import add_link
+
+    assert add_link(FakeLinks({1, 2}), 7, ifname="br0", kind="bridge") == 7
+    assert add_link(FakeLinks({1, 2, 7}), 7, ifname="br0", kind="bridge") == 8  # taken
+    assert add_link(FakeLinks({1, 2}), None, ifname="br0", kind="bridge") == 3

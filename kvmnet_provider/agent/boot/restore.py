@@ -26,6 +26,7 @@ from . import records
 
 Handler = Callable[[dict[str, Any]], Any]
 ROLLBACK_SECONDS = 20  # a boot's take-over is confirmed at once, or rolled back by then
+OWN_CONFIG = "; the NIC keeps the host's own configuration"
 
 
 def say(line: str) -> None:
@@ -38,7 +39,8 @@ def apply(record: records.Record, handler: Callable[[str], Handler | None]) -> N
     if record.kind == "bridge":
         _precreate_bridge(record)
     if record.kind == "uplink":
-        args.update(token=secrets.token_hex(16), rollback_seconds=ROLLBACK_SECONDS)
+        args.update(token=secrets.token_hex(16), rollback_seconds=ROLLBACK_SECONDS,
+                    ifindex=record.result.get("ifindex"))  # fmt: skip
     result = _op(handler, op)(args)
     if record.kind == "uplink":
         _settle_uplink(record, result, handler)
@@ -90,10 +92,8 @@ def _settle_uplink(
     if result.get("state") == "bridged":
         _op(handler, "uplink.confirm")({"token": token})
         return
-    say(
-        f"uplink {record.args.get('nic')}: the bridge did not take its addresses "
-        f"({result.get('state')}); the NIC keeps the host's own configuration"
-    )
+    say(f"uplink {record.args.get('nic')}: the bridge did not take its addresses "
+        f"({result.get('state')}){OWN_CONFIG}")
     _op(handler, "uplink.status")({"token": token})  # the rollback runs at its deadline
 
 
@@ -112,11 +112,13 @@ def restore(handler: Callable[[str], Handler | None]) -> dict[str, list[str]]:
     applied: list[str] = []
     failed: list[str] = []
     for record in found:
-        label = f"{record.kind} {record.args.get('name') or record.owner}"
+        args = record.args
+        label = f"{record.kind} {args.get('name') or args.get('bridge') or record.owner}"
         try:
             apply(record, handler)
         except Exception as exc:  # one object's failure is that object's, never the others'
-            say(f"{label}: not restored: {exc}")
+            kept = OWN_CONFIG if record.kind == "uplink" else ""  # undone, or never begun
+            say(f"{label}: not restored: {exc}{kept}")
             failed.append(label)
             continue
         applied.append(label)

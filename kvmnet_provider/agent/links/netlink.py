@@ -52,3 +52,18 @@ def link_addresses(ipr: Any, idx: int) -> list[str]:
         if not (iface.version == 6 and iface.ip.is_link_local):
             out.append(str(iface))
     return sorted(out)
+
+
+def add_link(ipr: Any, index: int | None, **made: Any) -> int:
+    """Add a link, at ifindex `index` when one is asked for and free (a restore keeps the
+    ifindex Pulumi's ids name), else where the kernel puts it; returns its ifindex."""
+    try:
+        ipr.link("add", **made, **({"index": index} if index else {}))
+    except Exception:
+        if not index:
+            raise
+        ipr.link("add", **made)  # that ifindex is taken
+    found = ipr.link_lookup(ifname=made["ifname"])
+    if not found:
+        raise RuntimeError(f"{made['ifname']} was added but is not there")
+    return int(found[0])

@@ -28,7 +28,7 @@ from .. import hoststate
 from ..codelock import hold_code
 from ..errors import AgentError
 from ..links import rtdump
-from ..links.netlink import iproute_class, link_addresses
+from ..links.netlink import add_link, iproute_class, link_addresses
 from ..links.state import owner_in
 from ..rundir import private_dir
 from .routes import (
@@ -84,10 +84,9 @@ def apply_bridged(ipr: Any, cfg: dict[str, Any]) -> list[str]:
     if nic is None:
         raise AgentError("missing", f"NIC {cfg['nic']} does not exist")
     br = index_of(ipr, cfg["bridge"])
-    if br is None:
-        ipr.link("add", ifname=cfg["bridge"], kind="bridge", br_stp_state=0, br_forward_delay=0)
-        br = index_of(ipr, cfg["bridge"])
-        assert br is not None
+    if br is None:  # at the ifindex a boot's restore asks for, when free (Pulumi's id names it)
+        br = add_link(ipr, cfg.get("ifindex"), ifname=cfg["bridge"], kind="bridge",
+                      br_stp_state=0, br_forward_delay=0)  # fmt: skip
         ipr.link("set", index=br, ifalias=OWNER_PREFIX + cfg["owner"])
         # The NIC's MAC: DHCP reservations and neighbours' caches keep working.
         ipr.link("set", index=br, address=cfg["mac"])
@@ -296,10 +295,11 @@ def takeover(args: dict[str, Any]) -> dict[str, Any]:
             record = {"plain": plain}
         plain = record["plain"]
         wanted = [validate.interface_address(a) for a in args.get("addresses") or []]
-        bridged = {
+        bridged = {  # a boot's restore asks for the bridge's recorded ifindex
             **plain,
             "bridge_addresses": wanted or plain["nic_addresses"],
             "mtu": args.get("mtu"),
+            "ifindex": args.get("ifindex") and validate.int_range(args["ifindex"], 1, 2**31 - 1),
         }
         plain = {**plain, "bridge_addresses": []}
         record["bridged"] = bridged
