@@ -1,8 +1,11 @@
 """A real distribution end to end: the user's stack (stacks/Pulumi.debian-nat.yaml)
 through the real engine on a lab host: a NAT network with DHCP, one Debian bookworm guest
 booted from the cached image through a copy-on-write overlay and configured by cloud-init
-(hostname, a user with a generated SSH key), the host's 2222 forwarded to its sshd; then
-`ssh -p 2222 user@<host>` from the lab's outside host, and destroy puts everything back.
+(hostname, a user with a generated SSH key), the host's 2222 forwarded to its sshd. The
+guest's `ready` (cloud-init's finished line, tcp 22) holds `up` until the guest can be used:
+a resource of the program that depends on the guest runs `hostname` in it over the forward,
+once, and `ssh -p 2222 user@<host>` from the lab's outside host works at its first try; then
+destroy puts everything back.
 
 Slow under TCG (cloud-init's first boot takes minutes): `pytest -m debian` runs it alone.
 """
@@ -21,14 +24,13 @@ import yaml
 from kvmnet_lab.hostconfig import host_props
 from kvmnet_lab.lab import Lab, LabStatus
 from kvmnet_lab.testing.debian_image import (
-    BOOT_TIMEOUT,
     CLOUD_INIT_FINISHED,
     debian_image_dir,
     file_sha256,
 )
 from kvmnet_lab.testing.guest import default_accel
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
-from kvmnet_lab.testing.stack import TestStack, config_stack
+from kvmnet_lab.testing.stack import TestStack
 from kvmnet_lab.toolchain import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.debian]
@@ -62,12 +64,69 @@ def client_key(tmp_path: Path) -> Path:
     return key
 
 
+# The repository's program, and after it a resource of this test's that needs the guest ready:
+# it runs a command in the guest over the port forward, one try, the guest's SSH host keys
+# pinned from its console (cloud-init prints them there).
+PROGRAM = f"""\
+import pulumi
+from pulumi.dynamic import CreateResult, Resource, ResourceProvider
+
+from kvmnet_provider.program import build
+
+
+class GuestCommandProvider(ResourceProvider):
+    def create(self, props):
+        import re, tempfile, paramiko  # in the provider's process
+        console = open(props["console_log"], errors="replace").read()
+        keys = re.search(props["keys_pattern"], console, re.S).group(1).split("\\n")
+        port = int(props["port"])  # a number in the engine's wire: a float here
+        where = "[" + props["host"] + "]:" + str(port)
+        with tempfile.NamedTemporaryFile("w", suffix=".known_hosts") as known:
+            known.write("".join(where + " " + k.strip() + "\\n" for k in keys if k.strip()))
+            known.flush()
+            client = paramiko.SSHClient()
+            client.load_host_keys(known.name)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.connect(props["host"], port=port, username="user",
+                       key_filename=props["key"], timeout=10, allow_agent=False,
+                       look_for_keys=False)
+        try:
+            _, out, _ = client.exec_command(props["command"], timeout=30)
+            said = out.read().decode().strip()
+        finally:
+            client.close()
+        return CreateResult(id_=props["command"], outs={{**props, "stdout": said}})
+
+
+class GuestCommand(Resource):
+    stdout: pulumi.Output[str]
+
+    def __init__(self, name, props):
+        super().__init__(GuestCommandProvider(), name, {{"stdout": None, **props}})
+
+
+(network,) = build()[None]["networks"].values()
+cfg = pulumi.Config("debiantest")
+hostname = GuestCommand("{GUEST}-hostname", {{
+    "host": cfg.require("host"), "port": {HOST_PORT}, "key": cfg.require("key"),
+    "console_log": network["guests"]["{GUEST}"]["console_log"],  # the guest's own output
+    "command": "hostname", "keys_pattern": {HOST_KEYS.pattern!r},
+}})
+pulumi.export("{GUEST}_hostname", hostname.stdout)
+"""
+
+
 @pytest.fixture()
 def debian_stack(tmp_path: Path, lab: LabStatus, client_key: Path) -> Iterator[TestStack]:
     public_key = client_key.with_suffix(".pub").read_text().strip()
     config = user_stack_config(debian_image_dir(), public_key, lab)
-    with config_stack(tmp_path, "debian", config) as stack:
+    config |= {"debiantest:host": lab.hosts[0].address, "debiantest:key": str(client_key)}
+    stack = TestStack(tmp_path, PROGRAM, project="kvmnet", stack="debian")
+    try:
+        stack.config_values(config)
         yield stack
+    finally:
+        stack.remove()
 
 
 def console_log(stack: TestStack) -> Path:
@@ -136,10 +195,13 @@ def test_debian_guest_ssh_through_the_port_forward(
     assert disk.parent.name == GUEST and seed.parent == disk.parent, (disk, seed)
     assert disk.is_file() and seed.stat().st_mode & 0o077 == 0, "the seed must be 0600"
 
-    console = wait_for_console(console_log(debian_stack), CLOUD_INIT_FINISHED, BOOT_TIMEOUT)
+    # up returned only once the guest was ready: the resource after it got in at once, and
+    # so does ssh from the outside host, at its first try.
+    assert outs[f"{GUEST}_hostname"] == GUEST
+    console = wait_for_console(console_log(debian_stack), CLOUD_INIT_FINISHED, 5)
     known_hosts = tmp_path / "known_hosts"
     known_hosts_from_console(console, lab.hosts[0].address, known_hosts)
-    result = ssh_from_outside(lab, client_key, known_hosts, "hostname", 180)
+    result = ssh_from_outside(lab, client_key, known_hosts, "hostname", 0)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == GUEST
     # The guest's address came from dnsmasq's static lease, its route from the same lease.

@@ -18,7 +18,9 @@ from .keys import check_stack_keys, check_structured_keys, stack_config_keys
 from .outputs import network_outputs
 
 
-def build() -> None:
+def build() -> dict[str | None, dict[str, Any]]:
+    """Declare the stack config's hosts and networks and export their outputs; the outputs
+    per host name (None: the one-host program), for a program that builds on them."""
     cfg = pulumi.Config(NS)
     check_stack_keys(stack_config_keys())  # a typo'd key fails instead of being ignored
     check_structured_keys(cfg)
@@ -29,9 +31,10 @@ def build() -> None:
         pulumi.export("host", exported[None]["host"])
         for key, value in outputs.items():
             pulumi.export(key, value)
-        return
+        return exported
     pulumi.export("model", "fleet")
     pulumi.export("hosts", exported)
+    return exported
 
 
 def declare(host: Host) -> dict[str, Any]:
