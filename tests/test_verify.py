@@ -195,6 +195,7 @@ def test_the_settings_pass(stack_config: None) -> None:
     checked({"verify": False})
     checked({"model": "routed", "verifyTarget": "198.51.100.1:443"})
     checked({"model": "isolated", "verify": True})
+    checked({"verifyOnRefresh": True})
 
 
 @pytest.mark.parametrize(
@@ -206,6 +207,11 @@ def test_the_settings_pass(stack_config: None) -> None:
         (
             {"model": "bridged", "uplink": "eth0", "gateway": "10.0.1.1", "verify": True},
             "kvmnet:verify: a bridged network cannot be verified yet",
+        ),
+        ({"verifyOnRefresh": 1}, "kvmnet:verifyOnRefresh: must be true or false, got 1"),
+        (
+            {"model": "routed", "verify": False, "verifyOnRefresh": True},
+            "kvmnet:verifyOnRefresh: needs the network verified (verify is off for this routed",
         ),
     ],
 )
@@ -443,3 +449,39 @@ def test_the_dhcp_offer_is_awaited_beside_the_other_checks(
     monkeypatch.setattr(inside, "dhcp", broken)
     seen = inside.run_checks({**spec, "gateway": None, "target": None, "dns_name": None})
     assert seen == {"dhcp": {"reached": False, "detail": "broken: Address already in use"}}
+
+
+class ScriptedAgent:
+    """network.verify answers from a list, in turn; every call kept."""
+
+    def __init__(self, *results: dict[str, object]) -> None:
+        self.results = list(results)
+        self.calls: list[tuple[str, dict[str, object]]] = []
+
+    def call(self, op: str, args: dict[str, object], timeout: float = 0) -> dict[str, object]:
+        self.calls.append((op, args))
+        return self.results.pop(0)
+
+
+def test_a_refresh_probes_again_only_when_asked_and_a_failure_is_drift() -> None:
+    provider = NetworkCheckProvider()
+    props = {"connection": {"host": "root@h1"}, "owner": "p/s/NetworkCheck/net-verify",
+             "network": "net", "model": "nat", "bridge": "br-in", "subnet": "10.0.1.0/24",
+             "passed": ["gateway"], "checks": [], "checked_at": "then",
+             "watch": {"guests": ["g1"]}}  # fmt: skip
+    quiet = ScriptedAgent()
+    assert provider.host_read(quiet, props)["checked_at"] == "then"  # type: ignore[arg-type,index]
+    assert quiet.calls == []  # the last result, no probe
+
+    good = {"checks": [{"check": "gateway", "ok": True, "reason": "answered"}], "target": "x"}
+    bad = {"checks": [{"check": "gateway", "ok": False, "reason": "expected an answer, got "
+                       "none (no answer)"}], "target": "x"}  # fmt: skip
+    agent = ScriptedAgent(good, bad)
+    asked = {**props, "on_refresh": True}
+    passed = provider.host_read(agent, asked)  # type: ignore[arg-type]
+    assert passed is not None and passed["failing"] is None and passed["passed"] == ["gateway"]
+    assert "on_refresh" not in agent.calls[0][1] and "watch" not in agent.calls[0][1]
+    failed = provider.host_read(agent, asked)  # type: ignore[arg-type]
+    assert failed is not None and failed["passed"] == []
+    assert failed["failing"].startswith("root@h1: network net (nat): verify gateway failed")
+    assert failed["watch"]["guests"] == ["g1"] and failed["watch"] != props["watch"]  # up: again

@@ -197,8 +197,11 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
     verify_stack.preview_no_changes()
     assert diff_snapshots(made, host_snapshot(lab_api, host.namespace)) == []
 
-    # A DROP kvmnet does not know about, above its jump: the guests are cut off, and up says
-    # which rule did it.
+    # A DROP kvmnet does not know about, above its jump: the guests are cut off, and the next
+    # up (its check's settings changed) says which rule did it. With verifyOnRefresh (set
+    # while all was well), refresh probes again and shows the same as the check's drift.
+    verify_stack.pulumi("config", "set", "--path", "kvmnet:verifyOnRefresh", "true")
+    verify_stack.up()
     iptables(lab_api, host.namespace, "-I", *FOREIGN_DROP)
     try:
         verify_stack.pulumi("config", "rm", "kvmnet:verifyTarget")
@@ -208,6 +211,11 @@ def test_models_verify_and_a_foreign_drop_fails_up_in_one_line(
         assert "net (nat)" in lines[0] and host.address in lines[0], lines[0]
         assert "'-A FORWARD -s 10.0.1.0/24 -j DROP'" in lines[0], lines[0]
         assert "fix:" in lines[0], lines[0]
+        refreshed = verify_stack.refresh()
+        assert refreshed.returncode == 0, refreshed.stdout  # drift, not an error
+        failing = str(the_check(verify_stack)["failing"])
+        assert "verify outside failed" in failing, failing
+        assert "'-A FORWARD -s 10.0.1.0/24 -j DROP'" in failing, failing
     finally:
         iptables(lab_api, host.namespace, "-D", *FOREIGN_DROP)
     assert diff_snapshots(made, host_snapshot(lab_api, host.namespace)) == []  # no probe left

@@ -122,6 +122,9 @@ class NetworkArgs:
     # default gateway).
     verify: bool | None = None
     verify_target: str | None = None
+    # True: `pulumi refresh` runs the check again; a failure shows as the check's drift (its
+    # `failing` output) and the next `up` checks once more.
+    verify_on_refresh: bool = False
 
 
 def dhcp_enabled(model: str, args: NetworkArgs, where: str = "net") -> bool:

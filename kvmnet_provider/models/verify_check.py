@@ -40,7 +40,17 @@ def verify_enabled(resource_name: str, model: str, args: NetworkArgs) -> bool:
             f"a {model} network cannot be verified yet (its LAN is not kvmnet's); leave verify "
             "unset (or false)",
         )
-    return verify.enabled(model, args.verify)
+    on = verify.enabled(model, args.verify)
+    if not isinstance(args.verify_on_refresh, bool):
+        raise ConfigError(
+            key("verifyOnRefresh"), f"must be true or false, got {args.verify_on_refresh!r}"
+        )
+    if args.verify_on_refresh and not on:
+        raise ConfigError(
+            key("verifyOnRefresh"),
+            f"needs the network verified (verify is off for this {model} network)",
+        )
+    return on
 
 
 def network_check(network: _Network, resource_name: str) -> NetworkCheck:
@@ -105,6 +115,7 @@ def network_check(network: _Network, resource_name: str) -> NetworkCheck:
             },
             input_rules=input_rules,
             forwards=forwards or None,
+            on_refresh=True if args.verify_on_refresh else None,  # None: as older states
             watch=watch,
         ),
         pulumi.ResourceOptions(

@@ -31,7 +31,8 @@ One host: `kvmnet:host` and one network's keys at the stack's root:
   bridgeAddresses   bridged: addresses for the bridge instead of the NIC's; rollbackSeconds
   verify            after up, a probe on the bridge checks the model's row (default true for
                     routed and NAT, false for isolated; bridged cannot yet); verifyTarget
-                    ADDRESS or ADDRESS:PORT outside (default: the host's default gateway)
+                    ADDRESS or ADDRESS:PORT outside (default: the host's default gateway);
+                    verifyOnRefresh: refresh runs the check again (default false)
 Several hosts: `kvmnet:hosts` instead of `kvmnet:host` and the network keys:
   hosts             {NAME: {connection: {host, port, user, ...} (as kvmnet:host),
                             networks: [{name, model, ...: the network keys above}],

@@ -55,6 +55,7 @@ class NetworkSettings:
     autostart: bool = True  # false: nothing of it comes back by itself after a reboot
     verify: bool | None = None  # None: the model's default (spec/verify.py)
     verify_target: str | None = None
+    verify_on_refresh: bool = False  # refresh probes again (and shows a failure as drift)
 
     def key(self, name: str) -> str:
         """How errors name this network's key `name`."""
@@ -95,6 +96,14 @@ def network_settings(raw: Mapping[str, Any], config_key: str) -> NetworkSettings
     target = raw.get("verifyTarget")
     if target is not None:
         valid(verify.target, target, key("verifyTarget"))
+    on_refresh = raw.get("verifyOnRefresh", False)
+    if not isinstance(on_refresh, bool):
+        raise ConfigError(key("verifyOnRefresh"), f"must be true or false, got {on_refresh!r}")
+    if on_refresh and not verify.enabled(model.name, check):
+        raise ConfigError(
+            key("verifyOnRefresh"),
+            f"needs the network verified (verify is off for this {model.name} network)",
+        )
     rollback = raw.get("rollbackSeconds", defaults.ROLLBACK_SECONDS)
     return NetworkSettings(
         config_key=config_key,
@@ -113,6 +122,7 @@ def network_settings(raw: Mapping[str, Any], config_key: str) -> NetworkSettings
         autostart=autostart,
         verify=check,
         verify_target=target,
+        verify_on_refresh=on_refresh,
     )
 
 

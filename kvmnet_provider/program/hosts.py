@@ -43,6 +43,7 @@ OBJECT_KEYS = (
     "dhcpRange",
     "autostart",
     "verify",
+    "verifyOnRefresh",
 )
 
 

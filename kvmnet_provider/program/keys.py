@@ -34,6 +34,7 @@ NETWORK_KEYS = (
     "autostart",
     "verify",
     "verifyTarget",
+    "verifyOnRefresh",
 )
 GUEST_KEYS = (
     "name",
@@ -70,6 +71,7 @@ STRUCTURED_KEYS = {
     "dhcp": "true or false",
     "autostart": "true or false",
     "verify": "true or false",
+    "verifyOnRefresh": "true or false",
     "dhcpRange": "a list [start, end]",
     "bridgeAddresses": "a list of addresses",
 }

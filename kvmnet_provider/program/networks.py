@@ -47,6 +47,7 @@ def network_args(
         autostart=settings.autostart,
         verify=settings.verify,
         verify_target=settings.verify_target,
+        verify_on_refresh=settings.verify_on_refresh,
         **_domain(settings.domain),
     )
 

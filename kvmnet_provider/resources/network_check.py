@@ -9,9 +9,10 @@ take it to its guest. A mismatch fails `up` with one line: the host, the network
 check, why, and the fix (naming the foreign rule that stopped it when the firewall finds one).
 
 The check runs at create, and again at an update: when the network's settings change, or
-when `watch` does (the network's guests, its forward rules). A read does not probe again: it
-keeps the last result. Delete changes nothing on the host (the probe never outlives its
-check).
+when `watch` does (the network's guests, its forward rules). A read keeps the last result,
+unless `on_refresh` asks it to probe again: then a failure is the check's drift (its `failing`
+output names it, and `watch` differs from the program's so the next `up` checks once more).
+Delete changes nothing on the host (the probe never outlives its check).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from .base import KvmnetProvider, host_key, list_of
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
 
 VERIFY_TIMEOUT = 120.0
+NOT_FOR_THE_AGENT = ("network", "watch", "on_refresh")
+LAST_RESULT = ("passed", "checks", "probe", "checked_target", "checked_at")
 
 
 def _model(value: Any) -> str:
@@ -68,6 +71,8 @@ class NetworkCheckArgs:
     input_rules: pulumi.Input[dict[str, Any]] | None = kvmnet_field(_anything, default=None)
     # NAT: the port forwards the outside probe tries (verify.forwards)
     forwards: Sequence[dict[str, Any]] | None = kvmnet_field(_forwards, default=None)
+    # True: a read (pulumi refresh) probes again instead of keeping the last result
+    on_refresh: bool | None = kvmnet_field(validate.boolean, default=None)
     # outputs of the resources checked: a change of any runs the check again
     watch: pulumi.Input[dict[str, Any]] | None = kvmnet_field(_anything, default=None)
 
@@ -130,29 +135,42 @@ class NetworkCheckProvider(KvmnetProvider):
     def resource_id(self, props: dict[str, Any]) -> str:
         return f"{host_key(props)}/verify/{props['bridge']}"
 
-    def _verify(
+    def _probe(
         self, agent: AgentSession, props: dict[str, Any], skip: tuple[str, ...] = ()
-    ) -> dict[str, Any]:
-        spec = {n: props.get(n) for n in self.fields if n not in ("network", "watch")}
+    ) -> tuple[dict[str, Any], str | None]:
+        """The check's outputs, and its one-line failure (None: it passed)."""
+        spec = {n: props.get(n) for n in self.fields if n not in NOT_FOR_THE_AGENT}
         spec["skip"] = list(skip)
         result = agent.call("network.verify", {"owner": props["owner"], **spec}, VERIFY_TIMEOUT)
-        line = failure_line(props["connection"]["host"], result, props)
-        if line:
-            raise KvmnetError(line)
         return {
-            "passed": [c["check"] for c in result["checks"] if c.get("ran", True)],
+            "passed": [c["check"] for c in result["checks"] if c.get("ok") and c.get("ran", True)],
             "checks": result["checks"],
             "probe": result.get("probe"),
             "checked_target": result.get("target"),
             "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        }, failure_line(props["connection"]["host"], result, props)
+
+    def _verify(
+        self, agent: AgentSession, props: dict[str, Any], skip: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        outputs, line = self._probe(agent, props, skip)
+        if line:
+            raise KvmnetError(line)
+        return outputs
 
     def host_create(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any]:
         return self._verify(agent, props)
 
     def host_read(self, agent: AgentSession, props: dict[str, Any]) -> dict[str, Any] | None:
-        keep = ("passed", "checks", "probe", "checked_target", "checked_at")
-        return {k: props.get(k) for k in keep}  # the last result: a read does not probe
+        if not props.get("on_refresh"):
+            return {k: props.get(k) for k in LAST_RESULT}  # a read does not probe
+        outputs, line = self._probe(agent, props)
+        if line is None:
+            return {**outputs, "failing": None}
+        # Drift: the failure is an output, and `watch` no longer matches the program's, so
+        # the next `up` runs the check again (and fails with this line until it is fixed).
+        watch = {**(props.get("watch") or {}), "failing at refresh": outputs["checked_at"]}
+        return {**outputs, "failing": line, "watch": watch}
 
     def host_update(
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
@@ -171,6 +189,7 @@ class NetworkCheck(DeclaredResource[NetworkCheckArgs], module="kvmnet", name="Ne
     probe: pulumi.Output[dict[str, Any]]
     checked_target: pulumi.Output[str]
     checked_at: pulumi.Output[str]
+    failing: pulumi.Output[str | None]  # with on_refresh: the last refresh's failure
 
 
 __all__ = ["NetworkCheck", "NetworkCheckArgs", "NetworkCheckProvider"]
