@@ -155,7 +155,7 @@ def iptables_rules(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     built: list[Any] = []
 
     def ensure(chain: str, owner: str, want: Any, describe: Any, build: Any, *_: Any) -> Any:
-        built.append([chain, iptc_rule(build())])
+        built.extend([chain, iptc_rule(rule)] for rule in build())
         return {}
 
     monkeypatch.setattr(iptables_nat, "_ensure", ensure)

@@ -108,7 +108,8 @@ def test_nat_model_crash_recovery_and_switch_to_routed(
             # The outside host's echo service names the source it saw: the host's LAN address.
             echo = console.run(f"echo hi | nc -w 5 {lab.ext.address} {lab.ext.echo_port}", 30)
             assert f"peer {host.address} " in echo.output, echo.output
-        assert len(nat_rules(lab_api, host.namespace)) == 2  # ours and the foreign one
+        # ours (tcp and udp to ports 1024-65535, the rest) and the foreign one
+        assert len(nat_rules(lab_api, host.namespace)) == 4
 
         # The way in: a port forward from the host's 8080 to g1:8080, and nothing else.
         with GuestConsole(g1.console) as console:

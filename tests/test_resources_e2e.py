@@ -7,6 +7,7 @@ Every result is checked inside the host's namespace with `ip -j`, `iptables-lega
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -61,12 +62,28 @@ def sysctl(lab_api: Lab, ns: str, key: str) -> str:
     return run_in(lab_api, ns, ["sysctl", "-n", key]).strip()
 
 
-def masq_line(source: str, owner: str, out_if: str | None = None) -> str:
+def masq_lines(source: str, owner: str, out_if: str | None = None) -> list[str]:
+    """A MasqueradeRule's rules as iptables-save lists them: libvirt's set, in its order."""
     via = f" -o {out_if}" if out_if else ""
-    return (
-        f'-A POSTROUTING -s {source} ! -d {source}{via} -m comment --comment "kvmnet:{owner}" '
-        "-j MASQUERADE"
-    )
+    mark = f'-m comment --comment "kvmnet:{owner}"'
+    keep = [f"-A POSTROUTING -s {source} -d {d}{via} {mark} -j RETURN" for d in EXEMPT]
+    masq = f"-A POSTROUTING -s {source} ! -d {source}{via}"
+    ports = "-j MASQUERADE --to-ports 1024-65535"
+    return [
+        *keep,
+        f"{masq} -p tcp {mark} {ports}",
+        f"{masq} -p udp {mark} {ports}",
+        f"{masq} {mark} -j MASQUERADE",
+    ]
+
+
+EXEMPT = ("224.0.0.0/24", "255.255.255.255/32")
+
+
+def delete_lines(lab_api: Lab, ns: str, lines: list[str]) -> None:
+    for line in lines:
+        argv = shlex.split(line.replace("-A ", "-D ", 1))
+        run_in(lab_api, ns, ["iptables-legacy", "-t", "nat", *argv])
 
 
 def assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -150,7 +167,7 @@ def test_create_noop_update_destroy(
         assert tap["ifalias"] == f"kvmnet:life/dev/TapPort/{owner}"
         assert "UP" in tap["flags"]
     assert links["br-out"]["ifalias"] == "kvmnet:life/dev/Bridge/out"
-    assert nat_rules(lab_api, ns) == [masq_line("10.0.1.0/24", "life/dev/MasqueradeRule/m")]
+    assert nat_rules(lab_api, ns) == masq_lines("10.0.1.0/24", "life/dev/MasqueradeRule/m")
     assert sysctl(lab_api, ns, "net.ipv4.ip_forward") == "1"
     assert sysctl(lab_api, ns, "net.ipv6.conf.all.forwarding") == "0"
     outs = stack.outputs()
@@ -197,9 +214,9 @@ def test_create_noop_update_destroy(
     assert after_links["br-out"]["forward_delay"] == 400  # clock ticks: 4 s
     assert ipv4_addresses(lab_api, ns, "br-in") == ["10.0.1.1/24", "10.0.9.1/24"]
     assert updated["addresses"]["vif1.0"] == created["addresses"]["vif1.0"]
-    assert nat_rules(lab_api, ns) == [
-        masq_line("10.0.1.0/24", "life/dev/MasqueradeRule/m", out_if="eth0")
-    ]
+    assert nat_rules(lab_api, ns) == masq_lines(
+        "10.0.1.0/24", "life/dev/MasqueradeRule/m", out_if="eth0"
+    )
     assert updated["sysctls"] == {
         "net.ipv4.ip_forward": "1",
         "net.ipv6.conf.all.forwarding": "1",
@@ -238,8 +255,8 @@ def test_drift_is_refreshed_and_restored(
     stacks.append(stack)
     stack.up()
     built = host_snapshot(lab_api, ns)
-    rule = masq_line("10.0.1.0/24", "drift/dev/MasqueradeRule/m")
-    assert nat_rules(lab_api, ns) == [rule]
+    rules = masq_lines("10.0.1.0/24", "drift/dev/MasqueradeRule/m")
+    assert nat_rules(lab_api, ns) == rules
 
     # 1. the bridge deleted behind Pulumi's back (its tap survives, detached)
     run_in(lab_api, ns, ["ip", "link", "del", "br-in"])
@@ -257,24 +274,26 @@ def test_drift_is_refreshed_and_restored(
     assert links["vif1.0"]["ifindex"] == built["links"]["vif1.0"]["ifindex"]
     stack.preview_no_changes()
 
-    # 2. the MASQUERADE rule deleted by hand
-    run_in(
-        lab_api,
-        ns,
-        [
-            "iptables-legacy", "-t", "nat", "-D", "POSTROUTING", "-s", "10.0.1.0/24",
-            "!", "-d", "10.0.1.0/24", "-m", "comment", "--comment",
-            "kvmnet:drift/dev/MasqueradeRule/m", "-j", "MASQUERADE",
-        ],
-    )  # fmt: skip
+    # 2. the masquerade rules deleted by hand
+    delete_lines(lab_api, ns, rules)
     assert nat_rules(lab_api, ns) == []
     refresh = stack.refresh()
     assert "deleted" in refresh.stdout, refresh.stdout
     assert not stack.resources("kvmnet:MasqueradeRule")
     stack.up()
-    assert nat_rules(lab_api, ns) == [rule]
+    assert nat_rules(lab_api, ns) == rules
     stack.preview_no_changes()
     assert host_snapshot(lab_api, ns)["iptables"] == built["iptables"]
+
+    # 3. the single MASQUERADE an older kvmnet made, in place of the set: drift, rewritten
+    delete_lines(lab_api, ns, rules)
+    older = rules[-1]
+    run_in(lab_api, ns, ["iptables-legacy", "-t", "nat", *shlex.split(older)])
+    refresh = stack.refresh()
+    assert "updated" in refresh.stdout, refresh.stdout
+    stack.up()
+    assert nat_rules(lab_api, ns) == rules
+    stack.preview_no_changes()
 
     stack.destroy()
     assert_same(pristine, host_snapshot(lab_api, ns))
@@ -390,9 +409,9 @@ def test_two_stacks_share_a_host(
         stacks.append(b)
         a.up()
         b.up()
-        rule_a = masq_line("10.0.1.0/24", "alpha/dev/MasqueradeRule/m")
-        rule_b = masq_line("192.168.1.0/24", "beta/dev/MasqueradeRule/m")
-        assert sorted(nat_rules(lab_api, ns)) == sorted([FOREIGN_LINE, rule_a, rule_b])
+        rules_a = masq_lines("10.0.1.0/24", "alpha/dev/MasqueradeRule/m")
+        rules_b = masq_lines("192.168.1.0/24", "beta/dev/MasqueradeRule/m")
+        assert sorted(nat_rules(lab_api, ns)) == sorted([FOREIGN_LINE, *rules_a, *rules_b])
         assert sysctl(lab_api, ns, "net.ipv4.ip_forward") == "1"
         both = host_snapshot(lab_api, ns)
         a.preview_no_changes()
@@ -407,7 +426,7 @@ def test_two_stacks_share_a_host(
             assert links[name]["ifalias"] == both["links"][name]["ifalias"]
         assert links["vif3.0"]["master"] == links["vif4.0"]["master"] == "br-b"
         assert ipv4_addresses(lab_api, ns, "br-b") == ["192.168.1.254/24"]
-        assert sorted(nat_rules(lab_api, ns)) == sorted([FOREIGN_LINE, rule_b])
+        assert sorted(nat_rules(lab_api, ns)) == sorted([FOREIGN_LINE, *rules_b])
         assert sysctl(lab_api, ns, "net.ipv4.ip_forward") == "1"  # beta still wants it
         b.preview_no_changes()  # beta sees nothing changed
 

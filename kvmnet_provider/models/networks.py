@@ -2,7 +2,8 @@
 
 - isolated: a bridge with no address; guests' taps on it; nothing else.
 - routed: the bridge carries the guests' gateway address and the host forwards IP.
-- NAT: routed plus `-s NET ! -d NET -j MASQUERADE` (optionally `-o UPLINK`).
+- NAT: routed plus `-s NET ! -d NET -j MASQUERADE` (optionally `-o UPLINK`), written as libvirt
+  does (spec/masquerade.py).
 Routed and NAT networks get a DhcpServer (dnsmasq on the bridge: DHCP with a static lease per
 guest, DNS `<guest>.<domain>`) unless `dhcp=False`; their guests start after it.
 Each guest gets a TapPort on the bridge and a QemuGuest attached to it. Every model also gets

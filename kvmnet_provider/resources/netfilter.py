@@ -10,7 +10,7 @@ from pulumi.dynamic import DiffResult
 
 from ..connection import HostSettings
 from ..connection.session import AgentSession
-from ..spec import validate
+from ..spec import masquerade, validate
 from ..spec.firewall import RULE_BACKENDS
 from .autostart import autostart_field
 from .base import KvmnetProvider, host_key
@@ -167,12 +167,21 @@ class MasqueradeRuleProvider(FirewallRuleProvider):
     id_segment = "masquerade"
     fields = field_table(MasqueradeRuleArgs)
 
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        found = super().diff(_id, olds, news)
+        rules = olds.get("rules")
+        if found.changes or not isinstance(rules, list) or masquerade.shape_ok(rules):
+            return found
+        # The inputs are the same, but the rules in the state are not the set kvmnet makes
+        # now (one MASQUERADE, from an older kvmnet): an update rewrites them in place.
+        return DiffResult(changes=True, replaces=[], delete_before_replace=True)
+
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         rules = live["rules"]
-        if len(rules) != 1 or not rules[0]["destination_excluded"]:
-            # Not the one rule we make: show it as drift so the next update rewrites it.
+        if not masquerade.shape_ok(rules):
+            # Not the rules we make: show it as drift so the next update rewrites them.
             return {"source": None, "out_interface": None, "rules": rules}
-        rule = rules[0]
+        rule = rules[-1]
         return {"source": rule["source"], "out_interface": rule["out_interface"], "rules": rules}
 
 

@@ -37,6 +37,10 @@ class Family:
     # A DHCP request before the guest has an address: from where, to where.
     dhcp_request_src: str
     dhcp_request_dst: str
+    # Destinations the masquerade leaves alone (RETURN before it), as libvirt's do: the
+    # local multicast block and the limited broadcast never leave the link, and rewriting
+    # the source of the host's own broadcasts (dnsmasq's DHCP replies) breaks them.
+    nat_exempt: tuple[str, ...] = ()
 
     def network(self, value: str, strict: bool = True) -> IPNetwork:
         return self.network_class(value, strict=strict)
@@ -83,6 +87,7 @@ IPV4 = Family(
     dhcp_server_port=67,
     dhcp_request_src="0.0.0.0/32",
     dhcp_request_dst="255.255.255.255/32",
+    nat_exempt=("224.0.0.0/24", "255.255.255.255/32"),
 )
 
 IPV6 = Family(

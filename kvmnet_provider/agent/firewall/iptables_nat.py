@@ -3,7 +3,11 @@
 A rule carries the comment "kvmnet:<owner>". Removal deletes exactly the rules carrying
 that comment in the chain we put them in: other rules, ours or anybody's, stay. (The
 tutorial's `iptables -t nat -F` is the bug we do not repeat.)
-- MASQUERADE in nat/POSTROUTING: `-s NET ! -d NET [-o IF] -j MASQUERADE`
+- MASQUERADE in nat/POSTROUTING, in this order (libvirt's): `-s NET -d 224.0.0.0/24 [-o IF]
+  -j RETURN` and the same for 255.255.255.255 (never masqueraded), then `-s NET ! -d NET
+  [-o IF] -p tcp -j MASQUERADE --to-ports 1024-65535`, the same for udp, then the same
+  without -p and ports for the rest. The RETURNs sit in POSTROUTING itself, so for those
+  destinations (link-local, never routed) no later nat POSTROUTING rule applies either.
 - DNAT (port forward) in nat/PREROUTING: `-p PROTO [-i IF] -m addrtype --dst-type LOCAL
   --dport P -j DNAT --to-destination GUEST:PORT`, or `-d ADDR` instead of the addrtype match
   when a destination is given: only packets addressed to the host itself, never traffic the
@@ -24,7 +28,6 @@ import iptc  # type: ignore[import-untyped]
 from ...spec import validate
 from ...spec.family import IPV4, Family
 from ...spec.marks import OWNER_PREFIX
-from ..errors import AgentError
 from . import plan, xtables
 
 PROTOCOLS = validate.PROTOCOLS
@@ -100,36 +103,58 @@ def drop_marked(chain: Any, mark: str) -> tuple[int, int]:
 def _ensure(
     chain_name: str,
     owner: str,
-    want: dict[str, Any],
+    want: list[dict[str, Any]],
     describe: Callable[[Any], dict[str, Any]],
-    build: Callable[[], Any],
+    build: Callable[[], list[Any]],
     family: Family = IPV4,
 ) -> dict[str, Any]:
-    """Exactly one rule of ours, equal to `want`: kept if it is, rewritten if not."""
+    """Exactly the rules of ours in `want`, in order: kept if they are, else the owner's
+    rules (an older shape among them) are replaced by these in one commit."""
     current = _ours(chain_name, owner, describe, family)
-    if current["rules"] == [want]:
+    if current["rules"] == want:
         return current
-    if current["rules"]:
-        _remove(chain_name, owner, family)
-    rule = build()
-    rule.create_match("comment").comment = OWNER_PREFIX + owner
-    _, chain = _nat_chain(chain_name, family)
-    try:
-        chain.append_rule(rule)
-    except iptc.IPTCError as exc:
-        raise AgentError("failed", f"iptables refused the {chain_name} rule: {exc}") from None
+    mark = OWNER_PREFIX + owner
+    table, chain = _nat_chain(chain_name, family)
+    with xtables.transaction(table, f"the {chain_name} rules"):
+        drop_marked(chain, mark)
+        for rule in build():
+            rule.create_match("comment").comment = mark
+            chain.append_rule(rule)
     return _ours(chain_name, owner, describe, family)
 
 
 # --- MASQUERADE ------------------------------------------------------------------------------
+def _protocol(rule: Any) -> str | None:
+    proto = rule.protocol
+    return None if proto in ("all", "ip", "0", None) else str(proto)
+
+
 def _describe_masquerade(rule: Any) -> dict[str, Any]:
+    target = rule.target.name if rule.target else None
     return {
         "source": _cidr_form(rule.src),
         "destination_excluded": rule.dst.startswith("!"),
         "destination": _cidr_form(rule.dst),
         "out_interface": rule.out_interface,
-        "target": rule.target.name,
+        "protocol": _protocol(rule),
+        "to_ports": rule.target.to_ports if target == "MASQUERADE" else None,
+        "target": target,
     }
+
+
+def build_masquerade(want: dict[str, Any], family: Family = IPV4) -> Any:
+    """The iptc rule for one of plan.masquerade_want's rules (without its comment)."""
+    rule = new_rule(family)
+    rule.src = _netmask_form(want["source"])
+    rule.dst = ("!" if want["destination_excluded"] else "") + _netmask_form(want["destination"])
+    if want["out_interface"]:
+        rule.out_interface = want["out_interface"]
+    if want["protocol"]:
+        rule.protocol = want["protocol"]
+    target = rule.create_target(want["target"])
+    if want["to_ports"]:
+        target.to_ports = want["to_ports"]
+    return rule
 
 
 def masquerade_read(owner: str, family: Family = IPV4) -> dict[str, Any]:
@@ -138,17 +163,7 @@ def masquerade_read(owner: str, family: Family = IPV4) -> dict[str, Any]:
 
 def masquerade_ensure(spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]:
     owner, want = plan.masquerade_want(spec, family)
-    source, out_if = want["source"], want["out_interface"]
-
-    def build() -> Any:
-        rule = new_rule(family)
-        rule.src = _netmask_form(source)
-        rule.dst = "!" + _netmask_form(source)
-        if out_if:
-            rule.out_interface = out_if
-        rule.create_target("MASQUERADE")
-        return rule
-
+    build = lambda: [build_masquerade(w, family) for w in want]  # noqa: E731
     return _ensure("POSTROUTING", owner, want, _describe_masquerade, build, family)
 
 
@@ -205,8 +220,8 @@ def dnat_read(owner: str, family: Family = IPV4) -> dict[str, Any]:
 
 def dnat_ensure(spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]:
     owner, want = plan.dnat_want(spec, family)
-    build = lambda: build_dnat(want, family)  # noqa: E731
-    return _ensure("PREROUTING", owner, want, describe_dnat, build, family)
+    build = lambda: [build_dnat(want, family)]  # noqa: E731
+    return _ensure("PREROUTING", owner, [want], describe_dnat, build, family)
 
 
 def dnat_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:

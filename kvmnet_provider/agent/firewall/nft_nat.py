@@ -32,17 +32,31 @@ def _nat_rules(chain: str, owner: str, family: Family = IPV4) -> list[NftRule]:
     return [r for r in ruleset().chain_rules(family.nft, TABLE, chain) if r.comment == mark]
 
 
+def _ports(masquerade: Any) -> str | None:
+    """`1024-65535` for `masquerade to :1024-65535`; None for a plain masquerade."""
+    port = masquerade.get("port") if isinstance(masquerade, dict) else None
+    if isinstance(port, dict) and "range" in port:
+        low, high = port["range"]
+        return f"{low}-{high}"
+    return None if port is None else str(port)
+
+
 def _describe_masquerade(rule: NftRule) -> dict[str, Any]:
     out: dict[str, Any] = {
         "source": None,
         "destination_excluded": False,
         "destination": None,
         "out_interface": None,
+        "protocol": None,
+        "to_ports": None,
         "target": None,
     }
     for item in rule.expr:
         if "masquerade" in item:
             out["target"] = "MASQUERADE"
+            out["to_ports"] = _ports(item["masquerade"])
+        elif "return" in item:
+            out["target"] = "RETURN"
         m = item.get("match")
         if not m:
             continue
@@ -54,6 +68,8 @@ def _describe_masquerade(rule: NftRule) -> dict[str, Any]:
             out["destination_excluded"] = m["op"] == "!="
         elif left.get("meta", {}).get("key") == "oifname":
             out["out_interface"] = m["right"]
+        elif left.get("meta", {}).get("key") == "l4proto":
+            out["protocol"] = str(m["right"])
     return out
 
 
@@ -69,33 +85,48 @@ def masquerade_read(owner: str, family: Family = IPV4) -> dict[str, Any]:
 def _nat_ensure(
     chain: str,
     owner: str,
-    want: dict[str, Any],
-    expr: list[Any],
+    want: list[dict[str, Any]],
+    exprs: list[list[Any]],
     describe_one: Any,
     family: Family = IPV4,
 ) -> dict[str, Any]:
+    """Exactly the rules of ours in `want` (made of `exprs`), in order: kept if they are, else
+    the owner's rules (an older shape among them) are replaced in one transaction."""
     current = _read(chain, owner, describe_one, family)
-    if current["rules"] == [want]:
+    if current["rules"] == want:
         return current
     mark = OWNER_PREFIX + owner
     commands = base_chain_commands(family)
     commands += [{"delete": {"rule": r.ref()}} for r in _nat_rules(chain, owner, family)]
-    commands.append({"add": {"rule": rule_doc(family.nft, TABLE, chain, mark, expr)}})
-    run(commands, f"the {chain} rule")
+    commands += [{"add": {"rule": rule_doc(family.nft, TABLE, chain, mark, e)}} for e in exprs]
+    run(commands, f"the {chain} rules")
     return _read(chain, owner, describe_one, family)
+
+
+def masquerade_expr(want: dict[str, Any], family: Family = IPV4) -> list[dict[str, Any]]:
+    """The nft expressions of one of plan.masquerade_want's rules."""
+    expr: list[dict[str, Any]] = []
+    if want["protocol"]:
+        expr.append(match(meta("l4proto"), want["protocol"]))
+    expr.append(match(ip_field("saddr", family), net_value(want["source"])))
+    op = "!=" if want["destination_excluded"] else "=="
+    expr.append(match(ip_field("daddr", family), net_value(want["destination"]), op))
+    if want["out_interface"]:
+        expr.append(match(meta("oifname"), want["out_interface"]))
+    if want["target"] == "RETURN":
+        expr.append({"return": None})
+    elif want["to_ports"]:
+        low, high = (int(p) for p in str(want["to_ports"]).split("-"))
+        expr.append({"masquerade": {"port": {"range": [low, high]}}})
+    else:
+        expr.append({"masquerade": None})
+    return expr
 
 
 def masquerade_ensure(spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]:
     owner, want = plan.masquerade_want(spec, family)
-    source, out_if = want["source"], want["out_interface"]
-    expr = [
-        match(ip_field("saddr", family), net_value(source)),
-        match(ip_field("daddr", family), net_value(source), "!="),
-    ]
-    if out_if:
-        expr.append(match(meta("oifname"), out_if))
-    expr.append({"masquerade": None})
-    return _nat_ensure("postrouting", owner, want, expr, _describe_masquerade, family)
+    exprs = [masquerade_expr(w, family) for w in want]
+    return _nat_ensure("postrouting", owner, want, exprs, _describe_masquerade, family)
 
 
 def masquerade_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:
@@ -174,8 +205,8 @@ def dnat_ensure(spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]:
     """A rule of another shape with the same comment (one without the fib match, say) reads
     unequal to `want`, so _nat_ensure deletes it and adds this one in one transaction."""
     owner, want = plan.dnat_want(spec, family)
-    expr = dnat_expr(want, family)
-    return _nat_ensure("prerouting", owner, want, expr, _describe_dnat, family)
+    exprs = [dnat_expr(want, family)]
+    return _nat_ensure("prerouting", owner, [want], exprs, _describe_dnat, family)
 
 
 def dnat_remove(owner: str, family: Family = IPV4) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import ipaddress
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ...spec import models, validate
+from ...spec import masquerade, models, validate
 from ...spec.family import IPV4, Family
 
 MODES = models.MODEL_NAMES
@@ -223,18 +223,14 @@ def cidr(value: str | None) -> str | None:
     return None if net.prefixlen == 0 else str(net)
 
 
-def masquerade_want(spec: dict[str, Any], family: Family = IPV4) -> tuple[str, dict[str, Any]]:
-    """(owner, the rule as read back) of a masquerade.ensure request, for either backend."""
+def masquerade_want(
+    spec: dict[str, Any], family: Family = IPV4
+) -> tuple[str, list[dict[str, Any]]]:
+    """(owner, the rules as read back, in order) of a masquerade.ensure request, for either
+    backend: spec/masquerade.py's libvirt-like set."""
     source = validate.network(spec["source"], family)
     out_if = validate.ifname(spec["out_interface"]) if spec.get("out_interface") else None
-    want = {
-        "source": source,
-        "destination_excluded": True,
-        "destination": source,
-        "out_interface": out_if,
-        "target": "MASQUERADE",
-    }
-    return validate.owner(spec["owner"]), want
+    return validate.owner(spec["owner"]), masquerade.rules(source, out_if, family)
 
 
 DST_LOCAL = validate.DNAT_DST_LOCAL  # `-m addrtype --dst-type LOCAL` / `fib daddr type local`
