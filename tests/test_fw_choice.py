@@ -81,7 +81,8 @@ def test_the_hint_never_proposes_the_setting_in_use(
 ) -> None:
     monkeypatch.setattr(backend, "other_backend_drop", lambda name: NFT_DROP)
     with pytest.raises(AgentError) as failed:
-        backend._check_other_backend(type("b", (), {"NAME": "iptables"}), requested)  # type: ignore[arg-type]
+        chosen: Any = type("b", (), {"NAME": "iptables"})
+        backend._check_other_backend(chosen, requested)
     text = str(failed.value)
     assert "policy DROP" in text
     assert f"firewall_backend to {requested}" not in text
@@ -92,8 +93,11 @@ def test_both_merges_and_reports_a_lost_side(monkeypatch: pytest.MonkeyPatch) ->
     def side(name: str, count: int, problems: list[str]) -> Any:
         answer = {"backend": name, "sections": {"cross": []}, "count": count,
                   "jump": "FORWARD" if count else None, "problems": problems}  # fmt: skip
-        return type(name, (), {"forward_read": staticmethod(lambda *a: dict(answer)),
-                               "forward_remove": staticmethod(lambda *a: {"removed": count})})  # fmt: skip
+        ops = {
+            "forward_read": staticmethod(lambda *a: dict(answer)),
+            "forward_remove": staticmethod(lambda *a: {"removed": count}),
+        }
+        return type(name, (), ops)
 
     sides_now = [side("iptables", 3, []), side("nftables", 0, [])]
     monkeypatch.setattr(both, "_sides", lambda: sides_now)
