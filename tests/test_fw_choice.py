@@ -28,7 +28,6 @@ def host(monkeypatch: pytest.MonkeyPatch) -> Any:
         monkeypatch.setattr(backend, "_iptables_is_nft", lambda: False)
         monkeypatch.setattr(backend, "load", lambda name: type(name, (), {"NAME": name}))
         backend._detected.cache_clear()
-        backend._owner.cache_clear()
 
     return setup
 
@@ -122,3 +121,25 @@ def test_both_merges_and_reports_a_lost_side(monkeypatch: pytest.MonkeyPatch) ->
 def test_what_an_update_leaves_behind(old: str, new: str, stale: str | None) -> None:
     assert left_behind(old, new) == stale
     assert sides("both") == {"iptables", "nftables"}
+
+
+@pytest.mark.parametrize(
+    "legacy_hooks, nft_hooks, input_choice",
+    [
+        ({"forward"}, set(), "iptables"),  # no DROP at input: with the network's forward rules
+        ({"forward"}, {"input"}, "nftables"),  # a DROP at input: there
+        ({"forward", "input"}, {"forward", "input"}, "both"),
+        ({"forward"}, {"forward"}, "nftables"),  # both drop at forward only: one backend
+    ],
+)
+def test_the_input_accepts_follow_the_input_drop_else_the_forward_pick(
+    monkeypatch: pytest.MonkeyPatch,
+    host: Any,
+    legacy_hooks: set[str],
+    nft_hooks: set[str],
+    input_choice: str,
+) -> None:
+    host(False, False, True)
+    monkeypatch.setattr(backend, "legacy_drop", lambda hook: hook in legacy_hooks or None)
+    monkeypatch.setattr(backend, "nft_drop", lambda hook: hook in nft_hooks or None)
+    assert backend.choose({}, "input_ensure").NAME == input_choice

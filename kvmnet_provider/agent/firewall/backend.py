@@ -15,7 +15,8 @@ operation works at (forward, input):
   5. the host's `iptables --version` says nf_tables: nftables; otherwise iptables.
 Every answer names the backend used ("both" included), which the provider records in the
 state; later reads and deletes go to that backend, whatever auto would say by then. NAT (not
-blocked by a filter DROP) follows the forward hook's choice, and rules 3-5 when that is both.
+blocked by a filter DROP) follows the forward hook's pick, and rules 3-5 when that is both;
+so do the input accepts when nothing drops at the input hook.
 
 Changes are serialised between the agents of several stacks on one host by a host-wide lock
 (python-iptables commits whole tables; two interleaved commits would lose one's rules);
@@ -162,7 +163,14 @@ def detect(hook: str = "forward") -> tuple[str, str]:
         return "iptables", f"{legacy} has policy DROP"
     if nft:
         return "nftables", f"{nft} has policy DROP"
+    if hook != "forward":  # nothing to get past here: a network's rules stay together
+        return single(detect("forward"))
     return detect_owner()
+
+
+def single(choice: tuple[str, str]) -> tuple[str, str]:
+    """The one backend for what needs only one (NAT, accepts no DROP is in the way of)."""
+    return detect_owner() if choice[0] == BOTH else choice
 
 
 def detect_owner() -> tuple[str, str]:
@@ -269,23 +277,16 @@ def choose(args: dict[str, Any], op: str = "") -> Backend:
     if name == "auto":
         if op.endswith("_ensure"):
             _detected.cache_clear()  # a new rule follows the host as it is now
-        name = _detected(hook or "forward")
-    if name == BOTH:
-        if hook is None:
-            name = _owner()
-        else:
-            return both  # type: ignore[return-value]
-    return load(name)
+        name = _detected(hook or "nat")
+    if name == BOTH and hook is None:  # a state's "both" on a NAT op: not expected
+        name = _detected("nat")
+    return both if name == BOTH else load(name)  # type: ignore[return-value]
 
 
 @functools.cache
 def _detected(hook: str) -> str:
-    return detect(hook)[0]
-
-
-@functools.cache
-def _owner() -> str:
-    return detect_owner()[0]
+    """auto for a filter hook, or for NAT ("nat": the forward hook's pick, one backend)."""
+    return single(detect("forward"))[0] if hook == "nat" else detect(hook)[0]
 
 
 @contextmanager
