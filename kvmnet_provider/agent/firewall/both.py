@@ -13,13 +13,12 @@ from typing import Any
 from ...spec.family import IPV4, Family
 from ...spec.firewall import BOTH, RULE_BACKENDS
 from . import plan
+from .loading import load
 
 NAME = BOTH
 
 
 def _sides() -> list[Any]:
-    from .backend import load  # backend.py imports this module
-
     return [load(name) for name in RULE_BACKENDS]
 
 
