@@ -60,7 +60,7 @@ LAZY_MODULES.update({op: "firewall" for op in FIREWALL_KINDS})
 
 def missing_components() -> list[str]:
     # find_spec, not import: importing iptc is slow, and a session may make no rule
-    # (see firewall/backend.load).
+    # (see firewall/loading.load).
     missing = []
     for module, how in COMPONENTS.items():
         if importlib.util.find_spec(module) is None:

@@ -21,6 +21,7 @@ import pulumi
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import dhcp, validate
+from ..spec.firewall import left_behind
 from .autostart import autostart_field
 from .base import KvmnetProvider, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
@@ -142,9 +143,10 @@ class DhcpServerProvider(KvmnetProvider):
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
     ) -> dict[str, Any]:
         live = self._apply(agent, news)  # a failed update keeps what runs: no undo
-        if olds.get("backend") and olds["backend"] != live["backend"]:
-            # firewall_backend changed: the rules move, nothing stays behind in the old one
-            agent.call("input.remove", {"owner": olds["owner"], "backend": olds["backend"]})
+        stale = olds.get("backend") and left_behind(olds["backend"], live["backend"])
+        if stale:
+            # the backend changed: the rules move, nothing stays behind in the old one
+            agent.call("input.remove", {"owner": olds["owner"], "backend": stale})
         return live
 
     def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:

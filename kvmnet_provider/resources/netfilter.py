@@ -11,7 +11,7 @@ from pulumi.dynamic import DiffResult
 from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import masquerade, validate
-from ..spec.firewall import RULE_BACKENDS
+from ..spec.firewall import RECORDED_BACKENDS, left_behind
 from .autostart import autostart_field
 from .base import KvmnetProvider, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
@@ -53,7 +53,7 @@ def firewall_backend(props: dict[str, Any]) -> str:
     """The backend a rule's operations go to: the one recorded in the state when the rule was
     made (read and delete must find it where it is), else the host's `firewall_backend`."""
     recorded = props.get("backend")
-    if recorded in RULE_BACKENDS:
+    if recorded in RECORDED_BACKENDS:
         return str(recorded)
     return str((props.get("connection") or {}).get("firewall_backend") or "auto")
 
@@ -82,9 +82,10 @@ class FirewallRuleProvider(_OwnedByMarkProvider):
         self, agent: AgentSession, olds: dict[str, Any], news: dict[str, Any]
     ) -> dict[str, Any]:
         live = self.host_create(agent, news)
-        if olds.get("backend") and olds["backend"] != live["backend"]:
-            # firewall_backend changed: the rules move, nothing stays behind in the old one
-            agent.call(self.ops[2], {"owner": olds["owner"], "backend": olds["backend"]})
+        stale = olds.get("backend") and left_behind(olds["backend"], live["backend"])
+        if stale:
+            # the backend changed: the rules move, nothing stays behind in the old one
+            agent.call(self.ops[2], {"owner": olds["owner"], "backend": stale})
         return live
 
     def host_delete(self, agent: AgentSession, props: dict[str, Any]) -> None:

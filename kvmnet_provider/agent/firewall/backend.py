@@ -3,14 +3,20 @@
 Two backends with the same operations (masquerade_*, dnat_*, forward_*, input_*):
 - "iptables": python-iptables on the legacy x_tables tables (iptables.py, iptables_nat.py);
 - "nftables": libnftables' JSON API (the nftables package).
-"auto" picks the one holding the host's own firewall, so that our accepts land where its
-DROP is (a DROP in any base chain at a hook is final, whatever the table or backend):
-  1. nftables has tables (other than kvmnet's own): nftables (iptables-nft, firewalld, Docker
-     on Debian 11+/RHEL 8+);
-  2. the legacy tables hold rules or a DROP policy (other than kvmnet's): iptables;
-  3. the host's `iptables --version` says nf_tables: nftables; otherwise iptables.
-Every answer names the backend used, which the provider records in the state; later reads,
-updates and deletes go to that backend, whatever auto would say by then.
+"auto" follows the DROP, so that our accepts land where the host's DROP policy is (a DROP in
+any base chain at a hook is final, whatever the table or backend). For the filter hook an
+operation works at (forward, input):
+  1. a DROP policy there in both the legacy tables and nftables: both (both.py: the filter
+     accepts go in each);
+  2. a DROP policy there in the legacy tables only: iptables; in nftables only: nftables;
+  3. no DROP there: nftables has tables other than kvmnet's own: nftables
+     (iptables-nft, firewalld, Docker on Debian 11+/RHEL 8+);
+  4. the legacy tables hold rules or a DROP policy (other than kvmnet's): iptables;
+  5. the host's `iptables --version` says nf_tables: nftables; otherwise iptables.
+Every answer names the backend used ("both" included), which the provider records in the
+state; later reads and deletes go to that backend, whatever auto would say by then. NAT (not
+blocked by a filter DROP) follows the forward hook's pick, and rules 3-5 when that is both;
+so do the input accepts when nothing drops at the input hook.
 
 Changes are serialised between the agents of several stacks on one host by a host-wide lock
 (python-iptables commits whole tables; two interleaved commits would lose one's rules);
@@ -28,66 +34,18 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ...spec import validate
 from ...spec.family import FAMILIES, IPV4, Family
-from ...spec.firewall import FIREWALL_BACKENDS
+from ...spec.firewall import BOTH, FIREWALL_BACKENDS, RECORDED_BACKENDS
 from .. import hoststate
 from ..errors import AgentError
-from . import plan, session_guard
+from . import both, plan, session_guard
+from .loading import INSTALL, Backend, load
 
 if TYPE_CHECKING:  # imports libnftables: loaded only through load()
     from . import nft_rules
-
-INSTALL = {
-    "iptables": "pip install python-iptables (or apt-get install python3-iptables)",
-    "nftables": "pip install pip-nftables (or apt-get install python3-nftables); "
-    "it needs libnftables1",
-}
-
-
-class Backend(Protocol):
-    """Every operation works on one address family: a net's own, else `family` (IPv4)."""
-
-    NAME: str
-
-    def masquerade_read(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
-    def masquerade_ensure(self, spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]: ...
-    def masquerade_remove(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
-    def dnat_read(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
-    def dnat_ensure(self, spec: dict[str, Any], family: Family = IPV4) -> dict[str, Any]: ...
-    def dnat_remove(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
-    def forward_read(
-        self, owner: str, net: plan.NetworkRules | None = None, family: Family = IPV4
-    ) -> Any: ...
-    def forward_ensure(self, owner: str, net: plan.NetworkRules) -> Any: ...
-    def forward_admitters(self, owner: str, net: plan.NetworkRules) -> dict[str, Any]: ...
-    def forward_remove(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
-    def input_read(
-        self, owner: str, net: plan.InputRules | None = None, family: Family = IPV4
-    ) -> Any: ...
-    def input_ensure(self, owner: str, net: plan.InputRules) -> Any: ...
-    def input_remove(self, owner: str, family: Family = IPV4) -> dict[str, Any]: ...
-
-
-@functools.cache
-def load(name: str) -> Backend:
-    """The backend module, imported at its first use: a session that makes no rule never
-    loads python-iptables or libnftables."""
-    try:
-        if name == "iptables":
-            from .iptc_import import import_iptc
-
-            import_iptc()
-        module: Any = importlib.import_module(f".{name}", __package__)
-    except Exception as exc:
-        raise AgentError(
-            "missing",
-            f"the {name} firewall backend cannot load ({exc}); install with: "
-            f"{INSTALL[name]}, or set firewall_backend to the other backend",
-        ) from None
-    return module  # type: ignore[no-any-return]
 
 
 def _nft_tables() -> list[tuple[str, str]] | None:
@@ -147,8 +105,28 @@ def _iptables_is_nft() -> bool:
     return "nf_tables" in out.stdout
 
 
-def detect() -> tuple[str, str]:
-    """(backend, why) for this host, following the order in the module's docstring."""
+def detect(hook: str = "forward") -> tuple[str, str]:
+    """(backend, why) for this host's filter `hook`, following the module docstring's order;
+    the backend is "both" when both drop there."""
+    legacy, nft = legacy_drop(hook), nft_drop(hook)
+    if legacy and nft:
+        return BOTH, f"{legacy} and {nft} both have policy DROP"
+    if legacy:
+        return "iptables", f"{legacy} has policy DROP"
+    if nft:
+        return "nftables", f"{nft} has policy DROP"
+    if hook != "forward":  # nothing to get past here: a network's rules stay together
+        return single(detect("forward"))
+    return detect_owner()
+
+
+def single(choice: tuple[str, str]) -> tuple[str, str]:
+    """The one backend for what needs only one (NAT, accepts no DROP is in the way of)."""
+    return detect_owner() if choice[0] == BOTH else choice
+
+
+def detect_owner() -> tuple[str, str]:
+    """(backend, why): the backend holding the host's own firewall, DROP or not."""
     tables = _nft_tables()
     ours = {(f.nft, "kvmnet") for f in FAMILIES}
     foreign = [t for t in tables or [] if t not in ours]
@@ -168,6 +146,41 @@ def detect() -> tuple[str, str]:
     return "iptables", "the host's iptables is legacy"
 
 
+def nft_drop(hook: str) -> str | None:
+    """A foreign nftables base chain at filter `hook` with policy drop, in any family."""
+    rs = _nft_ruleset()
+    if rs is None:
+        return None
+    ours = {(f.nft, "kvmnet") for f in FAMILIES}
+    for chain in rs.chains.values():
+        if (chain.get("hook") == hook and chain.get("policy") == "drop"
+                and (chain["family"], chain["table"]) not in ours):  # fmt: skip
+            return f"nftables table {chain['family']} {chain['table']} chain {chain['name']}"
+    return None
+
+
+def legacy_drop(hook: str) -> str | None:
+    """A legacy filter chain at `hook` (FORWARD, INPUT) with policy DROP, in any family."""
+    return next((d for f in FAMILIES if (d := _legacy_policy_drop(hook.upper(), f))), None)
+
+
+def _legacy_policy_drop(chain: str, family: Family) -> str | None:
+    try:
+        with open(family.iptables_names) as f:
+            if "filter" not in f.read().split():
+                return None
+        load("iptables")
+        iptc: Any = importlib.import_module("iptc")
+    except (OSError, ImportError, AgentError):
+        return None
+    table = getattr(iptc, family.iptc_table)(iptc.Table.FILTER)
+    table.refresh()
+    if iptc.Chain(table, chain).get_policy().name == "DROP":
+        command = "iptables" if family == IPV4 else "ip6tables"
+        return f"legacy {command} filter {chain}"
+    return None
+
+
 def other_backend_drop(name: str, family: Family = IPV4) -> str | None:
     """A DROP policy on the forward hook held by the OTHER backend, which our rules (in `name`)
     cannot get past: the host's firewall lives there, so firewall_backend is wrong."""
@@ -179,47 +192,52 @@ def other_backend_drop(name: str, family: Family = IPV4) -> str | None:
             if chain.get("policy") == "drop":
                 return f"nftables table {chain['family']} {chain['table']} chain {chain['name']}"
         return None
-    try:
-        with open(family.iptables_names) as f:
-            if "filter" not in f.read().split():
-                return None
-        load("iptables")
-        iptc: Any = importlib.import_module("iptc")
-    except (OSError, ImportError, AgentError):
-        return None
-    table = getattr(iptc, family.iptc_table)(iptc.Table.FILTER)
-    table.refresh()
-    if iptc.Chain(table, "FORWARD").get_policy().name == "DROP":
-        command = "iptables" if family == IPV4 else "ip6tables"
-        return f"legacy {command} filter FORWARD"
-    return None
+    return _legacy_policy_drop("FORWARD", family)
 
 
-def _check_other_backend(backend: Backend) -> None:
+def _check_other_backend(backend: Backend, requested: str) -> None:
+    if backend.NAME == BOTH:
+        return
     other = other_backend_drop(backend.NAME)
     if other:
-        hint = "nftables" if backend.NAME == "iptables" else "iptables"
+        # never the setting in use: an explicit one is wrong, auto put them where it can
+        hint = (
+            "run up again (auto follows the DROP)"
+            if requested == "auto"
+            else "set the host's firewall_backend to auto (it puts kvmnet's accepts where "
+            "the DROPs are)"
+        )
         raise AgentError(
             "blocked",
-            f"{other} has policy DROP, which kvmnet's {backend.NAME} rules cannot get past; "
-            f"set the host's firewall_backend to {hint} (or auto)",
+            f"{other} has policy DROP, which kvmnet's {backend.NAME} rules cannot get past; {hint}",
         )
 
 
-def choose(args: dict[str, Any]) -> Backend:
+FILTER_HOOKS = {"forward": "forward", "input": "input"}  # op prefix -> filter hook
+
+
+def choose(args: dict[str, Any], op: str = "") -> Backend:
+    """The backend for op (e.g. "forward_ensure"): args' backend, auto resolved for the op's
+    filter hook; "both" holds filter accepts only, NAT goes to one backend."""
     name = args.get("backend") or "auto"
-    if name not in FIREWALL_BACKENDS:
+    if name not in FIREWALL_BACKENDS and name not in RECORDED_BACKENDS:
         raise validate.InvalidInput(
             f"backend must be one of {', '.join(FIREWALL_BACKENDS)}, got {name!r}"
         )
+    hook = FILTER_HOOKS.get(op.split("_")[0])
     if name == "auto":
-        name = _detected()
-    return load(name)
+        if op.endswith("_ensure"):
+            _detected.cache_clear()  # a new rule follows the host as it is now
+        name = _detected(hook or "nat")
+    if name == BOTH and hook is None:  # a state's "both" on a NAT op: not expected
+        name = _detected("nat")
+    return both if name == BOTH else load(name)  # type: ignore[return-value]
 
 
 @functools.cache
-def _detected() -> str:
-    return detect()[0]
+def _detected(hook: str) -> str:
+    """auto for a filter hook, or for NAT ("nat": the forward hook's pick, one backend)."""
+    return single(detect("forward"))[0] if hook == "nat" else detect(hook)[0]
 
 
 @contextmanager
@@ -241,7 +259,7 @@ def handlers() -> dict[str, Any]:
         def run(args: dict[str, Any]) -> Any:
             if method == "dnat_ensure":  # before anything is loaded or touched
                 session_guard.refuse_capture(plan.dnat_want(args)[1])
-            backend = choose(args)
+            backend = choose(args, method)
             call = getattr(backend, method)
             with locked():
                 if net and method.startswith("input_"):
@@ -250,7 +268,7 @@ def handlers() -> dict[str, Any]:
                 elif net:
                     spec = plan.NetworkRules.from_spec(args)
                     if method == "forward_ensure":
-                        _check_other_backend(backend)
+                        _check_other_backend(backend, args.get("backend") or "auto")
                     result = call(validate.owner(args["owner"]), spec)
                 elif arg is None:
                     result = call(args)
