@@ -160,3 +160,25 @@ def test_nft_expressions_read_back_as_the_rules_they_were_made_from() -> None:
     assert [r for r in rules if r.proto == "udp" and r.dport == 8080], rules  # the forward's, too
     for rule in rules:
         assert nft_rules.describe(nft_rules.rule_expr(rule)) == rule
+
+
+def test_the_rules_before_our_jump_in_docker_user_and_in_the_base_chain() -> None:
+    """What a packet meets before kvmnet's jump: the base chain up to its DOCKER-USER jump,
+    then DOCKER-USER up to ours; what comes after either is not before it."""
+    from kvmnet_provider.agent.firewall import nft_forward
+    from kvmnet_provider.agent.firewall.nft_rules import DOCKER_USER, PASS, NftRule, Ruleset
+    from kvmnet_provider.spec.marks import JUMP_MARK
+
+    def rule(chain: str, handle: int, target: str = "", mark: str | None = None) -> NftRule:
+        expr = [{"jump": {"target": target}}] if target else [{"accept": None}]
+        return NftRule("ip", "filter", chain, handle, mark, expr)
+
+    base = [rule("FORWARD", 1), rule("FORWARD", 2, DOCKER_USER), rule("FORWARD", 3)]
+    docker = [rule(DOCKER_USER, 4), rule(DOCKER_USER, 5, PASS, JUMP_MARK), rule(DOCKER_USER, 6)]
+    rs = Ruleset(rules={("ip", "filter", "FORWARD"): base, ("ip", "filter", DOCKER_USER): docker})
+    where = nft_forward.Placement("ip", "filter", "FORWARD", DOCKER_USER)
+    assert [r.handle for r in nft_forward._before_our_jump(rs, where)] == [1, 4]
+    in_base = [rule("FORWARD", 1), rule("FORWARD", 5, PASS, JUMP_MARK), rule("FORWARD", 3)]
+    rs = Ruleset(rules={("ip", "filter", "FORWARD"): in_base})
+    where = nft_forward.Placement("ip", "filter", "FORWARD", "FORWARD")
+    assert [r.handle for r in nft_forward._before_our_jump(rs, where)] == [1]

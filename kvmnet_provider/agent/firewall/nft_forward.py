@@ -147,21 +147,11 @@ def blockers(rs: Ruleset, net: plan.NetworkRules) -> list[str]:
         ]
     if where is None:
         return found
-    base_rules = rs.chain_rules(where.family, where.table, where.base)
-    if where.jump_chain == DOCKER_USER:
-        cut = next(i for i, r in enumerate(base_rules) if jumps_to(r, DOCKER_USER))
-        found += [
-            text(r, family)
-            for r in base_rules[:cut]
-            if plan.could_block(describe(r.expr, family), flows)
-        ]
-    jump = _jump_location(rs)
-    if jump is not None and jump[:3] == (where.family, where.table, where.jump_chain):
-        before = rs.chain_rules(*jump[:3])[: jump[3]]
-        found += [
-            text(r, family) for r in before if plan.could_block(describe(r.expr, family), flows)
-        ]
-    return found
+    return found + [
+        text(r, family)
+        for r in _before_our_jump(rs, where)
+        if plan.could_block(describe(r.expr, family), flows)
+    ]
 
 
 def admitters(rs: Ruleset, net: plan.NetworkRules) -> list[str]:
@@ -171,21 +161,23 @@ def admitters(rs: Ruleset, net: plan.NetworkRules) -> list[str]:
     where = placement(rs, family)
     if where is None or not refused:
         return []
+    return [
+        text(r, family)
+        for r in _before_our_jump(rs, where)
+        if plan.could_admit(describe(r.expr, family), refused)
+    ]
+
+
+def _before_our_jump(rs: Ruleset, where: Placement) -> list[Any]:
+    """The rules a packet meets before kvmnet's jump: the base chain's up to its jump to
+    DOCKER-USER (when ours is there), then those above ours in the chain that holds it."""
     found = []
     if where.jump_chain == DOCKER_USER:
         base_rules = rs.chain_rules(where.family, where.table, where.base)
-        cut = next(i for i, r in enumerate(base_rules) if jumps_to(r, DOCKER_USER))
-        found += [
-            text(r, family)
-            for r in base_rules[:cut]
-            if plan.could_admit(describe(r.expr, family), refused)
-        ]
+        found += base_rules[: next(i for i, r in enumerate(base_rules) if jumps_to(r, DOCKER_USER))]
     jump = _jump_location(rs)
     if jump is not None and jump[:3] == (where.family, where.table, where.jump_chain):
-        before = rs.chain_rules(*jump[:3])[: jump[3]]
-        found += [
-            text(r, family) for r in before if plan.could_admit(describe(r.expr, family), refused)
-        ]
+        found += rs.chain_rules(*jump[:3])[: jump[3]]
     return found
 
 
