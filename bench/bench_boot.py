@@ -15,6 +15,7 @@ test: it asserts nothing about wall time; it fails only when a step fails.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import shutil
@@ -40,6 +41,7 @@ from kvmnet_lab.testing.debian_image import (
 )
 from kvmnet_lab.testing.guest import guest_image_dir
 from kvmnet_lab.testing.stack import STACK_PROGRAM, TestStack
+from marks import timed_up
 
 BRIDGE = "br-kb"
 GUEST = "kbg1"
@@ -130,24 +132,14 @@ def watch(root: Path, t0: float, seen: dict[str, float], stop: threading.Event) 
 
 
 def boot_round(stack: TestStack, root: Path) -> dict[str, float]:
-    seen: dict[str, float] = {}
-    stop = threading.Event()
-    t0 = time.monotonic()
-    watcher = threading.Thread(target=watch, args=(root, t0, seen, stop), daemon=True)
-    watcher.start()
-    try:
-        stack.up()
-        seen["up"] = time.monotonic() - t0
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while "done" not in seen or "lease" not in seen:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no lease or not done within {BOOT_TIMEOUT} s: {seen}")
-            time.sleep(0.2)
-    finally:
-        stop.set()
-        watcher.join()
-        stack.destroy()
-    return seen
+    return timed_up(
+        stack,
+        functools.partial(watch, root),
+        lambda seen: "done" in seen and "lease" in seen,
+        BOOT_TIMEOUT,
+        "no lease or not done",
+        poll=0.2,
+    )
 
 
 def run_variant(variant: Variant, rounds: int, root: Path, work: Path) -> None:

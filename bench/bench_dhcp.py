@@ -14,6 +14,7 @@ test: it asserts nothing about wall time; it fails only when a step fails.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -30,6 +31,7 @@ from kvmnet_lab.hostconfig import host_settings, lab_stack_config
 from kvmnet_lab.lab import HostStatus, Lab, LabStatus
 from kvmnet_lab.testing.guest import guest_image_dir
 from kvmnet_lab.testing.stack import TestStack
+from marks import timed_up
 
 from kvmnet_provider.connection import agent_session
 
@@ -90,24 +92,13 @@ def watch(root: Path, t0: float, seen: dict[str, float], stop: threading.Event) 
 
 
 def boot_round(stack: TestStack, root: Path, dhcp: bool) -> dict[str, float]:
-    seen: dict[str, float] = {}
-    stop = threading.Event()
-    t0 = time.monotonic()
-    watcher = threading.Thread(target=watch, args=(root, t0, seen, stop), daemon=True)
-    watcher.start()
-    try:
-        stack.up()
-        seen["up"] = time.monotonic() - t0
-        deadline = time.monotonic() + 180
-        while "ready" not in seen or (dhcp and "lease" not in seen):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"guest not ready / no lease within 180 s: {seen}")
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        watcher.join()
-        stack.destroy()
-    return seen
+    return timed_up(
+        stack,
+        functools.partial(watch, root),
+        lambda seen: "ready" in seen and (not dhcp or "lease" in seen),
+        180,
+        "guest not ready / no lease",
+    )
 
 
 def bench_boot(status: LabStatus, root: Path, work: Path, rounds: int) -> dict[str, list[Any]]:

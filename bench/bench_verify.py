@@ -17,6 +17,7 @@ test: it asserts nothing about wall time; it fails only when a step fails.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -36,6 +37,7 @@ from kvmnet_lab.lab import HostStatus, Lab, LabStatus
 from kvmnet_lab.testing.guest import guest_image_dir
 from kvmnet_lab.testing.snapshot import diff_snapshots, host_snapshot
 from kvmnet_lab.testing.stack import STACK_PROGRAM, TestStack
+from marks import timed_up
 
 from kvmnet_provider.connection import agent_session
 from kvmnet_provider.connection.session import AgentSession
@@ -136,25 +138,16 @@ def watch(root: Path, t0: float, seen: dict[str, float], stop: threading.Event) 
 
 def ready_round(v: Variant, root: Path) -> dict[str, float]:
     """From `up` start: when `up` returned, when both guests' READY was on their consoles."""
-    seen: dict[str, float] = {}
-    stop = threading.Event()
-    t0 = time.monotonic()
-    watcher = threading.Thread(target=watch, args=(root, t0, seen, stop), daemon=True)
-    watcher.start()
-    try:
-        v.stack.up()
-        seen["up"] = time.monotonic() - t0
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not all(name in seen for name, _ in GUESTS):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{v.key}: guests not READY within {READY_TIMEOUT:g} s: {seen}")
-            time.sleep(0.02)
-        seen["guests"] = max(seen[name] for name, _ in GUESTS)
-        seen["done"] = max(seen["up"], seen["guests"])
-    finally:
-        stop.set()
-        watcher.join()
-        v.stack.destroy()
+    seen = timed_up(
+        v.stack,
+        functools.partial(watch, root),
+        lambda seen: all(name in seen for name, _ in GUESTS),
+        READY_TIMEOUT,
+        f"{v.key}: guests not READY",
+        poll=0.02,
+    )
+    seen["guests"] = max(seen[name] for name, _ in GUESTS)
+    seen["done"] = max(seen["up"], seen["guests"])
     return seen
 
 
