@@ -52,8 +52,11 @@ lint: venv
 	$(VENV)/bin/mypy $$pkg
 
 # The slowest tests are listed at the end: where the suite's time goes, run after run.
+# TEST_WORKERS pytest-xdist workers run the groups of conftest.py side by side (1: one after
+# another, in one process).
+TEST_WORKERS ?= 2
 test: deps toolchain venv image lint
-	$(VENV)/bin/pytest -q --durations=25 $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
+	$(VENV)/bin/pytest -q --durations=25 $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 
 # The inner loop: lint and every test not marked e2e (no root, lab, engine or QEMU needed),
 # in under two minutes. `make test` runs everything, e2e included.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kvmnet_lab.lab import Lab, LabStatus, fresh_lab
+from kvmnet_lab.lab.vmhost import VmHost, start_vm_host, stop_vm_host
+from kvmnet_lab.testing.debian_image import vmhost_image_dir
 
 
 # --- lab (kvmnet_lab.lab) -----------------------------------------------------------
@@ -33,3 +36,36 @@ def lab(_lab_session: tuple[Lab, LabStatus]) -> LabStatus:
 def lab_api(_lab_session: tuple[Lab, LabStatus]) -> Lab:
     """The Lab object behind the `lab` fixture (exec_in, status(), names, ...)."""
     return _lab_session[0]
+
+
+# --- the VM host (kvmnet_lab.lab.vmhost) -------------------------------------------
+@pytest.fixture(scope="session")
+def vm_host(_lab_session: tuple[Lab, LabStatus]) -> Iterator[VmHost]:
+    """The VM host, booted once for the session and stopped by its PID afterwards."""
+    lab_api, _ = _lab_session
+    image = vmhost_image_dir()
+    started = time.monotonic()
+    try:
+        host = start_vm_host(lab_api, image)
+        print(f"\nVM host ({host.accelerator}) booted in {time.monotonic() - started:.1f}s")
+        yield host
+    finally:
+        stop_vm_host(lab_api)
+
+
+# --- side by side (pytest-xdist) ---------------------------------------------------------
+# Tests of one file share their module's labs and guests, and every test marked vmhost shares
+# the one VM host: each such set is a group that one worker runs whole (`--dist loadgroup`).
+# The longest groups go first, so that no worker starts one of them when the rest is done.
+FIRST = ("vmhost", "test_soak_e2e.py", "test_debian_guest_e2e.py", "test_firewall_e2e.py")
+
+
+def _group(item: pytest.Item) -> str:
+    return "vmhost" if item.get_closest_marker("vmhost") else item.path.name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item), len(FIRST)))  # stable: files keep order
