@@ -64,6 +64,7 @@ def _group(item: pytest.Item) -> str:
     return "vmhost" if item.get_closest_marker("vmhost") else item.path.name
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.xdist_group(_group(item)))
