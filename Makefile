@@ -56,7 +56,7 @@ lint: venv
 # another, in one process).
 TEST_WORKERS ?= 2
 test: deps toolchain venv image lint
-	$(VENV)/bin/pytest -q --durations=25 $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
+	$(VENV)/bin/pytest -q --durations=25 $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 
 # The inner loop: lint and every test not marked e2e (no root, lab, engine or QEMU needed),
 # in under two minutes. `make test` runs everything, e2e included.
