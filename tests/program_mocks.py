@@ -7,7 +7,6 @@ from typing import Any
 
 import pulumi
 
-
 STACK_ID = "0123456789abcdef"  # the StackIdentity's id under the mocks
 
 
