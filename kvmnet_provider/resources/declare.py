@@ -78,8 +78,8 @@ def resource_props(
     resource_type: type, kind: str, resource_name: str, args: Any, **values: object
 ) -> dict[str, Any]:
     """The state's inputs of a resource: connection, owner (and the owner's old form, which
-    check drops), every declared input (`values`
-    stands for an input the resource computes itself), and its host outputs, still null."""
+    check drops), every declared input (`values` stands for an input the resource computes
+    itself), and its host outputs, still null."""
     props: dict[str, Any] = {
         "connection": args.connection.to_props(),
         "owner": owner_id(kind, resource_name),
