@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import pulumi
 
 from ..errors import ConfigError, config_path
-from ..resources.base import owner_id
 from ..resources.dhcp import DhcpServer
 from ..resources.forward_rules import ForwardRules
 from ..resources.network_check import NetworkCheck, NetworkCheckArgs
@@ -71,7 +70,7 @@ def network_check(network: _Network, resource_name: str) -> NetworkCheck:
         if named is not None:
             dns_name, dns_address = f"{named.name}.{args.domain}", named.address
         input_rules = {
-            "owner": owner_id("DhcpServer", f"{resource_name}-dhcp"),
+            "owner": server.owner,  # as its state holds it (an older mark is kept)
             "backend": server.backend,
             "bridge": network.bridge.name,
             "address": args.gateway,
@@ -106,7 +105,7 @@ def network_check(network: _Network, resource_name: str) -> NetworkCheck:
             dns_name=dns_name,
             dns_address=dns_address,
             rules={
-                "owner": owner_id("ForwardRules", f"{resource_name}-forward-rules"),
+                "owner": rules.owner,
                 "backend": rules.backend,
                 "mode": model,
                 "bridge": network.bridge.name,
