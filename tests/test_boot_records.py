@@ -270,3 +270,22 @@ def test_a_host_without_systemd_gets_one_warning(monkeypatch: pytest.MonkeyPatch
     base._warn_no_autostart("h9")
     base._warn_no_autostart("h9")
     assert len(warned) == 1 and warned[0].startswith("h9: no systemd")
+
+
+def test_a_shipped_agent_builds_its_archive_once_in_its_code_directory(
+    books: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = tmp_path / "code" / "0123abcd"  # as hostboot's hash-named directory
+    shipped.mkdir(parents=True)
+    (shipped / "kvmnet_provider").symlink_to(unit.code_root() / "kvmnet_provider")
+    monkeypatch.setattr(unit, "code_root", lambda: shipped)
+    monkeypatch.setattr(unit, "SHIPPED_TOP", "kvmnet_provider")
+    launcher = unit.keep_code()
+    built = shipped / unit.archive_name("kvmnet_provider")
+    copy = launcher.parent / unit.archive_name("kvmnet_provider")
+    assert built.read_bytes() == copy.read_bytes()
+    unit.forget_all()  # the network's last record: its copy goes, the built archive stays
+    assert not copy.exists() and built.is_file()
+    made = built.stat().st_mtime_ns
+    unit.keep_code()  # the next network's first record copies it, not built again
+    assert built.stat().st_mtime_ns == made and copy.read_bytes() == built.read_bytes()

@@ -34,6 +34,7 @@ UNIT_DIR = Path(os.environ.get("KVMNET_UNIT_DIR", "/etc/systemd/system"))
 SYSTEMD_RUNNING = Path("/run/systemd/system")
 LAUNCHER = "kvmnet-restore.py"
 PACKAGES = ("agent", "spec")  # the shipped tree: <top>/{agent,spec}/...
+SHIPPED_TOP = "kvmnet_agent"  # the top package of an agent shipped by connection/hostboot.py
 
 # Runs the copy's restore: -I keeps the environment and the working directory out of it, so
 # the launcher puts the archive beside it on the path.
@@ -91,7 +92,11 @@ def keep_code() -> Path:
     marker = f"{source}\n{_tree_stamp(source)}"
     if read_text(stamp) != marker or not archive.is_file():
         tmp = target / f".{archive.name}.tmp-{os.getpid()}"
-        _write_archive(source, top, tmp)
+        built = _built_archive(top)
+        if built is None:
+            _write_archive(source, top, tmp)
+        else:
+            _copy_file(built, tmp)
         os.replace(tmp, archive)
         replace_text(stamp, marker)
     launcher = target / LAUNCHER
@@ -99,6 +104,29 @@ def keep_code() -> Path:
     if read_text(launcher) != text:
         replace_text(launcher, text)
     return launcher
+
+
+def _built_archive(top: str) -> Path | None:
+    """The archive of a shipped agent's code, built once inside its code directory (see
+    connection/hostboot.py: named by the code's hash, never rewritten, removed whole when no
+    agent holds it), so that each network's first record copies one file. None for an agent
+    run in place from an installed or checked-out package, whose directory is not kvmnet's."""
+    if top != SHIPPED_TOP:
+        return None
+    built = code_root() / archive_name(top)
+    if not built.is_file():
+        tmp = code_root() / f".{built.name}.tmp-{os.getpid()}"
+        _write_archive(code_root() / top, top, tmp)
+        os.replace(tmp, built)
+    return built
+
+
+def _copy_file(source: Path, path: Path) -> None:
+    with open(source, "rb") as f:
+        data = f.read()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
 
 
 def _write_archive(source: Path, top: str, path: Path) -> None:
