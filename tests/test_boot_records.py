@@ -4,6 +4,9 @@ order and the skipping of a restore, and the unit that comes and goes with the r
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,10 @@ def test_a_create_is_recorded_and_its_delete_removes_it_with_the_unit(books: Pat
     assert "ExecStart=" in unit_file.read_text()
     launcher = records.namespace_dir() / "agent-code" / unit.LAUNCHER
     assert str(launcher) in unit_file.read_text() and launcher.is_file()
-    assert (launcher.parent / "kvmnet_provider" / "agent" / "boot" / "restore.py").is_file()
+    archive = launcher.parent / unit.archive_name("kvmnet_provider")
+    with zipfile.ZipFile(archive) as copy:
+        assert "kvmnet_provider/agent/boot/restore.py" in copy.namelist()
+    assert oct(archive.stat().st_mode & 0o777) == "0o600"
     assert oct(records.namespace_dir().stat().st_mode & 0o777) == "0o700"
 
     boot.book("link.delete", {"name": "br0", "owner": "o1"}, {"deleted": True}, True)
@@ -219,7 +225,17 @@ def test_the_launcher_runs_the_copy(books: Path) -> None:
     launcher = unit.keep_code()
     text = launcher.read_text()
     assert "sys.path.insert(0" in text and "agent.boot import restore" in text
+    archive = launcher.parent / unit.archive_name("kvmnet_provider")
+    written = archive.stat().st_mtime_ns
     assert unit.keep_code() == launcher  # unchanged code: nothing copied again
+    assert archive.stat().st_mtime_ns == written
+    # The restore's modules come from the archive, in an isolated interpreter as the unit's.
+    where = subprocess.run(
+        [sys.executable, "-I", "-c", text.replace("restore.main()", "print(restore.__file__)")
+         .replace("os.path.abspath(__file__)", repr(str(launcher)))],
+        capture_output=True, text=True, check=True, cwd="/",
+    ).stdout.strip()
+    assert where == str(archive / "kvmnet_provider" / "agent" / "boot" / "restore.py")
 
 
 def test_the_last_delete_leaves_guests_disks_kept_beside_the_records(books: Path) -> None:
@@ -254,3 +270,22 @@ def test_a_host_without_systemd_gets_one_warning(monkeypatch: pytest.MonkeyPatch
     base._warn_no_autostart("h9")
     base._warn_no_autostart("h9")
     assert len(warned) == 1 and warned[0].startswith("h9: no systemd")
+
+
+def test_a_shipped_agent_builds_its_archive_once_in_its_code_directory(
+    books: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = tmp_path / "code" / "0123abcd"  # as hostboot's hash-named directory
+    shipped.mkdir(parents=True)
+    (shipped / "kvmnet_provider").symlink_to(unit.code_root() / "kvmnet_provider")
+    monkeypatch.setattr(unit, "code_root", lambda: shipped)
+    monkeypatch.setattr(unit, "SHIPPED_TOP", "kvmnet_provider")
+    launcher = unit.keep_code()
+    built = shipped / unit.archive_name("kvmnet_provider")
+    copy = launcher.parent / unit.archive_name("kvmnet_provider")
+    assert built.read_bytes() == copy.read_bytes()
+    unit.forget_all()  # the network's last record: its copy goes, the built archive stays
+    assert not copy.exists() and built.is_file()
+    made = built.stat().st_mtime_ns
+    unit.keep_code()  # the next network's first record copies it, not built again
+    assert built.stat().st_mtime_ns == made and copy.read_bytes() == built.read_bytes()

@@ -74,6 +74,11 @@ def _ours(
 ) -> dict[str, Any]:
     mark = OWNER_PREFIX + validate.owner(owner)
     _, chain = _nat_chain(chain_name, family)
+    return _marked(chain, mark, describe)
+
+
+def _marked(chain: Any, mark: str, describe: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """The rules of `chain` (as its table's handle holds it) carrying `mark`, described."""
     rules = [describe(r) for r in chain.rules if comment(r) == mark]
     return {"rules": rules, "count": len(rules)}
 
@@ -109,18 +114,20 @@ def _ensure(
     family: Family = IPV4,
 ) -> dict[str, Any]:
     """Exactly the rules of ours in `want`, in order: kept if they are, else the owner's
-    rules (an older shape among them) are replaced by these in one commit."""
-    current = _ours(chain_name, owner, describe, family)
+    rules (an older shape among them) are replaced by these in one commit. One reading of the
+    table serves the comparison and the change (the xtables lock is held throughout, so it
+    cannot go stale), and the reading the commit leaves behind serves the read-back."""
+    mark = OWNER_PREFIX + validate.owner(owner)
+    table, chain = _nat_chain(chain_name, family)
+    current = _marked(chain, mark, describe)
     if current["rules"] == want:
         return current
-    mark = OWNER_PREFIX + owner
-    table, chain = _nat_chain(chain_name, family)
     with xtables.transaction(table, f"the {chain_name} rules"):
         drop_marked(chain, mark)
         for rule in build():
             rule.create_match("comment").comment = mark
             chain.append_rule(rule)
-    return _ours(chain_name, owner, describe, family)
+    return _marked(chain, mark, describe)  # settled: the kernel's table, read again
 
 
 # --- MASQUERADE ------------------------------------------------------------------------------
