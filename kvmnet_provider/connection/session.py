@@ -84,7 +84,11 @@ class AgentSession:
         transport = self.client.get_transport()
         assert transport is not None
         transport.set_keepalive(15)
-        self.channel = transport.open_session(timeout=settings.connect_timeout)
+        try:
+            self.channel = transport.open_session(timeout=settings.connect_timeout)
+        except Exception as exc:  # a slow sshd ("Timeout opening channel"): like a timeout
+            self.client.close()
+            raise HostError(f"{settings.label}: {exc}") from None
         marker = framing.new_marker()
         self.channel.exec_command(agent_command(settings, marker))
         self.stdin = LineWriter(self.channel)
