@@ -23,6 +23,7 @@ from .nft_rules import (
     describe,
     is_our_jump,
     jumps_to,
+    managed_by_firewalld,
     pass_chains,
     remove_marked,
     rule_doc,
@@ -138,6 +139,8 @@ def blockers(rs: Ruleset, net: plan.NetworkRules) -> list[str]:
     for base in rs.forward_bases(family):
         key = (base["family"], base["table"], base["name"])
         if where is not None and key == (where.family, where.table, where.base):
+            continue
+        if managed_by_firewalld(key[0], key[1]):
             continue
         rules = rs.chain_rules(*key)
         if base.get("policy") == "drop":

@@ -16,6 +16,7 @@ from .nft_rules import (
     Ruleset,
     describe,
     is_our_jump,
+    managed_by_firewalld,
     rule_doc,
     rule_expr,
     ruleset,
@@ -93,6 +94,8 @@ def input_blockers(rs: Ruleset, net: plan.InputRules) -> list[str]:
         if chain.get("hook") != "input" or chain["family"] not in (family.nft, "inet"):
             continue
         if key == where or (chain["family"], chain["table"]) == (family.nft, TABLE):
+            continue
+        if managed_by_firewalld(chain["family"], chain["table"]):
             continue
         if chain.get("policy") == "drop":
             found.append(f"table {key[0]} {key[1]} chain {key[2]} (policy drop)")

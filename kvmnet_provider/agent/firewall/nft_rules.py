@@ -91,6 +91,17 @@ class Ruleset:
         ]
 
 
+# firewalld's own table: its base chains end in a catch-all reject that stands for its zones'
+# decisions (a zone that accepts an interface's traffic returns before it). Not a rule an
+# operator deletes, and not one kvmnet can judge from the rules alone: whether the bridge's
+# zone lets the traffic through is proven by traffic (verify), and named as firewalld's there.
+FIREWALLD = ("inet", "firewalld")
+
+
+def managed_by_firewalld(family: str, table: str) -> bool:
+    return (family, table) == FIREWALLD
+
+
 def ruleset() -> Ruleset:
     out = run([{"list": {"ruleset": None}}], "a listing") or {}
     found = Ruleset()
