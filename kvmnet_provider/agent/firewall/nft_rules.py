@@ -92,9 +92,9 @@ class Ruleset:
 
 
 # firewalld's own table: its base chains end in a catch-all reject that stands for its zones'
-# decisions (a zone that accepts an interface's traffic returns before it). Not a rule an
-# operator deletes, and not one kvmnet can judge from the rules alone: whether the bridge's
-# zone lets the traffic through is proven by traffic (verify), and named as firewalld's there.
+# decisions. Not a rule an operator deletes: kvmnet's pass chains go into that table, their
+# jump at the top of its base chain, as they go where a DROP policy is. firewalld's reload
+# makes its table anew without them: refresh shows it, up puts them back.
 FIREWALLD = ("inet", "firewalld")
 
 
