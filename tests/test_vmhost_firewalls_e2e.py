@@ -138,6 +138,12 @@ def ufw_on(host: VmHost) -> Iterator[None]:
         sh(host, "ufw default deny incoming && ufw default deny routed && ufw allow 22/tcp"
                  " && ufw --force enable", timeout=180)  # fmt: skip
         print(sh(host, "ufw status verbose"))
+        # "disabled (routed)" there means ufw's own sysctl.conf forwards nothing; the policy
+        # it sets on FORWARD is deny routed's all the same
+        policies = sh(host, "iptables -S INPUT | head -n1; iptables -S FORWARD | head -n1").split(
+            "\n"
+        )
+        assert policies[:2] == ["-P INPUT DROP", "-P FORWARD DROP"], policies
         yield
     finally:
         sh(host, "ufw disable", timeout=120)
