@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from kvmnet_provider.agent.firewall.plan import NetworkRules, Rule, could_admit, could_block
+from kvmnet_provider.agent.firewall.plan import (
+    InputRules,
+    NetworkRules,
+    Rule,
+    could_admit,
+    could_block,
+)
 from kvmnet_provider.spec.validate import InvalidInput
 
 
@@ -182,3 +188,38 @@ def test_the_rules_before_our_jump_in_docker_user_and_in_the_base_chain() -> Non
     rs = Ruleset(rules={("ip", "filter", "FORWARD"): in_base})
     where = nft_forward.Placement("ip", "filter", "FORWARD", "FORWARD")
     assert [r.handle for r in nft_forward._before_our_jump(rs, where)] == [1]
+
+
+def test_firewalld_catch_all_reject_gets_kvmnets_jump_above_it_another_tables_blocks() -> None:
+    """firewalld's own table ends its base chains in a reject for what no zone allowed: not a
+    rule to delete; kvmnet's jumps go to the top of those chains. The same reject in another
+    table is still named."""
+    from kvmnet_provider.agent.firewall import nft_forward, nft_input
+    from kvmnet_provider.agent.firewall.nft_rules import NftRule, Ruleset
+
+    reject = [{"reject": {"type": "icmpx", "expr": "admin-prohibited"}}]
+    spec = {"bridge": "br-in", "subnet": "10.0.1.0/24", "mode": "nat"}
+    net = NetworkRules.from_spec(spec)
+
+    def host(family: str, table: str) -> Ruleset:
+        chains = {
+            (family, table, name): {"family": family, "table": table, "name": name,
+                                    "type": "filter", "hook": hook, "policy": "accept"}
+            for name, hook in (("filter_FORWARD", "forward"), ("filter_INPUT", "input"))
+        }  # fmt: skip
+        rules = {key: [NftRule(family, table, key[2], 9, None, reject)] for key in chains}
+        return Ruleset(chains=chains, rules=rules, tables={(family, table)})
+
+    firewalld = host("inet", "firewalld")
+    assert nft_forward.placement(firewalld) == nft_forward.Placement(
+        "inet", "firewalld", "filter_FORWARD", "filter_FORWARD"
+    )
+    assert nft_input.input_placement(firewalld) == ("inet", "firewalld", "filter_INPUT")
+    assert nft_forward.blockers(firewalld, net) == []
+    assert nft_forward.placement(host("inet", "other")) is None
+    named = nft_forward.blockers(host("inet", "other"), net)
+    assert len(named) == 1 and "table inet other chain filter_FORWARD" in named[0]
+    dhcp = InputRules.from_spec({"bridge": "br-in", "address": "10.0.1.1", "subnet": "10.0.1.0/24"})
+    assert nft_input.input_blockers(firewalld, dhcp) == []
+    named = nft_input.input_blockers(host("inet", "other"), dhcp)
+    assert len(named) == 1 and "table inet other chain filter_INPUT" in named[0]

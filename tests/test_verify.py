@@ -265,6 +265,22 @@ def test_a_failure_is_one_line_naming_host_network_check_rule_and_fix() -> None:
     assert failure_line("root@h1", {"checks": result["checks"][:1]}, props) is None
 
 
+def test_a_firewalld_refusal_names_its_zones_and_the_zone_to_put_the_bridge_in() -> None:
+    props = {"network": "net", "model": "nat", "bridge": "br-in"}
+    result = {
+        "checks": [{"check": "dhcp", "ok": False, "reason": "expected an offer, got none"}],
+        "blocked_by": "firewalld's zones (table inet firewalld rejects what the bridge's zone "
+        "refuses)",
+    }
+    line = failure_line("root@h1", result, props)
+    assert line is not None and "\n" not in line
+    assert "blocked by firewalld's zones" in line
+    assert (
+        "fix: put the bridge in a firewalld zone that accepts it: firewall-cmd --permanent "
+        "--zone=trusted --add-interface=br-in" in line
+    )
+
+
 def test_only_a_nat_to_routed_switch_skips_the_outside() -> None:
     assert skipped_on_switch({"model": "nat"}, {"model": "routed"}) == ("outside",)
     assert skipped_on_switch({"model": "routed"}, {"model": "nat"}) == ()

@@ -95,6 +95,9 @@ FIXES = {
     "dhcp": "dnsmasq offers no lease: see the network's DhcpServer problems (pulumi refresh), "
     "then run up again",
     "blocked": "delete that rule or move it below kvmnet's jump, then run up again",
+    "firewalld": "put the bridge in a firewalld zone that accepts it: firewall-cmd --permanent "
+    "--zone=trusted --add-interface={bridge} (a routed network also needs a policy into that "
+    "zone, docs/operations.md), then firewall-cmd --reload and run up again",
 }
 
 
@@ -112,7 +115,9 @@ def failure_line(host: str, result: dict[str, Any], props: dict[str, Any]) -> st
         named = str(blocked or "").startswith("let in by ")
         fix = FIXES["blocked"] if named else FIXES.get(f"{check}-leak", "see docs/operations.md")
     elif blocked:
-        cause, fix = f"{reason}; blocked by {blocked}", FIXES["blocked"]
+        firewalld = str(blocked).startswith("firewalld's zones")
+        how = FIXES["firewalld"].format(bridge=props.get("bridge")) if firewalld else None
+        cause, fix = f"{reason}; blocked by {blocked}", how or FIXES["blocked"]
     else:
         cause, fix = reason, FIXES.get(check, "see docs/operations.md (verify)")
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""

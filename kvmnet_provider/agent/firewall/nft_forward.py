@@ -23,6 +23,7 @@ from .nft_rules import (
     describe,
     is_our_jump,
     jumps_to,
+    managed_by_firewalld,
     pass_chains,
     remove_marked,
     rule_doc,
@@ -44,15 +45,21 @@ class Placement:
 
 
 def placement(rs: Ruleset, family: Family = IPV4) -> Placement | None:
-    """The table whose forward base chain holds the host's DROP (or iptables-nft's filter)."""
+    """The table whose forward base chain holds the host's DROP (or firewalld's catch-all
+    reject, or iptables-nft's filter)."""
     bases = rs.forward_bases(family)
     drop = [c for c in bases if c.get("policy") == "drop"]
+    firewalld = [
+        c
+        for c in bases
+        if managed_by_firewalld(c["family"], c["table"]) and c.get("type") == "filter"
+    ]
     filt = [
         c
         for c in bases
         if (c["family"], c["table"], c["name"]) == (family.nft, "filter", "FORWARD")
     ]
-    candidates = drop or filt
+    candidates = drop or firewalld or filt
     if not candidates:
         return None
     chosen = candidates[0]
@@ -138,6 +145,8 @@ def blockers(rs: Ruleset, net: plan.NetworkRules) -> list[str]:
     for base in rs.forward_bases(family):
         key = (base["family"], base["table"], base["name"])
         if where is not None and key == (where.family, where.table, where.base):
+            continue
+        if managed_by_firewalld(key[0], key[1]):
             continue
         rules = rs.chain_rules(*key)
         if base.get("policy") == "drop":

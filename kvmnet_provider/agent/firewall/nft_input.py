@@ -16,6 +16,7 @@ from .nft_rules import (
     Ruleset,
     describe,
     is_our_jump,
+    managed_by_firewalld,
     rule_doc,
     rule_expr,
     ruleset,
@@ -27,8 +28,9 @@ from .nft_rules import (
 
 # --- INPUT: what a network's DHCP/DNS server needs (plan.InputRules) ------------------------
 # A regular chain KVMNET_INP holds the owners' accepts, reached by one jump (comment "kvmnet")
-# at the top of the input base chain that holds the host's DROP policy (or iptables-nft's
-# `ip filter INPUT`); with neither, of kvmnet's own base chain `input` (policy accept).
+# at the top of the input base chain that holds the host's DROP policy (or firewalld's, whose
+# catch-all reject refuses what its zones do not allow, or iptables-nft's `ip filter INPUT`);
+# with none of these, of kvmnet's own base chain `input` (policy accept).
 INPUT_BASE = {"type": "filter", "hook": "input", "prio": -10, "policy": "accept"}
 
 
@@ -43,10 +45,15 @@ def input_placement(rs: Ruleset, family: Family = IPV4) -> tuple[str, str, str]:
         and (c["family"], c["table"]) != (ours, TABLE)
     ]
     drop = [c for c in bases if c.get("policy") == "drop"]
+    firewalld = [
+        c
+        for c in bases
+        if managed_by_firewalld(c["family"], c["table"]) and c.get("type") == "filter"
+    ]
     filt = [c for c in bases if (c["family"], c["table"], c["name"]) == (ours, "filter", "INPUT")]
-    if not (drop or filt):
+    if not (drop or firewalld or filt):
         return ours, TABLE, "input"
-    chosen = (drop or filt)[0]
+    chosen = (drop or firewalld or filt)[0]
     return chosen["family"], chosen["table"], chosen["name"]
 
 
@@ -93,6 +100,8 @@ def input_blockers(rs: Ruleset, net: plan.InputRules) -> list[str]:
         if chain.get("hook") != "input" or chain["family"] not in (family.nft, "inet"):
             continue
         if key == where or (chain["family"], chain["table"]) == (family.nft, TABLE):
+            continue
+        if managed_by_firewalld(chain["family"], chain["table"]):
             continue
         if chain.get("policy") == "drop":
             found.append(f"table {key[0]} {key[1]} chain {key[2]} (policy drop)")

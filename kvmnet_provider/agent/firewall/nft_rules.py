@@ -91,6 +91,17 @@ class Ruleset:
         ]
 
 
+# firewalld's own table: its base chains end in a catch-all reject that stands for its zones'
+# decisions. Not a rule an operator deletes: kvmnet's pass chains go into that table, their
+# jump at the top of its base chain, as they go where a DROP policy is. firewalld's reload
+# makes its table anew without them: refresh shows it, up puts them back.
+FIREWALLD = ("inet", "firewalld")
+
+
+def managed_by_firewalld(family: str, table: str) -> bool:
+    return (family, table) == FIREWALLD
+
+
 def ruleset() -> Ruleset:
     out = run([{"list": {"ruleset": None}}], "a listing") or {}
     found = Ruleset()

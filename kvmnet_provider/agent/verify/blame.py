@@ -47,4 +47,20 @@ def blocker(
                 other = backend.other_backend_drop(read.get("backend") or "iptables")
                 if other:
                     return f"{other} (a DROP policy kvmnet's rules cannot pass)"
+    return firewalld_zones(failed)
+
+
+FIREWALLD = "firewalld's zones"
+
+
+def firewalld_zones(failed: list[Outcome]) -> str | None:
+    """With firewalld running, traffic no rule of kvmnet's refuses is stopped by its zones:
+    the catch-all reject of its own table, for what the bridge's zone does not allow."""
+    if not any(HOOK.get(o.check) and "must not" not in o.reason for o in failed):
+        return None
+    with contextlib.suppress(Exception):  # no libnftables: no firewalld table to name
+        from ..firewall import nft_rules  # needs libnftables' module, which hosts may lack
+
+        if nft_rules.FIREWALLD in nft_rules.ruleset().tables:
+            return f"{FIREWALLD} (table inet firewalld rejects what the bridge's zone refuses)"
     return None
