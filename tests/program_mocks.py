@@ -23,6 +23,17 @@ class Mocks(pulumi.runtime.Mocks):
         return {}, None
 
 
+class Recording(Mocks):
+    """Mocks that keep every resource made: (type, name, inputs)."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[str, str, dict[str, Any]]] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.made.append((args.typ, args.name, dict(args.inputs)))
+        return super().new_resource(args)
+
+
 def ensure_event_loop() -> None:
     """Pulumi's mocks take the current event loop; a test that ran asyncio.run() before left
     none (get_event_loop then raises), so one is set where none is."""

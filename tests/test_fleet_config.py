@@ -8,7 +8,7 @@ from typing import Any
 
 import pulumi
 import pytest
-from program_mocks import Mocks, ensure_event_loop
+from program_mocks import Mocks, Recording, ensure_event_loop
 
 from kvmnet_provider.connection import HostSettings
 from kvmnet_provider.errors import ConfigError
@@ -472,15 +472,6 @@ def test_fleet_network_bad_dhcp_value_names_the_key() -> None:
     pulumi.runtime.set_mocks(Mocks(), project="kvt", stack="dev", preview=True)
     with pytest.raises(ConfigError, match=r"kvmnet:hosts\.h1\.networks\[0\]\.dhcp"):
         fleet_hosts(pulumi.Config("kvmnet"))
-
-
-class Recording(Mocks):
-    def __init__(self) -> None:
-        self.made: list[tuple[str, str, dict[str, Any]]] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        self.made.append((args.typ, args.name, dict(args.inputs)))
-        return super().new_resource(args)
 
 
 @pulumi.runtime.test

@@ -8,7 +8,7 @@ from typing import Any
 
 import pulumi
 import pytest
-from program_mocks import STACK_ID, Mocks, ensure_event_loop
+from program_mocks import STACK_ID, Recording, ensure_event_loop
 
 from kvmnet_provider import HostSettings
 from kvmnet_provider.agent.errors import held_fix
@@ -141,15 +141,6 @@ def test_the_stack_identity_is_made_once_and_never_changes() -> None:
     assert provider.create({}).id != made.id
     assert provider.diff(made.id, made.outs, {"stack_id": None}).changes is False
     assert provider.read(made.id, made.outs).outs == made.outs
-
-
-class Recording(Mocks):
-    def __init__(self) -> None:
-        self.made: list[tuple[str, str, dict[str, Any]]] = []
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        self.made.append((args.typ, args.name, dict(args.inputs)))
-        return super().new_resource(args)
 
 
 @pulumi.runtime.test
