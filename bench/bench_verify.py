@@ -105,8 +105,7 @@ def verify_round(v: Variant, agent: AgentSession | None, direct: int) -> dict[st
         v.stack.up()
         seen["up"] = time.monotonic() - t
         resources = v.stack.resources()
-        kinds = [r["type"] for r in resources if "dynamic/kvmnet:" in r["type"]]
-        seen["resources"] = sum(1 for k in kinds if not k.endswith(":StackIdentity"))  # no host
+        seen["resources"] = sum(1 for r in resources if "dynamic/kvmnet:" in r["type"])
         checks = [r for r in resources if r["type"].endswith("kvmnet:NetworkCheck")]
         if (agent is not None) != bool(checks):
             raise RuntimeError(f"{v.key}: NetworkChecks in the state: {len(checks)}")

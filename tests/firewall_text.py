@@ -31,13 +31,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "nat-forward": {"net": {**NAT, "forwards": [FORWARD]}, "address": "10.0.1.1",
                     "masquerade": True, "dnat": DNAT},
 }  # fmt: skip
-STACK = "kvmnet/dev@0123456789abcdef"  # project/stack@STACKID, as a stack's marks begin
-OWNERS = {  # the owner marks of a network `net`'s rule sets, as its resources hold them
-    "forward": f"{STACK}/ForwardRules/net-forward-rules",
-    "input": f"{STACK}/DhcpServer/net-dhcp",
-    "masquerade": f"{STACK}/MasqueradeRule/net-masquerade",
-    "dnat": f"{STACK}/PortForward/net-forward-tcp-8080",
-}
+OWNER = "stack/net"
 
 
 def _specs(model: dict[str, Any]) -> tuple[plan.NetworkRules, plan.InputRules | None]:
@@ -53,7 +47,7 @@ def _specs(model: dict[str, Any]) -> tuple[plan.NetworkRules, plan.InputRules | 
 
 
 def _masquerade_spec() -> dict[str, Any]:
-    return {"owner": OWNERS["masquerade"], "source": NAT["subnet"], "out_interface": UPLINK}
+    return {"owner": OWNER, "source": NAT["subnet"], "out_interface": UPLINK}
 
 
 # --- nftables: the JSON commands, written as `nft` commands ------------------------------------
@@ -146,13 +140,13 @@ def nft_text(monkeypatch: pytest.MonkeyPatch, name: str) -> str:
         monkeypatch.setattr(module, "ruleset", lambda: host["rs"], raising=False)
     model = MODELS[name]
     net, inp = _specs(model)
-    nft_forward.forward_ensure(OWNERS["forward"], net)
+    nft_forward.forward_ensure(OWNER, net)
     if inp is not None:
-        nft_input.input_ensure(OWNERS["input"], inp)
+        nft_input.input_ensure(OWNER, inp)
     if model.get("masquerade"):
         nft_nat.masquerade_ensure(_masquerade_spec())
     if model.get("dnat"):
-        nft_nat.dnat_ensure({"owner": OWNERS["dnat"], **model["dnat"]})
+        nft_nat.dnat_ensure({"owner": OWNER + "-pf", **model["dnat"]})
     return "\n".join(nft_lines(sent)) + "\n"
 
 
@@ -207,12 +201,12 @@ def iptables_text(monkeypatch: pytest.MonkeyPatch, name: str) -> str:
 
     model = MODELS[name]
     net, inp = _specs(model)
-    mark, input_mark = "kvmnet:" + OWNERS["forward"], "kvmnet:" + OWNERS["input"]
+    mark = "kvmnet:" + OWNER
     lines = ["*filter"]
     for section, rules in net.sections().items():
         lines += [iptables_line(iptables.CHAINS[section], iptables._build(r, mark)) for r in rules]
     for rule in inp.rules() if inp is not None else []:
-        lines.append(iptables_line(iptables.INPUT_CHAIN, iptables._build(rule, input_mark)))
+        lines.append(iptables_line(iptables.INPUT_CHAIN, iptables._build(rule, mark)))
     nat: list[str] = []
 
     def ensure(chain: str, owner: str, want: Any, describe: Any, build: Any, *_: Any) -> Any:
@@ -225,7 +219,7 @@ def iptables_text(monkeypatch: pytest.MonkeyPatch, name: str) -> str:
     if model.get("masquerade"):
         iptables_nat.masquerade_ensure(_masquerade_spec())
     if model.get("dnat"):
-        iptables_nat.dnat_ensure({"owner": OWNERS["dnat"], **model["dnat"]})
+        iptables_nat.dnat_ensure({"owner": OWNER + "-pf", **model["dnat"]})
     if nat:
         lines += ["*nat", *nat]
     return "\n".join(lines) + "\n"

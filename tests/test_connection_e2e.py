@@ -349,7 +349,7 @@ def test_secret_key_from_stack_config_never_leaks(
     run("preview", conn_stack.preview())
     run("up", conn_stack.up())
     link = links_of(lab_api, ns)["br-conn"]
-    assert link["ifalias"] == "kvmnet:" + conn_stack.mark("Bridge", "br")
+    assert link["ifalias"] == "kvmnet:conn/dev/Bridge/br"
     assert conn_stack.outputs() == {"ifindex": link["ifindex"]}
     run("preview-no-changes", conn_stack.preview_no_changes())
     run("refresh", conn_stack.refresh())
@@ -452,10 +452,10 @@ def test_non_root_sudo_user_works_as_well_as_root(
 
     def built() -> None:
         links = links_of(lab_api, ns)
-        assert links["br-sudo"]["ifalias"] == "kvmnet:" + stack.mark("Bridge", "br")
+        assert links["br-sudo"]["ifalias"] == "kvmnet:sudo/dev/Bridge/br"
         assert links["vif9.0"]["master"] == "br-sudo"
         assert run_in(lab_api, ns, ["sysctl", "-n", "net.ipv4.ip_forward"]).strip() == "1"
-        assert "kvmnet:" + stack.mark("MasqueradeRule", "m") in nat_rules(lab_api, ns)
+        assert "kvmnet:sudo/dev/MasqueradeRule/m" in nat_rules(lab_api, ns)
 
     stack = TestStack(tmp_path, textwrap.dedent(body), project="sudo")
     up_check_destroy(lab_api, ns, stack, built, before)
@@ -497,6 +497,6 @@ def test_debian_packaged_pyroute2_and_iptables_work_through_the_engine(
         assert all(links[f"vif7.{k}"]["master"] == "br-deb" for k in range(3))
         addrs = json.loads(run_in(lab_api, ns, ["ip", "-j", "addr", "show", "dev", "br-deb"]))
         assert [a["local"] for a in addrs[0]["addr_info"] if a["family"] == "inet"] == ["10.0.7.1"]
-        assert "kvmnet:" + stack.mark("MasqueradeRule", "m") in nat_rules(lab_api, ns)
+        assert "kvmnet:deb/dev/MasqueradeRule/m" in nat_rules(lab_api, ns)
 
     up_check_destroy(lab_api, ns, stack, built, before)

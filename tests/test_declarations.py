@@ -13,16 +13,7 @@ from pulumi._types import resource_types
 from pulumi.runtime.rpc import translate_output_properties
 
 from kvmnet_provider import CloudInit, HostSettings
-from kvmnet_provider.resources import (
-    declare,
-    dhcp,
-    forward_rules,
-    guest,
-    identity,
-    links,
-    netfilter,
-    uplink,
-)
+from kvmnet_provider.resources import dhcp, forward_rules, guest, identity, links, netfilter, uplink
 from kvmnet_provider.resources.declare import field_table, host_outputs
 
 C = HostSettings(host="10.9.0.1")
@@ -41,21 +32,11 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict[str, Any
     monkeypatch.setattr(pulumi, "get_project", lambda: "p")
     monkeypatch.setattr(pulumi, "get_stack", lambda: "s")
     monkeypatch.setattr(pulumi.Output, "secret", staticmethod(lambda v: ("secret", v)))
-    # The owner follows the stack's StackIdentity (a resource, not made here): as resolved.
-    monkeypatch.setattr(declare, "owner_id", lambda kind, name: _owner(kind, name))
     return seen
 
 
-SID = "0123456789abcdef"
-
-
 def _owner(kind: str, name: str) -> str:
-    return identity.stack_owner_mark("p", "s", SID, kind, name)
-
-
-def _marks(kind: str, name: str) -> dict[str, str]:
-    """The owner, and its form from before stack ids (for check only)."""
-    return {"owner": _owner(kind, name), "legacy_owner": identity.owner_mark(f"p/s/{kind}/{name}")}
+    return identity.owner_mark(f"p/s/{kind}/{name}")
 
 
 def test_props_are_those_a_stack_holds(registered: list[Any]) -> None:
@@ -65,22 +46,22 @@ def test_props_are_those_a_stack_holds(registered: list[Any]) -> None:
     netfilter.ForwardingSetting("f", netfilter.ForwardingSettingArgs(C))
     props = [p for _, p, _ in registered]
     assert props[0] == {
-        "connection": CONN, **_marks("Bridge", "b"), "name": "br0",
+        "connection": CONN, "owner": _owner("Bridge", "b"), "name": "br0",
         "addresses": ["10.0.1.1/24"], "mtu": None, "stp": True, "forward_delay": 0, "up": True,
         "adopt": False, "rollback_seconds": 30, "autostart": None, "ifindex": None, "mac": None,
     }  # fmt: skip
     assert props[1] == {
-        "connection": CONN, **_marks("TapPort", "t"), "name": "tap0", "bridge": "br0",
+        "connection": CONN, "owner": _owner("TapPort", "t"), "name": "tap0", "bridge": "br0",
         "bridge_id": None, "owner_user": "qemu", "multi_queue": False, "mtu": None, "up": True,
         "adopt": False, "autostart": None, "ifindex": None, "mac": None,
     }  # fmt: skip
     assert props[2] == {
-        "connection": CONN, **_marks("PortForward", "p"), "protocol": "tcp",
+        "connection": CONN, "owner": _owner("PortForward", "p"), "protocol": "tcp",
         "host_port": 80, "guest_address": "10.0.1.2", "guest_port": 8080, "in_interface": None,
         "destination": None, "autostart": None, "rules": None, "backend": None,
     }  # fmt: skip
     assert props[3] == {
-        "connection": CONN, **_marks("ForwardingSetting", "f"), "ipv4": True,
+        "connection": CONN, "owner": _owner("ForwardingSetting", "f"), "ipv4": True,
         "ipv6": False, "autostart": None, "previous": None, "holders": None,
     }  # fmt: skip
     assert bridge is not None
@@ -141,7 +122,7 @@ def test_props_follow_the_declaration(registered: list[Any], resource: Any, args
     assert type(provider) is resource.provider_type
     assert provider.fields == field_table(type(args))
     outputs = host_outputs(resource, type(args))
-    assert list(props) == ["connection", "owner", "legacy_owner", *provider.fields, *outputs]
+    assert list(props) == ["connection", "owner", *provider.fields, *outputs]
     assert all(props[o] is None for o in outputs)
     assert opts.delete_before_replace is True
     # The props as made pass the rules (every default is one its rule accepts); normalise

@@ -226,8 +226,8 @@ def test_model_on_a_drop_policy_host(
     if tool == NFT:
         assert run_in(lab_api, ns, ["iptables-legacy-save"]).count("KVMNET") == 0
         ours = nft_chain(lab_api, ns, "ip", "kvmnet", "guest_cross")
-        mark = model_stack.mark("ForwardRules", "net-forward-rules")
-        assert ours == [f'iifname "br-in" oifname "br-in" accept comment "kvmnet:{mark}"']
+        assert ours == ['iifname "br-in" oifname "br-in" accept comment "kvmnet:kvmnet/fw/'
+                        'ForwardRules/net-forward-rules"']  # fmt: skip
         if docker:  # Docker's own chain untouched
             assert [x for x in nft_filter(lab_api, ns) if x.startswith("-A DOCKER ")] == (
                 docker_chain
@@ -337,15 +337,16 @@ def test_two_stacks_keep_each_others_rules_and_destroy_removes_exactly_ours(
         view = (legacy_filter if tool == LEGACY else nft_filter)(lab_api, ns)
         text = "\n".join(view)
         assert text.count("-j KVMNET_FWD") == 1  # one jump, shared
-        for stack in (a, b):
-            owner = "kvmnet:" + stack.mark("ForwardRules", "fr")
+        for stack_name in ("alpha", "beta"):
+            owner = f"kvmnet:{stack_name}/dev/ForwardRules/fr"
             where = text if tool == LEGACY else json.dumps(nft_ruleset(lab_api, ns))
             assert owner in where
-        b_rules, b_masquerade = b.mark("ForwardRules", "fr"), b.mark("MasqueradeRule", "m")
         a.destroy()
         after_a = json.dumps(nft_ruleset(lab_api, ns)) + "\n".join(legacy_filter(lab_api, ns))
-        assert "alpha/dev" not in after_a and b_rules in after_a
-        assert b_masquerade in after_a + run_in(lab_api, ns, ["iptables-legacy-save", "-t", "nat"])
+        assert "alpha/dev" not in after_a and "beta/dev/ForwardRules/fr" in after_a
+        assert "beta/dev/MasqueradeRule/m" in after_a + run_in(
+            lab_api, ns, ["iptables-legacy-save", "-t", "nat"]
+        )
         b.preview_no_changes()
         b.destroy()
         assert_same(before, snapshot(lab_api, ns))
@@ -379,7 +380,7 @@ def test_debian_packaged_python3_nftables_works(
             }
             assert nft_chain(lab_api, ns, "ip", "kvmnet", "prerouting") == [
                 "fib daddr type local tcp dport 8080 dnat to 10.0.7.11:80 "
-                f'comment "kvmnet:{stack.mark("PortForward", "pf")}"'
+                'comment "kvmnet:deb/dev/PortForward/pf"'
             ]
             assert first_rule(lab_api, ns, NFT, "DOCKER-USER").endswith("-j KVMNET_FWD")
             stack.preview_no_changes()

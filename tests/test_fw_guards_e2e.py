@@ -264,8 +264,7 @@ def test_up_waits_for_the_xtables_lock_held_by_another_process(
         assert not any(seen["rules_while_held"]), seen  # type: ignore[arg-type]
         assert any(seen["waited"]), seen  # type: ignore[arg-type]  # the agent waited for it
         text = nat_rules(lab_api, ns)
-        assert stack.mark("PortForward", "pf") in text
-        assert stack.mark("MasqueradeRule", "m") in text
+        assert "xtlock/dev/PortForward/pf" in text and "xtlock/dev/MasqueradeRule/m" in text
         stack.preview_no_changes()
         stack.destroy()
         after = snapshot(lab_api, ns)

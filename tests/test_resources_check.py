@@ -218,7 +218,7 @@ def test_a_good_program_previews(check_stack: TestStack, h1: HostStatus) -> None
     )
     check_stack.set_program(head(h1) + body)
     preview = check_stack.preview()
-    assert "7 to create" in preview.stdout, preview.stdout  # 5, the StackIdentity, the stack
+    assert "6 to create" in preview.stdout, preview.stdout
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

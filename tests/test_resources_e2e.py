@@ -150,11 +150,11 @@ def test_create_noop_update_destroy(
     stacks.append(stack)
 
     up = stack.up()
-    assert "+ 8 created" in up.stdout, up.stdout  # 6, the StackIdentity and the stack
+    assert "+ 7 created" in up.stdout, up.stdout
     links = ip_links(lab_api, ns)
     br, tap1, tap2 = links["br-in"], links["vif1.0"], links["vif2.0"]
     assert br["linkinfo"]["info_kind"] == "bridge"
-    assert br["ifalias"] == "kvmnet:" + stack.mark("Bridge", "br")
+    assert br["ifalias"] == "kvmnet:life/dev/Bridge/br"
     assert "UP" in br["flags"]
     assert br["linkinfo"]["info_data"]["stp_state"] == 0
     assert br["linkinfo"]["info_data"]["forward_delay"] == 0
@@ -164,10 +164,10 @@ def test_create_noop_update_destroy(
         assert tap["linkinfo"]["info_data"]["type"] == "tap"
         assert tap["linkinfo"]["info_data"]["persist"] is True
         assert tap["master"] == "br-in"
-        assert tap["ifalias"] == "kvmnet:" + stack.mark("TapPort", owner)
+        assert tap["ifalias"] == f"kvmnet:life/dev/TapPort/{owner}"
         assert "UP" in tap["flags"]
-    assert links["br-out"]["ifalias"] == "kvmnet:" + stack.mark("Bridge", "out")
-    assert nat_rules(lab_api, ns) == masq_lines("10.0.1.0/24", stack.mark("MasqueradeRule", "m"))
+    assert links["br-out"]["ifalias"] == "kvmnet:life/dev/Bridge/out"
+    assert nat_rules(lab_api, ns) == masq_lines("10.0.1.0/24", "life/dev/MasqueradeRule/m")
     assert sysctl(lab_api, ns, "net.ipv4.ip_forward") == "1"
     assert sysctl(lab_api, ns, "net.ipv6.conf.all.forwarding") == "0"
     outs = stack.outputs()
@@ -188,7 +188,7 @@ def test_create_noop_update_destroy(
     assert "replace" not in preview.stdout, preview.stdout
     assert "5 to update" in preview.stdout, preview.stdout
     up = stack.up()
-    assert "5 updated" in up.stdout and "3 unchanged" in up.stdout, up.stdout
+    assert "5 updated" in up.stdout and "2 unchanged" in up.stdout, up.stdout
     stack.preview_no_changes()
 
     updated = host_snapshot(lab_api, ns)
@@ -215,7 +215,7 @@ def test_create_noop_update_destroy(
     assert ipv4_addresses(lab_api, ns, "br-in") == ["10.0.1.1/24", "10.0.9.1/24"]
     assert updated["addresses"]["vif1.0"] == created["addresses"]["vif1.0"]
     assert nat_rules(lab_api, ns) == masq_lines(
-        "10.0.1.0/24", stack.mark("MasqueradeRule", "m"), out_if="eth0"
+        "10.0.1.0/24", "life/dev/MasqueradeRule/m", out_if="eth0"
     )
     assert updated["sysctls"] == {
         "net.ipv4.ip_forward": "1",
@@ -227,7 +227,7 @@ def test_create_noop_update_destroy(
     assert outs["t2"] == {"ifindex": before_links["vif2.0"]["ifindex"], "bridge": "br-out"}
 
     down = stack.destroy()
-    assert "8 deleted" in down.stdout, down.stdout
+    assert "7 deleted" in down.stdout, down.stdout
     assert_same(pristine, host_snapshot(lab_api, ns))
     # Its books go too: the forwarding record and the firewall lock, once nothing is in them.
     inode = run_in(lab_api, ns, ["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).strip()
@@ -255,7 +255,7 @@ def test_drift_is_refreshed_and_restored(
     stacks.append(stack)
     stack.up()
     built = host_snapshot(lab_api, ns)
-    rules = masq_lines("10.0.1.0/24", stack.mark("MasqueradeRule", "m"))
+    rules = masq_lines("10.0.1.0/24", "drift/dev/MasqueradeRule/m")
     assert nat_rules(lab_api, ns) == rules
 
     # 1. the bridge deleted behind Pulumi's back (its tap survives, detached)
@@ -268,7 +268,7 @@ def test_drift_is_refreshed_and_restored(
     up = stack.up()
     assert "created" in up.stdout, up.stdout
     links = ip_links(lab_api, ns)
-    assert links["br-in"]["ifalias"] == "kvmnet:" + stack.mark("Bridge", "br")
+    assert links["br-in"]["ifalias"] == "kvmnet:drift/dev/Bridge/br"
     assert ipv4_addresses(lab_api, ns, "br-in") == ["10.0.1.254/24"]
     assert links["vif1.0"]["master"] == "br-in"  # the tap's drift (no master) was seen too
     assert links["vif1.0"]["ifindex"] == built["links"]["vif1.0"]["ifindex"]
@@ -373,7 +373,7 @@ def test_a_second_bridge_with_anothers_network_is_refused(
     assert failed.returncode != 0, text
     assert (
         "10.0.1.1/24: network 10.0.1.0/24 is already on br-a (10.0.1.254/24, kvmnet resource "
-        f"{a.mark('Bridge', 'br')})" in text
+        "alpha/dev/Bridge/br)" in text
     ), text
     assert "Traceback" not in text, text
     assert "br-b" not in ip_links(lab_api, ns)
@@ -409,8 +409,8 @@ def test_two_stacks_share_a_host(
         stacks.append(b)
         a.up()
         b.up()
-        rules_a = masq_lines("10.0.1.0/24", a.mark("MasqueradeRule", "m"))
-        rules_b = masq_lines("192.168.1.0/24", b.mark("MasqueradeRule", "m"))
+        rules_a = masq_lines("10.0.1.0/24", "alpha/dev/MasqueradeRule/m")
+        rules_b = masq_lines("192.168.1.0/24", "beta/dev/MasqueradeRule/m")
         assert sorted(nat_rules(lab_api, ns)) == sorted([FOREIGN_LINE, *rules_a, *rules_b])
         assert sysctl(lab_api, ns, "net.ipv4.ip_forward") == "1"
         both = host_snapshot(lab_api, ns)
@@ -501,7 +501,7 @@ def test_foreign_bridge_is_refused_unless_adopted(
         stack.up()
         link = ip_links(lab_api, ns)["br-hand"]
         assert link["ifindex"] == hand_made["links"]["br-hand"]["ifindex"]  # the same link
-        assert link["ifalias"] == "kvmnet:" + stack.mark("Bridge", "br")
+        assert link["ifalias"] == "kvmnet:own/dev/Bridge/br"
         assert ipv4_addresses(lab_api, ns, "br-hand") == ["10.7.0.1/24"]  # now managed
         assert stack.outputs()["ifindex"] == link["ifindex"]
         stack.preview_no_changes()
@@ -530,7 +530,7 @@ def test_other_stacks_bridge_is_never_taken(
     failed = second.up(check=False)
     text = failed.stdout + failed.stderr
     assert failed.returncode != 0, text
-    assert f"belongs to kvmnet resource {first.mark('Bridge', 'br')}" in text, text
+    assert "belongs to kvmnet resource first/dev/Bridge/br" in text, text
     assert "another stack (first/dev) holds it: give this one another name" in text, text
     assert_same(owned, host_snapshot(lab_api, ns))
     second.destroy()

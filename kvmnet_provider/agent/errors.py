@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..spec import marks
 from ..spec.wire import ErrorBody, ErrorKind, error_body
 
 
@@ -21,21 +20,15 @@ class AgentError(Exception):
 
 def held_fix(holder: str, owner: str, what: str = "name") -> str:
     """What to do about a `what` that kvmnet resource `holder` holds, as `owner` asks for
-    it (marks are `project/stack@STACKID/Kind/name`, see spec/marks.py)."""
-    (theirs, their_id), (ours, our_id) = marks.stack_of(holder), marks.stack_of(owner)
-    if theirs == ours and their_id and our_id and their_id != our_id:
-        return (
-            f"another stack of the same name ({theirs}, stack id {their_id}: another backend "
-            f"or organisation) holds it: give this one another {what}, or destroy that "
-            "stack's first"
-        )
-    if theirs == ours:  # the same id, or a mark made before stack ids
+    it (marks are `project/stack/Kind/name`)."""
+    theirs, ours = holder.split("/")[:2], owner.split("/")[:2]
+    if theirs == ours:
         return (
             f"it is this stack's own, not deleted yet (Pulumi creates the new resource before "
             f"it deletes the old one): give the new one another {what}, or run up once "
             "without it so the old one goes first"
         )
     return (
-        f"another stack ({theirs or holder}) holds it: give this one another {what}, "
+        f"another stack ({'/'.join(theirs)}) holds it: give this one another {what}, "
         "or destroy that stack's first"
     )

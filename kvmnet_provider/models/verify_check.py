@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pulumi
 
 from ..errors import ConfigError, config_path
+from ..resources.base import owner_id
 from ..resources.dhcp import DhcpServer
 from ..resources.forward_rules import ForwardRules
 from ..resources.network_check import NetworkCheck, NetworkCheckArgs
@@ -70,7 +71,7 @@ def network_check(network: _Network, resource_name: str) -> NetworkCheck:
         if named is not None:
             dns_name, dns_address = f"{named.name}.{args.domain}", named.address
         input_rules = {
-            "owner": server.owner,  # as its state holds it (an older mark is kept)
+            "owner": owner_id("DhcpServer", f"{resource_name}-dhcp"),
             "backend": server.backend,
             "bridge": network.bridge.name,
             "address": args.gateway,
@@ -105,7 +106,7 @@ def network_check(network: _Network, resource_name: str) -> NetworkCheck:
             dns_name=dns_name,
             dns_address=dns_address,
             rules={
-                "owner": rules.owner,
+                "owner": owner_id("ForwardRules", f"{resource_name}-forward-rules"),
                 "backend": rules.backend,
                 "mode": model,
                 "bridge": network.bridge.name,

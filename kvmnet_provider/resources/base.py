@@ -32,7 +32,7 @@ from ..connection import HostSettings, agent_session, credentials, keep_sessions
 from ..connection.session import AgentSession
 from ..connection.settings import SettingError
 from ..spec.validate import InvalidInput
-from . import identity, stack_identity
+from . import identity
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN: not known at preview
 Normaliser = Callable[[Any], Any]
@@ -62,31 +62,10 @@ def host_key(props: dict[str, Any]) -> str:
     return f"{conn['host']}:{int(conn['port'])}"
 
 
-LEGACY_OWNER = "legacy_owner"  # an input check uses and drops: never in the state
-
-
-def owner_id(kind: str, resource_name: str) -> pulumi.Output[str]:
-    """The identity written on the host: unique per stack (its StackIdentity's id), kind and
-    name. Not known at the preview of the stack's first `up`."""
-    project, stack = pulumi.get_project(), pulumi.get_stack()
-    return stack_identity.stack_id().apply(
-        lambda sid: identity.stack_owner_mark(project, stack, sid, kind, resource_name)
-    )
-
-
-def legacy_owner_id(kind: str, resource_name: str) -> str:
-    """The identity the same resource had before stack ids (see kept_owner)."""
-    return identity.legacy_owner_mark(pulumi.get_project(), pulumi.get_stack(), kind, resource_name)
-
-
-def kept_owner(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any]:
-    """`news` with the owner its state already holds when that is the resource's mark from
-    before stack ids: its objects on the host keep their marks, and nothing is replaced. A
-    resource made since then has the new mark in its state, which the program's equals."""
-    old, legacy = (olds or {}).get("owner"), news.get(LEGACY_OWNER)
-    if isinstance(old, str) and isinstance(legacy, str) and old == legacy:
-        return {**news, "owner": old}
-    return news
+def owner_id(kind: str, resource_name: str) -> str:
+    """The identity written on the host: unique per project, stack, kind and name."""
+    raw = f"{pulumi.get_project()}/{pulumi.get_stack()}/{kind}/{resource_name}"
+    return identity.owner_mark(raw)  # injective: see identity.py
 
 
 class KvmnetProvider(ResourceProvider):
@@ -157,8 +136,8 @@ class KvmnetProvider(ResourceProvider):
             failures.extend(self.cross_check(inputs))
         return inputs, failures
 
-    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        inputs, failures = self.normalise(kept_owner(olds, news))
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        inputs, failures = self.normalise(news)
         # A reason about a sub-key (".user_data is ...") reads as "cloud_init.user_data is ...".
         return CheckResult(
             inputs,

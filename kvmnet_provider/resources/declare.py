@@ -17,15 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar, dataclass_transform
 import pulumi
 from pulumi.dynamic import Resource
 
-from .base import (
-    LEGACY_OWNER,
-    Field,
-    KvmnetProvider,
-    Normaliser,
-    deleted_first,
-    legacy_owner_id,
-    owner_id,
-)
+from .base import Field, KvmnetProvider, Normaliser, deleted_first, owner_id
 
 _KEY = "kvmnet"
 _T = TypeVar("_T")
@@ -77,13 +69,11 @@ def host_outputs(resource_type: type, args_type: type) -> tuple[str, ...]:
 def resource_props(
     resource_type: type, kind: str, resource_name: str, args: Any, **values: object
 ) -> dict[str, Any]:
-    """The state's inputs of a resource: connection, owner (and the owner's old form, which
-    check drops), every declared input (`values` stands for an input the resource computes
-    itself), and its host outputs, still null."""
+    """The state's inputs of a resource: connection, owner, every declared input (`values`
+    stands for an input the resource computes itself), and its host outputs, still null."""
     props: dict[str, Any] = {
         "connection": args.connection.to_props(),
         "owner": owner_id(kind, resource_name),
-        LEGACY_OWNER: legacy_owner_id(kind, resource_name),  # for check only (kept_owner)
     }
     for name, spec in _inputs(type(args)):
         if name in values:
@@ -104,7 +94,6 @@ class DeclaredResource(Resource, Generic[_Args]):
     """
 
     provider_type: ClassVar[type[KvmnetProvider]]
-    owner: pulumi.Output[str]  # the mark on the host: what other resources name it by
 
     def __init__(
         self, resource_name: str, args: _Args, opts: pulumi.ResourceOptions | None = None

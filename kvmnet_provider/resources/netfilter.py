@@ -12,7 +12,6 @@ from ..connection import HostSettings
 from ..connection.session import AgentSession
 from ..spec import masquerade, validate
 from ..spec.firewall import RECORDED_BACKENDS, left_behind
-from ..spec.marks import without_stack_id
 from .autostart import autostart_field
 from .base import KvmnetProvider, host_key
 from .declare import DeclaredResource, declaration, field_table, kvmnet_field
@@ -26,8 +25,7 @@ class _OwnedByMarkProvider(KvmnetProvider):
     id_segment: str
 
     def resource_id(self, props: dict[str, Any]) -> str:
-        # The mark without the stack's id: ids read as they did before stack ids.
-        return f"{host_key(props)}/{self.id_segment}/{without_stack_id(props['owner'])}"
+        return f"{host_key(props)}/{self.id_segment}/{props['owner']}"
 
     def overlay(self, props: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError

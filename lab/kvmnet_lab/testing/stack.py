@@ -24,8 +24,8 @@ class TestStack:
     def __init__(self, root: Path, program: str, project: str = "kvt", stack: str = "dev") -> None:
         self.dir = root / project
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.ws = PulumiWorkspace(root / "pulumi")  # a backend of its own per root
-        self.project, self.stack = project, stack
+        self.ws = PulumiWorkspace(root / "pulumi")
+        self.stack = stack
         (self.dir / "Pulumi.yaml").write_text(
             f"name: {project}\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
         )
@@ -72,16 +72,6 @@ class TestStack:
     def resources(self, type_suffix: str = "") -> list[dict[str, Any]]:
         found = self.export()["deployment"].get("resources") or []
         return [r for r in found if r["type"].endswith(type_suffix)]
-
-    def stack_id(self) -> str:
-        """The id in this stack's owner marks: its StackIdentity's, kept in its state."""
-        (identity,) = self.resources("kvmnet:StackIdentity")
-        return str(identity["outputs"]["stack_id"])
-
-    def mark(self, kind: str, name: str) -> str:
-        """The owner mark of this stack's resource `name` of `kind`, as the host shows it
-        (names of safe characters and short: see kvmnet_provider/resources/identity.py)."""
-        return f"{self.project}/{self.stack}@{self.stack_id()}/{kind}/{name}"
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         """`pulumi ARGS` in the background, silent, in a process group of its own (the engine,
