@@ -115,7 +115,7 @@ def failure_line(host: str, result: dict[str, Any], props: dict[str, Any]) -> st
         named = str(blocked or "").startswith("let in by ")
         fix = FIXES["blocked"] if named else FIXES.get(f"{check}-leak", "see docs/operations.md")
     elif blocked:
-        firewalld = str(blocked).startswith("firewalld's zones")
+        firewalld = str(blocked).startswith(verify.FIREWALLD_BLAME)
         how = FIXES["firewalld"].format(bridge=props.get("bridge")) if firewalld else None
         cause, fix = f"{reason}; blocked by {blocked}", how or FIXES["blocked"]
     else:

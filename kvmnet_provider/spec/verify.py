@@ -23,6 +23,9 @@ from .validate import PROTOCOLS, InvalidInput, ipv4_address, port
 ON_BY_DEFAULT = WITH_BRIDGE_ADDRESS
 VERIFIABLE = ("isolated", "routed", "nat")
 CHECKS = ("gateway", "outside", "dns", "dhcp", "inbound", "forwards")
+# How a failure blamed on firewalld's zones begins: the agent writes it, the provider's fix
+# line recognises it.
+FIREWALLD_BLAME = "firewalld's zones"
 
 
 def enabled(model: str, setting: object) -> bool:

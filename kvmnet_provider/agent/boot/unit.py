@@ -123,7 +123,11 @@ def _built_archive(top: str) -> Path | None:
 
 def _copy_file(source: Path, path: Path) -> None:
     with open(source, "rb") as f:
-        data = f.read()
+        _write_private(path, f.read())
+
+
+def _write_private(path: Path, data: bytes | memoryview) -> None:
+    """`data` as `path`, mode 0600, never through a link planted there."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
@@ -138,9 +142,7 @@ def _write_archive(source: Path, top: str, path: Path) -> None:
         for relative in _code_files(source):
             with open(os.path.join(source, relative), "rb") as f:
                 archive.writestr(zipfile.ZipInfo(f"{top}/{relative}", ZIP_DATE), f.read())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(buffer.getbuffer())
+    _write_private(path, buffer.getbuffer())
 
 
 def _code_files(source: Path) -> list[str]:

@@ -21,6 +21,7 @@ from .nft_rules import (
     Ruleset,
     base_chain_commands,
     describe,
+    firewalld_filters,
     is_our_jump,
     jumps_to,
     managed_by_firewalld,
@@ -49,11 +50,7 @@ def placement(rs: Ruleset, family: Family = IPV4) -> Placement | None:
     reject, or iptables-nft's filter)."""
     bases = rs.forward_bases(family)
     drop = [c for c in bases if c.get("policy") == "drop"]
-    firewalld = [
-        c
-        for c in bases
-        if managed_by_firewalld(c["family"], c["table"]) and c.get("type") == "filter"
-    ]
+    firewalld = firewalld_filters(bases)
     filt = [
         c
         for c in bases

@@ -15,6 +15,7 @@ from .nft_rules import (
     TABLE,
     Ruleset,
     describe,
+    firewalld_filters,
     is_our_jump,
     managed_by_firewalld,
     rule_doc,
@@ -45,11 +46,7 @@ def input_placement(rs: Ruleset, family: Family = IPV4) -> tuple[str, str, str]:
         and (c["family"], c["table"]) != (ours, TABLE)
     ]
     drop = [c for c in bases if c.get("policy") == "drop"]
-    firewalld = [
-        c
-        for c in bases
-        if managed_by_firewalld(c["family"], c["table"]) and c.get("type") == "filter"
-    ]
+    firewalld = firewalld_filters(bases)
     filt = [c for c in bases if (c["family"], c["table"], c["name"]) == (ours, "filter", "INPUT")]
     if not (drop or firewalld or filt):
         return ours, TABLE, "input"

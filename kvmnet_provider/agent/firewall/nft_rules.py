@@ -102,6 +102,15 @@ def managed_by_firewalld(family: str, table: str) -> bool:
     return (family, table) == FIREWALLD
 
 
+def firewalld_filters(bases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The filter base chains among `bases` that are firewalld's own."""
+    return [
+        c
+        for c in bases
+        if managed_by_firewalld(c["family"], c["table"]) and c.get("type") == "filter"
+    ]
+
+
 def ruleset() -> Ruleset:
     out = run([{"list": {"ruleset": None}}], "a listing") or {}
     found = Ruleset()

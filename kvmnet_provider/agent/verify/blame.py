@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from ...spec.verify import FIREWALLD_BLAME
 from ..firewall import backend
 from .checks import Outcome
 
@@ -50,9 +51,6 @@ def blocker(
     return firewalld_zones(failed)
 
 
-FIREWALLD = "firewalld's zones"
-
-
 def firewalld_zones(failed: list[Outcome]) -> str | None:
     """With firewalld running, traffic no rule of kvmnet's refuses is stopped by its zones:
     the catch-all reject of its own table, for what the bridge's zone does not allow."""
@@ -62,5 +60,6 @@ def firewalld_zones(failed: list[Outcome]) -> str | None:
         from ..firewall import nft_rules  # needs libnftables' module, which hosts may lack
 
         if nft_rules.FIREWALLD in nft_rules.ruleset().tables:
-            return f"{FIREWALLD} (table inet firewalld rejects what the bridge's zone refuses)"
+            rejects = "table inet firewalld rejects what the bridge's zone refuses"
+            return f"{FIREWALLD_BLAME} ({rejects})"
     return None
