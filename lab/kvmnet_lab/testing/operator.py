@@ -14,6 +14,7 @@ from ..lab import Lab, LabStatus
 from ..lab.layouts import wait_dad
 from ..lab.sshclient import open_client
 from .snapshot import diff_snapshots, host_snapshot, run_in
+from .stack import TestStack
 
 SETTLE_SECONDS = 10.0  # a rollback process that was just heard may take a moment to leave
 
@@ -59,3 +60,14 @@ def settle(
         time.sleep(0.5)
     assert now_state == before
     assert diff_snapshots(snapshot, now_snapshot) == []
+
+
+def failed_up(stack: TestStack) -> tuple[str, float]:
+    """`up`, which must fail as an expected failure (no traceback): its output and seconds."""
+    started = time.monotonic()
+    failed = stack.up(check=False)
+    took = time.monotonic() - started
+    text = failed.stdout + failed.stderr
+    assert failed.returncode != 0, text
+    assert "Traceback" not in text, text
+    return text, took
